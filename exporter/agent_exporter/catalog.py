@@ -1,0 +1,125 @@
+"""The metric catalog: every metric the exporter exposes, in one place.
+
+Names, types and label names here are part of the public contract (DESIGN §3):
+dashboards, rules and users' PromQL depend on them.  Everything else in the
+package takes names from here instead of spelling them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NAMESPACE = "orchestrator"
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+# 10 is a bound so that "p95 > 10 s" is exact rather than interpolated.
+EXECUTION_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 7.5, 10, 15, 30, 60, 120, 300, 600,
+)
+TOOL_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)
+
+# Label values a series folds into once its metric reaches max_series.
+OVERFLOW_VALUE = "__overflow__"
+
+# Optional labels an operator may add to the agent-execution metrics.
+EXTRA_LABELS: tuple[str, ...] = ("feature", "priority")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+    # Whether configured extra labels (feature, priority) are appended.
+    takes_extra_labels: bool = False
+
+    @property
+    def family(self) -> str:
+        """The OpenMetrics family name (a counter's name without `_total`)."""
+        if self.type == COUNTER and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+def _spec(name, type_, help_, labels, buckets=(), extra=False) -> MetricSpec:
+    return MetricSpec(f"{NAMESPACE}_{name}", type_, help_, tuple(labels), tuple(buckets), extra)
+
+
+AGENT_EXECUTIONS = _spec(
+    "agent_executions_total", COUNTER,
+    "Agent executions, by outcome.", ("agent", "status"), extra=True)
+AGENT_EXECUTION_DURATION = _spec(
+    "agent_execution_duration_seconds", HISTOGRAM,
+    "Wall time of agent executions.", ("agent",), EXECUTION_BUCKETS, extra=True)
+AGENT_ERRORS = _spec(
+    "agent_errors_total", COUNTER,
+    "Failed agent executions, by error type.", ("agent", "error_type"), extra=True)
+LLM_TOKENS = _spec(
+    "llm_tokens_total", COUNTER,
+    "LLM tokens used by agents.", ("agent", "model", "type"), extra=True)
+LLM_COST = _spec(
+    "llm_cost_usd_total", COUNTER,
+    "LLM spend in US dollars.", ("agent", "model"), extra=True)
+USAGE_UNKNOWN = _spec(
+    "usage_unknown_total", COUNTER,
+    "Agent executions whose token usage or cost is unknown (never counted as $0).",
+    ("agent",), extra=True)
+TOOL_CALLS = _spec(
+    "tool_calls_total", COUNTER, "Tool calls, by outcome.", ("tool", "status"))
+TOOL_CALL_DURATION = _spec(
+    "tool_call_duration_seconds", HISTOGRAM,
+    "Wall time of tool calls.", ("tool",), TOOL_BUCKETS)
+STATE_TRANSITIONS = _spec(
+    "state_transitions_total", COUNTER,
+    "Workflow state machine transitions.", ("workflow", "from_state", "to_state"))
+RETRIES = _spec(
+    "retries_total", COUNTER, "Retried agent executions.", ("agent", "error_type"))
+FALLBACKS = _spec(
+    "fallbacks_total", COUNTER,
+    "Work handed from a failing agent to a fallback.", ("from_agent", "to_agent"))
+CIRCUIT_BREAKER_STATE = _spec(
+    "circuit_breaker_state", GAUGE,
+    "Circuit breaker state per agent (0 closed, 1 half-open, 2 open).", ("agent",))
+SELECTOR_WEIGHT = _spec(
+    "selector_weight", GAUGE,
+    "Share of a task type the adaptive selector gives an agent.", ("task", "agent"))
+COST_BUDGET = _spec(
+    "cost_budget_usd", GAUGE, "Configured LLM spend budget.", ("period",))
+EXPORTER_EVENTS = _spec(
+    "exporter_events_total", COUNTER, "Events accepted, by type.", ("type",))
+EXPORTER_EVENTS_REJECTED = _spec(
+    "exporter_events_rejected_total", COUNTER, "Events rejected, by reason.", ("reason",))
+EXPORTER_SERIES_OVERFLOW = _spec(
+    "exporter_series_overflow_total", COUNTER,
+    "Label sets folded into the __overflow__ series because a metric hit max_series.",
+    ("metric",))
+EXPORTER_BUILD_INFO = _spec(
+    "exporter_build_info", GAUGE, "Exporter build information (always 1).", ("version",))
+
+CATALOG: tuple[MetricSpec, ...] = (
+    AGENT_EXECUTIONS, AGENT_EXECUTION_DURATION, AGENT_ERRORS, LLM_TOKENS, LLM_COST,
+    USAGE_UNKNOWN, TOOL_CALLS, TOOL_CALL_DURATION, STATE_TRANSITIONS, RETRIES, FALLBACKS,
+    CIRCUIT_BREAKER_STATE, SELECTOR_WEIGHT, COST_BUDGET, EXPORTER_EVENTS,
+    EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW, EXPORTER_BUILD_INFO,
+)
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
+
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def sample_names() -> frozenset[str]:
+    """Every sample name a scrape can contain (histograms expand to _bucket/_sum/_count)."""
+    names = set()
+    for spec in CATALOG:
+        if spec.type == HISTOGRAM:
+            names.update(spec.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(spec.name)
+    return frozenset(names)

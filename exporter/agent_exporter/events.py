@@ -1,0 +1,317 @@
+"""Event schema v1: the one place events are decoded and validated.
+
+Events arrive as JSON (HTTP ingest, replay) or as Python dicts (the in-process
+API).  Both go through msgspec, which decodes and validates typed events in C;
+a batch that is entirely valid is decoded in a single call, and only a batch
+with an invalid item falls back to item-by-item decoding to report each index.
+
+Legacy records, as the old JSON metrics collector wrote them (`agent_name`,
+`duration_ms`, `success`, `tokens_used`, `cost`, `timestamp`), decode to
+`AgentExecution`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime
+from typing import Annotated, Literal, NamedTuple, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+MAX_NAME_LENGTH = 128
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+# Upper bounds exclude infinity, which a Python caller can pass (JSON cannot).
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Usd = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
+TraceId = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{32}$")]
+SpanId = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{16}$")]
+Status = Literal["success", "error"]
+CircuitStateValue = Literal["closed", "half_open", "open"]
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type"):
+    pass
+
+
+class AgentExecution(_Event, tag="agent_execution"):
+    agent: Name
+    status: Status
+    duration_seconds: Seconds
+    model: Name | None = None
+    input_tokens: Count | None = None
+    output_tokens: Count | None = None
+    # Tokens whose input/output split is unknown (legacy `tokens_used`); used
+    # only when neither input_tokens nor output_tokens is given.
+    total_tokens: Count | None = None
+    cost_usd: Usd | None = None
+    error_type: Name | None = None
+    feature: Name | None = None
+    priority: Name | None = None
+    request_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    timestamp: Seconds | None = None
+
+
+class ToolCall(_Event, tag="tool_call"):
+    tool: Name
+    status: Status
+    duration_seconds: Seconds
+    agent: Name | None = None
+    error_type: Name | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    timestamp: Seconds | None = None
+
+
+class StateTransition(_Event, tag="state_transition"):
+    from_state: Name
+    to_state: Name
+    workflow: Name | None = None
+    agent: Name | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    timestamp: Seconds | None = None
+
+
+class Retry(_Event, tag="retry"):
+    agent: Name
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    error_type: Name | None = None
+
+
+class Fallback(_Event, tag="fallback"):
+    from_agent: Name
+    to_agent: Name
+    reason: Name | None = None
+
+
+class CircuitState(_Event, tag="circuit_state"):
+    agent: Name
+    state: CircuitStateValue
+
+
+Event = Union[AgentExecution, ToolCall, StateTransition, Retry, Fallback, CircuitState]
+EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}
+
+
+class _LegacyRecord(msgspec.Struct, frozen=True):
+    agent_name: Name
+    duration_ms: Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
+    success: bool
+    tokens_used: Count = 0
+    cost: Usd = 0.0
+    timestamp: str | Seconds | None = None
+
+
+class EventError(ValueError):
+    """An invalid event.  `field` names the offending field ("" for the event as a whole);
+    `reason` is a short, low-cardinality code used as a metric label."""
+
+    def __init__(self, field: str, reason: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = reason
+
+
+class BodyError(ValueError):
+    """A request body that cannot be read as events at all."""
+
+
+class Rejection(NamedTuple):
+    index: int
+    reason: str
+    error: str
+
+
+class Batch(NamedTuple):
+    events: list
+    rejected: list[Rejection]
+
+
+_event_decoder = msgspec.json.Decoder(Event)
+_batch_decoder = msgspec.json.Decoder(list[Event])
+_any_decoder = msgspec.json.Decoder()
+
+_AT = re.compile(r" - at `\$(?:\[\d+\])?\.?([^`]*)`$")
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+
+
+def _event_error(exc: msgspec.ValidationError) -> EventError:
+    """Turn msgspec's message into a field name, a reason code and a readable text."""
+    text = str(exc)
+    at = _AT.search(text)
+    message = text[: at.start()] if at else text
+    path = at.group(1) if at else ""
+    missing = _MISSING.match(message)
+    if missing:
+        field = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        return EventError(field, "missing_field", "required field is missing")
+    if path == "type":
+        return EventError("type", "unknown_type", f"unknown event type; known types: {', '.join(EVENT_TYPES)}")
+    if not path and message.startswith("Expected `object`"):
+        return EventError("", "not_an_object", "an event must be a JSON object")
+    if message.startswith("Expected `") and ", got `" in message:
+        return EventError(path, "invalid_type", message)
+    return EventError(path, "invalid_value", message)
+
+
+def _check_utf8(event) -> None:
+    """Python strings may hold lone surrogates that no UTF-8 exposition can carry.
+    JSON input cannot (msgspec rejects them), so only the in-process path checks."""
+    for field, value in zip(event.__struct_fields__, msgspec.structs.astuple(event)):
+        if type(value) is str and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EventError(field, "invalid_value", "not valid UTF-8") from None
+
+
+def _from_legacy(obj: dict) -> AgentExecution:
+    try:
+        record = msgspec.convert(obj, _LegacyRecord)
+    except msgspec.ValidationError as exc:
+        raise _event_error(exc) from None
+    timestamp = record.timestamp
+    if isinstance(timestamp, str):
+        try:
+            timestamp = datetime.fromisoformat(timestamp).timestamp()
+        except ValueError:
+            raise EventError("timestamp", "invalid_value", "not an ISO 8601 timestamp") from None
+    # The old collector defaulted tokens_used=0 and cost=0.0 when the caller
+    # knew neither: that is unknown usage, never a free execution.
+    usage_known = record.tokens_used > 0 or record.cost > 0
+    return AgentExecution(
+        agent=record.agent_name,
+        status="success" if record.success else "error",
+        duration_seconds=record.duration_ms / 1000.0,
+        total_tokens=record.tokens_used if usage_known else None,
+        cost_usd=record.cost if record.cost > 0 else None,
+        error_type=None if record.success else "unknown",
+        timestamp=timestamp,
+    )
+
+
+def is_legacy_record(obj) -> bool:
+    return isinstance(obj, dict) and "type" not in obj and "agent_name" in obj
+
+
+def decode(obj) -> Event:
+    """Validate one event given as a dict (or pass an already decoded event through)."""
+    if isinstance(obj, _Event):
+        return obj
+    if not isinstance(obj, dict):
+        raise EventError("", "not_an_object", "an event must be a JSON object")
+    if is_legacy_record(obj):
+        event = _from_legacy(obj)
+    else:
+        kind = obj.get("type")
+        if kind is None:
+            raise EventError("type", "missing_field", "required field is missing")
+        cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise EventError("type", "unknown_type",
+                             f"unknown event type {kind!r}; known types: {', '.join(EVENT_TYPES)}")
+        # Converting to the one class is ~15x faster than to the tagged union.
+        try:
+            event = msgspec.convert(obj, cls)
+        except msgspec.ValidationError as exc:
+            raise _event_error(exc) from None
+    _check_utf8(event)
+    return event
+
+
+def _decode_items(items: list) -> Batch:
+    events, rejected = [], []
+    for index, item in enumerate(items):
+        try:
+            events.append(decode(item))
+        except EventError as exc:
+            rejected.append(Rejection(index, exc.reason, str(exc)))
+    return Batch(events, rejected)
+
+
+def _decode_ndjson(body: bytes) -> Batch:
+    events, rejected = [], []
+    index = 0
+    for line in body.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            events.append(_event_decoder.decode(line))
+        except msgspec.ValidationError as exc:
+            try:
+                obj = _any_decoder.decode(line)
+            except msgspec.DecodeError:
+                obj = None
+            if is_legacy_record(obj):
+                try:
+                    events.append(_from_legacy(obj))
+                except EventError as legacy_exc:
+                    rejected.append(Rejection(index, legacy_exc.reason, str(legacy_exc)))
+            else:
+                error = _event_error(exc)
+                rejected.append(Rejection(index, error.reason, str(error)))
+        except msgspec.DecodeError as exc:
+            rejected.append(Rejection(index, "invalid_json", f"invalid JSON: {exc}"))
+        index += 1
+    return Batch(events, rejected)
+
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+JSON_TYPES = frozenset({"application/json"})
+
+
+def body_format(content_type: str | None) -> str | None:
+    """'json', 'ndjson', or None for a content type we do not take."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in JSON_TYPES:
+        return "json"
+    if media in NDJSON_TYPES:
+        return "ndjson"
+    return None
+
+
+def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
+    """Decode a JSON object, a JSON array or NDJSON into events and per-item rejections.
+
+    Raises BodyError when the body as a whole is unusable (unsupported type,
+    invalid JSON, or JSON that is neither an object nor an array).
+    """
+    fmt = body_format(content_type)
+    if fmt is None:
+        raise BodyError(f"unsupported content type {content_type!r}")
+    if fmt == "ndjson":
+        return _decode_ndjson(body)
+    try:
+        return Batch(_batch_decoder.decode(body), [])
+    except msgspec.ValidationError:
+        pass  # some item is invalid, or this is a single object: decode generically below
+    except msgspec.DecodeError as exc:
+        raise BodyError(f"invalid JSON: {exc}") from None
+    try:
+        document = _any_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BodyError(f"invalid JSON: {exc}") from None
+    if isinstance(document, list):
+        return _decode_items(document)
+    if isinstance(document, dict):
+        return _decode_items([document])
+    raise BodyError("expected a JSON object, a JSON array of objects, or NDJSON")
+
+
+def json_schema() -> dict:
+    """JSON Schema of schema v1, for orchestrators in other languages (schemas/events.v1.schema.json)."""
+    (schema,), components = msgspec.json.schema_components([Event], ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://agent-exporter.dev/schemas/events.v1.schema.json",
+        "title": "agent-exporter event (schema v1)",
+        "description": "One orchestrator event; `type` selects the kind. Unknown fields are ignored.",
+        **schema,
+        "$defs": components,
+    }

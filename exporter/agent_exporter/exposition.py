@@ -1,0 +1,177 @@
+"""Rendering store snapshots: Prometheus text 0.0.4, OpenMetrics 1.0, and prometheus_client families.
+
+Label sets arrive pre-formatted from the store, so rendering is string joins
+and number formatting.  OpenMetrics output carries the `trace_id` exemplar of
+each histogram bucket.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+from . import catalog
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+_INF = math.inf
+
+
+def escape_label_value(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_float(value: float) -> str:
+    """Go's float formatting, as Prometheus writes numbers (and `le` bounds)."""
+    if value == _INF:
+        return "+Inf"
+    if value == -_INF:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to exponent notation sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _bucket_suffixes(bounds: tuple[float, ...], lead: str) -> list[str]:
+    """`le="…"} ` endings for each bucket of a series; `lead` joins them to the other labels."""
+    return [f'{lead}le="{format_float(b)}"}} ' for b in bounds] + [f'{lead}le="+Inf"}} ']
+
+
+def _braced(text: str) -> str:
+    return "{" + text + "}" if text else ""
+
+
+def _render_histogram(snap, out: list, openmetrics: bool) -> None:
+    name = snap.spec.name
+    bucket = name + "_bucket{"
+    sum_name, count_name = name + "_sum", name + "_count"
+    with_labels = _bucket_suffixes(snap.bounds, ",")
+    without_labels = _bucket_suffixes(snap.bounds, "")
+    append = out.append
+    for labels, counts, total, exemplars in zip(snap.label_texts, snap.counts, snap.sums, snap.exemplars):
+        suffixes = with_labels if labels else without_labels
+        cumulative = 0
+        for b, count in enumerate(counts):
+            cumulative += count
+            line = f"{bucket}{labels}{suffixes[b]}{cumulative}.0"
+            if openmetrics and exemplars is not None and exemplars[b] is not None:
+                trace_id, value, ts = exemplars[b]
+                line += f' # {{trace_id="{trace_id}"}} {format_float(value)} {ts:.3f}'
+            append(line + "\n")
+        braced = _braced(labels)
+        append(f"{sum_name}{braced} {format_float(total)}\n")
+        append(f"{count_name}{braced} {cumulative}.0\n")
+
+
+def _render_scalars(snap, out: list) -> None:
+    name = snap.spec.name
+    out.extend(f"{name}{{{labels}}} {format_float(value)}\n" if labels
+               else f"{name} {format_float(value)}\n"
+               for labels, value in zip(snap.label_texts, snap.values))
+
+
+def render_text(snapshot: list) -> bytes:
+    """Prometheus text format 0.0.4."""
+    out: list[str] = []
+    for snap in snapshot:
+        spec = snap.spec
+        if not snap.label_texts:
+            continue
+        out.append(f"# HELP {spec.name} {_escape_help(spec.help)}\n# TYPE {spec.name} {spec.type}\n")
+        if spec.type == catalog.HISTOGRAM:
+            _render_histogram(snap, out, openmetrics=False)
+        else:
+            _render_scalars(snap, out)
+    return "".join(out).encode()
+
+
+def _openmetrics_type(spec: catalog.MetricSpec) -> tuple[str, str]:
+    """(family name, type) in OpenMetrics terms: counters drop `_total`, `*_info` gauges are info."""
+    if spec.type == catalog.GAUGE and spec.name.endswith("_info"):
+        return spec.name[: -len("_info")], "info"
+    return spec.family, spec.type
+
+
+def render_openmetrics(snapshot: list) -> bytes:
+    """OpenMetrics 1.0 text, with trace_id exemplars on histogram buckets."""
+    out: list[str] = []
+    for snap in snapshot:
+        spec = snap.spec
+        if not snap.label_texts:
+            continue
+        family, om_type = _openmetrics_type(spec)
+        out.append(f"# HELP {family} {_escape_help(spec.help)}\n# TYPE {family} {om_type}\n")
+        if spec.type == catalog.HISTOGRAM:
+            _render_histogram(snap, out, openmetrics=True)
+        else:
+            _render_scalars(snap, out)
+    out.append("# EOF\n")
+    return "".join(out).encode()
+
+
+def negotiate(accept: str | None) -> tuple[bool, str]:
+    """(openmetrics?, content type) for an Accept header."""
+    if accept and "application/openmetrics-text" in accept:
+        return True, OPENMETRICS_CONTENT_TYPE
+    return False, TEXT_CONTENT_TYPE
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    return bool(accept_encoding) and any(
+        part.split(";", 1)[0].strip().lower() == "gzip" for part in accept_encoding.split(","))
+
+
+def gzip_body(body: bytes) -> bytes:
+    # Level 1: scrapes are frequent and the text compresses well even at the fastest level.
+    return gzip.compress(body, compresslevel=1)
+
+
+def to_metric_families(snapshot: list):
+    """prometheus_client metric families for a snapshot, for use in any CollectorRegistry."""
+    from prometheus_client.core import (
+        CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily)
+    from prometheus_client.samples import Exemplar
+
+    for snap in snapshot:
+        spec = snap.spec
+        if not snap.label_texts:
+            continue
+        names = list(snap.label_names)
+        if spec.type == catalog.HISTOGRAM:
+            family = HistogramMetricFamily(spec.name, spec.help, labels=names)
+            les = [format_float(b) for b in snap.bounds] + ["+Inf"]
+            for values, counts, total, exemplars in zip(snap.label_values, snap.counts, snap.sums, snap.exemplars):
+                buckets, cumulative = [], 0
+                for b, count in enumerate(counts):
+                    cumulative += count
+                    if exemplars is not None and exemplars[b] is not None:
+                        trace_id, value, ts = exemplars[b]
+                        buckets.append((les[b], cumulative, Exemplar({"trace_id": trace_id}, value, ts)))
+                    else:
+                        buckets.append((les[b], cumulative))
+                family.add_metric(list(values), buckets, total)
+        elif spec.type == catalog.COUNTER:
+            family = CounterMetricFamily(spec.name, spec.help, labels=names)
+            for values, value in zip(snap.label_values, snap.values):
+                family.add_metric(list(values), value)
+        elif spec.name.endswith("_info"):
+            family = InfoMetricFamily(spec.name[: -len("_info")], spec.help, labels=names)
+            for values in snap.label_values:
+                family.add_metric(list(values), {})
+        else:
+            family = GaugeMetricFamily(spec.name, spec.help, labels=names)
+            for values, value in zip(snap.label_values, snap.values):
+                family.add_metric(list(values), value)
+        yield family

@@ -1,0 +1,354 @@
+"""The series store: aggregates decoded events into the catalog's metrics.
+
+One event is applied under one lock (not a lock per metric), so a scrape never
+sees half an event.  Each metric keeps at most `max_series` label sets; past
+that, new label sets fold into one series whose label values are
+`__overflow__`, and `orchestrator_exporter_series_overflow_total` counts every
+observation folded.  Label sets are formatted once, when a series is created,
+so a scrape only formats numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from typing import Iterable, NamedTuple
+
+from . import __version__, catalog, events
+from .config import Config, MetricsConfig, ModelPrice
+from .exposition import escape_label_value
+
+_MISSING = ""          # label value for an unset extra label (Prometheus treats "" as absent)
+_UNKNOWN_MODEL = "unknown"
+
+
+class _Family:
+    """The series of one metric: label sets index into flat, parallel lists.
+
+    Subclasses hold the values and define `_grow()`, which appends one series' storage.
+    """
+
+    __slots__ = ("spec", "label_names", "index", "label_values", "label_texts",
+                 "max_series", "overflow_count", "overflow_index")
+
+    def __init__(self, spec: catalog.MetricSpec, label_names: tuple[str, ...], max_series: int):
+        self.spec = spec
+        self.label_names = label_names
+        self.index: dict[tuple, int] = {}
+        self.label_values: list[tuple] = []
+        self.label_texts: list[str] = []
+        self.max_series = max_series
+        self.overflow_count = 0
+        self.overflow_index = -1
+
+    def _new_series(self, key: tuple) -> int:
+        i = len(self.label_values)
+        self.index[key] = i
+        self.label_values.append(key)
+        self.label_texts.append(",".join(
+            f'{name}="{escape_label_value(value)}"' for name, value in zip(self.label_names, key)))
+        self._grow()
+        return i
+
+    def slot(self, key: tuple) -> int:
+        """The series index for a label set not in `index` yet (callers try `index` first)."""
+        if len(self.index) < self.max_series:
+            return self._new_series(key)
+        # Folded label sets are not remembered: an unbounded stream of new
+        # names must not grow memory, so each folded observation comes here.
+        self.overflow_count += 1
+        if self.overflow_index < 0:
+            overflow_key = (catalog.OVERFLOW_VALUE,) * len(self.label_names)
+            self.overflow_index = self._new_series(overflow_key)
+            del self.index[overflow_key]  # a real label set spelled __overflow__ must not alias it
+        return self.overflow_index
+
+
+class _Scalars(_Family):
+    """Counters and gauges: one float per series."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, spec, label_names, max_series):
+        super().__init__(spec, label_names, max_series)
+        self.values: list[float] = []
+
+    def _grow(self) -> None:
+        self.values.append(0.0)
+
+    def snapshot(self) -> "ScalarSnapshot":
+        return ScalarSnapshot(self.spec, self.label_names, self.label_values[:],
+                              self.label_texts[:], self.values[:])
+
+
+class _Histograms(_Family):
+    """Histograms: per series, non-cumulative bucket counts (last is +Inf), a sum, exemplars."""
+
+    __slots__ = ("bounds", "counts", "sums", "exemplars")
+
+    def __init__(self, spec, label_names, max_series, bounds: tuple[float, ...]):
+        super().__init__(spec, label_names, max_series)
+        self.bounds = bounds
+        self.counts: list[list[int]] = []
+        self.sums: list[float] = []
+        # Per series, None until the first exemplar; then one (trace_id, value, time) slot per bucket.
+        self.exemplars: list[list | None] = []
+
+    def _grow(self) -> None:
+        self.counts.append([0] * (len(self.bounds) + 1))
+        self.sums.append(0.0)
+        self.exemplars.append(None)
+
+    def observe(self, i: int, value: float, trace_id: str | None, timestamp: float | None) -> None:
+        b = bisect_left(self.bounds, value)  # first bound >= value: Prometheus' `le` semantics
+        self.counts[i][b] += 1
+        self.sums[i] += value
+        if trace_id is not None:
+            slots = self.exemplars[i]
+            if slots is None:
+                slots = self.exemplars[i] = [None] * (len(self.bounds) + 1)
+            slots[b] = (trace_id, value, time.time() if timestamp is None else timestamp)
+
+    def snapshot(self) -> "HistogramSnapshot":
+        return HistogramSnapshot(
+            self.spec, self.label_names, self.label_values[:], self.label_texts[:],
+            self.bounds, [c[:] for c in self.counts], self.sums[:],
+            [None if e is None else e[:] for e in self.exemplars])
+
+
+class ScalarSnapshot(NamedTuple):
+    spec: catalog.MetricSpec
+    label_names: tuple[str, ...]
+    label_values: list[tuple]
+    label_texts: list[str]
+    values: list[float]
+
+
+class HistogramSnapshot(NamedTuple):
+    spec: catalog.MetricSpec
+    label_names: tuple[str, ...]
+    label_values: list[tuple]
+    label_texts: list[str]
+    bounds: tuple[float, ...]
+    counts: list[list[int]]
+    sums: list[float]
+    exemplars: list
+
+
+class SeriesStore:
+    """Aggregated metrics of the catalog, fed by decoded events.
+
+    Register it in any prometheus_client registry (`registry.register(store)`):
+    `collect()` builds fresh metric families on each scrape.
+    """
+
+    def __init__(self, metrics_config: MetricsConfig | None = None, *, version: str = __version__):
+        cfg = metrics_config or MetricsConfig()
+        self._lock = threading.Lock()
+        self._prices: dict[str, ModelPrice] = dict(cfg.prices)
+        self._extra_labels = tuple(cfg.extra_labels)
+        self._families: dict[str, _Family] = {}
+        for spec in catalog.CATALOG:
+            names = spec.labels + (self._extra_labels if spec.takes_extra_labels else ())
+            if spec.type == catalog.HISTOGRAM:
+                bounds = (cfg.execution_buckets if spec is catalog.AGENT_EXECUTION_DURATION
+                          else cfg.tool_buckets)
+                family = _Histograms(spec, names, cfg.max_series, tuple(float(b) for b in bounds))
+            else:
+                family = _Scalars(spec, names, cfg.max_series)
+            self._families[spec.name] = family
+        f = self._families
+        self._executions: _Scalars = f[catalog.AGENT_EXECUTIONS.name]
+        self._durations: _Histograms = f[catalog.AGENT_EXECUTION_DURATION.name]
+        self._errors: _Scalars = f[catalog.AGENT_ERRORS.name]
+        self._tokens: _Scalars = f[catalog.LLM_TOKENS.name]
+        self._cost: _Scalars = f[catalog.LLM_COST.name]
+        self._usage_unknown: _Scalars = f[catalog.USAGE_UNKNOWN.name]
+        self._tool_calls: _Scalars = f[catalog.TOOL_CALLS.name]
+        self._tool_durations: _Histograms = f[catalog.TOOL_CALL_DURATION.name]
+        self._transitions: _Scalars = f[catalog.STATE_TRANSITIONS.name]
+        self._retries: _Scalars = f[catalog.RETRIES.name]
+        self._fallbacks: _Scalars = f[catalog.FALLBACKS.name]
+        self._circuit: _Scalars = f[catalog.CIRCUIT_BREAKER_STATE.name]
+        self._selector: _Scalars = f[catalog.SELECTOR_WEIGHT.name]
+        self._budget: _Scalars = f[catalog.COST_BUDGET.name]
+        self._events: _Scalars = f[catalog.EXPORTER_EVENTS.name]
+        self._rejected: _Scalars = f[catalog.EXPORTER_EVENTS_REJECTED.name]
+        self._overflow: _Scalars = f[catalog.EXPORTER_SERIES_OVERFLOW.name]
+        self._appliers = {
+            events.AgentExecution: self._apply_agent_execution,
+            events.ToolCall: self._apply_tool_call,
+            events.StateTransition: self._apply_state_transition,
+            events.Retry: self._apply_retry,
+            events.Fallback: self._apply_fallback,
+            events.CircuitState: self._apply_circuit_state,
+        }
+        self._event_type_keys = {cls: (tag,) for tag, cls in events.EVENT_TYPES.items()}
+        with self._lock:
+            self._set(f[catalog.EXPORTER_BUILD_INFO.name], (version,), 1.0)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "SeriesStore":
+        store = cls(config.metrics)
+        store.set_budget("day", config.alerting.budget.day_usd)
+        store.set_budget("month", config.alerting.budget.month_usd)
+        return store
+
+    # -- recording ---------------------------------------------------------
+
+    def apply(self, event) -> None:
+        """Apply one decoded event (see events.decode)."""
+        cls = type(event)
+        apply = self._appliers[cls]
+        with self._lock:
+            apply(event)
+            self._add(self._events, self._event_type_keys[cls], 1)
+
+    def apply_batch(self, batch: Iterable) -> None:
+        """Apply decoded events under a single lock acquisition."""
+        appliers = self._appliers
+        per_type = dict.fromkeys(appliers, 0)
+        with self._lock:
+            for event in batch:
+                cls = type(event)
+                appliers[cls](event)
+                per_type[cls] += 1
+            for cls, n in per_type.items():
+                if n:
+                    self._add(self._events, self._event_type_keys[cls], n)
+
+    def count_rejected(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self._add(self._rejected, (reason,), n)
+
+    def set_circuit_state(self, agent: str, state: str) -> None:
+        self.apply(events.CircuitState(agent=agent, state=state))
+
+    def set_selector_weight(self, task: str, agent: str, weight: float) -> None:
+        with self._lock:
+            self._set(self._selector, (task, agent), float(weight))
+
+    def set_budget(self, period: str, usd: float) -> None:
+        if period not in ("day", "month"):
+            raise ValueError(f"period: expected 'day' or 'month', got {period!r}")
+        with self._lock:
+            self._set(self._budget, (period,), float(usd))
+
+    def cost_of(self, model: str | None, input_tokens: int | None, output_tokens: int | None) -> float | None:
+        """Cost from the price table, or None when it cannot be known (no price, or no tokens)."""
+        price = self._prices.get(model) if model else None
+        if price is None or (input_tokens is None and output_tokens is None):
+            return None
+        return ((input_tokens or 0) * price.input + (output_tokens or 0) * price.output) / 1_000_000
+
+    # The appliers below run with the lock held.
+
+    def _add(self, family: _Scalars, key: tuple, amount: float) -> None:
+        i = family.index.get(key)
+        if i is None:
+            i = family.slot(key)
+        family.values[i] += amount
+
+    def _set(self, family: _Scalars, key: tuple, value: float) -> None:
+        i = family.index.get(key)
+        if i is None:
+            i = family.slot(key)
+        family.values[i] = value
+
+    def _count_event(self, cls: type) -> None:
+        self._add(self._events, self._event_type_keys[cls], 1)
+
+    def _extras(self, event) -> tuple:
+        return tuple(getattr(event, name) or _MISSING for name in self._extra_labels)
+
+    def _apply_agent_execution(self, e: events.AgentExecution) -> None:
+        # The hottest path: series lookups are inlined rather than calling _add.
+        extra = self._extras(e) if self._extra_labels else ()
+        agent = e.agent
+        family = self._executions
+        key = (agent, e.status) + extra
+        i = family.index.get(key)
+        if i is None:
+            i = family.slot(key)
+        family.values[i] += 1
+        durations = self._durations
+        key = (agent,) + extra
+        i = durations.index.get(key)
+        if i is None:
+            i = durations.slot(key)
+        durations.observe(i, e.duration_seconds, e.trace_id, e.timestamp)
+        if e.status == "error":
+            self._add(self._errors, (agent, e.error_type or "unknown") + extra, 1)
+        model = e.model or _UNKNOWN_MODEL
+        family = self._tokens
+        for kind, count in (("input", e.input_tokens), ("output", e.output_tokens)):
+            if count is not None:
+                key = (agent, model, kind) + extra
+                i = family.index.get(key)
+                if i is None:
+                    i = family.slot(key)
+                family.values[i] += count
+        if e.total_tokens is not None and e.input_tokens is None and e.output_tokens is None:
+            self._add(family, (agent, model, "unsplit") + extra, e.total_tokens)
+        cost = e.cost_usd
+        if cost is None:
+            cost = self.cost_of(e.model, e.input_tokens, e.output_tokens)
+        if cost is None:
+            self._add(self._usage_unknown, (agent,) + extra, 1)
+            return
+        family = self._cost
+        key = (agent, model) + extra
+        i = family.index.get(key)
+        if i is None:
+            i = family.slot(key)
+        family.values[i] += cost
+
+    def _apply_tool_call(self, e: events.ToolCall) -> None:
+        self._add(self._tool_calls, (e.tool, e.status), 1)
+        durations = self._tool_durations
+        key = (e.tool,)
+        i = durations.index.get(key)
+        if i is None:
+            i = durations.slot(key)
+        durations.observe(i, e.duration_seconds, e.trace_id, e.timestamp)
+
+    def _apply_state_transition(self, e: events.StateTransition) -> None:
+        self._add(self._transitions, (e.workflow or "default", e.from_state, e.to_state), 1)
+
+    def _apply_retry(self, e: events.Retry) -> None:
+        self._add(self._retries, (e.agent, e.error_type or "unknown"), 1)
+
+    def _apply_fallback(self, e: events.Fallback) -> None:
+        self._add(self._fallbacks, (e.from_agent, e.to_agent), 1)
+
+    def _apply_circuit_state(self, e: events.CircuitState) -> None:
+        self._set(self._circuit, (e.agent,), float(catalog.CIRCUIT_STATE_VALUES[e.state]))
+
+    # -- reading -----------------------------------------------------------
+
+    def snapshot(self) -> list:
+        """A consistent copy of every family, taken under the lock; rendering happens outside it."""
+        with self._lock:
+            overflow = self._overflow
+            for family in self._families.values():
+                if family.overflow_count:
+                    self._set(overflow, (family.spec.name,), float(family.overflow_count))
+            return [family.snapshot() for family in self._families.values()]
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        from .exposition import render_openmetrics, render_text
+        snapshot = self.snapshot()
+        return render_openmetrics(snapshot) if openmetrics else render_text(snapshot)
+
+    def collect(self):
+        """prometheus_client's collector protocol: fresh metric families on each scrape."""
+        from .exposition import to_metric_families
+        return to_metric_families(self.snapshot())
+
+    def describe(self):
+        # Registration must not trigger a collect() of a store still filling up.
+        return []
+
+
+__all__ = ["SeriesStore", "ScalarSnapshot", "HistogramSnapshot"]

@@ -1,0 +1,254 @@
+import shutil
+import subprocess
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_exporter import catalog, events
+from agent_exporter.config import Config, MetricsConfig, ModelPrice
+from agent_exporter.store import SeriesStore
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PRICES = {"gpt-4o": ModelPrice(input=2.5, output=10.0)}
+
+
+def samples(text: str, openmetrics: bool = False) -> dict:
+    """{(sample name, frozenset(labels)): value} through prometheus_client's parsers."""
+    parse = parse_openmetrics if openmetrics else parse_text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in parse(text) for s in family.samples}
+
+
+def value(store: SeriesStore, name: str, **labels) -> float:
+    return samples(store.render().decode())[(name, frozenset(labels.items()))]
+
+
+def feed(store: SeriesStore, *objs) -> None:
+    for obj in objs:
+        store.apply(events.decode(obj))
+
+
+@pytest.fixture
+def store():
+    return SeriesStore(MetricsConfig(prices=PRICES))
+
+
+def test_every_event_type_lands_in_its_metrics(store):
+    feed(store,
+         {"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 0.3,
+          "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.5},
+         {"type": "agent_execution", "agent": "planner", "status": "error", "duration_seconds": 12,
+          "error_type": "Timeout", "model": "gpt-4o", "input_tokens": 100},
+         {"type": "tool_call", "tool": "web_search", "status": "error", "duration_seconds": 0.02},
+         {"type": "state_transition", "from_state": "queued", "to_state": "planning", "workflow": "feature"},
+         {"type": "state_transition", "from_state": "planning", "to_state": "coding"},
+         {"type": "retry", "agent": "coder", "attempt": 2, "error_type": "RateLimited"},
+         {"type": "fallback", "from_agent": "coder", "to_agent": "coder-mini"},
+         {"type": "circuit_state", "agent": "coder", "state": "open"})
+    store.set_selector_weight("code", "coder", 0.25)
+    store.set_budget("day", 100)
+    got = samples(store.render().decode())
+
+    def v(name, **labels):
+        return got[(name, frozenset(labels.items()))]
+
+    assert v("orchestrator_agent_executions_total", agent="planner", status="success") == 1
+    assert v("orchestrator_agent_executions_total", agent="planner", status="error") == 1
+    assert v("orchestrator_agent_execution_duration_seconds_count", agent="planner") == 2
+    assert v("orchestrator_agent_execution_duration_seconds_sum", agent="planner") == 12.3
+    assert v("orchestrator_agent_execution_duration_seconds_bucket", agent="planner", le="0.25") == 0
+    assert v("orchestrator_agent_execution_duration_seconds_bucket", agent="planner", le="0.5") == 1
+    assert v("orchestrator_agent_execution_duration_seconds_bucket", agent="planner", le="10.0") == 1
+    assert v("orchestrator_agent_execution_duration_seconds_bucket", agent="planner", le="15.0") == 2
+    assert v("orchestrator_agent_execution_duration_seconds_bucket", agent="planner", le="+Inf") == 2
+    assert v("orchestrator_agent_errors_total", agent="planner", error_type="Timeout") == 1
+    assert v("orchestrator_llm_tokens_total", agent="planner", model="gpt-4o", type="input") == 1100
+    assert v("orchestrator_llm_tokens_total", agent="planner", model="gpt-4o", type="output") == 200
+    # Second execution: cost computed from the price table (100 input tokens at $2.5/M).
+    assert v("orchestrator_llm_cost_usd_total", agent="planner", model="gpt-4o") == pytest.approx(0.50025)
+    assert v("orchestrator_tool_calls_total", tool="web_search", status="error") == 1
+    assert v("orchestrator_tool_call_duration_seconds_bucket", tool="web_search", le="0.025") == 1
+    assert v("orchestrator_tool_call_duration_seconds_bucket", tool="web_search", le="0.01") == 0
+    assert v("orchestrator_state_transitions_total",
+             workflow="feature", from_state="queued", to_state="planning") == 1
+    assert v("orchestrator_state_transitions_total",
+             workflow="default", from_state="planning", to_state="coding") == 1
+    assert v("orchestrator_retries_total", agent="coder", error_type="RateLimited") == 1
+    assert v("orchestrator_fallbacks_total", from_agent="coder", to_agent="coder-mini") == 1
+    assert v("orchestrator_circuit_breaker_state", agent="coder") == 2
+    assert v("orchestrator_selector_weight", task="code", agent="coder") == 0.25
+    assert v("orchestrator_cost_budget_usd", period="day") == 100
+    assert v("orchestrator_exporter_events_total", type="agent_execution") == 2
+    assert v("orchestrator_exporter_events_total", type="state_transition") == 2
+    assert v("orchestrator_exporter_events_total", type="circuit_state") == 1
+    assert ("orchestrator_usage_unknown_total", frozenset({"agent": "planner"}.items())) not in got
+
+
+def test_usage_unknown_is_counted_never_priced_at_zero(store):
+    feed(store,
+         {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1},
+         {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1,
+          "model": "unpriced-model", "input_tokens": 50})
+    got = samples(store.render().decode())
+    assert got[("orchestrator_usage_unknown_total", frozenset({"agent": "a"}.items()))] == 2
+    assert got[("orchestrator_llm_tokens_total",
+                frozenset({"agent": "a", "model": "unpriced-model", "type": "input"}.items()))] == 50
+    assert not [k for k in got if k[0] == "orchestrator_llm_cost_usd_total"]
+
+
+def test_legacy_record_and_v1_event_produce_the_same_series(store):
+    legacy = SeriesStore(MetricsConfig(prices=PRICES))
+    feed(legacy, {"agent_name": "planner", "duration_ms": 2000, "success": False,
+                  "tokens_used": 300, "cost": 0.02})
+    feed(store, {"type": "agent_execution", "agent": "planner", "status": "error", "duration_seconds": 2.0,
+                 "total_tokens": 300, "cost_usd": 0.02, "error_type": "unknown"})
+    assert legacy.render() == store.render()
+    assert value(store, "orchestrator_llm_tokens_total", agent="planner", model="unknown", type="unsplit") == 300
+
+
+def test_extra_labels_are_appended_when_configured():
+    store = SeriesStore(MetricsConfig(extra_labels=("feature",)))
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1,
+                 "feature": "login", "cost_usd": 0.1, "model": "m"},
+         {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1})
+    assert value(store, "orchestrator_agent_executions_total", agent="a", status="success", feature="login") == 1
+    # An unset extra label is empty, which Prometheus reads as absent.
+    assert value(store, "orchestrator_agent_executions_total", agent="a", status="success", feature="") == 1
+    assert value(store, "orchestrator_llm_cost_usd_total", agent="a", model="m", feature="login") == 0.1
+    assert value(store, "orchestrator_agent_execution_duration_seconds_count", agent="a", feature="login") == 1
+
+
+def test_configured_buckets_are_used():
+    store = SeriesStore(MetricsConfig(execution_buckets=(1.0, 2.0)))
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1.5})
+    les = [s.labels["le"] for f in parse_text(store.render().decode()) for s in f.samples
+           if s.name == "orchestrator_agent_execution_duration_seconds_bucket"]
+    assert les == ["1.0", "2.0", "+Inf"]
+
+
+def test_label_values_round_trip_through_both_formats(store):
+    awkward = 'quote" back\\slash\nnewline ünïcødé 🤖'
+    feed(store, {"type": "agent_execution", "agent": awkward, "status": "success", "duration_seconds": 1,
+                 "trace_id": TRACE_ID})
+    for openmetrics in (False, True):
+        got = samples(store.render(openmetrics).decode(), openmetrics)
+        assert got[("orchestrator_agent_executions_total", frozenset({"agent": awkward, "status": "success"}.items()))] == 1
+
+
+def test_openmetrics_exemplar_carries_trace_id(store):
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 0.7,
+                 "trace_id": TRACE_ID, "timestamp": 1700000000.5},
+         {"type": "tool_call", "tool": "t", "status": "success", "duration_seconds": 0.003, "trace_id": TRACE_ID})
+    text = store.render(openmetrics=True).decode()
+    assert text.endswith("# EOF\n")
+    exemplars = {(s.name, s.labels["le"]): s.exemplar for f in parse_openmetrics(text) for s in f.samples
+                 if s.exemplar}
+    exemplar = exemplars[("orchestrator_agent_execution_duration_seconds_bucket", "1.0")]
+    assert exemplar.labels == {"trace_id": TRACE_ID}
+    assert exemplar.value == 0.7
+    assert float(exemplar.timestamp) == 1700000000.5
+    assert exemplars[("orchestrator_tool_call_duration_seconds_bucket", "0.005")].labels == {"trace_id": TRACE_ID}
+    assert len(exemplars) == 2
+    assert "trace_id" not in store.render().decode()  # text 0.0.4 has no exemplars
+
+
+def test_openmetrics_family_names_and_types(store):
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1})
+    families = {f.name: f.type for f in parse_openmetrics(store.render(openmetrics=True).decode())}
+    assert families["orchestrator_agent_executions"] == "counter"
+    assert families["orchestrator_agent_execution_duration_seconds"] == "histogram"
+    assert families["orchestrator_exporter_build"] == "info"
+
+
+def test_overflow_folds_new_label_sets_and_counts_them():
+    store = SeriesStore(MetricsConfig(max_series=1000))
+    batch = [events.AgentExecution(agent=f"agent-{i}", status="success", duration_seconds=0.1)
+             for i in range(20_000)]
+    store.apply_batch(batch)
+    got = samples(store.render().decode())
+    executions = {dict(labels)["agent"]: v for (name, labels), v in got.items()
+                  if name == "orchestrator_agent_executions_total"}
+    assert len(executions) == 1001
+    assert executions["__overflow__"] == 19_000
+    assert sum(executions.values()) == 20_000
+    overflow = got[("orchestrator_exporter_series_overflow_total",
+                    frozenset({"metric": "orchestrator_agent_executions_total"}.items()))]
+    assert overflow == 19_000
+    assert got[("orchestrator_agent_execution_duration_seconds_count",
+                frozenset({"agent": "__overflow__"}.items()))] == 19_000
+    # An agent already tracked keeps its own series after the cap is reached.
+    store.apply(events.AgentExecution(agent="agent-5", status="success", duration_seconds=0.1))
+    assert value(store, "orchestrator_agent_executions_total", agent="agent-5", status="success") == 2
+
+
+def test_a_label_value_spelled_overflow_does_not_alias_the_overflow_series():
+    store = SeriesStore(MetricsConfig(max_series=1))
+    feed(store, {"type": "retry", "agent": "a", "attempt": 1}, {"type": "retry", "agent": "b", "attempt": 1},
+         {"type": "retry", "agent": "__overflow__", "error_type": "__overflow__", "attempt": 1})
+    assert value(store, "orchestrator_retries_total", agent="__overflow__", error_type="__overflow__") == 2
+
+
+def test_concurrent_batches_are_counted_exactly_once(store):
+    batch = [events.AgentExecution(agent=f"a{i % 7}", status="success", duration_seconds=0.2, model="gpt-4o",
+                                   input_tokens=10, output_tokens=5) for i in range(700)]
+    threads = [threading.Thread(target=lambda: [store.apply_batch(batch) for _ in range(20)]) for _ in range(4)]
+    renders = []
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        renders.append(store.render())
+    for t in threads:
+        t.join()
+    assert sum(v for (name, _), v in samples(store.render().decode()).items()
+               if name == "orchestrator_agent_executions_total") == 4 * 20 * 700
+    # Every intermediate scrape saw whole events: count == executions, per agent.
+    for text in renders[::max(1, len(renders) // 20)]:
+        got = samples(text.decode())
+        for (name, labels), v in got.items():
+            if name == "orchestrator_agent_executions_total":
+                agent = dict(labels)["agent"]
+                assert got[("orchestrator_agent_execution_duration_seconds_count",
+                            frozenset({"agent": agent}.items()))] == v
+
+
+def test_works_in_a_prometheus_client_registry(store):
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 0.7,
+                 "model": "gpt-4o", "input_tokens": 3, "trace_id": TRACE_ID},
+         {"type": "circuit_state", "agent": "a", "state": "half_open"})
+    registry = CollectorRegistry()
+    registry.register(store)
+    assert samples(generate_latest(registry).decode()) == samples(store.render().decode())
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+    theirs = samples(generate_openmetrics(registry).decode(), openmetrics=True)
+    ours = samples(store.render(openmetrics=True).decode(), openmetrics=True)
+    assert theirs == ours
+
+
+def test_from_config_sets_budget_gauges():
+    store = SeriesStore.from_config(Config())
+    assert value(store, "orchestrator_cost_budget_usd", period="day") == 100
+    assert value(store, "orchestrator_cost_budget_usd", period="month") == 2000
+
+
+def test_build_info_and_only_catalog_names_are_exposed(store):
+    feed(store, *[events.decode(obj) for obj in (
+        {"type": "agent_execution", "agent": "a", "status": "error", "duration_seconds": 1},
+        {"type": "tool_call", "tool": "t", "status": "success", "duration_seconds": 1})])
+    store.count_rejected("invalid_type")
+    got = samples(store.render().decode())
+    assert {name for name, _ in got} <= catalog.sample_names()
+    assert [v for (name, _), v in got.items() if name == "orchestrator_exporter_build_info"] == [1]
+
+
+def test_promtool_check_metrics_accepts_the_output(store):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (apt-get install prometheus)"
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1,
+                 "model": "gpt-4o", "input_tokens": 3, "output_tokens": 4},
+         {"type": "tool_call", "tool": "t", "status": "success", "duration_seconds": 1},
+         {"type": "circuit_state", "agent": "a", "state": "open"})
+    result = subprocess.run([promtool, "check", "metrics"], input=store.render(), capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
