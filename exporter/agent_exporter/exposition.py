@@ -53,48 +53,45 @@ def _braced(text: str) -> str:
     return "{" + text + "}" if text else ""
 
 
-def _render_histogram(snap, out: list, openmetrics: bool) -> None:
+# Series rendered per chunk: the output grows in one bytearray, chunk by chunk, so a
+# scrape of 100k series never holds a string per line plus two copies of the text.
+_CHUNK = 2048
+
+
+def _render_histograms(snap, out: bytearray, openmetrics: bool) -> None:
     name = snap.spec.name
     bucket = name + "_bucket{"
     sum_name, count_name = name + "_sum", name + "_count"
     with_labels = _bucket_suffixes(snap.bounds, ",")
     without_labels = _bucket_suffixes(snap.bounds, "")
-    append = out.append
-    for labels, counts, total, exemplars in zip(snap.label_texts, snap.counts, snap.sums, snap.exemplars):
-        suffixes = with_labels if labels else without_labels
-        cumulative = 0
-        for b, count in enumerate(counts):
-            cumulative += count
-            line = f"{bucket}{labels}{suffixes[b]}{cumulative}.0"
-            if openmetrics and exemplars is not None and exemplars[b] is not None:
-                trace_id, value, ts = exemplars[b]
-                line += f' # {{trace_id="{trace_id}"}} {format_float(value)} {ts:.3f}'
-            append(line + "\n")
-        braced = _braced(labels)
-        append(f"{sum_name}{braced} {format_float(total)}\n")
-        append(f"{count_name}{braced} {cumulative}.0\n")
+    rows = list(zip(snap.label_texts, snap.counts, snap.sums, snap.exemplars))
+    for start in range(0, len(rows), _CHUNK // 16):
+        lines: list[str] = []
+        append = lines.append
+        for labels, counts, total, exemplars in rows[start:start + _CHUNK // 16]:
+            suffixes = with_labels if labels else without_labels
+            cumulative = 0
+            for b, count in enumerate(counts):
+                cumulative += count
+                line = f"{bucket}{labels}{suffixes[b]}{cumulative}.0"
+                if openmetrics and exemplars is not None and exemplars[b] is not None:
+                    trace_id, value, ts = exemplars[b]
+                    line += f' # {{trace_id="{trace_id}"}} {format_float(value)} {ts:.3f}'
+                append(line)
+            braced = _braced(labels)
+            append(f"{sum_name}{braced} {format_float(total)}")
+            append(f"{count_name}{braced} {cumulative}.0")
+        append("")
+        out += "\n".join(lines).encode()
 
 
-def _render_scalars(snap, out: list) -> None:
+def _render_scalars(snap, out: bytearray) -> None:
     name = snap.spec.name
-    out.extend(f"{name}{{{labels}}} {format_float(value)}\n" if labels
-               else f"{name} {format_float(value)}\n"
-               for labels, value in zip(snap.label_texts, snap.values))
-
-
-def render_text(snapshot: list) -> bytes:
-    """Prometheus text format 0.0.4."""
-    out: list[str] = []
-    for snap in snapshot:
-        spec = snap.spec
-        if not snap.label_texts:
-            continue
-        out.append(f"# HELP {spec.name} {_escape_help(spec.help)}\n# TYPE {spec.name} {spec.type}\n")
-        if spec.type == catalog.HISTOGRAM:
-            _render_histogram(snap, out, openmetrics=False)
-        else:
-            _render_scalars(snap, out)
-    return "".join(out).encode()
+    texts, values = snap.label_texts, snap.values
+    for start in range(0, len(texts), _CHUNK):
+        out += "".join(
+            f"{name}{{{labels}}} {format_float(value)}\n" if labels else f"{name} {format_float(value)}\n"
+            for labels, value in zip(texts[start:start + _CHUNK], values[start:start + _CHUNK])).encode()
 
 
 def _openmetrics_type(spec: catalog.MetricSpec) -> tuple[str, str]:
@@ -104,21 +101,31 @@ def _openmetrics_type(spec: catalog.MetricSpec) -> tuple[str, str]:
     return spec.family, spec.type
 
 
-def render_openmetrics(snapshot: list) -> bytes:
-    """OpenMetrics 1.0 text, with trace_id exemplars on histogram buckets."""
-    out: list[str] = []
+def _render(snapshot: list, openmetrics: bool) -> bytearray:
+    out = bytearray()
     for snap in snapshot:
         spec = snap.spec
         if not snap.label_texts:
             continue
-        family, om_type = _openmetrics_type(spec)
-        out.append(f"# HELP {family} {_escape_help(spec.help)}\n# TYPE {family} {om_type}\n")
+        family, kind = _openmetrics_type(spec) if openmetrics else (spec.name, spec.type)
+        out += f"# HELP {family} {_escape_help(spec.help)}\n# TYPE {family} {kind}\n".encode()
         if spec.type == catalog.HISTOGRAM:
-            _render_histogram(snap, out, openmetrics=True)
+            _render_histograms(snap, out, openmetrics)
         else:
             _render_scalars(snap, out)
-    out.append("# EOF\n")
-    return "".join(out).encode()
+    if openmetrics:
+        out += b"# EOF\n"
+    return out
+
+
+def render_text(snapshot: list) -> bytearray:
+    """Prometheus text format 0.0.4 (a bytearray: bytes-like, and not copied once more)."""
+    return _render(snapshot, openmetrics=False)
+
+
+def render_openmetrics(snapshot: list) -> bytearray:
+    """OpenMetrics 1.0 text, with trace_id exemplars on histogram buckets."""
+    return _render(snapshot, openmetrics=True)
 
 
 def negotiate(accept: str | None) -> tuple[bool, str]:

@@ -66,7 +66,11 @@ class _Family:
 
 
 class _Scalars(_Family):
-    """Counters and gauges: one float per series."""
+    """Counters and gauges: one number per series.
+
+    Values start as the int 0: counters incremented by whole numbers stay ints, and
+    small ints are shared objects in CPython, which saves a float per series.
+    """
 
     __slots__ = ("values",)
 
@@ -75,7 +79,7 @@ class _Scalars(_Family):
         self.values: list[float] = []
 
     def _grow(self) -> None:
-        self.values.append(0.0)
+        self.values.append(0)
 
     def snapshot(self) -> "ScalarSnapshot":
         return ScalarSnapshot(self.spec, self.label_names, self.label_values[:],
@@ -336,7 +340,7 @@ class SeriesStore:
                     self._set(overflow, (family.spec.name,), float(family.overflow_count))
             return [family.snapshot() for family in self._families.values()]
 
-    def render(self, openmetrics: bool = False) -> bytes:
+    def render(self, openmetrics: bool = False) -> bytearray:
         from .exposition import render_openmetrics, render_text
         snapshot = self.snapshot()
         return render_openmetrics(snapshot) if openmetrics else render_text(snapshot)
