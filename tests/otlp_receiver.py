@@ -1,0 +1,195 @@
+"""OTLP trace receivers for tests: gRPC (TraceService) and HTTP/protobuf (POST /v1/traces).
+
+Both bind 127.0.0.1 on an ephemeral port, decode ExportTraceServiceRequest
+with opentelemetry-proto's generated classes, and keep the spans they receive
+as `ReceivedSpan`s.  Use them as context managers (started on enter, stopped
+on exit) and wait with `wait_for_spans(n)`, which has a deadline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+
+def _value(v: AnyValue):
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, kind) if kind else None
+
+
+def _attributes(key_values) -> dict:
+    return {kv.key: _value(kv.value) for kv in key_values}
+
+
+@dataclass
+class ReceivedSpan:
+    name: str
+    kind: str                      # "INTERNAL", "CLIENT", ...
+    trace_id: str                  # hex
+    span_id: str
+    parent_span_id: str            # "" for a root span
+    start_ns: int
+    end_ns: int
+    attributes: dict
+    status: str                    # "UNSET", "OK", "ERROR"
+    status_message: str
+    events: list[tuple[str, dict]]
+    resource: dict
+    scope: str
+    scope_schema_url: str
+
+
+def spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    received = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for s in scope_spans.spans:
+                received.append(ReceivedSpan(
+                    name=s.name,
+                    kind=Span.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_"),
+                    trace_id=s.trace_id.hex(),
+                    span_id=s.span_id.hex(),
+                    parent_span_id=s.parent_span_id.hex(),
+                    start_ns=s.start_time_unix_nano,
+                    end_ns=s.end_time_unix_nano,
+                    attributes=_attributes(s.attributes),
+                    status=Status.StatusCode.Name(s.status.code).removeprefix("STATUS_CODE_"),
+                    status_message=s.status.message,
+                    events=[(e.name, _attributes(e.attributes)) for e in s.events],
+                    resource=resource,
+                    scope=scope_spans.scope.name,
+                    scope_schema_url=scope_spans.schema_url,
+                ))
+    return received
+
+
+class _Receiver:
+    def __init__(self):
+        self.spans: list[ReceivedSpan] = []
+        self.requests = 0
+        self._cond = threading.Condition()
+
+    def _accept(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        spans = spans_of(request)
+        with self._cond:
+            self.requests += 1
+            self.spans.extend(spans)
+            self._cond.notify_all()
+
+    def wait_for_spans(self, count: int, timeout: float = 10.0) -> list[ReceivedSpan]:
+        """Wait until at least `count` spans arrived (AssertionError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.spans) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"expected {count} spans, received {len(self.spans)}")
+                self._cond.wait(left)
+            return list(self.spans)
+
+    def by_name(self, name: str) -> ReceivedSpan:
+        matches = [s for s in self.spans if s.name == name]
+        assert len(matches) == 1, f"{len(matches)} spans named {name!r} in {[s.name for s in self.spans]}"
+        return matches[0]
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class GrpcReceiver(_Receiver):
+    """A TraceService gRPC server; `endpoint` is its http:// address (insecure)."""
+
+    def __init__(self):
+        super().__init__()
+        self._server = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        receiver = self
+
+        class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                receiver._accept(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None).wait(5)
+            self._server = None
+
+
+class HttpReceiver(_Receiver):
+    """OTLP/HTTP with protobuf bodies on POST /v1/traces; `endpoint` is the server's base URL."""
+
+    def __init__(self):
+        super().__init__()
+        self._server = None
+        self._thread = None
+        self.paths: list[str] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.paths.append(self.path)
+                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+                    self.send_error(404 if self.path != "/v1/traces" else 415)
+                    return
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                receiver._accept(request)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5)
+            self._server = None

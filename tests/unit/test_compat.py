@@ -1,0 +1,226 @@
+"""The legacy tracer and metrics collector API, on the new series and spans."""
+
+import json
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_exporter import catalog, compat, events
+from agent_exporter.compat import metrics_collector, tracer
+from agent_exporter.compat.metrics_collector import MetricsCollector, get_metrics_collector
+from agent_exporter.compat.tracer import OrchestratorTracer, get_tracer
+from agent_exporter.config import Config, TracingConfig
+from agent_exporter.telemetry import Telemetry
+
+# (agent_name, duration_ms, success, tokens_used, cost) as legacy callers pass them.
+LEGACY_CALLS = [
+    ("planner", 1200.0, True, 1500, 0.03),
+    ("planner", 800.0, True, 0, 0.0),          # usage unknown: never a free execution
+    ("coder", 15000.0, False, 4000, 0.12),
+    ("reviewer", 300.0, True, 250, 0.0),       # tokens without cost
+]
+
+
+def samples(tel: Telemetry) -> dict:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in parse_text(tel.render().decode()) for s in family.samples}
+
+
+def value(tel: Telemetry, name: str, **labels) -> float:
+    return samples(tel)[(name, frozenset(labels.items()))]
+
+
+def legacy_record(agent_name, duration_ms, success, tokens_used, cost) -> dict:
+    return {"timestamp": "2024-05-01T12:00:00", "agent_name": agent_name, "duration_ms": duration_ms,
+            "success": success, "tokens_used": tokens_used, "cost": cost}
+
+
+@pytest.fixture
+def spans():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@pytest.fixture
+def fresh_singletons(monkeypatch):
+    """Each test gets its own default Telemetry and legacy singletons."""
+    monkeypatch.setattr(compat, "_default", None)
+    monkeypatch.setattr(tracer, "_tracer_instance", None)
+    monkeypatch.setattr(metrics_collector, "_collector_instance", None)
+
+
+# -- metrics collector -----------------------------------------------------------------
+
+
+def test_legacy_api_and_legacy_record_form_produce_the_same_series(tmp_path):
+    via_api, via_records = Telemetry(), Telemetry()
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=via_api)
+    for call in LEGACY_CALLS:
+        collector.record_agent_execution(*call)
+        via_records.record(legacy_record(*call))
+    assert samples(via_api) == samples(via_records)
+
+    # ... and those series say what the legacy records said.
+    assert value(via_api, catalog.AGENT_EXECUTIONS.name, agent="planner", status="success") == 2
+    assert value(via_api, catalog.AGENT_ERRORS.name, agent="coder", error_type="unknown") == 1
+    assert value(via_api, catalog.AGENT_EXECUTION_DURATION.name + "_sum", agent="coder") == 15.0
+    assert value(via_api, catalog.LLM_TOKENS.name, agent="planner", model="unknown", type="unsplit") == 1500
+    assert value(via_api, catalog.LLM_COST.name, agent="planner", model="unknown") == 0.03
+    assert value(via_api, catalog.USAGE_UNKNOWN.name, agent="planner") == 1
+    assert value(via_api, catalog.USAGE_UNKNOWN.name, agent="reviewer") == 1
+
+
+def test_summary_keeps_the_legacy_keys_and_values(tmp_path):
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=Telemetry())
+    assert collector.get_summary() == {"message": "No metrics collected yet"}
+    for call in LEGACY_CALLS:
+        collector.record_agent_execution(*call)
+    assert collector.get_summary() == {
+        "total_executions": 4,
+        "success_rate": 0.75,
+        "total_cost": pytest.approx(0.15),
+        "total_tokens": 5750,
+        "average_latency_ms": 4325.0,
+        "agents_used": 3,
+    }
+    assert collector.metrics["latencies"]["planner"] == [1200.0, 800.0]
+    assert collector.metrics["success_counts"] == {"planner": 2, "reviewer": 1}
+    assert collector.metrics["failure_counts"] == {"coder": 1}
+    assert collector.metrics["token_usage"]["coder"] == 4000
+    assert [r["agent_name"] for r in collector.metrics["agent_executions"]] == [
+        "planner", "planner", "coder", "reviewer"]
+
+
+def test_saved_metrics_have_the_legacy_shape_and_replay_to_the_same_series(tmp_path):
+    recorded = Telemetry()
+    collector = MetricsCollector(storage_dir=str(tmp_path / "metrics"), telemetry=recorded)
+    for call in LEGACY_CALLS:
+        collector.record_agent_execution(*call)
+    path = collector.save_metrics()
+
+    assert path.parent == tmp_path / "metrics" and path.name.startswith("metrics_")
+    document = json.loads(path.read_text())
+    assert set(document) == {"timestamp", "summary", "detailed_metrics", "agent_executions"}
+    assert document["summary"] == collector.get_summary()
+    assert document["detailed_metrics"] == {
+        "latencies": {"planner": [1200.0, 800.0], "coder": [15000.0], "reviewer": [300.0]},
+        "token_usage": {"planner": 1500, "coder": 4000, "reviewer": 250},
+        "costs": {"planner": 0.03, "coder": 0.12, "reviewer": 0.0},
+        "success_counts": {"planner": 2, "reviewer": 1},
+        "failure_counts": {"coder": 1},
+    }
+    replayed = Telemetry()
+    batch = events.decode_body(json.dumps(document["agent_executions"]).encode(), "application/json")
+    assert batch.rejected == []
+    replayed.record_batch(batch.events)
+    assert samples(replayed) == samples(recorded)
+
+
+@pytest.mark.parametrize("call, field", [
+    (("", 10.0, True), "agent_name"),
+    (("planner", -5.0, True), "duration_ms"),
+    (("planner", 10.0, "yes"), "success"),
+    (("planner", 10.0, True, -1), "tokens_used"),
+    (("planner", 10.0, True, 10, float("nan")), "cost"),
+])
+def test_invalid_legacy_calls_raise_and_record_nothing(tmp_path, call, field):
+    tel = Telemetry()
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=tel)
+    collector.record_agent_execution("planner", 10.0, True)
+    before = tel.render()
+    with pytest.raises(ValueError) as raised:
+        collector.record_agent_execution(*call)
+    assert raised.value.field == field
+    assert tel.render() == before
+    assert collector.get_summary()["total_executions"] == 1
+
+
+def test_collector_creates_no_directory_until_it_saves(tmp_path, monkeypatch, fresh_singletons):
+    monkeypatch.chdir(tmp_path)
+    collector = get_metrics_collector()
+    collector.record_agent_execution("planner", 10.0, True, 100, 0.01)
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / collector.save_metrics()    # the legacy default dir, relative to the cwd
+    assert path.is_file() and path.parent == tmp_path / ".claude" / "orchestrator" / "metrics"
+
+
+# -- tracer -----------------------------------------------------------------------------
+
+
+def test_legacy_tracer_spans(spans):
+    provider, exporter = spans
+    tel = Telemetry(tracer_provider=provider)
+    legacy = OrchestratorTracer(telemetry=tel)
+    assert legacy.provider is provider
+
+    with legacy.tracer.start_as_current_span("orchestrator.execute_request") as request_span:
+        span = legacy.start_agent_execution("planner", {"priority": "high", "feature": "login",
+                                                        "request_id": "req-7"})
+        span.end()
+        legacy.trace_state_transition("planning", "coding", {"workflow": "feature", "agent": "planner"})
+        legacy.trace_tool_call("web_search", {"q": "otel"}, result=["hit"])
+        legacy.trace_tool_call("fetch", {"url": "x"}, result=TimeoutError("slow"))
+        legacy.trace_error(KeyError("missing"), {"step": 3})
+
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    agent = finished["invoke_agent planner"]
+    assert dict(agent.attributes) == {
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner",
+        "orchestrator.priority": "high", "orchestrator.feature": "login", "orchestrator.request_id": "req-7"}
+    assert agent.parent.span_id == request_span.get_span_context().span_id
+
+    tool = finished["execute_tool web_search"]
+    assert dict(tool.attributes) == {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "web_search"}
+    assert tool.status.status_code == StatusCode.UNSET
+    failed_tool = finished["execute_tool fetch"]
+    assert failed_tool.status.status_code == StatusCode.ERROR
+    assert failed_tool.attributes["error.type"] == "TimeoutError"
+
+    request = finished["orchestrator.execute_request"]
+    assert [e.name for e in request.events] == ["orchestrator.state_transition", "exception"]
+    assert request.events[1].attributes["exception.type"] == "KeyError"
+    assert "orchestrator.error.context" not in request.events[1].attributes   # content stays out by default
+    assert value(tel, catalog.STATE_TRANSITIONS.name, workflow="feature",
+                 from_state="planning", to_state="coding") == 1
+    # Only transitions count: tool calls without a duration and bare spans do not make series.
+    assert not any(name.startswith(catalog.TOOL_CALLS.name) or name == catalog.AGENT_EXECUTIONS.name
+                   for name, _ in samples(tel))
+
+
+def test_content_reaches_spans_only_when_asked(spans):
+    provider, exporter = spans
+    tel = Telemetry(Config(tracing=TracingConfig(capture_content=True)), tracer_provider=provider)
+    legacy = OrchestratorTracer(telemetry=tel)
+    legacy.trace_tool_call("web_search", {"q": "otel"}, result=None)
+    legacy.trace_error(KeyError("missing"), {"step": 3})
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    assert finished["execute_tool web_search"].attributes["gen_ai.tool.call.arguments"] == '{"q": "otel"}'
+    error = finished["error"]
+    assert error.status.status_code == StatusCode.ERROR and error.attributes["error.type"] == "KeyError"
+    assert error.events[0].attributes["orchestrator.error.context"] == "{'step': 3}"
+
+
+def test_singletons_share_one_default_telemetry(fresh_singletons):
+    legacy_tracer, collector = get_tracer(), get_metrics_collector()
+    assert get_tracer() is legacy_tracer and get_metrics_collector() is collector
+    assert legacy_tracer.telemetry is collector.telemetry is compat.default_telemetry()
+    assert isinstance(legacy_tracer.tracer, trace.Tracer)
+    collector.record_agent_execution("planner", 10.0, True, 100, 0.01)
+    assert value(compat.default_telemetry(), catalog.AGENT_EXECUTIONS.name, agent="planner", status="success") == 1
+
+
+def test_set_default_telemetry_routes_the_singletons(fresh_singletons):
+    mine = Telemetry()
+    compat.set_default_telemetry(mine)
+    get_metrics_collector().record_agent_execution("coder", 10.0, False)
+    get_tracer().trace_state_transition("a", "b", {})
+    assert value(mine, catalog.AGENT_EXECUTIONS.name, agent="coder", status="error") == 1
+    assert value(mine, catalog.STATE_TRANSITIONS.name, workflow="default", from_state="a", to_state="b") == 1

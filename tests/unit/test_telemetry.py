@@ -1,0 +1,464 @@
+"""The in-process API: exact series through prometheus_client's own parsers, and the spans behind them."""
+
+import asyncio
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_exporter import catalog, events, tracing
+from agent_exporter.config import Config, MetricsConfig, ModelPrice, TracingConfig
+from agent_exporter.telemetry import Telemetry
+
+PRICES = {"gpt-4o": ModelPrice(input=2.5, output=10.0)}
+ORCHESTRATOR_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+ORCHESTRATOR_SPAN = "00f067aa0ba902b7"
+
+EXECUTIONS = catalog.AGENT_EXECUTIONS.name
+DURATION = catalog.AGENT_EXECUTION_DURATION.name
+ERRORS = catalog.AGENT_ERRORS.name
+TOKENS = catalog.LLM_TOKENS.name
+COST = catalog.LLM_COST.name
+UNKNOWN = catalog.USAGE_UNKNOWN.name
+TOOL_CALLS = catalog.TOOL_CALLS.name
+TOOL_DURATION = catalog.TOOL_CALL_DURATION.name
+TRANSITIONS = catalog.STATE_TRANSITIONS.name
+
+
+def samples(tel: Telemetry, openmetrics: bool = False) -> dict:
+    """{(sample name, frozenset(labels)): value}, parsed by prometheus_client."""
+    parse = parse_openmetrics if openmetrics else parse_text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in parse(tel.render(openmetrics).decode()) for s in family.samples}
+
+
+def value(tel: Telemetry, name: str, **labels) -> float:
+    return samples(tel)[(name, frozenset(labels.items()))]
+
+
+def names(tel: Telemetry) -> set:
+    return {name for name, _ in samples(tel)}
+
+
+def exemplars(tel: Telemetry, name: str) -> list:
+    """(labels, exemplar) for every bucket of `name` that carries an exemplar, from OpenMetrics."""
+    return [(s.labels, s.exemplar) for family in parse_openmetrics(tel.render(True).decode())
+            for s in family.samples if s.name == name + "_bucket" and s.exemplar is not None]
+
+
+@pytest.fixture
+def spans():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@pytest.fixture
+def tel(spans):
+    provider, _ = spans
+    return Telemetry(Config(metrics=MetricsConfig(prices=PRICES)), tracer_provider=provider)
+
+
+def finished(exporter, name: str):
+    matches = [s for s in exporter.get_finished_spans() if s.name == name]
+    assert len(matches) == 1, [s.name for s in exporter.get_finished_spans()]
+    return matches[0]
+
+
+# -- every event type, exact values ---------------------------------------------
+
+
+def test_agent_execution_with_priced_usage(tel, spans):
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(input_tokens=1000, output_tokens=200)
+        run.usage(input_tokens=200, output_tokens=100)   # usage adds up over LLM calls
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 1
+    assert value(tel, DURATION + "_count", agent="planner") == 1
+    assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="input") == 1200
+    assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="output") == 300
+    assert value(tel, COST, agent="planner", model="gpt-4o") == pytest.approx((1200 * 2.5 + 300 * 10) / 1e6)
+    assert UNKNOWN not in names(tel)
+    span = finished(spans[1], "invoke_agent planner")
+    assert span.kind == trace.SpanKind.INTERNAL
+    assert dict(span.attributes) == {
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner",
+        "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "orchestrator.cost_usd": pytest.approx((1200 * 2.5 + 300 * 10) / 1e6)}
+
+
+def test_given_cost_wins_and_unpriced_or_missing_usage_is_unknown_not_free(tel):
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(input_tokens=10, output_tokens=10, cost_usd=0.5)
+    with tel.agent_execution("coder") as run:
+        run.set_model("llama-local")          # no price configured
+        run.usage(input_tokens=50, output_tokens=5)
+    with tel.agent_execution("idle"):
+        pass
+    assert value(tel, COST, agent="planner", model="gpt-4o") == 0.5
+    assert value(tel, TOKENS, agent="coder", model="llama-local", type="input") == 50
+    assert ((COST, frozenset({"agent": "coder", "model": "llama-local"}.items()))) not in samples(tel)
+    assert value(tel, UNKNOWN, agent="coder") == 1
+    assert value(tel, UNKNOWN, agent="idle") == 1
+
+
+def test_tool_calls_know_their_agent_and_transitions_count(tel, spans):
+    with tel.agent_execution("planner"):
+        with tel.tool_call("web_search") as call:
+            assert call.agent == "planner"
+        tel.state_transition("planning", "coding", workflow="feature")
+    tel.state_transition("coding", "review")
+    assert value(tel, TOOL_CALLS, tool="web_search", status="success") == 1
+    assert value(tel, TOOL_DURATION + "_count", tool="web_search") == 1
+    assert value(tel, TRANSITIONS, workflow="feature", from_state="planning", to_state="coding") == 1
+    assert value(tel, TRANSITIONS, workflow="default", from_state="coding", to_state="review") == 1
+
+    exporter = spans[1]
+    agent = finished(exporter, "invoke_agent planner")
+    tool = finished(exporter, "execute_tool web_search")
+    assert tool.parent.span_id == agent.context.span_id
+    assert dict(tool.attributes) == {"gen_ai.operation.name": "execute_tool",
+                                     "gen_ai.tool.name": "web_search", "gen_ai.agent.name": "planner"}
+    assert [(e.name, dict(e.attributes)) for e in agent.events] == [(tracing.STATE_TRANSITION_EVENT, {
+        "orchestrator.state.from": "planning", "orchestrator.state.to": "coding",
+        "orchestrator.workflow": "feature", "gen_ai.agent.name": "planner"})]
+    # Outside any span the transition gets a zero-length span of its own.
+    lone = finished(exporter, "state_transition default")
+    assert [e.name for e in lone.events] == [tracing.STATE_TRANSITION_EVENT]
+
+
+def test_record_every_event_type(tel):
+    for event in [
+        {"type": "agent_execution", "agent": "a", "status": "error", "duration_seconds": 3.0,
+         "error_type": "RateLimited", "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10},
+        {"type": "tool_call", "tool": "grep", "status": "error", "duration_seconds": 0.02, "agent": "a"},
+        {"type": "state_transition", "from_state": "x", "to_state": "y", "workflow": "w"},
+        {"type": "retry", "agent": "a", "attempt": 2, "error_type": "RateLimited"},
+        {"type": "fallback", "from_agent": "a", "to_agent": "b", "reason": "circuit_open"},
+        {"type": "circuit_state", "agent": "a", "state": "half_open"},
+    ]:
+        tel.record(event)
+    tel.set_circuit_state("b", "open")
+    tel.set_selector_weight("code_review", "b", 0.75)
+
+    got = samples(tel)
+    assert value(tel, EXECUTIONS, agent="a", status="error") == 1
+    assert value(tel, ERRORS, agent="a", error_type="RateLimited") == 1
+    assert value(tel, DURATION + "_sum", agent="a") == 3.0
+    assert value(tel, DURATION + "_bucket", agent="a", le="2.5") == 0
+    assert value(tel, DURATION + "_bucket", agent="a", le="5.0") == 1
+    assert value(tel, COST, agent="a", model="gpt-4o") == pytest.approx((100 * 2.5 + 10 * 10) / 1e6)
+    assert value(tel, TOOL_CALLS, tool="grep", status="error") == 1
+    assert value(tel, TRANSITIONS, workflow="w", from_state="x", to_state="y") == 1
+    assert value(tel, catalog.RETRIES.name, agent="a", error_type="RateLimited") == 1
+    assert value(tel, catalog.FALLBACKS.name, from_agent="a", to_agent="b") == 1
+    assert value(tel, catalog.CIRCUIT_BREAKER_STATE.name, agent="a") == 1
+    assert value(tel, catalog.CIRCUIT_BREAKER_STATE.name, agent="b") == 2
+    assert value(tel, catalog.SELECTOR_WEIGHT.name, task="code_review", agent="b") == 0.75
+    by_type = {dict(labels)["type"]: v for (name, labels), v in got.items()
+               if name == catalog.EXPORTER_EVENTS.name}
+    assert by_type == {"agent_execution": 1, "tool_call": 1, "state_transition": 1, "retry": 1,
+                       "fallback": 1, "circuit_state": 2}
+
+
+def test_record_batch_applies_decoded_events(tel):
+    batch = events.decode_body(
+        b'{"type":"tool_call","tool":"t","status":"success","duration_seconds":0.1}\n'
+        b'{"type":"tool_call","tool":"t","status":"success","duration_seconds":0.2}\n',
+        "application/x-ndjson")
+    tel.record_batch(batch.events)
+    assert value(tel, TOOL_CALLS, tool="t", status="success") == 2
+    assert value(tel, TOOL_DURATION + "_sum", tool="t") == pytest.approx(0.3)
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_exception_records_error_with_its_class_name_then_propagates(tel, spans):
+    class QuotaExceeded(RuntimeError):
+        pass
+
+    with pytest.raises(QuotaExceeded):
+        with tel.agent_execution("planner") as run:
+            run.usage(input_tokens=5, output_tokens=1)
+            with tel.tool_call("web_search"):
+                raise QuotaExceeded("429")
+    assert value(tel, EXECUTIONS, agent="planner", status="error") == 1
+    assert value(tel, ERRORS, agent="planner", error_type="QuotaExceeded") == 1
+    assert value(tel, TOOL_CALLS, tool="web_search", status="error") == 1
+    assert value(tel, TOKENS, agent="planner", model="unknown", type="input") == 5
+    for name in ("invoke_agent planner", "execute_tool web_search"):
+        span = finished(spans[1], name)
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.attributes["error.type"] == "QuotaExceeded"
+        assert [e.name for e in span.events] == ["exception"]
+
+
+# -- async and decorators -----------------------------------------------------------
+
+
+def test_async_with_and_decorators(tel, spans):
+    @tel.agent_execution("async_agent", model="gpt-4o")
+    async def plan():
+        Telemetry.current_run().usage(input_tokens=100, output_tokens=0)
+        await asyncio.sleep(0)
+        async with tel.tool_call("fetch") as call:
+            return call.agent
+
+    @tel.tool_call("lookup")
+    def lookup():
+        return Telemetry.current_run().agent
+
+    @tel.agent_execution("sync_agent")
+    def work():
+        return lookup()
+
+    @tel.agent_execution("failing")
+    async def fail():
+        raise ValueError("bad plan")
+
+    async def main():
+        async with tel.agent_execution("outer") as run:
+            run.usage(output_tokens=7)
+        results = await asyncio.gather(plan(), plan())
+        with pytest.raises(ValueError):
+            await fail()
+        return results
+
+    assert asyncio.run(main()) == ["async_agent", "async_agent"]
+    assert work() == "sync_agent"
+    assert work() == "sync_agent"
+    assert value(tel, EXECUTIONS, agent="outer", status="success") == 1
+    assert value(tel, EXECUTIONS, agent="async_agent", status="success") == 2
+    assert value(tel, TOKENS, agent="async_agent", model="gpt-4o", type="input") == 200
+    assert value(tel, EXECUTIONS, agent="sync_agent", status="success") == 2
+    assert value(tel, TOOL_CALLS, tool="lookup", status="success") == 2
+    assert value(tel, TOOL_CALLS, tool="fetch", status="success") == 2
+    assert value(tel, ERRORS, agent="failing", error_type="ValueError") == 1
+    assert Telemetry.current_run() is None
+    # The concurrent runs each parent their own tool span.
+    agents = [s for s in spans[1].get_finished_spans() if s.name == "invoke_agent async_agent"]
+    tools = [s for s in spans[1].get_finished_spans() if s.name == "execute_tool fetch"]
+    assert {t.parent.span_id for t in tools} == {a.context.span_id for a in agents}
+
+
+def test_a_scope_object_cannot_be_entered_twice_at_once(tel):
+    scope = tel.agent_execution("planner")
+    with scope:
+        with pytest.raises(RuntimeError):
+            with scope:
+                pass
+    with scope:   # sequential reuse is fine
+        pass
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 2
+
+
+# -- exemplars ------------------------------------------------------------------------
+
+
+def test_exemplar_is_the_trace_id_of_the_span(tel, spans):
+    with tel.agent_execution("planner") as run:
+        with tel.tool_call("web_search") as call:
+            pass
+    span = finished(spans[1], "invoke_agent planner")
+    trace_id = f"{span.context.trace_id:032x}"
+    assert run.trace_id == call.trace_id == trace_id
+    ((labels, exemplar),) = exemplars(tel, DURATION)
+    assert labels["agent"] == "planner" and exemplar.labels == {"trace_id": trace_id}
+    ((_, tool_exemplar),) = exemplars(tel, TOOL_DURATION)
+    assert tool_exemplar.labels == {"trace_id": trace_id}
+
+
+def test_recorded_event_with_ids_joins_that_trace(tel, spans):
+    tel.record({"type": "agent_execution", "agent": "reviewer", "status": "success",
+                "duration_seconds": 1.5, "timestamp": 1700000000.0,
+                "trace_id": ORCHESTRATOR_TRACE, "span_id": ORCHESTRATOR_SPAN})
+    span = finished(spans[1], "invoke_agent reviewer")
+    assert f"{span.context.trace_id:032x}" == ORCHESTRATOR_TRACE
+    assert span.parent.is_remote and f"{span.parent.span_id:016x}" == ORCHESTRATOR_SPAN
+    assert (span.start_time, span.end_time) == (1_699_999_998_500_000_000, 1_700_000_000_000_000_000)
+    ((_, exemplar),) = exemplars(tel, DURATION)
+    assert exemplar.labels == {"trace_id": ORCHESTRATOR_TRACE}
+
+
+def test_recorded_event_without_ids_gets_the_current_trace(tel, spans):
+    with tel.tracer.start_as_current_span("orchestrator.execute_request") as outer:
+        tel.record({"type": "tool_call", "tool": "grep", "status": "success", "duration_seconds": 0.5})
+    tool = finished(spans[1], "execute_tool grep")
+    assert tool.parent.span_id == outer.get_span_context().span_id
+    ((_, exemplar),) = exemplars(tel, TOOL_DURATION)
+    assert exemplar.labels == {"trace_id": f"{outer.get_span_context().trace_id:032x}"}
+
+
+def test_record_without_span_export_takes_the_callers_trace():
+    tel = Telemetry()   # tracing on but exporting nowhere: recorded events make no spans of their own
+    app_tracer = TracerProvider().get_tracer("app")
+    with app_tracer.start_as_current_span("request") as outer:
+        tel.record({"type": "tool_call", "tool": "grep", "status": "success", "duration_seconds": 0.5})
+    ((_, exemplar),) = exemplars(tel, TOOL_DURATION)
+    assert exemplar.labels == {"trace_id": f"{outer.get_span_context().trace_id:032x}"}
+
+
+def test_global_tracer_provider_only_when_asked():
+    # A process sets the global provider once, so each case runs in a process of its own.
+    script = textwrap.dedent("""
+        import sys
+        from opentelemetry import trace
+        from agent_exporter.telemetry import Telemetry
+        tel = Telemetry(global_tracer_provider=sys.argv[1] == "global")
+        print(trace.get_tracer_provider() is tel.tracer_provider)
+    """)
+    for flag, expected in (("global", "True"), ("local", "False")):
+        run = subprocess.run([sys.executable, "-c", script, flag], capture_output=True, text=True, check=True)
+        assert run.stdout.strip() == expected
+
+
+def test_unsampled_traces_leave_no_exemplar_and_no_spans():
+    tel = Telemetry(Config(tracing=TracingConfig(sampling_rate=0.0)))
+    with tel.agent_execution("planner") as run:
+        pass
+    assert run.trace_id is None
+    assert exemplars(tel, DURATION) == []
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 1
+    tel.shutdown()
+
+
+def test_switched_off_span_kinds_still_count(spans):
+    provider, exporter = spans
+    tel = Telemetry(Config(tracing=TracingConfig(trace_tool_calls=False, trace_state_transitions=False)),
+                    tracer_provider=provider)
+    with tel.agent_execution("planner"):
+        with tel.tool_call("web_search") as call:
+            pass
+        tel.state_transition("a", "b")
+    assert value(tel, TOOL_CALLS, tool="web_search", status="success") == 1
+    assert value(tel, TRANSITIONS, workflow="default", from_state="a", to_state="b") == 1
+    agent = finished(exporter, "invoke_agent planner")
+    assert [s.name for s in exporter.get_finished_spans()] == ["invoke_agent planner"]
+    assert agent.events == ()
+    # With no tool span, the tool's exemplar is the enclosing agent span's trace.
+    assert call.trace_id is None
+    ((_, exemplar),) = exemplars(tel, TOOL_DURATION)
+    assert exemplar.labels == {"trace_id": f"{agent.context.trace_id:032x}"}
+
+
+# -- invalid arguments ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda tel: tel.agent_execution(""), "agent"),
+    (lambda tel: tel.agent_execution("a" * 129), "agent"),
+    (lambda tel: tel.agent_execution("planner", model=42), "model"),
+    (lambda tel: tel.tool_call("", agent="planner"), "tool"),
+    (lambda tel: tel.state_transition("", "b"), "from_state"),
+    (lambda tel: tel.state_transition("a", "b", workflow="\ud800"), "workflow"),
+    (lambda tel: tel.record({"type": "agent_execution", "agent": "a", "status": "maybe",
+                             "duration_seconds": 1}), "status"),
+    (lambda tel: tel.record({"type": "agent_execution", "agent": "a", "status": "success",
+                             "duration_seconds": -1}), "duration_seconds"),
+    (lambda tel: tel.record({"type": "tool_call", "tool": "t", "status": "success"}), "duration_seconds"),
+    (lambda tel: tel.record({"type": "agent_execution", "agent": "a", "status": "success",
+                             "duration_seconds": 1, "input_tokens": True}), "input_tokens"),
+    (lambda tel: tel.set_circuit_state("a", "broken"), "state"),
+    (lambda tel: tel.set_selector_weight("task", "a", math.nan), "weight"),
+    (lambda tel: tel.set_selector_weight("", "a", 0.5), "task"),
+])
+def test_invalid_arguments_raise_value_error_naming_the_field_and_record_nothing(tel, spans, call, field):
+    before = tel.render(True)
+    with pytest.raises(ValueError) as raised:
+        call(tel)
+    assert raised.value.field == field
+    assert tel.render(True) == before
+    assert spans[1].get_finished_spans() == ()
+
+
+@pytest.mark.parametrize("usage, field", [
+    ({"input_tokens": -1}, "input_tokens"),
+    ({"output_tokens": 1.5}, "output_tokens"),
+    ({"cost_usd": math.inf}, "cost_usd"),
+    ({"input_tokens": 10, "cost_usd": "free"}, "cost_usd"),
+])
+def test_invalid_usage_raises_and_adds_nothing(tel, usage, field):
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(input_tokens=1, output_tokens=1)
+        with pytest.raises(ValueError) as raised:
+            run.usage(**usage)
+        assert raised.value.field == field
+        with pytest.raises(ValueError):
+            run.set_model("")
+    assert (run.input_tokens, run.output_tokens, run.cost_usd, run.model) == (1, 1, None, "gpt-4o")
+    assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="input") == 1
+
+
+# -- telemetry faults ---------------------------------------------------------------------
+
+
+class BrokenTracer(trace.Tracer):
+    def start_span(self, *args, **kwargs):
+        raise RuntimeError("tracer is broken")
+
+    def start_as_current_span(self, *args, **kwargs):
+        raise RuntimeError("tracer is broken")
+
+
+class BrokenTracerProvider(trace.TracerProvider):
+    def get_tracer(self, *args, **kwargs):
+        return BrokenTracer()
+
+
+def test_a_broken_tracer_never_reaches_the_caller():
+    tel = Telemetry(tracer_provider=BrokenTracerProvider())
+    with tel.agent_execution("planner") as run:
+        with tel.tool_call("web_search"):
+            tel.state_transition("a", "b")
+    tel.record({"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 1})
+    assert run.trace_id is None
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 2
+    assert value(tel, TOOL_CALLS, tool="web_search", status="success") == 1
+
+
+# -- provider construction -----------------------------------------------------------------
+
+
+def test_tracer_provider_from_config():
+    config = Config(service_name="svc", environment="dev", tracing=TracingConfig(sampling_rate=0.25))
+    provider = tracing.build_tracer_provider(config)
+    attributes = provider.resource.attributes
+    assert (attributes["service.name"], attributes["deployment.environment.name"]) == ("svc", "dev")
+    assert attributes["service.version"] == __import__("agent_exporter").__version__
+    description = provider.sampler.get_description()
+    assert description.startswith("ParentBased{root:TraceIdRatioBased{0.25}")
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("http://collector:4318", "http://collector:4318/v1/traces"),
+    ("http://collector:4318/", "http://collector:4318/v1/traces"),
+    ("https://otlp.example.com/custom/traces", "https://otlp.example.com/custom/traces"),
+])
+def test_otlp_http_endpoint(endpoint, expected):
+    assert tracing.otlp_http_endpoint(endpoint) == expected
+
+
+def test_unknown_otlp_protocol_is_an_error():
+    with pytest.raises(ValueError, match="otlp_protocol"):
+        tracing.otlp_exporter(TracingConfig(otlp_protocol="thrift"))
+
+
+def test_the_registry_carries_the_store(tel):
+    from prometheus_client import generate_latest
+    with tel.agent_execution("planner"):
+        pass
+    families = {f.name: f for f in parse_text(generate_latest(tel.registry).decode())}
+    assert catalog.AGENT_EXECUTIONS.family in families
