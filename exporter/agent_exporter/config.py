@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -362,6 +362,10 @@ def _build(cls, data, path: str):
         if key in checks:
             checks[key](converted, key_path)
         kwargs[key] = converted
+    missing = [f.name for f in fields(cls)
+               if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(path, f"missing required key {missing[0]!r}")
     return cls(**kwargs)
 
 

@@ -1,0 +1,180 @@
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent_exporter.config import (
+    Config, ConfigError, ModelPrice, default_config, load_config, parse_config)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The legacy observability_config.yaml, exactly as the old package shipped it.
+LEGACY_YAML = """
+observability:
+  enabled: true
+
+  tracing:
+    enabled: true
+    backend: opentelemetry
+    export_to_console: true  # For development
+    export_to_otlp: false    # Set true when you have OTLP collector
+    otlp_endpoint: "http://localhost:4317"
+
+    trace_all_agents: true
+    trace_state_transitions: true
+    trace_tool_calls: true
+    trace_errors: true
+
+    sampling_rate: 1.0  # Trace 100% of requests (reduce in prod if needed)
+
+  metrics:
+    enabled: true
+    collection_interval: 60  # seconds
+
+  logging:
+    level: INFO
+    include_traces: true
+    format: json  # json or text
+
+  alerting:
+    enabled: true
+    channels:
+      - log
+      # - email  # Enable when SMTP configured
+      # - slack  # Enable when webhook configured
+
+    conditions:
+      - "error_rate > 5%"
+      - "latency_p95 > 10000"  # 10 seconds
+      - "cost_per_day > 100"
+
+    email:
+      smtp_server: "smtp.gmail.com"
+      smtp_port: 587
+      from_address: "alerts@magnus.com"
+      to_addresses:
+        - "dev-team@magnus.com"
+
+    slack:
+      webhook_url: ""  # Add your Slack webhook URL
+"""
+
+
+def parse(text: str) -> Config:
+    return parse_config(yaml.safe_load(text))
+
+
+def test_legacy_config_loads_with_its_thresholds(tmp_path):
+    path = tmp_path / "observability_config.yaml"
+    path.write_text(LEGACY_YAML)
+    config = load_config(path)
+    thresholds = config.alerting.thresholds
+    assert (thresholds.error_ratio, thresholds.latency_p95_seconds, thresholds.cost_per_day_usd) == (0.05, 10.0, 100.0)
+    assert config.alerting.budget.day_usd == 100.0
+    assert config.tracing.export_to_console is True
+    assert config.alerting.email.smtp_server == "smtp.gmail.com"
+    assert config.alerting.email.to_addresses == ("dev-team@magnus.com",)
+    assert config.metrics.collection_interval == 60.0
+
+
+@pytest.mark.parametrize("condition,field,value", [
+    ("error_rate > 5%", "error_ratio", 0.05),
+    ("error_rate > 0.02", "error_ratio", 0.02),
+    ("error_rate>12.5%", "error_ratio", 0.125),
+    ("latency_p95 > 10000", "latency_p95_seconds", 10.0),
+    ("latency_p95 > 2500ms", "latency_p95_seconds", 2.5),
+    ("latency_p95 > 30s", "latency_p95_seconds", 30.0),
+    ("cost_per_day > 100", "cost_per_day_usd", 100.0),
+    ("cost_per_day > $250", "cost_per_day_usd", 250.0),
+])
+def test_legacy_conditions_become_thresholds(condition, field, value):
+    config = parse_config({"observability": {"alerting": {"conditions": [condition]}}})
+    assert getattr(config.alerting.thresholds, field) == pytest.approx(value)
+
+
+def test_defaults_equal_default_config():
+    assert parse_config(None) == parse_config({"observability": None}) == default_config() == Config()
+
+
+def test_example_config_loads():
+    config = load_config(ROOT / "examples" / "observability.yaml")
+    assert config.metrics.prices["gpt-4o"] == ModelPrice(input=2.5, output=10.0)
+    assert config.metrics.extra_labels == ("feature",)
+    assert config.healing.fallbacks == {"coder-gpt-4o": ("coder-claude-sonnet",)}
+    assert config.alerting.budget.owners == ("finops@example.com",)
+
+
+def test_daily_budget_and_cost_threshold_are_one_number():
+    assert parse_config({"observability": {"alerting": {"budget": {"day_usd": 40}}}}).alerting.thresholds.cost_per_day_usd == 40
+    config = parse_config({"observability": {"alerting": {"thresholds": {"cost_per_day_usd": 70}}}})
+    assert config.alerting.budget.day_usd == 70
+
+
+BAD = [
+    ({"metrics": {"max_series": "ten"}}, "observability.metrics.max_series", "integer"),
+    ({"metrics": {"max_series": 0}}, "observability.metrics.max_series", "positive"),
+    ({"metrics": {"max_series": True}}, "observability.metrics.max_series", "integer"),
+    ({"metrics": {"enabled": 1}}, "observability.metrics.enabled", "true or false"),
+    ({"metrics": {"execution_buckets": [1, 5, 2]}}, "observability.metrics.execution_buckets[2]", "increase"),
+    ({"metrics": {"tool_buckets": []}}, "observability.metrics.tool_buckets", "at least one"),
+    ({"metrics": {"tool_buckets": [-1]}}, "observability.metrics.tool_buckets[0]", "positive"),
+    ({"metrics": {"extra_labels": ["user"]}}, "observability.metrics.extra_labels[0]", "feature"),
+    ({"metrics": {"prices": {"m": {"input": 1}}}}, "observability.metrics.prices.m", "missing"),
+    ({"metrics": {"prices": {"m": {"input": -1, "output": 1}}}}, "observability.metrics.prices.m.input", ">= 0"),
+    ({"tracing": {"sampling_rate": 1.5}}, "observability.tracing.sampling_rate", "between 0 and 1"),
+    ({"tracing": {"otlp_protocol": "thrift"}}, "observability.tracing.otlp_protocol", "grpc"),
+    ({"tracing": {"otlp_endpoint": "localhost:4317"}}, "observability.tracing.otlp_endpoint", "URL"),
+    ({"tracing": {"colour": "blue"}}, "observability.tracing.colour", "unknown key"),
+    ({"logging": {"level": "LOUD"}}, "observability.logging.level", "INFO"),
+    ({"alerting": {"slo": {"objective": 1.0}}}, "observability.alerting.slo.objective", "ratio"),
+    ({"alerting": {"slo": {"page_windows": [["1h", "5min", 14.4]]}}}, "observability.alerting.slo.page_windows[0][1]", "duration"),
+    ({"alerting": {"channels": ["pager"]}}, "observability.alerting.channels[0]", "slack"),
+    ({"alerting": {"email": {"to_addresses": ["nobody"]}}}, "observability.alerting.email.to_addresses[0]", "email"),
+    ({"alerting": {"email": {"password": "hunter2"}}}, "observability.alerting.email.password", "password_file"),
+    ({"alerting": {"slack": {"webhook_url": "https://hooks.slack.com/services/T/B/X"}}},
+     "observability.alerting.slack.webhook_url", "webhook_url_file"),
+    ({"alerting": {"conditions": ["error_rate > lots"]}}, "observability.alerting.conditions[0]", "cannot read"),
+    ({"alerting": {"conditions": ["error_rate > 5"]}}, "observability.alerting.conditions[0]", "percentage"),
+    ({"alerting": {"conditions": ["throughput > 5"]}}, "observability.alerting.conditions[0]", "unknown condition"),
+    ({"alerting": {"conditions": ["error_rate > 5%"], "thresholds": {"error_ratio": 0.1}}},
+     "observability.alerting.conditions[0]", "observability.alerting.thresholds.error_ratio"),
+    ({"alerting": {"conditions": ["cost_per_day > 100"], "budget": {"day_usd": 50}}},
+     "observability.alerting.budget.day_usd", "contradicts"),
+    ({"alerting": {"evaluation_interval": "soon"}}, "observability.alerting.evaluation_interval", "duration"),
+    ({"alerting": {"remediation_alerts": ["high error ratio"]}}, "observability.alerting.remediation_alerts[0]", "CamelCase"),
+    ({"server": {"listen_address": "9464"}}, "observability.server.listen_address", "HOST:PORT"),
+    ({"healing": {"breaker_error_ratio": 0}}, "observability.healing.breaker_error_ratio", "ratio"),
+    ({"healing": {"fallbacks": {"coder": ["coder"]}}}, "observability.healing.fallbacks.coder[0]", "another agent"),
+    ({"healing": {"fallbacks": {"coder": "coder-b"}}}, "observability.healing.fallbacks.coder", "list"),
+]
+
+
+@pytest.mark.parametrize("section,path,words", BAD, ids=[b[1] for b in BAD])
+def test_bad_values_name_the_key_path(section, path, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": section})
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+    assert words in str(info.value)
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": {}, "observabilty": {}})
+    assert info.value.path == "observabilty"
+
+
+def test_unreadable_and_invalid_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("observability: [unclosed")
+    with pytest.raises(ConfigError) as info:
+        load_config(broken)
+    assert info.value.path == str(broken)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+    assert replace(Config(), service_name="x").service_name == "x"
