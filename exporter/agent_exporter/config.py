@@ -124,8 +124,11 @@ class AlertingConfig:
     alertmanager_url: str = "http://localhost:9093"
     runbook_url: str = "https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md"
     grafana_url: str = "http://localhost:3000"
-    # Rule evaluation / `for:` scaling for tests and demos: "for" durations are written as-is.
     evaluation_interval: str = "30s"
+    # The window of the alerts on error ratio, latency and rejections, and how long they
+    # must hold before firing.  Demos and tests shorten both; recording rules keep 5m.
+    rate_window: str = "5m"
+    alert_for: str = "5m"
     # Alerts whose firing opens the named agent's circuit breaker (self-healing).
     remediation_alerts: tuple[str, ...] = ("OrchestratorAgentHighErrorRatio",)
 
@@ -274,7 +277,7 @@ _CHECKS = {
     AlertingConfig: {
         "channels": _subset_of("log", "email", "slack"),
         "alertmanager_url": _url, "runbook_url": _url, "grafana_url": _url,
-        "evaluation_interval": _duration,
+        "evaluation_interval": _duration, "rate_window": _duration, "alert_for": _duration,
         "remediation_alerts": _each(_check(lambda v: _ALERT_NAME.match(v), "expected an alert name in CamelCase")),
     },
     ServerConfig: {
