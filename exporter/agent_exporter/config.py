@@ -122,6 +122,7 @@ class AlertingConfig:
     email: EmailConfig = field(default_factory=EmailConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     alertmanager_url: str = "http://localhost:9093"
+    exporter_url: str = "http://agent-exporter:9464"   # where Alertmanager posts remediation webhooks
     runbook_url: str = "https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md"
     grafana_url: str = "http://localhost:3000"
     evaluation_interval: str = "30s"
@@ -276,7 +277,7 @@ _CHECKS = {
     },
     AlertingConfig: {
         "channels": _subset_of("log", "email", "slack"),
-        "alertmanager_url": _url, "runbook_url": _url, "grafana_url": _url,
+        "alertmanager_url": _url, "exporter_url": _url, "runbook_url": _url, "grafana_url": _url,
         "evaluation_interval": _duration, "rate_window": _duration, "alert_for": _duration,
         "remediation_alerts": _each(_check(lambda v: _ALERT_NAME.match(v), "expected an alert name in CamelCase")),
     },

@@ -1,0 +1,62 @@
+"""The legacy alerting API delivers through a real Alertmanager."""
+
+import json
+import logging
+import time
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from agent_exporter import stack
+from agent_exporter.compat.alerting import Alert, AlertingSystem, alert_name
+from agent_exporter.config import Config
+
+pytestmark = pytest.mark.integration
+
+AM_CONFIG = """
+route:
+  receiver: "null"
+receivers:
+  - name: "null"
+"""
+
+
+def config_for(url: str, **alerting) -> Config:
+    return replace(Config(), alerting=replace(Config().alerting, alertmanager_url=url, **alerting))
+
+
+def test_send_alert_reaches_alertmanager(tmp_path, caplog):
+    with stack.start_alertmanager(tmp_path, AM_CONFIG) as am:
+        system = AlertingSystem(config=config_for(am.url))
+        with caplog.at_level(logging.ERROR):
+            assert system.send_alert(Alert("error", "Agent planner keeps failing", "3 of 4 runs failed",
+                                           {"agent": "planner", "request_id": "r-1"}))
+        assert "ALERT [ERROR] Agent planner keeps failing" in caplog.text
+        deadline = time.monotonic() + 10
+        alerts = []
+        while time.monotonic() < deadline and not alerts:
+            alerts = json.loads(urllib.request.urlopen(am.url + "/api/v2/alerts", timeout=5).read())
+            time.sleep(0.1)
+        assert len(alerts) == 1
+        assert alerts[0]["labels"] == {"alertname": "OrchestratorLegacyAgentPlannerKeepsFailing",
+                                       "severity": "critical", "agent": "planner", "source": "legacy"}
+        assert alerts[0]["annotations"] == {"summary": "Agent planner keeps failing",
+                                            "description": "3 of 4 runs failed"}
+
+
+def test_send_alert_never_raises_and_honours_enabled(tmp_path):
+    dead = f"http://127.0.0.1:{stack.free_port()}"
+    assert AlertingSystem(config=config_for(dead)).send_alert(Alert("warning", "t", "m")) is False
+    assert AlertingSystem(config=config_for(dead, enabled=False)).send_alert(Alert("warning", "t", "m")) is False
+
+
+def test_check_conditions_points_at_the_rules(caplog):
+    system = AlertingSystem(config=config_for("http://127.0.0.1:9", conditions=("error_rate > 5%",)))
+    with caplog.at_level(logging.WARNING):
+        assert system.check_conditions({"success_rate": 0.5}) == []
+    assert "Prometheus alert rules" in caplog.text
+
+
+def test_alert_names_are_camel_case_with_the_prefix():
+    assert alert_name("budget exceeded: $120/day") == "OrchestratorLegacyBudgetExceeded120Day"

@@ -1,0 +1,140 @@
+"""amtool checks the rendered Alertmanager config, its whole routing matrix, and every template."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent_exporter.config import Config, load_config
+from agent_exporter.render import alertmanager as am
+from agent_exporter.render.rules import alert_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def amtool(*args) -> subprocess.CompletedProcess:
+    binary = shutil.which("amtool")
+    assert binary, "amtool is required (apt-get install prometheus-alertmanager)"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = tmp_path_factory.mktemp("render")
+    am.render_alertmanager(load_config(ROOT / "examples" / "observability.yaml"), out)
+    return out / "alertmanager"
+
+
+def test_committed_config_passes_amtool_check_config():
+    result = amtool("check-config", str(ROOT / "alertmanager" / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_committed_files_are_the_render_of_the_default_config(tmp_path):
+    for path in am.render_alertmanager(Config(), tmp_path):
+        committed = ROOT / path.relative_to(tmp_path)
+        assert committed.read_text() == path.read_text(), f"{committed} drifted: run `make render`"
+
+
+def test_example_config_with_smtp_auth_passes_amtool(rendered):
+    result = amtool("check-config", str(rendered / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (rendered / "alertmanager.yml").read_text()
+    assert "auth_password_file: /etc/alertmanager/secrets/smtp_password" in text
+    assert "api_url_file: /etc/alertmanager/secrets/slack_webhook_url" in text
+    assert "hooks.slack.com" not in text and "password:" not in text
+
+
+# (labels, receivers expected in order); the remediation webhook comes first with `continue`.
+ROUTING_MATRIX = [
+    ({"alertname": "OrchestratorAgentHighErrorRatio", "severity": "critical", "agent": "coder"},
+     [am.REMEDIATION, am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorAgentErrorBudgetBurnFast", "severity": "critical", "agent": "coder"}, [am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorExporterDown", "severity": "critical"}, [am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"}, [am.SLACK]),
+    ({"alertname": "OrchestratorToolHighErrorRatio", "severity": "warning", "tool": "web_search"}, [am.SLACK]),
+    ({"alertname": "OrchestratorDailyCostOverBudget", "severity": "critical", "category": "cost"},
+     [am.SLACK_EMAIL_BUDGET]),
+    ({"alertname": "OrchestratorDailyCostForecastOverBudget", "severity": "warning", "category": "cost"},
+     [am.SLACK_BUDGET]),
+    ({"alertname": "SomethingInformational", "severity": "info"}, [am.NULL]),
+    ({"alertname": "Unlabelled"}, [am.SLACK]),
+]
+
+
+@pytest.mark.parametrize("labels,receivers", ROUTING_MATRIX, ids=[m[0]["alertname"] for m in ROUTING_MATRIX])
+def test_routing_matrix(labels, receivers):
+    result = amtool("config", "routes", "test", f"--config.file={ROOT / 'alertmanager' / 'alertmanager.yml'}",
+                    f"--verify.receivers={','.join(receivers)}", *(f"{k}={v}" for k, v in labels.items()))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_shipped_alert_is_routed_to_a_person():
+    for group in alert_rules(Config()):
+        for rule in group["rules"]:
+            labels = {"alertname": rule["alert"], **rule["labels"]}
+            result = amtool("config", "routes", "test", f"--config.file={ROOT / 'alertmanager' / 'alertmanager.yml'}",
+                            *(f"{k}={v}" for k, v in labels.items()))
+            assert result.returncode == 0, result.stderr
+            assert "slack" in result.stdout, (rule["alert"], result.stdout)
+
+
+def sample(status: str) -> dict:
+    def alert(agent, value):
+        return {
+            "status": status,
+            "labels": {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "critical", "agent": agent},
+            "annotations": {
+                "summary": f"Agent {agent} fails too often.",
+                "description": f"{value} of {agent}'s executions failed over the last 5m (threshold 5%).",
+                "runbook_url": "https://example.com/runbooks.md#orchestratoragenthigherrorratio",
+                "dashboard_url": f"http://grafana/d/orchestrator-agent?var-agent={agent}"},
+            "startsAt": "2026-11-23T10:00:00Z",
+            "endsAt": "2026-11-23T10:20:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus/graph", "fingerprint": agent,
+        }
+    alerts = [alert("coder", "48.2%"), alert("tester", "12%")]
+    return {
+        "receiver": "slack-email", "status": status, "alerts": alerts,
+        "groupLabels": {"alertname": "OrchestratorAgentHighErrorRatio"},
+        "commonLabels": {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "critical"},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+    }
+
+
+def render_template(tmp_path, name: str, status: str, kind: str = "text") -> str:
+    data = tmp_path / f"{status}.json"
+    data.write_text(json.dumps(sample(status)))
+    result = amtool("template", "render", f"--template.glob={ROOT / 'alertmanager' / 'templates' / '*.tmpl'}",
+                    f"--template.text={{{{ template \"{name}\" . }}}}", f"--template.data={data}",
+                    f"--template.type={kind}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_slack_templates_render_firing_and_resolved(tmp_path):
+    title = render_template(tmp_path, "orchestrator.slack.title", "firing")
+    assert title.strip() == "[FIRING:2] OrchestratorAgentHighErrorRatio"
+    text = render_template(tmp_path, "orchestrator.slack.text", "firing")
+    assert "48.2% of coder's executions failed over the last 5m (threshold 5%)." in text
+    assert "12% of tester's" in text
+    assert "<https://example.com/runbooks.md#orchestratoragenthigherrorratio|runbook>" in text
+    assert "<http://grafana/d/orchestrator-agent?var-agent=coder|dashboard>" in text
+    assert "Since 2026-11-23 10:00:00 UTC" in text
+    assert render_template(tmp_path, "orchestrator.slack.color", "firing").strip() == "danger"
+    resolved = render_template(tmp_path, "orchestrator.slack.text", "resolved")
+    assert "Resolved: Agent coder fails too often." in resolved and ":red_circle:" not in resolved
+    assert render_template(tmp_path, "orchestrator.slack.title", "resolved").strip().startswith("[RESOLVED]")
+    assert render_template(tmp_path, "orchestrator.slack.color", "resolved").strip() == "good"
+
+
+def test_email_templates_render_firing_and_resolved(tmp_path):
+    subject = render_template(tmp_path, "orchestrator.email.subject", "firing")
+    assert subject.strip() == "[FIRING:2] OrchestratorAgentHighErrorRatio"
+    html = render_template(tmp_path, "orchestrator.email.html", "firing", "html")
+    assert html.count(">FIRING<") == 2 and "agent coder" in html and "agent tester" in html
+    assert 'href="https://example.com/runbooks.md#orchestratoragenthigherrorratio"' in html
+    resolved = render_template(tmp_path, "orchestrator.email.html", "resolved", "html")
+    assert resolved.count(">RESOLVED<") == 2 and "until 10:20:00 UTC" in resolved
