@@ -96,8 +96,10 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class EmailConfig:
-    smtp_server: str = "localhost"
-    smtp_port: int = 25
+    # Like the other addresses in the rendered files, the defaults are the shipped
+    # docker-compose stack's (its Mailpit); a real deployment sets its own.
+    smtp_server: str = "mailpit"
+    smtp_port: int = 1025
     from_address: str = "alerts@example.com"
     to_addresses: tuple[str, ...] = ()
     username: str = ""
