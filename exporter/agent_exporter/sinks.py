@@ -63,6 +63,12 @@ class SlackSink:
         with self._lock:
             self._failures.extend([status] * n)
 
+    @property
+    def failures_pending(self) -> int:
+        """Outage answers not given yet."""
+        with self._lock:
+            return len(self._failures)
+
     def start(self) -> "SlackSink":
         self._thread.start()
         return self

@@ -1,7 +1,9 @@
 """End to end with the real binaries: events → exporter → Prometheus → Alertmanager → Slack and SMTP sinks."""
 
+import json
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 
 import pytest
@@ -44,18 +46,26 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def pipeline(tmp_path):
-    slack, smtp = SlackSink().start(), SMTPSink().start()
-    tel = Telemetry()
-    exporter = tel.serve("127.0.0.1:0")
-    (tmp_path / "slack_url").write_text(slack.url)
-    config = fast_config(tmp_path / "slack_url", smtp.port)
-    am.render_alertmanager(config, tmp_path / "am-render")
-    alertmanager = stack.start_alertmanager(tmp_path / "am", alertmanager_yaml(config).replace(
-        f"templates/{am.TEMPLATE_NAME}", str(tmp_path / "am-render" / "alertmanager" / "templates" / am.TEMPLATE_NAME)))
-    rules.render_prometheus(config, tmp_path / "render")
-    prometheus = stack.start_prometheus(tmp_path / "prom", f"""
+class Pipeline:
+    """Exporter, Prometheus, one or two Alertmanagers and the sinks, all on loopback."""
+
+    def __init__(self, tmp_path, alertmanagers: int = 1):
+        self.tmp_path = tmp_path
+        self.slack, self.smtp = SlackSink().start(), SMTPSink().start()
+        self.tel = Telemetry()
+        self.exporter = self.tel.serve("127.0.0.1:0")
+        (tmp_path / "slack_url").write_text(self.slack.url)
+        config = fast_config(tmp_path / "slack_url", self.smtp.port)
+        am.render_alertmanager(config, tmp_path / "am-render")
+        self.am_yaml = alertmanager_yaml(config).replace(
+            f"templates/{am.TEMPLATE_NAME}",
+            str(tmp_path / "am-render" / "alertmanager" / "templates" / am.TEMPLATE_NAME))
+        self.am_ports = [stack.free_port() for _ in range(alertmanagers)]
+        self.cluster_ports = [stack.free_port() for _ in range(alertmanagers)] if alertmanagers > 1 else []
+        self.alertmanagers = [self.start_alertmanager(i) for i in range(alertmanagers)]
+        rules.render_prometheus(config, tmp_path / "render")
+        targets = ", ".join(f'"127.0.0.1:{port}"' for port in self.am_ports)
+        self.prometheus = stack.start_prometheus(tmp_path / "prom", f"""
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
@@ -64,19 +74,75 @@ rule_files:
 alerting:
   alertmanagers:
     - static_configs:
-        - targets: ["{alertmanager.url.removeprefix('http://')}"]
+        - targets: [{targets}]
 scrape_configs:
   - job_name: {rules.JOB}
     static_configs:
-      - targets: ["127.0.0.1:{exporter.port}"]
+      - targets: ["127.0.0.1:{self.exporter.port}"]
 """, extra_args=("--rules.alert.resend-delay=1s",))
-    yield tel, slack, smtp
-    prometheus.stop()
-    alertmanager.stop()
-    exporter.stop()
-    tel.shutdown()
-    slack.stop()
-    smtp.stop()
+
+    def start_alertmanager(self, i: int):
+        peers = [f"127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i]
+        extra = ("--cluster.peer-timeout=2s",) if self.cluster_ports else ()
+        return stack.start_alertmanager(self.tmp_path / f"am{i}", self.am_yaml, port=self.am_ports[i],
+                                        cluster_port=self.cluster_ports[i] if self.cluster_ports else None,
+                                        cluster_peers=peers, extra_args=extra)
+
+    def restart_alertmanager(self, i: int = 0):
+        """Stop gracefully (Alertmanager snapshots its notification log) and start on the same storage."""
+        self.alertmanagers[i].stop()
+        self.alertmanagers[i] = self.start_alertmanager(i)
+
+    def slack_titles(self) -> list[str]:
+        return [m["attachments"][0]["title"] for m in self.slack.messages]
+
+    def close(self):
+        self.prometheus.stop()
+        for process in self.alertmanagers:
+            process.stop()
+        self.exporter.stop()
+        self.tel.shutdown()
+        self.slack.stop()
+        self.smtp.stop()
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    running = Pipeline(tmp_path)
+    yield running.tel, running.slack, running.smtp
+    running.close()
+
+
+@pytest.fixture
+def make_pipeline(tmp_path):
+    made = []
+
+    def make(**kwargs):
+        made.append(Pipeline(tmp_path, **kwargs))
+        return made[-1]
+    yield make
+    for running in made:
+        running.close()
+
+
+class Traffic:
+    """Background traffic for agent coder; `failing` makes every other execution fail."""
+
+    def __init__(self, tel: Telemetry):
+        self.stop, self.failing = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=run_traffic, args=(tel, self.stop, self.failing), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+FIRING = f"[FIRING:1] {ALERT} · agent coder"
+RESOLVED = f"[RESOLVED] {ALERT} · agent coder"
 
 
 def run_traffic(tel: Telemetry, stop: threading.Event, failing: threading.Event) -> None:
@@ -126,3 +192,42 @@ def test_error_alert_reaches_slack_and_email_then_resolves(pipeline):
     finally:
         stop.set()
         traffic.join(timeout=5)
+
+
+def test_a_slack_outage_delays_the_message_but_it_arrives_once(make_pipeline):
+    running = make_pipeline()
+    running.slack.fail_next(4)          # Slack answers 500 to the first four posts
+    with Traffic(running.tel) as traffic:
+        traffic.failing.set()
+        wait_for(lambda: FIRING in running.slack_titles(), 120, "the message after the outage")
+        time.sleep(5)                   # retries after success would show up here
+    assert running.slack.failures_pending == 0        # the outage was really hit
+    assert running.slack_titles().count(FIRING) == 1
+
+
+def test_an_alertmanager_restart_loses_and_repeats_nothing(make_pipeline):
+    running = make_pipeline()
+    with Traffic(running.tel) as traffic:
+        traffic.failing.set()
+        wait_for(lambda: FIRING in running.slack_titles(), 90, "the firing message")
+        running.restart_alertmanager()
+        time.sleep(5)                   # Prometheus re-sends the firing alert to the new process
+        assert running.slack_titles().count(FIRING) == 1
+        traffic.failing.clear()
+        wait_for(lambda: RESOLVED in running.slack_titles(), 90, "the resolved message after the restart")
+    assert running.slack_titles().count(FIRING) == 1
+    assert running.slack_titles().count(RESOLVED) == 1
+
+
+def test_two_clustered_alertmanagers_send_one_message_per_group(make_pipeline):
+    running = make_pipeline(alertmanagers=2)
+    with Traffic(running.tel) as traffic:
+        traffic.failing.set()
+        wait_for(lambda: FIRING in running.slack_titles(), 90, "the firing message")
+        time.sleep(8)                   # longer than the second peer's wait (peer timeout 2s)
+        for process in running.alertmanagers:   # both received the alert from Prometheus
+            alerts = json.loads(urllib.request.urlopen(process.url + "/api/v2/alerts", timeout=5).read())
+            assert ALERT in {a["labels"]["alertname"] for a in alerts}
+    titles = running.slack_titles()
+    assert titles.count(FIRING) == 1, titles
+    assert len(titles) == len(set(titles)), titles
