@@ -107,12 +107,25 @@ def alertmanager_config(config: Config) -> dict:
     }
 
 
+SECRETS_README = """\
+# Secrets Alertmanager reads in docker-compose.yml (mounted at /etc/alertmanager/secrets).
+# They are never committed: only this file is tracked. For Slack, write the incoming-webhook URL:
+#   printf '%s' 'https://hooks.slack.com/services/...' > alertmanager/secrets/slack_webhook_url
+*
+!.gitignore
+"""
+
+
 def render_alertmanager(config: Config, out_dir: Path) -> list[Path]:
-    """Write alertmanager/alertmanager.yml and alertmanager/templates/ under out_dir."""
+    """Write alertmanager/alertmanager.yml, templates/ and the (empty) secrets/ folder under out_dir."""
     base = Path(out_dir) / "alertmanager"
     (base / "templates").mkdir(parents=True, exist_ok=True)
-    config_path = base / "alertmanager.yml"
-    template_path = base / "templates" / TEMPLATE_NAME
-    config_path.write_text(HEADER + dump_yaml(alertmanager_config(config)))
-    template_path.write_text(template_text())
-    return [config_path, template_path]
+    (base / "secrets").mkdir(parents=True, exist_ok=True)
+    files = {
+        base / "alertmanager.yml": HEADER + dump_yaml(alertmanager_config(config)),
+        base / "templates" / TEMPLATE_NAME: template_text(),
+        base / "secrets" / ".gitignore": SECRETS_README,
+    }
+    for path, text in files.items():
+        path.write_text(text)
+    return list(files)
