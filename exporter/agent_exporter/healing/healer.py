@@ -1,0 +1,230 @@
+"""The Healer: adaptive selection, retries, circuit breakers and fallbacks around one task function.
+
+    healer = Healer.from_config(config, telemetry)
+    result = healer.run("coding", ("coder", "coder-lite"), lambda agent: call(agent))
+    result = await healer.run_async("coding", ("coder", "coder-lite"), acall)
+
+For one task the selector picks the first agent among the candidates; then the
+agents are tried in fallback order (that agent, its configured alternatives,
+the other candidates).  Each agent gets up to `max_attempts` attempts while its
+breaker allows, with backoff between them; a retryable failure on the last one
+falls back to the next agent.  A non-retryable error propagates at once and is
+held against neither breaker nor selector (it is the task's fault, not the
+agent's).  When every attempt fails, the last error propagates; when no breaker
+let a call through, CircuitOpenError.
+
+Every retry and fallback is recorded as an event (orchestrator_retries_total,
+orchestrator_fallbacks_total) and on spans: one `heal {task}` span per run with
+`retry`/`fallback` span events, one `attempt {agent}` child span per attempt,
+each retry's span linked to the first attempt's.  Without a tracer provider the
+OpenTelemetry API makes these no-ops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from opentelemetry import trace
+
+from .breaker import OPEN, CircuitBreakers, CircuitOpenError
+from .fallback import FallbackChain
+from .retry import RetryPolicy
+from .selector import AdaptiveSelector
+
+
+def error_type(exc: BaseException) -> str:
+    """The error_type label of a failure: the exception's own `error_type`, else its class name."""
+    value = getattr(exc, "error_type", None)
+    return value if isinstance(value, str) and value else type(exc).__name__
+
+
+def _current(span):
+    """The attempt's span as the current span while the task function runs (the plan records its errors)."""
+    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+
+class Healer:
+    """Runs a task function `fn(agent)` with the self-healing policies around it.
+
+    `clock` measures attempt latency for the selector (the simulator passes its
+    simulated clock); `cost_of(agent, result_or_exception)` optionally reports
+    an attempt's cost in USD to the selector; `telemetry` (agent_exporter
+    Telemetry) receives retry and fallback events; `tracer` defaults to the
+    telemetry's tracer, else the global OpenTelemetry tracer.
+    """
+
+    def __init__(self, *, policy: RetryPolicy | None = None, breakers: CircuitBreakers | None = None,
+                 selector: AdaptiveSelector | None = None, fallbacks: FallbackChain | None = None,
+                 telemetry=None, tracer: trace.Tracer | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 cost_of: Callable[[str, object], float | None] | None = None):
+        self.policy = policy or RetryPolicy()
+        self.breakers = breakers or CircuitBreakers(telemetry=telemetry)
+        self.selector = selector
+        self.fallbacks = fallbacks or FallbackChain()
+        self.telemetry = telemetry
+        if tracer is None:
+            tracer = telemetry.tracer if telemetry is not None else trace.get_tracer("agent_exporter.healing")
+        self.tracer = tracer
+        self.clock = clock
+        self.cost_of = cost_of
+
+    @classmethod
+    def from_config(cls, config, telemetry=None, *, remediator=None, **kwargs) -> "Healer":
+        """From a Config; shares the breakers and selector of `remediator` (AlertRemediator) when given,
+        so alert-driven changes and /v1/agents act on the same state."""
+        healing = config.healing
+        if remediator is not None:
+            kwargs.setdefault("breakers", remediator.breakers)
+            kwargs.setdefault("selector", remediator.selector)
+        breakers = kwargs.pop("breakers", None) or CircuitBreakers.from_config(healing, telemetry=telemetry)
+        selector = kwargs.pop("selector", None) or AdaptiveSelector.from_config(
+            healing, breakers=breakers, telemetry=telemetry)
+        return cls(policy=kwargs.pop("policy", None) or RetryPolicy.from_config(healing),
+                   breakers=breakers, selector=selector,
+                   fallbacks=kwargs.pop("fallbacks", None) or FallbackChain.from_config(healing),
+                   telemetry=telemetry, **kwargs)
+
+    # -- entry points -------------------------------------------------------------
+
+    def run(self, task_type: str, candidates: Sequence[str], fn: Callable[[str], object]):
+        """Run `fn(agent)` for one task of type `task_type`; returns its result."""
+        plan = self._plan(task_type, candidates)
+        step = next(plan)
+        while True:
+            kind, value, span = step
+            if kind == "sleep":
+                self.policy.sleep(value)
+                step = plan.send(None)
+                continue
+            try:
+                with _current(span):
+                    outcome = (True, fn(value))
+            except Exception as exc:  # noqa: BLE001 - the plan decides what a failure means
+                outcome = (False, exc)
+            try:
+                step = plan.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    async def run_async(self, task_type: str, candidates: Sequence[str], fn):
+        """Like run(), for `async def fn(agent)`; backoff waits with the policy's async_sleep."""
+        plan = self._plan(task_type, candidates)
+        step = next(plan)
+        while True:
+            kind, value, span = step
+            if kind == "sleep":
+                await self.policy.async_sleep(value)
+                step = plan.send(None)
+                continue
+            try:
+                with _current(span):
+                    outcome = (True, await fn(value))
+            except Exception as exc:  # noqa: BLE001
+                outcome = (False, exc)
+            try:
+                step = plan.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    # -- the policy, as a generator shared by both entry points -------------------
+    #
+    # Yields ("call", agent, span) and receives (ok, result_or_exception), or
+    # yields ("sleep", seconds, None) and receives None; returns the result.
+
+    def _plan(self, task_type: str, candidates: Sequence[str]):
+        candidates = tuple(candidates)
+        if not candidates:
+            raise ValueError(f"no candidate agents for task {task_type!r}")
+        first = self.selector.choose(task_type, candidates) if self.selector is not None else candidates[0]
+        order = self.fallbacks.order(first, candidates)
+        policy = self.policy
+        run_span = self.tracer.start_span(f"heal {task_type}", attributes={
+            "orchestrator.task_type": task_type, "orchestrator.candidates": list(order)})
+        first_attempt = None          # span context every retry links to
+        # The hand-off source: the last agent that was called and failed, else the first one refused.
+        previous, reason = None, ""
+        last_error: BaseException | None = None
+        anything_called = False
+
+        def agents():
+            yield from ((agent, False) for agent in order)
+            # An alert may force open every agent of a task (a fallback carrying all the load
+            # crosses the error threshold too).  Alerts route work away; they must not stop it:
+            # when nothing else could be called, one alert-opened agent gets a single attempt.
+            if not anything_called:
+                forced = next((a for a in order if self.breakers.get(a).forced), None)
+                if forced is not None:
+                    run_span.set_attribute("orchestrator.last_resort", forced)
+                    yield forced, True
+
+        try:
+            for agent, last_resort in agents():
+                breaker = self.breakers.get(agent)
+                called = False
+                for attempt in range(1, (1 if last_resort else policy.max_attempts) + 1):
+                    if not (last_resort or breaker.allow()):
+                        break
+                    called = anything_called = True
+                    if attempt > 1:
+                        self._retry(run_span, agent, attempt, last_error)
+                    elif previous is not None:      # a hand-off is recorded when the work is taken on
+                        self._fallback(run_span, previous, agent, reason)
+                    links = [trace.Link(first_attempt)] if first_attempt is not None else []
+                    span = self.tracer.start_span(
+                        f"attempt {agent}", context=trace.set_span_in_context(run_span), links=links,
+                        attributes={"gen_ai.agent.name": agent, "orchestrator.attempt": attempt})
+                    if first_attempt is None:
+                        first_attempt = span.get_span_context()
+                    started = self.clock()
+                    ok, value = yield ("call", agent, span)
+                    latency = self.clock() - started
+                    if ok:
+                        span.end()
+                        breaker.record_success()
+                        self._observe(task_type, agent, True, latency, value)
+                        run_span.set_attribute("gen_ai.agent.name", agent)
+                        return value
+                    span.record_exception(value)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, error_type(value)))
+                    span.end()
+                    if not policy.is_retryable(value):
+                        raise value
+                    breaker.record_failure()
+                    self._observe(task_type, agent, False, latency, value)
+                    last_error = value
+                    if attempt < policy.max_attempts and breaker.state != OPEN:
+                        yield ("sleep", policy.backoff(attempt), None)
+                if called:
+                    previous, reason = agent, error_type(last_error)
+                elif previous is None:
+                    previous, reason = agent, "circuit_open"
+            if last_error is not None:
+                raise last_error
+            raise CircuitOpenError(order)
+        except BaseException as exc:
+            run_span.set_status(trace.Status(trace.StatusCode.ERROR, error_type(exc)))
+            raise
+        finally:
+            run_span.end()
+
+    def _observe(self, task_type: str, agent: str, ok: bool, latency: float, value) -> None:
+        if self.selector is None:
+            return
+        cost = self.cost_of(agent, value) if self.cost_of is not None else None
+        self.selector.observe(task_type, agent, ok, latency, cost)
+
+    def _retry(self, span, agent: str, attempt: int, error: BaseException | None) -> None:
+        kind = error_type(error) if error is not None else "unknown"
+        span.add_event("retry", {"gen_ai.agent.name": agent, "orchestrator.attempt": attempt,
+                                 "error.type": kind})
+        if self.telemetry is not None:
+            self.telemetry.record({"type": "retry", "agent": agent, "attempt": attempt, "error_type": kind})
+
+    def _fallback(self, span, from_agent: str, to_agent: str, reason: str) -> None:
+        span.add_event("fallback", {"orchestrator.from_agent": from_agent, "orchestrator.to_agent": to_agent,
+                                    "orchestrator.reason": reason})
+        if self.telemetry is not None:
+            self.telemetry.record({"type": "fallback", "from_agent": from_agent, "to_agent": to_agent,
+                                   "reason": reason})

@@ -1,0 +1,174 @@
+"""Adaptive agent selection per task type: Thompson sampling with decay, plus latency and cost.
+
+Each (task, agent) keeps a Beta posterior of its success probability.  Every new
+observation for a task first decays all of that task's evidence by `decay`
+(so old evidence fades: an agent that degraded loses its traffic quickly, and
+one that recovered gets it back, because faded evidence means exploration).
+To choose, each available agent draws a success probability from its posterior
+and pays a penalty for its recent latency and cost relative to the other
+candidates; the highest score wins.  Agents whose breaker is open are skipped.
+The selection probability of each agent (estimated by drawing, with a separate
+generator) is exported as orchestrator_selector_weight{task, agent}.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .breaker import OPEN
+
+
+@dataclass
+class _Evidence:
+    successes: float = 0.0
+    failures: float = 0.0
+    latency: float | None = None     # exponentially weighted mean, seconds
+    cost: float | None = None        # exponentially weighted mean, USD
+
+
+class AdaptiveSelector:
+    """Chooses an agent per task type from observed success, latency and cost.
+
+    `decay` in (0, 1]: the weight left to old evidence per new observation of
+    the task (0.97 remembers about the last 33).  `latency_weight` and
+    `cost_weight`: the largest score penalty for being the slowest or the most
+    expensive candidate; `smoothing`: the weight of the newest latency and
+    cost in their moving averages.  `rng` seeds the choices; `breakers` (CircuitBreakers)
+    makes open agents unavailable; `telemetry` receives the weights every
+    `publish_every` choices of a task.
+    """
+
+    def __init__(self, *, decay: float = 0.97, latency_weight: float = 0.2, cost_weight: float = 0.1,
+                 smoothing: float = 0.3, rng: random.Random | None = None, breakers=None, telemetry=None,
+                 publish_every: int = 10, weight_draws: int = 200):
+        if not 0 < decay <= 1:
+            raise ValueError("decay must be in (0, 1]")
+        self.decay = decay
+        self.latency_weight = latency_weight
+        self.cost_weight = cost_weight
+        self.smoothing = smoothing
+        self.rng = rng or random.Random()
+        self._weights_rng = random.Random(self.rng.random())
+        self.breakers = breakers
+        self.telemetry = telemetry
+        self.publish_every = publish_every
+        self.weight_draws = weight_draws
+        self._evidence: dict[str, dict[str, _Evidence]] = {}
+        self._candidates: dict[str, tuple[str, ...]] = {}
+        self._chosen: dict[str, int] = {}
+        self._published: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, healing, **kwargs) -> "AdaptiveSelector":
+        """HealingConfig has no selector settings yet; the defaults apply."""
+        return cls(**kwargs)
+
+    # -- choosing ---------------------------------------------------------------
+
+    def choose(self, task: str, candidates: Sequence[str]) -> str:
+        """The agent to try first for one task of type `task`."""
+        if not candidates:
+            raise ValueError(f"no candidate agents for task {task!r}")
+        candidates = tuple(candidates)
+        available = self._available(candidates) or candidates   # all open: the caller's breakers refuse them
+        with self._lock:
+            self._candidates[task] = candidates
+            evidence = self._evidence.setdefault(task, {})
+            choice = self._draw(evidence, available, self.rng)
+            self._chosen[task] = chosen = self._chosen.get(task, 0) + 1
+        if self.telemetry is not None and chosen % self.publish_every == 1:
+            self.publish(task)
+        return choice
+
+    def observe(self, task: str, agent: str, success: bool, latency_seconds: float | None = None,
+                cost_usd: float | None = None) -> None:
+        """One outcome of `agent` on a task of type `task`."""
+        with self._lock:
+            evidence = self._evidence.setdefault(task, {})
+            for other in evidence.values():
+                other.successes *= self.decay
+                other.failures *= self.decay
+            mine = evidence.setdefault(agent, _Evidence())
+            if success:
+                mine.successes += 1
+            else:
+                mine.failures += 1
+            if latency_seconds is not None:
+                mine.latency = _smooth(mine.latency, latency_seconds, self.smoothing)
+            if cost_usd is not None:
+                mine.cost = _smooth(mine.cost, cost_usd, self.smoothing)
+
+    # -- weights ----------------------------------------------------------------
+
+    def weights(self, task: str) -> dict[str, float]:
+        """Selection probability of each candidate of `task` now (0 for open breakers)."""
+        candidates = self._candidates.get(task, ())
+        if not candidates:
+            return {}
+        available = self._available(candidates)
+        wins = dict.fromkeys(candidates, 0)
+        if not available:
+            return {agent: 0.0 for agent in candidates}
+        with self._lock:
+            evidence = self._evidence.setdefault(task, {})
+            for _ in range(self.weight_draws):
+                wins[self._draw(evidence, available, self._weights_rng)] += 1
+        return {agent: n / self.weight_draws for agent, n in wins.items()}
+
+    def publish(self, task: str) -> dict[str, float]:
+        """Compute the weights of `task`, export them, and remember them for agents_status()."""
+        weights = self.weights(task)
+        self._published[task] = weights
+        if self.telemetry is not None:
+            for agent, weight in weights.items():
+                self.telemetry.set_selector_weight(task, agent, weight)
+        return weights
+
+    def published(self) -> dict[str, dict[str, float]]:
+        """The last exported weights: task -> agent -> weight."""
+        return {task: dict(weights) for task, weights in self._published.items()}
+
+    def tasks(self) -> list[str]:
+        return list(self._candidates)
+
+    def evidence(self, task: str, agent: str) -> tuple[float, float]:
+        """(decayed successes, decayed failures) of `agent` on `task`."""
+        mine = self._evidence.get(task, {}).get(agent, _Evidence())
+        return mine.successes, mine.failures
+
+    # -- internals --------------------------------------------------------------
+
+    def _available(self, candidates: tuple[str, ...]) -> tuple[str, ...]:
+        """The candidates whose breaker is not open."""
+        if self.breakers is None:
+            return candidates
+        return tuple(a for a in candidates if self.breakers.get(a).state != OPEN)
+
+    def _draw(self, evidence: dict[str, _Evidence], available: tuple[str, ...], rng: random.Random) -> str:
+        latencies = [e.latency for a in available if (e := evidence.get(a)) and e.latency is not None]
+        costs = [e.cost for a in available if (e := evidence.get(a)) and e.cost is not None]
+        max_latency = max(latencies, default=0.0)
+        max_cost = max(costs, default=0.0)
+        best, best_score = available[0], float("-inf")
+        for agent in available:
+            e = evidence.get(agent) or _Evidence()
+            score = rng.betavariate(1.0 + e.successes, 1.0 + e.failures)
+            # Latency and cost are believed as much as the success evidence: when it has
+            # faded (the agent was not tried for a while) so has the penalty, which lets a
+            # recovered agent be tried again.
+            confidence = (e.successes + e.failures) / (1.0 + e.successes + e.failures)
+            if e.latency is not None and max_latency > 0:
+                score -= confidence * self.latency_weight * e.latency / max_latency
+            if e.cost is not None and max_cost > 0:
+                score -= confidence * self.cost_weight * e.cost / max_cost
+            if score > best_score:
+                best, best_score = agent, score
+        return best
+
+
+def _smooth(previous: float | None, value: float, alpha: float) -> float:
+    return value if previous is None else previous + alpha * (value - previous)

@@ -1,0 +1,242 @@
+"""`agent-exporter simulate`: the self-healing policies compared on a scripted degradation.
+
+The workload is the demo's shape: every task goes through four steps
+(planning, coding, reviewing, testing), each done by one of two model variants
+of that step's agent, with per-variant prices, failure rates and lognormal
+latencies.  Tasks arrive every `interarrival` simulated seconds.  During the
+middle half of the run (`degraded`, as fractions of the tasks) the first
+choice of the coding step fails half the time and is four times slower, then
+recovers.  A task succeeds when every step succeeds within the policy:
+
+  static       always the first variant, one attempt
+  round_robin  variants in turn, one attempt
+  retry_only   the first variant, with the configured retries and backoff
+  full         the Healer: adaptive selection, retries, breakers, fallbacks
+
+success_rate is over all tasks of the run (half of them in the degraded
+stretch); p95_task_seconds is the 95th percentile of a task's total time
+(attempts and backoff); cost_per_task_usd includes failed attempts.  Time is
+simulated: nothing sleeps, and a run of all policies takes seconds.
+
+The selector figures are about the degraded step under `full`, counted in that
+step's tasks and by where the selector sent each task first: tasks_to_shift is
+how many tasks after the change until the failing variant's share of the last
+`window` tasks is at most 10 % (the worst seed); share_on_failing_after_shift
+is its share from then until the recovery (mean over seeds); tasks_to_return
+is how many tasks after the recovery until its share of the last `window`
+tasks is back to at least half (the worst seed; None if it never returns).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from ..config import Config
+from .breaker import CircuitBreakers
+from .fallback import FallbackChain
+from .healer import Healer
+from .retry import RetryPolicy
+from .selector import AdaptiveSelector
+
+POLICIES = ("static", "round_robin", "retry_only", "full")
+
+
+@dataclass(frozen=True)
+class Variant:
+    agent: str
+    median_seconds: float
+    sigma: float              # lognormal shape
+    error_rate: float
+    cost_usd: float           # per successful call; a failed call costs its prompt, a third of it
+
+
+# Per step, its variants, the first one the static choice.
+STEPS: dict[str, tuple[Variant, ...]] = {
+    "planning": (Variant("planner-gpt-4o", 2.5, 0.4, 0.005, 0.013),
+                 Variant("planner-claude-sonnet", 3.0, 0.4, 0.01, 0.016)),
+    "coding": (Variant("coder-claude-sonnet", 6.0, 0.5, 0.01, 0.055),
+               Variant("coder-gpt-4o", 9.0, 0.5, 0.03, 0.050)),
+    "reviewing": (Variant("reviewer-gpt-4o", 3.0, 0.4, 0.005, 0.020),
+                  Variant("reviewer-claude-haiku", 2.5, 0.4, 0.02, 0.008)),
+    "testing": (Variant("tester-claude-haiku", 4.0, 0.5, 0.01, 0.009),
+                Variant("tester-gpt-4o-mini", 4.5, 0.5, 0.02, 0.004)),
+}
+
+
+@dataclass(frozen=True)
+class Degradation:
+    step: str = "coding"
+    agent: str = "coder-claude-sonnet"
+    start: float = 0.25          # fraction of the run's tasks
+    end: float = 0.75
+    error_rate: float = 0.5
+    slowdown: float = 4.0
+
+
+class AgentFailed(Exception):
+    def __init__(self, agent: str, cost_usd: float):
+        super().__init__(f"{agent} failed")
+        self.agent = agent
+        self.cost_usd = cost_usd
+        self.error_type = "InternalServerError"
+
+
+class _World:
+    """The simulated agents and clocks of one run."""
+
+    def __init__(self, rng: random.Random, degradation: Degradation, tasks: int, interarrival: float):
+        self.rng = rng
+        self.degradation = degradation
+        self.variants = {v.agent: v for variants in STEPS.values() for v in variants}
+        self.degraded_from = int(tasks * degradation.start)
+        self.degraded_until = int(tasks * degradation.end)
+        self.interarrival = interarrival
+        self.task = 0
+        self.now = 0.0                  # the current task's own clock: attempts and backoff
+        self.cost = 0.0
+        self.calls: list[str] = []      # agents called in the current step
+
+    @property
+    def arrival(self) -> float:
+        """The clock breakers see: when the current task arrived."""
+        return self.task * self.interarrival
+
+    def degraded(self, agent: str) -> bool:
+        return agent == self.degradation.agent and self.degraded_from <= self.task < self.degraded_until
+
+    def call(self, agent: str) -> float:
+        variant = self.variants[agent]
+        self.calls.append(agent)
+        latency = self.rng.lognormvariate(math.log(variant.median_seconds), variant.sigma)
+        error_rate = variant.error_rate
+        if self.degraded(agent):
+            latency *= self.degradation.slowdown
+            error_rate = self.degradation.error_rate
+        self.now += latency
+        if self.rng.random() < error_rate:
+            self.cost += variant.cost_usd / 3
+            raise AgentFailed(agent, variant.cost_usd / 3)
+        self.cost += variant.cost_usd
+        return variant.cost_usd
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _healer(policy: str, world: _World, config: Config, rng: random.Random) -> Healer:
+    healing = config.healing
+    if policy == "full":
+        breakers = CircuitBreakers.from_config(healing, clock=lambda: world.arrival)
+        return Healer(policy=RetryPolicy.from_config(healing, rng=rng, sleep=world.sleep),
+                      breakers=breakers,
+                      selector=AdaptiveSelector(rng=random.Random(rng.random()), breakers=breakers),
+                      fallbacks=FallbackChain(), clock=lambda: world.now,
+                      cost_of=lambda agent, outcome: getattr(outcome, "cost_usd", outcome))
+    attempts = healing.max_attempts if policy == "retry_only" else 1
+    never_open = CircuitBreakers(error_ratio=1.0, min_calls=2**31, clock=lambda: world.arrival)
+    return Healer(policy=RetryPolicy(attempts, healing.backoff_initial_seconds, healing.backoff_max_seconds,
+                                     rng=rng, sleep=world.sleep),
+                  breakers=never_open, clock=lambda: world.now)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def _run(policy: str, seed: int, tasks: int, config: Config, degradation: Degradation, interarrival: float):
+    """One policy, one seed: (succeeded, task seconds, total cost, first choices of the degraded step)."""
+    rng = random.Random(f"{seed}/{policy}")
+    world = _World(random.Random(seed), degradation, tasks, interarrival)
+    healer = _healer(policy, world, config, rng)
+    succeeded, durations, first_choices = 0, [], []
+    for task in range(tasks):
+        world.task, world.now = task, 0.0
+        ok = True
+        for step, variants in STEPS.items():
+            agents = tuple(v.agent for v in variants)
+            if policy == "round_robin":
+                candidates = (agents[task % len(agents)],)
+            elif policy == "full":
+                candidates = agents
+            else:
+                candidates = agents[:1]
+            world.calls = []
+            try:
+                healer.run(step, candidates, world.call)
+            except AgentFailed:
+                ok = False
+            if step == degradation.step:
+                first_choices.append(world.calls[0] if world.calls else None)
+            if not ok:
+                break
+        succeeded += ok
+        durations.append(world.now)
+    return succeeded, durations, world.cost, first_choices
+
+
+def _share(choices: list, agent: str) -> float:
+    return sum(c == agent for c in choices) / len(choices) if choices else 0.0
+
+
+def _selector_figures(first_choices: list, agent: str, start: int, end: int, window: int):
+    """(tasks_to_shift, share after the shift until `end`, tasks_to_return) for one seed."""
+    shift = next((n for n in range(window, end - start + 1)
+                  if _share(first_choices[start + n - window:start + n], agent) <= 0.10), None)
+    share_after = _share(first_choices[start + shift:end], agent) if shift is not None else 1.0
+    back = next((n for n in range(window, len(first_choices) - end + 1)
+                 if _share(first_choices[end + n - window:end + n], agent) >= 0.5), None)
+    return shift, share_after, back
+
+
+def run_simulation(seeds: int = 5, tasks: int = 2000, *, config: Config | None = None,
+                   degradation: Degradation = Degradation(), interarrival: float = 0.25,
+                   window: int = 20) -> dict:
+    """All policies over `seeds` seeds of `tasks` tasks; the summary `simulate --format json` prints."""
+    config = config or Config()
+    policies = {}
+    shifts, shares, returns = [], [], []
+    for policy in POLICIES:
+        succeeded, durations, cost = 0, [], 0.0
+        for seed in range(1, seeds + 1):
+            ok, seconds, spent, first_choices = _run(policy, seed, tasks, config, degradation, interarrival)
+            succeeded += ok
+            durations.extend(seconds)
+            cost += spent
+            if policy == "full":
+                shift, share, back = _selector_figures(
+                    first_choices, degradation.agent, int(tasks * degradation.start),
+                    int(tasks * degradation.end), window)
+                shifts.append(shift)
+                shares.append(share)
+                returns.append(back)
+        total = seeds * tasks
+        policies[policy] = {"success_rate": round(succeeded / total, 4),
+                            "p95_task_seconds": round(_percentile(durations, 0.95), 2),
+                            "cost_per_task_usd": round(cost / total, 4)}
+    return {
+        "policies": policies,
+        "selector": {
+            "tasks_to_shift": None if None in shifts else max(shifts),
+            "share_on_failing_after_shift": round(sum(shares) / len(shares), 4),
+            "tasks_to_return": None if None in returns else max(returns),
+        },
+    }
+
+
+def format_table(result: dict) -> str:
+    """The simulate table: one row per policy, then the selector's figures."""
+    lines = [f"{'policy':<12} {'success':>8} {'p95 task s':>11} {'cost/task $':>12}"]
+    for policy, row in result["policies"].items():
+        lines.append(f"{policy:<12} {row['success_rate']:>8.2%} {row['p95_task_seconds']:>11.1f} "
+                     f"{row['cost_per_task_usd']:>12.4f}")
+    selector = result["selector"]
+    lines.append("")
+    lines.append(f"selector: traffic off the failing agent within {selector['tasks_to_shift']} tasks, "
+                 f"{selector['share_on_failing_after_shift']:.1%} on it afterwards, "
+                 f"back within {selector['tasks_to_return']} tasks of recovery")
+    return "\n".join(lines)
