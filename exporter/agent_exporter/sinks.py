@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,11 +36,15 @@ class SlackSink:
                 with sink._lock:
                     status = sink._failures.pop(0) if sink._failures else HTTPStatus.OK
                     if status == HTTPStatus.OK:
-                        message = json.loads(body)
-                        sink.messages.append(message)
+                        try:
+                            message = json.loads(body)
+                        except ValueError:
+                            status = HTTPStatus.BAD_REQUEST     # as Slack answers "invalid_payload"
+                        else:
+                            sink.messages.append(message)
                 if status == HTTPStatus.OK and sink._on_message is not None:
                     sink._on_message(message)
-                reply = b"ok" if status == HTTPStatus.OK else b"unavailable"
+                reply = {HTTPStatus.OK: b"ok", HTTPStatus.BAD_REQUEST: b"invalid_payload"}.get(status, b"unavailable")
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(reply)))
@@ -122,7 +127,6 @@ class SMTPSink:
 
 def _free_port(host: str) -> int:
     # aiosmtpd's Controller needs a concrete port to probe its own readiness.
-    import socket
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

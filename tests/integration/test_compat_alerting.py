@@ -60,3 +60,11 @@ def test_check_conditions_points_at_the_rules(caplog):
 
 def test_alert_names_are_camel_case_with_the_prefix():
     assert alert_name("budget exceeded: $120/day") == "OrchestratorLegacyBudgetExceeded120Day"
+
+
+def test_legacy_handlers_still_get_every_alert():
+    seen = []
+    system = AlertingSystem(config=config_for(f"http://127.0.0.1:{stack.free_port()}"))
+    system.handlers += [lambda alert: 1 / 0, seen.append]
+    assert system.send_alert(Alert("warning", "t", "m")) is False
+    assert [a.title for a in seen] == ["t"]

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,49 @@ def test_email_templates_render_firing_and_resolved(tmp_path):
     assert 'href="https://example.com/runbooks.md#orchestratoragenthigherrorratio"' in html
     resolved = render_template(tmp_path, "orchestrator.email.html", "resolved", "html")
     assert resolved.count(">RESOLVED<") == 2 and "until 10:20:00 UTC" in resolved
+
+
+def email_recipients(document: dict, receiver: str) -> str:
+    (found,) = [r for r in document["receivers"] if r["name"] == receiver]
+    return found["email_configs"][0]["to"]
+
+
+def test_cost_alerts_reach_the_budget_owners_and_critical_ones_the_on_call_too():
+    config = load_config(ROOT / "examples" / "observability.yaml")
+    document = am.alertmanager_config(config)
+    assert email_recipients(document, am.SLACK_EMAIL) == "oncall@example.com"
+    assert email_recipients(document, am.SLACK_BUDGET) == "finops@example.com"
+    assert email_recipients(document, am.SLACK_EMAIL_BUDGET) == "oncall@example.com, finops@example.com"
+
+
+def test_without_budget_owners_cost_alerts_go_to_the_on_call_addresses():
+    base = Config()
+    config = replace(base, alerting=replace(base.alerting, email=replace(
+        base.alerting.email, to_addresses=("a@example.com", "b@example.com"))))
+    document = am.alertmanager_config(config)
+    assert email_recipients(document, am.SLACK_BUDGET) == "a@example.com, b@example.com"
+    assert email_recipients(document, am.SLACK_EMAIL_BUDGET) == "a@example.com, b@example.com"
+
+
+def test_every_receiver_sends_resolved_and_holds_no_secret():
+    document = am.alertmanager_config(load_config(ROOT / "examples" / "observability.yaml"))
+    integrations = [c for r in document["receivers"] for key, configs in r.items() if key.endswith("_configs")
+                    for c in configs]
+    assert integrations and all(c["send_resolved"] is True for c in integrations)
+    assert not any(key in c for c in integrations for key in ("api_url", "auth_password", "auth_secret"))
+
+
+def test_remediation_webhook_posts_to_the_exporter_and_lets_people_hear_too():
+    base = Config()
+    config = replace(base, alerting=replace(base.alerting, exporter_url="http://exporter.internal:9464"))
+    document = am.alertmanager_config(config)
+    (webhook,) = [r for r in document["receivers"] if r["name"] == am.REMEDIATION]
+    assert webhook["webhook_configs"][0]["url"] == "http://exporter.internal:9464/v1/alertmanager"
+    (route,) = [r for r in document["route"]["routes"] if r["receiver"] == am.REMEDIATION]
+    assert route["continue"] is True
+
+
+def test_no_remediation_alerts_no_remediation_route():
+    base = Config()
+    config = replace(base, alerting=replace(base.alerting, remediation_alerts=()))
+    assert am.REMEDIATION not in [r["receiver"] for r in am.alertmanager_config(config)["route"]["routes"]]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import urllib.request
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from ..config import Config, ConfigError, load_config
 
@@ -58,6 +59,8 @@ class AlertingSystem:
                 config = Config()
         self.config = config
         self.alertmanager_url = config.alerting.alertmanager_url.rstrip("/")
+        # Legacy code appended its own callables here; they still get every alert.
+        self.handlers: list[Callable[[Alert], None]] = []
 
     def send_alert(self, alert: Alert) -> bool:
         """Deliver `alert`; returns whether Alertmanager accepted it.  Never raises."""
@@ -67,8 +70,16 @@ class AlertingSystem:
         if "log" in alerting.channels:
             _log.log(_LEVELS.get(alert.severity, logging.WARNING),
                      "ALERT [%s] %s: %s", alert.severity.upper(), alert.title, alert.message)
+        for handler in self.handlers:
+            try:
+                handler(alert)
+            except Exception:  # noqa: BLE001 - as before: one failing handler does not stop the others
+                _log.error("alert handler %r failed", handler, exc_info=True)
         try:
             return self._post(alert)
+        except OSError as exc:     # Alertmanager down or unreachable: expected now and then, one line
+            _log.error("could not send alert %r to Alertmanager at %s: %s", alert.title, self.alertmanager_url, exc)
+            return False
         except Exception:  # noqa: BLE001 - a broken alert path must not break the orchestrator
             _log.error("could not send alert %r to Alertmanager at %s", alert.title, self.alertmanager_url,
                        exc_info=True)
@@ -80,12 +91,12 @@ class AlertingSystem:
         for key in ("agent", "tool"):
             if isinstance(alert.context.get(key), str):
                 labels[key] = alert.context[key]
-        now = datetime.now(timezone.utc)
+        starts = alert.timestamp.astimezone(timezone.utc)    # the legacy timestamp is naive local time
         body = [{
             "labels": labels,
             "annotations": {"summary": alert.title, "description": alert.message},
-            "startsAt": now.isoformat(),
-            "endsAt": (now + ALERT_TTL).isoformat(),
+            "startsAt": starts.isoformat(),
+            "endsAt": (datetime.now(timezone.utc) + ALERT_TTL).isoformat(),
         }]
         request = urllib.request.Request(
             f"{self.alertmanager_url}/api/v2/alerts", data=json.dumps(body).encode(), method="POST",
@@ -102,10 +113,13 @@ class AlertingSystem:
 
 
 _alerting_system: AlertingSystem | None = None
+_alerting_system_lock = threading.Lock()
 
 
 def get_alerting_system() -> AlertingSystem:
+    """The process-wide AlertingSystem of the legacy API, from the legacy config path."""
     global _alerting_system
-    if _alerting_system is None:
-        _alerting_system = AlertingSystem()
-    return _alerting_system
+    with _alerting_system_lock:
+        if _alerting_system is None:
+            _alerting_system = AlertingSystem()
+        return _alerting_system

@@ -1,0 +1,331 @@
+"""Alert delivery end to end with the real binaries on loopback.
+
+Events are POSTed to a real exporter (/v1/events) → Prometheus scrapes it and
+evaluates the rendered rules (1 s intervals, short windows) → Alertmanager with
+the rendered routes and templates → the local Slack and SMTP sinks, and the
+remediation webhook back into the exporter.
+
+Where a test needs to know that a duplicate *would* have been sent, it waits on
+Alertmanager's own counter of notification-log lookups
+(`alertmanager_nflog_queries_total`): every flush of an aggregation group looks
+the group up there before deciding whether to notify, so once that counter has
+moved on twice after the message, two more flushes have come and gone.
+"""
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from agent_exporter import Telemetry, stack
+from agent_exporter.config import Config
+from agent_exporter.healing import AlertRemediator
+from agent_exporter.render import alertmanager as am
+from agent_exporter.render import rules
+from agent_exporter.server import Service, start_server
+from agent_exporter.sinks import SlackSink, SMTPSink
+
+pytestmark = pytest.mark.integration
+
+ALERT = "OrchestratorAgentHighErrorRatio"
+FIRING = f"[FIRING:1] {ALERT} · agent coder"
+RESOLVED = f"[RESOLVED] {ALERT} · agent coder"
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def metric(alertmanager, name: str, selector: str = "") -> float:
+    """The sum of `name`'s series in Alertmanager's /metrics whose labels contain `selector`."""
+    text = urllib.request.urlopen(alertmanager.url + "/metrics", timeout=5).read().decode()
+    return sum(float(value) for labels, value in re.findall(rf"^{name}(\{{.*\}})? (\S+)$", text, re.MULTILINE)
+               if selector in labels)
+
+
+def nflog_queries(alertmanager) -> float:
+    return metric(alertmanager, "alertmanager_nflog_queries_total")
+
+
+def wait_for_flushes(alertmanagers, flushes: int = 2, timeout: float = 30) -> None:
+    """Until every Alertmanager has flushed its groups `flushes` more times."""
+    start = [nflog_queries(process) for process in alertmanagers]
+    wait_for(lambda: all(nflog_queries(p) >= s + flushes for p, s in zip(alertmanagers, start)),
+             timeout, f"{flushes} more notification flushes")
+
+
+class Pipeline:
+    """Exporter, Prometheus, one or two Alertmanagers and the sinks, all on loopback."""
+
+    def __init__(self, tmp_path, alertmanagers: int = 1):
+        self.tmp_path = tmp_path
+        self.breaker_changes: list[tuple[str, str, str]] = []
+        self.slack, self.smtp = SlackSink().start(), SMTPSink().start()
+        self.tel = Telemetry()
+        self.exporter = None
+        self.prometheus = None
+        self.alertmanagers = []
+        try:
+            self._start(alertmanagers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, alertmanagers: int) -> None:
+        (self.tmp_path / "slack_url").write_text(self.slack.url)
+        base = Config()
+        port = stack.free_port()
+        config = replace(base, alerting=replace(
+            base.alerting, rate_window="10s", alert_for="1s", exporter_url=f"http://127.0.0.1:{port}",
+            email=replace(base.alerting.email, smtp_server="127.0.0.1", smtp_port=self.smtp.port,
+                          to_addresses=("oncall@example.com",)),
+            slack=replace(base.alerting.slack, webhook_url_file=str(self.tmp_path / "slack_url"))))
+        remediator = AlertRemediator(config, self.tel, on_change=self._breaker_changed)
+        self.exporter = start_server(Service(self.tel, remediator=remediator), f"127.0.0.1:{port}")
+
+        # The rendered files, with the waits of the root route shortened for a test.
+        am.render_alertmanager(config, self.tmp_path)
+        document = am.alertmanager_config(config)
+        document["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+        document["templates"] = [str(self.tmp_path / "alertmanager" / "templates" / am.TEMPLATE_NAME)]
+        self.am_yaml = rules.dump_yaml(document)
+        self.am_ports = [stack.free_port() for _ in range(alertmanagers)]
+        self.cluster_ports = [stack.free_port() for _ in range(alertmanagers)] if alertmanagers > 1 else []
+        for i in range(alertmanagers):
+            self.alertmanagers.append(self.start_alertmanager(i))
+
+        rules.render_prometheus(config, self.tmp_path)
+        targets = ", ".join(f'"127.0.0.1:{port}"' for port in self.am_ports)
+        self.prometheus = stack.start_prometheus(self.tmp_path / "prom", f"""
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {self.tmp_path}/prometheus/rules/*.yml
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: [{targets}]
+scrape_configs:
+  - job_name: {rules.JOB}
+    static_configs:
+      - targets: ["127.0.0.1:{self.exporter.port}"]
+""", extra_args=("--rules.alert.resend-delay=1s",))
+
+    def _breaker_changed(self, agent, old, new, reason):
+        self.breaker_changes.append((agent, new, reason))
+
+    def start_alertmanager(self, i: int):
+        peers = [f"127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i]
+        extra = ("--cluster.peer-timeout=2s",) if self.cluster_ports else ()
+        return stack.start_alertmanager(self.tmp_path / f"am{i}", self.am_yaml, port=self.am_ports[i],
+                                        cluster_port=self.cluster_ports[i] if self.cluster_ports else None,
+                                        cluster_peers=peers, extra_args=extra)
+
+    def restart_alertmanager(self, i: int = 0):
+        """Stop gracefully (Alertmanager snapshots its notification log) and start on the same storage."""
+        self.alertmanagers[i].stop()
+        self.alertmanagers[i] = self.start_alertmanager(i)
+
+    def slack_titles(self) -> list[str]:
+        return [m["attachments"][0]["title"] for m in self.slack.messages]
+
+    def close(self):
+        for process in [self.prometheus, *self.alertmanagers]:
+            if process is not None:
+                process.stop()
+        if self.exporter is not None:
+            self.exporter.stop()
+        self.tel.shutdown()
+        self.slack.stop()
+        self.smtp.stop()
+
+
+class Traffic:
+    """Agent coder's executions, POSTed to the exporter in batches; `failing` fails every other one."""
+
+    def __init__(self, exporter_url: str):
+        self.url = exporter_url.rstrip("/") + "/v1/events"
+        self.stop, self.failing = threading.Event(), threading.Event()
+        self.errors: list[Exception] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.1):
+            failing = self.failing.is_set()
+            batch = [{"type": "agent_execution", "agent": "coder", "model": "gpt-4o", "duration_seconds": 0.5,
+                      "status": "error" if failing and i % 2 else "success", "error_type": "RateLimitError",
+                      "input_tokens": 10, "output_tokens": 5} for i in range(4)]
+            request = urllib.request.Request(self.url, data=json.dumps(batch).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=5).close()
+            except OSError as exc:
+                self.errors.append(exc)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        assert not self.errors, self.errors[:3]
+
+
+@pytest.fixture
+def make_pipeline(tmp_path):
+    made = []
+
+    def make(**kwargs):
+        made.append(Pipeline(tmp_path, **kwargs))
+        return made[-1]
+    yield make
+    for running in made:
+        running.close()
+
+
+def test_error_alert_reaches_slack_email_and_remediation_then_resolves(make_pipeline):
+    running = make_pipeline()
+    slack, smtp = running.slack, running.smtp
+
+    def slack_with(title):
+        return [m["attachments"][0] for m in slack.messages if m["attachments"][0]["title"] == title]
+
+    with Traffic(running.exporter.url) as traffic:
+        traffic.failing.set()
+        firing = wait_for(lambda: slack_with(FIRING), 90, "the firing Slack message")[0]
+        assert firing["color"] == "danger"
+        assert "*Agent coder fails too often.*" in firing["text"]
+        assert "of coder's executions failed over the last 10s (threshold 5%)." in firing["text"]
+        assert re.search(r"Since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC · severity critical", firing["text"])
+        assert "#orchestratoragenthigherrorratio|runbook>" in firing["text"]
+        assert "d/orchestrator-agent?var-agent=coder|dashboard>" in firing["text"]
+
+        email = wait_for(lambda: [m for m in smtp.messages if m["Subject"] == FIRING], 30, "the email")[0]
+        assert email["To"] == "oncall@example.com"
+        html = email.get_body(("html",)).get_content()
+        assert ">FIRING<" in html and "Agent coder fails too often." in html
+        assert 'href="https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md' \
+               '#orchestratoragenthigherrorratio"' in html
+
+        # The remediation webhook reached the exporter, which opened coder's breaker.
+        wait_for(lambda: ("coder", "open", ALERT) in running.breaker_changes, 30, "the breaker to open")
+
+        traffic.failing.clear()
+        resolved = wait_for(lambda: slack_with(RESOLVED), 90, "the resolved Slack message")[0]
+        assert resolved["color"] == "good"
+        assert "Resolved: Agent coder fails too often." in resolved["text"]
+        assert ":red_circle:" not in resolved["text"]
+        resolved_email = wait_for(lambda: [m for m in smtp.messages if m["Subject"] == RESOLVED], 30,
+                                  "the resolved email")[0]
+        assert ">RESOLVED<" in resolved_email.get_body(("html",)).get_content()
+        wait_for(lambda: ("coder", "closed", "resolved:" + ALERT) in running.breaker_changes, 30,
+                 "the breaker to be released")
+    # One firing and one resolved message for the group, not a stream of repeats.
+    assert running.slack_titles().count(FIRING) == 1
+    assert running.slack_titles().count(RESOLVED) == 1
+
+
+def test_a_slack_outage_delays_the_message_but_it_arrives_once(make_pipeline):
+    running = make_pipeline()
+    running.slack.fail_next(4)          # Slack answers 500 to the first four posts
+    with Traffic(running.exporter.url) as traffic:
+        traffic.failing.set()
+        wait_for(lambda: FIRING in running.slack_titles(), 120, "the message after the outage")
+        wait_for_flushes(running.alertmanagers)
+    # The outage was really hit, and Alertmanager saw every failed attempt.
+    assert running.slack.failures_pending == 0
+    failed_posts = metric(running.alertmanagers[0], "alertmanager_notification_requests_failed_total",
+                          'integration="slack"')
+    assert failed_posts >= 4
+    assert running.slack_titles().count(FIRING) == 1
+
+
+def test_an_alertmanager_restart_loses_and_repeats_nothing(make_pipeline):
+    running = make_pipeline()
+    with Traffic(running.exporter.url) as traffic:
+        traffic.failing.set()
+        wait_for(lambda: FIRING in running.slack_titles(), 90, "the firing message")
+        running.restart_alertmanager()
+        # Prometheus re-sends the firing alert to the new process, which flushes its group
+        # against the notification log it read back from storage.
+        wait_for(lambda: json.loads(urllib.request.urlopen(
+            running.alertmanagers[0].url + "/api/v2/alerts", timeout=5).read()), 30, "the re-sent alert")
+        wait_for_flushes(running.alertmanagers)
+        assert running.slack_titles().count(FIRING) == 1
+        traffic.failing.clear()
+        wait_for(lambda: RESOLVED in running.slack_titles(), 90, "the resolved message after the restart")
+        wait_for_flushes(running.alertmanagers)
+    assert running.slack_titles().count(FIRING) == 1
+    assert running.slack_titles().count(RESOLVED) == 1
+
+
+def test_two_clustered_alertmanagers_send_one_message_per_group(make_pipeline):
+    running = make_pipeline(alertmanagers=2)
+    with Traffic(running.exporter.url) as traffic:
+        traffic.failing.set()
+        wait_for(lambda: FIRING in running.slack_titles(), 90, "the firing message")
+        for process in running.alertmanagers:   # both received the alert from Prometheus
+            alerts = json.loads(urllib.request.urlopen(process.url + "/api/v2/alerts", timeout=5).read())
+            assert ALERT in {a["labels"]["alertname"] for a in alerts}
+        # The second peer waits its peer timeout, then finds the first one's entry in the gossiped log.
+        wait_for_flushes(running.alertmanagers)
+    titles = running.slack_titles()
+    assert titles.count(FIRING) == 1, titles
+    assert len(titles) == len(set(titles)), titles
+
+
+def post_alerts(alertmanager, *label_sets: dict) -> None:
+    body = [{"labels": labels, "annotations": {"summary": labels["alertname"]}} for labels in label_sets]
+    request = urllib.request.Request(alertmanager.url + "/api/v2/alerts", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp_path):
+    am.render_alertmanager(Config(), tmp_path)
+    document = am.alertmanager_config(Config())
+    document["templates"] = [str(tmp_path / "alertmanager" / "templates" / am.TEMPLATE_NAME)]
+    job = {"job": rules.JOB}
+    with stack.start_alertmanager(tmp_path / "am", rules.dump_yaml(document)) as alertmanager:
+        post_alerts(
+            alertmanager,
+            {"alertname": "OrchestratorAgentSlow", "severity": "critical", "agent": "coder"},
+            {"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"},
+            {"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "tester"},
+            {"alertname": "OrchestratorExporterDown", "severity": "critical", **job},
+            {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", **job},
+            {"alertname": "OrchestratorEventsRejected", "severity": "warning", **job},
+            {"alertname": "OrchestratorEventsRejected", "severity": "warning", "job": "another-exporter"},
+            {"alertname": "OrchestratorToolHighErrorRatio", "severity": "warning", "tool": "search", **job})
+
+        def states():
+            alerts = json.loads(urllib.request.urlopen(alertmanager.url + "/api/v2/alerts", timeout=5).read())
+            return {(a["labels"]["alertname"], a["labels"].get("agent") or a["labels"].get("job"),
+                     a["labels"]["severity"]): a["status"]["state"] for a in alerts}
+
+        expected = {
+            ("OrchestratorAgentSlow", "coder", "critical"): "active",
+            ("OrchestratorAgentSlow", "coder", "warning"): "suppressed",       # critical of the same alert, agent
+            ("OrchestratorAgentSlow", "tester", "warning"): "active",          # another agent
+            ("OrchestratorExporterDown", rules.JOB, "critical"): "active",
+            ("OrchestratorMetricsAbsent", rules.JOB, "warning"): "suppressed",  # its metrics come from the exporter
+            ("OrchestratorEventsRejected", rules.JOB, "warning"): "suppressed",
+            ("OrchestratorEventsRejected", "another-exporter", "warning"): "active",   # another job
+            ("OrchestratorToolHighErrorRatio", rules.JOB, "warning"): "active",  # not in the inhibited list
+        }
+        try:
+            wait_for(lambda: states() == expected, 15, "the inhibition states")
+        except AssertionError:
+            assert states() == expected     # shows the difference
