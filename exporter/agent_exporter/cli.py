@@ -1,0 +1,326 @@
+"""`agent-exporter serve|demo|render|replay|check|simulate`.
+
+Flags follow Prometheus conventions (`--config.file`, `--web.listen-address`,
+`--web.config.file`); logs go to stderr in logfmt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+
+
+class _LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
+        line = f'ts={ts} caller={record.module} level={record.levelname.lower()} msg="{message}"'
+        if record.exc_info:
+            line += " err=" + repr(self.formatException(record.exc_info))
+        return line
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _load_config(path: str | None):
+    from .config import default_config, load_config
+    return load_config(path) if path else default_config()
+
+
+def _error(message: str) -> int:
+    print(f"agent-exporter: {message}", file=sys.stderr)
+    return 1
+
+
+def _stop_on_signals() -> threading.Event:
+    """An Event set by SIGTERM or SIGINT (Ctrl-C)."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def build_remediator(config, telemetry):
+    """The healing layer's alert remediator behind /v1/alertmanager, or None when healing is off."""
+    if not config.healing.enabled:
+        return None
+    from .healing import AlertRemediator
+    return AlertRemediator(config, telemetry)
+
+
+# -- commands ------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    from .config import ConfigError
+    from .server import Service, start_server, wait_until_stopped
+    from .telemetry import Telemetry
+    from .webconfig import WebConfigError, load_web_config
+
+    log = logging.getLogger("agent_exporter.serve")
+    try:
+        config = _load_config(args.config_file)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except (ConfigError, WebConfigError) as exc:
+        return _error(str(exc))
+    address = args.listen_address or config.server.listen_address
+    telemetry = Telemetry(config)
+    try:
+        service = Service.from_config(telemetry, web_config=web_config,
+                                      remediator=build_remediator(config, telemetry))
+    except ValueError as exc:
+        telemetry.shutdown()
+        return _error(str(exc))
+    try:
+        handle = start_server(service, address)
+    except (OSError, ValueError) as exc:
+        telemetry.shutdown()
+        return _error(f"cannot serve on {address}: {exc}")
+    stop = _stop_on_signals()
+    tls = "enabled" if handle.server.ssl_context is not None else "disabled"
+    log.info("Listening on %s (TLS %s), version %s", handle.url, tls, __version__)
+    wait_until_stopped(handle, stop)
+    telemetry.shutdown()      # flushes spans still queued
+    log.info("bye")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import ConfigError
+    from .demo import run_demo
+    try:
+        config = _load_config(args.config_file)
+    except ConfigError as exc:
+        return _error(str(exc))
+    stop = _stop_on_signals()
+    return run_demo(config, duration=args.duration, stack=args.stack, listen_address=args.listen_address,
+                    seed=args.seed, stop=stop)
+
+
+def cmd_render(args) -> int:
+    from .config import ConfigError
+    from .render import render_all
+    try:
+        config = _load_config(args.config_file)
+    except ConfigError as exc:
+        return _error(str(exc))
+    out = Path(args.out)
+    for path in render_all(config, out):
+        print(path)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .replay import ReplayError, format_summary, read_token_file, replay
+    try:
+        token = read_token_file(args.bearer_token_file)
+        summary = replay(args.file, args.url, batch_size=args.batch_size, bearer_token=token,
+                         ca_file=args.ca_file, timeout=args.timeout)
+    except ReplayError as exc:
+        return _error(str(exc))
+    sys.stdout.write(format_summary(summary, args.url))
+    return 0 if not summary.rejected else 1
+
+
+def cmd_check(args) -> int:
+    from .config import ConfigError
+    from .webconfig import WebConfigError, load_web_config
+    try:
+        config = _load_config(args.config_file)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except (ConfigError, WebConfigError) as exc:
+        return _error(str(exc))
+    sys.stdout.write(describe_config(config, args.config_file))
+    if web_config is not None:
+        sys.stdout.write(describe_web_config(web_config, args.web_config_file))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import json
+    from .healing import format_table, run_simulation
+    config = _load_config(args.config_file)
+    result = run_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+# -- check's report --------------------------------------------------------------
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def describe_config(config, path: str | None) -> str:
+    """What `check` understood, one fact per line, grouped like the YAML."""
+    m, a, t, s, h = config.metrics, config.alerting, config.alerting.thresholds, config.server, config.healing
+    lines = [
+        f"config {path or '(built-in defaults)'}: OK",
+        " ".join(filter(None, ("service:", config.service_name, config.service_version,
+                               f"environment={config.environment}"))),
+        "tracing: " + (
+            "disabled" if not config.tracing.enabled else
+            f"sampling_rate={config.tracing.sampling_rate:g}"
+            + (f" otlp={config.tracing.otlp_endpoint} ({config.tracing.otlp_protocol})"
+               if config.tracing.export_to_otlp else " otlp=off")
+            + (" console=on" if config.tracing.export_to_console else "")),
+        f"metrics: max_series={m.max_series} extra_labels={','.join(m.extra_labels) or 'none'}",
+        "  execution buckets (s): " + " ".join(f"{b:g}" for b in m.execution_buckets),
+        "  tool buckets (s): " + " ".join(f"{b:g}" for b in m.tool_buckets),
+    ]
+    if m.prices:
+        lines.append("  prices (USD per 1M tokens, input/output):")
+        lines += [f"    {model}: {price.input:g} / {price.output:g}" for model, price in sorted(m.prices.items())]
+    else:
+        lines.append("  prices: none (token usage without a cost is counted as unknown, never $0)")
+    lines += [
+        f"alerting: {'enabled' if a.enabled else 'disabled'} channels={','.join(a.channels) or 'none'} "
+        f"evaluation_interval={a.evaluation_interval} rate_window={a.rate_window} for={a.alert_for}",
+        f"  thresholds: error_ratio > {t.error_ratio:.2%}, latency p95 > {_seconds(t.latency_p95_seconds)}, "
+        f"cost per day > ${t.cost_per_day_usd:g}, tool error_ratio > {t.tool_error_ratio:.2%}, "
+        f"circuit open > {_seconds(t.circuit_open_seconds)}, rejected events > {t.rejected_events_ratio:.2%}",
+    ]
+    if a.conditions:
+        lines.append("  legacy conditions: " + "; ".join(a.conditions))
+    lines += [
+        f"  SLO: objective {a.slo.objective:.3%}; page "
+        + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in a.slo.page_windows)
+        + "; ticket " + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in a.slo.ticket_windows),
+        f"  budget: ${a.budget.day_usd:g}/day ${a.budget.month_usd:g}/month owners={','.join(a.budget.owners) or 'none'}",
+        f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
+        f"to={','.join(a.email.to_addresses) or 'none'}",
+        f"  slack: channel={a.slack.channel} webhook_url_file={a.slack.webhook_url_file}",
+        f"  alertmanager: {a.alertmanager_url}; remediation alerts: {','.join(a.remediation_alerts) or 'none'} "
+        f"-> {a.exporter_url}/v1/alertmanager",
+        f"server: listen_address={s.listen_address} max_body_bytes={s.max_body_bytes} "
+        f"bearer_token_file={s.bearer_token_file or 'none'}",
+        "healing: " + ("disabled" if not h.enabled else
+                       f"max_attempts={h.max_attempts} backoff={_seconds(h.backoff_initial_seconds)}.."
+                       f"{_seconds(h.backoff_max_seconds)} breaker: error_ratio>={h.breaker_error_ratio:g} "
+                       f"over {_seconds(h.breaker_window_seconds)} (min {h.breaker_min_calls} calls), "
+                       f"cooldown {_seconds(h.breaker_cooldown_seconds)}, "
+                       f"{h.breaker_half_open_probes} half-open probes"),
+    ]
+    for agent, chain in sorted(h.fallbacks.items()):
+        lines.append(f"  fallback: {agent} -> {' -> '.join(chain)}")
+    return "\n".join(lines) + "\n"
+
+
+def describe_web_config(web_config, path: str) -> str:
+    tls = web_config.tls
+    lines = [f"web config {path}: OK"]
+    if tls is None:
+        lines.append("  TLS: disabled")
+    else:
+        lines.append(f"  TLS: {tls.min_version}..{tls.max_version}, client auth {tls.client_auth_type}")
+    users = sorted(web_config.basic_auth_users)
+    lines.append(f"  basic auth users: {', '.join(users) if users else 'none'}")
+    if web_config.rate_limit.interval_seconds:
+        lines.append(f"  rate limit: one request per {_seconds(web_config.rate_limit.interval_seconds)}, "
+                     f"burst {web_config.rate_limit.burst}")
+    return "\n".join(lines) + "\n"
+
+
+# -- argument parsing -----------------------------------------------------------------
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-exporter",
+        description="Prometheus/OpenTelemetry exporter for AI agent orchestrators.")
+    parser.add_argument("--version", action="version", version=f"agent-exporter {__version__}")
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=("debug", "info", "warning", "error"), help="log level (stderr, logfmt)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_flag(p, help_text="observability YAML (default: built-in defaults)", required=False):
+        p.add_argument("--config.file", dest="config_file", metavar="FILE", help=help_text, required=required)
+
+    serve = commands.add_parser("serve", help="run the exporter: /metrics, /v1/events, /v1/alertmanager")
+    config_flag(serve)
+    serve.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                       help="address to listen on (default: server.listen_address, 127.0.0.1:9464)")
+    serve.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                       help="exporter-toolkit web config: TLS and basic auth")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = commands.add_parser("demo", help="exporter plus a simulated orchestrator with an incident")
+    config_flag(demo)
+    demo.add_argument("--duration", type=_positive_float, metavar="SECONDS", help="stop after this long")
+    demo.add_argument("--stack", action="store_true",
+                      help="also run Prometheus, Alertmanager and local Slack and SMTP sinks")
+    demo.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                      default="127.0.0.1:9464", help="exporter address (default 127.0.0.1:9464)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed of the simulated workload")
+    demo.set_defaults(func=cmd_demo)
+
+    render = commands.add_parser("render", help="write Prometheus rules, Alertmanager config and dashboards")
+    config_flag(render)
+    render.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    render.set_defaults(func=cmd_render)
+
+    replay = commands.add_parser("replay", help="send a JSONL event log or a legacy metrics JSON to an exporter")
+    replay.add_argument("file", metavar="FILE")
+    replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464")
+    replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
+    replay.add_argument("--bearer-token-file", metavar="FILE",
+                        help="token for /v1/* (default: $AGENT_EXPORTER_BEARER_TOKEN)")
+    replay.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify an https exporter")
+    replay.add_argument("--timeout", type=_positive_float, default=30.0, help="per-request timeout, seconds")
+    replay.set_defaults(func=cmd_replay)
+
+    check = commands.add_parser("check", help="validate a config and print what it means")
+    config_flag(check, "observability YAML to check", required=True)
+    check.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                       help="also check an exporter-toolkit web config")
+    check.set_defaults(func=cmd_check)
+
+    simulate = commands.add_parser("simulate", help="compare self-healing policies on a scripted degradation")
+    config_flag(simulate)
+    simulate.add_argument("--format", choices=("table", "json"), default="table")
+    simulate.add_argument("--seeds", type=_positive_int, default=5, help="number of random seeds")
+    simulate.add_argument("--tasks", type=_positive_int, default=2000, help="tasks per run")
+    simulate.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

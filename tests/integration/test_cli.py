@@ -1,0 +1,219 @@
+"""The `agent-exporter` command: check, render, replay (legacy metrics JSON and JSONL), simulate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent_exporter import Telemetry, __version__, catalog
+from agent_exporter.cli import main
+from agent_exporter.config import Config
+from agent_exporter.server import Service, start_server
+
+LEGACY_CONFIG = """\
+observability:
+  enabled: true
+  tracing:
+    enabled: true
+    backend: opentelemetry
+    export_to_console: false
+    export_to_otlp: false
+    otlp_endpoint: "http://localhost:4317"
+    sampling_rate: 0.5
+  metrics:
+    enabled: true
+    collection_interval: 60
+    prices:
+      gpt-4o: {input: 2.5, output: 10}
+  logging:
+    level: INFO
+    include_traces: true
+    format: json
+  alerting:
+    enabled: true
+    channels: [log]
+    conditions:
+      - "error_rate > 7%"
+      - "latency_p95 > 20000"
+      - "cost_per_day > 250"
+"""
+
+# As the legacy collector's save_metrics() wrote it: no per-execution records, only aggregates.
+LEGACY_METRICS = {
+    "timestamp": "2025-01-15T10:30:00",
+    "summary": {"total_executions": 7, "success_rate": 5 / 7, "total_cost": 0.3, "total_tokens": 10001,
+                "average_latency_ms": 1500.0, "agents_used": 3},
+    "detailed_metrics": {
+        "latencies": {"planner": [1200.0, 800.0, 2500.0], "coder": [3000.0, 1000.0, 1500.0], "tester": [500.0]},
+        "token_usage": {"planner": 3001, "coder": 7000, "tester": 0},
+        "costs": {"planner": 0.1, "coder": 0.2, "tester": 0.0},
+        "success_counts": {"planner": 3, "coder": 1, "tester": 1},
+        "failure_counts": {"coder": 2},
+    },
+}
+
+
+def series(url: str) -> dict:
+    import requests
+    text = requests.get(url + "/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture
+def exporter():
+    telemetry = Telemetry(Config())
+    handle = start_server(Service(telemetry), "127.0.0.1:0")
+    yield handle
+    handle.stop()
+    telemetry.shutdown()
+
+
+def test_version_from_the_console_script():
+    result = subprocess.run(["agent-exporter", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"agent-exporter {__version__}"
+
+
+# -- check -----------------------------------------------------------------------
+
+def test_check_prints_what_it_understood(tmp_path, capsys):
+    path = tmp_path / "observability.yaml"
+    path.write_text(LEGACY_CONFIG)
+    assert main(["check", "--config.file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"config {path}: OK" in out
+    assert "error_ratio > 7.00%" in out
+    assert "latency p95 > 20s" in out
+    assert "cost per day > $250" in out
+    assert "gpt-4o: 2.5 / 10" in out
+    assert "sampling_rate=0.5" in out
+    assert "execution buckets (s): " + " ".join(f"{b:g}" for b in catalog.EXECUTION_BUCKETS) in out
+
+
+def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):
+    path = tmp_path / "observability.yaml"
+    path.write_text(LEGACY_CONFIG.replace("collection_interval: 60", "colection_interval: 60"))
+    assert main(["check", "--config.file", str(path)]) == 1
+    assert "observability.metrics.colection_interval" in capsys.readouterr().err
+
+
+def test_check_a_web_config(tmp_path, capsys):
+    config = tmp_path / "observability.yaml"
+    config.write_text(LEGACY_CONFIG)
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: plaintext\n")
+    assert main(["check", "--config.file", str(config), "--web.config.file", str(web)]) == 1
+    assert "basic_auth_users.alice" in capsys.readouterr().err
+
+
+# -- render ----------------------------------------------------------------------
+
+def test_render_writes_the_three_trees(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["render", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(p.startswith(str(out)) for p in printed)
+    for tree in ("prometheus", "alertmanager", "grafana"):
+        assert any(out.joinpath(tree).rglob("*")), tree
+
+
+# -- replay ----------------------------------------------------------------------
+
+def test_replay_of_a_legacy_metrics_file_keeps_the_totals(tmp_path, exporter, capsys):
+    path = tmp_path / "metrics_20250115_103000.json"
+    path.write_text(json.dumps(LEGACY_METRICS, indent=2))
+    assert main(["replay", str(path), "--url", exporter.url, "--batch-size", "2"]) == 0
+    assert "7 events (legacy metrics)" in capsys.readouterr().out
+
+    got = series(exporter.url)
+    executions = catalog.AGENT_EXECUTIONS.name
+    assert got[(executions, (("agent", "planner"), ("status", "success")))] == 3
+    assert got[(executions, (("agent", "coder"), ("status", "success")))] == 1
+    assert got[(executions, (("agent", "coder"), ("status", "error")))] == 2
+    assert got[(executions, (("agent", "tester"), ("status", "success")))] == 1
+    tokens = catalog.LLM_TOKENS.name
+    assert got[(tokens, (("agent", "planner"), ("model", "unknown"), ("type", "unsplit")))] == 3001
+    assert got[(tokens, (("agent", "coder"), ("model", "unknown"), ("type", "unsplit")))] == 7000
+    cost = catalog.LLM_COST.name
+    assert got[(cost, (("agent", "planner"), ("model", "unknown")))] == 0.1      # exactly, not approximately
+    assert got[(cost, (("agent", "coder"), ("model", "unknown")))] == 0.2
+    assert got[(catalog.USAGE_UNKNOWN.name, (("agent", "tester"),))] == 1       # no tokens, no cost: unknown
+    duration_sum = catalog.AGENT_EXECUTION_DURATION.name + "_sum"
+    assert got[(duration_sum, (("agent", "planner"),))] == pytest.approx(4.5)
+
+
+def test_replay_of_a_compat_metrics_file_sends_its_records(tmp_path, exporter, capsys):
+    records = [{"timestamp": "2025-01-15T10:30:00", "agent_name": "planner", "duration_ms": 900.0,
+                "success": False, "tokens_used": 12, "cost": 0.001}]
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({**LEGACY_METRICS, "agent_executions": records}))
+    assert main(["replay", str(path), "--url", exporter.url]) == 0
+    got = series(exporter.url)
+    assert got[(catalog.AGENT_EXECUTIONS.name, (("agent", "planner"), ("status", "error")))] == 1
+    assert (catalog.AGENT_EXECUTIONS.name, (("agent", "coder"), ("status", "error"))) not in got
+
+
+def test_replay_of_a_jsonl_log_reports_bad_lines(tmp_path, exporter, capsys):
+    lines = [
+        json.dumps({"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 2.0,
+                    "model": "gpt-4o", "input_tokens": 100, "output_tokens": 20, "cost_usd": 0.5}),
+        json.dumps({"type": "tool_call", "tool": "web_search", "status": "error", "duration_seconds": 0.1}),
+        "",
+        json.dumps({"type": "agent_execution", "agent": "planner"}),
+        json.dumps({"agent_name": "coder", "duration_ms": 1000, "success": True, "tokens_used": 5, "cost": 0.25}),
+    ] * 3
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["replay", str(path), "--url", exporter.url, "--batch-size", "4"]) == 1
+    out = capsys.readouterr().out
+    assert "12 events (jsonl)" in out
+    assert "9 accepted, 3 rejected" in out
+    assert "line 4: " in out and "line 9: " in out and "line 14: " in out
+
+    got = series(exporter.url)
+    assert got[(catalog.AGENT_EXECUTIONS.name, (("agent", "planner"), ("status", "success")))] == 3
+    assert got[(catalog.LLM_COST.name, (("agent", "planner"), ("model", "gpt-4o")))] == 1.5
+    assert got[(catalog.LLM_COST.name, (("agent", "coder"), ("model", "unknown")))] == 0.75
+    assert got[(catalog.TOOL_CALLS.name, (("status", "error"), ("tool", "web_search")))] == 3
+    assert got[(catalog.EXPORTER_EVENTS_REJECTED.name, (("reason", "missing_field"),))] == 3
+
+
+def test_replay_splits_batches_the_exporter_finds_too_large(tmp_path):
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, max_body_bytes=600), "127.0.0.1:0") as handle:
+        event = {"type": "tool_call", "tool": "file_read", "status": "success", "duration_seconds": 0.01}
+        path = tmp_path / "events.jsonl"
+        path.write_text("\n".join(json.dumps(event) for _ in range(40)) + "\n")
+        assert main(["replay", str(path), "--url", handle.url, "--batch-size", "40"]) == 0
+        assert series(handle.url)[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "file_read")))] == 40
+
+
+def test_replay_with_a_bearer_token(tmp_path, capsys):
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, bearer_token="s3cret"), "127.0.0.1:0") as handle:
+        path = tmp_path / "events.jsonl"
+        path.write_text(json.dumps({"type": "retry", "agent": "coder", "attempt": 2}) + "\n")
+        assert main(["replay", str(path), "--url", handle.url]) == 1
+        assert "401" in capsys.readouterr().err
+        token = tmp_path / "token"
+        token.write_text("s3cret\n")
+        assert main(["replay", str(path), "--url", handle.url, "--bearer-token-file", str(token)]) == 0
+
+
+# -- simulate ----------------------------------------------------------------------
+
+def test_simulate_json_shape():
+    result = subprocess.run([sys.executable, "-m", "agent_exporter", "simulate", "--format", "json", "--seeds", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document["policies"]) == {"static", "round_robin", "retry_only", "full"}
+    for figures in document["policies"].values():
+        assert set(figures) >= {"success_rate", "p95_task_seconds", "cost_per_task_usd"}
+        assert 0 <= figures["success_rate"] <= 1
+    assert set(document["selector"]) >= {"tasks_to_shift", "share_on_failing_after_shift", "tasks_to_return"}

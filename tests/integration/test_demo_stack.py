@@ -1,0 +1,76 @@
+"""`agent-exporter demo --stack --duration 200`: the incident's alert fires and resolves, end to end.
+
+Real Prometheus and Alertmanager, the local Slack and SMTP sinks, the demo's
+own exporter: the high-error-ratio alert must reach both sinks while firing,
+the resolved message must follow, and the demo must stop everything and exit 0
+within its duration.  The longest test of the suite (about 200 s).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DURATION = 200
+ALERT = "OrchestratorAgentHighErrorRatio"
+AGENT = "coder-claude-sonnet"      # the demo's incident
+
+
+def test_the_incident_alert_fires_and_resolves_in_slack_and_email():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "demo", "--stack", f"--duration={DURATION}",
+         "--web.listen-address=127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    output: list[str] = []
+    deadline = time.monotonic() + DURATION + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            output.append(line)
+        exit_code = process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    transcript = "\n".join(output)
+
+    def first(pattern: str) -> int:
+        for i, line in enumerate(output):
+            if re.search(pattern, line):
+                return i
+        raise AssertionError(f"no line matching {pattern!r} in:\n{transcript[-6000:]}")
+
+    slack_firing = first(rf"^\[slack\] \[FIRING:\d+\] {ALERT} .*{AGENT}")
+    email_firing = first(rf"^\[email\] .*subject=\[FIRING:\d+\] {ALERT} .*{AGENT}")
+    slack_resolved = first(rf"^\[slack\] \[RESOLVED\] {ALERT} .*{AGENT}")
+    email_resolved = first(rf"^\[email\] .*subject=\[RESOLVED\] {ALERT} .*{AGENT}")
+    assert slack_resolved > slack_firing
+    assert email_resolved > email_firing
+    # The alert drove the healing layer: the webhook opened the breaker, the resolution closed it.
+    opened = first(rf"^\[healing\] {AGENT}: circuit closed -> open \({ALERT}\)")
+    closed = first(rf"^\[healing\] {AGENT}: circuit open -> closed \(resolved:{ALERT}\)")
+    assert closed > opened
+    first(rf"^\[healing\] coding: traffic moved from {AGENT} to ")
+    assert exit_code == 0, transcript[-3000:]

@@ -1,0 +1,478 @@
+"""The HTTP service against real HTTP clients: ingest, limits, auth, TLS, keep-alive, exposition, SIGTERM."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import http.client
+import ipaddress
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import bcrypt
+import pytest
+import requests
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_exporter import Telemetry, catalog
+from agent_exporter.config import Config
+from agent_exporter.server import Service, start_server
+from agent_exporter.webconfig import load_web_config
+
+PLANNER_OK = {"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 1.5,
+              "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.0045}
+TOOL_OK = {"type": "tool_call", "tool": "web_search", "status": "success", "duration_seconds": 0.2}
+TRANSITION = {"type": "state_transition", "from_state": "planning", "to_state": "coding", "workflow": "feature"}
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+ELEVEN_MIB = 11 * 1024 * 1024
+
+
+def samples(text: str, openmetrics: bool = False) -> dict:
+    parse = parse_openmetrics if openmetrics else parse_text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parse(text) for s in family.samples}
+
+
+def value(url: str, name: str, **labels) -> float:
+    text = requests.get(url + "/metrics", timeout=10).text
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def server():
+    telemetry = Telemetry(Config())
+    handle = start_server(Service(telemetry), "127.0.0.1:0")
+    yield handle
+    handle.stop()
+    telemetry.shutdown()
+
+
+def post_events(url, body, content_type="application/json", **headers):
+    if not isinstance(body, (bytes, bytearray)):
+        body = json.dumps(body).encode()
+    return requests.post(url + "/v1/events", data=body, timeout=30,
+                         headers={"Content-Type": content_type, **headers})
+
+
+# -- ingest --------------------------------------------------------------------
+
+def test_a_valid_batch_is_counted(server):
+    response = post_events(server.url, [PLANNER_OK, TOOL_OK, TRANSITION, PLANNER_OK])
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 4, "rejected": []}
+    metrics = samples(requests.get(server.url + "/metrics", timeout=10).text)
+    assert metrics[(catalog.AGENT_EXECUTIONS.name, (("agent", "planner"), ("status", "success")))] == 2
+    assert metrics[(catalog.LLM_TOKENS.name, (("agent", "planner"), ("model", "gpt-4o"), ("type", "input")))] == 2000
+    assert metrics[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
+    assert metrics[(catalog.STATE_TRANSITIONS.name,
+                    (("from_state", "planning"), ("to_state", "coding"), ("workflow", "feature")))] == 1
+    assert metrics[(catalog.EXPORTER_EVENTS.name, (("type", "agent_execution"),))] == 2
+
+
+def test_a_single_object_is_a_batch_of_one(server):
+    response = post_events(server.url, TOOL_OK)
+    assert response.json() == {"accepted": 1, "rejected": []}
+
+
+def test_a_mixed_batch_accepts_the_valid_and_lists_the_rest(server):
+    batch = [
+        PLANNER_OK,
+        {"type": "agent_execution", "agent": "coder", "duration_seconds": 1},     # no status
+        "not an object",
+        TOOL_OK,
+        {"type": "teleport"},
+        {"type": "tool_call", "tool": "web_search", "status": "maybe", "duration_seconds": 1},
+        {"type": "agent_execution", "agent": "coder", "status": "success", "duration_seconds": -1},
+        {"agent_name": "legacy", "duration_ms": 1200, "success": True, "tokens_used": 10, "cost": 0.01},
+    ]
+    response = post_events(server.url, batch)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["accepted"] == 3
+    rejected = {r["index"]: r for r in answer["rejected"]}
+    assert sorted(rejected) == [1, 2, 4, 5, 6]
+    assert {i: r["reason"] for i, r in rejected.items()} == {
+        1: "missing_field", 2: "not_an_object", 4: "unknown_type", 5: "invalid_value", 6: "invalid_value"}
+    assert "status" in rejected[1]["error"]
+    assert "duration_seconds" in rejected[6]["error"]
+    url = server.url
+    assert value(url, catalog.AGENT_EXECUTIONS.name, agent="planner", status="success") == 1
+    assert value(url, catalog.AGENT_EXECUTIONS.name, agent="legacy", status="success") == 1
+    assert value(url, catalog.AGENT_EXECUTIONS.name, agent="coder", status="success") == 0
+    assert value(url, catalog.EXPORTER_EVENTS_REJECTED.name, reason="invalid_value") == 2
+    assert value(url, catalog.EXPORTER_EVENTS_REJECTED.name, reason="missing_field") == 1
+
+
+def test_ndjson(server):
+    lines = [json.dumps(PLANNER_OK), "", json.dumps({"type": "retry", "agent": "coder", "attempt": 0}),
+             json.dumps(TOOL_OK), "{not json"]
+    response = post_events(server.url, "\n".join(lines).encode(), "application/x-ndjson")
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["accepted"] == 2
+    assert [(r["index"], r["reason"]) for r in answer["rejected"]] == [(1, "invalid_value"), (3, "invalid_json")]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_gzip_bodies(server, content_type):
+    if content_type == "application/json":
+        raw = json.dumps([PLANNER_OK, TOOL_OK]).encode()
+    else:
+        raw = (json.dumps(PLANNER_OK) + "\n" + json.dumps(TOOL_OK) + "\n").encode()
+    response = post_events(server.url, gzip.compress(raw), content_type, **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 2
+
+
+def test_bad_gzip_is_400(server):
+    response = post_events(server.url, b"not gzip at all", **{"Content-Encoding": "gzip"})
+    assert response.status_code == 400
+    assert "gzip" in response.json()["error"]
+
+
+def test_a_gzip_bomb_is_cut_at_the_limit(server):
+    # 11 MiB of JSON whitespace compresses to a few KiB: the limit applies to what it expands to.
+    bomb = gzip.compress(b"[" + b" " * ELEVEN_MIB + b"]")
+    assert len(bomb) < 100_000
+    response = post_events(server.url, bomb, **{"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert value(server.url, catalog.EXPORTER_EVENTS_REJECTED.name, reason="body_too_large") == 1
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"42", b'"text"', b""])
+def test_unusable_bodies_are_400(server, body):
+    response = post_events(server.url, body)
+    assert response.status_code == 400
+    assert response.json()["error"]
+    assert requests.get(server.url + "/-/healthy", timeout=10).status_code == 200
+
+
+def test_a_batch_with_nothing_valid_is_400_with_the_reasons(server):
+    response = post_events(server.url, [{"type": "teleport"}, 7])
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["accepted"] == 0
+    assert [r["index"] for r in answer["rejected"]] == [0, 1]
+
+
+def test_eleven_mib_is_413_and_a_plain_client_sees_it(server):
+    response = post_events(server.url, b"[" + b" " * (ELEVEN_MIB - 2) + b"]")
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+    assert response.headers["Connection"] == "close"
+    # The server is fine afterwards.
+    assert post_events(server.url, [TOOL_OK]).json()["accepted"] == 1
+
+
+def test_eleven_mib_with_expect_100_continue_is_refused_before_the_body(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {ELEVEN_MIB}\r\nExpect: 100-continue\r\n\r\n".encode())
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413 ")
+
+
+def test_a_chunked_body_is_read(server):
+    def chunks():
+        yield json.dumps([PLANNER_OK, TOOL_OK]).encode()
+    response = requests.post(server.url + "/v1/events", data=chunks(), timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.json() == {"accepted": 2, "rejected": []}
+
+
+def test_a_chunked_body_over_the_limit_is_413():
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, max_body_bytes=64 * 1024), "127.0.0.1:0") as handle:
+        def chunks():
+            for _ in range(10):
+                yield b" " * 16 * 1024
+        response = requests.post(handle.url + "/v1/events", data=chunks(), timeout=30,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {},
+                                     {"Content-Type": "application/json", "Content-Encoding": "br"}])
+def test_other_media_types_are_415(server, headers):
+    response = requests.post(server.url + "/v1/events", data=json.dumps([TOOL_OK]), headers=headers, timeout=10)
+    assert response.status_code == 415
+    assert value(server.url, catalog.EXPORTER_EVENTS.name, type="tool_call") == 0
+
+
+def test_unknown_paths_and_methods(server):
+    assert requests.get(server.url + "/nope", timeout=10).status_code == 404
+    response = requests.get(server.url + "/v1/events", timeout=10)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+
+
+# -- keep-alive, exposition, health -----------------------------------------------
+
+def test_keep_alive_reuses_one_connection(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.connect()
+    first_socket = connection.sock
+    for _ in range(5):
+        connection.request("POST", "/v1/events", body=json.dumps([TOOL_OK]),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        response.read()
+        assert not response.will_close
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    response.read()
+    assert connection.sock is first_socket
+    connection.close()
+    assert value(server.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 5
+
+
+def test_metrics_in_openmetrics_with_exemplars_and_gzip(server):
+    post_events(server.url, [{**PLANNER_OK, "trace_id": TRACE_ID}])
+    response = requests.get(server.url + "/metrics", timeout=10,
+                            headers={"Accept": "application/openmetrics-text; version=1.0.0",
+                                     "Accept-Encoding": "gzip"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.headers["Content-Encoding"] == "gzip"     # requests has decompressed it
+    assert response.text.endswith("# EOF\n")
+    exemplars = [s.exemplar for family in parse_openmetrics(response.text) for s in family.samples
+                 if s.name == catalog.AGENT_EXECUTION_DURATION.name + "_bucket" and s.exemplar]
+    assert [e.labels for e in exemplars] == [{"trace_id": TRACE_ID}]
+
+
+def test_metrics_text_by_default_and_raw_gzip(server):
+    post_events(server.url, [TOOL_OK])
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.getheader("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+    assert response.getheader("Content-Encoding") == "gzip"
+    text = gzip.decompress(body).decode()
+    assert samples(text)[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
+
+
+def test_landing_page_and_health(server):
+    landing = requests.get(server.url + "/", timeout=10)
+    assert landing.headers["Content-Type"].startswith("text/html")
+    assert 'href="/metrics"' in landing.text
+    assert requests.get(server.url + "/-/healthy", timeout=10).status_code == 200
+    assert requests.get(server.url + "/-/ready", timeout=10).status_code == 200
+
+
+def test_embedded_server_serves_metrics_but_no_ingest():
+    telemetry = Telemetry(Config())
+    handle = telemetry.serve("127.0.0.1:0")
+    try:
+        telemetry.record(TOOL_OK)
+        assert value(handle.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 1
+        assert post_events(handle.url, [TOOL_OK]).status_code == 404
+    finally:
+        handle.stop()
+        telemetry.shutdown()
+
+
+# -- healing endpoints -------------------------------------------------------------------
+
+class RecordingRemediator:
+    """Stands in for healing.AlertRemediator: the server's part is routing and status codes."""
+
+    def __init__(self):
+        self.payloads = []
+
+    def handle_webhook(self, payload):
+        if not isinstance(payload, dict) or "alerts" not in payload:
+            raise ValueError("alerts: required field is missing")
+        self.payloads.append(payload)
+        return {"opened": ["coder"], "closed": []}
+
+    def agents_status(self):
+        return {"agents": {"coder": {"circuit_state": "open"}}}
+
+
+def test_alertmanager_webhook_and_agents():
+    telemetry = Telemetry(Config())
+    remediator = RecordingRemediator()
+    with start_server(Service(telemetry, remediator=remediator), "127.0.0.1:0") as handle:
+        good = requests.post(handle.url + "/v1/alertmanager", json={"alerts": []}, timeout=10)
+        assert good.status_code == 200
+        assert good.json() == {"opened": ["coder"], "closed": []}
+        bad = requests.post(handle.url + "/v1/alertmanager", json=[1, 2], timeout=10)
+        assert bad.status_code == 400
+        assert "alerts" in bad.json()["error"]
+        not_json = requests.post(handle.url + "/v1/alertmanager", data=b"{", timeout=10,
+                                 headers={"Content-Type": "application/json"})
+        assert not_json.status_code == 400
+        assert remediator.payloads == [{"alerts": []}]
+        assert requests.get(handle.url + "/v1/agents", timeout=10).json() == remediator.agents_status()
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+def test_bearer_token_guards_v1_only():
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, bearer_token="t0ken"), "127.0.0.1:0") as handle:
+        missing = post_events(handle.url, [TOOL_OK])
+        assert missing.status_code == 401
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        assert post_events(handle.url, [TOOL_OK], Authorization="Bearer wrong").status_code == 401
+        assert post_events(handle.url, [TOOL_OK], Authorization="Bearer t0ken").json()["accepted"] == 1
+        assert requests.get(handle.url + "/metrics", timeout=10).status_code == 200
+        assert value(handle.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 1
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent-exporter test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
+    cert_path, _ = _self_signed(tmp_path)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web_config_path = tmp_path / "web.yml"
+    web_config_path.write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS12\n"
+        "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+        f"basic_auth_users:\n  alice: '{hashed}'\n")
+    telemetry = Telemetry(Config())
+    service = Service(telemetry, web_config=load_web_config(web_config_path))
+    with start_server(service, "127.0.0.1:0") as handle:
+        assert handle.url.startswith("https://")
+        tls = {"verify": str(cert_path), "timeout": 10}
+        anonymous = requests.get(handle.url + "/metrics", **tls)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["WWW-Authenticate"] == "Basic"
+        assert requests.get(handle.url + "/metrics", auth=("alice", "wrong"), **tls).status_code == 401
+        assert requests.get(handle.url + "/metrics", auth=("mallory", "s3cret"), **tls).status_code == 401
+        ok = requests.get(handle.url + "/metrics", auth=("alice", "s3cret"), **tls)
+        assert ok.status_code == 200
+        assert ok.headers["X-Content-Type-Options"] == "nosniff"
+        posted = requests.post(handle.url + "/v1/events", json=[TOOL_OK], auth=("alice", "s3cret"), **tls)
+        assert posted.json()["accepted"] == 1
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(handle.url.replace("https://", "http://") + "/metrics", timeout=10)
+
+
+# -- the serve command ---------------------------------------------------------------------
+
+def _stderr_lines(process) -> queue.Queue:
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in process.stderr:
+            lines.put(line)
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: queue.Queue, needle: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            break
+        if needle in line:
+            return line
+    raise AssertionError(f"no log line containing {needle!r}")
+
+
+def test_sigterm_finishes_the_in_flight_request_and_exits_0():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = _stderr_lines(process)
+        port = int(re.search(r"Listening on http://127\.0\.0\.1:(\d+)", _wait_for_line(lines, "Listening on")).group(1))
+        body = json.dumps([PLANNER_OK, TOOL_OK]).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # "100 Continue" comes back once the server is inside our request: then it is in flight.
+            sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100 ")
+            process.send_signal(signal.SIGTERM)
+            _wait_for_line(lines, "waiting for 1 in-flight request")
+            sock.sendall(body)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"accepted": 2, "rejected": []}
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _webhook(status: str, agent: str) -> dict:
+    alert = {"status": status, "labels": {"alertname": "OrchestratorAgentHighErrorRatio", "agent": agent,
+                                          "severity": "critical"},
+             "annotations": {}, "startsAt": "2025-01-15T10:30:00Z", "endsAt": "0001-01-01T00:00:00Z",
+             "fingerprint": "c0ffee"}
+    return {"version": "4", "receiver": "exporter-remediation", "status": status, "alerts": [alert]}
+
+
+def test_the_real_remediator_behind_the_webhook():
+    from agent_exporter.cli import build_remediator
+    config = Config()
+    telemetry = Telemetry(config)
+    with start_server(Service(telemetry, remediator=build_remediator(config, telemetry)), "127.0.0.1:0") as handle:
+        def state(agent):
+            return requests.get(handle.url + "/v1/agents", timeout=10).json()["agents"][agent]["circuit_state"]
+
+        malformed = requests.post(handle.url + "/v1/alertmanager", json={"version": "4", "alerts": "x"}, timeout=10)
+        assert malformed.status_code == 400
+        assert "coder" not in requests.get(handle.url + "/v1/agents", timeout=10).json()["agents"]
+        assert requests.post(handle.url + "/v1/alertmanager", json=_webhook("firing", "coder"),
+                             timeout=10).json()["opened"] == ["coder"]
+        assert state("coder") == "open"
+        assert value(handle.url, catalog.CIRCUIT_BREAKER_STATE.name, agent="coder") == 2
+        requests.post(handle.url + "/v1/alertmanager", json=_webhook("resolved", "coder"), timeout=10)
+        assert state("coder") == "closed"
+
+
+def test_the_bearer_token_comes_from_the_environment_or_the_file(tmp_path, monkeypatch):
+    from agent_exporter.server import BEARER_TOKEN_ENV, read_bearer_token
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    monkeypatch.delenv(BEARER_TOKEN_ENV, raising=False)
+    assert read_bearer_token("") is None
+    assert read_bearer_token(str(token_file)) == "from-file"
+    monkeypatch.setenv(BEARER_TOKEN_ENV, "from-env")
+    assert read_bearer_token(str(token_file)) == "from-env"
+    monkeypatch.delenv(BEARER_TOKEN_ENV)
+    with pytest.raises(ValueError, match="server.bearer_token_file"):
+        read_bearer_token(str(tmp_path / "missing"))

@@ -1,0 +1,325 @@
+"""The dashboard checker: the Grafana dashboards and provisioning in grafana/.
+
+Every dashboard parses, has its fixed uid and no import placeholders; every panel
+has a unit, a description and the datasource variable; every query names only
+catalog metrics, recording rules that render/rules.py writes, or Prometheus
+built-ins, and is valid PromQL (promtool); the committed files equal a fresh render.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent_exporter import catalog
+from agent_exporter.config import (
+    AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds)
+from agent_exporter.render import dashboards, rules
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Series Prometheus itself writes that panels may query.
+BUILTINS = frozenset({"up", "ALERTS", "scrape_duration_seconds", "scrape_samples_scraped"})
+# Fixed windows a panel may use instead of Grafana's: the monthly budget needs 30 days.
+FIXED_WINDOWS = frozenset({"30d"})
+
+PROMQL_WORDS = frozenset({
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+    "and", "or", "unless", "offset", "inf", "nan",
+})
+
+
+def render(config: Config, out_dir: Path) -> dict[str, dict]:
+    dashboards.render_grafana(config, out_dir)
+    return {p.stem: json.loads(p.read_text()) for p in (out_dir / "grafana" / "dashboards").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory) -> dict[str, dict]:
+    return render(Config(), tmp_path_factory.mktemp("grafana"))
+
+
+@pytest.fixture(scope="module")
+def recorded_names(tmp_path_factory) -> frozenset[str]:
+    """Recording rule names as render/rules.py writes them into prometheus/rules/."""
+    out = tmp_path_factory.mktemp("render")
+    rules.render_prometheus(Config(), out)
+    names = set()
+    for path in (out / "prometheus" / "rules").glob("*.yml"):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            names.update(rule["record"] for rule in group["rules"] if "record" in rule)
+    assert names == set(rules.recording_rule_names())
+    return frozenset(names)
+
+
+def panels(board: dict) -> list[dict]:
+    """Panels that query (rows are layout only)."""
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def exprs(board: dict) -> list[str]:
+    return [t["expr"] for p in panels(board) for t in p["targets"]]
+
+
+def panel(board: dict, title: str) -> dict:
+    (found,) = [p for p in board["panels"] if p["title"] == title]
+    return found
+
+
+def series_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (a small lexer, enough for our queries)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                       # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)                                    # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)                                   # range windows
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w$:.])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        word, call = match.group(1), match.group(2)
+        if not call and word not in PROMQL_WORDS:
+            names.add(word)
+    return names
+
+
+def test_series_names_finds_selectors_and_skips_functions_and_labels():
+    expr = ('sum by (agent) (rate(foo_total{job=~"$job", a="b{c}"}[$__rate_interval])) '
+            '/ on (agent) group_left bar:baz:ratio_rate5m > bool 0.5 or vector(0)')
+    assert series_names(expr) == {"foo_total", "bar:baz:ratio_rate5m"}
+
+
+def test_committed_grafana_files_equal_a_fresh_render(tmp_path):
+    written = dashboards.render_grafana(Config(), tmp_path)
+    fresh = {p.relative_to(tmp_path): p.read_text() for p in written}
+    committed = {p.relative_to(REPO): p.read_text()
+                 for p in (REPO / "grafana").rglob("*") if p.is_file()}
+    assert committed.keys() == fresh.keys(), "run `agent-exporter render --out .`"
+    for path, text in fresh.items():
+        assert committed[path] == text, f"{path} is stale: run `agent-exporter render --out .`"
+
+
+def test_render_is_deterministic(tmp_path):
+    first = [p.read_bytes() for p in dashboards.render_grafana(Config(), tmp_path / "a")]
+    second = [p.read_bytes() for p in dashboards.render_grafana(Config(), tmp_path / "b")]
+    assert first == second
+
+
+def test_every_dashboard_has_its_fixed_uid(boards):
+    assert sorted(boards) == sorted(dashboards.DASHBOARD_UIDS)
+    # The alerts' dashboard_url links point at these uids.
+    assert sorted(rules.DASHBOARD_UIDS.values()) == sorted(dashboards.DASHBOARD_UIDS)
+    for stem, board in boards.items():
+        assert board["uid"] == stem
+        assert board["id"] is None
+        assert board["schemaVersion"] == dashboards.SCHEMA_VERSION
+
+
+def test_no_import_placeholders(tmp_path):
+    dashboards.render_grafana(Config(), tmp_path)
+    for path in (tmp_path / "grafana").rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert "__inputs" not in text and "__requires" not in text, path
+            assert "${DS_" not in text, path
+
+
+def test_every_panel_has_a_unit_a_description_and_the_datasource_variable(boards):
+    for board in boards.values():
+        for p in panels(board):
+            where = f"{board['uid']} / {p['title']}"
+            assert p["description"].strip(), where
+            assert p["fieldConfig"]["defaults"]["unit"], where
+            assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert p["targets"], where
+            for target in p["targets"]:
+                assert target["datasource"] == p["datasource"], where
+            if p["type"] == "heatmap":
+                assert p["options"]["yAxis"]["unit"], where
+
+
+def test_every_dashboard_has_the_datasource_job_and_instance_variables(boards):
+    build_info = catalog.EXPORTER_BUILD_INFO.name
+    for board in boards.values():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        assert variables["job"]["definition"] == f"label_values({build_info}, job)"
+        assert variables["instance"]["definition"].startswith(f"label_values({build_info}")
+    agent = {v["name"]: v for v in boards[dashboards.AGENT_UID]["templating"]["list"]}["agent"]
+    assert agent["definition"].startswith(f"label_values({catalog.AGENT_EXECUTIONS.name}")
+
+
+def test_every_query_names_only_catalog_metrics_recording_rules_or_builtins(boards, recorded_names):
+    known = catalog.sample_names() | recorded_names | BUILTINS
+    for board in boards.values():
+        for expr in exprs(board):
+            assert series_names(expr), expr
+            unknown = series_names(expr) - known
+            assert not unknown, f"{board['uid']}: {expr} names {unknown}"
+
+
+def test_raw_metric_selectors_follow_the_job_and_instance_variables(boards, recorded_names):
+    scoped = catalog.sample_names() | {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+    for board in boards.values():
+        for expr in exprs(board):
+            for name, matchers in re.findall(r"([A-Za-z_:][\w:]*)(\{[^}]*\})?", expr):
+                if name in scoped:
+                    assert dashboards.SCOPE in matchers, f"{name} unscoped in {expr}"
+                if name in recorded_names:
+                    # Recording rules aggregate job away: a job matcher would match nothing.
+                    assert "$job" not in matchers, f"{name} in {expr}"
+
+
+def test_rates_and_increases_use_grafana_intervals(boards):
+    for board in boards.values():
+        for expr in exprs(board):
+            for fn, window in re.findall(r"\b(rate|increase)\([^\[]*\[([^\]]+)\]", expr):
+                allowed = {"$__rate_interval"} if fn == "rate" else {"$__range", "$__rate_interval"}
+                assert window in allowed | FIXED_WINDOWS, f"{fn} over {window}: {expr}"
+
+
+def test_queries_are_valid_promql(boards, tmp_path):
+    """promtool parses every query, variables substituted, as a recording rule."""
+    rules = [{"record": f"panel:query:{i}", "expr": substitute(expr)}
+             for i, expr in enumerate(e for board in boards.values() for e in exprs(board))]
+    path = tmp_path / "panels.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    result = subprocess.run(["promtool", "check", "rules", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def substitute(expr: str) -> str:
+    for variable, value in (("$__rate_interval", "1m"), ("$__range", "1h"), ("$job", ".+"),
+                            ("$instance", ".+"), ("$agent", "planner")):
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def test_exemplars_are_requested_on_histogram_panels_and_link_to_jaeger(boards, tmp_path):
+    heatmaps = [p for b in boards.values() for p in panels(b) if p["type"] == "heatmap"]
+    assert heatmaps
+    for p in heatmaps:
+        (target,) = p["targets"]
+        assert target["format"] == "heatmap" and target["exemplar"] is True
+        assert "_bucket{" in target["expr"]
+    quantiles = panel(boards[dashboards.AGENT_UID], "Latency p50 / p95 / p99")
+    assert all(t["exemplar"] for t in quantiles["targets"])
+
+    dashboards.render_grafana(Config(), tmp_path)
+    document = yaml.safe_load(
+        (tmp_path / "grafana/provisioning/datasources/agent-exporter.yaml").read_text())
+    by_uid = {ds["uid"]: ds for ds in document["datasources"]}
+    assert set(by_uid) == {"prometheus", "alertmanager", "jaeger"}
+    destinations = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert destinations == [{"name": "trace_id", "datasourceUid": "jaeger"}]
+    assert by_uid["jaeger"]["type"] == "jaeger"
+    assert by_uid["alertmanager"]["jsonData"]["implementation"] == "prometheus"
+
+
+def test_thresholds_and_intervals_come_from_the_config(tmp_path):
+    config = Config(
+        metrics=MetricsConfig(collection_interval=5),
+        alerting=AlertingConfig(
+            thresholds=Thresholds(error_ratio=0.2, latency_p95_seconds=3.0, tool_error_ratio=0.3),
+            budget=BudgetConfig(day_usd=40.0, month_usd=900.0)),
+        healing=HealingConfig(breaker_error_ratio=0.7))
+    boards = render(config, tmp_path)
+
+    def red(board: str, title: str) -> float:
+        steps = panel(boards[board], title)["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        return [s["value"] for s in steps if s["color"] == "red"][0]
+
+    assert red(dashboards.OVERVIEW_UID, "Error ratio by agent") == 0.2
+    assert red(dashboards.OVERVIEW_UID, "Latency p50 / p95 / p99 by agent") == 3.0
+    assert red(dashboards.OVERVIEW_UID, "Spend, last 24 h") == 40.0
+    assert red(dashboards.COST_UID, "Spend, last 30 days") == 900.0
+    assert red(dashboards.TOOLS_UID, "Tool error ratio") == 0.3
+    assert red(dashboards.HEALING_UID, "Error ratio against the breaker threshold") == 0.7
+    success = panel(boards[dashboards.OVERVIEW_UID], "Success rate")
+    assert success["fieldConfig"]["defaults"]["thresholds"]["steps"][-1] == {
+        "color": "green", "value": 0.8}
+    (used,) = panel(boards[dashboards.COST_UID], "Daily budget used")["targets"]
+    assert used["expr"].endswith("/ 40")
+
+    datasources = yaml.safe_load(
+        (tmp_path / "grafana/provisioning/datasources/agent-exporter.yaml").read_text())
+    assert datasources["datasources"][0]["jsonData"]["timeInterval"] == "5s"
+
+
+def test_threshold_lines_are_drawn_where_a_limit_is_set(boards):
+    for board in boards.values():
+        for p in panels(board):
+            if p["type"] != "timeseries":
+                continue
+            steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            style = p["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"]
+            assert (style != "off") == (len(steps) > 1), p["title"]
+
+
+def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
+    slo = dataclasses.replace(Config().alerting.slo, objective=0.995,
+                              page_windows=(("1h", "5m", 14.4),), ticket_windows=(("3d", "6h", 1.0),))
+    boards = render(Config(alerting=AlertingConfig(slo=slo)), tmp_path)
+    burn = panel(boards[dashboards.AGENT_UID], "Error budget burn rate")
+    assert [t["expr"] for t in burn["targets"]] == [
+        'agent:orchestrator_agent_errors:ratio_rate1h{agent="$agent"} / 0.005',
+        'agent:orchestrator_agent_errors:ratio_rate3d{agent="$agent"} / 0.005',
+    ]
+
+
+def test_overview_keeps_the_legacy_cards_and_agent_table(boards):
+    overview = boards[dashboards.OVERVIEW_UID]
+    units = {"Total executions": "short", "Success rate": "percentunit",
+             "Average latency": "s", "Total cost": "currencyUSD"}
+    for title, unit in units.items():
+        card = panel(overview, title)
+        assert card["type"] == "stat" and card["fieldConfig"]["defaults"]["unit"] == unit
+        assert card["targets"][0]["instant"] is True
+    table = panel(overview, "Agent performance")
+    assert table["type"] == "table"
+    assert all(t["instant"] and t["format"] == "table" for t in table["targets"])
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    columns = {o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+               for o in table["fieldConfig"]["overrides"]}
+    assert [columns[c]["displayName"] for c in
+            ("agent", "Value #A", "Value #B", "Value #C", "Value #D")] == [
+        "Agent", "Executions", "Success rate", "Average latency", "Cost"]
+    assert columns["Value #B"]["unit"] == "percentunit"
+    assert columns["Value #C"]["unit"] == "s"
+    assert columns["Value #D"]["unit"] == "currencyUSD"
+    link = columns["agent"]["links"][0]["url"]
+    assert link.startswith(f"/d/{dashboards.AGENT_UID}?var-agent=${{__value.raw}}")
+    alerts = panel(overview, "Firing alerts")
+    assert alerts["type"] == "table"
+    assert alerts["targets"][0]["expr"] == 'ALERTS{alertstate="firing"}'
+
+
+def test_panels_fit_the_grid_without_overlapping(boards):
+    for board in boards.values():
+        titles = [p["title"] for p in board["panels"]]
+        assert len(titles) == len(set(titles)), board["uid"]
+        cells = set()
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), board["uid"]
+        for p in board["panels"]:
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, (board["uid"], p["title"])
+            area = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                    for y in range(g["y"], g["y"] + g["h"])}
+            assert not area & cells, (board["uid"], p["title"])
+            cells |= area
+
+
+def test_dashboards_provider_reads_the_dashboards_folder(tmp_path):
+    dashboards.render_grafana(Config(), tmp_path)
+    document = yaml.safe_load(
+        (tmp_path / "grafana/provisioning/dashboards/agent-exporter.yaml").read_text())
+    (provider,) = document["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == dashboards.DASHBOARDS_PATH
+    assert provider["allowUiUpdates"] is False

@@ -1,0 +1,185 @@
+"""The exporter-toolkit web config: parsing with key paths, TLS contexts, cached bcrypt basic auth."""
+
+from __future__ import annotations
+
+import ssl
+
+import bcrypt
+import pytest
+
+from agent_exporter import webconfig
+from agent_exporter.webconfig import (
+    BasicAuth, RateLimit, RateLimiter, WebConfigError, load_web_config, parse_duration, parse_web_config,
+)
+
+HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+
+
+def error_of(document) -> WebConfigError:
+    with pytest.raises(WebConfigError) as info:
+        parse_web_config(document)
+    return info.value
+
+
+def test_an_empty_file_means_plain_http_and_no_auth(tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_text("")
+    config = load_web_config(path)
+    assert config.tls is None
+    assert config.basic_auth_users == {}
+
+
+def test_tls_file_names_are_relative_to_the_config_file(tmp_path):
+    config = parse_web_config({"tls_server_config": {"cert_file": "a.crt", "key_file": "/abs/a.key"}}, tmp_path)
+    assert config.tls.cert_file == str(tmp_path / "a.crt")
+    assert config.tls.key_file == "/abs/a.key"
+    assert (config.tls.min_version, config.tls.max_version) == ("TLS12", "TLS13")
+
+
+@pytest.mark.parametrize("document, path, text", [
+    ({"tls_server_config": {"cert_fil": "x"}}, "tls_server_config.cert_fil", "unknown key"),
+    ({"tls_server_config": {"cert_file": "x"}}, "tls_server_config", "missing one of key or key_file"),
+    ({"tls_server_config": {"key_file": "x"}}, "tls_server_config", "missing one of cert or cert_file"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "min_version": "TLS14"}},
+     "tls_server_config.min_version", "unknown TLS version"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "min_version": "TLS13", "max_version": "TLS12"}},
+     "tls_server_config.min_version", "above max_version"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "client_auth_type": "RequireAnyClientCert"}},
+     "tls_server_config.client_auth_type", "always verified"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "client_auth_type": "Sometimes"}},
+     "tls_server_config.client_auth_type", "invalid client auth type"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "client_ca_file": "ca.crt"}},
+     "tls_server_config.client_auth_type", "without a client auth policy"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "client_allowed_sans": ["a"]}},
+     "tls_server_config.client_allowed_sans", "RequireAndVerifyClientCert"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "cipher_suites": ["TLS_FAST"]}},
+     "tls_server_config.cipher_suites[0]", "unknown cipher"),
+    ({"tls_server_config": {"cert_file": "x", "key_file": "y", "curve_preferences": ["X25519"]}},
+     "tls_server_config.curve_preferences", "not supported"),
+    ({"http_server_config": {"headers": {"X-Frame-Options": "allow"}}},
+     "http_server_config.headers.X-Frame-Options", "expected one of deny, sameorigin"),
+    ({"http_server_config": {"headers": {"Server": "nginx"}}}, "http_server_config.headers.Server", "unknown key"),
+    ({"http_server_config": {"http2": "yes"}}, "http_server_config.http2", "true or false"),
+    ({"basic_auth_users": {"alice": "plaintext"}}, "basic_auth_users.alice", "bcrypt hash"),
+    ({"basic_auth_users": ["alice"]}, "basic_auth_users", "mapping"),
+    ({"rate_limit": {"interval": "soon", "burst": 1}}, "rate_limit.interval", "duration"),
+    ({"rate_limit": {"interval": "1s", "burst": 0}}, "rate_limit.burst", "at least 1"),
+    ({"tls_config": {}}, "tls_config", "unknown key"),
+])
+def test_errors_name_the_key_path(document, path, text):
+    error = error_of(document)
+    assert error.path == path
+    assert text in str(error)
+    assert str(error).startswith(path)
+
+
+def test_users_headers_and_rate_limit_are_read():
+    config = parse_web_config({
+        "basic_auth_users": {"alice": HASH},
+        "http_server_config": {"http2": False, "headers": {"X-Frame-Options": "deny",
+                                                           "Strict-Transport-Security": "max-age=31536000"}},
+        "rate_limit": {"interval": "1m30s", "burst": 5},
+    })
+    assert config.basic_auth_users == {"alice": HASH.encode()}
+    assert config.headers == {"X-Frame-Options": "deny", "Strict-Transport-Security": "max-age=31536000"}
+    assert config.http2 is False
+    assert config.rate_limit == RateLimit(90.0, 5)
+
+
+@pytest.mark.parametrize("text, seconds", [("1s", 1.0), ("250ms", 0.25), ("1h2m3s", 3723.0), ("1.5s", 1.5),
+                                           ("0", 0.0), (0, 0.0)])
+def test_go_durations(text, seconds):
+    assert parse_duration(text, "x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "1", "s", "1x", "-1s", "1s "])
+def test_bad_durations(text):
+    with pytest.raises(WebConfigError):
+        parse_duration(text, "x")
+
+
+def test_basic_auth_checks_and_caches(monkeypatch):
+    calls = []
+    real_checkpw = bcrypt.checkpw
+
+    def counting_checkpw(password, hashed):
+        calls.append(password)
+        return real_checkpw(password, hashed)
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting_checkpw)
+    auth = BasicAuth({"alice": HASH.encode()})
+    assert auth.check("alice", "s3cret")
+    assert auth.check("alice", "s3cret")
+    assert len(calls) == 1                        # the second time came from the cache
+    assert not auth.check("alice", "wrong")
+    assert not auth.check("alice", "wrong")
+    assert len(calls) == 2                        # failures are cached too
+    assert not auth.check("mallory", "s3cret")     # unknown users still cost a bcrypt
+    assert len(calls) == 3
+
+
+def test_the_cache_is_bounded():
+    auth = BasicAuth({"alice": HASH.encode()})
+    for i in range(150):
+        auth.check("alice", f"guess-{i}")
+    assert len(auth._cache) == 100
+
+
+def test_rate_limiter_allows_the_burst_then_refuses():
+    limiter = RateLimiter(RateLimit(interval_seconds=3600.0, burst=2))
+    assert [limiter.allow() for _ in range(3)] == [True, True, False]
+
+
+def self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_ssl_context_from_files(tmp_path):
+    cert, key = self_signed(tmp_path)
+    config = parse_web_config({"tls_server_config": {"cert_file": cert.name, "key_file": key.name,
+                                                     "min_version": "TLS13"}}, tmp_path)
+    context = webconfig.ssl_context(config.tls)
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert context.verify_mode == ssl.CERT_NONE
+
+
+def test_a_missing_certificate_is_reported_at_load(tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n")
+    with pytest.raises(WebConfigError) as info:
+        load_web_config(path)
+    assert info.value.path == "tls_server_config.cert_file"
+
+
+def test_allowed_sans():
+    config = parse_web_config({"tls_server_config": {
+        "cert_file": "x", "key_file": "y", "client_auth_type": "RequireAndVerifyClientCert",
+        "client_ca_file": "ca.crt", "client_allowed_sans": ["scraper.example.com"]}})
+    good = {"subjectAltName": (("DNS", "scraper.example.com"),)}
+    other = {"subjectAltName": (("DNS", "evil.example.com"), ("IP Address", "10.0.0.1"))}
+    assert webconfig.allowed_peer(config.tls, good)
+    assert not webconfig.allowed_peer(config.tls, other)
+    assert not webconfig.allowed_peer(config.tls, None)
+
+
+def test_ssl_context_from_inline_pem(tmp_path):
+    cert, key = self_signed(tmp_path)
+    config = parse_web_config({"tls_server_config": {"cert": cert.read_text(), "key": key.read_text()}})
+    assert isinstance(webconfig.ssl_context(config.tls), ssl.SSLContext)
