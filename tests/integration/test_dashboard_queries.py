@@ -202,7 +202,7 @@ scrape_configs:
         api.wait_until(f'count by (__name__) ({{__name__=~"{"|".join(sorted(recorded))}"}})',
                        lambda rows: len(rows) == len(recorded), timeout=60)
         api.wait_until('ALERTS{alertstate="firing"}', bool, timeout=60)
-        api.wait_until(f'count(up{{job="agent-exporter"}} == 1) == 2', bool, timeout=60)
+        api.wait_until('count(up{job="agent-exporter"} == 1) == 2', bool, timeout=60)
         yield api
 
 

@@ -4,9 +4,6 @@ import json
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -38,15 +35,6 @@ def value(tel: Telemetry, name: str, **labels) -> float:
 def legacy_record(agent_name, duration_ms, success, tokens_used, cost) -> dict:
     return {"timestamp": "2024-05-01T12:00:00", "agent_name": agent_name, "duration_ms": duration_ms,
             "success": success, "tokens_used": tokens_used, "cost": cost}
-
-
-@pytest.fixture
-def spans():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 @pytest.fixture

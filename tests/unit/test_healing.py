@@ -12,7 +12,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import catalog
-from agent_exporter.config import Config
 from agent_exporter.config import AlertingConfig, Config, HealingConfig
 from agent_exporter.healing import (
     AdaptiveSelector, AlertRemediator, CircuitBreaker, CircuitBreakers, CircuitOpenError, FallbackChain, Healer,

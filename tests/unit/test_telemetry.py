@@ -9,8 +9,6 @@ import textwrap
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -53,15 +51,6 @@ def exemplars(tel: Telemetry, name: str) -> list:
     """(labels, exemplar) for every bucket of `name` that carries an exemplar, from OpenMetrics."""
     return [(s.labels, s.exemplar) for family in parse_openmetrics(tel.render(True).decode())
             for s in family.samples if s.name == name + "_bucket" and s.exemplar is not None]
-
-
-@pytest.fixture
-def spans():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 @pytest.fixture
