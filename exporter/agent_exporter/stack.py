@@ -102,15 +102,20 @@ class ManagedProcess:
         self.stop()
 
 
+def _prepare(workdir: Path, config_name: str, config_text: str, port: int | None) -> tuple[Path, Path, int]:
+    """The work directory, the written config file's path, and the port to listen on."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / config_name
+    config_path.write_text(config_text)
+    return workdir, config_path, port or free_port()
+
+
 def start_prometheus(workdir: Path, config_text: str, *, port: int | None = None, extra_args=(),
                      timeout: float = 30.0) -> ManagedProcess:
     """Prometheus with `config_text` as prometheus.yml in `workdir` (rule_files resolve from there)."""
     binary = find_binary(PROMETHEUS_BINARIES)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(config_text)
-    port = port or free_port()
+    workdir, config_path, port = _prepare(workdir, "prometheus.yml", config_text, port)
     args = [binary, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}",
             f"--storage.tsdb.path={workdir / 'data'}", "--enable-feature=exemplar-storage",
             "--web.enable-lifecycle", *extra_args]
@@ -126,11 +131,7 @@ def start_alertmanager(workdir: Path, config_text: str, *, port: int | None = No
     unless `cluster_port` or `cluster_peers` are given.
     """
     binary = find_binary(ALERTMANAGER_BINARIES)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "alertmanager.yml"
-    config_path.write_text(config_text)
-    port = port or free_port()
+    workdir, config_path, port = _prepare(workdir, "alertmanager.yml", config_text, port)
     args = [binary, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}",
             f"--storage.path={workdir / 'am-data'}"]
     if cluster_port or cluster_peers:
