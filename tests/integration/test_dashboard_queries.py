@@ -236,6 +236,17 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return expr
 
 
+def query_until_data(api: stack.PrometheusAPI, expr: str, timeout: float = 30.0) -> list:
+    """The query's result, retried while empty: rule groups write their rules one by one,
+    so a series of the chosen agent can lag another rule's by an evaluation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = api.query(expr)
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
 def test_every_panel_query_returns_series(prometheus):
     empty = []
     checked = 0
@@ -245,7 +256,7 @@ def test_every_panel_query_returns_series(prometheus):
             for target in panel.get("targets", []):
                 expr = substitute(target["expr"], values)
                 checked += 1
-                if not prometheus.query(expr):
+                if not query_until_data(prometheus, expr):
                     empty.append(f"{uid} / {panel['title']}: {expr}")
     assert checked > 50
     assert not empty, "queries without data:\n" + "\n".join(empty)
