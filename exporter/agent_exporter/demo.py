@@ -2,10 +2,11 @@
 
 The workload is shaped like a real multi-agent orchestrator: tasks move through
 a workflow state machine (queued -> planning -> coding -> reviewing -> testing
--> done, or failed); each step is handed to an agent through the self-healing
-layer (retries, fallback agents, circuit breakers, adaptive selection); agents
-run on one of their model variants, call tools, use tokens priced from the
-config's price table, and take lognormal time.  Time is compressed: recorded
+-> done, or failed); each step's agent (planner, coder, reviewer, tester) runs
+as one of two model variants (coder-claude-sonnet, coder-gpt-4o, ...), chosen
+and retried by the self-healing layer (adaptive selection, retries, fallbacks,
+circuit breakers); agents call tools, use tokens priced from the config's price
+table, and take lognormal time.  Time is compressed: recorded
 durations are the simulated ones, while many tasks run per wall-clock second.
 
 A scripted incident makes one model variant of one agent fail about half the
@@ -33,7 +34,9 @@ from pathlib import Path
 
 from . import catalog
 from .config import Config, ModelPrice
+from .healing import AlertRemediator, CircuitOpenError, Healer, RetryPolicy
 from .server import Service, start_server
+from .telemetry import Telemetry
 
 
 # -- the simulated organisation -------------------------------------------------
@@ -224,7 +227,7 @@ class SimulatedOrchestrator:
             state = step
             try:
                 self.healer.run(step, [spec.name for spec in variants], self.call_agent)
-            except Exception:   # noqa: BLE001 - AgentFailure, or CircuitOpenError when no variant may be called
+            except (AgentFailure, CircuitOpenError):   # every attempt failed, or no variant may be called
                 self.telemetry.state_transition(state, "failed", workflow=workflow)
                 with self._lock:
                     self.stats.tasks_failed += 1
@@ -490,9 +493,6 @@ def run_demo(config: Config, *, duration: float | None = None, stack: bool = Fal
              listen_address: str = "127.0.0.1:9464", seed: int = 1, stop: threading.Event | None = None,
              tasks_per_second: float = 20.0, incident: Incident = Incident(), stream=None) -> int:
     """Run the demo until `duration` passes or `stop` is set; stops everything it started."""
-    from .healing import AlertRemediator, Healer, RetryPolicy
-    from .telemetry import Telemetry
-
     stop = stop or threading.Event()
     console = Console(stream)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd narrates every SMTP command at INFO
