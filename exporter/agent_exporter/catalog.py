@@ -22,6 +22,20 @@ EXECUTION_BUCKETS: tuple[float, ...] = (
 TOOL_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )
+# Streaming: the first token usually comes within a second or two; 10 s is a bound
+# so that a p95 threshold there is exact.
+TIME_TO_FIRST_TOKEN_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60,
+)
+# A workflow run is several agent executions, retries and fallbacks end to end.
+WORKFLOW_BUCKETS: tuple[float, ...] = (
+    0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200,
+)
+EVALUATION_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+# The disjoint token types of orchestrator_llm_tokens_total: a sum over `type` is
+# every token processed.  `unsplit` holds legacy totals with no input/output split.
+TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning", "unsplit")
 
 # Label values a series folds into once its metric reaches max_series.
 OVERFLOW_VALUE = "__overflow__"
@@ -64,6 +78,10 @@ AGENT_ERRORS = _spec(
 LLM_TOKENS = _spec(
     "llm_tokens_total", COUNTER,
     "LLM tokens used by agents.", ("agent", "model", "type"), extra=True)
+LLM_TIME_TO_FIRST_TOKEN = _spec(
+    "llm_time_to_first_token_seconds", HISTOGRAM,
+    "Time from an agent's LLM request to the first streamed token.", ("agent", "model"),
+    TIME_TO_FIRST_TOKEN_BUCKETS, extra=True)
 LLM_COST = _spec(
     "llm_cost_usd_total", COUNTER,
     "LLM spend in US dollars.", ("agent", "model"), extra=True)
@@ -79,6 +97,14 @@ TOOL_CALL_DURATION = _spec(
 STATE_TRANSITIONS = _spec(
     "state_transitions_total", COUNTER,
     "Workflow state machine transitions.", ("workflow", "from_state", "to_state"))
+WORKFLOW_RUNS = _spec(
+    "workflow_runs_total", COUNTER, "Workflow runs (tasks), by outcome.", ("workflow", "status"))
+WORKFLOW_DURATION = _spec(
+    "workflow_duration_seconds", HISTOGRAM,
+    "Wall time of workflow runs, end to end.", ("workflow",), WORKFLOW_BUCKETS)
+EVALUATION_SCORE = _spec(
+    "evaluation_score", HISTOGRAM,
+    "Quality scores (0 to 1) of agents' answers, by evaluator.", ("agent", "evaluator"), EVALUATION_BUCKETS)
 RETRIES = _spec(
     "retries_total", COUNTER, "Retried agent executions.", ("agent", "error_type"))
 FALLBACKS = _spec(
@@ -102,12 +128,19 @@ EXPORTER_SERIES_OVERFLOW = _spec(
     ("metric",))
 EXPORTER_BUILD_INFO = _spec(
     "exporter_build_info", GAUGE, "Exporter build information (always 1).", ("version",))
+EXPORTER_HTTP_REQUESTS = _spec(
+    "exporter_http_requests_total", COUNTER,
+    "HTTP requests the exporter answered, by handler and status code.", ("handler", "code"))
+EXPORTER_OTLP_SPANS = _spec(
+    "exporter_otlp_spans_total", COUNTER,
+    "OTLP spans received: mapped to events, ignored (no GenAI meaning) or rejected.", ("outcome",))
 
 CATALOG: tuple[MetricSpec, ...] = (
-    AGENT_EXECUTIONS, AGENT_EXECUTION_DURATION, AGENT_ERRORS, LLM_TOKENS, LLM_COST,
-    USAGE_UNKNOWN, TOOL_CALLS, TOOL_CALL_DURATION, STATE_TRANSITIONS, RETRIES, FALLBACKS,
-    CIRCUIT_BREAKER_STATE, SELECTOR_WEIGHT, COST_BUDGET, EXPORTER_EVENTS,
-    EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW, EXPORTER_BUILD_INFO,
+    AGENT_EXECUTIONS, AGENT_EXECUTION_DURATION, AGENT_ERRORS, LLM_TOKENS, LLM_TIME_TO_FIRST_TOKEN,
+    LLM_COST, USAGE_UNKNOWN, TOOL_CALLS, TOOL_CALL_DURATION, STATE_TRANSITIONS, WORKFLOW_RUNS,
+    WORKFLOW_DURATION, EVALUATION_SCORE, RETRIES, FALLBACKS, CIRCUIT_BREAKER_STATE, SELECTOR_WEIGHT,
+    COST_BUDGET, EXPORTER_EVENTS, EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW,
+    EXPORTER_BUILD_INFO, EXPORTER_HTTP_REQUESTS, EXPORTER_OTLP_SPANS,
 )
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -26,9 +27,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per million tokens."""
+    """USD per million tokens, by token type.
+
+    The cache and reasoning prices are optional: tokens of a type whose price is
+    not set make an execution's cost unknown, never a guess.
+    """
     input: float
     output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+    reasoning: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class MetricsConfig:
     max_series: int = 10_000
     execution_buckets: tuple[float, ...] = catalog.EXECUTION_BUCKETS
     tool_buckets: tuple[float, ...] = catalog.TOOL_BUCKETS
+    time_to_first_token_buckets: tuple[float, ...] = catalog.TIME_TO_FIRST_TOKEN_BUCKETS
+    workflow_buckets: tuple[float, ...] = catalog.WORKFLOW_BUCKETS
     extra_labels: tuple[str, ...] = ()        # subset of catalog.EXTRA_LABELS
     prices: dict[str, ModelPrice] = field(default_factory=dict)   # by model name
 
@@ -245,8 +255,10 @@ def _windows(values, path):
 
 def _prices(values, path):
     for model, price in values.items():
-        _non_negative(price.input, f"{path}.{model}.input")
-        _non_negative(price.output, f"{path}.{model}.output")
+        for kind in ("input", "output", "cache_read", "cache_write", "reasoning"):
+            value = getattr(price, kind)
+            if value is not None:
+                _non_negative(value, f"{path}.{model}.{kind}")
 
 
 _CHECKS = {
@@ -260,6 +272,7 @@ _CHECKS = {
     MetricsConfig: {
         "collection_interval": _positive, "max_series": _positive,
         "execution_buckets": _buckets, "tool_buckets": _buckets,
+        "time_to_first_token_buckets": _buckets, "workflow_buckets": _buckets,
         "extra_labels": _subset_of(*catalog.EXTRA_LABELS), "prices": _prices,
     },
     LoggingConfig: {
@@ -311,6 +324,11 @@ def _type_name(tp) -> str:
 def _convert(tp, value, path: str):
     """`value` from YAML converted to the annotated type `tp`, or a ConfigError at `path`."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        return _convert(args[0], value, path)
     if is_dataclass(tp):
         return _build(tp, value, path)
     if tp is bool:

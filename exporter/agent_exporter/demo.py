@@ -209,7 +209,7 @@ class SimulatedOrchestrator:
         if error_type:
             event["error_type"] = error_type
         self.telemetry.record(event)    # cost comes from the price table
-        cost = self.telemetry.store.cost_of(spec.model, input_tokens, output_tokens) or 0.0
+        cost = self.telemetry.prices.cost(spec.model, input_tokens=input_tokens, output_tokens=output_tokens) or 0.0
         with self._lock:
             self.stats.executions += 1
             self.stats.execution_errors += failed

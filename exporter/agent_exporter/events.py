@@ -13,7 +13,6 @@ Legacy records, as the old JSON metrics collector wrote them (`agent_name`,
 from __future__ import annotations
 
 import re
-import sys
 from datetime import datetime
 from typing import Annotated, Literal, NamedTuple, Union
 
@@ -22,11 +21,21 @@ import msgspec
 SCHEMA_VERSION = 1
 MAX_NAME_LENGTH = 128
 
+# Every number is bounded where it is decoded, so nothing in the store can overflow
+# a float or lose precision in one: a token count stays exact in a float64 counter
+# (2**53), and durations, costs and times are finite and far from float's range.
+MAX_TOKENS = 2**53
+MAX_SECONDS = 1e9          # about 31 years
+MAX_USD = 1e9
+MAX_TIMESTAMP = 1e11       # the year 5138, in Unix seconds
+
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
-# Upper bounds exclude infinity, which a Python caller can pass (JSON cannot).
-Seconds = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
-Usd = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMESTAMP)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+Usd = Annotated[float, msgspec.Meta(ge=0, le=MAX_USD)]
+Score = Annotated[float, msgspec.Meta(ge=0, le=1)]
+RequestId = Annotated[str, msgspec.Meta(max_length=256)]
 TraceId = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{32}$")]
 SpanId = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{16}$")]
 Status = Literal["success", "error"]
@@ -42,19 +51,26 @@ class AgentExecution(_Event, tag="agent_execution"):
     status: Status
     duration_seconds: Seconds
     model: Name | None = None
+    # Token types are disjoint, so their sum is every token processed:
+    # input_tokens counts input neither read from nor written to a cache, and
+    # output_tokens output that is not reasoning (README: "Tokens and cost").
     input_tokens: Count | None = None
     output_tokens: Count | None = None
+    cache_read_tokens: Count | None = None
+    cache_write_tokens: Count | None = None
+    reasoning_tokens: Count | None = None
     # Tokens whose input/output split is unknown (legacy `tokens_used`); used
-    # only when neither input_tokens nor output_tokens is given.
+    # only when no other token count is given.
     total_tokens: Count | None = None
     cost_usd: Usd | None = None
+    time_to_first_token_seconds: Seconds | None = None
     error_type: Name | None = None
     feature: Name | None = None
     priority: Name | None = None
-    request_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    request_id: RequestId | None = None
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
-    timestamp: Seconds | None = None
+    timestamp: Timestamp | None = None
 
 
 class ToolCall(_Event, tag="tool_call"):
@@ -65,7 +81,7 @@ class ToolCall(_Event, tag="tool_call"):
     error_type: Name | None = None
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
-    timestamp: Seconds | None = None
+    timestamp: Timestamp | None = None
 
 
 class StateTransition(_Event, tag="state_transition"):
@@ -75,7 +91,7 @@ class StateTransition(_Event, tag="state_transition"):
     agent: Name | None = None
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
-    timestamp: Seconds | None = None
+    timestamp: Timestamp | None = None
 
 
 class Retry(_Event, tag="retry"):
@@ -95,17 +111,38 @@ class CircuitState(_Event, tag="circuit_state"):
     state: CircuitStateValue
 
 
-Event = Union[AgentExecution, ToolCall, StateTransition, Retry, Fallback, CircuitState]
+class WorkflowRun(_Event, tag="workflow_run"):
+    """One task through the orchestrator's workflow, end to end."""
+    workflow: Name
+    status: Status
+    duration_seconds: Seconds
+    request_id: RequestId | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    timestamp: Timestamp | None = None
+
+
+class Evaluation(_Event, tag="evaluation"):
+    """A quality score of an agent's answer, from an evaluator (a test suite, a judge model, a user)."""
+    agent: Name
+    evaluator: Name
+    score: Score
+    label: Name | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+
+
+Event = Union[AgentExecution, ToolCall, StateTransition, Retry, Fallback, CircuitState, WorkflowRun, Evaluation]
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}
 
 
 class _LegacyRecord(msgspec.Struct, frozen=True):
     agent_name: Name
-    duration_ms: Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
+    duration_ms: Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS * 1000)]
     success: bool
     tokens_used: Count = 0
     cost: Usd = 0.0
-    timestamp: str | Seconds | None = None
+    timestamp: str | Timestamp | None = None
 
 
 class EventError(ValueError):
@@ -180,8 +217,10 @@ def _from_legacy(obj: dict) -> AgentExecution:
     if isinstance(timestamp, str):
         try:
             timestamp = datetime.fromisoformat(timestamp).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError):
             raise EventError("timestamp", "invalid_value", "not an ISO 8601 timestamp") from None
+        if not 0 <= timestamp <= MAX_TIMESTAMP:
+            raise EventError("timestamp", "invalid_value", f"expected a time between 1970 and {MAX_TIMESTAMP:g}")
     # The old collector defaulted tokens_used=0 and cost=0.0 when the caller
     # knew neither: that is unknown usage, never a free execution.
     usage_known = record.tokens_used > 0 or record.cost > 0

@@ -36,7 +36,10 @@ def format_float(value: float) -> str:
         return "-Inf"
     if value != value:
         return "NaN"
-    text = repr(float(value))
+    try:
+        text = repr(float(value))
+    except OverflowError:           # an int beyond float's range; the store never holds one
+        return "+Inf" if value > 0 else "-Inf"
     dot = text.find(".")
     if value > 0 and dot > 6:  # Go switches to exponent notation sooner than Python
         mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")

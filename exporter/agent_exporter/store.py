@@ -16,11 +16,16 @@ from bisect import bisect_left
 from typing import Iterable, NamedTuple
 
 from . import __version__, catalog, events
-from .config import Config, MetricsConfig, ModelPrice
+from .config import Config, MetricsConfig
 from .exposition import escape_label_value
 
 _MISSING = ""          # label value for an unset extra label (Prometheus treats "" as absent)
 _UNKNOWN_MODEL = "unknown"
+_DEFAULT_WORKFLOW = "default"
+
+# Token types in the order of _ExecutionSeries' token slots.
+_TOKEN_FIELDS = (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_tokens"),
+                 ("cache_write", "cache_write_tokens"), ("reasoning", "reasoning_tokens"))
 
 
 class _Family:
@@ -150,15 +155,19 @@ class SeriesStore:
     def __init__(self, metrics_config: MetricsConfig | None = None, *, version: str = __version__):
         cfg = metrics_config or MetricsConfig()
         self._lock = threading.Lock()
-        self._prices: dict[str, ModelPrice] = dict(cfg.prices)
         self._extra_labels = tuple(cfg.extra_labels)
+        bounds = {
+            catalog.AGENT_EXECUTION_DURATION: cfg.execution_buckets,
+            catalog.TOOL_CALL_DURATION: cfg.tool_buckets,
+            catalog.LLM_TIME_TO_FIRST_TOKEN: cfg.time_to_first_token_buckets,
+            catalog.WORKFLOW_DURATION: cfg.workflow_buckets,
+            catalog.EVALUATION_SCORE: catalog.EVALUATION_BUCKETS,
+        }
         self._families: dict[str, _Family] = {}
         for spec in catalog.CATALOG:
             names = spec.labels + (self._extra_labels if spec.takes_extra_labels else ())
             if spec.type == catalog.HISTOGRAM:
-                bounds = (cfg.execution_buckets if spec is catalog.AGENT_EXECUTION_DURATION
-                          else cfg.tool_buckets)
-                family = _Histograms(spec, names, cfg.max_series, tuple(float(b) for b in bounds))
+                family = _Histograms(spec, names, cfg.max_series, tuple(float(b) for b in bounds[spec]))
             else:
                 family = _Scalars(spec, names, cfg.max_series)
             self._families[spec.name] = family
@@ -167,11 +176,15 @@ class SeriesStore:
         self._durations: _Histograms = f[catalog.AGENT_EXECUTION_DURATION.name]
         self._errors: _Scalars = f[catalog.AGENT_ERRORS.name]
         self._tokens: _Scalars = f[catalog.LLM_TOKENS.name]
+        self._ttft: _Histograms = f[catalog.LLM_TIME_TO_FIRST_TOKEN.name]
         self._cost: _Scalars = f[catalog.LLM_COST.name]
         self._usage_unknown: _Scalars = f[catalog.USAGE_UNKNOWN.name]
         self._tool_calls: _Scalars = f[catalog.TOOL_CALLS.name]
         self._tool_durations: _Histograms = f[catalog.TOOL_CALL_DURATION.name]
         self._transitions: _Scalars = f[catalog.STATE_TRANSITIONS.name]
+        self._workflow_runs: _Scalars = f[catalog.WORKFLOW_RUNS.name]
+        self._workflow_durations: _Histograms = f[catalog.WORKFLOW_DURATION.name]
+        self._evaluations: _Histograms = f[catalog.EVALUATION_SCORE.name]
         self._retries: _Scalars = f[catalog.RETRIES.name]
         self._fallbacks: _Scalars = f[catalog.FALLBACKS.name]
         self._circuit: _Scalars = f[catalog.CIRCUIT_BREAKER_STATE.name]
@@ -180,6 +193,11 @@ class SeriesStore:
         self._events: _Scalars = f[catalog.EXPORTER_EVENTS.name]
         self._rejected: _Scalars = f[catalog.EXPORTER_EVENTS_REJECTED.name]
         self._overflow: _Scalars = f[catalog.EXPORTER_SERIES_OVERFLOW.name]
+        self._http_requests: _Scalars = f[catalog.EXPORTER_HTTP_REQUESTS.name]
+        self._otlp_spans: _Scalars = f[catalog.EXPORTER_OTLP_SPANS.name]
+        # (agent, status, model, extras) -> the series an agent execution touches; see _new_execution_series.
+        self._execution_series: dict[tuple, list[int]] = {}
+        self._execution_series_limit = 4 * cfg.max_series
         self._appliers = {
             events.AgentExecution: self._apply_agent_execution,
             events.ToolCall: self._apply_tool_call,
@@ -187,6 +205,8 @@ class SeriesStore:
             events.Retry: self._apply_retry,
             events.Fallback: self._apply_fallback,
             events.CircuitState: self._apply_circuit_state,
+            events.WorkflowRun: self._apply_workflow_run,
+            events.Evaluation: self._apply_evaluation,
         }
         self._event_type_keys = {cls: (tag,) for tag, cls in events.EVENT_TYPES.items()}
         with self._lock:
@@ -226,6 +246,14 @@ class SeriesStore:
         with self._lock:
             self._add(self._rejected, (reason,), n)
 
+    def count_http_request(self, handler: str, code: int) -> None:
+        with self._lock:
+            self._add(self._http_requests, (handler, str(code)), 1)
+
+    def count_otlp_spans(self, outcome: str, n: int = 1) -> None:
+        with self._lock:
+            self._add(self._otlp_spans, (outcome,), n)
+
     def set_circuit_state(self, agent: str, state: str) -> None:
         self.apply(events.CircuitState(agent=agent, state=state))
 
@@ -238,13 +266,6 @@ class SeriesStore:
             raise ValueError(f"period: expected 'day' or 'month', got {period!r}")
         with self._lock:
             self._set(self._budget, (period,), float(usd))
-
-    def cost_of(self, model: str | None, input_tokens: int | None, output_tokens: int | None) -> float | None:
-        """Cost from the price table, or None when it cannot be known (no price, or no tokens)."""
-        price = self._prices.get(model) if model else None
-        if price is None or (input_tokens is None and output_tokens is None):
-            return None
-        return ((input_tokens or 0) * price.input + (output_tokens or 0) * price.output) / 1_000_000
 
     # The appliers below run with the lock held.
 
@@ -260,65 +281,103 @@ class SeriesStore:
             i = family.slot(key)
         family.values[i] = value
 
-    def _count_event(self, cls: type) -> None:
-        self._add(self._events, self._event_type_keys[cls], 1)
+    def _observe(self, family: _Histograms, key: tuple, value: float, trace_id, timestamp) -> None:
+        i = family.index.get(key)
+        if i is None:
+            i = family.slot(key)
+        family.observe(i, value, trace_id, timestamp)
 
     def _extras(self, event) -> tuple:
         return tuple(getattr(event, name) or _MISSING for name in self._extra_labels)
 
-    def _apply_agent_execution(self, e: events.AgentExecution) -> None:
-        # The hottest path: series lookups are inlined rather than calling _add.
-        extra = self._extras(e) if self._extra_labels else ()
-        agent = e.agent
-        family = self._executions
-        key = (agent, e.status) + extra
+    def _new_execution_series(self, key: tuple, agent: str, status: str, model: str, extra: tuple) -> list[int]:
+        """The series indexes one agent execution touches, looked up once per label set.
+
+        [executions, duration, cost, usage unknown, time to first token, then one per
+        token type of _TOKEN_FIELDS and unsplit]; -1 until first used.  Only real series
+        are remembered: an index of an __overflow__ series must be looked up (and its
+        observation counted as folded) each time.
+        """
+        executions = self._executions
+        i = executions.index.get((agent, status) + extra)
+        if i is None:
+            i = executions.slot((agent, status) + extra)
+        durations = self._durations
+        d = durations.index.get((agent,) + extra)
+        if d is None:
+            d = durations.slot((agent,) + extra)
+        series = [i, d] + [-1] * (3 + len(_TOKEN_FIELDS) + 1)
+        if i != executions.overflow_index and d != durations.overflow_index:
+            if len(self._execution_series) >= self._execution_series_limit:
+                self._execution_series.clear()
+            self._execution_series[key] = series
+        return series
+
+    def _series_slot(self, series: list[int], position: int, family: _Family, key: tuple) -> int:
+        """series[position], created in `family` on first use (see _new_execution_series)."""
         i = family.index.get(key)
         if i is None:
             i = family.slot(key)
-        family.values[i] += 1
-        durations = self._durations
-        key = (agent,) + extra
-        i = durations.index.get(key)
-        if i is None:
-            i = durations.slot(key)
-        durations.observe(i, e.duration_seconds, e.trace_id, e.timestamp)
-        if e.status == "error":
-            self._add(self._errors, (agent, e.error_type or "unknown") + extra, 1)
+        if i != family.overflow_index:
+            series[position] = i
+        return i
+
+    def _apply_agent_execution(self, e: events.AgentExecution) -> None:
+        # The hottest path: one dict lookup finds every series of the label set.
+        extra = self._extras(e) if self._extra_labels else ()
+        agent, status = e.agent, e.status
         model = e.model or _UNKNOWN_MODEL
-        family = self._tokens
-        for kind, count in (("input", e.input_tokens), ("output", e.output_tokens)):
+        key = (agent, status, model, extra)
+        series = self._execution_series.get(key)
+        if series is None:
+            series = self._new_execution_series(key, agent, status, model, extra)
+        self._executions.values[series[0]] += 1
+        self._durations.observe(series[1], e.duration_seconds, e.trace_id, e.timestamp)
+        if status == "error":
+            self._add(self._errors, (agent, e.error_type or "unknown") + extra, 1)
+        tokens = self._tokens
+        values = tokens.values
+        counted = False
+        for position, (kind, field) in enumerate(_TOKEN_FIELDS, 5):
+            count = getattr(e, field)
             if count is not None:
-                key = (agent, model, kind) + extra
-                i = family.index.get(key)
-                if i is None:
-                    i = family.slot(key)
-                family.values[i] += count
-        if e.total_tokens is not None and e.input_tokens is None and e.output_tokens is None:
-            self._add(family, (agent, model, "unsplit") + extra, e.total_tokens)
+                counted = True
+                i = series[position]
+                if i < 0:
+                    i = self._series_slot(series, position, tokens, (agent, model, kind) + extra)
+                values[i] += count
+        if e.total_tokens is not None and not counted:
+            self._add(tokens, (agent, model, "unsplit") + extra, e.total_tokens)
+        if e.time_to_first_token_seconds is not None:
+            i = series[4]
+            if i < 0:
+                i = self._series_slot(series, 4, self._ttft, (agent, model) + extra)
+            self._ttft.observe(i, e.time_to_first_token_seconds, e.trace_id, e.timestamp)
         cost = e.cost_usd
         if cost is None:
-            cost = self.cost_of(e.model, e.input_tokens, e.output_tokens)
-        if cost is None:
-            self._add(self._usage_unknown, (agent,) + extra, 1)
+            i = series[3]
+            if i < 0:
+                i = self._series_slot(series, 3, self._usage_unknown, (agent,) + extra)
+            self._usage_unknown.values[i] += 1
             return
-        family = self._cost
-        key = (agent, model) + extra
-        i = family.index.get(key)
-        if i is None:
-            i = family.slot(key)
-        family.values[i] += cost
+        i = series[2]
+        if i < 0:
+            i = self._series_slot(series, 2, self._cost, (agent, model) + extra)
+        self._cost.values[i] += cost
 
     def _apply_tool_call(self, e: events.ToolCall) -> None:
         self._add(self._tool_calls, (e.tool, e.status), 1)
-        durations = self._tool_durations
-        key = (e.tool,)
-        i = durations.index.get(key)
-        if i is None:
-            i = durations.slot(key)
-        durations.observe(i, e.duration_seconds, e.trace_id, e.timestamp)
+        self._observe(self._tool_durations, (e.tool,), e.duration_seconds, e.trace_id, e.timestamp)
 
     def _apply_state_transition(self, e: events.StateTransition) -> None:
-        self._add(self._transitions, (e.workflow or "default", e.from_state, e.to_state), 1)
+        self._add(self._transitions, (e.workflow or _DEFAULT_WORKFLOW, e.from_state, e.to_state), 1)
+
+    def _apply_workflow_run(self, e: events.WorkflowRun) -> None:
+        self._add(self._workflow_runs, (e.workflow, e.status), 1)
+        self._observe(self._workflow_durations, (e.workflow,), e.duration_seconds, e.trace_id, e.timestamp)
+
+    def _apply_evaluation(self, e: events.Evaluation) -> None:
+        self._observe(self._evaluations, (e.agent, e.evaluator), e.score, e.trace_id, None)
 
     def _apply_retry(self, e: events.Retry) -> None:
         self._add(self._retries, (e.agent, e.error_type or "unknown"), 1)

@@ -1,27 +1,31 @@
 """The in-process API: one call updates the Prometheus series and the OpenTelemetry spans.
 
     tel = Telemetry.from_config("observability.yaml")        # or Telemetry()
-    with tel.agent_execution("planner", model="gpt-4o") as run:
-        run.usage(input_tokens=1200, output_tokens=300)
-        with tel.tool_call("web_search"):                     # knows its agent
-            ...
-    tel.state_transition("planning", "coding", workflow="feature")
+    with tel.workflow("feature"):                            # invoke_workflow span, workflow_runs_total
+        with tel.agent_execution("planner", model="gpt-4o") as run:
+            run.first_token()                                # streaming: time to first token
+            run.usage(input_tokens=1200, output_tokens=300, cache_read_tokens=4000)
+            run.evaluate("tests_pass", 0.8)                  # a quality score in 0..1
+            with tel.tool_call("web_search"):                # knows its agent
+                ...
+        tel.state_transition("planning", "coding")           # knows its workflow
 
-`agent_execution` and `tool_call` work as `with`, `async with` and as decorators
-of sync and async functions; an exception inside records status `error` with
-`error_type` = the exception's class name, then propagates.  The current run
-lives in a contextvar (`Telemetry.current_run()`), so tool calls, transitions
-and decorated code find their agent without passing it around.
+`workflow`, `agent_execution` and `tool_call` work as `with`, `async with` and
+as decorators of sync and async functions; an exception inside records status
+`error` with `error_type` = the exception's class name, then propagates.  The
+current run and workflow live in contextvars (`Telemetry.current_run()`), so
+tool calls, transitions and decorated code find them without passing them around.
 
-Cost: `run.usage(cost_usd=...)` wins; otherwise the store prices the tokens
-from `metrics.prices` (USD per million tokens, by model).  Tokens of a model
-without a price are never priced at $0: the execution has no cost sample and
-counts in `orchestrator_usage_unknown_total`, as does an execution that reports
-no usage at all.
+Cost: `run.usage(cost_usd=...)` wins; otherwise it is priced once, from
+`metrics.prices` (pricing.PriceTable).  Usage that cannot be priced is never
+$0: the execution has no cost sample and counts in
+`orchestrator_usage_unknown_total`, as does an execution that reports no usage.
 
 Invalid arguments raise `ValueError` naming the field (an `events.EventError`),
-before anything is recorded.  Faults of the telemetry itself (a dead OTLP
-endpoint, a full span queue) never raise into the caller nor block it.
+before anything is recorded.  Arguments are checked once, where the caller
+passes them; the events the API builds from them are not checked again.
+Faults of the telemetry itself (a dead OTLP endpoint, a full span queue) never
+raise into the caller nor block it.
 
 The trace id of the current span becomes the histogram exemplar, so a slow
 bucket in Grafana links to the trace.
@@ -32,9 +36,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import sys
 import time
-from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from typing import Annotated, Iterable
 
@@ -45,18 +47,22 @@ from prometheus_client import CollectorRegistry
 
 from . import events
 from .config import Config
+from .pricing import PriceTable
 from .store import SeriesStore
 from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of
 
 _log = logging.getLogger(__name__)
 
-_Weight = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]  # finite
-
-# Events with a histogram observation, hence an exemplar.
-_OBSERVED = (events.AgentExecution, events.ToolCall)
+_Weight = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]   # finite
 
 _current_run: ContextVar["AgentRun | None"] = ContextVar("agent_exporter_current_run", default=None)
+_current_workflow: ContextVar[str | None] = ContextVar("agent_exporter_current_workflow", default=None)
 
+_perf_counter = time.perf_counter
+_now = time.time
+
+
+# -- argument checks: a fast path for what callers pass nearly always, msgspec for the rest --
 
 def _checked(field: str, value, type_):
     """`value` converted to the schema type, or a ValueError naming `field`."""
@@ -66,89 +72,185 @@ def _checked(field: str, value, type_):
         raise events.EventError(field, "invalid_value", str(exc)) from None
 
 
+def _name(field: str, value) -> str:
+    if type(value) is str and 0 < len(value) <= events.MAX_NAME_LENGTH and value.isascii():
+        return value
+    value = _checked(field, value, events.Name)
+    try:
+        value.encode("utf-8")       # Python strings may hold lone surrogates; exposition is UTF-8
+    except UnicodeEncodeError:
+        raise events.EventError(field, "invalid_value", "not valid UTF-8") from None
+    return value
+
+
+def _optional_name(field: str, value) -> str | None:
+    return None if value is None else _name(field, value)
+
+
+def _count(field: str, value) -> int:
+    if type(value) is int and 0 <= value <= events.MAX_TOKENS:
+        return value
+    return _checked(field, value, events.Count)
+
+
+def _number(field: str, value, type_, upper: float) -> float:
+    kind = type(value)
+    if (kind is float or kind is int) and 0 <= value <= upper:
+        return value
+    return _checked(field, value, type_)
+
+
+def _request_id(value) -> str | None:
+    if value is None or (type(value) is str and len(value) <= 256):
+        return value
+    return _checked("request_id", value, events.RequestId)
+
+
+def _error_type(exc: BaseException) -> str:
+    return type(exc).__name__[: events.MAX_NAME_LENGTH]
+
+
+# -- what the body of a scope gets --------------------------------------------
+
 class AgentRun:
-    """The body's handle on one agent execution: report usage and the model actually used."""
+    """The body's handle on one agent execution: usage, the model used, first token, scores."""
 
-    __slots__ = ("agent", "model", "input_tokens", "output_tokens", "cost_usd", "span")
+    __slots__ = ("agent", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "reasoning_tokens", "cost_usd", "span", "started", "first_token_at", "_telemetry")
 
-    def __init__(self, agent: str, model: str | None, span: trace.Span):
+    def __init__(self, telemetry: "Telemetry", agent: str, model: str | None, span: trace.Span | None):
+        self._telemetry = telemetry
         self.agent = agent
         self.model = model
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.cost_usd: float | None = None
         self.span = span
+        self.input_tokens = self.output_tokens = None
+        self.cache_read_tokens = self.cache_write_tokens = self.reasoning_tokens = None
+        self.cost_usd = None
+        self.first_token_at = None
+        self.started = 0.0
 
-    def usage(self, input_tokens: int | None = None, output_tokens: int | None = None,
-              cost_usd: float | None = None) -> None:
-        """Add LLM usage; call once per LLM call or once with totals (values accumulate)."""
-        # All three are checked before any is added: a bad call adds nothing.
+    def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *,
+              cache_read_tokens: int | None = None, cache_write_tokens: int | None = None,
+              reasoning_tokens: int | None = None, cost_usd: float | None = None) -> None:
+        """Add LLM usage; call once per LLM call or once with totals (values accumulate).
+
+        The token types are disjoint: `input_tokens` is input neither read from nor
+        written to a prompt cache, `output_tokens` output that is not reasoning
+        (README, "Tokens and cost", maps OpenAI's and Anthropic's usage fields).
+        """
+        # Everything is checked before anything is added: a bad call adds nothing.
         if input_tokens is not None:
-            input_tokens = _checked("input_tokens", input_tokens, events.Count)
+            input_tokens = _count("input_tokens", input_tokens)
         if output_tokens is not None:
-            output_tokens = _checked("output_tokens", output_tokens, events.Count)
+            output_tokens = _count("output_tokens", output_tokens)
+        if cache_read_tokens is not None:
+            cache_read_tokens = _count("cache_read_tokens", cache_read_tokens)
+        if cache_write_tokens is not None:
+            cache_write_tokens = _count("cache_write_tokens", cache_write_tokens)
+        if reasoning_tokens is not None:
+            reasoning_tokens = _count("reasoning_tokens", reasoning_tokens)
         if cost_usd is not None:
-            cost_usd = _checked("cost_usd", cost_usd, events.Usd)
+            cost_usd = _number("cost_usd", cost_usd, events.Usd, events.MAX_USD)
         if input_tokens is not None:
             self.input_tokens = (self.input_tokens or 0) + input_tokens
         if output_tokens is not None:
             self.output_tokens = (self.output_tokens or 0) + output_tokens
+        if cache_read_tokens is not None:
+            self.cache_read_tokens = (self.cache_read_tokens or 0) + cache_read_tokens
+        if cache_write_tokens is not None:
+            self.cache_write_tokens = (self.cache_write_tokens or 0) + cache_write_tokens
+        if reasoning_tokens is not None:
+            self.reasoning_tokens = (self.reasoning_tokens or 0) + reasoning_tokens
         if cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + cost_usd
 
     def set_model(self, model: str) -> None:
-        self.model = _checked("model", model, events.Name)
+        """The model that actually answered, when it differs from the one asked for."""
+        self.model = _name("model", model)
+
+    def first_token(self) -> None:
+        """Mark the first streamed token; the first call of a run counts."""
+        if self.first_token_at is None:
+            self.first_token_at = _perf_counter()
+
+    def evaluate(self, evaluator: str, score: float, label: str | None = None) -> None:
+        """Record a quality score in 0..1 for this run's answer (a gen_ai.evaluation.result event)."""
+        evaluator = _name("evaluator", evaluator)
+        score = _number("score", score, events.Score, 1.0)
+        label = _optional_name("label", label)
+        self._telemetry._evaluated(self, evaluator, float(score), label)
 
     @property
     def trace_id(self) -> str | None:
-        return ids_of(self.span)[0]
+        return ids_of(self.span)[0] if self.span is not None else None
 
 
 class ToolRun:
     """The body's handle on one tool call."""
 
-    __slots__ = ("tool", "agent", "span")
+    __slots__ = ("tool", "agent", "span", "started")
 
-    def __init__(self, tool: str, agent: str | None, span: trace.Span):
+    def __init__(self, tool: str, agent: str | None, span: trace.Span | None):
         self.tool = tool
         self.agent = agent
         self.span = span
+        self.started = 0.0
 
     @property
     def trace_id(self) -> str | None:
-        return ids_of(self.span)[0]
+        return ids_of(self.span)[0] if self.span is not None else None
 
 
-class _Scope(ABC):
+class WorkflowRun:
+    """The body's handle on one workflow run (a task, end to end)."""
+
+    __slots__ = ("workflow", "request_id", "span", "started")
+
+    def __init__(self, workflow: str, request_id: str | None, span: trace.Span | None):
+        self.workflow = workflow
+        self.request_id = request_id
+        self.span = span
+        self.started = 0.0
+
+    @property
+    def trace_id(self) -> str | None:
+        return ids_of(self.span)[0] if self.span is not None else None
+
+
+# -- scopes: `with`, `async with` and decorators --------------------------------
+
+class _Scope:
     """A context manager (sync and async) and decorator around one unit of work.
 
     A scope is entered by one run at a time; as a decorator it makes a fresh
-    scope per call, so decorated functions may run concurrently.
+    scope per call, so decorated functions may run concurrently.  Subclasses
+    define _begin() -> (run, span, contextvar token) and _end(run, duration, exc).
     """
 
-    def __init__(self, telemetry: "Telemetry", template):
-        self._telemetry = telemetry
-        self._template = template      # the validated event, completed on exit
-        self._active = None
+    __slots__ = ("_telemetry", "_active")
 
     def _fresh(self) -> "_Scope":
-        return type(self)(self._telemetry, self._template)
+        raise NotImplementedError
 
     def __enter__(self):
         if self._active is not None:
             raise RuntimeError("this scope is already entered; start a new one per run")
-        run, span = self._begin()
-        context_token = otel_context.attach(trace.set_span_in_context(span))
-        self._active = (run, context_token, self._push(run), time.perf_counter())
+        run, span, var_token = self._begin()
+        context_token = None
+        if span is not None:
+            context_token = otel_context.attach(trace.set_span_in_context(span))
+        self._active = (run, context_token, var_token)
+        run.started = _perf_counter()
         return run
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        run, context_token, run_token, started = self._active
-        duration = time.perf_counter() - started
+        run, context_token, var_token = self._active
+        duration = _perf_counter() - run.started
         self._active = None
-        if run_token is not None:
-            _current_run.reset(run_token)
-        otel_context.detach(context_token)
+        if var_token is not None:
+            var_token.var.reset(var_token)
+        if context_token is not None:
+            otel_context.detach(context_token)
         self._end(run, duration, exc)
         return False
 
@@ -172,68 +274,89 @@ class _Scope(ABC):
                 return func(*args, **kwargs)
         return run_sync
 
-    def _push(self, run):
-        """Make `run` current for the body; returns a contextvar token, or None."""
-        return None
-
-    @abstractmethod
-    def _begin(self):
-        """Start the span; returns (run handed to the body, span)."""
-
-    @abstractmethod
-    def _end(self, run, duration: float, exc: BaseException | None) -> None:
-        """End the span and record the event."""
-
-
-def _error_type(exc: BaseException) -> str:
-    return type(exc).__name__[: events.MAX_NAME_LENGTH]
-
 
 class _AgentScope(_Scope):
-    def _push(self, run):
-        return _current_run.set(run)
+    __slots__ = ("agent", "model", "feature", "priority", "request_id")
+
+    def __init__(self, telemetry, agent, model, feature, priority, request_id):
+        self._telemetry = telemetry
+        self._active = None
+        self.agent, self.model, self.feature, self.priority, self.request_id = (
+            agent, model, feature, priority, request_id)
+
+    def _fresh(self):
+        return _AgentScope(self._telemetry, self.agent, self.model, self.feature, self.priority, self.request_id)
 
     def _begin(self):
-        t = self._template
-        span = self._telemetry.spans.start_agent(
-            t.agent, model=t.model, feature=t.feature, priority=t.priority, request_id=t.request_id)
-        return AgentRun(t.agent, t.model, span), span
+        tel = self._telemetry
+        span = None
+        if tel._tracing:
+            span = tel.spans.start_agent(self.agent, model=self.model, feature=self.feature,
+                                         priority=self.priority, request_id=self.request_id)
+        run = AgentRun(tel, self.agent, self.model, span)
+        return run, span, _current_run.set(run)
 
     def _end(self, run: AgentRun, duration: float, exc: BaseException | None) -> None:
-        tel = self._telemetry
-        error_type = None if exc is None else _error_type(exc)
-        span = run.span
-        tel.spans.end_agent(
-            span, model=run.model, input_tokens=run.input_tokens, output_tokens=run.output_tokens,
-            cost_usd=run.cost_usd if run.cost_usd is not None
-            else tel.store.cost_of(run.model, run.input_tokens, run.output_tokens),
-            error_type=error_type, exception=exc)
-        trace_id, span_id = tel._exemplar_ids(span)
-        tel.store.apply(msgspec.structs.replace(
-            self._template, status="success" if exc is None else "error", duration_seconds=duration,
-            model=run.model, input_tokens=run.input_tokens, output_tokens=run.output_tokens,
-            cost_usd=run.cost_usd, error_type=error_type, trace_id=trace_id, span_id=span_id,
-            timestamp=time.time()))
+        self._telemetry._agent_finished(self, run, duration, exc)
 
 
 class _ToolScope(_Scope):
+    __slots__ = ("tool", "agent")
+
+    def __init__(self, telemetry, tool, agent):
+        self._telemetry = telemetry
+        self._active = None
+        self.tool, self.agent = tool, agent
+
+    def _fresh(self):
+        return _ToolScope(self._telemetry, self.tool, self.agent)
+
     def _begin(self):
-        t = self._template
-        agent = t.agent
+        tel = self._telemetry
+        agent = self.agent
         if agent is None and (current := _current_run.get()) is not None:
             agent = current.agent   # resolved on entry: a decorator is created outside any run
-        span = self._telemetry.spans.start_tool(t.tool, agent=agent)
-        return ToolRun(t.tool, agent, span), span
+        span = tel.spans.start_tool(self.tool, agent=agent) if tel._tracing else None
+        return ToolRun(self.tool, agent, span), span, None
 
     def _end(self, run: ToolRun, duration: float, exc: BaseException | None) -> None:
         tel = self._telemetry
         error_type = None if exc is None else _error_type(exc)
-        tel.spans.end_tool(run.span, error_type=error_type, exception=exc)
-        trace_id, span_id = tel._exemplar_ids(run.span)
-        tel.store.apply(msgspec.structs.replace(
-            self._template, agent=run.agent, status="success" if exc is None else "error",
-            duration_seconds=duration, error_type=error_type, trace_id=trace_id, span_id=span_id,
-            timestamp=time.time()))
+        if run.span is not None:
+            tel.spans.end_tool(run.span, error_type=error_type, exception=exc)
+        if tel._metrics:
+            trace_id, span_id = tel._exemplar_ids(run.span)
+            tel.store.apply(events.ToolCall(
+                tool=run.tool, status="success" if exc is None else "error", duration_seconds=duration,
+                agent=run.agent, error_type=error_type, trace_id=trace_id, span_id=span_id, timestamp=_now()))
+
+
+class _WorkflowScope(_Scope):
+    __slots__ = ("workflow", "request_id")
+
+    def __init__(self, telemetry, workflow, request_id):
+        self._telemetry = telemetry
+        self._active = None
+        self.workflow, self.request_id = workflow, request_id
+
+    def _fresh(self):
+        return _WorkflowScope(self._telemetry, self.workflow, self.request_id)
+
+    def _begin(self):
+        tel = self._telemetry
+        span = tel.spans.start_workflow(self.workflow, request_id=self.request_id) if tel._tracing else None
+        return WorkflowRun(self.workflow, self.request_id, span), span, _current_workflow.set(self.workflow)
+
+    def _end(self, run: WorkflowRun, duration: float, exc: BaseException | None) -> None:
+        tel = self._telemetry
+        error_type = None if exc is None else _error_type(exc)
+        if run.span is not None:
+            tel.spans.end_workflow(run.span, error_type=error_type, exception=exc)
+        if tel._metrics:
+            trace_id, span_id = tel._exemplar_ids(run.span)
+            tel.store.apply(events.WorkflowRun(
+                workflow=run.workflow, status="success" if exc is None else "error", duration_seconds=duration,
+                request_id=run.request_id, trace_id=trace_id, span_id=span_id, timestamp=_now()))
 
 
 class _OTelMetricsBridge:
@@ -298,33 +421,45 @@ class Telemetry:
     for libraries that record through the global API (GenAI auto-instrumentation);
     `global_tracer_provider=True` does the same for the tracer provider, as the
     legacy tracer did.  OpenTelemetry lets a process set each global once.
+
+    `enabled: false` in the config makes the whole object a no-op (arguments are
+    still checked, nothing is recorded, no spans, nothing served);
+    `metrics.enabled: false` keeps the spans and records no catalog metrics;
+    `tracing.enabled: false` keeps the metrics and makes no spans.
     """
 
     def __init__(self, config: Config | None = None, *, store: SeriesStore | None = None,
                  registry: CollectorRegistry | None = None, tracer_provider=None,
                  otel_metrics: bool = False, global_meter_provider: bool = False,
                  global_tracer_provider: bool = False):
-        self.config = config or Config()
-        self.store = store if store is not None else SeriesStore.from_config(self.config)
+        self.config = config = config or Config()
+        self.enabled = config.enabled
+        self._metrics = config.enabled and config.metrics.enabled
+        self.store = store if store is not None else SeriesStore.from_config(config)
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.registry.register(self.store)
+        if self._metrics:
+            self.registry.register(self.store)
+        self.prices = PriceTable(config.metrics.prices)
 
-        tracing = self.config.tracing
+        tracing = config.tracing
         self._owned_tracer_provider = None
-        if tracer_provider is None and tracing.enabled:
-            tracer_provider = self._owned_tracer_provider = build_tracer_provider(self.config)
+        if not config.enabled:
+            tracer_provider = None
+        elif tracer_provider is None and tracing.enabled:
+            tracer_provider = self._owned_tracer_provider = build_tracer_provider(config)
         self.tracer_provider = tracer_provider
         if global_tracer_provider and tracer_provider is not None:
             trace.set_tracer_provider(tracer_provider)
         self.spans = genai_tracer(tracer_provider or trace.NoOpTracerProvider(), tracing)
+        self._tracing = tracer_provider is not None
         # Events recorded after the fact (record, record_batch) become spans only
         # when spans go somewhere: otherwise they would only cost ingest throughput.
         self._event_spans = tracer_provider is not None and (
             self._owned_tracer_provider is None or tracing.export_to_console or tracing.export_to_otlp)
 
         self._metrics_bridge = None
-        if otel_metrics or global_meter_provider:
-            self._metrics_bridge = _OTelMetricsBridge(self.config, set_global=global_meter_provider)
+        if config.enabled and (otel_metrics or global_meter_provider):
+            self._metrics_bridge = _OTelMetricsBridge(config, set_global=global_meter_provider)
             self.registry.register(self._metrics_bridge)
         self._closed = False
 
@@ -355,78 +490,127 @@ class Telemetry:
     def agent_execution(self, agent: str, *, model: str | None = None, feature: str | None = None,
                         priority: str | None = None, request_id: str | None = None) -> _AgentScope:
         """One agent run, as `with`/`async with` (yielding an AgentRun) or as a decorator."""
-        template = events.decode({
-            "type": "agent_execution", "agent": agent, "status": "success", "duration_seconds": 0.0,
-            "model": model, "feature": feature, "priority": priority, "request_id": request_id})
-        return _AgentScope(self, template)
+        return _AgentScope(self, _name("agent", agent), _optional_name("model", model),
+                           _optional_name("feature", feature), _optional_name("priority", priority),
+                           _request_id(request_id))
 
     def tool_call(self, tool: str, *, agent: str | None = None) -> _ToolScope:
         """A tool call; without `agent`, the agent of the run it is entered in."""
-        template = events.decode({
-            "type": "tool_call", "tool": tool, "status": "success", "duration_seconds": 0.0,
-            "agent": agent})
-        return _ToolScope(self, template)
+        return _ToolScope(self, _name("tool", tool), _optional_name("agent", agent))
+
+    def workflow(self, workflow: str, *, request_id: str | None = None) -> _WorkflowScope:
+        """One workflow run (a task, end to end): an invoke_workflow span parenting the agent runs
+        inside it, and orchestrator_workflow_runs_total / _duration_seconds."""
+        return _WorkflowScope(self, _name("workflow", workflow), _request_id(request_id))
 
     def state_transition(self, from_state: str, to_state: str, *, workflow: str | None = None,
                          agent: str | None = None) -> None:
+        """A move of the workflow's state machine; workflow and agent default to the current ones."""
+        from_state, to_state = _name("from_state", from_state), _name("to_state", to_state)
+        workflow = _optional_name("workflow", workflow) or _current_workflow.get()
+        agent = _optional_name("agent", agent)
         if agent is None and (run := _current_run.get()) is not None:
             agent = run.agent
-        event = events.decode({"type": "state_transition", "from_state": from_state,
-                               "to_state": to_state, "workflow": workflow, "agent": agent})
-        self.spans.state_transition(from_state, to_state, workflow=workflow, agent=agent)
-        trace_id, span_id = ids_of(trace.get_current_span())
-        self.store.apply(msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id))
+        if self._tracing:
+            self.spans.state_transition(from_state, to_state, workflow=workflow, agent=agent)
+        if self._metrics:
+            trace_id, span_id = ids_of(trace.get_current_span())
+            self.store.apply(events.StateTransition(from_state=from_state, to_state=to_state, workflow=workflow,
+                                                    agent=agent, trace_id=trace_id, span_id=span_id))
+
+    def _agent_finished(self, scope: _AgentScope, run: AgentRun, duration: float,
+                        exc: BaseException | None) -> None:
+        """The end of an agent_execution(): its event, priced once, to the span and the store."""
+        model = run.model
+        cost = run.cost_usd
+        if cost is None and self.prices:
+            cost = self.prices.cost(model, input_tokens=run.input_tokens, output_tokens=run.output_tokens,
+                                    cache_read_tokens=run.cache_read_tokens,
+                                    cache_write_tokens=run.cache_write_tokens,
+                                    reasoning_tokens=run.reasoning_tokens)
+        first_token = run.first_token_at
+        span = run.span
+        trace_id, span_id = self._exemplar_ids(span)
+        event = events.AgentExecution(
+            agent=run.agent, status="success" if exc is None else "error", duration_seconds=duration,
+            model=model, input_tokens=run.input_tokens, output_tokens=run.output_tokens,
+            cache_read_tokens=run.cache_read_tokens, cache_write_tokens=run.cache_write_tokens,
+            reasoning_tokens=run.reasoning_tokens, cost_usd=cost,
+            time_to_first_token_seconds=None if first_token is None else first_token - run.started,
+            error_type=None if exc is None else _error_type(exc), feature=scope.feature, priority=scope.priority,
+            request_id=scope.request_id, trace_id=trace_id, span_id=span_id, timestamp=_now())
+        if span is not None:
+            self.spans.end_agent(span, event, exception=exc)
+        if self._metrics:
+            self.store.apply(event)
+
+    def _evaluated(self, run: AgentRun, evaluator: str, score: float, label: str | None) -> None:
+        span = run.span
+        if span is not None:
+            self.spans.evaluation(span, evaluator, score, label)
+        if self._metrics:
+            trace_id, span_id = self._exemplar_ids(span)
+            self.store.apply(events.Evaluation(agent=run.agent, evaluator=evaluator, score=score, label=label,
+                                               trace_id=trace_id, span_id=span_id))
 
     # -- events ------------------------------------------------------------
 
     def record(self, event) -> None:
         """Record one schema-v1 event (a dict, a legacy collector record, or a decoded event)."""
-        event = events.decode(event)
+        event = self.prices.priced(events.decode(event))
+        if not self.enabled:
+            return
         if self._event_spans:
             event = self._span_for(event)
-        elif type(event) in _OBSERVED and event.trace_id is None:
+        elif event.__class__ in _OBSERVED and event.trace_id is None:
             trace_id, span_id = ids_of(trace.get_current_span())   # the caller's own tracing
             if trace_id is not None:
                 event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
-        self.store.apply(event)
+        if self._metrics:
+            self.store.apply(event)
 
     def record_batch(self, batch: Iterable) -> None:
         """Record already decoded events (events.decode_body) under one store lock."""
+        if not self.enabled:
+            return
+        if self.prices:
+            priced = self.prices.priced
+            batch = [priced(event) for event in batch]
         if self._event_spans:
             batch = [self._span_for(event) for event in batch]
-        self.store.apply_batch(batch)
+        if self._metrics:
+            self.store.apply_batch(batch)
 
     def set_selector_weight(self, task: str, agent: str, weight: float) -> None:
-        self.store.set_selector_weight(_checked("task", task, events.Name),
-                                       _checked("agent", agent, events.Name),
-                                       _checked("weight", weight, _Weight))
+        task, agent = _name("task", task), _name("agent", agent)
+        weight = _checked("weight", weight, _Weight)
+        if self._metrics:
+            self.store.set_selector_weight(task, agent, weight)
 
     def set_circuit_state(self, agent: str, state: str) -> None:
         self.record({"type": "circuit_state", "agent": agent, "state": state})
 
     def _span_for(self, event):
         """Emit the span (or span event) of an event; give it the span's trace ids if it had none."""
-        cost = None
-        if type(event) is events.AgentExecution:
-            cost = self.store.cost_of(event.model, event.input_tokens, event.output_tokens)
-        span = self.spans.event_span(event, cost_usd=cost)
+        span = self.spans.event_span(event)
         trace_id, span_id = ids_of(span)   # None for events that make no span of their own
         if trace_id is not None and event.trace_id is None:
             event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
         return event
 
-    def _exemplar_ids(self, span: trace.Span) -> tuple[str | None, str | None]:
+    def _exemplar_ids(self, span: trace.Span | None) -> tuple[str | None, str | None]:
         """Ids of our span, else of the caller's current span (their own tracing), if sampled."""
-        trace_id, span_id = ids_of(span)
-        if trace_id is None:
-            trace_id, span_id = ids_of(trace.get_current_span())
-        return trace_id, span_id
+        if span is not None:
+            ids = ids_of(span)
+            if ids[0] is not None:
+                return ids
+        return ids_of(trace.get_current_span())
 
     # -- exposition and lifecycle -----------------------------------------
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The /metrics body: the store's series, then OpenTelemetry metrics if bridged."""
-        body = self.store.render(openmetrics)
+        body = self.store.render(openmetrics) if self._metrics else bytearray(b"# EOF\n" if openmetrics else b"")
         if self._metrics_bridge is None:
             return body
         if openmetrics:
@@ -453,3 +637,7 @@ class Telemetry:
                 _log.warning("tracer provider shutdown failed", exc_info=True)
         if self._metrics_bridge is not None:
             self._metrics_bridge.shutdown()
+
+
+# Events with a histogram observation, hence an exemplar.
+_OBSERVED = (events.AgentExecution, events.ToolCall, events.WorkflowRun, events.Evaluation)

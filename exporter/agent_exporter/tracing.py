@@ -56,14 +56,27 @@ INSTRUMENTATION_NAME = "agent_exporter"
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+# In the conventions input_tokens includes the cache reads and writes, and
+# output_tokens the reasoning; our event fields are disjoint, so spans carry sums.
 GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_WORKFLOW_NAME = "gen_ai.workflow.name"
+GEN_AI_EVALUATION_NAME = "gen_ai.evaluation.name"
+GEN_AI_EVALUATION_SCORE_VALUE = "gen_ai.evaluation.score.value"
+GEN_AI_EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
+EVALUATION_RESULT_EVENT = "gen_ai.evaluation.result"
 ERROR_TYPE = "error.type"
 ERROR_TYPE_OTHER = "_OTHER"
 INVOKE_AGENT = "invoke_agent"
 EXECUTE_TOOL = "execute_tool"
+INVOKE_WORKFLOW = "invoke_workflow"
 
 # Our own, for what the conventions leave open.
 FEATURE = "orchestrator.feature"
@@ -217,7 +230,7 @@ def _drop_none(attributes: dict) -> dict:
 
 
 class GenAITracer:
-    """Starts and ends the spans of agent runs, tool calls and state transitions.
+    """Starts and ends the spans of agent runs, tool calls and workflows, and their events.
 
     The `trace_*` switches of TracingConfig turn kinds of spans off: a switched
     off kind gets a non-recording span, which costs nothing to end.
@@ -249,20 +262,23 @@ class GenAITracer:
             }))
 
     @_guarded()
-    def end_agent(self, span: trace.Span, *, model: str | None = None, input_tokens: int | None = None,
-                  output_tokens: int | None = None, unsplit_tokens: int | None = None,
-                  cost_usd: float | None = None, error_type: str | None = None,
+    def end_agent(self, span: trace.Span, e: events.AgentExecution, *,
                   exception: BaseException | None = None, end_time: int | None = None) -> None:
+        """End an agent span with what its execution event says (usage, cost, outcome)."""
         if not span.is_recording():
             return
         span.set_attributes(_drop_none({
-            GEN_AI_REQUEST_MODEL: model,
-            GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
-            GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
-            UNSPLIT_TOKENS: unsplit_tokens,
-            COST_USD: cost_usd,
+            GEN_AI_REQUEST_MODEL: e.model,
+            GEN_AI_USAGE_INPUT_TOKENS: _sum(e.input_tokens, e.cache_read_tokens, e.cache_write_tokens),
+            GEN_AI_USAGE_OUTPUT_TOKENS: _sum(e.output_tokens, e.reasoning_tokens),
+            GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: e.cache_read_tokens,
+            GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: e.cache_write_tokens,
+            GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: e.reasoning_tokens,
+            GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: e.time_to_first_token_seconds,
+            UNSPLIT_TOKENS: e.total_tokens,
+            COST_USD: e.cost_usd,
         }))
-        self._end(span, error_type, exception, end_time)
+        self._end(span, _error_type(e), exception, end_time)
 
     @_guarded(default=trace.INVALID_SPAN)
     def start_tool(self, tool: str, *, agent: str | None = None, arguments: str | None = None,
@@ -282,6 +298,21 @@ class GenAITracer:
         if span.is_recording():
             self._end(span, error_type, exception, end_time)
 
+    @_guarded(default=trace.INVALID_SPAN)
+    def start_workflow(self, workflow: str, *, request_id: str | None = None,
+                       context: otel_context.Context | None = None, start_time: int | None = None) -> trace.Span:
+        return self.tracer.start_span(
+            f"{INVOKE_WORKFLOW} {workflow}", context=context, kind=SpanKind.INTERNAL, start_time=start_time,
+            record_exception=False, set_status_on_exception=False,
+            attributes=_drop_none({GEN_AI_OPERATION_NAME: INVOKE_WORKFLOW, GEN_AI_WORKFLOW_NAME: workflow,
+                                   REQUEST_ID: request_id}))
+
+    @_guarded()
+    def end_workflow(self, span: trace.Span, *, error_type: str | None = None,
+                     exception: BaseException | None = None, end_time: int | None = None) -> None:
+        if span.is_recording():
+            self._end(span, error_type, exception, end_time)
+
     def _end(self, span: trace.Span, error_type: str | None, exception: BaseException | None,
              end_time: int | None) -> None:
         if error_type is not None or exception is not None:
@@ -293,6 +324,26 @@ class GenAITracer:
         span.end(end_time=end_time)
 
     # -- span events ------------------------------------------------------
+
+    @_guarded()
+    def evaluation(self, span: trace.Span, evaluator: str, score: float, label: str | None = None,
+                   *, context: otel_context.Context | None = None) -> None:
+        """A `gen_ai.evaluation.result` event on `span` (the evaluated agent run).
+
+        Without a recording span of our own, the event goes on a zero-length
+        `evaluation {evaluator}` span under `context` (an evaluation posted with
+        the trace and span ids of the run it scores).
+        """
+        attributes = _drop_none({GEN_AI_EVALUATION_NAME: evaluator, GEN_AI_EVALUATION_SCORE_VALUE: score,
+                                 GEN_AI_EVALUATION_SCORE_LABEL: label})
+        if span.is_recording():
+            span.add_event(EVALUATION_RESULT_EVENT, attributes)
+            return
+        if context is None:
+            return
+        carrier = self.tracer.start_span(f"evaluation {evaluator}", context=context, kind=SpanKind.INTERNAL)
+        carrier.add_event(EVALUATION_RESULT_EVENT, attributes)
+        carrier.end()
 
     @_guarded()
     def state_transition(self, from_state: str, to_state: str, *, workflow: str | None = None,
@@ -340,15 +391,16 @@ class GenAITracer:
     # -- events that already happened (HTTP ingest, record()) -------------
 
     @_guarded(default=trace.INVALID_SPAN)
-    def event_span(self, e, *, cost_usd: float | None = None) -> trace.Span:
+    def event_span(self, e) -> trace.Span:
         """The span of an event that already happened (HTTP ingest, record()).
 
-        Agent executions and tool calls become finished spans timed
-        `timestamp - duration .. timestamp` (now when the event has no
+        Agent executions, tool calls and workflow runs become finished spans
+        timed `timestamp - duration .. timestamp` (now when the event has no
         timestamp) and parented on the event's trace_id/span_id when it names
         them, so they join the orchestrator's trace; the span is returned.  A
-        state transition becomes a span event; retries, fallbacks and breaker
-        changes become events on the current span.  Those return INVALID_SPAN.
+        state transition or an evaluation becomes a span event; retries,
+        fallbacks and breaker changes become events on the current span.  Those
+        return INVALID_SPAN.
         """
         kind = type(e)
         if kind is events.AgentExecution:
@@ -356,21 +408,27 @@ class GenAITracer:
             span = self.start_agent(e.agent, model=e.model, feature=e.feature, priority=e.priority,
                                     request_id=e.request_id, context=remote_parent(e.trace_id, e.span_id),
                                     start_time=start)
-            self.end_agent(span, input_tokens=e.input_tokens, output_tokens=e.output_tokens,
-                           unsplit_tokens=e.total_tokens,
-                           cost_usd=e.cost_usd if e.cost_usd is not None else cost_usd,
-                           error_type=self._error_type(e), end_time=end)
+            self.end_agent(span, e, end_time=end)
             return span
         if kind is events.ToolCall:
             start, end = event_times(e.duration_seconds, e.timestamp)
             span = self.start_tool(e.tool, agent=e.agent, context=remote_parent(e.trace_id, e.span_id),
                                    start_time=start)
-            self.end_tool(span, error_type=self._error_type(e), end_time=end)
+            self.end_tool(span, error_type=_error_type(e), end_time=end)
+            return span
+        if kind is events.WorkflowRun:
+            start, end = event_times(e.duration_seconds, e.timestamp)
+            span = self.start_workflow(e.workflow, request_id=e.request_id,
+                                       context=remote_parent(e.trace_id, e.span_id), start_time=start)
+            self.end_workflow(span, error_type=_error_type(e), end_time=end)
             return span
         if kind is events.StateTransition:
             self.state_transition(e.from_state, e.to_state, workflow=e.workflow, agent=e.agent,
                                   context=remote_parent(e.trace_id, e.span_id),
                                   timestamp=None if e.timestamp is None else int(e.timestamp * 1e9))
+        elif kind is events.Evaluation:
+            self.evaluation(trace.get_current_span(), e.evaluator, e.score, e.label,
+                            context=remote_parent(e.trace_id, e.span_id))
         elif kind is events.Retry:
             self.annotate(RETRY_EVENT, {GEN_AI_AGENT_NAME: e.agent, ATTEMPT: e.attempt, ERROR_TYPE: e.error_type})
         elif kind is events.Fallback:
@@ -379,8 +437,15 @@ class GenAITracer:
             self.annotate(CIRCUIT_STATE_EVENT, {GEN_AI_AGENT_NAME: e.agent, CIRCUIT_STATE: e.state})
         return trace.INVALID_SPAN
 
-    @staticmethod
-    def _error_type(e) -> str | None:
-        if e.status != "error":
-            return None
-        return e.error_type or ERROR_TYPE_OTHER
+
+def _error_type(e) -> str | None:
+    """error.type of a finished event: its error_type, or _OTHER when it failed without one."""
+    if e.status != "error":
+        return None
+    return getattr(e, "error_type", None) or ERROR_TYPE_OTHER
+
+
+def _sum(*counts: int | None) -> int | None:
+    """The sum of the counts that are known; None when none is."""
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None

@@ -32,6 +32,11 @@ VALID = [
     {"type": "retry", "agent": "coder", "attempt": 2, "error_type": "RateLimited"},
     {"type": "fallback", "from_agent": "coder", "to_agent": "coder-mini", "reason": "circuit_open"},
     {"type": "circuit_state", "agent": "coder", "state": "half_open"},
+    {"type": "workflow_run", "workflow": "feature", "status": "error", "duration_seconds": 75.5,
+     "request_id": "r-1", "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"},
+    {"type": "evaluation", "agent": "coder", "evaluator": "tests_pass", "score": 0.8, "label": "pass"},
+    with_(EXECUTION, cache_read_tokens=9000, cache_write_tokens=100, reasoning_tokens=50,
+          time_to_first_token_seconds=0.4, input_tokens=2**53),
 ]
 
 
@@ -75,6 +80,18 @@ INVALID = [
     ({"type": "retry", "agent": "a", "attempt": 0}, "attempt", "invalid_value"),
     ({"type": "fallback", "from_agent": "a"}, "to_agent", "missing_field"),
     ({"agent_name": "a", "duration_ms": -5, "success": True}, "duration_ms", "invalid_value"),
+    # Numbers are bounded where they are decoded: exact in a float counter, finite in a sum.
+    (with_(EXECUTION, input_tokens=10**400), "input_tokens", "invalid_value"),
+    (with_(EXECUTION, reasoning_tokens=2**53 + 1), "reasoning_tokens", "invalid_value"),
+    (with_(EXECUTION, duration_seconds=1e300), "duration_seconds", "invalid_value"),
+    (with_(EXECUTION, cost_usd=1e300), "cost_usd", "invalid_value"),
+    (with_(EXECUTION, timestamp=1e300), "timestamp", "invalid_value"),
+    (with_(EXECUTION, time_to_first_token_seconds=-1), "time_to_first_token_seconds", "invalid_value"),
+    ({"type": "evaluation", "agent": "a", "evaluator": "e", "score": 1.01}, "score", "invalid_value"),
+    ({"type": "workflow_run", "workflow": "w", "status": "done", "duration_seconds": 1}, "status",
+     "invalid_value"),
+    ({"agent_name": "a", "duration_ms": 5, "success": True, "timestamp": "9999-12-31T23:59:59"}, "timestamp",
+     "invalid_value"),
     ({"agent_name": "a", "duration_ms": 5, "success": "yes"}, "success", "invalid_type"),
 ]
 
@@ -114,7 +131,8 @@ def test_body_json_array_all_valid():
     body = json.dumps(VALID).encode()
     batch = events.decode_body(body, "application/json; charset=utf-8")
     assert [type(e).__name__ for e in batch.events] == [
-        "AgentExecution", "AgentExecution", "ToolCall", "StateTransition", "Retry", "Fallback", "CircuitState"]
+        "AgentExecution", "AgentExecution", "ToolCall", "StateTransition", "Retry", "Fallback", "CircuitState",
+        "WorkflowRun", "Evaluation", "AgentExecution"]
     assert batch.rejected == []
 
 
@@ -162,6 +180,22 @@ def test_gzip_is_not_this_modules_job():
         events.decode_body(gzip.compress(json.dumps(EXECUTION).encode()))
 
 
+@pytest.mark.parametrize("number", [b"1" + b"0" * 400, b"9007199254740993", b"1" + b"0" * 20])
+def test_huge_integers_in_json_are_rejected_with_their_field(number):
+    body = b'[{"type":"agent_execution","agent":"a","status":"success","duration_seconds":1,"input_tokens":%s},' \
+           b'{"type":"agent_execution","agent":"a","status":"success","duration_seconds":%s}]' % (number, number)
+    batch = events.decode_body(body)
+    assert batch.events == []
+    assert [(r.index, r.reason, r.error.split(":")[0]) for r in batch.rejected] == [
+        (0, "invalid_value", "input_tokens"), (1, "invalid_value", "duration_seconds")]
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400"])
+def test_numbers_beyond_a_float_make_the_body_invalid_json(number):
+    with pytest.raises(events.BodyError, match="out of range"):
+        events.decode_body(b'{"type":"tool_call","tool":"t","status":"success","duration_seconds":%s}' % number)
+
+
 def test_published_json_schema_matches_the_code():
     published = json.loads((ROOT / "schemas" / "events.v1.schema.json").read_text())
     assert published == json.loads(json.dumps(events.json_schema()))
@@ -176,3 +210,5 @@ def test_json_schema_covers_every_event_type_and_required_field():
     assert required["Retry"] == {"type", "agent", "attempt"}
     assert required["Fallback"] == {"type", "from_agent", "to_agent"}
     assert required["CircuitState"] == {"type", "agent", "state"}
+    assert required["WorkflowRun"] == {"type", "workflow", "status", "duration_seconds"}
+    assert required["Evaluation"] == {"type", "agent", "evaluator", "score"}

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent_exporter import catalog, events
 from agent_exporter.config import Config, MetricsConfig, ModelPrice
+from agent_exporter.pricing import PriceTable
 from agent_exporter.store import SeriesStore
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -27,8 +28,10 @@ def value(store: SeriesStore, name: str, **labels) -> float:
 
 
 def feed(store: SeriesStore, *objs) -> None:
+    """Events as Telemetry records them: decoded, priced once, applied."""
+    prices = PriceTable(PRICES)
     for obj in objs:
-        store.apply(events.decode(obj))
+        store.apply(prices.priced(events.decode(obj)))
 
 
 @pytest.fixture
