@@ -69,7 +69,7 @@ def build_remediator(config, telemetry):
 
 def cmd_serve(args) -> int:
     from .config import ConfigError
-    from .server import Service, start_server, wait_until_stopped
+    from .server import Service, serve
     from .telemetry import Telemetry
     from .webconfig import WebConfigError, load_web_config
 
@@ -84,19 +84,17 @@ def cmd_serve(args) -> int:
     try:
         service = Service.from_config(telemetry, web_config=web_config,
                                       remediator=build_remediator(config, telemetry))
-    except ValueError as exc:
-        telemetry.shutdown()
-        return _error(str(exc))
-    try:
-        handle = start_server(service, address)
+        tls = "enabled" if service.web_config.tls is not None else "disabled"
+        # uvicorn handles SIGTERM and SIGINT while serving, then raises the signal again:
+        # this handler makes that a normal exit, after the graceful drain.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: None)
+        serve(service, address,
+              on_started=lambda url: log.info("Listening on %s (TLS %s), version %s", url, tls, __version__))
     except (OSError, ValueError) as exc:
-        telemetry.shutdown()
         return _error(f"cannot serve on {address}: {exc}")
-    stop = _stop_on_signals()
-    tls = "enabled" if handle.server.ssl_context is not None else "disabled"
-    log.info("Listening on %s (TLS %s), version %s", handle.url, tls, __version__)
-    wait_until_stopped(handle, stop)
-    telemetry.shutdown()      # flushes spans still queued
+    finally:
+        telemetry.shutdown()      # flushes spans still queued
     log.info("bye")
     return 0
 

@@ -183,6 +183,8 @@ def genai_tracer(provider: trace.TracerProvider, tracing: TracingConfig | None =
 
 def ids_of(span: trace.Span) -> tuple[str | None, str | None]:
     """(trace_id, span_id) in hex when the span is sampled (so a backend has it), else (None, None)."""
+    if span is trace.INVALID_SPAN:      # nothing current: the common case without tracing
+        return None, None
     ctx = span.get_span_context()
     if ctx.is_valid and ctx.trace_flags.sampled:
         return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
