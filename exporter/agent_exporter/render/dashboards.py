@@ -24,8 +24,9 @@ import yaml
 
 from .. import catalog
 from ..config import Config
-from .rules import (COST_1D_RULE, COST_1H_RULE, LATENCY_QUANTILE_RULE, TOOL_ERROR_RATIO_RULE,
-                    TOOL_QUANTILE_RULE, duration_seconds, error_ratio_rule, seconds_duration)
+from .rules import (COST_1D_RULE, COST_1H_RULE, COST_FORECAST, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE,
+                    TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, duration_seconds, error_ratio_rule,
+                    seconds_duration)
 from .rules import number as num
 
 # grafana/grafana:11.5 writes schemaVersion 40 (11.3 added the v40 migration,
@@ -578,6 +579,7 @@ def agent_detail(config: Config) -> dict:
 def cost(config: Config) -> dict:
     budget = config.alerting.budget
     C, T = catalog.LLM_COST, catalog.LLM_TOKENS
+    horizon = seconds_duration(FORECAST_HORIZON_SECONDS)
 
     def per_hour(by: str) -> str:
         return f"sum by ({by}) ({rate(C.name)}) * 3600"
@@ -592,10 +594,10 @@ def cost(config: Config) -> dict:
              "Spend over the last 24 hours as a share of the daily budget." + ALL_JOBS,
              query(f"sum({COST_1D_RULE}) / {num(budget.day_usd)}", instant=True),
              unit="percentunit", decimals=0, thresholds=upper_limit(1, warn=0.8), w=6),
-        stat("Forecast, next 24 h",
-             "Spend over the next 24 hours if the last hour's rate continues; the forecast "
-             "alert compares it with the daily budget." + ALL_JOBS,
-             query(f"sum({COST_1H_RULE}) * 24", instant=True), unit="currencyUSD", decimals=2,
+        stat(f"Forecast, 24 h spend in {horizon}",
+             f"Spend over the trailing 24 hours {horizon} from now if the last hour's trend "
+             "continues: what the forecast alert compares with the daily budget." + ALL_JOBS,
+             query(COST_FORECAST, instant=True), unit="currencyUSD", decimals=2,
              thresholds=upper_limit(budget.day_usd, warn=0.8 * budget.day_usd), w=6),
         stat("Spend, last 30 days",
              f"LLM spend over the last 30 days; monthly budget ${num(budget.month_usd)}.",
@@ -603,10 +605,10 @@ def cost(config: Config) -> dict:
              unit="currencyUSD", decimals=2,
              thresholds=upper_limit(budget.month_usd, warn=0.8 * budget.month_usd), w=6),
         timeseries("Budget burn",
-                   "Rolling 24-hour spend and the next-24-hour forecast against the daily "
+                   f"Rolling 24-hour spend and its forecast {horizon} ahead against the daily "
                    f"budget (the line, ${num(budget.day_usd)})." + ALL_JOBS,
                    [query(f"sum({COST_1D_RULE})", "spend, last 24 h"),
-                    query(f"sum({COST_1H_RULE}) * 24", "forecast, next 24 h")],
+                    query(COST_FORECAST, f"forecast, 24 h spend in {horizon}")],
                    unit="currencyUSD", limit=budget.day_usd, min=0, w=24),
         row("Where the money goes"),
         timeseries("Spend by agent", "LLM spend in US dollars per hour, by agent.",
@@ -624,12 +626,17 @@ def cost(config: Config) -> dict:
         bargauge("Spend by agent, last 24 h", "Rolling 24-hour spend per agent." + ALL_JOBS,
                  query(f"sum by (agent) ({COST_1D_RULE})", "{{agent}}", instant=True),
                  unit="currencyUSD"),
+        bargauge("Spend by agent and model, last hour",
+                 "Spend over the last hour per agent and model: where a rising forecast "
+                 "comes from." + ALL_JOBS,
+                 query(f"sum by (agent, model) ({COST_1H_RULE})", "{{agent}} {{model}}", instant=True),
+                 unit="currencyUSD"),
         timeseries("Cost per execution by agent",
                    "Mean LLM spend per execution, by agent.",
                    [query(f"sum by (agent) ({rate(C.name)}) / "
                           f"sum by (agent) ({rate(catalog.AGENT_EXECUTIONS.name)})",
                           "{{agent}}")],
-                   unit="currencyUSD", min=0),
+                   unit="currencyUSD", min=0, w=24),
         row("Tokens"),
         timeseries("Tokens by agent and type", "LLM tokens per second, by agent and type.",
                    [query(f"sum by (agent, type) ({rate(T.name)})", "{{agent}} {{type}}")],

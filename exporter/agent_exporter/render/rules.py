@@ -36,6 +36,11 @@ TOOL_CALL_ERRORS = f'{TOOL_CALLS}{{status="error"}}'
 
 SLI_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
+# How far ahead the cost forecast looks: time to act before the money is spent, and
+# short enough that a trailing day still filling up (the first day of any spend, when
+# the whole day's rise reads as a trend) is overestimated by at most 4/24.
+FORECAST_HORIZON_SECONDS = 4 * 3600
+
 
 def error_ratio_rule(window: str) -> str:
     return f"agent:{catalog.AGENT_ERRORS.family}:ratio_rate{window}"
@@ -49,6 +54,9 @@ TOOL_QUANTILE_RULE = f"tool_quantile:{TOOL_DURATION}:histogram_quantile5m"
 COST_1H_RULE = f"agent_model:{catalog.LLM_COST.family}:increase1h"
 COST_1D_RULE = f"agent_model:{catalog.LLM_COST.family}:increase1d"
 TOKENS_RULE = f"agent_model_type:{catalog.LLM_TOKENS.family}:rate5m"
+# The trailing day's spend FORECAST_HORIZON_SECONDS from now, as the forecast alert and
+# the cost dashboard read it (see the alert for why it is built this way).
+COST_FORECAST = f"sum(clamp_min(predict_linear({COST_1D_RULE}[1h], {FORECAST_HORIZON_SECONDS}), 0))"
 
 DASHBOARD_UIDS = {
     "overview": "orchestrator-overview", "agent": "orchestrator-agent", "cost": "orchestrator-cost",
@@ -186,21 +194,24 @@ def alert_rules(config: Config) -> list[dict]:
     page_pairs = burn_rate_pairs(config, a.slo.page_windows)
     ticket_pairs = burn_rate_pairs(config, a.slo.ticket_windows)
     objective = percent(a.slo.objective)
+    error_budget = percent(1 - a.slo.objective)
+
+    def burn_description(pairs):
+        rates = ", or ".join(f"{number(f)}x over {lw} and {sw}" for lw, sw, f in pairs)
+        lasts = sorted({number(round(30 / f, 1)) for _, _, f in pairs}, key=float)
+        return ("{{ $value | humanizePercentage }} of {{ $labels.agent }}'s executions failed over the "
+                f"long window; its {objective} success objective allows {error_budget}. Burn rate above "
+                f"{rates}: at that rate a 30-day error budget lasts {' to '.join(lasts)} days.")
+
     if page_pairs:
         agents.append(alert(
             "OrchestratorAgentErrorBudgetBurnFast", _burn_expr(config, page_pairs), "critical",
-            "Agent {{ $labels.agent }} burns its error budget fast.",
-            f"{{{{ $labels.agent }}}} is failing fast enough to spend the error budget of its {objective} "
-            "success objective within days (multi-window burn rate "
-            + ", ".join(f"{number(f)}x over {lw}/{sw}" for lw, sw, f in page_pairs) + ").",
+            "Agent {{ $labels.agent }} burns its error budget fast.", burn_description(page_pairs),
             "agent", labels={"slo": "agent-success"}, dashboard_query=agent_dash))
     if ticket_pairs:
         agents.append(alert(
             "OrchestratorAgentErrorBudgetBurnSlow", _burn_expr(config, ticket_pairs), "warning",
-            "Agent {{ $labels.agent }} burns its error budget.",
-            f"{{{{ $labels.agent }}}} is spending the error budget of its {objective} success objective "
-            "faster than it accrues (burn rate "
-            + ", ".join(f"{number(f)}x over {lw}/{sw}" for lw, sw, f in ticket_pairs) + ").",
+            "Agent {{ $labels.agent }} burns its error budget.", burn_description(ticket_pairs),
             "agent", labels={"slo": "agent-success"}, dashboard_query=agent_dash))
     agents.append(alert(
         "OrchestratorCircuitBreakerOpen", f"{CIRCUIT} == 2", "warning",
@@ -218,6 +229,7 @@ def alert_rules(config: Config) -> list[dict]:
         "tools", for_=pending)]
 
     budget = number(a.budget.day_usd)
+    horizon = seconds_duration(FORECAST_HORIZON_SECONDS)
     cost = [
         alert("OrchestratorDailyCostOverBudget",
               f"sum(increase({COST}[1d])) > {budget}", "critical",
@@ -225,13 +237,18 @@ def alert_rules(config: Config) -> list[dict]:
               "LLM spend over the last 24h is ${{ $value | printf \"%.2f\" }} "
               f"(budget ${budget} a day).",
               "cost", for_="5m", labels={"category": "cost"}),
-        # The forecast is the last hour's spend rate carried over a day: rate() is
-        # safe across exporter restarts, where predict_linear over a counter is not.
+        # The trailing day's spend, extrapolated from its last hour.  It reads the
+        # recorded increase1d, which increase() keeps right across exporter restarts
+        # (predict_linear over the raw counter would read a restart as falling spend),
+        # and it compares this hour with the same hour yesterday, so a daily peak does
+        # not look like a trend.  clamp_min: a series whose old spend is leaving the
+        # window cannot forecast less than nothing and hide the others' growth.
         alert("OrchestratorDailyCostForecastOverBudget",
-              f"sum(rate({COST}[1h])) * 86400 > {budget}", "warning",
+              f"{COST_FORECAST}\n> {budget}", "warning",
               "LLM spend is on course to exceed the daily budget.",
-              "At the last hour's rate, LLM spend would reach ${{ $value | printf \"%.2f\" }} a day "
-              f"(budget ${budget} a day).",
+              "If the last hour's trend continues, LLM spend over 24h reaches "
+              "${{ $value | printf \"%.2f\" }} within "
+              f"{horizon} (budget ${budget} a day).",
               "cost", for_="15m", labels={"category": "cost"}),
     ]
 
