@@ -516,7 +516,8 @@ def parse_config(mapping) -> Config:
 
     if budget.per_feature and "feature" not in config.metrics.extra_labels:
         raise ConfigError(f"{ROOT_KEY}.alerting.budget.per_feature",
-                          f"budgets per feature need the feature label: add feature to {ROOT_KEY}.metrics.extra_labels")
+                          f"budgets per feature need the feature label: "
+                          f"add feature to {ROOT_KEY}.metrics.extra_labels")
     # A p95 is measured between bucket bounds: at or above the largest one it can never be
     # exceeded, and below the smallest one it is a guess.
     for threshold, buckets in (("latency_p95_seconds", "execution_buckets"),

@@ -33,6 +33,7 @@ from .common import number as num
 from .panels import (
     bargauge, dashboard, datasource_variable, heatmap, lower_limit, override, query, query_variable, row, stat,
     state_timeline, table, timeseries, upper_limit, value_mapping)
+from .series import QUANTILES as RECORDED_QUANTILES
 from .series import (
     AGENT_SLI, COST_1D_RULE, COST_1H_RULE, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE,
     TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, WORKFLOW_QUANTILE_RULE,
@@ -65,7 +66,8 @@ FAILED_STATE = "failed"
 SUCCESS = 'status="success"'
 ERROR = 'status="error"'
 DAY = 'period="day"'
-QUANTILES = (("0.5", "50"), ("0.95", "95"), ("0.99", "99"))
+# The recorded quantiles as a label value and as a legend's pNN.
+QUANTILES = [(str(q), f"p{num(q * 100)}") for q in RECORDED_QUANTILES]
 
 
 class Queries:
@@ -170,7 +172,7 @@ def overview(config: Config) -> dict:
                    unit="percentunit", thresholds=lower_limit(task_objective), max=1),
         timeseries("Task latency p50 / p95 / p99 by workflow",
                    "Workflow run wall-time quantiles over 5 minutes." + ALL_JOBS,
-                   [query(q.recorded(WORKFLOW_QUANTILE_RULE, f'quantile="{quantile}"'), f"{{{{workflow}}}} p{p}")
+                   [query(q.recorded(WORKFLOW_QUANTILE_RULE, f'quantile="{quantile}"'), f"{{{{workflow}}}} {p}")
                     for quantile, p in QUANTILES],
                    unit="s", min=0),
         row("Agents over the selected time range"),
@@ -224,7 +226,7 @@ def overview(config: Config) -> dict:
         timeseries("Latency p50 / p95 / p99 by agent",
                    "Execution wall-time quantiles over 5 minutes; the line is the p95 "
                    f"alert threshold ({num(t.latency_p95_seconds)} s)." + ALL_JOBS,
-                   [query(q.recorded(LATENCY_QUANTILE_RULE, f'quantile="{quantile}"'), f"{{{{agent}}}} p{p}")
+                   [query(q.recorded(LATENCY_QUANTILE_RULE, f'quantile="{quantile}"'), f"{{{{agent}}}} {p}")
                     for quantile, p in QUANTILES],
                    unit="s", limit=t.latency_p95_seconds, min=0),
         timeseries("Spend, last 24 h, against the daily budget",
@@ -310,7 +312,7 @@ def agent_detail(config: Config) -> dict:
         timeseries("Latency p50 / p95 / p99",
                    f"Execution wall-time quantiles of $agent; the line is the p95 alert "
                    f"threshold ({num(t.latency_p95_seconds)} s). Exemplars link to traces.",
-                   [query(q.bucket_quantile(quantile, D.name, "le", agent), f"p{p}", exemplar=True)
+                   [query(q.bucket_quantile(quantile, D.name, "le", agent), p, exemplar=True)
                     for quantile, p in QUANTILES],
                    unit="s", limit=t.latency_p95_seconds, min=0, w=12, h=9),
         timeseries("Time to first token p50 / p95 / p99 by model",
@@ -318,7 +320,7 @@ def agent_detail(config: Config) -> dict:
                    f"minutes; the line is the p95 alert threshold ({num(t.time_to_first_token_p95_seconds)} s)."
                    + ALL_JOBS,
                    [query(q.recorded(TIME_TO_FIRST_TOKEN_QUANTILE_RULE, agent, f'quantile="{quantile}"'),
-                          f"{{{{model}}}} p{p}") for quantile, p in QUANTILES],
+                          f"{{{{model}}}} {p}") for quantile, p in QUANTILES],
                    unit="s", limit=t.time_to_first_token_p95_seconds, min=0, w=24),
         _burn_panel(q, "Error budget burn rate", "$agent", AGENT_SLI, config.alerting.slo, "", agent),
         row("Tokens, cost and tools"),

@@ -19,6 +19,7 @@ threshold crossing is placed between two steps, never on one.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from ..config import Config, SLOConfig
 from .common import burn_rate_pairs, duration_seconds, long_windows, number, seconds_duration, sli_windows
@@ -157,9 +158,12 @@ def _minimum_tests(c: _Cases, name: str, window: str, what: str, make, labels: d
     threshold: `make(per_step)` gives the series, `labels` and `value` the alert's."""
     steps = int(duration_seconds(window) // c.step)
     fires_at = _firing_after(steps * c.step, c.pending(name), c.step)   # the window fills up at `steps`
+    per_step = c.minimum / steps
+    if Fraction(per_step) != Fraction(c.minimum, steps):     # not a binary fraction: see MARGIN
+        per_step *= MARGIN
     return [
         {"name": f"{name} fires once {c.minimum} {what} fill its {window} window",
-         "input_series": make(c.minimum / steps * MARGIN),
+         "input_series": make(per_step),
          "alert_rule_test": [_check(name, fires_at - c.step),
                              _check(name, fires_at, [c.expected(name, labels, value)])]},
         {"name": f"{name} stays quiet with {c.minimum - 1} {what} in its {window} window",

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import AlertingConfig, Config, SLOConfig
-from .common import DASHBOARD_UIDS, HEADER, burn_rate_pairs, dump_yaml, long_windows, number, percent, seconds_duration, sli_windows
+from .common import (
+    DASHBOARD_UIDS, HEADER, burn_rate_pairs, dump_yaml, long_windows, number, percent, seconds_duration, sli_windows)
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
     EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE, QUANTILES, REJECTED, SLI,

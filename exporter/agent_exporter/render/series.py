@@ -84,11 +84,6 @@ WORKFLOW_SLI = SLI("workflow", WORKFLOW_RUNS, f"workflow:{catalog.WORKFLOW_RUNS.
                    f"workflow:{catalog.WORKFLOW_RUNS.family}:increase")
 
 
-def error_ratio_rule(window: str) -> str:
-    """The agents' recorded error ratio over `window` (agent:orchestrator_agent_errors:ratio_rate5m)."""
-    return AGENT_SLI.error_ratio_rule(window)
-
-
 @dataclass(frozen=True)
 class Scope:
     """The job every rule selects and the grouping labels every aggregation keeps."""
