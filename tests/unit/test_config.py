@@ -178,3 +178,91 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path):
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
     assert replace(Config(), service_name="x").service_name == "x"
+
+
+# -- alerting: channels, job, grouping labels, minimum events, new signals, budgets per feature --
+
+
+def test_alerting_defaults():
+    alerting = Config().alerting
+    assert alerting.channels == ("log", "slack", "email")
+    assert alerting.job == "agent-exporter" and alerting.group_labels == ()
+    assert alerting.min_events == 10 and alerting.evaluation_window == "1h"
+    assert alerting.workflow_slo == alerting.slo
+    assert alerting.thresholds.time_to_first_token_p95_seconds == 5.0
+    assert alerting.thresholds.evaluation_score_floor == 0.7
+    assert alerting.budget.per_feature == {}
+
+
+def test_the_legacy_file_keeps_its_log_channel_alone():
+    assert parse(LEGACY_YAML).alerting.channels == ("log",)
+
+
+def test_alerting_keys_load():
+    config = parse_config({"observability": {
+        "metrics": {"extra_labels": ["feature"]},
+        "alerting": {
+            "channels": ["email"], "job": "orchestrator", "group_labels": ["environment", "cluster"],
+            "min_events": 25, "evaluation_window": "30m",
+            "thresholds": {"time_to_first_token_p95_seconds": 2.5, "evaluation_score_floor": 0.8},
+            "workflow_slo": {"objective": 0.95, "page_windows": [["1h", "5m", 14.4]]},
+            "budget": {"per_feature": {"login": 20, "search": 35.5}},
+        }}})
+    alerting = config.alerting
+    assert alerting.channels == ("email",)
+    assert (alerting.job, alerting.group_labels) == ("orchestrator", ("environment", "cluster"))
+    assert (alerting.min_events, alerting.evaluation_window) == (25, "30m")
+    assert alerting.thresholds.time_to_first_token_p95_seconds == 2.5
+    assert alerting.thresholds.evaluation_score_floor == 0.8
+    assert alerting.workflow_slo.objective == 0.95
+    assert alerting.workflow_slo.page_windows == (("1h", "5m", 14.4),)
+    assert alerting.slo == Config().alerting.slo
+    assert alerting.budget.per_feature == {"login": 20.0, "search": 35.5}
+
+
+def test_the_example_config_documents_the_alerting_keys():
+    config = load_config(ROOT / "examples" / "observability.yaml")
+    assert config.alerting.budget.per_feature
+    assert config.alerting.channels == ("log", "slack", "email")
+
+
+BAD_ALERTING = [
+    ({"alerting": {"channels": ["log", "log"]}}, "observability.alerting.channels", "duplicate"),
+    ({"alerting": {"job": 'agent"exporter'}}, "observability.alerting.job", "quotes"),
+    ({"alerting": {"job": ""}}, "observability.alerting.job", "non-empty"),
+    ({"alerting": {"group_labels": ["environment", "2nd"]}}, "observability.alerting.group_labels[1]", "label name"),
+    ({"alerting": {"group_labels": ["__name__"]}}, "observability.alerting.group_labels[0]", "label name"),
+    ({"alerting": {"group_labels": ["agent"]}}, "observability.alerting.group_labels[0]", "already use"),
+    ({"alerting": {"group_labels": ["cluster", "cluster"]}}, "observability.alerting.group_labels", "duplicate"),
+    ({"alerting": {"min_events": 0}}, "observability.alerting.min_events", "positive"),
+    ({"alerting": {"min_events": 2.5}}, "observability.alerting.min_events", "integer"),
+    ({"alerting": {"evaluation_window": "an hour"}}, "observability.alerting.evaluation_window", "duration"),
+    ({"alerting": {"thresholds": {"evaluation_score_floor": 1.2}}},
+     "observability.alerting.thresholds.evaluation_score_floor", "ratio"),
+    ({"alerting": {"thresholds": {"time_to_first_token_p95_seconds": 0}}},
+     "observability.alerting.thresholds.time_to_first_token_p95_seconds", "positive"),
+    ({"alerting": {"thresholds": {"time_to_first_token_p95_seconds": 60}}},
+     "observability.alerting.thresholds.time_to_first_token_p95_seconds", "time_to_first_token_buckets"),
+    ({"alerting": {"thresholds": {"latency_p95_seconds": 0.01}}},
+     "observability.alerting.thresholds.latency_p95_seconds", "execution_buckets"),
+    ({"alerting": {"conditions": ["latency_p95 > 900s"]}},
+     "observability.alerting.thresholds.latency_p95_seconds", "can be measured"),
+    ({"alerting": {"workflow_slo": {"objective": 1}}}, "observability.alerting.workflow_slo.objective", "ratio"),
+    ({"alerting": {"budget": {"per_feature": {"login": 20}}}},
+     "observability.alerting.budget.per_feature", "observability.metrics.extra_labels"),
+    ({"metrics": {"extra_labels": ["feature"]}, "alerting": {"budget": {"per_feature": {"login": -1}}}},
+     "observability.alerting.budget.per_feature.login", ">= 0"),
+    ({"metrics": {"extra_labels": ["feature"]}, "alerting": {"budget": {"per_feature": {'lo"gin': 1}}}},
+     "observability.alerting.budget.per_feature", "quotes"),
+    ({"metrics": {"extra_labels": ["feature"]}, "alerting": {"budget": {"per_feature": ["login"]}}},
+     "observability.alerting.budget.per_feature", "mapping"),
+]
+
+
+@pytest.mark.parametrize("section,path,words", BAD_ALERTING, ids=[b[1] for b in BAD_ALERTING])
+def test_bad_alerting_values_name_the_key_path(section, path, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": section})
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+    assert words in str(info.value)
