@@ -62,6 +62,7 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                self.stop()
                 raise StackError(f"{self.name} exited with {self._process.returncode}: {self.log_tail()}")
             try:
                 _get(self.url + "/-/ready", timeout=1)
