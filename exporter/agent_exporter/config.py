@@ -184,7 +184,7 @@ class FleetPrometheusConfig:
     """Seed and refresh the selector from the fleet's recording rules (healing.fleet.prometheus)."""
     url: str = ""                             # none: each replica learns alone
     interval_seconds: float = 30.0
-    fleet_weight: float = 20.0                # observations the fleet's success ratio counts as
+    fleet_weight: float = 10.0                # observations the fleet's success ratio counts as
     local_weight: float = 1.0                 # multiplier of the replica's own decayed outcomes
     auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
 

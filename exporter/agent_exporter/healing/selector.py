@@ -66,7 +66,7 @@ class AdaptiveSelector:
     """
 
     def __init__(self, *, decay: float = 0.97, latency_weight: float = 0.2, cost_weight: float = 0.1,
-                 quality_weight: float = 0.5, smoothing: float = 0.3, fleet_weight: float = 20.0,
+                 quality_weight: float = 0.5, smoothing: float = 0.3, fleet_weight: float = 10.0,
                  local_weight: float = 1.0, rng: random.Random | None = None, breakers=None, telemetry=None,
                  publish_every: int = 10, weight_draws: int = 200):
         if not 0 < decay <= 1:
