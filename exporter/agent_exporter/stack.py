@@ -57,6 +57,26 @@ def _get(url: str, timeout: float = 2.0) -> bytes:
         return response.read()
 
 
+def wait_for(probe, predicate=bool, *, timeout: float, interval: float = 0.2, what: str = "the condition"):
+    """Call `probe()` until `predicate(value)` holds; that value, or StackError at the deadline.
+
+    A probe that raises OSError (a server not answering yet) counts as not holding."""
+    deadline = time.monotonic() + timeout
+    value, error = None, None
+    while True:
+        try:
+            value, error = probe(), None
+            if predicate(value):
+                return value
+        except OSError as exc:
+            error = exc
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    last = f"last error {error!r}" if error is not None else f"last result {value!r}"
+    raise StackError(f"{what} within {timeout:.0f}s; {last}")
+
+
 class ManagedProcess:
     """A started binary: its URL, PID and log; `stop()` (or leaving the `with`) ends it, `restart()`
     starts it again with the same arguments (its port and data stay)."""
@@ -194,14 +214,8 @@ class PrometheusAPI:
 
     def wait_until(self, expr: str, predicate, timeout: float = 30.0, interval: float = 0.5) -> list[dict]:
         """Query until `predicate(result)` holds; the last result, or StackError at the deadline."""
-        deadline = time.monotonic() + timeout
-        result: list[dict] = []
-        while time.monotonic() < deadline:
-            result = self.query(expr)
-            if predicate(result):
-                return result
-            time.sleep(interval)
-        raise StackError(f"{expr!r} did not satisfy the condition within {timeout:.0f}s; last result {result!r}")
+        return wait_for(lambda: self.query(expr), predicate, timeout=timeout, interval=interval,
+                        what=f"{expr!r} did not satisfy the condition")
 
     def rules(self) -> list[dict]:
         return self._call("/api/v1/rules")["groups"]

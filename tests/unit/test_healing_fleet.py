@@ -404,7 +404,7 @@ def test_a_failed_query_fails_the_refresh():
     with pytest.raises(ValueError, match="parse error"):
         stats()
     assert "agent:orchestrator_agent_errors:ratio_rate5m" in SUCCESS_QUERY
-    assert 'quantile="0.5"' in LATENCY_QUERY and "agent:orchestrator_agent_executions:rate5m" in COST_QUERY
+    assert 'quantile="0.5"' in LATENCY_QUERY and "rate(orchestrator_agent_executions_total[5m])" in COST_QUERY
 
 
 # -- wiring from the config -----------------------------------------------------------------------------

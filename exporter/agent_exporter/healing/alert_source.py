@@ -2,8 +2,11 @@
 
 GET /api/v2/alerts?filter=alertname=~"<remediation alerts>" asks for the
 active alerts that are neither silenced nor inhibited: what the webhook would
-notify.  Every member of an HA cluster answers alike (Prometheus sends each
-alert to all of them), so any member will do.  The answer replaces the
+notify (so a silence pauses the remediation on every replica).  Prometheus
+sends each alert to every member of an HA cluster, while members do not share
+alerts among themselves, so every member is asked and the alerts any of them
+holds count: a member restarted a moment ago, empty until Prometheus resends,
+changes nothing while another one answers.  The answer replaces the
 remediator's view of which alerts fire (AlertRemediator.sync_alerts); when no
 member answers, the remediator keeps what it had.
 """
@@ -27,5 +30,7 @@ class AlertmanagerAlerts:
 
     def __call__(self) -> None:
         sent_at = self.remediator.clock()
-        alerts = decode_api_alerts(self.client.get(ALERTS_PATH, self.params))
-        self.remediator.sync_alerts(alerts, sent_at)
+        alerts = {}
+        for body in self.client.get_each(ALERTS_PATH, self.params):
+            alerts.update((alert.fingerprint, alert) for alert in decode_api_alerts(body))
+        self.remediator.sync_alerts(alerts.values(), sent_at)

@@ -1,9 +1,10 @@
-"""GET requests to an API that several equivalent members serve (an Alertmanager cluster, a Prometheus).
+"""GET requests to an API that one or several members serve (a Prometheus, an Alertmanager cluster).
 
-The members are tried in turn, starting with the one that answered last, so
-one dead member costs one timeout per poll at most until it is skipped.
-Credentials (healing.fleet.*.auth) are a bearer token or basic auth, read
-from their files on every request so rotated secrets are picked up.
+get() asks the members in turn, starting with the one that answered last, and
+returns the first answer; get_each() asks every member and returns every
+answer.  Either fails only when no member answers.  Credentials
+(healing.fleet.*.auth) are a bearer token or basic auth, read from their files
+on every request so rotated secrets are picked up.
 """
 
 from __future__ import annotations
@@ -59,7 +60,34 @@ class APIClient:
         return None
 
     def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> bytes:
-        query = urllib.parse.urlencode(list(params))
+        """The first answer, asking the member that answered last first."""
+        headers, query = self._request(params)
+        errors = []
+        n = len(self.urls)
+        for i in (self._first + k for k in range(n)):
+            try:
+                body = self._fetch(self.urls[i % n], path, query, headers)
+            except _Failed as failed:
+                errors.append(str(failed))
+            else:
+                self._first = i % n
+                return body
+        raise SourceUnavailable("; ".join(errors))
+
+    def get_each(self, path: str, params: Sequence[tuple[str, str]] = ()) -> list[bytes]:
+        """Every member's answer (those that answer)."""
+        headers, query = self._request(params)
+        bodies, errors = [], []
+        for url in self.urls:
+            try:
+                bodies.append(self._fetch(url, path, query, headers))
+            except _Failed as failed:
+                errors.append(str(failed))
+        if not bodies:
+            raise SourceUnavailable("; ".join(errors))
+        return bodies
+
+    def _request(self, params) -> tuple[dict, str]:
         headers = {"Accept": "application/json"}
         try:
             authorization = self._authorization()
@@ -67,19 +95,18 @@ class APIClient:
             raise SourceUnavailable(str(exc)) from None
         if authorization:
             headers["Authorization"] = authorization
-        errors = []
-        n = len(self.urls)
-        for i in (self._first + k for k in range(n)):
-            url = self.urls[i % n]
-            request = urllib.request.Request(f"{url}{path}?{query}" if query else url + path, headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read()
-            except urllib.error.HTTPError as exc:
-                errors.append(f"{url}: HTTP {exc.code}")
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
-            else:
-                self._first = i % n
-                return body
-        raise SourceUnavailable("; ".join(errors))
+        return headers, urllib.parse.urlencode(list(params))
+
+    def _fetch(self, url: str, path: str, query: str, headers: dict) -> bytes:
+        request = urllib.request.Request(f"{url}{path}?{query}" if query else url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            raise _Failed(f"{url}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise _Failed(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+class _Failed(Exception):
+    """One member did not answer."""

@@ -6,8 +6,9 @@ on their 5-minute window:
   success ratio   1 - agent:orchestrator_agent_errors:ratio_rate5m
   latency         agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile5m
                   {quantile="0.5"}
-  cost per call   rate of orchestrator_llm_cost_usd_total over 5m (no rule records it per agent)
-                  / agent:orchestrator_agent_executions:rate5m
+  cost per call   rate(orchestrator_llm_cost_usd_total[5m]) / rate(orchestrator_agent_executions_total[5m])
+                  by agent, in one query (no rule records cost per agent; over the executions rule,
+                  recorded at another instant, the ratio of two young rates is off by tens of percent)
 
 They sum every replica Prometheus scrapes.  The catalog's agent metrics carry
 no task label, so the statistics are per agent: an agent that serves several
@@ -22,7 +23,7 @@ import math
 
 import msgspec
 
-from ..render.rules import COST, EXECUTION_RATE_RULE, LATENCY_QUANTILE_RULE, error_ratio_rule
+from ..render.rules import COST, EXECUTIONS, LATENCY_QUANTILE_RULE, error_ratio_rule
 from .api_client import APIClient
 from .selector import FleetStats
 
@@ -31,7 +32,7 @@ WINDOW = "5m"        # the recording rules' window
 
 SUCCESS_QUERY = f"1 - avg by (agent) ({error_ratio_rule(WINDOW)})"
 LATENCY_QUERY = f'avg by (agent) ({LATENCY_QUANTILE_RULE}{{quantile="0.5"}})'
-COST_QUERY = f"sum by (agent) (rate({COST}[{WINDOW}])) / sum by (agent) ({EXECUTION_RATE_RULE})"
+COST_QUERY = f"sum by (agent) (rate({COST}[{WINDOW}])) / sum by (agent) (rate({EXECUTIONS}[{WINDOW}]))"
 
 
 class _Sample(msgspec.Struct, frozen=True):
