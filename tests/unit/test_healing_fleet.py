@@ -338,6 +338,16 @@ def test_any_member_answers_and_the_one_that_did_is_asked_first_next_time(tmp_pa
         assert client.urls[client._first] == live.url
 
 
+def test_every_member_that_answers_is_heard(tmp_path):
+    dead = closed_port_url()
+    with Recorder(body=b"[1]") as one, Recorder(body=b"[2]") as two:
+        client = APIClient([one.url, dead, two.url], auth=HTTPAuthConfig(), key_path="k", timeout=2)
+        assert client.get_each("/api/v2/alerts", [("active", "true")]) == [b"[1]", b"[2]"]
+        assert "Authorization" not in one.requests[0][1]
+    with pytest.raises(SourceUnavailable, match=dead):
+        APIClient([dead], auth=HTTPAuthConfig(), key_path="k", timeout=2).get_each("/api/v2/alerts")
+
+
 def test_basic_auth_and_unavailable_members_are_named(tmp_path):
     password = tmp_path / "password"
     password.write_text("pw")

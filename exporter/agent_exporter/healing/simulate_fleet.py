@@ -15,7 +15,8 @@ a 1-minute window, which no shipped rule offers yet.
 
 Figures per mode: success_rate over all tasks; tasks_to_shift and
 tasks_to_return as in run_simulation, over the fleet's tasks of the degraded
-step in arrival order (the worst seed); work_on_failing, the share of that
+step in arrival order (the worst seed; None when it did not happen within the
+run's tasks_after_recovery tasks); work_on_failing, the share of that
 step's tasks during the degradation that called the failing agent at all
 (mean over seeds); late_replica_work_on_failing, the same over the late
 replica's first `late_tasks` tasks of that step (mean over seeds, and the
@@ -138,7 +139,7 @@ def run_fleet_simulation(replicas: int = 3, seeds: int = 5, tasks: int = 2000, *
             "tasks_to_return": None if None in returns else max(returns),
         }
     return {"replicas": replicas, "delay_seconds": delay, "refresh_seconds": refresh, "late_tasks": late_tasks,
-            "modes": modes}
+            "tasks_after_recovery": tasks - end, "modes": modes}
 
 
 def format_fleet_table(result: dict) -> str:
@@ -148,7 +149,7 @@ def format_fleet_table(result: dict) -> str:
              f"{'late replica, first ' + str(result['late_tasks']):>27} {'return':>7}"]
     for name, row in result["modes"].items():
         shift = "never" if row["tasks_to_shift"] is None else str(row["tasks_to_shift"])
-        back = "never" if row["tasks_to_return"] is None else str(row["tasks_to_return"])
+        back = f"> {result['tasks_after_recovery']}" if row["tasks_to_return"] is None else str(row["tasks_to_return"])
         late = f"{row['late_replica_work_on_failing']:.1%} (worst {row['late_replica_work_on_failing_worst']:.0%})"
         lines.append(f"{name:<10} {row['success_rate']:>8.2%} {shift:>6} {row['work_on_failing']:>11.1%} "
                      f"{late:>27} {back:>7}")
