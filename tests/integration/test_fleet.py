@@ -213,6 +213,8 @@ def test_a_fleet_heals_together(fleet, tmp_path):
     for replica in replicas:
         status = agents(replica)
         assert all(s["fleet"] is None for s in status["agents"].values())          # learning alone
+        assert {s.labels["source"]: s.value for s in samples(replica, "orchestrator_fleet_source_up")} == {
+            "alertmanager": 0, "prometheus": 0}
         assert {a: s["forced"] for a, s in status["agents"].items() if a in forced_before} == forced_before
         assert log_lines(replica, r"fleet source alertmanager unavailable")
         assert log_lines(replica, r"fleet source prometheus unavailable")
@@ -225,6 +227,9 @@ def test_a_fleet_heals_together(fleet, tmp_path):
           timeout=RECOVERY_BOUND + 5, what="a replica did not see the sources come back")
     every(replicas, lambda r: agents(r)["agents"][HEALTHY]["fleet"] is not None,
           timeout=RECOVERY_BOUND + 30, what="the fleet statistics did not come back")
+    for replica in replicas:
+        assert {s.labels["source"]: s.value for s in samples(replica, "orchestrator_fleet_source_up")} == {
+            "alertmanager": 1, "prometheus": 1}
     still_working(replicas)
 
     # -- every replica stops cleanly, every task it started accounted for --------------------------

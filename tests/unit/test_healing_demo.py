@@ -125,3 +125,24 @@ def test_the_orchestrator_worker_stops_when_asked():
         assert not worker.is_alive()
     finally:
         telemetry.shutdown()
+
+
+def test_demo_flags_that_cannot_work_are_refused(capsys):
+    from agent_exporter.cli import main
+    assert main(["demo", "--replicas", "3"]) == 1
+    assert "--replicas needs --stack" in capsys.readouterr().err
+    assert main(["demo", "--incident-start", "50", "--incident-end", "40"]) == 1
+    assert "--incident-end must come after --incident-start" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode,keys", [("quality", {"degraded_agent", "degraded_score", "selector"}),
+                                       ("fleet", {"replicas", "delay_seconds", "refresh_seconds", "late_tasks",
+                                                  "tasks_after_recovery", "modes"})])
+def test_simulate_modes_print_their_figures(mode, keys, capsys):
+    import json
+
+    from agent_exporter.cli import main
+    assert main(["simulate", "--mode", mode, "--seeds", "1", "--tasks", "400", "--format", "json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == keys
+    assert main(["simulate", "--mode", mode, "--seeds", "1", "--tasks", "400", "--replicas", "2"]) == 0
+    assert capsys.readouterr().out.strip()
