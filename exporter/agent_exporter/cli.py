@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stack", action="store_true",
                       help="also run Prometheus, Alertmanager and local Slack and SMTP sinks")
     demo.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
-                      default="127.0.0.1:9464", help="exporter address (default 127.0.0.1:9464)")
+                      default="127.0.0.1:9464",
+                      help="exporter address (default 127.0.0.1:9464; with --replicas, free loopback ports)")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the simulated workload")
     demo.add_argument("--replicas", type=_positive_int, default=1, metavar="N",
                       help="with --stack: run N orchestrator processes sharing alerts and statistics")

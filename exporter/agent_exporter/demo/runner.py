@@ -104,7 +104,7 @@ def run_demo(config: Config, *, duration: float | None = None, stack: bool = Fal
     console = Console(stream)
     started_at = time.time() if started_at is None else started_at
     if replicas > 1:
-        return _run_fleet(config, replicas=replicas, duration=duration, listen_address=listen_address, seed=seed,
+        return _run_fleet(config, replicas=replicas, duration=duration, seed=seed,
                           stop=stop, tasks_per_second=tasks_per_second, incident=incident,
                           started_at=started_at, console=console)
     listen_address = _concrete(listen_address)
@@ -168,11 +168,10 @@ def _wait(stop: threading.Event, duration: float | None, *, every: float, tick) 
         tick()
 
 
-def _run_fleet(config: Config, *, replicas: int, duration: float | None, listen_address: str, seed: int,
+def _run_fleet(config: Config, *, replicas: int, duration: float | None, seed: int,
                stop: threading.Event, tasks_per_second: float, incident: Incident, started_at: float,
                console: Console) -> int:
-    host = listen_address.rpartition(":")[0] or "127.0.0.1"
-    addresses = [f"{host}:{local_stack.free_port()}" for _ in range(replicas)]
+    addresses = [f"127.0.0.1:{local_stack.free_port()}" for _ in range(replicas)]   # the stack is loopback only
     exit_codes = []
     with ExitStack() as cleanup:
         workdir = _workdir(cleanup)
