@@ -81,9 +81,11 @@ def cmd_serve(args) -> int:
         return _error(str(exc))
     address = args.listen_address or config.server.listen_address
     telemetry = Telemetry(config)
+    remediator = build_remediator(config, telemetry)
     try:
-        service = Service.from_config(telemetry, web_config=web_config,
-                                      remediator=build_remediator(config, telemetry))
+        service = Service.from_config(telemetry, web_config=web_config, remediator=remediator)
+        if remediator is not None:
+            remediator.start()        # healing.fleet's pollers, when configured
         tls = "enabled" if service.web_config.tls is not None else "disabled"
         # uvicorn handles SIGTERM and SIGINT while serving, then raises the signal again:
         # this handler makes that a normal exit, after the graceful drain.
@@ -94,6 +96,8 @@ def cmd_serve(args) -> int:
     except (OSError, ValueError) as exc:
         return _error(f"cannot serve on {address}: {exc}")
     finally:
+        if remediator is not None:
+            remediator.stop()
         telemetry.shutdown()      # flushes spans still queued
     log.info("bye")
     return 0
@@ -101,14 +105,24 @@ def cmd_serve(args) -> int:
 
 def cmd_demo(args) -> int:
     from .config import ConfigError
-    from .demo import run_demo
+    from .demo import Incident, run_demo
+    from .stack import StackError
+    if args.replicas > 1 and not args.stack:
+        return _error("--replicas needs --stack: the replicas share alerts and statistics through it")
+    if args.incident_end <= args.incident_start:
+        return _error("--incident-end must come after --incident-start")
     try:
         config = _load_config(args.config_file)
     except ConfigError as exc:
         return _error(str(exc))
     stop = _stop_on_signals()
-    return run_demo(config, duration=args.duration, stack=args.stack, listen_address=args.listen_address,
-                    seed=args.seed, stop=stop)
+    try:
+        return run_demo(config, duration=args.duration, stack=args.stack, replicas=args.replicas,
+                        listen_address=args.listen_address, seed=args.seed, stop=stop,
+                        tasks_per_second=args.tasks_per_second, started_at=args.clock_start,
+                        incident=Incident(start=args.incident_start, end=args.incident_end))
+    except (StackError, ValueError) as exc:
+        return _error(str(exc))
 
 
 def cmd_render(args) -> int:
@@ -152,13 +166,22 @@ def cmd_check(args) -> int:
 
 def cmd_simulate(args) -> int:
     import json
-    from .healing import format_table, run_simulation
-    config = _load_config(args.config_file)
-    result = run_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
+    from .config import ConfigError
+    from .healing import simulate, simulate_fleet
+    try:
+        config = _load_config(args.config_file)
+    except ConfigError as exc:
+        return _error(str(exc))
+    if args.mode == "fleet":
+        result = simulate_fleet.run_fleet_simulation(args.replicas, seeds=args.seeds, tasks=args.tasks, config=config)
+        table = simulate_fleet.format_fleet_table
+    elif args.mode == "quality":
+        result = simulate.run_quality_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
+        table = simulate.format_quality_table
     else:
-        print(format_table(result))
+        result = simulate.run_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
+        table = simulate.format_table
+    print(json.dumps(result, indent=2) if args.format == "json" else table(result))
     return 0
 
 
@@ -247,6 +270,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be a number >= 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -280,8 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stack", action="store_true",
                       help="also run Prometheus, Alertmanager and local Slack and SMTP sinks")
     demo.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
-                      default="127.0.0.1:9464", help="exporter address (default 127.0.0.1:9464)")
+                      default="127.0.0.1:9464",
+                      help="exporter address (default 127.0.0.1:9464; with --replicas, free loopback ports)")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the simulated workload")
+    demo.add_argument("--replicas", type=_positive_int, default=1, metavar="N",
+                      help="with --stack: run N orchestrator processes sharing alerts and statistics")
+    demo.add_argument("--tasks-per-second", type=_positive_float, default=20.0, metavar="RATE",
+                      help="tasks each orchestrator starts per second (default 20)")
+    demo.add_argument("--incident-start", type=_non_negative_float, default=20.0, metavar="SECONDS",
+                      help="when the incident starts, seconds into the run (default 20)")
+    demo.add_argument("--incident-end", type=_non_negative_float, default=80.0, metavar="SECONDS",
+                      help="when it ends (default 80)")
+    demo.add_argument("--clock-start", type=_non_negative_float, metavar="UNIX_TIME",
+                      help="the run's t=0 (default now), so that replicas share one incident")
     demo.set_defaults(func=cmd_demo)
 
     render = commands.add_parser("render", help="write Prometheus rules, Alertmanager config and dashboards")
@@ -307,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="compare self-healing policies on a scripted degradation")
     config_flag(simulate)
+    simulate.add_argument("--mode", choices=("policies", "quality", "fleet"), default="policies",
+                          help="policies: static .. full on failures; quality: an agent that answers badly, "
+                               "scores weighed or not; fleet: replicas learning alone or sharing statistics")
+    simulate.add_argument("--replicas", type=_positive_int, default=3, help="fleet mode: number of replicas")
     simulate.add_argument("--format", choices=("table", "json"), default="table")
     simulate.add_argument("--seeds", type=_positive_int, default=5, help="number of random seeds")
     simulate.add_argument("--tasks", type=_positive_int, default=2000, help="tasks per run")

@@ -171,6 +171,52 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class SelectorConfig:
+    """The adaptive selector: how fast evidence fades and what besides success counts."""
+    decay: float = 0.97                       # weight left to old evidence per new outcome of the task
+    latency_weight: float = 0.2               # largest score penalty, for the slowest candidate
+    cost_weight: float = 0.1                  # largest score penalty, for the most expensive candidate
+    # How much a success's evaluation score counts: 0 ignores scores, 1 counts a success as its score.
+    quality_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class HTTPAuthConfig:
+    """Credentials for an API the healing layer polls: a bearer token or basic auth, read from files."""
+    bearer_token_file: str = ""
+    username: str = ""
+    password_file: str = ""
+
+
+@dataclass(frozen=True)
+class FleetAlertmanagerConfig:
+    """Poll Alertmanager's v2 API for the remediation alerts (healing.fleet.alertmanager)."""
+    urls: tuple[str, ...] = ()                # members of one cluster, any answers; none: webhook only
+    interval_seconds: float = 10.0
+    auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
+
+
+@dataclass(frozen=True)
+class FleetPrometheusConfig:
+    """Seed and refresh the selector from the fleet's recording rules (healing.fleet.prometheus)."""
+    url: str = ""                             # none: each replica learns alone
+    interval_seconds: float = 30.0
+    fleet_weight: float = 10.0                # observations the fleet's success ratio counts as
+    local_weight: float = 1.0                 # multiplier of the replica's own decayed outcomes
+    auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Every replica acts on the same alerts and statistics, through Alertmanager and Prometheus."""
+    alertmanager: FleetAlertmanagerConfig = field(default_factory=FleetAlertmanagerConfig)
+    prometheus: FleetPrometheusConfig = field(default_factory=FleetPrometheusConfig)
+    jitter: float = 0.2                       # each wait is its interval times a factor in 1 +- jitter
+    backoff_max_seconds: float = 60.0         # failing polls back off exponentially up to this
+    timeout_seconds: float = 2.0              # per HTTP request
+
+
+@dataclass(frozen=True)
 class HealingConfig:
     enabled: bool = True
     max_attempts: int = 3
@@ -182,6 +228,8 @@ class HealingConfig:
     breaker_cooldown_seconds: float = 30.0
     breaker_half_open_probes: int = 3
     fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)   # agent -> ordered alternatives
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 @dataclass(frozen=True)
@@ -295,6 +343,18 @@ def _feature_budgets(values, path):
         _non_negative(usd, f"{path}.{feature}")
 
 
+def _optional_url(value, path):
+    if value:
+        _url(value, path)
+
+
+def _auth(auth, path):
+    if auth.bearer_token_file and (auth.username or auth.password_file):
+        raise ConfigError(path, "expected a bearer token or basic auth, not both")
+    if bool(auth.username) != bool(auth.password_file):
+        raise ConfigError(path, "basic auth needs both username and password_file")
+
+
 def _prices(values, path):
     for model, price in values.items():
         for kind in ("input", "output", "cache_read", "cache_write", "reasoning"):
@@ -353,6 +413,22 @@ _CHECKS = {
         "breaker_min_calls": _positive, "breaker_cooldown_seconds": _positive,
         "breaker_half_open_probes": _positive,
     },
+    SelectorConfig: {
+        "decay": _check(lambda v: 0 < v <= 1, "expected a ratio in (0, 1]"),
+        "latency_weight": _non_negative, "cost_weight": _non_negative,
+        "quality_weight": _check(lambda v: 0 <= v <= 1, "expected a weight between 0 and 1"),
+    },
+    FleetAlertmanagerConfig: {
+        "urls": _each(_url), "interval_seconds": _positive, "auth": _auth,
+    },
+    FleetPrometheusConfig: {
+        "url": _optional_url, "interval_seconds": _positive, "fleet_weight": _positive,
+        "local_weight": _positive, "auth": _auth,
+    },
+    FleetConfig: {
+        "jitter": _check(lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
+        "backoff_max_seconds": _positive, "timeout_seconds": _positive,
+    },
 }
 
 # Keys that are accepted but do not map onto a field: the legacy Slack URL (only
@@ -360,6 +436,10 @@ _CHECKS = {
 _SECRET_KEYS = {
     SlackConfig: {"webhook_url": "use webhook_url_file (a file holding the URL) instead of the URL itself"},
     EmailConfig: {"password": "use password_file (a file holding the password) instead of the password itself"},
+    HTTPAuthConfig: {
+        "password": "use password_file (a file holding the password) instead of the password itself",
+        "bearer_token": "use bearer_token_file (a file holding the token) instead of the token itself",
+    },
 }
 
 

@@ -439,23 +439,22 @@ class ExporterApp:
         return _Response(status, answer, answer_type.encode())
 
     async def _post_alertmanager(self, request: _Request) -> _Response:
-        from .healing.remediation import validate_webhook
+        from .healing.alertmanager import decode_webhook
+        from .render.alertmanager import LOG
 
         service = self.service
         content_type = request.header(b"content-type") or ""
         if content_type.split(";", 1)[0].strip().lower() != "application/json":
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the webhook payload as application/json")
         try:
-            payload = msgspec.json.decode(await self._read_body(request))
-            alerts = validate_webhook(payload)
-        except msgspec.DecodeError as exc:
-            raise HTTPError(HTTPStatus.BAD_REQUEST, f"invalid JSON: {exc}") from None
+            payload = decode_webhook(await self._read_body(request))
         except ValueError as exc:
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        if service.log_alerts:
-            for alert in alerts:
+        # The `log` channel's receiver; remediation notifications (the same alerts) are not logged twice.
+        if service.log_alerts and payload.receiver == LOG:
+            for alert in payload.alerts:
                 _log_alert(alert)
-        outcome = {"status": "ok", "alerts": len(alerts)}
+        outcome = {"status": "ok", "alerts": len(payload.alerts)}
         if service.remediator is not None:
             outcome = service.remediator.handle_webhook(payload)
         return _Response(HTTPStatus.OK, _encode_json(outcome), _JSON)
@@ -468,13 +467,14 @@ _ALERT_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning"
                  "info": logging.INFO}
 
 
-def _log_alert(alert: dict) -> None:
-    """The `log` alert channel: one line per firing or resolved alert, at its severity's level."""
-    labels, annotations = alert["labels"], alert["annotations"]
+def _log_alert(alert) -> None:
+    """The `log` alert channel: one line per firing or resolved alert, at its severity's level,
+    as the legacy AlertingSystem's log channel wrote them."""
+    labels, annotations = alert.labels, alert.annotations
     severity = labels.get("severity", "warning")
-    level = _ALERT_LEVELS.get(severity, logging.WARNING) if alert["status"] == "firing" else logging.INFO
+    level = _ALERT_LEVELS.get(severity, logging.WARNING) if alert.status == "firing" else logging.INFO
     others = " ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity"))
-    _alert_log.log(level, "ALERT [%s] %s %s: %s%s", alert["status"].upper(), severity.upper(),
+    _alert_log.log(level, "ALERT [%s] [%s] %s: %s%s", severity.upper(), alert.status.upper(),
                    labels["alertname"], annotations.get("summary", ""), f" ({others})" if others else "")
 
 

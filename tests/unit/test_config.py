@@ -266,3 +266,87 @@ def test_bad_alerting_values_name_the_key_path(section, path, words):
     assert info.value.path == path
     assert str(info.value).startswith(f"{path}: ")
     assert words in str(info.value)
+
+
+# -- healing.selector and healing.fleet ---------------------------------------------------------
+
+FLEET_YAML = """
+observability:
+  healing:
+    selector:
+      decay: 0.9
+      quality_weight: 1.0
+    fleet:
+      alertmanager:
+        urls: [http://alertmanager-0:9093, http://alertmanager-1:9093]
+        interval_seconds: 5
+        auth: {bearer_token_file: /run/secrets/am_token}
+      prometheus:
+        url: https://prometheus.example.com
+        fleet_weight: 15
+        local_weight: 2
+        auth: {username: fleet, password_file: /run/secrets/prom_password}
+      jitter: 0.1
+      backoff_max_seconds: 30
+      timeout_seconds: 1.5
+"""
+
+
+def test_fleet_and_selector_keys_load():
+    from agent_exporter.config import HTTPAuthConfig
+    healing = parse(FLEET_YAML).healing
+    assert (healing.selector.decay, healing.selector.quality_weight, healing.selector.latency_weight) == (0.9, 1.0, 0.2)
+    fleet = healing.fleet
+    assert fleet.alertmanager.urls == ("http://alertmanager-0:9093", "http://alertmanager-1:9093")
+    assert fleet.alertmanager.interval_seconds == 5.0
+    assert fleet.alertmanager.auth == HTTPAuthConfig(bearer_token_file="/run/secrets/am_token")
+    assert (fleet.prometheus.url, fleet.prometheus.fleet_weight, fleet.prometheus.local_weight) == (
+        "https://prometheus.example.com", 15.0, 2.0)
+    assert fleet.prometheus.auth == HTTPAuthConfig(username="fleet", password_file="/run/secrets/prom_password")
+    assert (fleet.jitter, fleet.backoff_max_seconds, fleet.timeout_seconds) == (0.1, 30.0, 1.5)
+
+
+def test_fleet_is_off_by_default_and_in_the_example():
+    fleet = Config().healing.fleet
+    assert fleet.alertmanager.urls == () and fleet.prometheus.url == ""
+    example = load_config(ROOT / "examples" / "observability.yaml").healing
+    assert example.fleet == fleet and example.selector == Config().healing.selector
+
+
+FLEET_BAD = [
+    ({"selector": {"decay": 0}}, "observability.healing.selector.decay", "(0, 1]"),
+    ({"selector": {"quality_weight": 1.5}}, "observability.healing.selector.quality_weight", "between 0 and 1"),
+    ({"selector": {"cost_weight": -0.1}}, "observability.healing.selector.cost_weight", ">= 0"),
+    ({"fleet": {"alertmanager": {"urls": ["alertmanager:9093"]}}},
+     "observability.healing.fleet.alertmanager.urls[0]", "URL"),
+    ({"fleet": {"alertmanager": {"urls": "http://alertmanager:9093"}}},
+     "observability.healing.fleet.alertmanager.urls", "list"),
+    ({"fleet": {"alertmanager": {"interval_seconds": 0}}},
+     "observability.healing.fleet.alertmanager.interval_seconds", "positive"),
+    ({"fleet": {"prometheus": {"url": "prometheus:9090"}}}, "observability.healing.fleet.prometheus.url", "URL"),
+    ({"fleet": {"prometheus": {"fleet_weight": 0}}}, "observability.healing.fleet.prometheus.fleet_weight",
+     "positive"),
+    ({"fleet": {"prometheus": {"local_weight": -1}}}, "observability.healing.fleet.prometheus.local_weight",
+     "positive"),
+    ({"fleet": {"prometheus": {"auth": {"bearer_token_file": "/t", "username": "u", "password_file": "/p"}}}},
+     "observability.healing.fleet.prometheus.auth", "not both"),
+    ({"fleet": {"alertmanager": {"auth": {"username": "u"}}}},
+     "observability.healing.fleet.alertmanager.auth", "password_file"),
+    ({"fleet": {"alertmanager": {"auth": {"password": "hunter2"}}}},
+     "observability.healing.fleet.alertmanager.auth.password", "password_file"),
+    ({"fleet": {"prometheus": {"auth": {"bearer_token": "abc"}}}},
+     "observability.healing.fleet.prometheus.auth.bearer_token", "bearer_token_file"),
+    ({"fleet": {"jitter": 1}}, "observability.healing.fleet.jitter", "[0, 1)"),
+    ({"fleet": {"backoff_max_seconds": 0}}, "observability.healing.fleet.backoff_max_seconds", "positive"),
+    ({"fleet": {"timeout_seconds": -1}}, "observability.healing.fleet.timeout_seconds", "positive"),
+    ({"fleet": {"prometheus": {"urls": []}}}, "observability.healing.fleet.prometheus.urls", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("section,path,words", FLEET_BAD, ids=[b[1] for b in FLEET_BAD])
+def test_bad_fleet_and_selector_values_name_the_key_path(section, path, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": {"healing": section}})
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+    assert words in str(info.value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import AlertingConfig, Config, SLOConfig
+from ..config import Config, SLOConfig
 from .common import (
     DASHBOARD_UIDS, HEADER, burn_rate_pairs, dump_yaml, long_windows, number, percent, seconds_duration, sli_windows)
 from .series import (
@@ -309,13 +309,3 @@ def write_rules(rules_dir: Path, recording: list[dict], alerts: list[dict]) -> l
     for path, groups in files.items():
         path.write_text(HEADER + dump_yaml({"groups": groups}))
     return list(files)
-
-
-# Transitional, for demo.py until it renders with render.prometheus (issue 13): it imports
-# JOB, dump_yaml and render_prometheus from here, and reads only the rule files.
-JOB = AlertingConfig().job
-
-
-def render_prometheus(config: Config, out_dir: Path) -> list[Path]:
-    """The rule files of `config` under out_dir/prometheus/rules (what demo.py reads)."""
-    return write_rules(Path(out_dir) / "prometheus" / "rules", recording_rules(config), alert_rules(config))
