@@ -11,33 +11,29 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from . import __version__
 
 
-class _LogfmtFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
-        line = f'ts={ts} caller={record.module} level={record.levelname.lower()} msg="{message}"'
-        if record.exc_info:
-            line += " err=" + repr(self.formatException(record.exc_info))
-        return line
+def _configure_logging(config, args) -> None:
+    """The process's logging from the config's `logging` section; --log.level wins over its level."""
+    import dataclasses
+
+    from . import logs
+    if args.log_level is not None:
+        config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, level=args.log_level.upper()))
+    if args.log_provider is not None:
+        args.log_provider.shutdown()
+    args.log_provider = logs.configure(config)
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def _load_config(path: str | None):
+def _load_config(args):
+    """The config of --config.file (or the defaults), with logging configured from it."""
     from .config import default_config, load_config
-    return load_config(path) if path else default_config()
+    config = load_config(args.config_file) if args.config_file else default_config()
+    _configure_logging(config, args)
+    return config
 
 
 def _error(message: str) -> int:
@@ -75,7 +71,7 @@ def cmd_serve(args) -> int:
 
     log = logging.getLogger("agent_exporter.serve")
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except (ConfigError, WebConfigError) as exc:
         return _error(str(exc))
@@ -112,7 +108,7 @@ def cmd_demo(args) -> int:
     if args.incident_end <= args.incident_start:
         return _error("--incident-end must come after --incident-start")
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
     except ConfigError as exc:
         return _error(str(exc))
     stop = _stop_on_signals()
@@ -129,7 +125,7 @@ def cmd_render(args) -> int:
     from .config import ConfigError
     from .render import render_all
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
     except ConfigError as exc:
         return _error(str(exc))
     out = Path(args.out)
@@ -154,7 +150,7 @@ def cmd_check(args) -> int:
     from .config import ConfigError
     from .webconfig import WebConfigError, load_web_config
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except (ConfigError, WebConfigError) as exc:
         return _error(str(exc))
@@ -169,7 +165,7 @@ def cmd_simulate(args) -> int:
     from .config import ConfigError
     from .healing import simulate, simulate_fleet
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
     except ConfigError as exc:
         return _error(str(exc))
     if args.mode == "fleet":
@@ -289,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="agent-exporter",
         description="Prometheus/OpenTelemetry exporter for AI agent orchestrators.")
     parser.add_argument("--version", action="version", version=f"agent-exporter {__version__}")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=("debug", "info", "warning", "error"), help="log level (stderr, logfmt)")
+    parser.add_argument("--log.level", dest="log_level", default=None,
+                        choices=("debug", "info", "warning", "error"),
+                        help="log level (default: the config's logging.level); the format is logging.format")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_flag(p, help_text="observability YAML (default: built-in defaults)", required=False):
@@ -360,9 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import default_config
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
-    return args.func(args)
+    args.log_provider = None
+    _configure_logging(default_config(), args)       # until a command has read its config
+    try:
+        return args.func(args)
+    finally:
+        if args.log_provider is not None:
+            args.log_provider.shutdown()         # flushes log records still queued for OTLP
 
 
 if __name__ == "__main__":

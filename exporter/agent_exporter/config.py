@@ -74,8 +74,9 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
-    include_traces: bool = True
-    format: str = "json"                      # "json" or "text"
+    include_traces: bool = True               # trace_id and span_id of the current span on every line
+    format: str = "json"                      # "json" or "text" (logfmt)
+    export_to_otlp: bool = False              # also send log records to tracing.otlp_endpoint
 
 
 @dataclass(frozen=True)

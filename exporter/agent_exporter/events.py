@@ -313,6 +313,22 @@ def _without_bad_ids(events: list, indexes: list[int], rejected: list[Rejection]
     return kept
 
 
+# What a decoder raises for bytes that are not JSON: msgspec's DecodeError, and two errors
+# it lets through from Python: a string that is not UTF-8, and nesting deeper than the
+# interpreter's recursion limit.  ValidationError (a DecodeError) is caught before these.
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_BOM = b"\xef\xbb\xbf"
+
+
+def _malformed(exc: BaseException) -> str:
+    """What is wrong with a body that is not JSON, for the client."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid JSON: not UTF-8 at byte {exc.start} of a string"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {exc}"
+
+
 def _decode_ndjson(body: bytes) -> Batch:
     events, rejected, indexes = [], [], []
     index = 0
@@ -325,7 +341,7 @@ def _decode_ndjson(body: bytes) -> Batch:
         except msgspec.ValidationError as exc:
             try:
                 obj = _any_decoder.decode(line)
-            except msgspec.DecodeError:
+            except _MALFORMED:
                 obj = None
             if is_legacy_record(obj):
                 try:
@@ -336,8 +352,8 @@ def _decode_ndjson(body: bytes) -> Batch:
             else:
                 error = _event_error(exc)
                 rejected.append(Rejection(index, error.reason, str(error)))
-        except msgspec.DecodeError as exc:
-            rejected.append(Rejection(index, "invalid_json", f"invalid JSON: {exc}"))
+        except _MALFORMED as exc:
+            rejected.append(Rejection(index, "invalid_json", _malformed(exc)))
         index += 1
     return Batch(_without_bad_ids(events, indexes, rejected), rejected)
 
@@ -365,6 +381,8 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
     fmt = body_format(content_type)
     if fmt is None:
         raise BodyError(f"unsupported content type {content_type!r}")
+    if body.startswith(_BOM):
+        raise BodyError("invalid JSON: a byte order mark (JSON text is UTF-8 without one, RFC 8259)")
     if fmt == "ndjson":
         return _decode_ndjson(body)
     try:
@@ -373,12 +391,12 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
             return Batch(batch, [])
     except msgspec.ValidationError:
         pass  # some item is invalid, or this is a single object: decode generically below
-    except msgspec.DecodeError as exc:
-        raise BodyError(f"invalid JSON: {exc}") from None
+    except _MALFORMED as exc:
+        raise BodyError(_malformed(exc)) from None
     try:
         document = _any_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BodyError(f"invalid JSON: {exc}") from None
+    except _MALFORMED as exc:
+        raise BodyError(_malformed(exc)) from None
     if isinstance(document, list):
         return _decode_items(document)
     if isinstance(document, dict):

@@ -684,6 +684,12 @@ class Telemetry:
             body = body.removesuffix(b"# EOF\n")   # one EOF, at the very end
         return body + self._metrics_bridge.render(openmetrics)
 
+    def log_handler(self, stream=None) -> logging.Handler:
+        """A `logging` handler for the orchestrator's own lines, as the config's `logging` section says:
+        JSON or logfmt lines at `level` and above, with the current span's trace_id and span_id."""
+        from .logs import handler
+        return handler(self.config.logging, stream)
+
     def asgi_app(self, *, ingest: bool = True, max_body_bytes: int | None = None, bearer_token: str | None = None):
         """The exporter's HTTP service as an ASGI application, to mount in your own server.
 
