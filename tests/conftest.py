@@ -1,20 +1,22 @@
-"""Suite-wide checks.  Real components are required: a missing binary fails, never skips."""
+"""Suite-wide fixtures.  Real components are required by the tests that use them (tests/binaries.py):
+a missing binary fails those tests, never skips them, and leaves the others alone."""
 
-import shutil
+import logging
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-REQUIRED_BINARIES = ("prometheus", "promtool", "prometheus-alertmanager", "amtool", "docker-compose")
 
-
-def pytest_sessionstart(session):
-    missing = [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
-    if missing:
-        raise pytest.UsageError(
-            f"missing required binaries: {', '.join(missing)} (run scripts/install-deps)")
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Tests that run the CLI in-process configure the root logger (to a stream pytest closes later)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

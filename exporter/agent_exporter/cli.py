@@ -101,12 +101,14 @@ def cmd_serve(args) -> int:
 
 def cmd_demo(args) -> int:
     from .config import ConfigError
-    from .demo import Incident, run_demo
+    from .demo import Incident, Outage, run_demo
     from .stack import StackError
     if args.replicas > 1 and not args.stack:
         return _error("--replicas needs --stack: the replicas share alerts and statistics through it")
     if args.incident_end <= args.incident_start:
         return _error("--incident-end must come after --incident-start")
+    if args.outage_end < args.outage_start:
+        return _error("--outage-end must not come before --outage-start")
     try:
         config = _load_config(args)
     except ConfigError as exc:
@@ -116,7 +118,9 @@ def cmd_demo(args) -> int:
         return run_demo(config, duration=args.duration, stack=args.stack, replicas=args.replicas,
                         listen_address=args.listen_address, seed=args.seed, stop=stop,
                         tasks_per_second=args.tasks_per_second, started_at=args.clock_start,
-                        incident=Incident(start=args.incident_start, end=args.incident_end))
+                        incident=Incident(start=args.incident_start, end=args.incident_end,
+                                          outage=Outage(start=args.outage_start, end=args.outage_end)
+                                          if args.outage_end > args.outage_start else None))
     except (StackError, ValueError) as exc:
         return _error(str(exc))
 
@@ -318,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="when the incident starts, seconds into the run (default 20)")
     demo.add_argument("--incident-end", type=_non_negative_float, default=80.0, metavar="SECONDS",
                       help="when it ends (default 80)")
+    demo.add_argument("--outage-start", type=_non_negative_float, default=40.0, metavar="SECONDS",
+                      help="when the workspace's file writes go down for every coder (default 40)")
+    demo.add_argument("--outage-end", type=_non_negative_float, default=55.0, metavar="SECONDS",
+                      help="when they come back (default 55; equal to --outage-start: no outage)")
     demo.add_argument("--clock-start", type=_non_negative_float, metavar="UNIX_TIME",
                       help="the run's t=0 (default now), so that replicas share one incident")
     demo.set_defaults(func=cmd_demo)

@@ -26,8 +26,10 @@ from .config import Config, LoggingConfig
 
 _encode = msgspec.json.Encoder().encode
 
-# Attributes every LogRecord has; anything else on a record came from `extra=` and is written too.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is written too,
+# but for uvicorn's copy of its message with terminal colours.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "color_message"}
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -515,6 +515,8 @@ def _protocol_class(tls):
 def _make_server(app: ExporterApp, address: str):
     import uvicorn
 
+    # uvicorn's start-up chatter at info level says what our own "Listening on" line says.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     service = app.service
 
     class Server(uvicorn.Server):

@@ -1,9 +1,10 @@
-"""`agent-exporter demo --stack --duration 200`: the incident's alert fires and resolves, end to end.
+"""`agent-exporter demo --stack --duration 200`: the incident's alerts fire and resolve, end to end.
 
 Real Prometheus and Alertmanager, the local Slack and SMTP sinks, the demo's
 own exporter: the high-error-ratio alert must reach both sinks while firing,
-the resolved message must follow, and the demo must stop everything and exit 0
-within its duration.  The longest test of the suite (about 200 s).
+the resolved message must follow, the shared outage must page on the workflow
+success objective, and the demo must stop everything and exit 0 within its
+duration.  The longest test of the suite (about 200 s).
 """
 
 from __future__ import annotations
@@ -73,4 +74,10 @@ def test_the_incident_alert_fires_and_resolves_in_slack_and_email():
     closed = first(rf"^\[healing\] {AGENT}: circuit open -> closed \(resolved:{ALERT}\)")
     assert closed > opened
     first(rf"^\[healing\] coding: traffic moved from {AGENT} to ")
+    # The outage of a tool both coders need fails tasks whichever agent does them: the workflow
+    # (task) success objective pages, and the tool's alert names the cause.
+    outage = first(r"^\[demo\] outage: file_write ")
+    assert first(r"^\[slack\] \[FIRING:\d+\] OrchestratorWorkflowErrorBudgetBurnFast · workflow ") > outage
+    assert first(r"^\[email\] .*subject=\[FIRING:\d+\] OrchestratorWorkflowErrorBudgetBurnFast ") > outage
+    assert first(r"^\[slack\] \[FIRING:\d+\] OrchestratorToolHighErrorRatio · tool file_write") > outage
     assert exit_code == 0, transcript[-3000:]

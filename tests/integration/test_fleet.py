@@ -133,7 +133,8 @@ def fleet(tmp_path):
 def start_replica(cleanup, tmp_path, name, port, config_file, started_at, rate):
     process = stack.start_replica(tmp_path / name, port=port, demo_args=[
         f"--config.file={config_file}", f"--seed={port}", f"--clock-start={started_at}",
-        f"--tasks-per-second={rate}", f"--incident-start={INCIDENT[0]}", f"--incident-end={INCIDENT[1]}"])
+        f"--tasks-per-second={rate}", f"--incident-start={INCIDENT[0]}", f"--incident-end={INCIDENT[1]}",
+        "--outage-start=0", "--outage-end=0"])       # one failing agent: what the fleet must route around
     cleanup.callback(process.stop)
     return process
 

@@ -1,6 +1,5 @@
 """promtool checks every rendered rule: syntax, config, and the rendered unit tests."""
 
-import shutil
 import re
 import subprocess
 from dataclasses import replace
@@ -13,18 +12,14 @@ from agent_exporter.config import Config, parse_config
 from agent_exporter.render import common, prometheus, rules
 from agent_exporter.render.rule_tests import rule_tests
 
+from binaries import binary
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "prometheus"
 
 
-def promtool_binary() -> str:
-    binary = shutil.which("promtool")
-    assert binary, "promtool is required (apt-get install prometheus)"
-    return binary
-
-
 def promtool(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([promtool_binary(), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([binary("promtool"), *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
@@ -35,7 +30,7 @@ def assert_rule_tests_pass(prometheus_dir: Path) -> None:
     """`promtool test rules` on every rendered test file, one process per file, side by side."""
     files = sorted((prometheus_dir / "tests").glob("*.test.yml"))
     assert len(files) == 2, files
-    runs = [subprocess.Popen([promtool_binary(), "test", "rules", str(f)], stdout=subprocess.PIPE,
+    runs = [subprocess.Popen([binary("promtool"), "test", "rules", str(f)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for f in files]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     for run, output in zip(runs, outputs):

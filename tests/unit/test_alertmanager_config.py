@@ -1,7 +1,6 @@
 """amtool checks the rendered Alertmanager config, its whole routing matrix, and every template."""
 
 import json
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -12,13 +11,13 @@ from agent_exporter.config import Config, load_config, parse_config
 from agent_exporter.render import alertmanager as am
 from agent_exporter.render.rules import alert_rules
 
+from binaries import binary
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def amtool(*args) -> subprocess.CompletedProcess:
-    binary = shutil.which("amtool")
-    assert binary, "amtool is required (apt-get install prometheus-alertmanager)"
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([binary("amtool"), *args], capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ import yaml
 
 from agent_exporter.render import common, dashboards, panels
 
+from binaries import binary
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 UI_PORTS = {3000, 9090, 9093, 16686, 8025}
@@ -33,7 +35,7 @@ def services() -> dict[str, dict]:
 
 
 def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+    return subprocess.run([binary("docker-compose"), "-f", str(COMPOSE), "config", "-q"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 

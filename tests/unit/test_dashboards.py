@@ -22,6 +22,8 @@ from agent_exporter.config import (
     AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds, parse_config)
 from agent_exporter.render import common, dashboards, panels as grafana, prometheus, rules
 
+from binaries import binary
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Series Prometheus itself writes that panels may query.
@@ -211,7 +213,7 @@ def test_queries_are_valid_promql(boards, tmp_path):
              for i, expr in enumerate(e for board in boards.values() for e in exprs(board))]
     path = tmp_path / "panels.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
-    result = subprocess.run(["promtool", "check", "rules", str(path)],
+    result = subprocess.run([binary("promtool"), "check", "rules", str(path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

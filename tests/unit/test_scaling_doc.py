@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from binaries import binary
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "scaling.md"
 
@@ -25,8 +27,8 @@ def blocks(kind: str) -> list[str]:
     return found
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60)
+def run(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([binary(name), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("index", range(len(blocks("prometheus"))))

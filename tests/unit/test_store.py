@@ -1,4 +1,3 @@
-import shutil
 import subprocess
 import threading
 
@@ -11,6 +10,8 @@ from agent_exporter import catalog, events
 from agent_exporter.config import Config, MetricsConfig, ModelPrice
 from agent_exporter.pricing import PriceTable
 from agent_exporter.store import SeriesStore
+
+from binaries import binary
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PRICES = {"gpt-4o": ModelPrice(input=2.5, output=10.0)}
@@ -247,8 +248,7 @@ def test_build_info_and_only_catalog_names_are_exposed(store):
 
 
 def test_promtool_check_metrics_accepts_the_output(store):
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is required (apt-get install prometheus)"
+    promtool = binary("promtool")
     feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1,
                  "model": "gpt-4o", "input_tokens": 3, "output_tokens": 4},
          {"type": "tool_call", "tool": "t", "status": "success", "duration_seconds": 1},

@@ -12,6 +12,6 @@ Alertmanager's and Prometheus's APIs (docs/scaling.md).
 """
 
 from .runner import run_demo
-from .workload import Incident
+from .workload import Incident, Outage
 
-__all__ = ["Incident", "run_demo"]
+__all__ = ["Incident", "Outage", "run_demo"]

@@ -143,6 +143,10 @@ def run_demo(config: Config, *, duration: float | None = None, stack: bool = Fal
                                              simulated_clock=simulated_clock, started_at=started_at)
         console.line(f"[demo] incident: {incident.agent} fails {incident.error_rate:.0%} of its calls and is "
                      f"{incident.slowdown:g}x slower from t={incident.start:g}s to t={incident.end:g}s")
+        if incident.outage is not None:
+            outage = incident.outage
+            console.line(f"[demo] outage: {outage.tool} fails for every agent that needs it from "
+                         f"t={outage.start:g}s to t={outage.end:g}s: no fallback helps, tasks fail")
         worker = threading.Thread(target=orchestrator.run, args=(worker_stop, tasks_per_second),
                                   name="demo-orchestrator", daemon=True)
         worker.start()
@@ -188,6 +192,9 @@ def _run_fleet(config: Config, *, replicas: int, duration: float | None, seed: i
             args = [f"--config.file={config_file}", f"--seed={seed + i - 1}", f"--clock-start={started_at}",
                     f"--tasks-per-second={tasks_per_second}", f"--incident-start={incident.start}",
                     f"--incident-end={incident.end}"]
+            outage = incident.outage
+            args += ([f"--outage-start={outage.start}", f"--outage-end={outage.end}"] if outage
+                     else ["--outage-start=0", "--outage-end=0"])
             if duration is not None:      # a replica outlives a parent killed without cleanup by little
                 args.append(f"--duration={duration + 30}")
             process = local_stack.start_replica(workdir / f"replica-{i}", port=int(address.rpartition(":")[2]),

@@ -11,8 +11,12 @@ Time is compressed: recorded durations are the simulated ones, while many
 tasks run per wall-clock second.  Each task is one workflow run.
 
 A scripted incident makes one model variant of one agent fail about half the
-time, and slow down, for a stretch of the run, then recover.  The run's clock
-is wall time from `started_at`, so replicas started apart share one incident.
+time, and slow down, for a stretch of the run, then recover: the healing layer
+moves the work to the other variant.  Within it, a shorter outage of a tool
+that both coder variants need (the workspace's file writes) makes coding fail
+whichever agent does it: no fallback helps, tasks fail, and the workflow (task)
+success objective burns, which per-agent healing cannot prevent.  The run's
+clock is wall time from `started_at`, so replicas started apart share one incident.
 """
 
 from __future__ import annotations
@@ -94,13 +98,27 @@ BACKOFF_COMPRESSION = 20.0
 
 
 @dataclass(frozen=True)
+class Outage:
+    """A tool is down between `start` and `end` (seconds into the run): every call of an agent that uses it fails."""
+    tool: str = "file_write"
+    start: float = 40.0
+    end: float = 55.0
+    error_type: str = "WorkspaceUnavailable"
+
+    def hits(self, elapsed: float, spec: AgentSpec) -> bool:
+        return self.tool in spec.tools and self.start <= elapsed < self.end
+
+
+@dataclass(frozen=True)
 class Incident:
-    """One agent variant fails and slows down between `start` and `end` (seconds into the run)."""
+    """One agent variant fails and slows down between `start` and `end` (seconds into the run);
+    `outage`, when set, also takes a shared tool down for a while."""
     agent: str = "coder-claude-sonnet"
     start: float = 20.0
     end: float = 80.0
     error_rate: float = 0.5
     slowdown: float = 4.0
+    outage: Outage | None = Outage()
 
     def active(self, elapsed: float, agent: str) -> bool:
         return agent == self.agent and self.start <= elapsed < self.end
@@ -186,18 +204,25 @@ class SimulatedOrchestrator:
         tel = self.telemetry
         duration = rng.lognormvariate(math.log(spec.median_seconds), spec.sigma)
         error_rate = spec.error_rate
-        if self.incident.active(self.elapsed(), agent):
+        elapsed = self.elapsed()
+        if self.incident.active(elapsed, agent):
             duration *= self.incident.slowdown
             error_rate = self.incident.error_rate
+        outage = self.incident.outage
+        down = outage is not None and outage.hits(elapsed, spec)
         self.simulated_clock.advance(duration)
-        failed = rng.random() < error_rate
+        failed = down or rng.random() < error_rate
         input_tokens = int(rng.lognormvariate(math.log(spec.input_tokens), 0.4))
         output_tokens = 0 if failed else int(rng.lognormvariate(math.log(spec.output_tokens), 0.5))
-        error_type = rng.choice(ERROR_TYPES) if failed else None
-        for tool in rng.sample(spec.tools, rng.randint(0, len(spec.tools))):
+        error_type = outage.error_type if down else rng.choice(ERROR_TYPES) if failed else None
+        tools = rng.sample(spec.tools, rng.randint(0, len(spec.tools)))
+        if down and outage.tool not in tools:
+            tools.append(outage.tool)           # the call that failed the agent
+        for tool in tools:
             median, tool_error_rate = TOOLS[tool]
+            tool_failed = (down and tool == outage.tool) or rng.random() < tool_error_rate
             tel.record(events.ToolCall(
-                tool=tool, agent=agent, status="error" if rng.random() < tool_error_rate else "success",
+                tool=tool, agent=agent, status="error" if tool_failed else "success",
                 duration_seconds=rng.lognormvariate(math.log(median), 0.7)))
         cost = tel.prices.cost(spec.model, input_tokens=input_tokens, output_tokens=output_tokens)
         tel.record(events.AgentExecution(
@@ -264,10 +289,12 @@ def demo_config(config: Config, *, listen_address: str) -> Config:
     budget = dataclasses.replace(config.alerting.budget, day_usd=max(config.alerting.budget.day_usd, 5000.0),
                                  month_usd=max(config.alerting.budget.month_usd, 100000.0))
     thresholds = dataclasses.replace(config.alerting.thresholds, cost_per_day_usd=budget.day_usd)
+    # Hundreds of events a second: the first seconds' few failures must not read as a burn.
+    min_events = max(config.alerting.min_events, 200)
     return dataclasses.replace(
         config,
         metrics=dataclasses.replace(config.metrics, prices=prices),
-        alerting=dataclasses.replace(config.alerting, budget=budget, thresholds=thresholds),
+        alerting=dataclasses.replace(config.alerting, budget=budget, thresholds=thresholds, min_events=min_events),
         healing=dataclasses.replace(config.healing, fallbacks=fallbacks),
         server=dataclasses.replace(config.server, listen_address=listen_address),
     )
