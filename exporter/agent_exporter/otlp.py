@@ -815,15 +815,21 @@ class _Forwarder:
             self.spans[outcome] += spans
 
     def _run(self) -> None:
+        failing = False     # log when forwarding starts failing and when it recovers, not per request
         while (item := self._queue.get()) is not None:
             data, spans = item
             try:
                 self._send(data)
             except Exception as exc:  # noqa: BLE001 - any backend fault: drop, count, carry on
                 self._count("failed", spans)
-                _log.warning("forwarding %d spans to the tracing backend failed: %s", spans, exc)
+                if not failing:
+                    _log.warning("forwarding spans to the tracing backend fails (dropping them): %s", exc)
+                failing = True
             else:
                 self._count("sent", spans)
+                if failing:
+                    _log.info("forwarding spans to the tracing backend works again")
+                failing = False
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued, for at most `timeout` seconds (default: the backend timeout + 1 s)."""

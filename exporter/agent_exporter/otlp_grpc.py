@@ -48,12 +48,17 @@ def start_grpc_receiver(receiver, address: str, *, max_message_bytes: int,
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="otlp-grpc"),
-                         options=[("grpc.max_receive_message_length", max_message_bytes)])
+                         options=[("grpc.max_receive_message_length", max_message_bytes),
+                                  ("grpc.so_reuseport", 0)])   # a taken port is an error, not shared
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise OSError(f"otlp.grpc_listen_address: cannot listen on {address}: {exc}") from None
+        port, reason = 0, str(exc)
+    else:
+        reason = "the address is taken or not local"
+    if not port:
+        raise OSError(f"otlp.grpc_listen_address: cannot listen on {address}: {reason}")
     server.start()
     return GrpcReceiverHandle(server, port)

@@ -13,8 +13,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from otlp_spans import START, TRACE, agent_span, chat_span, request, span
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -28,58 +27,6 @@ PRICES = {
     "o3": ModelPrice(input=2.00, output=8.00, cache_read=0.50, reasoning=8.00),
     "claude-sonnet": ModelPrice(input=3.00, output=15.00, cache_read=0.30, cache_write=3.75),
 }
-START = 1_760_000_000_000_000_000      # ns
-TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
-
-
-# -- building OTLP requests --------------------------------------------------------------
-
-def _value(kv: KeyValue, value) -> None:
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = value
-
-
-def span(span_id: int, attributes: dict | None = None, *, parent: int = 0, name: str = "span",
-         trace: bytes = TRACE, seconds: float = 1.5, error: bool = False, exception: str | None = None,
-         end_offset: float = 0.0) -> Span:
-    s = Span(trace_id=trace, span_id=span_id.to_bytes(8, "big"),
-             parent_span_id=parent.to_bytes(8, "big") if parent else b"", name=name,
-             start_time_unix_nano=START + int(end_offset * 1e9),
-             end_time_unix_nano=START + int((end_offset + seconds) * 1e9))
-    for key, value in (attributes or {}).items():
-        _value(s.attributes.add(key=key), value)
-    if error:
-        s.status.code = Status.STATUS_CODE_ERROR
-    if exception:
-        event = s.events.add(name="exception", time_unix_nano=s.end_time_unix_nano)
-        _value(event.attributes.add(key="exception.type"), exception)
-    return s
-
-
-def request(*spans: Span, service: str | None = "orders-service") -> ExportTraceServiceRequest:
-    req = ExportTraceServiceRequest()
-    resource_spans = req.resource_spans.add()
-    if service is not None:
-        _value(resource_spans.resource.attributes.add(key="service.name"), service)
-    resource_spans.scope_spans.add().spans.extend(spans)
-    return req
-
-
-def agent_span(span_id, name="planner", parent=0, **attributes):
-    return span(span_id, {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name, **attributes},
-                parent=parent, name=f"invoke_agent {name}")
-
-
-def chat_span(span_id, parent=0, model="gpt-4o", input_tokens=100, output_tokens=20, **attributes):
-    return span(span_id, {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
-                          "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens,
-                          **attributes}, parent=parent, name=f"chat {model}", seconds=0.5)
 
 
 # -- reading the metrics ---------------------------------------------------------------
