@@ -32,6 +32,7 @@ a *view* of the OTLP schema that declares span and resource attributes as
 ``map<string, AnyValue>``: the wire format of a map is that of the repeated
 ``KeyValue`` in the official schema, so the bytes are the same, but a map lets
 us read the few keys we know without touching every attribute from Python.
+Span events stay bytes until a failed span needs its exception type.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ _VIEW_SCHEMA = {
     "Span": [("trace_id", 1, _F.TYPE_BYTES), ("span_id", 2, _F.TYPE_BYTES), ("parent_span_id", 4, _F.TYPE_BYTES),
              ("name", 5, _F.TYPE_STRING), ("start_time_unix_nano", 7, _F.TYPE_FIXED64),
              ("end_time_unix_nano", 8, _F.TYPE_FIXED64), ("attributes", 9, "map"),
-             ("events", 11, "Event*"), ("status", 15, "Status")],
+             ("events", 11, "bytes*"), ("status", 15, "Status")],
     "Resource": [("attributes", 1, "map")],
     "ScopeSpans": [("spans", 2, "Span*")],
     "ResourceSpans": [("resource", 1, "Resource"), ("scope_spans", 2, "ScopeSpans*")],
@@ -99,6 +100,8 @@ def _view_classes():
                                 type_name=f".{_VIEW_PACKAGE}.AnyValue")
                 field.type, field.label = _F.TYPE_MESSAGE, _F.LABEL_REPEATED
                 field.type_name = f".{_VIEW_PACKAGE}.{message_name}.AttributesEntry"
+            elif kind == "bytes*":      # span events: read only for failed spans (_error_type)
+                field.type, field.label = _F.TYPE_BYTES, _F.LABEL_REPEATED
             elif isinstance(kind, str):
                 field.type = _F.TYPE_MESSAGE
                 if kind.endswith("*"):
@@ -112,11 +115,13 @@ def _view_classes():
                     field.oneof_index = 0
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_VIEW_PACKAGE}.Request"))
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_VIEW_PACKAGE}.{name}"))
+                 for name in ("Request", "Event"))
 
 
-_Request = _view_classes()
+_Request, _Event = _view_classes()
 _STATUS_ERROR = 2
+_ZERO_TRACE_ID, _ZERO_SPAN_ID = bytes(16), bytes(8)
 
 
 # -- attribute names, each read from the instrumentation families' sources --------
@@ -159,14 +164,16 @@ _OPERATIONS = {"invoke_agent": AGENT, "execute_tool": TOOL, "invoke_workflow": W
 _OPENINFERENCE_KINDS = {"AGENT": AGENT, "TOOL": TOOL, "LLM": INFERENCE, "EMBEDDING": INFERENCE}
 _TRACELOOP_KINDS = {"agent": AGENT, "tool": TOOL, "workflow": WORKFLOW}
 _LLM_REQUEST_TYPES = {"chat": INFERENCE, "completion": INFERENCE, "embedding": INFERENCE}
-_KINDS = ((OPERATION, _OPERATIONS), (OPENINFERENCE_KIND, _OPENINFERENCE_KINDS),
-          (TRACELOOP_KIND, _TRACELOOP_KINDS), (LLM_REQUEST_TYPE, _LLM_REQUEST_TYPES))
+_OTHER_KINDS = ((OPENINFERENCE_KIND, _OPENINFERENCE_KINDS), (TRACELOOP_KIND, _TRACELOOP_KINDS),
+                (LLM_REQUEST_TYPE, _LLM_REQUEST_TYPES))
 # Span name prefixes the conventions give, stripped when a name comes from the span name.
 _NAME_PREFIXES = {AGENT: "invoke_agent ", TOOL: "execute_tool ", WORKFLOW: "invoke_workflow "}
 _TRACELOOP_SUFFIXES = {AGENT: ".agent", TOOL: ".tool", WORKFLOW: ".workflow"}
 
 _COUNTS = (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, REASONING_TOKENS, TOTAL_TOKENS)
-_DISCRIMINATORS = frozenset(name for name, _ in _KINDS)
+_COUNT_SLOTS = {name: (slot, rank) for slot, names in enumerate(_COUNTS) for rank, name in enumerate(names)}
+_COUNT_NAMES = frozenset(_COUNT_SLOTS)
+_DISCRIMINATORS = frozenset((OPERATION, *(name for name, _ in _OTHER_KINDS)))
 # Every name we read: one set intersection per span finds the ones present.
 _KNOWN = frozenset((*_DISCRIMINATORS, TRACELOOP_ENTITY, *AGENT_NAMES, *TOOL_NAMES, *WORKFLOW_NAMES, *MODELS,
                     *(name for names in _COUNTS for name in names), *TIME_TO_FIRST_TOKEN, ERROR_TYPE))
@@ -188,26 +195,22 @@ def _string(attributes, present, names) -> str | None:
         if name in present:
             value = attributes[name].string_value
             if value:
-                return _name(value)
+                return value[: events.MAX_NAME_LENGTH]
     return None
 
 
-def _count(attributes, present, names) -> int | None:
-    """The first token count among `names`; a count that is not a whole number in range is an error."""
-    for name in names:
-        if name in present:
-            value = attributes[name]
-            kind = value.WhichOneof("value")
-            if kind == "int_value":
-                count = value.int_value
-            elif kind == "double_value" and value.double_value.is_integer():
-                count = int(value.double_value)
-            else:
-                raise SpanError(f"{name}: expected a whole number of tokens")
-            if not 0 <= count <= events.MAX_TOKENS:
-                raise SpanError(f"{name}: expected a token count between 0 and {events.MAX_TOKENS}, got {count}")
-            return count
-    return None
+def _count(name: str, value) -> int:
+    """A token count; one that is not a whole number in range is an error."""
+    count = value.int_value
+    if not count:   # 0, or not an int: the oneof says which
+        kind = value.WhichOneof("value")
+        if kind == "double_value" and value.double_value.is_integer():
+            count = int(value.double_value)
+        elif kind != "int_value":
+            raise SpanError(f"{name}: expected a whole number of tokens")
+    if not 0 <= count <= events.MAX_TOKENS:
+        raise SpanError(f"{name}: expected a token count between 0 and {events.MAX_TOKENS}, got {count}")
+    return count
 
 
 def _seconds(attributes, present, names) -> float | None:
@@ -225,7 +228,11 @@ def _seconds(attributes, present, names) -> float | None:
 
 
 def _kind(attributes, present) -> str | None:
-    for name, kinds in _KINDS:
+    if OPERATION in present:    # most spans say it the conventions' way: one look-up
+        kind = _OPERATIONS.get(attributes[OPERATION].string_value)
+        if kind is not None:
+            return kind
+    for name, kinds in _OTHER_KINDS:
         if name in present:
             kind = kinds.get(attributes[name].string_value)
             if kind is not None:
@@ -239,7 +246,11 @@ def _error_type(span, attributes, present) -> str | None:
         value = attributes[ERROR_TYPE].string_value
         if value:
             return _name(value)
-    for event in span.events:
+    for raw in span.events:
+        try:
+            event = _Event.FromString(raw)
+        except DecodeError:
+            raise SpanError("events: not OTLP span events") from None
         if event.name == EXCEPTION_EVENT and EXCEPTION_TYPE in event.attributes:
             value = event.attributes[EXCEPTION_TYPE].string_value
             if value:
@@ -249,137 +260,142 @@ def _error_type(span, attributes, present) -> str | None:
 
 def _own_name(span, attributes, present, kind: str) -> str | None:
     """The agent, tool or workflow a span names: its attributes, else its span name."""
+    value = _string(attributes, present, AGENT_NAMES if kind is AGENT else TOOL_NAMES if kind is TOOL
+                    else WORKFLOW_NAMES)
+    if value:
+        return value
     traceloop = TRACELOOP_KIND in present and _TRACELOOP_KINDS.get(attributes[TRACELOOP_KIND].string_value) == kind
     if traceloop and TRACELOOP_ENTITY in present:
         entity = attributes[TRACELOOP_ENTITY].string_value
         if entity:
             return _name(entity)
-    names = AGENT_NAMES if kind == AGENT else TOOL_NAMES if kind == TOOL else WORKFLOW_NAMES
-    value = _string(attributes, present, names)
-    if value:
-        return value
     name = span.name.removeprefix(_NAME_PREFIXES[kind])
     if traceloop:
         name = name.removesuffix(_TRACELOOP_SUFFIXES[kind])
     return _name(name) if name and name != _NAME_PREFIXES[kind].strip() else None
 
 
-class _Usage(NamedTuple):
-    """Disjoint token counts of one span (events.AgentExecution's fields), None where unknown."""
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    total_tokens: int | None = None
-
-    def known(self) -> bool:
-        return any(count is not None for count in self)
-
-    def __add__(self, other: "_Usage") -> "_Usage":
-        return _Usage(*(a if b is None else b if a is None else a + b for a, b in zip(self, other)))
+# Disjoint token counts of a span: (input, output, cache_read, cache_write, reasoning, unsplit total),
+# in the order of events.AgentExecution's fields; None where the span says nothing.
+_NO_TOKENS = (None,) * 6
+_INPUT, _OUTPUT = INPUT_TOKENS[0], OUTPUT_TOKENS[0]
+_INPUT_OUTPUT = frozenset((_INPUT, _OUTPUT))
 
 
-_NO_USAGE = _Usage()
-
-
-def _usage(attributes, present) -> _Usage:
-    counts = [_count(attributes, present, names) for names in _COUNTS]
-    if not any(count is not None for count in counts):
-        return _NO_USAGE
-    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = counts
+def _tokens(attributes, present) -> tuple:
+    names = present & _COUNT_NAMES
+    if not names:
+        return _NO_TOKENS
+    if names <= _INPUT_OUTPUT:      # the conventions' two counts alone are disjoint already
+        input_tokens = attributes[_INPUT].int_value if _INPUT in names else None
+        if input_tokens is not None and not 0 < input_tokens <= events.MAX_TOKENS:
+            input_tokens = _count(_INPUT, attributes[_INPUT])
+        output_tokens = attributes[_OUTPUT].int_value if _OUTPUT in names else None
+        if output_tokens is not None and not 0 < output_tokens <= events.MAX_TOKENS:
+            output_tokens = _count(_OUTPUT, attributes[_OUTPUT])
+        return input_tokens, output_tokens, None, None, None, None
+    chosen: list = [None] * len(_COUNTS)     # per count, the (rank, name) to read
+    for name in names:
+        slot, rank = _COUNT_SLOTS[name]
+        if chosen[slot] is None or rank < chosen[slot][0]:
+            chosen[slot] = (rank, name)
+    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (
+        None if pick is None else _count(pick[1], attributes[pick[1]]) for pick in chosen)
     split = usage.from_semconv(input_tokens, output_tokens, cache_read=cache_read, cache_creation=cache_write,
                                reasoning=reasoning)
     # A total counts only when nothing says how it splits (it becomes type="unsplit").
-    return _Usage(**split, total_tokens=None if split else total)
+    return (split.get("input_tokens"), split.get("output_tokens"), split.get("cache_read_tokens"),
+            split.get("cache_write_tokens"), split.get("reasoning_tokens"), None if split else total)
 
 
-class _Timed(NamedTuple):
-    trace_id: bytes
-    span_id: bytes
-    parent: bytes
-    start: int               # ns
-    end: int
-    error: bool
-    error_type: str | None
+def _add(a: tuple, b: tuple) -> tuple:
+    return tuple(x if y is None else y if x is None else x + y for x, y in zip(a, b))
 
 
-def _timed(span, attributes, present) -> _Timed:
+def _ids_and_times(span) -> tuple[bytes, bytes, int, int]:
     trace_id, span_id, start, end = span.trace_id, span.span_id, span.start_time_unix_nano, span.end_time_unix_nano
-    if len(trace_id) != 16 or not any(trace_id) or len(span_id) != 8 or not any(span_id):
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID or len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
         raise SpanError("a span needs a 16-byte trace_id and an 8-byte span_id, not all zero")
     if not 0 < start <= end:
         raise SpanError("a span needs start_time_unix_nano > 0 and end_time_unix_nano >= start_time_unix_nano")
     if end - start > events.MAX_SECONDS * 1e9 or end > events.MAX_TIMESTAMP * 1e9:
         raise SpanError("span times out of range")
+    return trace_id, span_id, start, end
+
+
+def _agent_execution(span, attributes, present, trace_id, span_id, start, end, service) -> events.AgentExecution:
+    """The execution of an agent span, with its own usage (calls attributed to it replace that: _merged)."""
     error = span.status.code == _STATUS_ERROR
-    return _Timed(trace_id, span_id, span.parent_span_id, start, end, error,
-                  _error_type(span, attributes, present) if error else None)
+    tokens = _tokens(attributes, present)
+    return events.AgentExecution(
+        agent=_own_name(span, attributes, present, AGENT) or service, status="error" if error else "success",
+        duration_seconds=(end - start) / 1e9, model=_string(attributes, present, MODELS),
+        input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2], cache_write_tokens=tokens[3],
+        reasoning_tokens=tokens[4], total_tokens=tokens[5],
+        time_to_first_token_seconds=_seconds(attributes, present, TIME_TO_FIRST_TOKEN),
+        error_type=_error_type(span, attributes, present) if error else None,
+        trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
 
 
 class _Call:
     """One inference span: an LLM call whose usage goes to its enclosing agent's execution."""
 
-    __slots__ = ("timed", "model", "usage", "ttft", "fallback_agent")
+    __slots__ = ("trace_id", "span_id", "parent", "start", "end", "error_type", "error", "model", "tokens", "ttft",
+                 "fallback_agent")
 
-    def __init__(self, timed, model, usage_, ttft, fallback_agent):
-        self.timed, self.model, self.usage, self.ttft, self.fallback_agent = timed, model, usage_, ttft, fallback_agent
+    def __init__(self, span, attributes, present, trace_id, span_id, start, end, service):
+        self.trace_id, self.span_id, self.parent, self.start, self.end = (
+            trace_id, span_id, span.parent_span_id, start, end)
+        self.error = span.status.code == _STATUS_ERROR
+        self.error_type = _error_type(span, attributes, present) if self.error else None
+        self.model = _string(attributes, present, MODELS)
+        self.tokens = _tokens(attributes, present)
+        self.ttft = _seconds(attributes, present, TIME_TO_FIRST_TOKEN)
+        self.fallback_agent = _string(attributes, present, AGENT_NAMES) or service
 
     def execution(self) -> events.AgentExecution:
         """The call as an execution of its own (no enclosing agent span)."""
-        return _execution(self.fallback_agent, self.timed, self.model, self.usage, self.ttft, None)
+        tokens = self.tokens
+        return events.AgentExecution(
+            agent=self.fallback_agent, status="error" if self.error else "success",
+            duration_seconds=(self.end - self.start) / 1e9, model=self.model,
+            input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2],
+            cache_write_tokens=tokens[3], reasoning_tokens=tokens[4], total_tokens=tokens[5],
+            time_to_first_token_seconds=self.ttft, error_type=self.error_type,
+            trace_id=self.trace_id.hex(), span_id=self.span_id.hex(), timestamp=self.end / 1e9)
 
 
-class _Agent:
-    """One agent span and the calls attributed to it so far."""
-
-    __slots__ = ("timed", "name", "model", "usage", "ttft", "calls")
-
-    def __init__(self, timed, name, model, usage_, ttft):
-        self.timed, self.name, self.model, self.usage, self.ttft = timed, name, model, usage_, ttft
-        self.calls: list[_Call] = []
-
-    def execution(self, prices) -> events.AgentExecution:
-        calls = [call for call in self.calls if call.usage.known()]
-        if not calls:
-            return _execution(self.name, self.timed, self.model, self.usage, self.ttft, None)
-        # The calls' usage replaces the span's own (which counts the same tokens).
-        total = calls[0].usage
-        models = {calls[0].model}
-        for call in calls[1:]:
-            total += call.usage
-            models.add(call.model)
-        ttft = self.ttft
-        if ttft is None:
-            first = min((call for call in calls if call.ttft is not None), key=lambda c: c.timed.start, default=None)
-            ttft = first.ttft if first is not None else None
-        if len(models) == 1:
-            return _execution(self.name, self.timed, calls[0].model, total, ttft, None)
-        # Several models: one execution has one model label, so it is "unknown", and the cost is
-        # the sum of each call's, known only when every call's model has a price.
-        cost = 0.0
+def _merged(execution: events.AgentExecution, calls: list[_Call], prices) -> events.AgentExecution:
+    """An agent's execution with the usage of the calls attributed to it, which replaces its own."""
+    calls = [call for call in calls if call.tokens is not _NO_TOKENS]
+    if not calls:
+        return execution
+    tokens, models = calls[0].tokens, {calls[0].model}
+    for call in calls[1:]:
+        tokens = _add(tokens, call.tokens)
+        models.add(call.model)
+    ttft = execution.time_to_first_token_seconds
+    if ttft is None:
+        first = min((call for call in calls if call.ttft is not None), key=lambda call: call.start, default=None)
+        ttft = None if first is None else first.ttft
+    model, cost = calls[0].model, None      # priced once, by Telemetry.record_batch
+    if len(models) > 1:
+        # One execution has one model label, so it is "unknown"; the cost is the sum of each call's,
+        # known only when every call's model has a price.
+        model, cost = None, 0.0
         for call in calls:
-            u = call.usage
-            part = None if u.total_tokens is not None else prices.cost(
-                call.model, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
-                reasoning_tokens=u.reasoning_tokens)
+            t = call.tokens
+            part = None if t[5] is not None else prices.cost(
+                call.model, input_tokens=t[0], output_tokens=t[1], cache_read_tokens=t[2],
+                cache_write_tokens=t[3], reasoning_tokens=t[4])
             if part is None:
                 cost = None
                 break
             cost += part
-        return _execution(self.name, self.timed, None, total, ttft, cost)
-
-
-def _execution(agent: str, timed: _Timed, model, usage_: _Usage, ttft, cost) -> events.AgentExecution:
-    return events.AgentExecution(
-        agent=agent, status="error" if timed.error else "success",
-        duration_seconds=(timed.end - timed.start) / 1e9, model=model,
-        input_tokens=usage_.input_tokens, output_tokens=usage_.output_tokens,
-        cache_read_tokens=usage_.cache_read_tokens, cache_write_tokens=usage_.cache_write_tokens,
-        reasoning_tokens=usage_.reasoning_tokens, total_tokens=usage_.total_tokens, cost_usd=cost,
-        time_to_first_token_seconds=ttft, error_type=timed.error_type if timed.error else None,
-        trace_id=timed.trace_id.hex(), span_id=timed.span_id.hex(), timestamp=timed.end / 1e9)
+    return msgspec.structs.replace(
+        execution, model=model, input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2],
+        cache_write_tokens=tokens[3], reasoning_tokens=tokens[4], total_tokens=tokens[5], cost_usd=cost,
+        time_to_first_token_seconds=ttft)
 
 
 # -- attribution -------------------------------------------------------------------
@@ -456,19 +472,33 @@ class _AttributionBuffer:
 _ROOT, _UNKNOWN, _NESTED = object(), object(), object()
 
 
+def _links(view) -> dict[bytes, dict[bytes, bytes]]:
+    """Every span's parent, by trace: read only when a request has calls to attribute."""
+    links_by_trace: dict[bytes, dict[bytes, bytes]] = {}
+    for resource_spans in view.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                trace_id = span.trace_id
+                links = links_by_trace.get(trace_id)
+                if links is None:
+                    links = links_by_trace[trace_id] = {}
+                links[span.span_id] = span.parent_span_id
+    return links_by_trace
+
+
 def _enclosing(call: _Call, links: dict, agents: dict, calls: dict):
-    """The nearest agent span above `call`; _NESTED inside another inference span; _ROOT when there is
-    none; _UNKNOWN when an ancestor has not arrived yet."""
-    trace_id = call.timed.trace_id
-    span_id = call.timed.parent
+    """The batch index of the nearest agent span above `call`; _NESTED inside another inference span;
+    _ROOT when there is none; _UNKNOWN when an ancestor has not arrived yet."""
+    trace_id = call.trace_id
+    span_id = call.parent
     for _ in range(MAX_ANCESTORS):
         if not span_id:
             return _ROOT
         agent = agents.get(span_id)
-        if agent is not None and agent.timed.trace_id == trace_id:
-            return agent
+        if agent is not None and agent[1] == trace_id:
+            return agent[0]
         outer = calls.get(span_id)
-        if outer is not None and outer.timed.trace_id == trace_id:
+        if outer is not None and outer.trace_id == trace_id:
             return _NESTED
         span_id = links.get(span_id)
         if span_id is None:
@@ -582,10 +612,9 @@ class OTLPReceiver:
 
     def _map(self, view) -> tuple[Mapped, int]:
         """Events of one request, recorded; returns the outcome and the number of spans in it."""
-        links_by_trace: dict[bytes, dict[bytes, bytes]] = {}
-        agents: dict[bytes, _Agent] = {}
-        calls: dict[bytes, _Call] = {}
         batch = []
+        agents: dict[bytes, tuple[int, bytes]] = {}     # span id -> (index in batch, trace id)
+        calls: dict[bytes, _Call] = {}
         spans = ignored = rejected = 0
         errors: list[str] = []
         for resource_spans in view.resource_spans:
@@ -595,11 +624,6 @@ class OTLPReceiver:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     spans += 1
-                    trace_id = span.trace_id
-                    links = links_by_trace.get(trace_id)
-                    if links is None:
-                        links = links_by_trace[trace_id] = {}
-                    links[span.span_id] = span.parent_span_id
                     attributes = span.attributes
                     present = _KNOWN.intersection(attributes)
                     kind = _kind(attributes, present) if present else None
@@ -607,39 +631,39 @@ class OTLPReceiver:
                         ignored += 1
                         continue
                     try:
-                        timed = _timed(span, attributes, present)
-                        if kind is INFERENCE:
-                            calls[timed.span_id] = _Call(
-                                timed, _string(attributes, present, MODELS), _usage(attributes, present),
-                                _seconds(attributes, present, TIME_TO_FIRST_TOKEN),
-                                _string(attributes, present, AGENT_NAMES) or service)
-                        elif kind is AGENT:
-                            agents[timed.span_id] = _Agent(
-                                timed, _own_name(span, attributes, present, AGENT) or service,
-                                _string(attributes, present, MODELS), _usage(attributes, present),
-                                _seconds(attributes, present, TIME_TO_FIRST_TOKEN))
+                        trace_id, span_id, start, end = _ids_and_times(span)
+                        if kind is AGENT:
+                            batch.append(_agent_execution(span, attributes, present, trace_id, span_id, start, end,
+                                                          service))
+                            agents[span_id] = (len(batch) - 1, trace_id)
+                        elif kind is INFERENCE:
+                            calls[span_id] = _Call(span, attributes, present, trace_id, span_id, start, end, service)
                         else:
-                            batch.append(_finished(span, attributes, present, kind, timed, service))
+                            batch.append(_finished(span, attributes, present, kind, trace_id, span_id, start, end,
+                                                   service))
                     except SpanError as exc:
                         rejected += 1
                         if len(errors) < MAX_ERROR_MESSAGES and str(exc) not in errors:
                             errors.append(str(exc))
-        mapped = len(batch) + len(agents)
+        mapped = len(batch)
         if calls or len(self._buffer):
-            fallen_back, attributed, nested = self._attribute(links_by_trace, agents, calls)
+            fallen_back, attributed, nested = self._attribute(_links(view), agents, calls)
+            prices = self._telemetry.prices
+            for index, agent_calls in attributed.items():
+                batch[index] = _merged(batch[index], agent_calls, prices)
+                mapped += len(agent_calls)
             batch.extend(call.execution() for call in fallen_back)
-            mapped += len(fallen_back) + attributed
+            mapped += len(fallen_back)
             ignored += nested
-        prices = self._telemetry.prices
-        batch.extend(agent.execution(prices) for agent in agents.values())
         self._record(batch, mapped=mapped, ignored=ignored, rejected=rejected)
         return Mapped(mapped, ignored, rejected, errors), spans
 
-    def _attribute(self, links_by_trace, agents, calls) -> tuple[list[_Call], int, int]:
+    def _attribute(self, links_by_trace, agents, calls) -> tuple[list[_Call], dict[int, list[_Call]], int]:
         """Give each call of this request, and each call waiting from earlier ones in the same traces,
-        to its enclosing agent; returns (calls that fall back, calls attributed, nested calls)."""
+        to its enclosing agent; returns (calls that fall back, calls by agent batch index, nested calls)."""
         fallen_back: list[_Call] = []
-        attributed = nested = 0
+        attributed: dict[int, list[_Call]] = {}
+        nested = 0
         now = time.monotonic()
         with self._lock:
             buffer = self._buffer
@@ -654,7 +678,7 @@ class OTLPReceiver:
                     candidates.extend(pending.calls)
                     pending.calls = []
             for call in candidates:
-                trace_id = call.timed.trace_id
+                trace_id = call.trace_id
                 found = _enclosing(call, links_by_trace[trace_id], agents, calls)
                 if found is _UNKNOWN:
                     entry = waiting.get(trace_id)
@@ -668,8 +692,7 @@ class OTLPReceiver:
                 elif found is _NESTED:
                     nested += 1
                 else:
-                    found.calls.append(call)
-                    attributed += 1
+                    attributed.setdefault(found, []).append(call)
             for trace_id, (pending, old_size) in waiting.items():
                 fallen_back.extend(buffer.update(trace_id, pending, old_size, now))
         return fallen_back, attributed, nested
@@ -693,20 +716,20 @@ class OTLPReceiver:
                 store.count_otlp_spans(outcome, count)
 
 
-def _finished(span, attributes, present, kind: str, timed: _Timed, service: str):
+def _finished(span, attributes, present, kind: str, trace_id, span_id, start, end, service: str):
     """The event of a tool or workflow span."""
-    status = "error" if timed.error else "success"
-    duration = (timed.end - timed.start) / 1e9
-    error_type = timed.error_type if timed.error else None
+    error = span.status.code == _STATUS_ERROR
+    status = "error" if error else "success"
     name = _own_name(span, attributes, present, kind)
     if kind is TOOL:
         if name is None:
             raise SpanError("an execute_tool span needs gen_ai.tool.name")
-        return events.ToolCall(tool=name, status=status, duration_seconds=duration,
-                               agent=_string(attributes, present, AGENT_NAMES), error_type=error_type,
-                               trace_id=timed.trace_id.hex(), span_id=timed.span_id.hex(), timestamp=timed.end / 1e9)
-    return events.WorkflowRun(workflow=name or service, status=status, duration_seconds=duration,
-                              trace_id=timed.trace_id.hex(), span_id=timed.span_id.hex(), timestamp=timed.end / 1e9)
+        return events.ToolCall(tool=name, status=status, duration_seconds=(end - start) / 1e9,
+                               agent=_string(attributes, present, AGENT_NAMES),
+                               error_type=_error_type(span, attributes, present) if error else None,
+                               trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
+    return events.WorkflowRun(workflow=name or service, status=status, duration_seconds=(end - start) / 1e9,
+                              trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
 
 
 # -- OTLP/HTTP encodings -------------------------------------------------------------

@@ -421,6 +421,18 @@ def test_a_span_with_bad_values_is_rejected_and_the_rest_is_mapped(tel, rx, bad,
     assert spans_counted(tel) == {"mapped": 1, "rejected": 1}
 
 
+def test_malformed_span_events_reject_the_failed_span_only(tel, rx):
+    bad = span(1, {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "coder"}, error=True)
+    bad.events.add(name="exception")
+    body = request(bad, agent_span(9, "fine")).SerializeToString()
+    # The event's bytes, cut short: a length that runs past the end of the event.
+    body = body.replace(b"\x12\texception", b"\x12\x7fexception")
+    response = rx.export_serialized(body)
+    assert response.partial_success.rejected_spans == 1
+    assert "events" in response.partial_success.error_message
+    assert executions(tel) == {("fine", "success"): 1}
+
+
 def test_whole_token_counts_sent_as_doubles_are_taken(tel, rx):
     rx.export(request(span(1, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
                                "gen_ai.usage.input_tokens": 12.0})))
