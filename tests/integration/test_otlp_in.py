@@ -8,7 +8,10 @@ spans to the exporter; the test scrapes /metrics over HTTP.
 """
 
 import json
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -223,3 +226,14 @@ def test_openinference_langchain_agent(exporter):
                       if n == catalog.TOOL_CALL_DURATION.name + "_bucket" and t}
     assert tool_exemplars == {trace_id}     # the tool ran in the agent's trace
     assert spans_counted(metrics) == {"mapped": 4}
+
+
+def test_the_example_shows_the_metrics():
+    example = Path(__file__).resolve().parents[2] / "examples" / "otlp_openai_agent.py"
+    result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = {line.strip() for line in result.stdout.splitlines()}
+    assert 'orchestrator_agent_executions_total{agent="triage",status="success"} 3.0' in lines
+    assert 'orchestrator_llm_tokens_total{agent="triage",model="gpt-4o-mini",type="input"} 5100.0' in lines
+    assert 'orchestrator_llm_tokens_total{agent="triage",model="gpt-4o-mini",type="output"} 720.0' in lines
+    assert 'orchestrator_exporter_otlp_spans_total{outcome="mapped"} 9.0' in lines
