@@ -439,6 +439,13 @@ def test_whole_token_counts_sent_as_doubles_are_taken(tel, rx):
     assert tokens(tel, "orders-service", "m") == {"input": 12}
 
 
+@pytest.mark.parametrize("count", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 10**12])
+def test_token_counts_of_every_encoded_size(tel, rx, count):
+    rx.export(request(span(1, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
+                               "gen_ai.usage.input_tokens": count})))
+    assert tokens(tel, "orders-service", "m") == {"input": count}
+
+
 def test_long_names_are_cut_to_the_schema_limit(tel, rx):
     rx.export(request(agent_span(1, "a" * 300)))
     assert executions(tel) == {("a" * 128, "success"): 1}
