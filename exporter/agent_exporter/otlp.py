@@ -166,16 +166,15 @@ _OPERATIONS = {"invoke_agent": AGENT, "execute_tool": TOOL, "invoke_workflow": W
 _OPENINFERENCE_KINDS = {"AGENT": AGENT, "TOOL": TOOL, "LLM": INFERENCE, "EMBEDDING": INFERENCE}
 _TRACELOOP_KINDS = {"agent": AGENT, "tool": TOOL, "workflow": WORKFLOW}
 _LLM_REQUEST_TYPES = {"chat": INFERENCE, "completion": INFERENCE, "embedding": INFERENCE}
-_OTHER_KINDS = ((OPENINFERENCE_KIND, _OPENINFERENCE_KINDS), (TRACELOOP_KIND, _TRACELOOP_KINDS),
-                (LLM_REQUEST_TYPE, _LLM_REQUEST_TYPES))
+_KINDS = ((OPERATION, _OPERATIONS), (OPENINFERENCE_KIND, _OPENINFERENCE_KINDS),
+          (TRACELOOP_KIND, _TRACELOOP_KINDS), (LLM_REQUEST_TYPE, _LLM_REQUEST_TYPES))
 # Span name prefixes the conventions give, stripped when a name comes from the span name.
 _NAME_PREFIXES = {AGENT: "invoke_agent ", TOOL: "execute_tool ", WORKFLOW: "invoke_workflow "}
 _TRACELOOP_SUFFIXES = {AGENT: ".agent", TOOL: ".tool", WORKFLOW: ".workflow"}
 
 _COUNTS = (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, REASONING_TOKENS, TOTAL_TOKENS)
-_COUNT_SLOTS = {name: (slot, rank) for slot, names in enumerate(_COUNTS) for rank, name in enumerate(names)}
-_COUNT_NAMES = frozenset(_COUNT_SLOTS)
-_DISCRIMINATORS = frozenset((OPERATION, *(name for name, _ in _OTHER_KINDS)))
+_COUNT_NAMES = frozenset(name for names in _COUNTS for name in names)
+_DISCRIMINATORS = frozenset(name for name, _ in _KINDS)
 # Every name we read: one set intersection per span finds the ones present.
 _KNOWN = frozenset((*_DISCRIMINATORS, TRACELOOP_ENTITY, *AGENT_NAMES, *TOOL_NAMES, *WORKFLOW_NAMES, *MODELS,
                     *(name for names in _COUNTS for name in names), *TIME_TO_FIRST_TOKEN, ERROR_TYPE))
@@ -226,13 +225,12 @@ def _text(raw: bytes) -> str:
     return value if type(value) is str else ""
 
 
-def _string(attributes, present, names) -> str | None:
-    """The first non-empty string among `names` (those in `present`), cut to the schema's length."""
+def _string(attributes, names) -> str | None:
+    """The first non-empty string among `names` (present ones, in precedence order), cut to the schema's length."""
     for name in names:
-        if name in present:
-            value = _value(attributes[name])
-            if type(value) is str and value:
-                return value[: events.MAX_NAME_LENGTH]
+        value = _value(attributes[name])
+        if type(value) is str and value:
+            return value[: events.MAX_NAME_LENGTH]
     return None
 
 
@@ -248,28 +246,22 @@ def _count(name: str, raw: bytes) -> int:
     return count
 
 
-def _seconds(attributes, present, names) -> float | None:
+def _seconds(attributes, names) -> float | None:
     """The first positive duration in seconds among `names` (OpenLIT writes 0 when it did not stream)."""
     for name in names:
-        if name in present:
-            seconds = _value(attributes[name])
-            if type(seconds) not in (int, float) or not 0 <= seconds <= events.MAX_SECONDS:
-                raise SpanError(f"{name}: expected seconds between 0 and {events.MAX_SECONDS:g}")
-            if seconds > 0:
-                return float(seconds)
+        seconds = _value(attributes[name])
+        if type(seconds) not in (int, float) or not 0 <= seconds <= events.MAX_SECONDS:
+            raise SpanError(f"{name}: expected seconds between 0 and {events.MAX_SECONDS:g}")
+        if seconds > 0:
+            return float(seconds)
     return None
 
 
-def _kind(attributes, present) -> str | None:
-    if OPERATION in present:    # most spans say it the conventions' way: one look-up
-        kind = _OPERATIONS.get(_text(attributes[OPERATION]))
+def _kind(attributes, shape: "_Shape") -> str | None:
+    for name, kinds in shape.kinds:
+        kind = kinds.get(_text(attributes[name]))
         if kind is not None:
             return kind
-    for name, kinds in _OTHER_KINDS:
-        if name in present:
-            kind = kinds.get(_text(attributes[name]))
-            if kind is not None:
-                return kind
     return None
 
 
@@ -284,9 +276,9 @@ def _failed(span) -> bool:
         raise SpanError("status: not an OTLP span status") from None
 
 
-def _error_type(span, attributes, present) -> str | None:
+def _error_type(span, attributes, shape: "_Shape") -> str | None:
     """error.type, else the type of the span's first recorded exception (OpenInference records those)."""
-    if ERROR_TYPE in present:
+    if shape.error_type:
         value = _text(attributes[ERROR_TYPE])
         if value:
             return _name(value)
@@ -311,14 +303,14 @@ def _service_name(resource) -> str:
     return _name(service) if service else UNKNOWN_SERVICE
 
 
-def _own_name(span, attributes, present, kind: str) -> str | None:
+def _own_name(span, attributes, shape: "_Shape", kind: str) -> str | None:
     """The agent, tool or workflow a span names: its attributes, else its span name."""
-    value = _string(attributes, present, AGENT_NAMES if kind is AGENT else TOOL_NAMES if kind is TOOL
-                    else WORKFLOW_NAMES)
+    value = _string(attributes, shape.agent_names if kind is AGENT else shape.tool_names if kind is TOOL
+                    else shape.workflow_names)
     if value:
         return value
-    traceloop = TRACELOOP_KIND in present and _TRACELOOP_KINDS.get(_text(attributes[TRACELOOP_KIND])) == kind
-    if traceloop and TRACELOOP_ENTITY in present:
+    traceloop = shape.traceloop_kind and _TRACELOOP_KINDS.get(_text(attributes[TRACELOOP_KIND])) == kind
+    if traceloop and shape.traceloop_entity:
         entity = _text(attributes[TRACELOOP_ENTITY])
         if entity:
             return _name(entity)
@@ -328,6 +320,43 @@ def _own_name(span, attributes, present, kind: str) -> str | None:
     return _name(name) if name and name != _NAME_PREFIXES[kind].strip() else None
 
 
+class _Shape:
+    """Which attribute each field of a span is read from, for spans carrying one set of known attributes.
+
+    An instrumentation writes the same attributes on every span of a kind, so a
+    stream has few shapes; each is worked out once (`_shape`) instead of per span.
+    """
+
+    __slots__ = ("kinds", "agent_names", "tool_names", "workflow_names", "models", "ttft", "error_type",
+                 "traceloop_kind", "traceloop_entity", "counts", "plain_counts")
+
+    def __init__(self, present: frozenset):
+        def among(names):
+            return tuple(name for name in names if name in present)
+
+        self.kinds = tuple((name, kinds) for name, kinds in _KINDS if name in present)
+        self.agent_names, self.tool_names = among(AGENT_NAMES), among(TOOL_NAMES)
+        self.workflow_names, self.models, self.ttft = among(WORKFLOW_NAMES), among(MODELS), among(TIME_TO_FIRST_TOKEN)
+        self.error_type = ERROR_TYPE in present
+        self.traceloop_kind, self.traceloop_entity = TRACELOOP_KIND in present, TRACELOOP_ENTITY in present
+        # Per token count, the name to read (or None); the conventions' input and output alone need no arithmetic.
+        self.counts = tuple(next(iter(among(names)), None) for names in _COUNTS)
+        self.plain_counts = present & _COUNT_NAMES <= _INPUT_OUTPUT
+
+
+_SHAPES: dict[frozenset, _Shape] = {}
+MAX_SHAPES = 1024           # a stream of ever-new attribute sets cannot grow memory
+
+
+def _shape(present: frozenset) -> _Shape:
+    shape = _SHAPES.get(present)
+    if shape is None:
+        if len(_SHAPES) >= MAX_SHAPES:
+            _SHAPES.clear()
+        shape = _SHAPES[present] = _Shape(present)
+    return shape
+
+
 # Disjoint token counts of a span: (input, output, cache_read, cache_write, reasoning, unsplit total),
 # in the order of events.AgentExecution's fields; None where the span says nothing.
 _NO_TOKENS = (None,) * 6
@@ -335,20 +364,16 @@ _INPUT, _OUTPUT = INPUT_TOKENS[0], OUTPUT_TOKENS[0]
 _INPUT_OUTPUT = frozenset((_INPUT, _OUTPUT))
 
 
-def _tokens(attributes, present) -> tuple:
-    names = present & _COUNT_NAMES
-    if not names:
-        return _NO_TOKENS
-    if names <= _INPUT_OUTPUT:      # the conventions' two counts alone are disjoint already
-        return (_count(_INPUT, attributes[_INPUT]) if _INPUT in names else None,
-                _count(_OUTPUT, attributes[_OUTPUT]) if _OUTPUT in names else None, None, None, None, None)
-    chosen: list = [None] * len(_COUNTS)     # per count, the (rank, name) to read
-    for name in names:
-        slot, rank = _COUNT_SLOTS[name]
-        if chosen[slot] is None or rank < chosen[slot][0]:
-            chosen[slot] = (rank, name)
+def _tokens(attributes, shape: _Shape) -> tuple:
+    input_name, output_name, cache_read_name, cache_write_name, reasoning_name, total_name = shape.counts
+    if shape.plain_counts:          # the conventions' input and output alone are disjoint already
+        if input_name is None and output_name is None:
+            return _NO_TOKENS
+        return (None if input_name is None else _count(input_name, attributes[input_name]),
+                None if output_name is None else _count(output_name, attributes[output_name]),
+                None, None, None, None)
     input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (
-        None if pick is None else _count(pick[1], attributes[pick[1]]) for pick in chosen)
+        None if name is None else _count(name, attributes[name]) for name in shape.counts)
     split = usage.from_semconv(input_tokens, output_tokens, cache_read=cache_read, cache_creation=cache_write,
                                reasoning=reasoning)
     # A total counts only when nothing says how it splits (it becomes type="unsplit").
@@ -371,17 +396,17 @@ def _ids_and_times(span) -> tuple[bytes, bytes, int, int]:
     return trace_id, span_id, start, end
 
 
-def _agent_execution(span, attributes, present, trace_id, span_id, start, end, service) -> events.AgentExecution:
+def _agent_execution(span, attributes, shape, trace_id, span_id, start, end, service) -> events.AgentExecution:
     """The execution of an agent span, with its own usage (calls attributed to it replace that: _merged)."""
     error = _failed(span)
-    tokens = _tokens(attributes, present)
+    tokens = _tokens(attributes, shape)
     return events.AgentExecution(
-        agent=_own_name(span, attributes, present, AGENT) or service, status="error" if error else "success",
-        duration_seconds=(end - start) / 1e9, model=_string(attributes, present, MODELS),
+        agent=_own_name(span, attributes, shape, AGENT) or service, status="error" if error else "success",
+        duration_seconds=(end - start) / 1e9, model=_string(attributes, shape.models),
         input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2], cache_write_tokens=tokens[3],
         reasoning_tokens=tokens[4], total_tokens=tokens[5],
-        time_to_first_token_seconds=_seconds(attributes, present, TIME_TO_FIRST_TOKEN),
-        error_type=_error_type(span, attributes, present) if error else None,
+        time_to_first_token_seconds=_seconds(attributes, shape.ttft),
+        error_type=_error_type(span, attributes, shape) if error else None,
         trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
 
 
@@ -391,15 +416,15 @@ class _Call:
     __slots__ = ("trace_id", "span_id", "parent", "start", "end", "error_type", "error", "model", "tokens", "ttft",
                  "fallback_agent")
 
-    def __init__(self, span, attributes, present, trace_id, span_id, start, end, service):
+    def __init__(self, span, attributes, shape, trace_id, span_id, start, end, service):
         self.trace_id, self.span_id, self.parent, self.start, self.end = (
             trace_id, span_id, span.parent_span_id, start, end)
         self.error = _failed(span)
-        self.error_type = _error_type(span, attributes, present) if self.error else None
-        self.model = _string(attributes, present, MODELS)
-        self.tokens = _tokens(attributes, present)
-        self.ttft = _seconds(attributes, present, TIME_TO_FIRST_TOKEN)
-        self.fallback_agent = _string(attributes, present, AGENT_NAMES) or service
+        self.error_type = _error_type(span, attributes, shape) if self.error else None
+        self.model = _string(attributes, shape.models)
+        self.tokens = _tokens(attributes, shape)
+        self.ttft = _seconds(attributes, shape.ttft)
+        self.fallback_agent = _string(attributes, shape.agent_names) or service
 
     def execution(self) -> events.AgentExecution:
         """The call as an execution of its own (no enclosing agent span)."""
@@ -673,20 +698,24 @@ class OTLPReceiver:
                     spans += 1
                     attributes = span.attributes
                     present = _KNOWN.intersection(attributes)
-                    kind = _kind(attributes, present) if present else None
-                    if kind is None:
+                    if not present:
                         ignored += 1
                         continue
+                    shape = _shape(present)
                     try:
+                        kind = _kind(attributes, shape)
+                        if kind is None:
+                            ignored += 1
+                            continue
                         trace_id, span_id, start, end = _ids_and_times(span)
                         if kind is AGENT:
-                            batch.append(_agent_execution(span, attributes, present, trace_id, span_id, start, end,
+                            batch.append(_agent_execution(span, attributes, shape, trace_id, span_id, start, end,
                                                           service))
                             agents[span_id] = (len(batch) - 1, trace_id)
                         elif kind is INFERENCE:
-                            calls[span_id] = _Call(span, attributes, present, trace_id, span_id, start, end, service)
+                            calls[span_id] = _Call(span, attributes, shape, trace_id, span_id, start, end, service)
                         else:
-                            batch.append(_finished(span, attributes, present, kind, trace_id, span_id, start, end,
+                            batch.append(_finished(span, attributes, shape, kind, trace_id, span_id, start, end,
                                                    service))
                     except SpanError as exc:
                         rejected += 1
@@ -763,17 +792,17 @@ class OTLPReceiver:
                 store.count_otlp_spans(outcome, count)
 
 
-def _finished(span, attributes, present, kind: str, trace_id, span_id, start, end, service: str):
+def _finished(span, attributes, shape, kind: str, trace_id, span_id, start, end, service: str):
     """The event of a tool or workflow span."""
     error = _failed(span)
     status = "error" if error else "success"
-    name = _own_name(span, attributes, present, kind)
+    name = _own_name(span, attributes, shape, kind)
     if kind is TOOL:
         if name is None:
             raise SpanError("an execute_tool span needs gen_ai.tool.name")
         return events.ToolCall(tool=name, status=status, duration_seconds=(end - start) / 1e9,
-                               agent=_string(attributes, present, AGENT_NAMES),
-                               error_type=_error_type(span, attributes, present) if error else None,
+                               agent=_string(attributes, shape.agent_names),
+                               error_type=_error_type(span, attributes, shape) if error else None,
                                trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
     return events.WorkflowRun(workflow=name or service, status=status, duration_seconds=(end - start) / 1e9,
                               trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
