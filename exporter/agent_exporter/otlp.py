@@ -219,23 +219,39 @@ def _value(raw: bytes):
     return None if kind is None else getattr(value, kind)
 
 
+_TEXTS: dict[bytes, str] = {}
+MAX_TEXTS = 4096
+
+
 def _text(raw: bytes) -> str:
-    """An attribute's string ("" for another kind)."""
-    value = _value(raw)
-    return value if type(value) is str else ""
+    """An attribute's string ("" for another kind), cut to the schema's name length.
+
+    Names, models and kinds repeat from span to span: each encoding is decoded once
+    (a bounded cache, emptied when full), and equal names share one str object.
+    """
+    text = _TEXTS.get(raw)
+    if text is None:
+        value = _value(raw)
+        text = value[: events.MAX_NAME_LENGTH] if type(value) is str else ""
+        if len(_TEXTS) >= MAX_TEXTS:
+            _TEXTS.clear()
+        _TEXTS[raw] = text
+    return text
 
 
 def _string(attributes, names) -> str | None:
-    """The first non-empty string among `names` (present ones, in precedence order), cut to the schema's length."""
+    """The first non-empty string among `names` (present ones, in precedence order)."""
     for name in names:
-        value = _value(attributes[name])
-        if type(value) is str and value:
-            return value[: events.MAX_NAME_LENGTH]
+        value = _text(attributes[name])
+        if value:
+            return value
     return None
 
 
 def _count(name: str, raw: bytes) -> int:
     """A token count; one that is not a whole number in range is an error."""
+    if len(raw) == 3 and raw[0] == 0x18 and raw[1] & 0x80 and raw[2] < 0x80:    # 128 to 16383, the usual size
+        return raw[1] & 0x7F | raw[2] << 7
     count = _value(raw)
     if type(count) is not int:
         if type(count) is not float or not count.is_integer():
@@ -268,7 +284,7 @@ def _kind(attributes, shape: "_Shape") -> str | None:
 def _failed(span) -> bool:
     """Whether the span's status is ERROR."""
     status = span.status
-    if not status:
+    if not status:      # unset, as on most spans
         return False
     try:
         return _Status.FromString(status).code == _STATUS_ERROR
@@ -349,11 +365,10 @@ MAX_SHAPES = 1024           # a stream of ever-new attribute sets cannot grow me
 
 
 def _shape(present: frozenset) -> _Shape:
-    shape = _SHAPES.get(present)
-    if shape is None:
-        if len(_SHAPES) >= MAX_SHAPES:
-            _SHAPES.clear()
-        shape = _SHAPES[present] = _Shape(present)
+    """A new shape, remembered (callers look in _SHAPES first)."""
+    if len(_SHAPES) >= MAX_SHAPES:
+        _SHAPES.clear()
+    shape = _SHAPES[present] = _Shape(present)
     return shape
 
 
@@ -405,7 +420,7 @@ def _agent_execution(span, attributes, shape, trace_id, span_id, start, end, ser
         duration_seconds=(end - start) / 1e9, model=_string(attributes, shape.models),
         input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2], cache_write_tokens=tokens[3],
         reasoning_tokens=tokens[4], total_tokens=tokens[5],
-        time_to_first_token_seconds=_seconds(attributes, shape.ttft),
+        time_to_first_token_seconds=_seconds(attributes, shape.ttft) if shape.ttft else None,
         error_type=_error_type(span, attributes, shape) if error else None,
         trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
 
@@ -701,7 +716,7 @@ class OTLPReceiver:
                     if not present:
                         ignored += 1
                         continue
-                    shape = _shape(present)
+                    shape = _SHAPES.get(present) or _shape(present)
                     try:
                         kind = _kind(attributes, shape)
                         if kind is None:
