@@ -17,7 +17,7 @@ from otlp_spans import START, TRACE, agent_span, chat_span, request, span
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import catalog
+from agent_exporter import catalog, otlp
 from agent_exporter.config import Config, MetricsConfig, ModelPrice, OTLPConfig
 from agent_exporter.otlp import OTLPDecodeError, OTLPReceiver
 from agent_exporter.telemetry import Telemetry
@@ -444,6 +444,17 @@ def test_token_counts_of_every_encoded_size(tel, rx, count):
     rx.export(request(span(1, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
                                "gen_ai.usage.input_tokens": count})))
     assert tokens(tel, "orders-service", "m") == {"input": count}
+
+
+def test_decoding_caches_stay_bounded_under_ever_new_names_and_attribute_sets(tel, rx):
+    names = sorted({*otlp.AGENT_NAMES, *otlp.TOOL_NAMES, *otlp.WORKFLOW_NAMES, *otlp.MODELS, otlp.ERROR_TYPE,
+                    otlp.TRACELOOP_ENTITY} - {"gen_ai.agent.name"})
+    for i in range(1, otlp.MAX_TEXTS + 500):
+        # A new agent name every span, and a new set of (empty) known attributes every few.
+        extra = {name: "" for bit, name in enumerate(names) if i >> bit & 1}
+        rx.export(request(span(i, {**extra, "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": f"a{i}"})))
+        assert len(otlp._TEXTS) <= otlp.MAX_TEXTS and len(otlp._SHAPES) <= otlp.MAX_SHAPES
+    assert sum(executions(tel).values()) == otlp.MAX_TEXTS + 499
 
 
 def test_long_names_are_cut_to_the_schema_limit(tel, rx):
