@@ -32,8 +32,10 @@ a *view* of the OTLP schema that declares span and resource attributes as
 ``map<string, bytes>``: the wire format of a map is that of the repeated
 ``KeyValue`` in the official schema, so the bytes are the same, but a map lets
 us read the few keys we know without touching every attribute from Python, and
-a value stays its encoded ``AnyValue`` until read (`_value`).  Span events stay
-bytes until a failed span needs its exception type.
+a value stays its encoded ``AnyValue`` until read (`_value`).  Which of the
+known names a span carries (its `_Shape`) is worked out once per distinct set,
+names and kinds are decoded once per distinct encoding, and a span's status
+and events stay bytes until needed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ _log = logging.getLogger(__name__)
 
 _VIEW_PACKAGE = "agent_exporter.otlp_view"
 _F = descriptor_pb2.FieldDescriptorProto
-# message -> fields (name, number, type, repeated, message type); numbers as in opentelemetry-proto.
+# message -> fields (name, number, kind), the numbers those of opentelemetry-proto; a kind is a scalar type,
+# "map" (attributes: map<string, bytes>, the values encoded AnyValues), "bytes*" (repeated bytes, read later)
+# or a message of the view ("*": repeated).  Fields not declared are skipped by the parser.
 _VIEW_SCHEMA = {
     "AnyValue": [("string_value", 1, _F.TYPE_STRING), ("bool_value", 2, _F.TYPE_BOOL),
                  ("int_value", 3, _F.TYPE_INT64), ("double_value", 4, _F.TYPE_DOUBLE)],
