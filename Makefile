@@ -1,22 +1,28 @@
+# Everything runs from the project's virtual environment, which `make deps`
+# (scripts/install-deps) creates: Debian's Python is externally managed (PEP 668).
 PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: deps demo test render bench
 
 deps:
-	PYTHON=$(PYTHON) scripts/install-deps
+	PYTHON=$(PYTHON) VENV=$(VENV) scripts/install-deps
 
 ## The live demo: exporter + simulated orchestrator + Prometheus + Alertmanager + Slack/SMTP sinks.
 demo: deps
-	agent-exporter demo --stack
+	$(BIN)/agent-exporter demo --stack
 
 ## The whole test suite (unit, promtool rule tests, integration with the real binaries).
 test: deps
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Regenerate prometheus/, alertmanager/ and grafana/ from the default config.
-render:
-	agent-exporter render --out .
+render: deps
+	$(BIN)/agent-exporter render --out .
 
-bench:
-	$(PYTHON) bench/run_all.py
+bench: deps
+	$(BIN)/python bench/run_all.py

@@ -26,7 +26,8 @@ from pathlib import Path
 from agent_exporter import Telemetry, stack
 from agent_exporter.config import Config
 from agent_exporter.render import alertmanager as am
-from agent_exporter.render import rules
+from agent_exporter.render.common import dump_yaml
+from agent_exporter.render.prometheus import prometheus_config, render_prometheus
 from agent_exporter.server import Service, start_server
 from agent_exporter.sinks import SlackSink
 
@@ -49,7 +50,7 @@ def main() -> None:
     (work / "slack_url").write_text(slack.url)
     base = Config()
     config = replace(base, alerting=replace(
-        base.alerting, rate_window="10s", alert_for="0s", remediation_alerts=(),
+        base.alerting, rate_window="10s", alert_for="0s", remediation_alerts=(), channels=("slack",),
         slack=replace(base.alerting.slack, webhook_url_file=str(work / "slack_url"))))
     tel = Telemetry()
     exporter = start_server(Service(tel), "127.0.0.1:0")
@@ -58,17 +59,12 @@ def main() -> None:
     document = am.alertmanager_config(config)
     document["route"].update(group_wait="0s", group_interval="1s", repeat_interval="1h")
     document["templates"] = [str(work / "alertmanager" / "templates" / am.TEMPLATE_NAME)]
-    alertmanager = stack.start_alertmanager(work / "am", rules.dump_yaml(document))
-    rules.render_prometheus(config, work)
-    prometheus = stack.start_prometheus(work / "prom", f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-rule_files: ["{work}/prometheus/rules/*.yml"]
-alerting:
-  alertmanagers: [{{static_configs: [{{targets: ["{alertmanager.url.removeprefix('http://')}"]}}]}}]
-scrape_configs:
-  - job_name: {rules.JOB}
-    static_configs: [{{targets: ["127.0.0.1:{exporter.port}"]}}]
-""", extra_args=("--rules.alert.resend-delay=1s",))
+    alertmanager = stack.start_alertmanager(work / "am", dump_yaml(document))
+    render_prometheus(config, work)
+    prometheus = stack.start_prometheus(work / "prom", prometheus_config(
+        [f"127.0.0.1:{exporter.port}"], job=config.alerting.job,
+        alertmanagers=[alertmanager.url.removeprefix("http://")], rule_files=[f"{work}/prometheus/rules/*.yml"],
+        scrape_interval="1s", evaluation_interval="1s"), extra_args=("--rules.alert.resend-delay=1s",))
     failing: set[str] = set()
     stop = threading.Event()
 

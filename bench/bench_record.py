@@ -1,48 +1,63 @@
-"""Recording one agent execution that touches 5 series (executions, duration, 2x tokens, cost).
+"""Recording one agent execution that touches 5 series (executions, duration, 2x tokens, cost),
+through the API the README documents, against prometheus_client and the OpenTelemetry SDK.
 
-Ours (the store, and the in-process Telemetry API) against prometheus_client with
-.labels() on every call, prometheus_client with cached children, and the
-OpenTelemetry SDK metrics API, in the same run.
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(input_tokens=100, output_tokens=50, cost_usd=0.001)
+
+Baselines in the same run: prometheus_client with `.labels()` on every call (what one
+writes without this project), with cached children, and the OpenTelemetry SDK metrics
+API.  Ours: the context manager, `async with`, the decorator, and `Telemetry.record(dict)`,
+with tracing off; then, with tracing on, what the API adds beyond the OpenTelemetry SDK's
+own span (the same span, attributes and context handling, written by hand).
 
     python bench/bench_record.py
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from timing import per_call_us, row
 
-from agent_exporter import events
-from agent_exporter.config import MetricsConfig, ModelPrice
-from agent_exporter.store import SeriesStore
+from agent_exporter import Telemetry, catalog
+from agent_exporter.config import Config, TracingConfig
 
 CALLS = 100_000
 
 
-def prometheus_client_setup():
+class _Discard(SpanExporter):
+    """Spans go through a real BatchSpanProcessor and are dropped at export: no I/O in the figures."""
+
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
+
+
+def _traced_provider() -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=CALLS * 2))
+    return provider
+
+
+def prometheus_client_baselines():
     from prometheus_client import CollectorRegistry, Counter, Histogram
-    from agent_exporter import catalog
     registry = CollectorRegistry()
     executions = Counter(catalog.AGENT_EXECUTIONS.name, "h", ["agent", "status"], registry=registry)
     duration = Histogram(catalog.AGENT_EXECUTION_DURATION.name, "h", ["agent"], registry=registry,
                          buckets=catalog.EXECUTION_BUCKETS)
     tokens = Counter(catalog.LLM_TOKENS.name, "h", ["agent", "model", "type"], registry=registry)
     cost = Counter(catalog.LLM_COST.name, "h", ["agent", "model"], registry=registry)
-    return executions, duration, tokens, cost
-
-
-def main() -> None:
-    store = SeriesStore(MetricsConfig(prices={"gpt-4o": ModelPrice(2.5, 10.0)}))
-    event = events.AgentExecution(agent="planner", status="success", duration_seconds=1.2, model="gpt-4o",
-                                  input_tokens=1200, output_tokens=300, cost_usd=0.0066)
-
-    executions, duration, tokens, cost = prometheus_client_setup()
 
     def with_labels():
+        started = time.perf_counter()
         executions.labels("planner", "success").inc()
-        duration.labels("planner").observe(1.2)
-        tokens.labels("planner", "gpt-4o", "input").inc(1200)
-        tokens.labels("planner", "gpt-4o", "output").inc(300)
-        cost.labels("planner", "gpt-4o").inc(0.0066)
+        duration.labels("planner").observe(time.perf_counter() - started)
+        tokens.labels("planner", "gpt-4o", "input").inc(100)
+        tokens.labels("planner", "gpt-4o", "output").inc(50)
+        cost.labels("planner", "gpt-4o").inc(0.001)
 
     children = (executions.labels("planner", "success"), duration.labels("planner"),
                 tokens.labels("planner", "gpt-4o", "input"), tokens.labels("planner", "gpt-4o", "output"),
@@ -50,49 +65,106 @@ def main() -> None:
 
     def cached_children():
         e, d, ti, to, c = children
+        started = time.perf_counter()
         e.inc()
-        d.observe(1.2)
-        ti.inc(1200)
-        to.inc(300)
-        c.inc(0.0066)
+        d.observe(time.perf_counter() - started)
+        ti.inc(100)
+        to.inc(50)
+        c.inc(0.001)
 
+    return with_labels, cached_children
+
+
+def otel_sdk_metrics():
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
-    o_exec = meter.create_counter("executions")
-    o_dur = meter.create_histogram("duration", unit="s")
-    o_tok = meter.create_counter("tokens")
-    o_cost = meter.create_counter("cost")
+    executions, duration = meter.create_counter("executions"), meter.create_histogram("duration", unit="s")
+    tokens, cost = meter.create_counter("tokens"), meter.create_counter("cost")
 
-    def otel_sdk():
-        o_exec.add(1, {"agent": "planner", "status": "success"})
-        o_dur.record(1.2, {"agent": "planner"})
-        o_tok.add(1200, {"agent": "planner", "model": "gpt-4o", "type": "input"})
-        o_tok.add(300, {"agent": "planner", "model": "gpt-4o", "type": "output"})
-        o_cost.add(0.0066, {"agent": "planner", "model": "gpt-4o"})
+    def record():
+        started = time.perf_counter()
+        executions.add(1, {"agent": "planner", "status": "success"})
+        duration.record(time.perf_counter() - started, {"agent": "planner"})
+        tokens.add(100, {"agent": "planner", "model": "gpt-4o", "type": "input"})
+        tokens.add(50, {"agent": "planner", "model": "gpt-4o", "type": "output"})
+        cost.add(0.001, {"agent": "planner", "model": "gpt-4o"})
+    return record
 
+
+def api_calls(tel: Telemetry):
+    def context_manager():
+        with tel.agent_execution("planner", model="gpt-4o") as run:
+            run.usage(input_tokens=100, output_tokens=50, cost_usd=0.001)
+
+    @tel.agent_execution("planner", model="gpt-4o")
+    def decorated():
+        Telemetry.current_run().usage(input_tokens=100, output_tokens=50, cost_usd=0.001)
+
+    async def async_with():
+        async with tel.agent_execution("planner", model="gpt-4o") as run:
+            run.usage(input_tokens=100, output_tokens=50, cost_usd=0.001)
+
+    def record_dict():
+        tel.record({"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 0.001,
+                    "model": "gpt-4o", "input_tokens": 100, "output_tokens": 50, "cost_usd": 0.001})
+    return context_manager, decorated, async_with, record_dict
+
+
+def per_call_async_us(coroutine_function, calls: int) -> float:
+    """Like per_call_us for `async with`: the calls run inside one event loop, as in an async orchestrator."""
+    async def loop_of(n):
+        for _ in range(n):
+            await coroutine_function()
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        asyncio.run(loop_of(calls))
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best * 1e6
+
+
+def sdk_span(tracer: trace.Tracer):
+    """The OpenTelemetry SDK's own span for one agent run, as the API makes it (current while the body runs)."""
+    def run():
+        with tracer.start_as_current_span("invoke_agent planner", kind=trace.SpanKind.INTERNAL, attributes={
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner",
+                "gen_ai.request.model": "gpt-4o"}) as span:
+            span.set_attributes({"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 50,
+                                 "orchestrator.cost_usd": 0.001})
+    return run
+
+
+def main() -> None:
+    with_labels, cached_children = prometheus_client_baselines()
+    untraced = Telemetry(Config(tracing=TracingConfig(enabled=False)))
+    context_manager, decorated, async_with, record_dict = api_calls(untraced)
     results = {
         "prometheus_client .labels()": per_call_us(with_labels, CALLS),
         "prometheus_client cached children": per_call_us(cached_children, CALLS),
-        "OpenTelemetry SDK metrics API": per_call_us(otel_sdk, CALLS // 4),
-        "agent-exporter store.apply(event)": per_call_us(lambda: store.apply(event), CALLS),
+        "OpenTelemetry SDK metrics API": per_call_us(otel_sdk_metrics(), CALLS // 4),
+        "with tel.agent_execution() + run.usage()": per_call_us(context_manager, CALLS),
+        "async with tel.agent_execution()": per_call_async_us(async_with, CALLS),
+        "@tel.agent_execution() decorator": per_call_us(decorated, CALLS),
+        "tel.record(dict)": per_call_us(record_dict, CALLS),
     }
     baseline = results["prometheus_client .labels()"]
-    print(f"record one agent execution (5 series), {CALLS} calls, best of 5; ratio vs prometheus_client .labels()")
+    print(f"record one agent execution (5 series), tracing off, {CALLS:,} calls, best of 5;"
+          " ratio against prometheus_client .labels()")
     for name, us in results.items():
         print(row(name, us, baseline))
-    try:
-        from agent_exporter import Telemetry
-    except ImportError:
-        return
-    tel = Telemetry()
 
-    def api_record():
-        tel.record({"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 1.2,
-                    "model": "gpt-4o", "input_tokens": 1200, "output_tokens": 300})
-
-    print("  (in-process API, validation included:)")
-    print(row("Telemetry.record(dict)", per_call_us(api_record, CALLS // 4), baseline))
+    provider = _traced_provider()
+    traced = Telemetry(tracer_provider=provider)
+    traced_context_manager = api_calls(traced)[0]
+    span_only = per_call_us(sdk_span(provider.get_tracer("bench")), CALLS // 4)
+    with_tracing = per_call_us(traced_context_manager, CALLS // 4)
+    print("tracing on (a sampled span per run through a BatchSpanProcessor):")
+    print(row("OpenTelemetry SDK span alone", span_only))
+    print(row("with tel.agent_execution() + run.usage()", with_tracing))
+    print(f"  {'added beyond the SDK span':<44} {with_tracing - span_only:9.3f} µs")
+    provider.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""OTLP trace receivers for tests: gRPC (TraceService) and HTTP/protobuf (POST /v1/traces).
+"""OTLP receivers for tests: gRPC (TraceService, LogsService) and HTTP/protobuf (POST /v1/traces, /v1/logs).
 
-Both bind 127.0.0.1 on an ephemeral port, decode ExportTraceServiceRequest
-with opentelemetry-proto's generated classes, and keep the spans they receive
-as `ReceivedSpan`s.  Use them as context managers (started on enter, stopped
-on exit) and wait with `wait_for_spans(n)`, which has a deadline.
+Both bind 127.0.0.1 on an ephemeral port, decode the export requests with
+opentelemetry-proto's generated classes, and keep the spans they receive as
+`ReceivedSpan`s and the log records as `ReceivedLog`s.  Use them as context
+managers (started on enter, stopped on exit) and wait with `wait_for_spans(n)`
+or `wait_for_logs(n)`, which have a deadline.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -77,9 +79,29 @@ def spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Recei
     return received
 
 
+@dataclass
+class ReceivedLog:
+    body: str
+    severity: str                  # severity_text, e.g. "INFO"
+    trace_id: str                  # hex, "" without one
+    span_id: str
+    attributes: dict
+    resource: dict
+
+
+def logs_of(request: logs_service_pb2.ExportLogsServiceRequest) -> list[ReceivedLog]:
+    return [ReceivedLog(body=_value(record.body), severity=record.severity_text, trace_id=record.trace_id.hex(),
+                        span_id=record.span_id.hex(), attributes=_attributes(record.attributes),
+                        resource=_attributes(resource_logs.resource.attributes))
+            for resource_logs in request.resource_logs
+            for scope_logs in resource_logs.scope_logs
+            for record in scope_logs.log_records]
+
+
 class _Receiver:
     def __init__(self):
         self.spans: list[ReceivedSpan] = []
+        self.logs: list[ReceivedLog] = []
         self.requests = 0
         self._cond = threading.Condition()
 
@@ -90,16 +112,29 @@ class _Receiver:
             self.spans.extend(spans)
             self._cond.notify_all()
 
-    def wait_for_spans(self, count: int, timeout: float = 10.0) -> list[ReceivedSpan]:
-        """Wait until at least `count` spans arrived (AssertionError after `timeout` seconds)."""
+    def _accept_logs(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
+        records = logs_of(request)
+        with self._cond:
+            self.logs.extend(records)
+            self._cond.notify_all()
+
+    def _wait(self, received: list, count: int, what: str, timeout: float) -> list:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self.spans) < count:
+            while len(received) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"expected {count} spans, received {len(self.spans)}")
+                    raise AssertionError(f"expected {count} {what}, received {len(received)}")
                 self._cond.wait(left)
-            return list(self.spans)
+            return list(received)
+
+    def wait_for_spans(self, count: int, timeout: float = 10.0) -> list[ReceivedSpan]:
+        """Wait until at least `count` spans arrived (AssertionError after `timeout` seconds)."""
+        return self._wait(self.spans, count, "spans", timeout)
+
+    def wait_for_logs(self, count: int, timeout: float = 10.0) -> list[ReceivedLog]:
+        """Wait until at least `count` log records arrived (AssertionError after `timeout` seconds)."""
+        return self._wait(self.logs, count, "log records", timeout)
 
     def by_name(self, name: str) -> ReceivedSpan:
         matches = [s for s in self.spans if s.name == name]
@@ -115,7 +150,7 @@ class _Receiver:
 
 
 class GrpcReceiver(_Receiver):
-    """A TraceService gRPC server; `endpoint` is its http:// address (insecure)."""
+    """A TraceService and LogsService gRPC server; `endpoint` is its http:// address (insecure)."""
 
     def __init__(self):
         super().__init__()
@@ -134,8 +169,14 @@ class GrpcReceiver(_Receiver):
                 receiver._accept(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
+        class LogsService(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request, context):
+                receiver._accept_logs(request)
+                return logs_service_pb2.ExportLogsServiceResponse()
+
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), self._server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsService(), self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
 
@@ -146,7 +187,7 @@ class GrpcReceiver(_Receiver):
 
 
 class HttpReceiver(_Receiver):
-    """OTLP/HTTP with protobuf bodies on POST /v1/traces; `endpoint` is the server's base URL."""
+    """OTLP/HTTP with protobuf bodies on POST /v1/traces and /v1/logs; `endpoint` is the server's base URL."""
 
     def __init__(self):
         super().__init__()
@@ -167,13 +208,18 @@ class HttpReceiver(_Receiver):
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 receiver.paths.append(self.path)
-                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
-                    self.send_error(404 if self.path != "/v1/traces" else 415)
+                services = {"/v1/traces": (trace_service_pb2.ExportTraceServiceRequest, receiver._accept,
+                                           trace_service_pb2.ExportTraceServiceResponse),
+                            "/v1/logs": (logs_service_pb2.ExportLogsServiceRequest, receiver._accept_logs,
+                                         logs_service_pb2.ExportLogsServiceResponse)}
+                if self.path not in services or self.headers.get("Content-Type") != "application/x-protobuf":
+                    self.send_error(404 if self.path not in services else 415)
                     return
-                request = trace_service_pb2.ExportTraceServiceRequest()
+                request_type, accept, response_type = services[self.path]
+                request = request_type()
                 request.ParseFromString(body)
-                receiver._accept(request)
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                accept(request)
+                reply = response_type().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))

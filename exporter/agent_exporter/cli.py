@@ -11,33 +11,29 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from . import __version__
 
 
-class _LogfmtFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
-        line = f'ts={ts} caller={record.module} level={record.levelname.lower()} msg="{message}"'
-        if record.exc_info:
-            line += " err=" + repr(self.formatException(record.exc_info))
-        return line
+def _configure_logging(config, args) -> None:
+    """The process's logging from the config's `logging` section; --log.level wins over its level."""
+    import dataclasses
+
+    from . import logs
+    if args.log_level is not None:
+        config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, level=args.log_level.upper()))
+    if args.log_provider is not None:
+        args.log_provider.shutdown()
+    args.log_provider = logs.configure(config)
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def _load_config(path: str | None):
+def _load_config(args):
+    """The config of --config.file (or the defaults), with logging configured from it."""
     from .config import default_config, load_config
-    return load_config(path) if path else default_config()
+    config = load_config(args.config_file) if args.config_file else default_config()
+    _configure_logging(config, args)
+    return config
 
 
 def _error(message: str) -> int:
@@ -69,55 +65,67 @@ def build_remediator(config, telemetry):
 
 def cmd_serve(args) -> int:
     from .config import ConfigError
-    from .server import Service, start_server, wait_until_stopped
+    from .server import Service, serve
     from .telemetry import Telemetry
     from .webconfig import WebConfigError, load_web_config
 
     log = logging.getLogger("agent_exporter.serve")
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except (ConfigError, WebConfigError) as exc:
         return _error(str(exc))
     address = args.listen_address or config.server.listen_address
     telemetry = Telemetry(config)
+    remediator = build_remediator(config, telemetry)
     try:
-        service = Service.from_config(telemetry, web_config=web_config,
-                                      remediator=build_remediator(config, telemetry))
-    except ValueError as exc:
-        telemetry.shutdown()
-        return _error(str(exc))
-    try:
-        handle = start_server(service, address)
+        service = Service.from_config(telemetry, web_config=web_config, remediator=remediator)
+        if remediator is not None:
+            remediator.start()        # healing.fleet's pollers, when configured
+        tls = "enabled" if service.web_config.tls is not None else "disabled"
+        # uvicorn handles SIGTERM and SIGINT while serving, then raises the signal again:
+        # this handler makes that a normal exit, after the graceful drain.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: None)
+        serve(service, address,
+              on_started=lambda url: log.info("Listening on %s (TLS %s), version %s", url, tls, __version__))
     except (OSError, ValueError) as exc:
-        telemetry.shutdown()
         return _error(f"cannot serve on {address}: {exc}")
-    stop = _stop_on_signals()
-    tls = "enabled" if handle.server.ssl_context is not None else "disabled"
-    log.info("Listening on %s (TLS %s), version %s", handle.url, tls, __version__)
-    wait_until_stopped(handle, stop)
-    telemetry.shutdown()      # flushes spans still queued
+    finally:
+        if remediator is not None:
+            remediator.stop()
+        telemetry.shutdown()      # flushes spans still queued
     log.info("bye")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .config import ConfigError
-    from .demo import run_demo
+    from .demo import Incident, run_demo
+    from .stack import StackError
+    if args.replicas > 1 and not args.stack:
+        return _error("--replicas needs --stack: the replicas share alerts and statistics through it")
+    if args.incident_end <= args.incident_start:
+        return _error("--incident-end must come after --incident-start")
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
     except ConfigError as exc:
         return _error(str(exc))
     stop = _stop_on_signals()
-    return run_demo(config, duration=args.duration, stack=args.stack, listen_address=args.listen_address,
-                    seed=args.seed, stop=stop)
+    try:
+        return run_demo(config, duration=args.duration, stack=args.stack, replicas=args.replicas,
+                        listen_address=args.listen_address, seed=args.seed, stop=stop,
+                        tasks_per_second=args.tasks_per_second, started_at=args.clock_start,
+                        incident=Incident(start=args.incident_start, end=args.incident_end))
+    except (StackError, ValueError) as exc:
+        return _error(str(exc))
 
 
 def cmd_render(args) -> int:
     from .config import ConfigError
     from .render import render_all
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
     except ConfigError as exc:
         return _error(str(exc))
     out = Path(args.out)
@@ -142,7 +150,7 @@ def cmd_check(args) -> int:
     from .config import ConfigError
     from .webconfig import WebConfigError, load_web_config
     try:
-        config = _load_config(args.config_file)
+        config = _load_config(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except (ConfigError, WebConfigError) as exc:
         return _error(str(exc))
@@ -154,13 +162,22 @@ def cmd_check(args) -> int:
 
 def cmd_simulate(args) -> int:
     import json
-    from .healing import format_table, run_simulation
-    config = _load_config(args.config_file)
-    result = run_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
+    from .config import ConfigError
+    from .healing import simulate, simulate_fleet
+    try:
+        config = _load_config(args)
+    except ConfigError as exc:
+        return _error(str(exc))
+    if args.mode == "fleet":
+        result = simulate_fleet.run_fleet_simulation(args.replicas, seeds=args.seeds, tasks=args.tasks, config=config)
+        table = simulate_fleet.format_fleet_table
+    elif args.mode == "quality":
+        result = simulate.run_quality_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
+        table = simulate.format_quality_table
     else:
-        print(format_table(result))
+        result = simulate.run_simulation(seeds=args.seeds, tasks=args.tasks, config=config)
+        table = simulate.format_table
+    print(json.dumps(result, indent=2) if args.format == "json" else table(result))
     return 0
 
 
@@ -249,6 +266,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be a number >= 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -261,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="agent-exporter",
         description="Prometheus/OpenTelemetry exporter for AI agent orchestrators.")
     parser.add_argument("--version", action="version", version=f"agent-exporter {__version__}")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=("debug", "info", "warning", "error"), help="log level (stderr, logfmt)")
+    parser.add_argument("--log.level", dest="log_level", default=None,
+                        choices=("debug", "info", "warning", "error"),
+                        help="log level (default: the config's logging.level); the format is logging.format")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_flag(p, help_text="observability YAML (default: built-in defaults)", required=False):
@@ -282,8 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stack", action="store_true",
                       help="also run Prometheus, Alertmanager and local Slack and SMTP sinks")
     demo.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
-                      default="127.0.0.1:9464", help="exporter address (default 127.0.0.1:9464)")
+                      default="127.0.0.1:9464",
+                      help="exporter address (default 127.0.0.1:9464; with --replicas, free loopback ports)")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the simulated workload")
+    demo.add_argument("--replicas", type=_positive_int, default=1, metavar="N",
+                      help="with --stack: run N orchestrator processes sharing alerts and statistics")
+    demo.add_argument("--tasks-per-second", type=_positive_float, default=20.0, metavar="RATE",
+                      help="tasks each orchestrator starts per second (default 20)")
+    demo.add_argument("--incident-start", type=_non_negative_float, default=20.0, metavar="SECONDS",
+                      help="when the incident starts, seconds into the run (default 20)")
+    demo.add_argument("--incident-end", type=_non_negative_float, default=80.0, metavar="SECONDS",
+                      help="when it ends (default 80)")
+    demo.add_argument("--clock-start", type=_non_negative_float, metavar="UNIX_TIME",
+                      help="the run's t=0 (default now), so that replicas share one incident")
     demo.set_defaults(func=cmd_demo)
 
     render = commands.add_parser("render", help="write Prometheus rules, Alertmanager config and dashboards")
@@ -309,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="compare self-healing policies on a scripted degradation")
     config_flag(simulate)
+    simulate.add_argument("--mode", choices=("policies", "quality", "fleet"), default="policies",
+                          help="policies: static .. full on failures; quality: an agent that answers badly, "
+                               "scores weighed or not; fleet: replicas learning alone or sharing statistics")
+    simulate.add_argument("--replicas", type=_positive_int, default=3, help="fleet mode: number of replicas")
     simulate.add_argument("--format", choices=("table", "json"), default="table")
     simulate.add_argument("--seeds", type=_positive_int, default=5, help="number of random seeds")
     simulate.add_argument("--tasks", type=_positive_int, default=2000, help="tasks per run")
@@ -317,9 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import default_config
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
-    return args.func(args)
+    args.log_provider = None
+    _configure_logging(default_config(), args)       # until a command has read its config
+    try:
+        return args.func(args)
+    finally:
+        if args.log_provider is not None:
+            args.log_provider.shutdown()         # flushes log records still queued for OTLP
 
 
 if __name__ == "__main__":

@@ -74,8 +74,9 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
-    include_traces: bool = True
-    format: str = "json"                      # "json" or "text"
+    include_traces: bool = True               # trace_id and span_id of the current span on every line
+    format: str = "json"                      # "json" or "text" (logfmt)
+    export_to_otlp: bool = False              # also send log records to tracing.otlp_endpoint
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,13 @@ class Thresholds:
     tool_error_ratio: float = 0.10
     circuit_open_seconds: float = 300.0       # breaker open longer than this alerts
     rejected_events_ratio: float = 0.01
+    time_to_first_token_p95_seconds: float = 5.0
+    evaluation_score_floor: float = 0.7       # an agent's mean quality score below this alerts
 
 
 @dataclass(frozen=True)
 class SLOConfig:
-    objective: float = 0.99                   # agent execution success ratio
+    objective: float = 0.99                   # success ratio (of agent executions, or of workflow runs)
     # Multi-window multi-burn-rate pairs: (long window, short window, burn-rate factor).
     page_windows: tuple[tuple[str, str, float], ...] = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
     ticket_windows: tuple[tuple[str, str, float], ...] = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
@@ -102,6 +105,8 @@ class BudgetConfig:
     day_usd: float = 100.0
     month_usd: float = 2000.0
     owners: tuple[str, ...] = ()              # email addresses of the budget owners
+    # USD a day per value of the `feature` label (needs metrics.extra_labels: [feature]).
+    per_feature: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,13 @@ class SlackConfig:
 @dataclass(frozen=True)
 class AlertingConfig:
     enabled: bool = True
-    channels: tuple[str, ...] = ("log",)      # legacy: log, email, slack
+    # Which receivers render writes: slack, email, and log (every alert to the exporter's
+    # /v1/alertmanager, which logs it).  The legacy file says [log] alone; absent, all three.
+    channels: tuple[str, ...] = ("log", "slack", "email")
     conditions: tuple[str, ...] = ()          # legacy strings, as written
     thresholds: Thresholds = field(default_factory=Thresholds)
     slo: SLOConfig = field(default_factory=SLOConfig)
+    workflow_slo: SLOConfig = field(default_factory=SLOConfig)   # workflow runs (tasks) end to end
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
@@ -142,6 +150,16 @@ class AlertingConfig:
     # must hold before firing.  Demos and tests shorten both; recording rules keep 5m.
     rate_window: str = "5m"
     alert_for: str = "5m"
+    # The window of the quality alert: evaluations are sparser than executions.
+    evaluation_window: str = "1h"
+    # Ratio and mean alerts also need this many events in their window, so one failure
+    # in two calls at night, or the first minutes after a restart, page no one.
+    min_events: int = 10
+    # Prometheus' job label of the exporters: every rule and dashboard selects job="<job>".
+    job: str = "agent-exporter"
+    # Labels the alerts keep apart (e.g. environment, cluster) when one Prometheus
+    # scrapes several deployments; the recording rules aggregate by them too.
+    group_labels: tuple[str, ...] = ()
     # Alerts whose firing opens the named agent's circuit breaker (self-healing).
     remediation_alerts: tuple[str, ...] = ("OrchestratorAgentHighErrorRatio",)
 
@@ -167,6 +185,52 @@ class OTLPConfig:
 
 
 @dataclass(frozen=True)
+class SelectorConfig:
+    """The adaptive selector: how fast evidence fades and what besides success counts."""
+    decay: float = 0.97                       # weight left to old evidence per new outcome of the task
+    latency_weight: float = 0.2               # largest score penalty, for the slowest candidate
+    cost_weight: float = 0.1                  # largest score penalty, for the most expensive candidate
+    # How much a success's evaluation score counts: 0 ignores scores, 1 counts a success as its score.
+    quality_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class HTTPAuthConfig:
+    """Credentials for an API the healing layer polls: a bearer token or basic auth, read from files."""
+    bearer_token_file: str = ""
+    username: str = ""
+    password_file: str = ""
+
+
+@dataclass(frozen=True)
+class FleetAlertmanagerConfig:
+    """Poll Alertmanager's v2 API for the remediation alerts (healing.fleet.alertmanager)."""
+    urls: tuple[str, ...] = ()                # members of one cluster, any answers; none: webhook only
+    interval_seconds: float = 10.0
+    auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
+
+
+@dataclass(frozen=True)
+class FleetPrometheusConfig:
+    """Seed and refresh the selector from the fleet's recording rules (healing.fleet.prometheus)."""
+    url: str = ""                             # none: each replica learns alone
+    interval_seconds: float = 30.0
+    fleet_weight: float = 10.0                # observations the fleet's success ratio counts as
+    local_weight: float = 1.0                 # multiplier of the replica's own decayed outcomes
+    auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Every replica acts on the same alerts and statistics, through Alertmanager and Prometheus."""
+    alertmanager: FleetAlertmanagerConfig = field(default_factory=FleetAlertmanagerConfig)
+    prometheus: FleetPrometheusConfig = field(default_factory=FleetPrometheusConfig)
+    jitter: float = 0.2                       # each wait is its interval times a factor in 1 +- jitter
+    backoff_max_seconds: float = 60.0         # failing polls back off exponentially up to this
+    timeout_seconds: float = 2.0              # per HTTP request
+
+
+@dataclass(frozen=True)
 class HealingConfig:
     enabled: bool = True
     max_attempts: int = 3
@@ -178,6 +242,8 @@ class HealingConfig:
     breaker_cooldown_seconds: float = 30.0
     breaker_half_open_probes: int = 3
     fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)   # agent -> ordered alternatives
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 @dataclass(frozen=True)
@@ -209,6 +275,11 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _ALERT_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:]*):\d{1,5}$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the rules already aggregate by or set, which a grouping label must not repeat.
+_RULE_LABELS = frozenset({
+    "job", "instance", "agent", "tool", "workflow", "model", "evaluator", "type", "status", "le", "quantile",
+    "alertname", "alertstate", "severity", "slo", "category", *catalog.EXTRA_LABELS})
 _CONDITION = re.compile(
     r"^\s*(?P<metric>[a-z_0-9]+)\s*>\s*\$?\s*(?P<value>\d+(\.\d+)?)\s*(?P<unit>%|ms|s)?\s*$")
 
@@ -234,6 +305,9 @@ _non_empty = _check(lambda v: v.strip() != "", "expected a non-empty string")
 _url = _check(lambda v: _URL.match(v), "expected an http(s) URL")
 _duration = _check(lambda v: _DURATION.match(v), "expected a Prometheus duration such as 30s, 5m or 1h")
 _emails = _each(_check(lambda v: _EMAIL.match(v), "expected an email address"))
+# A label value the rules write inside a PromQL string: no quoting needed.
+_label_value = _check(lambda v: v.strip() != "" and not set(v) & set('"\\\n'),
+                      "expected a non-empty value without quotes, backslashes or line breaks")
 
 
 def _one_of(*choices):
@@ -267,6 +341,35 @@ def _windows(values, path):
         _positive(factor, f"{path}[{i}][2]")
 
 
+def _group_labels(values, path):
+    for i, value in enumerate(values):
+        if not _LABEL_NAME.match(value) or value.startswith("__"):
+            raise ConfigError(f"{path}[{i}]", f"expected a Prometheus label name, got {value!r}")
+        if value in _RULE_LABELS:
+            raise ConfigError(f"{path}[{i}]", f"{value!r} is a label the rules already use; "
+                                              "expected a deployment label such as environment or cluster")
+    if len(set(values)) != len(values):
+        raise ConfigError(path, "duplicate entries")
+
+
+def _feature_budgets(values, path):
+    for feature, usd in values.items():
+        _label_value(feature, path)
+        _non_negative(usd, f"{path}.{feature}")
+
+
+def _optional_url(value, path):
+    if value:
+        _url(value, path)
+
+
+def _auth(auth, path):
+    if auth.bearer_token_file and (auth.username or auth.password_file):
+        raise ConfigError(path, "expected a bearer token or basic auth, not both")
+    if bool(auth.username) != bool(auth.password_file):
+        raise ConfigError(path, "basic auth needs both username and password_file")
+
+
 def _prices(values, path):
     for model, price in values.items():
         for kind in ("input", "output", "cache_read", "cache_write", "reasoning"):
@@ -295,9 +398,11 @@ _CHECKS = {
     Thresholds: {
         "error_ratio": _ratio, "latency_p95_seconds": _positive, "cost_per_day_usd": _non_negative,
         "tool_error_ratio": _ratio, "circuit_open_seconds": _positive, "rejected_events_ratio": _ratio,
+        "time_to_first_token_p95_seconds": _positive, "evaluation_score_floor": _ratio,
     },
     SLOConfig: {"objective": _ratio, "page_windows": _windows, "ticket_windows": _windows},
-    BudgetConfig: {"day_usd": _non_negative, "month_usd": _non_negative, "owners": _emails},
+    BudgetConfig: {"day_usd": _non_negative, "month_usd": _non_negative, "owners": _emails,
+                   "per_feature": _feature_budgets},
     EmailConfig: {
         "smtp_server": _non_empty,
         "smtp_port": _check(lambda v: 0 < v < 65536, "expected a TCP port"),
@@ -308,6 +413,8 @@ _CHECKS = {
         "channels": _subset_of("log", "email", "slack"),
         "alertmanager_url": _url, "exporter_url": _url, "runbook_url": _url, "grafana_url": _url,
         "evaluation_interval": _duration, "rate_window": _duration, "alert_for": _duration,
+        "evaluation_window": _duration, "min_events": _positive, "job": _label_value,
+        "group_labels": _group_labels,
         "remediation_alerts": _each(_check(lambda v: _ALERT_NAME.match(v), "expected an alert name in CamelCase")),
     },
     ServerConfig: {
@@ -325,6 +432,22 @@ _CHECKS = {
         "breaker_min_calls": _positive, "breaker_cooldown_seconds": _positive,
         "breaker_half_open_probes": _positive,
     },
+    SelectorConfig: {
+        "decay": _check(lambda v: 0 < v <= 1, "expected a ratio in (0, 1]"),
+        "latency_weight": _non_negative, "cost_weight": _non_negative,
+        "quality_weight": _check(lambda v: 0 <= v <= 1, "expected a weight between 0 and 1"),
+    },
+    FleetAlertmanagerConfig: {
+        "urls": _each(_url), "interval_seconds": _positive, "auth": _auth,
+    },
+    FleetPrometheusConfig: {
+        "url": _optional_url, "interval_seconds": _positive, "fleet_weight": _positive,
+        "local_weight": _positive, "auth": _auth,
+    },
+    FleetConfig: {
+        "jitter": _check(lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
+        "backoff_max_seconds": _positive, "timeout_seconds": _positive,
+    },
 }
 
 # Keys that are accepted but do not map onto a field: the legacy Slack URL (only
@@ -332,6 +455,10 @@ _CHECKS = {
 _SECRET_KEYS = {
     SlackConfig: {"webhook_url": "use webhook_url_file (a file holding the URL) instead of the URL itself"},
     EmailConfig: {"password": "use password_file (a file holding the password) instead of the password itself"},
+    HTTPAuthConfig: {
+        "password": "use password_file (a file holding the password) instead of the password itself",
+        "bearer_token": "use bearer_token_file (a file holding the token) instead of the token itself",
+    },
 }
 
 
@@ -485,6 +612,20 @@ def parse_config(mapping) -> Config:
         budget = replace(budget, day_usd=thresholds.cost_per_day_usd)
     elif budget_set:
         thresholds = replace(thresholds, cost_per_day_usd=budget.day_usd)
+
+    if budget.per_feature and "feature" not in config.metrics.extra_labels:
+        raise ConfigError(f"{ROOT_KEY}.alerting.budget.per_feature",
+                          f"budgets per feature need the feature label: "
+                          f"add feature to {ROOT_KEY}.metrics.extra_labels")
+    # A p95 is measured between bucket bounds: at or above the largest one it can never be
+    # exceeded, and below the smallest one it is a guess.
+    for threshold, buckets in (("latency_p95_seconds", "execution_buckets"),
+                               ("time_to_first_token_p95_seconds", "time_to_first_token_buckets")):
+        bounds, value = getattr(config.metrics, buckets), getattr(thresholds, threshold)
+        if not bounds[0] <= value < bounds[-1]:
+            raise ConfigError(f"{thresholds_path}.{threshold}",
+                              f"{value!r} is not within {ROOT_KEY}.metrics.{buckets} (from {bounds[0]!r} "
+                              f"to below {bounds[-1]!r}), where a p95 can be measured against it")
 
     for agent, alternatives in config.healing.fallbacks.items():
         for i, name in enumerate(alternatives):

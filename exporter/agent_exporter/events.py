@@ -36,8 +36,14 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 Usd = Annotated[float, msgspec.Meta(ge=0, le=MAX_USD)]
 Score = Annotated[float, msgspec.Meta(ge=0, le=1)]
 RequestId = Annotated[str, msgspec.Meta(max_length=256)]
-TraceId = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{32}$")]
-SpanId = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{16}$")]
+# Ids are checked for length here and for hex digits after decoding (_id_error), where one
+# regular expression scans a whole batch's ids at once: per-value patterns cost more than
+# the rest of an event's decoding.  The published schema still carries the pattern.
+TraceId = Annotated[str, msgspec.Meta(min_length=32, max_length=32,
+                                      extra_json_schema={"pattern": "^[0-9a-fA-F]{32}$"})]
+SpanId = Annotated[str, msgspec.Meta(min_length=16, max_length=16,
+                                     extra_json_schema={"pattern": "^[0-9a-fA-F]{16}$"})]
+_HEX = re.compile("[0-9a-fA-F]*")
 Status = Literal["success", "error"]
 CircuitStateValue = Literal["closed", "half_open", "open"]
 
@@ -197,6 +203,21 @@ def _event_error(exc: msgspec.ValidationError) -> EventError:
     return EventError(path, "invalid_value", message)
 
 
+def _id_error(event) -> EventError | None:
+    """The error of an event whose trace or span id is not hexadecimal, else None."""
+    for field, digits in (("trace_id", 32), ("span_id", 16)):
+        value = getattr(event, field, None)
+        if value is not None and _HEX.fullmatch(value) is None:
+            return EventError(field, "invalid_value", f"expected {digits} hexadecimal digits")
+    return None
+
+
+def _ids_are_hex(batch: list) -> bool:
+    """Whether every trace and span id of a batch is hexadecimal: one regex scan over all of them."""
+    ids = "".join([(getattr(e, "trace_id", None) or "") + (getattr(e, "span_id", None) or "") for e in batch])
+    return _HEX.fullmatch(ids) is not None
+
+
 def _check_utf8(event) -> None:
     """Python strings may hold lone surrogates that no UTF-8 exposition can carry.
     JSON input cannot (msgspec rejects them), so only the in-process path checks."""
@@ -261,6 +282,9 @@ def decode(obj) -> Event:
         except msgspec.ValidationError as exc:
             raise _event_error(exc) from None
     _check_utf8(event)
+    error = _id_error(event)
+    if error is not None:
+        raise error
     return event
 
 
@@ -274,31 +298,64 @@ def _decode_items(items: list) -> Batch:
     return Batch(events, rejected)
 
 
+def _without_bad_ids(events: list, indexes: list[int], rejected: list[Rejection]) -> list:
+    """`events` less those with non-hex ids, which join `rejected` at their item `indexes`."""
+    if _ids_are_hex(events):
+        return events
+    kept = []
+    for event, index in zip(events, indexes):
+        error = _id_error(event)
+        if error is None:
+            kept.append(event)
+        else:
+            rejected.append(Rejection(index, error.reason, str(error)))
+    rejected.sort()
+    return kept
+
+
+# What a decoder raises for bytes that are not JSON: msgspec's DecodeError, and two errors
+# it lets through from Python: a string that is not UTF-8, and nesting deeper than the
+# interpreter's recursion limit.  ValidationError (a DecodeError) is caught before these.
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_BOM = b"\xef\xbb\xbf"
+
+
+def _malformed(exc: BaseException) -> str:
+    """What is wrong with a body that is not JSON, for the client."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid JSON: not UTF-8 at byte {exc.start} of a string"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {exc}"
+
+
 def _decode_ndjson(body: bytes) -> Batch:
-    events, rejected = [], []
+    events, rejected, indexes = [], [], []
     index = 0
     for line in body.split(b"\n"):
         if not line.strip():
             continue
         try:
             events.append(_event_decoder.decode(line))
+            indexes.append(index)
         except msgspec.ValidationError as exc:
             try:
                 obj = _any_decoder.decode(line)
-            except msgspec.DecodeError:
+            except _MALFORMED:
                 obj = None
             if is_legacy_record(obj):
                 try:
                     events.append(_from_legacy(obj))
+                    indexes.append(index)
                 except EventError as legacy_exc:
                     rejected.append(Rejection(index, legacy_exc.reason, str(legacy_exc)))
             else:
                 error = _event_error(exc)
                 rejected.append(Rejection(index, error.reason, str(error)))
-        except msgspec.DecodeError as exc:
-            rejected.append(Rejection(index, "invalid_json", f"invalid JSON: {exc}"))
+        except _MALFORMED as exc:
+            rejected.append(Rejection(index, "invalid_json", _malformed(exc)))
         index += 1
-    return Batch(events, rejected)
+    return Batch(_without_bad_ids(events, indexes, rejected), rejected)
 
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -324,18 +381,22 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
     fmt = body_format(content_type)
     if fmt is None:
         raise BodyError(f"unsupported content type {content_type!r}")
+    if body.startswith(_BOM):
+        raise BodyError("invalid JSON: a byte order mark (JSON text is UTF-8 without one, RFC 8259)")
     if fmt == "ndjson":
         return _decode_ndjson(body)
     try:
-        return Batch(_batch_decoder.decode(body), [])
+        batch = _batch_decoder.decode(body)
+        if _ids_are_hex(batch):
+            return Batch(batch, [])
     except msgspec.ValidationError:
         pass  # some item is invalid, or this is a single object: decode generically below
-    except msgspec.DecodeError as exc:
-        raise BodyError(f"invalid JSON: {exc}") from None
+    except _MALFORMED as exc:
+        raise BodyError(_malformed(exc)) from None
     try:
         document = _any_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BodyError(f"invalid JSON: {exc}") from None
+    except _MALFORMED as exc:
+        raise BodyError(_malformed(exc)) from None
     if isinstance(document, list):
         return _decode_items(document)
     if isinstance(document, dict):

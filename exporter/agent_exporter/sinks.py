@@ -2,7 +2,9 @@
 
 `SlackSink` takes Slack incoming-webhook posts; `SMTPSink` (aiosmtpd) takes
 mail.  Both listen on 127.0.0.1, keep what they received, and call an optional
-`on_message` for each message (the demo prints them).
+`on_message` for each message (the demo prints them); `SlackSink.fail_next`
+plays a Slack outage for the delivery tests.  This module needs the `demo`
+extra (`pip install 'agent-exporter[demo]'`); the library never imports it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from bisect import bisect_left
 from typing import Iterable, NamedTuple
 
@@ -211,6 +212,9 @@ class SeriesStore:
         self._event_type_keys = {cls: (tag,) for tag, cls in events.EVENT_TYPES.items()}
         with self._lock:
             self._set(f[catalog.EXPORTER_BUILD_INFO.name], (version,), 1.0)
+            # Every event type's counter exists from the start, at 0, so rate() sees its first event.
+            self._event_type_index = {cls: self._events.slot(key) for cls, key in self._event_type_keys.items()}
+        self._execution_event_index = self._event_type_index[events.AgentExecution]
 
     @classmethod
     def from_config(cls, config: Config) -> "SeriesStore":
@@ -227,20 +231,18 @@ class SeriesStore:
         apply = self._appliers[cls]
         with self._lock:
             apply(event)
-            self._add(self._events, self._event_type_keys[cls], 1)
+            self._events.values[self._event_type_index[cls]] += 1
 
     def apply_batch(self, batch: Iterable) -> None:
         """Apply decoded events under a single lock acquisition."""
         appliers = self._appliers
-        per_type = dict.fromkeys(appliers, 0)
+        batch = list(batch)
+        per_type = Counter(map(type, batch))       # counted in C
         with self._lock:
             for event in batch:
-                cls = type(event)
-                appliers[cls](event)
-                per_type[cls] += 1
+                appliers[type(event)](event)
             for cls, n in per_type.items():
-                if n:
-                    self._add(self._events, self._event_type_keys[cls], n)
+                self._add(self._events, self._event_type_keys[cls], n)
 
     def count_rejected(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -288,15 +290,18 @@ class SeriesStore:
         family.observe(i, value, trace_id, timestamp)
 
     def _extras(self, event) -> tuple:
+        if not self._extra_labels:
+            return ()
         return tuple(getattr(event, name) or _MISSING for name in self._extra_labels)
 
     def _new_execution_series(self, key: tuple, agent: str, status: str, model: str, extra: tuple) -> list[int]:
         """The series indexes one agent execution touches, looked up once per label set.
 
         [executions, duration, cost, usage unknown, time to first token, then one per
-        token type of _TOKEN_FIELDS and unsplit]; -1 until first used.  Only real series
-        are remembered: an index of an __overflow__ series must be looked up (and its
-        observation counted as folded) each time.
+        token type of _TOKEN_FIELDS]; -1 until first used.  Only real series are
+        remembered (here, and by the callers of apply_execution): an index of an
+        __overflow__ series must be looked up, and its observation counted as folded,
+        each time.
         """
         executions = self._executions
         i = executions.index.get((agent, status) + extra)
@@ -306,7 +311,7 @@ class SeriesStore:
         d = durations.index.get((agent,) + extra)
         if d is None:
             d = durations.slot((agent,) + extra)
-        series = [i, d] + [-1] * (3 + len(_TOKEN_FIELDS) + 1)
+        series = [i, d] + [-1] * (3 + len(_TOKEN_FIELDS))
         if i != executions.overflow_index and d != durations.overflow_index:
             if len(self._execution_series) >= self._execution_series_limit:
                 self._execution_series.clear()
@@ -322,47 +327,84 @@ class SeriesStore:
             series[position] = i
         return i
 
-    def _apply_agent_execution(self, e: events.AgentExecution) -> None:
-        # The hottest path: one dict lookup finds every series of the label set.
-        extra = self._extras(e) if self._extra_labels else ()
-        agent, status = e.agent, e.status
+    def _execution_series_of(self, e: events.AgentExecution) -> list[int]:
+        extra = self._extras(e)
         model = e.model or _UNKNOWN_MODEL
-        key = (agent, status, model, extra)
+        key = (e.agent, e.status, model, extra)
         series = self._execution_series.get(key)
         if series is None:
-            series = self._new_execution_series(key, agent, status, model, extra)
+            series = self._new_execution_series(key, e.agent, e.status, model, extra)
+        return series
+
+    def apply_execution(self, e: events.AgentExecution, cache: list | None = None) -> None:
+        """Apply one agent execution; `cache`, a [success, error] pair kept by the caller for a
+        label set, is filled in here and saves finding the series next time (the in-process API)."""
+        with self._lock:
+            if cache is None:
+                self._apply_agent_execution(e)
+            else:
+                by_status = 0 if e.status == "success" else 1
+                series = cache[by_status]
+                if series is None:
+                    series = self._execution_series_of(e)
+                    if self._execution_series.get((e.agent, e.status, e.model or _UNKNOWN_MODEL,
+                                                   self._extras(e))) is series:
+                        cache[by_status] = series        # a real series set, not an __overflow__ one
+                self._record_execution(series, e)
+            self._events.values[self._execution_event_index] += 1
+
+    def _apply_agent_execution(self, e: events.AgentExecution) -> None:
+        self._record_execution(self._execution_series_of(e), e)
+
+    def _record_execution(self, series: list[int], e: events.AgentExecution) -> None:
+        # The hottest path: the series were found once per label set; here is only arithmetic.
         self._executions.values[series[0]] += 1
         self._durations.observe(series[1], e.duration_seconds, e.trace_id, e.timestamp)
-        if status == "error":
-            self._add(self._errors, (agent, e.error_type or "unknown") + extra, 1)
+        agent = e.agent
+        if e.status == "error":
+            self._add(self._errors, (agent, e.error_type or "unknown") + self._extras(e), 1)
         tokens = self._tokens
         values = tokens.values
-        counted = False
-        for position, (kind, field) in enumerate(_TOKEN_FIELDS, 5):
-            count = getattr(e, field)
-            if count is not None:
-                counted = True
-                i = series[position]
-                if i < 0:
-                    i = self._series_slot(series, position, tokens, (agent, model, kind) + extra)
-                values[i] += count
-        if e.total_tokens is not None and not counted:
-            self._add(tokens, (agent, model, "unsplit") + extra, e.total_tokens)
+        model = e.model or _UNKNOWN_MODEL
+        # Input and output, nearly always there, unrolled; the cache and reasoning types in a loop.
+        count = e.input_tokens
+        if count is not None:
+            i = series[5]
+            if i < 0:
+                i = self._series_slot(series, 5, tokens, (agent, model, "input") + self._extras(e))
+            values[i] += count
+        count = e.output_tokens
+        if count is not None:
+            i = series[6]
+            if i < 0:
+                i = self._series_slot(series, 6, tokens, (agent, model, "output") + self._extras(e))
+            values[i] += count
+        if e.cache_read_tokens is not None or e.cache_write_tokens is not None or e.reasoning_tokens is not None:
+            for position in (7, 8, 9):
+                kind, field = _TOKEN_FIELDS[position - 5]
+                count = getattr(e, field)
+                if count is not None:
+                    i = series[position]
+                    if i < 0:
+                        i = self._series_slot(series, position, tokens, (agent, model, kind) + self._extras(e))
+                    values[i] += count
+        elif e.total_tokens is not None and e.input_tokens is None and e.output_tokens is None:
+            self._add(tokens, (agent, model, "unsplit") + self._extras(e), e.total_tokens)
         if e.time_to_first_token_seconds is not None:
             i = series[4]
             if i < 0:
-                i = self._series_slot(series, 4, self._ttft, (agent, model) + extra)
+                i = self._series_slot(series, 4, self._ttft, (agent, model) + self._extras(e))
             self._ttft.observe(i, e.time_to_first_token_seconds, e.trace_id, e.timestamp)
         cost = e.cost_usd
         if cost is None:
             i = series[3]
             if i < 0:
-                i = self._series_slot(series, 3, self._usage_unknown, (agent,) + extra)
+                i = self._series_slot(series, 3, self._usage_unknown, (agent,) + self._extras(e))
             self._usage_unknown.values[i] += 1
             return
         i = series[2]
         if i < 0:
-            i = self._series_slot(series, 2, self._cost, (agent, model) + extra)
+            i = self._series_slot(series, 2, self._cost, (agent, model) + self._extras(e))
         self._cost.values[i] += cost
 
     def _apply_tool_call(self, e: events.ToolCall) -> None:

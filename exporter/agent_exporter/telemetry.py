@@ -60,6 +60,17 @@ _current_workflow: ContextVar[str | None] = ContextVar("agent_exporter_current_w
 
 _perf_counter = time.perf_counter
 _now = time.time
+_current_span = trace.get_current_span
+
+_LABEL_SETS_LIMIT = 10_000
+_MAX_TOKENS = events.MAX_TOKENS
+_MAX_USD = events.MAX_USD
+# The field order _agent_finished builds AgentExecution in.
+_EXECUTION_FIELDS = ("agent", "status", "duration_seconds", "model", "input_tokens", "output_tokens",
+                     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
+                     "time_to_first_token_seconds", "error_type", "feature", "priority", "request_id",
+                     "trace_id", "span_id", "timestamp")
+assert events.AgentExecution.__struct_fields__ == _EXECUTION_FIELDS, "update _agent_finished with the schema"
 
 
 # -- argument checks: a fast path for what callers pass nearly always, msgspec for the rest --
@@ -112,79 +123,6 @@ def _error_type(exc: BaseException) -> str:
 
 # -- what the body of a scope gets --------------------------------------------
 
-class AgentRun:
-    """The body's handle on one agent execution: usage, the model used, first token, scores."""
-
-    __slots__ = ("agent", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                 "reasoning_tokens", "cost_usd", "span", "started", "first_token_at", "_telemetry")
-
-    def __init__(self, telemetry: "Telemetry", agent: str, model: str | None, span: trace.Span | None):
-        self._telemetry = telemetry
-        self.agent = agent
-        self.model = model
-        self.span = span
-        self.input_tokens = self.output_tokens = None
-        self.cache_read_tokens = self.cache_write_tokens = self.reasoning_tokens = None
-        self.cost_usd = None
-        self.first_token_at = None
-        self.started = 0.0
-
-    def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *,
-              cache_read_tokens: int | None = None, cache_write_tokens: int | None = None,
-              reasoning_tokens: int | None = None, cost_usd: float | None = None) -> None:
-        """Add LLM usage; call once per LLM call or once with totals (values accumulate).
-
-        The token types are disjoint: `input_tokens` is input neither read from nor
-        written to a prompt cache, `output_tokens` output that is not reasoning
-        (README, "Tokens and cost", maps OpenAI's and Anthropic's usage fields).
-        """
-        # Everything is checked before anything is added: a bad call adds nothing.
-        if input_tokens is not None:
-            input_tokens = _count("input_tokens", input_tokens)
-        if output_tokens is not None:
-            output_tokens = _count("output_tokens", output_tokens)
-        if cache_read_tokens is not None:
-            cache_read_tokens = _count("cache_read_tokens", cache_read_tokens)
-        if cache_write_tokens is not None:
-            cache_write_tokens = _count("cache_write_tokens", cache_write_tokens)
-        if reasoning_tokens is not None:
-            reasoning_tokens = _count("reasoning_tokens", reasoning_tokens)
-        if cost_usd is not None:
-            cost_usd = _number("cost_usd", cost_usd, events.Usd, events.MAX_USD)
-        if input_tokens is not None:
-            self.input_tokens = (self.input_tokens or 0) + input_tokens
-        if output_tokens is not None:
-            self.output_tokens = (self.output_tokens or 0) + output_tokens
-        if cache_read_tokens is not None:
-            self.cache_read_tokens = (self.cache_read_tokens or 0) + cache_read_tokens
-        if cache_write_tokens is not None:
-            self.cache_write_tokens = (self.cache_write_tokens or 0) + cache_write_tokens
-        if reasoning_tokens is not None:
-            self.reasoning_tokens = (self.reasoning_tokens or 0) + reasoning_tokens
-        if cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + cost_usd
-
-    def set_model(self, model: str) -> None:
-        """The model that actually answered, when it differs from the one asked for."""
-        self.model = _name("model", model)
-
-    def first_token(self) -> None:
-        """Mark the first streamed token; the first call of a run counts."""
-        if self.first_token_at is None:
-            self.first_token_at = _perf_counter()
-
-    def evaluate(self, evaluator: str, score: float, label: str | None = None) -> None:
-        """Record a quality score in 0..1 for this run's answer (a gen_ai.evaluation.result event)."""
-        evaluator = _name("evaluator", evaluator)
-        score = _number("score", score, events.Score, 1.0)
-        label = _optional_name("label", label)
-        self._telemetry._evaluated(self, evaluator, float(score), label)
-
-    @property
-    def trace_id(self) -> str | None:
-        return ids_of(self.span)[0] if self.span is not None else None
-
-
 class ToolRun:
     """The body's handle on one tool call."""
 
@@ -220,39 +158,16 @@ class WorkflowRun:
 # -- scopes: `with`, `async with` and decorators --------------------------------
 
 class _Scope:
-    """A context manager (sync and async) and decorator around one unit of work.
+    """The async forms and the decorator of a scope; subclasses define __enter__, __exit__, _fresh().
 
     A scope is entered by one run at a time; as a decorator it makes a fresh
-    scope per call, so decorated functions may run concurrently.  Subclasses
-    define _begin() -> (run, span, contextvar token) and _end(run, duration, exc).
+    scope per call, so decorated functions may run concurrently.
     """
 
-    __slots__ = ("_telemetry", "_active")
+    __slots__ = ()
 
     def _fresh(self) -> "_Scope":
         raise NotImplementedError
-
-    def __enter__(self):
-        if self._active is not None:
-            raise RuntimeError("this scope is already entered; start a new one per run")
-        run, span, var_token = self._begin()
-        context_token = None
-        if span is not None:
-            context_token = otel_context.attach(trace.set_span_in_context(span))
-        self._active = (run, context_token, var_token)
-        run.started = _perf_counter()
-        return run
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        run, context_token, var_token = self._active
-        duration = _perf_counter() - run.started
-        self._active = None
-        if var_token is not None:
-            var_token.var.reset(var_token)
-        if context_token is not None:
-            otel_context.detach(context_token)
-        self._end(run, duration, exc)
-        return False
 
     async def __aenter__(self):
         return self.__enter__()
@@ -275,32 +190,171 @@ class _Scope:
         return run_sync
 
 
-class _AgentScope(_Scope):
-    __slots__ = ("agent", "model", "feature", "priority", "request_id")
+def _attach(span: trace.Span):
+    """Make `span` the current span for the body; returns the token to detach it."""
+    return otel_context.attach(trace.set_span_in_context(span))
 
-    def __init__(self, telemetry, agent, model, feature, priority, request_id):
+
+class _LabelSet:
+    """A label set agent_execution() has checked, and the store series its runs touch.
+
+    An orchestrator names the same few agents and models over and over: checking them
+    and finding their series once, not on every run, is most of what makes the API fast.
+    """
+
+    __slots__ = ("agent", "model", "feature", "priority", "series")
+
+    def __init__(self, agent: str, model: str | None, feature: str | None, priority: str | None):
+        self.agent, self.model, self.feature, self.priority = agent, model, feature, priority
+        self.series = [None, None]      # by status (success, error): the store fills them in on first use
+
+
+class AgentRun(_Scope):
+    """One agent execution: what `with tel.agent_execution(...)` enters and the body's handle on
+    the run (usage, the model actually used, first token, quality scores)."""
+
+    # No __slots__, on purpose: the class attributes are the defaults, so a run sets only what
+    # its body reports (bench/bench_record.py counts every assignment).
+    span: trace.Span | None = None
+    started: float = 0.0                # perf_counter() when the run was entered
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    first_token_at: float | None = None
+    _finished = False
+    _run_token = None                   # set while the run is entered
+    _context_token = None
+
+    def __init__(self, telemetry: "Telemetry", labels: _LabelSet, request_id: str | None):
         self._telemetry = telemetry
-        self._active = None
-        self.agent, self.model, self.feature, self.priority, self.request_id = (
-            agent, model, feature, priority, request_id)
+        self._labels = labels
+        self.model = labels.model
+        self.request_id = request_id
 
-    def _fresh(self):
-        return _AgentScope(self._telemetry, self.agent, self.model, self.feature, self.priority, self.request_id)
+    @property
+    def agent(self) -> str:
+        return self._labels.agent
 
-    def _begin(self):
+    def _fresh(self) -> "AgentRun":
+        return AgentRun(self._telemetry, self._labels, self.request_id)
+
+    def __enter__(self) -> "AgentRun":
+        if self._run_token is not None:
+            raise RuntimeError("this scope is already entered; start a new one per run")
+        if self._finished:      # entered again after a run: start from nothing
+            self.__dict__ = {"_telemetry": self._telemetry, "_labels": self._labels, "model": self._labels.model,
+                             "request_id": self.request_id}
         tel = self._telemetry
-        span = None
         if tel._tracing:
-            span = tel.spans.start_agent(self.agent, model=self.model, feature=self.feature,
-                                         priority=self.priority, request_id=self.request_id)
-        run = AgentRun(tel, self.agent, self.model, span)
-        return run, span, _current_run.set(run)
+            labels = self._labels
+            self.span = span = tel.spans.start_agent(labels.agent, model=labels.model, feature=labels.feature,
+                                                     priority=labels.priority, request_id=self.request_id)
+            self._context_token = _attach(span)
+        self._run_token = _current_run.set(self)
+        self.started = _perf_counter()
+        return self
 
-    def _end(self, run: AgentRun, duration: float, exc: BaseException | None) -> None:
-        self._telemetry._agent_finished(self, run, duration, exc)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        duration = _perf_counter() - self.started
+        _current_run.reset(self._run_token)
+        if self._context_token is not None:
+            otel_context.detach(self._context_token)
+        self._run_token = None
+        self._finished = True
+        self._telemetry._agent_finished(self, duration, exc)
+        return False
+
+    def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *,
+              cache_read_tokens: int | None = None, cache_write_tokens: int | None = None,
+              reasoning_tokens: int | None = None, cost_usd: float | None = None) -> None:
+        """Add LLM usage; call once per LLM call or once with totals (values accumulate).
+
+        The token types are disjoint: `input_tokens` is input neither read from nor
+        written to a prompt cache, `output_tokens` output that is not reasoning
+        (README, "Tokens and cost", maps OpenAI's and Anthropic's usage fields).
+        """
+        # Everything is checked before anything is added: a bad call adds nothing.  The checks
+        # are inline for the common case; anything unusual goes through msgspec for its message.
+        if input_tokens is not None and not (type(input_tokens) is int and 0 <= input_tokens <= _MAX_TOKENS):
+            input_tokens = _count("input_tokens", input_tokens)
+        if output_tokens is not None and not (type(output_tokens) is int and 0 <= output_tokens <= _MAX_TOKENS):
+            output_tokens = _count("output_tokens", output_tokens)
+        if cost_usd is not None and not (type(cost_usd) is float and 0 <= cost_usd <= _MAX_USD):
+            cost_usd = _number("cost_usd", cost_usd, events.Usd, _MAX_USD)
+        cached = cache_read_tokens is not None or cache_write_tokens is not None or reasoning_tokens is not None
+        if cached:
+            if cache_read_tokens is not None:
+                cache_read_tokens = _count("cache_read_tokens", cache_read_tokens)
+            if cache_write_tokens is not None:
+                cache_write_tokens = _count("cache_write_tokens", cache_write_tokens)
+            if reasoning_tokens is not None:
+                reasoning_tokens = _count("reasoning_tokens", reasoning_tokens)
+        if input_tokens is not None:
+            self.input_tokens = input_tokens if self.input_tokens is None else self.input_tokens + input_tokens
+        if output_tokens is not None:
+            self.output_tokens = output_tokens if self.output_tokens is None else self.output_tokens + output_tokens
+        if cost_usd is not None:
+            self.cost_usd = cost_usd if self.cost_usd is None else self.cost_usd + cost_usd
+        if cached:
+            if cache_read_tokens is not None:
+                self.cache_read_tokens = (self.cache_read_tokens or 0) + cache_read_tokens
+            if cache_write_tokens is not None:
+                self.cache_write_tokens = (self.cache_write_tokens or 0) + cache_write_tokens
+            if reasoning_tokens is not None:
+                self.reasoning_tokens = (self.reasoning_tokens or 0) + reasoning_tokens
+
+    def set_model(self, model: str) -> None:
+        """The model that actually answered, when it differs from the one asked for."""
+        self.model = _name("model", model)
+
+    def first_token(self) -> None:
+        """Mark the first streamed token; the first call of a run counts."""
+        if self.first_token_at is None:
+            self.first_token_at = _perf_counter()
+
+    def evaluate(self, evaluator: str, score: float, label: str | None = None) -> None:
+        """Record a quality score in 0..1 for this run's answer (a gen_ai.evaluation.result event)."""
+        evaluator = _name("evaluator", evaluator)
+        score = _number("score", score, events.Score, 1.0)
+        label = _optional_name("label", label)
+        self._telemetry._evaluated(self, evaluator, float(score), label)
+
+    @property
+    def trace_id(self) -> str | None:
+        return ids_of(self.span)[0] if self.span is not None else None
 
 
-class _ToolScope(_Scope):
+
+class _TimedScope(_Scope):
+    """Tool calls and workflows: a span, a run handle, an event at the end."""
+
+    __slots__ = ("_telemetry", "_active")
+
+    def __enter__(self):
+        if self._active is not None:
+            raise RuntimeError("this scope is already entered; start a new one per run")
+        run, span, var_token = self._begin()
+        context_token = _attach(span) if span is not None else None
+        self._active = (run, context_token, var_token)
+        run.started = _perf_counter()
+        return run
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        duration = _perf_counter() - self._active[0].started
+        run, context_token, var_token = self._active
+        self._active = None
+        if var_token is not None:
+            var_token.var.reset(var_token)
+        if context_token is not None:
+            otel_context.detach(context_token)
+        self._end(run, duration, exc)
+        return False
+
+
+class _ToolScope(_TimedScope):
     __slots__ = ("tool", "agent")
 
     def __init__(self, telemetry, tool, agent):
@@ -331,7 +385,7 @@ class _ToolScope(_Scope):
                 agent=run.agent, error_type=error_type, trace_id=trace_id, span_id=span_id, timestamp=_now()))
 
 
-class _WorkflowScope(_Scope):
+class _WorkflowScope(_TimedScope):
     __slots__ = ("workflow", "request_id")
 
     def __init__(self, telemetry, workflow, request_id):
@@ -440,6 +494,7 @@ class Telemetry:
         if self._metrics:
             self.registry.register(self.store)
         self.prices = PriceTable(config.metrics.prices)
+        self._label_sets: dict[tuple, _LabelSet] = {}       # agent_execution()'s checked label sets
 
         tracing = config.tracing
         self._owned_tracer_provider = None
@@ -488,11 +543,22 @@ class Telemetry:
     # -- live work ---------------------------------------------------------
 
     def agent_execution(self, agent: str, *, model: str | None = None, feature: str | None = None,
-                        priority: str | None = None, request_id: str | None = None) -> _AgentScope:
-        """One agent run, as `with`/`async with` (yielding an AgentRun) or as a decorator."""
-        return _AgentScope(self, _name("agent", agent), _optional_name("model", model),
-                           _optional_name("feature", feature), _optional_name("priority", priority),
-                           _request_id(request_id))
+                        priority: str | None = None, request_id: str | None = None) -> AgentRun:
+        """One agent run, as `with`/`async with` (yielding the AgentRun) or as a decorator."""
+        labels = self._label_sets.get((agent, model, feature, priority))
+        if labels is None:
+            labels = self._label_set(agent, model, feature, priority)
+        if request_id is not None:
+            request_id = _request_id(request_id)
+        return AgentRun(self, labels, request_id)
+
+    def _label_set(self, agent, model, feature, priority) -> _LabelSet:
+        labels = _LabelSet(_name("agent", agent), _optional_name("model", model),
+                           _optional_name("feature", feature), _optional_name("priority", priority))
+        if len(self._label_sets) >= _LABEL_SETS_LIMIT:
+            self._label_sets.clear()
+        self._label_sets[(agent, model, feature, priority)] = labels
+        return labels
 
     def tool_call(self, tool: str, *, agent: str | None = None) -> _ToolScope:
         """A tool call; without `agent`, the agent of the run it is entered in."""
@@ -518,8 +584,7 @@ class Telemetry:
             self.store.apply(events.StateTransition(from_state=from_state, to_state=to_state, workflow=workflow,
                                                     agent=agent, trace_id=trace_id, span_id=span_id))
 
-    def _agent_finished(self, scope: _AgentScope, run: AgentRun, duration: float,
-                        exc: BaseException | None) -> None:
+    def _agent_finished(self, run: AgentRun, duration: float, exc: BaseException | None) -> None:
         """The end of an agent_execution(): its event, priced once, to the span and the store."""
         model = run.model
         cost = run.cost_usd
@@ -531,18 +596,19 @@ class Telemetry:
         first_token = run.first_token_at
         span = run.span
         trace_id, span_id = self._exemplar_ids(span)
+        labels = run._labels
+        # Positional: a Struct built from keywords costs seven times as much (_EXECUTION_FIELDS).
         event = events.AgentExecution(
-            agent=run.agent, status="success" if exc is None else "error", duration_seconds=duration,
-            model=model, input_tokens=run.input_tokens, output_tokens=run.output_tokens,
-            cache_read_tokens=run.cache_read_tokens, cache_write_tokens=run.cache_write_tokens,
-            reasoning_tokens=run.reasoning_tokens, cost_usd=cost,
-            time_to_first_token_seconds=None if first_token is None else first_token - run.started,
-            error_type=None if exc is None else _error_type(exc), feature=scope.feature, priority=scope.priority,
-            request_id=scope.request_id, trace_id=trace_id, span_id=span_id, timestamp=_now())
+            labels.agent, "success" if exc is None else "error", duration, model,
+            run.input_tokens, run.output_tokens, run.cache_read_tokens, run.cache_write_tokens,
+            run.reasoning_tokens, None, cost, None if first_token is None else first_token - run.started,
+            None if exc is None else _error_type(exc), labels.feature, labels.priority, run.request_id,
+            trace_id, span_id, None)       # no timestamp: the store stamps an exemplar when it keeps one
         if span is not None:
             self.spans.end_agent(span, event, exception=exc)
         if self._metrics:
-            self.store.apply(event)
+            # The label set caches its series, unless the run reported another model than it named.
+            self.store.apply_execution(event, labels.series if model == labels.model else None)
 
     def _evaluated(self, run: AgentRun, evaluator: str, score: float, label: str | None) -> None:
         span = run.span
@@ -598,13 +664,14 @@ class Telemetry:
             event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
         return event
 
-    def _exemplar_ids(self, span: trace.Span | None) -> tuple[str | None, str | None]:
+    @staticmethod
+    def _exemplar_ids(span: trace.Span | None) -> tuple[str | None, str | None]:
         """Ids of our span, else of the caller's current span (their own tracing), if sampled."""
         if span is not None:
             ids = ids_of(span)
             if ids[0] is not None:
                 return ids
-        return ids_of(trace.get_current_span())
+        return ids_of(_current_span())
 
     # -- exposition and lifecycle -----------------------------------------
 
@@ -616,6 +683,27 @@ class Telemetry:
         if openmetrics:
             body = body.removesuffix(b"# EOF\n")   # one EOF, at the very end
         return body + self._metrics_bridge.render(openmetrics)
+
+    def log_handler(self, stream=None) -> logging.Handler:
+        """A `logging` handler for the orchestrator's own lines, as the config's `logging` section says:
+        JSON or logfmt lines at `level` and above, with the current span's trace_id and span_id."""
+        from .logs import handler
+        return handler(self.config.logging, stream)
+
+    def asgi_app(self, *, ingest: bool = True, max_body_bytes: int | None = None, bearer_token: str | None = None):
+        """The exporter's HTTP service as an ASGI application, to mount in your own server.
+
+            app = Starlette(routes=[Mount("/telemetry", app=tel.asgi_app())])
+
+        Serves /metrics and health, and with `ingest` (the default) /v1/events, under any
+        mount path.  Body limit and bearer token default to the config's `server` section.
+        """
+        from .server import ExporterApp, Service, read_bearer_token
+        server = self.config.server
+        service = Service(self, max_body_bytes=max_body_bytes or server.max_body_bytes,
+                          bearer_token=bearer_token or read_bearer_token(server.bearer_token_file),
+                          ingest=ingest)
+        return ExporterApp(service)
 
     def serve(self, address: str | None = None):
         """Embedded /metrics, /-/healthy, /-/ready on `address` (default server.listen_address).

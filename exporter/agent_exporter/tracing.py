@@ -120,11 +120,21 @@ def build_resource(config: Config) -> Resource:
     }, schema_url=SCHEMA_URL)
 
 
-def otlp_http_endpoint(endpoint: str) -> str:
-    """The traces URL for OTLP/HTTP: a collector address without a path gets /v1/traces."""
+def otlp_http_endpoint(endpoint: str, signal: str = "traces") -> str:
+    """The URL of a signal (traces, logs) for OTLP/HTTP.
+
+    A collector address without a path gets /v1/{signal}, as OTEL_EXPORTER_OTLP_ENDPOINT
+    does; a full traces URL (.../v1/traces) gives the logs URL beside it; any other path
+    is the traces URL as given.
+    """
     parts = urlsplit(endpoint)
     if parts.path in ("", "/"):
-        return urlunsplit(parts._replace(path=OTLP_HTTP_TRACES_PATH))
+        return urlunsplit(parts._replace(path=f"/v1/{signal}"))
+    if signal != "traces" and parts.path.endswith(OTLP_HTTP_TRACES_PATH):
+        return urlunsplit(parts._replace(path=parts.path[: -len(OTLP_HTTP_TRACES_PATH)] + f"/v1/{signal}"))
+    if signal != "traces":
+        raise ValueError(f"tracing.otlp_endpoint: cannot tell where OTLP/HTTP {signal} go from {endpoint!r}; "
+                         "give the collector's address or its .../v1/traces URL")
     return endpoint
 
 
@@ -147,6 +157,18 @@ def otlp_exporter(tracing: TracingConfig) -> SpanExporter:
             timeout=tracing.otlp_timeout_seconds,
         )
     raise ValueError(f"tracing.otlp_protocol: expected 'grpc' or 'http/protobuf', got {tracing.otlp_protocol!r}")
+
+
+def otlp_log_exporter(tracing: TracingConfig):
+    """The OTLP log record exporter to the spans' backend (`otlp_endpoint`, `otlp_protocol`)."""
+    headers = dict(tracing.otlp_headers)
+    if tracing.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
+        return GrpcExporter(endpoint=tracing.otlp_endpoint, insecure=urlsplit(tracing.otlp_endpoint).scheme == "http",
+                            headers=headers, timeout=tracing.otlp_timeout_seconds)
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpExporter
+    return HttpExporter(endpoint=otlp_http_endpoint(tracing.otlp_endpoint, "logs"), headers=headers,
+                        timeout=tracing.otlp_timeout_seconds)
 
 
 def build_tracer_provider(config: Config) -> TracerProvider:
@@ -183,6 +205,8 @@ def genai_tracer(provider: trace.TracerProvider, tracing: TracingConfig | None =
 
 def ids_of(span: trace.Span) -> tuple[str | None, str | None]:
     """(trace_id, span_id) in hex when the span is sampled (so a backend has it), else (None, None)."""
+    if span is trace.INVALID_SPAN:      # nothing current: the common case without tracing
+        return None, None
     ctx = span.get_span_context()
     if ctx.is_valid and ctx.trace_flags.sampled:
         return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"

@@ -25,7 +25,8 @@ from agent_exporter import Telemetry, stack
 from agent_exporter.config import Config
 from agent_exporter.healing import AlertRemediator
 from agent_exporter.render import alertmanager as am
-from agent_exporter.render import rules
+from agent_exporter.render.common import dump_yaml
+from agent_exporter.render.prometheus import prometheus_config, render_prometheus
 from agent_exporter.server import Service, start_server
 from agent_exporter.sinks import SlackSink, SMTPSink
 
@@ -98,29 +99,18 @@ class Pipeline:
         document = am.alertmanager_config(config)
         document["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
         document["templates"] = [str(self.tmp_path / "alertmanager" / "templates" / am.TEMPLATE_NAME)]
-        self.am_yaml = rules.dump_yaml(document)
+        self.am_yaml = dump_yaml(document)
         self.am_ports = [stack.free_port() for _ in range(alertmanagers)]
         self.cluster_ports = [stack.free_port() for _ in range(alertmanagers)] if alertmanagers > 1 else []
         for i in range(alertmanagers):
             self.alertmanagers.append(self.start_alertmanager(i))
 
-        rules.render_prometheus(config, self.tmp_path)
-        targets = ", ".join(f'"127.0.0.1:{port}"' for port in self.am_ports)
-        self.prometheus = stack.start_prometheus(self.tmp_path / "prom", f"""
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {self.tmp_path}/prometheus/rules/*.yml
-alerting:
-  alertmanagers:
-    - static_configs:
-        - targets: [{targets}]
-scrape_configs:
-  - job_name: {rules.JOB}
-    static_configs:
-      - targets: ["127.0.0.1:{self.exporter.port}"]
-""", extra_args=("--rules.alert.resend-delay=1s",))
+        render_prometheus(config, self.tmp_path)
+        self.prometheus = stack.start_prometheus(self.tmp_path / "prom", prometheus_config(
+            [f"127.0.0.1:{self.exporter.port}"], job=config.alerting.job,
+            alertmanagers=[f"127.0.0.1:{port}" for port in self.am_ports],
+            rule_files=[f"{self.tmp_path}/prometheus/rules/*.yml"], scrape_interval="1s", evaluation_interval="1s",
+        ), extra_args=("--rules.alert.resend-delay=1s",))
 
     def _breaker_changed(self, agent, old, new, reason):
         self.breaker_changes.append((agent, new, reason))
@@ -297,8 +287,9 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
     am.render_alertmanager(Config(), tmp_path)
     document = am.alertmanager_config(Config())
     document["templates"] = [str(tmp_path / "alertmanager" / "templates" / am.TEMPLATE_NAME)]
-    job = {"job": rules.JOB}
-    with stack.start_alertmanager(tmp_path / "am", rules.dump_yaml(document)) as alertmanager:
+    job_name = Config().alerting.job
+    job = {"job": job_name}
+    with stack.start_alertmanager(tmp_path / "am", dump_yaml(document)) as alertmanager:
         post_alerts(
             alertmanager,
             {"alertname": "OrchestratorAgentSlow", "severity": "critical", "agent": "coder"},
@@ -319,11 +310,11 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
             ("OrchestratorAgentSlow", "coder", "critical"): "active",
             ("OrchestratorAgentSlow", "coder", "warning"): "suppressed",       # critical of the same alert, agent
             ("OrchestratorAgentSlow", "tester", "warning"): "active",          # another agent
-            ("OrchestratorExporterDown", rules.JOB, "critical"): "active",
-            ("OrchestratorMetricsAbsent", rules.JOB, "warning"): "suppressed",  # its metrics come from the exporter
-            ("OrchestratorEventsRejected", rules.JOB, "warning"): "suppressed",
+            ("OrchestratorExporterDown", job_name, "critical"): "active",
+            ("OrchestratorMetricsAbsent", job_name, "warning"): "suppressed",  # its metrics come from the exporter
+            ("OrchestratorEventsRejected", job_name, "warning"): "suppressed",
             ("OrchestratorEventsRejected", "another-exporter", "warning"): "active",   # another job
-            ("OrchestratorToolHighErrorRatio", rules.JOB, "warning"): "active",  # not in the inhibited list
+            ("OrchestratorToolHighErrorRatio", job_name, "warning"): "active",  # not in the inhibited list
         }
         try:
             wait_for(lambda: states() == expected, 15, "the inhibition states")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,7 +75,7 @@ def exporter():
 
 
 def test_version_from_the_console_script():
-    result = subprocess.run(["agent-exporter", "--version"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(Path(sys.executable).with_name("agent-exporter")), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip() == f"agent-exporter {__version__}"
 

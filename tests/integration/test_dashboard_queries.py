@@ -1,12 +1,17 @@
 """Every dashboard query returns data from a real Prometheus holding demo data.
 
-A real Prometheus scrapes, every second, two exporters in the `agent-exporter`
-job and evaluates the rules rendered from the config:
+The dashboards and rules are rendered from a config with every optional part on:
+a custom job name, an `environment` grouping label and budgets per feature.  A
+real Prometheus scrapes, every second, two exporters in that job, one per
+environment (target labels), and evaluates the rendered rules:
 
-* the demo (`run_demo`: the simulated orchestrator with its self-healing layer);
-* a synthetic workload that covers, from the first second, what the demo shows
-  only sometimes or later: every event type including workflows failing, every
-  circuit state, selector weights, rejected events and series overflow.
+* the demo (`run_demo`: the simulated orchestrator with its self-healing layer),
+  as environment `staging`;
+* a synthetic workload posted over HTTP to a real exporter (`POST /v1/events`),
+  as environment `production`, that covers from the first second what the demo
+  shows only sometimes or later: every event type including workflow runs that
+  fail, time to first token, quality scores, features, every circuit state,
+  selector weights, rejected events and series overflow.
 
 Once the recording rules have data, every panel query (stat and table panels
 included) and every variable query, with the variables substituted as Grafana
@@ -28,17 +33,23 @@ from pathlib import Path
 import pytest
 
 from agent_exporter import Telemetry, catalog, stack
-from agent_exporter.config import AlertingConfig, Config, MetricsConfig
+from agent_exporter.config import Config, parse_config
 from agent_exporter.demo import run_demo
-from agent_exporter.render import dashboards, rules
-from agent_exporter.store import SeriesStore
+from agent_exporter.render import dashboards, prometheus, rules
+from agent_exporter.server import Service, start_server
 
 pytestmark = pytest.mark.integration
 
 AGENTS = ("planner", "coder", "reviewer")
 MODELS = ("gpt-4o", "claude-sonnet")
+FEATURES = ("login", "search")
 # max_series is small so a burst of one-off tool names overflows the tool metrics.
 MAX_SERIES = 40
+CONFIG = parse_config({"observability": {
+    "metrics": {"extra_labels": ["feature"], "max_series": MAX_SERIES},
+    "alerting": {"evaluation_interval": "1s", "job": "orchestrator", "group_labels": ["environment"],
+                 "budget": {"per_feature": {feature: 20 for feature in FEATURES}}}}})
+ENVIRONMENTS = {"synthetic": "production", "demo": "staging"}
 # Grafana's values for the built-in variables with a 1 s scrape interval.
 RATE_INTERVAL = "15s"
 RANGE = "5m"
@@ -60,11 +71,13 @@ def workload(n: int) -> list[dict]:
     events = []
     for i, agent in enumerate(AGENTS):
         model = MODELS[i % 2]
-        feature = ("login", "search")[n % 2]
+        feature = FEATURES[n % 2]
         events.append({"type": "agent_execution", "agent": agent, "status": "success",
                        "duration_seconds": 0.2 + i * 3, "model": model, "feature": feature,
                        "input_tokens": 900, "output_tokens": 200, "cost_usd": 0.02,
-                       "trace_id": trace})
+                       "time_to_first_token_seconds": 0.4 + i, "trace_id": trace})
+        events.append({"type": "evaluation", "agent": agent, "evaluator": "tests_pass",
+                       "score": (0.9, 0.5, 0.75)[i], "trace_id": trace})
         events.append({"type": "agent_execution", "agent": agent, "status": "error",
                        "duration_seconds": 12.0, "model": model, "feature": feature,
                        "error_type": "Timeout", "input_tokens": 300, "cost_usd": 0.01,
@@ -82,22 +95,34 @@ def workload(n: int) -> list[dict]:
         {"type": "state_transition", "workflow": "feature", "from_state": "testing",
          "to_state": dashboards.FAILED_STATE},
         {"type": "fallback", "from_agent": "coder", "to_agent": "planner", "reason": "circuit_open"},
+        {"type": "workflow_run", "workflow": "feature", "status": "success", "duration_seconds": 42.0,
+         "trace_id": trace},
+        {"type": "workflow_run", "workflow": "feature", "status": "error", "duration_seconds": 90.0},
+        {"type": "workflow_run", "workflow": "hotfix", "status": "success", "duration_seconds": 7.5},
+        {"type": "agent_execution", "agent": "planner"},            # no status: rejected
     ]
     return events
 
 
-class Workload:
-    """Feeds the store a round of events every half second until stopped."""
+def post(url: str, events: list[dict]) -> None:
+    body = "\n".join(json.dumps(event) for event in events).encode()
+    request = urllib.request.Request(url + "/v1/events", data=body, method="POST",
+                                     headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
 
-    def __init__(self, telemetry: Telemetry):
+
+class Workload:
+    """Posts a round of events to the exporter every half second until stopped."""
+
+    def __init__(self, telemetry: Telemetry, url: str):
         self.telemetry = telemetry
+        self.url = url
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def round(self, n: int) -> None:
-        for event in workload(n):
-            self.telemetry.record(event)
-        self.telemetry.store.count_rejected("invalid_event")
+        post(self.url, workload(n))
 
     def run(self) -> None:
         for n in itertools.count(1):
@@ -106,15 +131,14 @@ class Workload:
             self.round(n)
 
     def __enter__(self):
-        tel = self.telemetry
-        for agent, state in zip(AGENTS, ("closed", "half_open", "open")):
-            tel.set_circuit_state(agent, state)
-        tel.set_selector_weight("coding", "coder", 0.7)
-        tel.set_selector_weight("coding", "planner", 0.3)
+        post(self.url, [{"type": "circuit_state", "agent": agent, "state": state}
+                        for agent, state in zip(AGENTS, ("closed", "half_open", "open"))])
+        # No event carries selector weights: the selector sets them in the exporter's process.
+        self.telemetry.set_selector_weight("coding", "coder", 0.7)
+        self.telemetry.set_selector_weight("coding", "planner", 0.3)
         self.round(0)  # the regular series exist before the one-off tools fill the metric
-        for i in range(MAX_SERIES + 10):
-            tel.record({"type": "tool_call", "tool": f"one_off_{i}", "status": "success",
-                        "duration_seconds": 0.01})
+        post(self.url, [{"type": "tool_call", "tool": f"one_off_{i}", "status": "success", "duration_seconds": 0.01}
+                        for i in range(MAX_SERIES + 10)])
         self.thread.start()
         return self
 
@@ -125,22 +149,20 @@ class Workload:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    """The rule files rendered from the config, plus an alert that always fires."""
+    """The rule files and dashboards rendered from CONFIG, plus an alert that always fires."""
     out = tmp_path_factory.mktemp("render")
-    rules.render_prometheus(Config(alerting=AlertingConfig(evaluation_interval="1s")), out)
+    prometheus.render_prometheus(CONFIG, out)
+    dashboards.render_grafana(CONFIG, out)
     (out / "test.alerts.yml").write_text(TEST_ALERTS)
     return out
 
 
 @pytest.fixture(scope="module")
 def exporter():
-    store = SeriesStore(MetricsConfig(extra_labels=("feature",), max_series=MAX_SERIES))
-    store.set_budget("day", 100.0)
-    store.set_budget("month", 2000.0)
-    telemetry = Telemetry(store=store)
-    handle = telemetry.serve("127.0.0.1:0")
+    telemetry = Telemetry(CONFIG)
+    handle = start_server(Service(telemetry), "127.0.0.1:0")
     try:
-        with Workload(telemetry):
+        with Workload(telemetry, handle.url):
             yield handle
     finally:
         handle.stop()
@@ -181,34 +203,29 @@ def demo():
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, rendered, exporter, demo):
-    config = f"""
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {rendered}/prometheus/rules/*.yml
-  - {rendered}/test.alerts.yml
-scrape_configs:
-  - job_name: agent-exporter
-    static_configs:
-      - targets: ["127.0.0.1:{exporter.port}", "{demo}"]
-"""
+def api(tmp_path_factory, rendered, exporter, demo):
+    synthetic = f"127.0.0.1:{exporter.port}"
+    text = prometheus.prometheus_config(
+        [synthetic, demo], job=CONFIG.alerting.job,
+        exporter_labels={synthetic: {"environment": ENVIRONMENTS["synthetic"]},
+                         demo: {"environment": ENVIRONMENTS["demo"]}},
+        rule_files=[f"{rendered}/prometheus/rules/*.yml", f"{rendered}/test.alerts.yml"],
+        scrape_interval="1s", evaluation_interval="1s")
     workdir = tmp_path_factory.mktemp("prometheus")
-    with stack.start_prometheus(workdir, config) as process:
+    with stack.start_prometheus(workdir, text) as process:
         api = stack.PrometheusAPI(process.url)
         # Every recording rule has data once each counter has two samples in its window.
-        recorded = set(rules.recording_rule_names())
+        recorded = set(rules.recording_rule_names(CONFIG))
         api.wait_until(f'count by (__name__) ({{__name__=~"{"|".join(sorted(recorded))}"}})',
                        lambda rows: len(rows) == len(recorded), timeout=60)
         api.wait_until('ALERTS{alertstate="firing"}', bool, timeout=60)
-        api.wait_until('count(up{job="agent-exporter"} == 1) == 2', bool, timeout=60)
+        api.wait_until(f'count(up{{job="{CONFIG.alerting.job}"}} == 1) == 2', bool, timeout=60)
         yield api
 
 
-def boards() -> dict[str, dict]:
-    folder = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
-    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+@pytest.fixture(scope="module")
+def boards(rendered) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (rendered / "grafana" / "dashboards").glob("*.json")}
 
 
 def label_values(api: stack.PrometheusAPI, definition: str) -> list[str]:
@@ -247,42 +264,50 @@ def query_until_data(api: stack.PrometheusAPI, expr: str, timeout: float = 30.0)
         time.sleep(0.5)
 
 
-def test_every_panel_query_returns_series(prometheus):
+def test_every_panel_query_returns_series(api, boards):
     empty = []
     checked = 0
-    for uid, board in sorted(boards().items()):
-        values = variable_values(prometheus, board)
+    for uid, board in sorted(boards.items()):
+        values = variable_values(api, board)
         for panel in board["panels"]:
             for target in panel.get("targets", []):
                 expr = substitute(target["expr"], values)
                 checked += 1
-                if not query_until_data(prometheus, expr):
+                if not query_until_data(api, expr):
                     empty.append(f"{uid} / {panel['title']}: {expr}")
     assert checked > 50
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
-def test_heatmap_queries_return_exemplars(prometheus):
+def test_heatmap_queries_return_exemplars(api, boards):
     start = time.time() - 300
     checked = 0
-    for uid, board in sorted(boards().items()):
-        values = variable_values(prometheus, board)
+    for uid, board in sorted(boards.items()):
+        values = variable_values(api, board)
         for panel in board["panels"]:
             for target in panel.get("targets", []):
                 if not target.get("exemplar") or target["format"] != "heatmap":
                     continue
                 expr = substitute(target["expr"], values)
                 checked += 1
-                found = prometheus.query_exemplars(expr, start, time.time() + 60)
+                found = api.query_exemplars(expr, start, time.time() + 60)
                 trace_ids = {e["labels"]["trace_id"] for s in found for e in s["exemplars"]}
                 assert trace_ids, f"{uid} / {panel['title']}: no exemplars for {expr}"
-    assert checked >= 2
+    assert checked >= 4
 
 
-def test_the_workload_overflowed_and_rejected(prometheus):
+def test_the_workload_overflowed_and_rejected(api):
     """The exporter-health panels above saw real overflow and rejections, not zeros."""
-    overflow = prometheus.query(
+    overflow = api.query(
         f'{catalog.EXPORTER_SERIES_OVERFLOW.name}{{metric="{catalog.TOOL_CALLS.name}"}}')
     assert overflow and float(overflow[0]["value"][1]) > 0
-    rejected = prometheus.query(f"{catalog.EXPORTER_EVENTS_REJECTED.name}")
+    rejected = api.query(f"{catalog.EXPORTER_EVENTS_REJECTED.name}")
     assert rejected and float(rejected[0]["value"][1]) > 0
+
+
+def test_the_recording_rules_keep_the_two_environments_apart(api):
+    """Both exporters run agents; the recorded series keep their environments apart."""
+    rows = query_until_data(api, 'agent:orchestrator_agent_executions:rate5m{agent="planner"}')
+    assert {row["metric"].get("environment") for row in rows} == {ENVIRONMENTS["synthetic"]}
+    everyone = query_until_data(api, "agent:orchestrator_agent_executions:rate5m")
+    assert {row["metric"].get("environment") for row in everyone} == set(ENVIRONMENTS.values())

@@ -1,69 +1,125 @@
-"""A real Prometheus loads the rendered rules, scrapes a fed exporter, and every recording rule returns data."""
+"""A real Prometheus runs the rendered rules against the exporter's HTTP service, fed
+with events over POST /v1/events: every recording rule returns data, and the alerts
+see what the events describe."""
 
+import json
 import random
 import threading
+import urllib.request
 
 import pytest
 
 from agent_exporter import Telemetry, stack
 from agent_exporter.config import Config
-from agent_exporter.render import rules
+from agent_exporter.render import prometheus, rules, series
+from agent_exporter.render.common import sli_windows
+from agent_exporter.server import Service, start_server
 
 pytestmark = pytest.mark.integration
 
+AGENTS = {"planner": 0.0, "coder": 0.5}          # error ratio per agent: coder is having an incident
+WORKFLOWS = {"feature": 0.0, "hotfix": 0.5}      # and so are hotfix runs
 
-def feed(tel: Telemetry, stop: threading.Event) -> None:
-    """A steady mixed workload: every series the rules read keeps moving."""
+
+def batch(rng: random.Random) -> bytes:
+    """NDJSON: executions of both agents with streaming and quality scores, workflow runs,
+    tool calls, coder's breaker open, and one malformed event."""
+    events = []
+    for _ in range(5):
+        for agent, error_ratio in AGENTS.items():
+            failed = rng.random() < error_ratio
+            slow = agent == "coder"      # coder's first tokens come late, and its answers score low
+            events.append({"type": "agent_execution", "agent": agent, "model": "gpt-4o",
+                           "status": "error" if failed else "success", "error_type": "Timeout" if failed else None,
+                           "duration_seconds": rng.lognormvariate(0, 1), "input_tokens": 100,
+                           "output_tokens": 20, "cache_read_tokens": 400, "cost_usd": 0.01,
+                           "time_to_first_token_seconds": 8.0 if slow else 0.3})
+            events.append({"type": "evaluation", "agent": agent, "evaluator": "tests_pass",
+                           "score": 0.2 if slow else 0.9})
+        for workflow, error_ratio in WORKFLOWS.items():
+            events.append({"type": "workflow_run", "workflow": workflow, "duration_seconds": rng.uniform(5, 50),
+                           "status": "error" if rng.random() < error_ratio else "success"})
+        events.append({"type": "tool_call", "tool": "web_search", "duration_seconds": rng.random(),
+                       "status": "error" if rng.random() < 0.1 else "success"})
+    events.append({"type": "circuit_state", "agent": "coder", "state": "open"})
+    events.append({"type": "agent_execution", "agent": "planner"})          # no status: rejected
+    return b"\n".join(json.dumps({k: v for k, v in e.items() if v is not None}).encode() for e in events)
+
+
+def feed(url: str, stop: threading.Event) -> None:
     rng = random.Random(7)
-    while not stop.wait(0.05):
-        for agent in ("planner", "coder"):
-            tel.record({"type": "agent_execution", "agent": agent, "model": "gpt-4o",
-                        "status": "error" if rng.random() < 0.2 else "success",
-                        "error_type": "Timeout", "duration_seconds": rng.lognormvariate(0, 1),
-                        "input_tokens": 100, "output_tokens": 20, "cost_usd": 0.01})
-        tel.record({"type": "tool_call", "tool": "web_search", "duration_seconds": rng.random(),
-                    "status": "error" if rng.random() < 0.1 else "success"})
+    while not stop.wait(0.25):
+        request = urllib.request.Request(url + "/v1/events", data=batch(rng), method="POST",
+                                         headers={"Content-Type": "application/x-ndjson"})
+        urllib.request.urlopen(request, timeout=10).close()
 
 
 @pytest.fixture
 def fed_exporter():
-    tel = Telemetry()
-    handle = tel.serve("127.0.0.1:0")
+    telemetry = Telemetry(Config())
+    handle = start_server(Service(telemetry), "127.0.0.1:0")
     stop = threading.Event()
-    feeder = threading.Thread(target=feed, args=(tel, stop), daemon=True)
+    feeder = threading.Thread(target=feed, args=(handle.url, stop), daemon=True)
     feeder.start()
     yield handle
     stop.set()
-    feeder.join(timeout=5)
+    feeder.join(timeout=10)
     handle.stop()
-    tel.shutdown()
+    telemetry.shutdown()
 
 
-def test_every_recording_rule_returns_data(tmp_path, fed_exporter):
-    rules.render_prometheus(Config(), tmp_path)
+def values(rows: list[dict]) -> list[str]:
+    return [row["value"][1] for row in rows]
+
+
+def test_rendered_rules_evaluate_on_a_fed_exporter(tmp_path, fed_exporter):
+    config = Config()
+    prometheus.render_prometheus(config, tmp_path)
     prometheus_dir = tmp_path / "prometheus"
-    config = f"""
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {prometheus_dir}/rules/*.yml
-scrape_configs:
-  - job_name: {rules.JOB}
-    static_configs:
-      - targets: ["127.0.0.1:{fed_exporter.port}"]
-"""
-    with stack.start_prometheus(tmp_path / "run", config) as process:
+    text = prometheus.prometheus_config([f"127.0.0.1:{fed_exporter.port}"], job=config.alerting.job,
+                                        rule_files=prometheus.RULE_FILES,
+                                        scrape_interval="1s", evaluation_interval="1s")
+    with stack.start_prometheus(prometheus_dir, text) as process:
         api = stack.PrometheusAPI(process.url)
         loaded = {r["name"] for g in api.rules() for r in g["rules"]}
-        assert set(rules.recording_rule_names()) <= loaded
-        assert set(rules.alert_names(Config())) <= loaded
-        for name in dict.fromkeys(rules.recording_rule_names()):
-            result = api.wait_until(name, lambda rows: len(rows) > 0, timeout=60)
-            assert all(row["value"][1] not in ("NaN", "+Inf", "-Inf") for row in result), (name, result)
-        ratios = {r["metric"]["agent"] for r in api.query(rules.error_ratio_rule("5m"))}
-        assert ratios == {"planner", "coder"}
-        quantiles = {r["metric"]["quantile"] for r in api.query(rules.LATENCY_QUANTILE_RULE)}
+        assert loaded == set(rules.recording_rule_names(config)) | set(rules.alert_names(config))
+
+        for name in rules.recording_rule_names(config):
+            result = api.wait_until(name, lambda rows: len(rows) > 0, timeout=30)
+            assert all(v not in ("NaN", "+Inf", "-Inf") for v in values(result)), (name, result)
+        for window in sli_windows(config.alerting.slo):
+            ratios = {r["metric"]["agent"]: float(r["value"][1])
+                      for r in api.query(series.AGENT_SLI.error_ratio_rule(window))}
+            assert set(ratios) == set(AGENTS) and ratios["planner"] == 0 and 0.2 < ratios["coder"] < 0.8, ratios
+            ratios = {r["metric"]["workflow"]: float(r["value"][1])
+                      for r in api.query(series.WORKFLOW_SLI.error_ratio_rule(window))}
+            assert set(ratios) == set(WORKFLOWS) and ratios["feature"] == 0 and 0.2 < ratios["hotfix"] < 0.8, ratios
+        quantiles = {r["metric"]["quantile"] for r in api.query(series.LATENCY_QUANTILE_RULE)}
         assert quantiles == {"0.5", "0.95", "0.99"}
-        # Every rule group evaluates without errors.
+        first_token = {(r["metric"]["agent"], r["metric"]["quantile"]): float(r["value"][1])
+                       for r in api.query(series.TIME_TO_FIRST_TOKEN_QUANTILE_RULE)}
+        assert first_token[("coder", "0.95")] > 7.5 and first_token[("planner", "0.95")] < 0.5, first_token
+        token_types = {r["metric"]["type"] for r in api.query(series.TOKENS_RULE)}
+        assert token_types == {"input", "output", "cache_read"}
+
+        # The exporter is up and identifies itself: neither exporter alert has anything to say.
+        job = f'job="{config.alerting.job}"'
+        assert api.query(f"up{{{job}}} == 0") == []
+        assert api.query(f"absent({series.BUILD_INFO}{{{job}}})") == []
+
+        # Coder's and hotfix's incidents: the fast burns (no `for:`) fire, the others wait
+        # out their `for:`; planner and feature stay clear of all of them.
+        def states(rows):
+            return {(r["metric"]["alertname"], r["metric"].get("agent") or r["metric"].get("workflow"),
+                     r["metric"]["alertstate"]) for r in rows}
+
+        expected = {("OrchestratorAgentErrorBudgetBurnFast", "coder", "firing"),
+                    ("OrchestratorWorkflowErrorBudgetBurnFast", "hotfix", "firing"),
+                    ("OrchestratorAgentHighErrorRatio", "coder", "pending"),
+                    ("OrchestratorTimeToFirstTokenSlow", "coder", "pending"),
+                    ("OrchestratorAgentQualityLow", "coder", "pending"),
+                    ("OrchestratorCircuitBreakerOpen", "coder", "pending"),
+                    ("OrchestratorEventsRejected", None, "pending")}
+        alerts = api.wait_until("ALERTS", lambda rows: expected <= states(rows), timeout=30)
+        assert not any(subject in ("planner", "feature") for _, subject, _ in states(alerts)), alerts
         assert all(rule.get("health") == "ok" for g in api.rules() for rule in g["rules"]), api.rules()

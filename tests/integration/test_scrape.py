@@ -5,6 +5,7 @@ import time
 import pytest
 
 from agent_exporter import Telemetry, stack
+from agent_exporter.render.prometheus import prometheus_config
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +24,7 @@ def telemetry():
 @pytest.fixture
 def prometheus(tmp_path, telemetry):
     _, handle = telemetry
-    config = f"""
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: agent-exporter
-    static_configs:
-      - targets: ["127.0.0.1:{handle.port}"]
-"""
+    config = prometheus_config([f"127.0.0.1:{handle.port}"], scrape_interval="1s", evaluation_interval="1s")
     with stack.start_prometheus(tmp_path, config) as process:
         yield stack.PrometheusAPI(process.url)
 

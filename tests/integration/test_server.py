@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent_exporter import Telemetry, catalog
 from agent_exporter.config import Config
+from agent_exporter.healing.alertmanager import decode_webhook
 from agent_exporter.server import Service, start_server
 from agent_exporter.webconfig import load_web_config
 
@@ -168,9 +169,15 @@ def test_eleven_mib_is_413_and_a_plain_client_sees_it(server):
     response = post_events(server.url, b"[" + b" " * (ELEVEN_MIB - 2) + b"]")
     assert response.status_code == 413
     assert "limit" in response.json()["error"]
-    assert response.headers["Connection"] == "close"
-    # The server is fine afterwards.
-    assert post_events(server.url, [TOOL_OK]).json()["accepted"] == 1
+    # The server read and dropped the rest of the body: the same connection carries the next request.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/events", body=b" " * ELEVEN_MIB, headers={"Content-Type": "application/json"})
+    too_large = connection.getresponse()
+    too_large.read()
+    assert too_large.status == 413 and not too_large.will_close
+    connection.request("POST", "/v1/events", body=json.dumps([TOOL_OK]), headers={"Content-Type": "application/json"})
+    assert json.loads(connection.getresponse().read()) == {"accepted": 1, "rejected": []}
+    connection.close()
 
 
 def test_eleven_mib_with_expect_100_continue_is_refused_before_the_body(server):
@@ -291,9 +298,7 @@ class RecordingRemediator:
         self.payloads = []
 
     def handle_webhook(self, payload):
-        if not isinstance(payload, dict) or "alerts" not in payload:
-            raise ValueError("alerts: required field is missing")
-        self.payloads.append(payload)
+        self.payloads.append(payload)          # decoded and validated by the server
         return {"opened": ["coder"], "closed": []}
 
     def agents_status(self):
@@ -304,16 +309,20 @@ def test_alertmanager_webhook_and_agents():
     telemetry = Telemetry(Config())
     remediator = RecordingRemediator()
     with start_server(Service(telemetry, remediator=remediator), "127.0.0.1:0") as handle:
-        good = requests.post(handle.url + "/v1/alertmanager", json={"alerts": []}, timeout=10)
+        good = requests.post(handle.url + "/v1/alertmanager", json=_webhook("firing", "coder"), timeout=10)
         assert good.status_code == 200
         assert good.json() == {"opened": ["coder"], "closed": []}
+        # The server validates the payload before any remediator sees it.
         bad = requests.post(handle.url + "/v1/alertmanager", json=[1, 2], timeout=10)
         assert bad.status_code == 400
-        assert "alerts" in bad.json()["error"]
+        assert bad.json()["error"] == "payload: expected `object`, got `array`"
+        no_alerts = requests.post(handle.url + "/v1/alertmanager", timeout=10,
+                                  json={"version": "4", "receiver": "r", "status": "firing"})
+        assert no_alerts.status_code == 400 and "alerts" in no_alerts.json()["error"]
         not_json = requests.post(handle.url + "/v1/alertmanager", data=b"{", timeout=10,
                                  headers={"Content-Type": "application/json"})
         assert not_json.status_code == 400
-        assert remediator.payloads == [{"alerts": []}]
+        assert remediator.payloads == [decode_webhook(_webhook("firing", "coder"))]
         assert requests.get(handle.url + "/v1/agents", timeout=10).json() == remediator.agents_status()
 
 

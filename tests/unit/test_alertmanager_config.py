@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_exporter.config import Config, load_config
+from agent_exporter.config import Config, load_config, parse_config
 from agent_exporter.render import alertmanager as am
 from agent_exporter.render.rules import alert_rules
 
@@ -48,27 +48,38 @@ def test_example_config_with_smtp_auth_passes_amtool(rendered):
     assert "hooks.slack.com" not in text and "password:" not in text
 
 
-# (labels, receivers expected in order); the remediation webhook comes first with `continue`.
+# (labels, receivers expected in order): the remediation webhook comes first with `continue`,
+# then the log webhook (every alert: `log` is in the default channels), then the people.
 ROUTING_MATRIX = [
     ({"alertname": "OrchestratorAgentHighErrorRatio", "severity": "critical", "agent": "coder"},
-     [am.REMEDIATION, am.SLACK_EMAIL]),
-    ({"alertname": "OrchestratorAgentErrorBudgetBurnFast", "severity": "critical", "agent": "coder"}, [am.SLACK_EMAIL]),
-    ({"alertname": "OrchestratorExporterDown", "severity": "critical"}, [am.SLACK_EMAIL]),
-    ({"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"}, [am.SLACK]),
-    ({"alertname": "OrchestratorToolHighErrorRatio", "severity": "warning", "tool": "web_search"}, [am.SLACK]),
+     [am.REMEDIATION, am.LOG, am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorAgentErrorBudgetBurnFast", "severity": "critical", "agent": "coder"},
+     [am.LOG, am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorWorkflowErrorBudgetBurnFast", "severity": "critical", "workflow": "feature"},
+     [am.LOG, am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorExporterDown", "severity": "critical"}, [am.LOG, am.SLACK_EMAIL]),
+    ({"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorToolHighErrorRatio", "severity": "warning", "tool": "web_search"},
+     [am.LOG, am.SLACK]),
     ({"alertname": "OrchestratorDailyCostOverBudget", "severity": "critical", "category": "cost"},
-     [am.SLACK_EMAIL_BUDGET]),
+     [am.LOG, am.SLACK_EMAIL_BUDGET]),
     ({"alertname": "OrchestratorDailyCostForecastOverBudget", "severity": "warning", "category": "cost"},
-     [am.SLACK_BUDGET]),
-    ({"alertname": "SomethingInformational", "severity": "info"}, [am.NULL]),
-    ({"alertname": "Unlabelled"}, [am.SLACK]),
+     [am.LOG, am.SLACK_BUDGET]),
+    ({"alertname": "OrchestratorFeatureDailyCostOverBudget", "severity": "warning", "category": "cost",
+      "feature": "login"}, [am.LOG, am.SLACK_BUDGET]),
+    ({"alertname": "SomethingInformational", "severity": "info"}, [am.LOG, am.NULL]),
+    ({"alertname": "Unlabelled"}, [am.LOG, am.SLACK]),
 ]
+
+
+def routes_test(config_file, labels: dict, receivers: list[str]) -> subprocess.CompletedProcess:
+    return amtool("config", "routes", "test", f"--config.file={config_file}",
+                  f"--verify.receivers={','.join(receivers)}", *(f"{k}={v}" for k, v in labels.items()))
 
 
 @pytest.mark.parametrize("labels,receivers", ROUTING_MATRIX, ids=[m[0]["alertname"] for m in ROUTING_MATRIX])
 def test_routing_matrix(labels, receivers):
-    result = amtool("config", "routes", "test", f"--config.file={ROOT / 'alertmanager' / 'alertmanager.yml'}",
-                    f"--verify.receivers={','.join(receivers)}", *(f"{k}={v}" for k, v in labels.items()))
+    result = routes_test(ROOT / "alertmanager" / "alertmanager.yml", labels, receivers)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -185,3 +196,113 @@ def test_no_remediation_alerts_no_remediation_route():
     base = Config()
     config = replace(base, alerting=replace(base.alerting, remediation_alerts=()))
     assert am.REMEDIATION not in [r["receiver"] for r in am.alertmanager_config(config)["route"]["routes"]]
+
+
+# alerting.channels decides the receivers. Per combination of channels, who hears of each
+# class of alert (the remediation webhook comes on top for the remediation alerts).
+ALERT_CLASSES = {
+    "critical": {"alertname": "OrchestratorAgentErrorBudgetBurnFast", "severity": "critical", "agent": "coder"},
+    "warning": {"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"},
+    "cost-critical": {"alertname": "OrchestratorDailyCostOverBudget", "severity": "critical", "category": "cost"},
+    "cost": {"alertname": "OrchestratorDailyCostForecastOverBudget", "severity": "warning", "category": "cost"},
+    "info": {"alertname": "SomethingInformational", "severity": "info"},
+    "unlabelled": {"alertname": "Unlabelled"},
+}
+LOG = am.LOG
+CHANNELS = {
+    ("log", "slack", "email"): {"critical": [LOG, "slack-email"], "warning": [LOG, "slack"],
+                                "cost-critical": [LOG, "slack-email-budget"], "cost": [LOG, "slack-budget"],
+                                "info": [LOG, "null"], "unlabelled": [LOG, "slack"]},
+    ("slack", "email"): {"critical": ["slack-email"], "warning": ["slack"], "cost-critical": ["slack-email-budget"],
+                         "cost": ["slack-budget"], "info": ["null"], "unlabelled": ["slack"]},
+    ("log", "slack"): {"critical": [LOG, "slack"], "warning": [LOG, "slack"], "cost-critical": [LOG, "slack"],
+                       "cost": [LOG, "slack"], "info": [LOG, "null"], "unlabelled": [LOG, "slack"]},
+    ("slack",): {"critical": ["slack"], "warning": ["slack"], "cost-critical": ["slack"], "cost": ["slack"],
+                 "info": ["null"], "unlabelled": ["slack"]},
+    # Without Slack, warnings reach the on-call by email; cost alerts the budget owners.
+    ("log", "email"): {"critical": [LOG, "email"], "warning": [LOG, "email"], "cost-critical": [LOG, "email-budget"],
+                       "cost": [LOG, "budget"], "info": [LOG, "null"], "unlabelled": [LOG, "email"]},
+    ("email",): {"critical": ["email"], "warning": ["email"], "cost-critical": ["email-budget"], "cost": ["budget"],
+                 "info": ["null"], "unlabelled": ["email"]},
+    # The legacy file's channels: every alert to the exporter's log, nobody mailed.
+    ("log",): {kind: [LOG] for kind in ALERT_CLASSES},
+    (): {kind: ["null"] for kind in ALERT_CLASSES},
+}
+
+
+def with_channels(channels: tuple[str, ...]) -> Config:
+    return parse_config({"observability": {"alerting": {
+        "channels": list(channels), "email": {"to_addresses": ["oncall@example.com"]},
+        "budget": {"owners": ["finops@example.com"]}}}})
+
+
+@pytest.mark.parametrize("channels", list(CHANNELS), ids=lambda c: "+".join(c) or "none")
+def test_channels_decide_the_receivers(channels, tmp_path):
+    am.render_alertmanager(with_channels(channels), tmp_path)
+    config_file = tmp_path / "alertmanager" / "alertmanager.yml"
+    result = amtool("check-config", str(config_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for kind, labels in ALERT_CLASSES.items():
+        result = routes_test(config_file, labels, CHANNELS[channels][kind])
+        assert result.returncode == 0, (kind, result.stdout + result.stderr)
+    remediated = {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "critical", "agent": "coder"}
+    expected = [am.REMEDIATION] + [r for r in CHANNELS[channels]["critical"] if r != "null"]
+    result = routes_test(config_file, remediated, expected)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("channels", list(CHANNELS), ids=lambda c: "+".join(c) or "none")
+def test_each_channel_renders_only_its_integrations(channels):
+    document = am.alertmanager_config(with_channels(channels))
+    integrations = {key for r in document["receivers"] for key in r if key.endswith("_configs")}
+    webhooks = {c["url"] for r in document["receivers"] for c in r.get("webhook_configs", [])}
+    assert ("slack_configs" in integrations) == ("slack" in channels)
+    assert ("email_configs" in integrations) == ("email" in channels)
+    # The log and the remediation receivers both post to the exporter, which tells them
+    # apart by the payload's `receiver`.
+    names = {r["name"] for r in document["receivers"]}
+    assert (LOG in names) == ("log" in channels)
+    assert am.REMEDIATION in names
+    assert webhooks == {"http://agent-exporter:9464/v1/alertmanager"}
+
+
+def test_email_only_sends_cost_alerts_to_the_budget_owners():
+    document = am.alertmanager_config(with_channels(("email",)))
+    assert email_recipients(document, "email") == "oncall@example.com"
+    assert email_recipients(document, "budget") == "finops@example.com"
+    assert email_recipients(document, "email-budget") == "oncall@example.com, finops@example.com"
+
+
+def test_the_legacy_log_channel_renders_no_slack_and_no_email(tmp_path):
+    legacy = tmp_path / "observability_config.yaml"
+    legacy.write_text("observability:\n  alerting:\n    channels: [log]\n"
+                      "    email: {smtp_server: smtp.gmail.com, smtp_port: 587}\n")
+    document = am.alertmanager_config(load_config(legacy))
+    assert not any("slack_configs" in r or "email_configs" in r for r in document["receivers"])
+    (log,) = [r for r in document["receivers"] if r["name"] == LOG]
+    assert log["webhook_configs"] == [{"url": "http://agent-exporter:9464/v1/alertmanager", "send_resolved": True}]
+
+
+def test_grouping_labels_group_and_inhibit_apart():
+    config = parse_config({"observability": {"alerting": {"group_labels": ["environment", "cluster"]}}})
+    document = am.alertmanager_config(config)
+    assert document["route"]["group_by"] == ["alertname", "environment", "cluster", "agent", "tool", "workflow",
+                                             "feature"]
+    critical, absent, rejected = document["inhibit_rules"]
+    assert critical["equal"] == ["alertname", "environment", "cluster", "agent"]
+    assert absent["equal"] == ["job"]           # absent() carries no other label
+    assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
+
+
+def test_titles_name_what_the_group_is_about(tmp_path):
+    data = sample("firing")
+    data["groupLabels"] = {"alertname": "OrchestratorAgentHighErrorRatio", "agent": "coder",
+                           "environment": "production"}
+    path = tmp_path / "grouped.json"
+    path.write_text(json.dumps(data))
+    for name in ("orchestrator.slack.title", "orchestrator.email.subject"):
+        result = amtool("template", "render", f"--template.glob={ROOT / 'alertmanager' / 'templates' / '*.tmpl'}",
+                        f"--template.text={{{{ template \"{name}\" . }}}}", f"--template.data={path}")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            "[FIRING:2] OrchestratorAgentHighErrorRatio · agent coder · environment production"), name

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from agent_exporter.render import dashboards
+from agent_exporter.render import common, dashboards, panels
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -118,7 +118,7 @@ def test_images_are_pinned(services):
 
 
 def test_grafana_runs_the_version_the_dashboards_are_written_for(services):
-    assert services["grafana"]["image"] == f"grafana/grafana:{dashboards.GRAFANA_VERSION}"
+    assert services["grafana"]["image"] == f"grafana/grafana:{panels.GRAFANA_VERSION}"
 
 
 def test_only_the_uis_are_published_and_only_on_loopback(services):
@@ -264,7 +264,7 @@ def test_grafana_provisioning_and_dashboards_are_mounted(services):
     for provider in providers:
         folder = host_path(grafana, provider["options"]["path"])
         assert folder == REPO / "grafana" / "dashboards"
-        assert sorted(p.stem for p in folder.glob("*.json")) == sorted(dashboards.DASHBOARD_UIDS)
+        assert sorted(p.stem for p in folder.glob("*.json")) == sorted(common.DASHBOARD_UIDS.values())
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert host_path(grafana, home) == folder / f"{dashboards.OVERVIEW_UID}.json"
 

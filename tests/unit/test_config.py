@@ -180,6 +180,177 @@ def test_config_error_is_a_value_error():
     assert replace(Config(), service_name="x").service_name == "x"
 
 
+# -- alerting: channels, job, grouping labels, minimum events, new signals, budgets per feature --
+
+
+def test_alerting_defaults():
+    alerting = Config().alerting
+    assert alerting.channels == ("log", "slack", "email")
+    assert alerting.job == "agent-exporter" and alerting.group_labels == ()
+    assert alerting.min_events == 10 and alerting.evaluation_window == "1h"
+    assert alerting.workflow_slo == alerting.slo
+    assert alerting.thresholds.time_to_first_token_p95_seconds == 5.0
+    assert alerting.thresholds.evaluation_score_floor == 0.7
+    assert alerting.budget.per_feature == {}
+
+
+def test_the_legacy_file_keeps_its_log_channel_alone():
+    assert parse(LEGACY_YAML).alerting.channels == ("log",)
+
+
+def test_alerting_keys_load():
+    config = parse_config({"observability": {
+        "metrics": {"extra_labels": ["feature"]},
+        "alerting": {
+            "channels": ["email"], "job": "orchestrator", "group_labels": ["environment", "cluster"],
+            "min_events": 25, "evaluation_window": "30m",
+            "thresholds": {"time_to_first_token_p95_seconds": 2.5, "evaluation_score_floor": 0.8},
+            "workflow_slo": {"objective": 0.95, "page_windows": [["1h", "5m", 14.4]]},
+            "budget": {"per_feature": {"login": 20, "search": 35.5}},
+        }}})
+    alerting = config.alerting
+    assert alerting.channels == ("email",)
+    assert (alerting.job, alerting.group_labels) == ("orchestrator", ("environment", "cluster"))
+    assert (alerting.min_events, alerting.evaluation_window) == (25, "30m")
+    assert alerting.thresholds.time_to_first_token_p95_seconds == 2.5
+    assert alerting.thresholds.evaluation_score_floor == 0.8
+    assert alerting.workflow_slo.objective == 0.95
+    assert alerting.workflow_slo.page_windows == (("1h", "5m", 14.4),)
+    assert alerting.slo == Config().alerting.slo
+    assert alerting.budget.per_feature == {"login": 20.0, "search": 35.5}
+
+
+def test_the_example_config_documents_the_alerting_keys():
+    config = load_config(ROOT / "examples" / "observability.yaml")
+    assert config.alerting.budget.per_feature
+    assert config.alerting.channels == ("log", "slack", "email")
+
+
+BAD_ALERTING = [
+    ({"alerting": {"channels": ["log", "log"]}}, "observability.alerting.channels", "duplicate"),
+    ({"alerting": {"job": 'agent"exporter'}}, "observability.alerting.job", "quotes"),
+    ({"alerting": {"job": ""}}, "observability.alerting.job", "non-empty"),
+    ({"alerting": {"group_labels": ["environment", "2nd"]}}, "observability.alerting.group_labels[1]", "label name"),
+    ({"alerting": {"group_labels": ["__name__"]}}, "observability.alerting.group_labels[0]", "label name"),
+    ({"alerting": {"group_labels": ["agent"]}}, "observability.alerting.group_labels[0]", "already use"),
+    ({"alerting": {"group_labels": ["cluster", "cluster"]}}, "observability.alerting.group_labels", "duplicate"),
+    ({"alerting": {"min_events": 0}}, "observability.alerting.min_events", "positive"),
+    ({"alerting": {"min_events": 2.5}}, "observability.alerting.min_events", "integer"),
+    ({"alerting": {"evaluation_window": "an hour"}}, "observability.alerting.evaluation_window", "duration"),
+    ({"alerting": {"thresholds": {"evaluation_score_floor": 1.2}}},
+     "observability.alerting.thresholds.evaluation_score_floor", "ratio"),
+    ({"alerting": {"thresholds": {"time_to_first_token_p95_seconds": 0}}},
+     "observability.alerting.thresholds.time_to_first_token_p95_seconds", "positive"),
+    ({"alerting": {"thresholds": {"time_to_first_token_p95_seconds": 60}}},
+     "observability.alerting.thresholds.time_to_first_token_p95_seconds", "time_to_first_token_buckets"),
+    ({"alerting": {"thresholds": {"latency_p95_seconds": 0.01}}},
+     "observability.alerting.thresholds.latency_p95_seconds", "execution_buckets"),
+    ({"alerting": {"conditions": ["latency_p95 > 900s"]}},
+     "observability.alerting.thresholds.latency_p95_seconds", "can be measured"),
+    ({"alerting": {"workflow_slo": {"objective": 1}}}, "observability.alerting.workflow_slo.objective", "ratio"),
+    ({"alerting": {"budget": {"per_feature": {"login": 20}}}},
+     "observability.alerting.budget.per_feature", "observability.metrics.extra_labels"),
+    ({"metrics": {"extra_labels": ["feature"]}, "alerting": {"budget": {"per_feature": {"login": -1}}}},
+     "observability.alerting.budget.per_feature.login", ">= 0"),
+    ({"metrics": {"extra_labels": ["feature"]}, "alerting": {"budget": {"per_feature": {'lo"gin': 1}}}},
+     "observability.alerting.budget.per_feature", "quotes"),
+    ({"metrics": {"extra_labels": ["feature"]}, "alerting": {"budget": {"per_feature": ["login"]}}},
+     "observability.alerting.budget.per_feature", "mapping"),
+]
+
+
+@pytest.mark.parametrize("section,path,words", BAD_ALERTING, ids=[b[1] for b in BAD_ALERTING])
+def test_bad_alerting_values_name_the_key_path(section, path, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": section})
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+    assert words in str(info.value)
+
+
+# -- healing.selector and healing.fleet ---------------------------------------------------------
+
+FLEET_YAML = """
+observability:
+  healing:
+    selector:
+      decay: 0.9
+      quality_weight: 1.0
+    fleet:
+      alertmanager:
+        urls: [http://alertmanager-0:9093, http://alertmanager-1:9093]
+        interval_seconds: 5
+        auth: {bearer_token_file: /run/secrets/am_token}
+      prometheus:
+        url: https://prometheus.example.com
+        fleet_weight: 15
+        local_weight: 2
+        auth: {username: fleet, password_file: /run/secrets/prom_password}
+      jitter: 0.1
+      backoff_max_seconds: 30
+      timeout_seconds: 1.5
+"""
+
+
+def test_fleet_and_selector_keys_load():
+    from agent_exporter.config import HTTPAuthConfig
+    healing = parse(FLEET_YAML).healing
+    assert (healing.selector.decay, healing.selector.quality_weight, healing.selector.latency_weight) == (0.9, 1.0, 0.2)
+    fleet = healing.fleet
+    assert fleet.alertmanager.urls == ("http://alertmanager-0:9093", "http://alertmanager-1:9093")
+    assert fleet.alertmanager.interval_seconds == 5.0
+    assert fleet.alertmanager.auth == HTTPAuthConfig(bearer_token_file="/run/secrets/am_token")
+    assert (fleet.prometheus.url, fleet.prometheus.fleet_weight, fleet.prometheus.local_weight) == (
+        "https://prometheus.example.com", 15.0, 2.0)
+    assert fleet.prometheus.auth == HTTPAuthConfig(username="fleet", password_file="/run/secrets/prom_password")
+    assert (fleet.jitter, fleet.backoff_max_seconds, fleet.timeout_seconds) == (0.1, 30.0, 1.5)
+
+
+def test_fleet_is_off_by_default_and_in_the_example():
+    fleet = Config().healing.fleet
+    assert fleet.alertmanager.urls == () and fleet.prometheus.url == ""
+    example = load_config(ROOT / "examples" / "observability.yaml").healing
+    assert example.fleet == fleet and example.selector == Config().healing.selector
+
+
+FLEET_BAD = [
+    ({"selector": {"decay": 0}}, "observability.healing.selector.decay", "(0, 1]"),
+    ({"selector": {"quality_weight": 1.5}}, "observability.healing.selector.quality_weight", "between 0 and 1"),
+    ({"selector": {"cost_weight": -0.1}}, "observability.healing.selector.cost_weight", ">= 0"),
+    ({"fleet": {"alertmanager": {"urls": ["alertmanager:9093"]}}},
+     "observability.healing.fleet.alertmanager.urls[0]", "URL"),
+    ({"fleet": {"alertmanager": {"urls": "http://alertmanager:9093"}}},
+     "observability.healing.fleet.alertmanager.urls", "list"),
+    ({"fleet": {"alertmanager": {"interval_seconds": 0}}},
+     "observability.healing.fleet.alertmanager.interval_seconds", "positive"),
+    ({"fleet": {"prometheus": {"url": "prometheus:9090"}}}, "observability.healing.fleet.prometheus.url", "URL"),
+    ({"fleet": {"prometheus": {"fleet_weight": 0}}}, "observability.healing.fleet.prometheus.fleet_weight",
+     "positive"),
+    ({"fleet": {"prometheus": {"local_weight": -1}}}, "observability.healing.fleet.prometheus.local_weight",
+     "positive"),
+    ({"fleet": {"prometheus": {"auth": {"bearer_token_file": "/t", "username": "u", "password_file": "/p"}}}},
+     "observability.healing.fleet.prometheus.auth", "not both"),
+    ({"fleet": {"alertmanager": {"auth": {"username": "u"}}}},
+     "observability.healing.fleet.alertmanager.auth", "password_file"),
+    ({"fleet": {"alertmanager": {"auth": {"password": "hunter2"}}}},
+     "observability.healing.fleet.alertmanager.auth.password", "password_file"),
+    ({"fleet": {"prometheus": {"auth": {"bearer_token": "abc"}}}},
+     "observability.healing.fleet.prometheus.auth.bearer_token", "bearer_token_file"),
+    ({"fleet": {"jitter": 1}}, "observability.healing.fleet.jitter", "[0, 1)"),
+    ({"fleet": {"backoff_max_seconds": 0}}, "observability.healing.fleet.backoff_max_seconds", "positive"),
+    ({"fleet": {"timeout_seconds": -1}}, "observability.healing.fleet.timeout_seconds", "positive"),
+    ({"fleet": {"prometheus": {"urls": []}}}, "observability.healing.fleet.prometheus.urls", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("section,path,words", FLEET_BAD, ids=[b[1] for b in FLEET_BAD])
+def test_bad_fleet_and_selector_values_name_the_key_path(section, path, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": {"healing": section}})
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+
+
 def test_otlp_section_defaults_and_example():
     otlp = Config().otlp
     assert (otlp.grpc_listen_address, otlp.forward_spans) == ("", False)

@@ -19,15 +19,21 @@ import yaml
 
 from agent_exporter import catalog
 from agent_exporter.config import (
-    AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds)
-from agent_exporter.render import dashboards, rules
+    AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds, parse_config)
+from agent_exporter.render import common, dashboards, panels as grafana, prometheus, rules
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Series Prometheus itself writes that panels may query.
 BUILTINS = frozenset({"up", "ALERTS", "scrape_duration_seconds", "scrape_samples_scraped"})
-# Fixed windows a panel may use instead of Grafana's: the monthly budget needs 30 days.
-FIXED_WINDOWS = frozenset({"30d"})
+# Fixed windows a panel may use instead of Grafana's: the monthly budget needs 30 days,
+# the daily budgets per feature one day (what their alerts read).
+FIXED_WINDOWS = frozenset({"30d", "1d"})
+# Every optional panel and variable on: a custom job, a grouping label, budgets per feature.
+SCOPED = parse_config({"observability": {
+    "metrics": {"extra_labels": ["feature"]},
+    "alerting": {"job": "orchestrator", "group_labels": ["environment"],
+                 "budget": {"per_feature": {"login": 20, "search": 35}}}}})
 
 PROMQL_WORDS = frozenset({
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
@@ -40,21 +46,26 @@ def render(config: Config, out_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (out_dir / "grafana" / "dashboards").glob("*.json")}
 
 
-@pytest.fixture(scope="module")
-def boards(tmp_path_factory) -> dict[str, dict]:
-    return render(Config(), tmp_path_factory.mktemp("grafana"))
+@pytest.fixture(scope="module", params=["default", "scoped"])
+def config(request) -> Config:
+    return {"default": Config(), "scoped": SCOPED}[request.param]
 
 
 @pytest.fixture(scope="module")
-def recorded_names(tmp_path_factory) -> frozenset[str]:
-    """Recording rule names as render/rules.py writes them into prometheus/rules/."""
+def boards(tmp_path_factory, config) -> dict[str, dict]:
+    return render(config, tmp_path_factory.mktemp("grafana"))
+
+
+@pytest.fixture(scope="module")
+def recorded_names(tmp_path_factory, config) -> frozenset[str]:
+    """Recording rule names as the renderer writes them into prometheus/rules/."""
     out = tmp_path_factory.mktemp("render")
-    rules.render_prometheus(Config(), out)
+    prometheus.render_prometheus(config, out)
     names = set()
     for path in (out / "prometheus" / "rules").glob("*.yml"):
         for group in yaml.safe_load(path.read_text())["groups"]:
             names.update(rule["record"] for rule in group["rules"] if "record" in rule)
-    assert names == set(rules.recording_rule_names())
+    assert names == set(rules.recording_rule_names(config))
     return frozenset(names)
 
 
@@ -109,13 +120,12 @@ def test_render_is_deterministic(tmp_path):
 
 
 def test_every_dashboard_has_its_fixed_uid(boards):
-    assert sorted(boards) == sorted(dashboards.DASHBOARD_UIDS)
-    # The alerts' dashboard_url links point at these uids.
-    assert sorted(rules.DASHBOARD_UIDS.values()) == sorted(dashboards.DASHBOARD_UIDS)
+    # The alerts' dashboard_url links point at these uids (common.DASHBOARD_UIDS).
+    assert sorted(boards) == sorted(common.DASHBOARD_UIDS.values())
     for stem, board in boards.items():
         assert board["uid"] == stem
         assert board["id"] is None
-        assert board["schemaVersion"] == dashboards.SCHEMA_VERSION
+        assert board["schemaVersion"] == grafana.SCHEMA_VERSION
 
 
 def test_no_import_placeholders(tmp_path):
@@ -141,16 +151,25 @@ def test_every_panel_has_a_unit_a_description_and_the_datasource_variable(boards
                 assert p["options"]["yAxis"]["unit"], where
 
 
-def test_every_dashboard_has_the_datasource_job_and_instance_variables(boards):
+def test_every_dashboard_has_the_datasource_grouping_and_instance_variables(boards, config):
+    """The job is the config's (alerting.job), so it is no variable any more; each grouping
+    label is one, "All" taking series without it too, and narrows the instances."""
     build_info = catalog.EXPORTER_BUILD_INFO.name
+    job = f'job="{config.alerting.job}"'
     for board in boards.values():
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["query"] == "prometheus"
-        assert variables["job"]["definition"] == f"label_values({build_info}, job)"
-        assert variables["instance"]["definition"].startswith(f"label_values({build_info}")
+        assert "job" not in variables
+        narrowed = [job]
+        for label in config.alerting.group_labels:
+            assert variables[label]["definition"] == f"label_values({build_info}{{{', '.join(narrowed)}}}, {label})"
+            assert variables[label]["allValue"] == ".*"
+            narrowed.append(f'{label}=~"${label}"')
+        assert variables["instance"]["definition"] == f"label_values({build_info}{{{', '.join(narrowed)}}}, instance)"
+        assert variables["instance"]["allValue"] == ".+"
     agent = {v["name"]: v for v in boards[dashboards.AGENT_UID]["templating"]["list"]}["agent"]
-    assert agent["definition"].startswith(f"label_values({catalog.AGENT_EXECUTIONS.name}")
+    assert agent["definition"].startswith(f"label_values({catalog.AGENT_EXECUTIONS.name}{{{job}")
 
 
 def test_every_query_names_only_catalog_metrics_recording_rules_or_builtins(boards, recorded_names):
@@ -162,16 +181,20 @@ def test_every_query_names_only_catalog_metrics_recording_rules_or_builtins(boar
             assert not unknown, f"{board['uid']}: {expr} names {unknown}"
 
 
-def test_raw_metric_selectors_follow_the_job_and_instance_variables(boards, recorded_names):
+def test_raw_metric_selectors_name_the_job_and_follow_the_variables(boards, recorded_names, config):
     scoped = catalog.sample_names() | {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+    scope = dashboards.Queries(config).scope
+    groups = [f'{label}=~"${label}"' for label in config.alerting.group_labels]
+    assert scope.startswith(f'job="{config.alerting.job}", instance=~"$instance"')
     for board in boards.values():
         for expr in exprs(board):
             for name, matchers in re.findall(r"([A-Za-z_:][\w:]*)(\{[^}]*\})?", expr):
                 if name in scoped:
-                    assert dashboards.SCOPE in matchers, f"{name} unscoped in {expr}"
+                    assert scope in matchers, f"{name} unscoped in {expr}"
                 if name in recorded_names:
-                    # Recording rules aggregate job away: a job matcher would match nothing.
-                    assert "$job" not in matchers, f"{name} in {expr}"
+                    # Recording rules aggregate job and instance away and keep the grouping labels.
+                    assert "job" not in matchers and "instance" not in matchers, f"{name} in {expr}"
+                    assert all(g in matchers for g in groups), f"{name} in {expr}"
 
 
 def test_rates_and_increases_use_grafana_intervals(boards):
@@ -194,13 +217,13 @@ def test_queries_are_valid_promql(boards, tmp_path):
 
 
 def substitute(expr: str) -> str:
-    for variable, value in (("$__rate_interval", "1m"), ("$__range", "1h"), ("$job", ".+"),
+    for variable, value in (("$__rate_interval", "1m"), ("$__range", "1h"), ("$environment", ".*"),
                             ("$instance", ".+"), ("$agent", "planner")):
         expr = expr.replace(variable, value)
     return expr
 
 
-def test_exemplars_are_requested_on_histogram_panels_and_link_to_jaeger(boards, tmp_path):
+def test_exemplars_are_requested_on_histogram_panels_and_link_to_jaeger(boards, tmp_path, config):
     heatmaps = [p for b in boards.values() for p in panels(b) if p["type"] == "heatmap"]
     assert heatmaps
     for p in heatmaps:
@@ -210,7 +233,7 @@ def test_exemplars_are_requested_on_histogram_panels_and_link_to_jaeger(boards, 
     quantiles = panel(boards[dashboards.AGENT_UID], "Latency p50 / p95 / p99")
     assert all(t["exemplar"] for t in quantiles["targets"])
 
-    dashboards.render_grafana(Config(), tmp_path)
+    dashboards.render_grafana(config, tmp_path)
     document = yaml.safe_load(
         (tmp_path / "grafana/provisioning/datasources/agent-exporter.yaml").read_text())
     by_uid = {ds["uid"]: ds for ds in document["datasources"]}
@@ -323,3 +346,47 @@ def test_dashboards_provider_reads_the_dashboards_folder(tmp_path):
     assert provider["type"] == "file"
     assert provider["options"]["path"] == dashboards.DASHBOARDS_PATH
     assert provider["allowUiUpdates"] is False
+
+
+def test_the_overview_leads_with_task_success_and_task_latency(boards, config):
+    overview = boards[dashboards.OVERVIEW_UID]
+    first_row, *rest = overview["panels"]
+    assert first_row["type"] == "row" and first_row["title"] == "Tasks (workflow runs)"
+    leading = [p["title"] for p in rest[:3]]
+    assert leading == ["Tasks finished", "Task success rate", "Task latency p95"]
+    success = panel(overview, "Task success rate")
+    assert catalog.WORKFLOW_RUNS.name in success["targets"][0]["expr"]
+    assert success["fieldConfig"]["defaults"]["thresholds"]["steps"][-1] == {
+        "color": "green", "value": config.alerting.workflow_slo.objective}
+    latency = panel(overview, "Task latency p95")
+    assert catalog.WORKFLOW_DURATION.name + "_bucket" in latency["targets"][0]["expr"]
+    ratio = panel(overview, "Task success ratio by workflow")
+    assert ratio["targets"][0]["expr"].startswith("1 - workflow:orchestrator_workflow_runs:error_ratio_rate5m")
+
+
+def test_new_signal_panels_take_their_thresholds_from_the_config(tmp_path):
+    config = parse_config({"observability": {
+        "metrics": {"extra_labels": ["feature"]},
+        "alerting": {"thresholds": {"time_to_first_token_p95_seconds": 2, "evaluation_score_floor": 0.6},
+                     "workflow_slo": {"objective": 0.95},
+                     "budget": {"per_feature": {"login": 20, "search": 35}}}}})
+    boards = render(config, tmp_path)
+
+    def steps(board, title):
+        return panel(boards[board], title)["fieldConfig"]["defaults"]["thresholds"]["steps"]
+
+    assert steps(dashboards.AGENT_UID, "Time to first token p50 / p95 / p99 by model")[-1] == {
+        "color": "red", "value": 2}
+    assert steps(dashboards.OVERVIEW_UID, "Mean evaluation score by agent and evaluator") == [
+        {"color": "red", "value": None}, {"color": "green", "value": 0.6}]
+    burn = panel(boards[dashboards.TOOLS_UID], "Workflow error budget burn rate")
+    assert [t["expr"] for t in burn["targets"]] == [
+        f"workflow:orchestrator_workflow_runs:error_ratio_rate{w} / 0.05" for w in ("1h", "6h", "1d", "3d")]
+    features = panel(boards[dashboards.COST_UID], "Spend by feature, last 24 h, against its budget")
+    assert 'feature=~"login|search"' in features["targets"][0]["expr"]
+    limits = {o["matcher"]["options"]: o["properties"][0]["value"]["steps"][-1]["value"]
+              for o in features["fieldConfig"]["overrides"]}
+    assert limits == {"login": 20, "search": 35}
+    # Without budgets per feature there is no such panel.
+    assert not [p for p in render(Config(), tmp_path / "default")[dashboards.COST_UID]["panels"]
+                if "against its budget" in p["title"]]

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_exporter import catalog
+from agent_exporter import catalog, events, tracing
 from agent_exporter.config import AlertingConfig, Config, HealingConfig
 from agent_exporter.healing import (
     AdaptiveSelector, AlertRemediator, CircuitBreaker, CircuitBreakers, CircuitOpenError, FallbackChain, Healer,
@@ -406,7 +406,8 @@ def test_healer_spans_link_retries_to_the_first_attempt():
     for span in attempts[1:]:
         assert [link.context.span_id for link in span.links] == [first.span_id]
         assert span.parent.span_id == run.context.span_id
-    assert [e.name for e in run.events] == ["retry", "retry", "fallback"]
+    # One span-event name per fact, tracing.py's (issue 13: it was "retry"/"fallback" here).
+    assert [e.name for e in run.events] == [tracing.RETRY_EVENT, tracing.RETRY_EVENT, tracing.FALLBACK_EVENT]
     assert dict(run.events[2].attributes)["orchestrator.to_agent"] == "coder-lite"
 
 
@@ -566,13 +567,13 @@ def test_simulation_is_deterministic():
 
 
 def test_fallback_is_recorded_only_to_an_agent_that_takes_the_work():
-    events = []
+    recorded = []
 
     class FakeTelemetry:
         tracer = trace.get_tracer("test")
 
         def record(self, event):
-            events.append(event)
+            recorded.append(event)
 
         def set_circuit_state(self, agent, state):
             pass
@@ -583,14 +584,15 @@ def test_fallback_is_recorded_only_to_an_agent_that_takes_the_work():
     fn, calls = scripted({"coder": [False], "coder-mini": [True]})
     assert healer.run("coding", ("coder",), fn) == "done by coder-mini"
     assert calls == ["coder", "coder-mini"]
-    assert [e for e in events if e["type"] == "fallback"] == [
-        {"type": "fallback", "from_agent": "coder", "to_agent": "coder-mini", "reason": "RateLimitError"}]
-    events.clear()
+    # Typed events, not dicts validated again (issue 13).
+    assert [e for e in recorded if isinstance(e, events.Fallback)] == [
+        events.Fallback(from_agent="coder", to_agent="coder-mini", reason="RateLimitError")]
+    recorded.clear()
     healer.breakers.force_open("coder")
     fn, calls = scripted({"coder-mini": [True]})
     healer.run("coding", ("coder",), fn)
-    assert [e for e in events if e["type"] == "fallback"] == [
-        {"type": "fallback", "from_agent": "coder", "to_agent": "coder-mini", "reason": "circuit_open"}]
+    assert [e for e in recorded if isinstance(e, events.Fallback)] == [
+        events.Fallback(from_agent="coder", to_agent="coder-mini", reason="circuit_open")]
 
 
 def test_alerts_never_stop_the_work_of_a_task_entirely():

@@ -74,7 +74,21 @@ def test_exporter_configs_load(tmp_path):
         path = tmp_path / f"observability-{index}.yaml"
         path.write_text(text)
         config = load_config(path)
-        assert config.tracing.export_to_otlp
+        document = yaml.safe_load(text)["observability"]
+        if "tracing" in document:
+            assert config.tracing.export_to_otlp
+        if "healing" in document:             # the fleet block: every source it names is polled
+            fleet = config.healing.fleet
+            assert len(fleet.alertmanager.urls) == 3 and fleet.prometheus.url
+            assert fleet.alertmanager.auth.bearer_token_file and fleet.prometheus.auth.password_file
+
+
+def test_the_fleet_queries_in_the_doc_are_the_ones_the_code_sends():
+    from agent_exporter.healing.fleet_stats import COST_QUERY, LATENCY_QUERY, SUCCESS_QUERY
+
+    text = DOC.read_text()
+    for query in (SUCCESS_QUERY, LATENCY_QUERY, COST_QUERY):
+        assert f"`{query}`" in text
 
 
 def test_collector_pipelines_name_only_defined_components():

@@ -157,8 +157,9 @@ def test_record_every_event_type(tel):
     assert value(tel, catalog.SELECTOR_WEIGHT.name, task="code_review", agent="b") == 0.75
     by_type = {dict(labels)["type"]: v for (name, labels), v in got.items()
                if name == catalog.EXPORTER_EVENTS.name}
+    # Every type's counter exists from the start (at 0), so rate() sees a type's first event.
     assert by_type == {"agent_execution": 1, "tool_call": 1, "state_transition": 1, "retry": 1,
-                       "fallback": 1, "circuit_state": 2}
+                       "fallback": 1, "circuit_state": 2, "workflow_run": 0, "evaluation": 0}
 
 
 def test_record_batch_applies_decoded_events(tel):

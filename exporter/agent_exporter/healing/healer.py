@@ -13,11 +13,18 @@ held against neither breaker nor selector (it is the task's fault, not the
 agent's).  When every attempt fails, the last error propagates; when no breaker
 let a call through, CircuitOpenError.
 
-Every retry and fallback is recorded as an event (orchestrator_retries_total,
-orchestrator_fallbacks_total) and on spans: one `heal {task}` span per run with
-`retry`/`fallback` span events, one `attempt {agent}` child span per attempt,
-each retry's span linked to the first attempt's.  Without a tracer provider the
-OpenTelemetry API makes these no-ops.
+Every retry and fallback is one typed event (events.Retry, events.Fallback)
+recorded through the telemetry (orchestrator_retries_total,
+orchestrator_fallbacks_total) while the run's span is current, so the
+`orchestrator.retry`/`orchestrator.fallback` span event tracing.py makes of it
+lands on that span.  Spans: one `heal {task}` span per run, one
+`attempt {agent}` child span per attempt, each retry's span linked to the first
+attempt's.  Without a tracer provider the OpenTelemetry API makes these no-ops.
+
+`run(..., workflow="name")` records the whole task as one workflow run
+(orchestrator_workflow_runs_total, an invoke_workflow span around the heal
+span), for orchestrators whose task is one healed call; multi-step tasks wrap
+their steps in `telemetry.workflow(name)` themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
 
+from .. import events
+from ..tracing import GenAITracer
 from .breaker import OPEN, CircuitBreakers, CircuitOpenError
 from .fallback import FallbackChain
 from .retry import RetryPolicy
@@ -49,7 +58,8 @@ class Healer:
 
     `clock` measures attempt latency for the selector (the simulator passes its
     simulated clock); `cost_of(agent, result_or_exception)` optionally reports
-    an attempt's cost in USD to the selector; `telemetry` (agent_exporter
+    an attempt's cost in USD to the selector, `score_of(agent, result)` a
+    successful answer's evaluation score (0..1); `telemetry` (agent_exporter
     Telemetry) receives retry and fallback events; `tracer` defaults to the
     telemetry's tracer, else the global OpenTelemetry tracer.
     """
@@ -58,7 +68,8 @@ class Healer:
                  selector: AdaptiveSelector | None = None, fallbacks: FallbackChain | None = None,
                  telemetry=None, tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 cost_of: Callable[[str, object], float | None] | None = None):
+                 cost_of: Callable[[str, object], float | None] | None = None,
+                 score_of: Callable[[str, object], float | None] | None = None):
         self.policy = policy or RetryPolicy()
         self.breakers = breakers or CircuitBreakers(telemetry=telemetry)
         self.selector = selector
@@ -69,6 +80,7 @@ class Healer:
         self.tracer = tracer
         self.clock = clock
         self.cost_of = cost_of
+        self.score_of = score_of
 
     @classmethod
     def from_config(cls, config, telemetry=None, *, remediator=None, **kwargs) -> "Healer":
@@ -88,8 +100,14 @@ class Healer:
 
     # -- entry points -------------------------------------------------------------
 
-    def run(self, task_type: str, candidates: Sequence[str], fn: Callable[[str], object]):
-        """Run `fn(agent)` for one task of type `task_type`; returns its result."""
+    def run(self, task_type: str, candidates: Sequence[str], fn: Callable[[str], object], *,
+            workflow: str | None = None):
+        """Run `fn(agent)` for one task of type `task_type`; returns its result.
+
+        With `workflow`, the task is recorded as one run of that workflow."""
+        if workflow is not None:
+            with self._workflow(workflow):
+                return self.run(task_type, candidates, fn)
         plan = self._plan(task_type, candidates)
         step = next(plan)
         while True:
@@ -108,8 +126,11 @@ class Healer:
             except StopIteration as done:
                 return done.value
 
-    async def run_async(self, task_type: str, candidates: Sequence[str], fn):
+    async def run_async(self, task_type: str, candidates: Sequence[str], fn, *, workflow: str | None = None):
         """Like run(), for `async def fn(agent)`; backoff waits with the policy's async_sleep."""
+        if workflow is not None:
+            async with self._workflow(workflow):
+                return await self.run_async(task_type, candidates, fn)
         plan = self._plan(task_type, candidates)
         step = next(plan)
         while True:
@@ -209,22 +230,31 @@ class Healer:
         finally:
             run_span.end()
 
+    def _workflow(self, workflow: str):
+        if self.telemetry is None:
+            raise ValueError("recording a task as a workflow run needs the Healer's telemetry")
+        return self.telemetry.workflow(workflow)
+
     def _observe(self, task_type: str, agent: str, ok: bool, latency: float, value) -> None:
         if self.selector is None:
             return
         cost = self.cost_of(agent, value) if self.cost_of is not None else None
-        self.selector.observe(task_type, agent, ok, latency, cost)
+        score = self.score_of(agent, value) if ok and self.score_of is not None else None
+        self.selector.observe(task_type, agent, ok, latency, cost, score)
 
     def _retry(self, span, agent: str, attempt: int, error: BaseException | None) -> None:
         kind = error_type(error) if error is not None else "unknown"
-        span.add_event("retry", {"gen_ai.agent.name": agent, "orchestrator.attempt": attempt,
-                                 "error.type": kind})
-        if self.telemetry is not None:
-            self.telemetry.record({"type": "retry", "agent": agent, "attempt": attempt, "error_type": kind})
+        self._record(span, events.Retry(agent=agent, attempt=attempt, error_type=kind))
 
     def _fallback(self, span, from_agent: str, to_agent: str, reason: str) -> None:
-        span.add_event("fallback", {"orchestrator.from_agent": from_agent, "orchestrator.to_agent": to_agent,
-                                    "orchestrator.reason": reason})
-        if self.telemetry is not None:
-            self.telemetry.record({"type": "fallback", "from_agent": from_agent, "to_agent": to_agent,
-                                   "reason": reason})
+        self._record(span, events.Fallback(from_agent=from_agent, to_agent=to_agent, reason=reason))
+
+    def _record(self, span, event) -> None:
+        """The event to the telemetry, with the run's span current so its span event lands there;
+        without telemetry, the same span event straight from tracing.py."""
+        with trace.use_span(span, end_on_exit=False):
+            if self.telemetry is not None:
+                self.telemetry.record(event)
+            else:
+                GenAITracer(self.tracer).event_span(event)
+

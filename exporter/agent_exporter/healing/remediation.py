@@ -1,80 +1,39 @@
-"""Alert-driven remediation: Alertmanager's webhook opens and closes agents' breakers.
+"""Alert-driven remediation: remediation alerts open and close agents' breakers.
 
 A firing alert whose name is in `alerting.remediation_alerts` and that carries
-an `agent` label force-opens that agent's breaker; Alertmanager's resolved
-notification for it (same fingerprint) releases it.  An agent stays open while
-any of its remediation alerts fires.  The payload is validated in full before
-anything changes: a malformed or unknown one raises ValueError (HTTP 400).
+an `agent` label force-opens that agent's breaker; when it resolves (same
+fingerprint) the breaker is released.  An agent stays open while any of its
+remediation alerts fires.  Two sources say which alerts fire:
+
+* Alertmanager's webhook (POST /v1/alertmanager, handle_webhook): it reaches
+  one replica of a fleet.  The payload is validated in full before anything
+  changes: a malformed one raises ValueError (HTTP 400).
+* Alertmanager's v2 API, polled by every replica (fleet.py, sync_alerts): the
+  firing alerts as of when the poll was sent.
+
+Whichever reports a change first acts; the other finds it done, so nothing
+acts twice.  A poll answer is older than a webhook that arrived while it was
+in flight, so it never undoes what such a webhook did.
 
 The remediator also owns the process's breakers and selector (the Healer uses
-the same ones, see Healer.from_config), so agents_status() - GET /v1/agents -
+the same ones, see Healer.from_config) and, with healing.fleet configured, the
+fleet's pollers (start()/stop()), so agents_status() - GET /v1/agents -
 reports what the orchestrator acts on.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
+from .alertmanager import APIAlert, decode_webhook
 from .breaker import CircuitBreakers
+from .fleet import Fleet
 from .selector import AdaptiveSelector
-
-WEBHOOK_VERSION = "4"
-_STATUSES = ("firing", "resolved")
-_REQUIRED = {"version": str, "receiver": str, "status": str, "alerts": list}
-_OPTIONAL = {"groupLabels": dict, "commonLabels": dict, "commonAnnotations": dict,
-             "externalURL": str, "groupKey": str, "truncatedAlerts": int}
-_ALERT_REQUIRED = {"status": str, "labels": dict, "annotations": dict, "startsAt": str, "endsAt": str,
-                   "fingerprint": str}
-_ALERT_OPTIONAL = {"generatorURL": str}
 
 # on_change(agent, old_state, new_state, reason): every breaker change, for embedded use.
 ChangeCallback = Callable[[str, str, str, str], None]
-
-
-def _check_fields(obj: dict, required: dict, optional: dict, where: str) -> None:
-    for key in required:
-        if key not in obj:
-            raise ValueError(f"{where}: missing field {key!r}")
-    for key, kind in (*required.items(), *optional.items()):
-        if key in obj and (not isinstance(obj[key], kind) or isinstance(obj[key], bool)):
-            raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {type(obj[key]).__name__}")
-
-
-def _check_strings(mapping: dict, where: str) -> None:
-    for key, value in mapping.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"{where}: label names and values must be strings")
-
-
-def validate_webhook(payload) -> list[dict]:
-    """The alerts of an Alertmanager webhook payload (version 4), or ValueError naming the problem."""
-    if not isinstance(payload, dict):
-        raise ValueError(f"webhook payload must be a JSON object, got {type(payload).__name__}")
-    _check_fields(payload, _REQUIRED, _OPTIONAL, "payload")
-    if payload["version"] != WEBHOOK_VERSION:
-        raise ValueError(f"payload.version: unsupported webhook version {payload['version']!r} "
-                         f"(expected {WEBHOOK_VERSION!r})")
-    if payload["status"] not in _STATUSES:
-        raise ValueError(f"payload.status: expected firing or resolved, got {payload['status']!r}")
-    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
-        if key in payload:
-            _check_strings(payload[key], f"payload.{key}")
-    alerts = payload["alerts"]
-    for i, alert in enumerate(alerts):
-        where = f"payload.alerts[{i}]"
-        if not isinstance(alert, dict):
-            raise ValueError(f"{where}: expected an object, got {type(alert).__name__}")
-        _check_fields(alert, _ALERT_REQUIRED, _ALERT_OPTIONAL, where)
-        if alert["status"] not in _STATUSES:
-            raise ValueError(f"{where}.status: expected firing or resolved, got {alert['status']!r}")
-        _check_strings(alert["labels"], f"{where}.labels")
-        _check_strings(alert["annotations"], f"{where}.annotations")
-        if "alertname" not in alert["labels"]:
-            raise ValueError(f"{where}.labels: missing alertname")
-        if not alert["fingerprint"]:
-            raise ValueError(f"{where}.fingerprint: must not be empty")
-    return alerts
 
 
 class AlertRemediator:
@@ -85,11 +44,12 @@ class AlertRemediator:
     selector weights.  `breakers` and `selector` may be passed in to share
     existing ones.  `on_change(agent, old, new, reason)` is called on every
     breaker state change (alert-driven or not), for orchestrators embedding
-    the exporter.
+    the exporter.  `clock` (monotonic seconds) orders webhooks against polls.
     """
 
     def __init__(self, config, telemetry=None, *, breakers: CircuitBreakers | None = None,
-                 selector: AdaptiveSelector | None = None, on_change: ChangeCallback | None = None):
+                 selector: AdaptiveSelector | None = None, on_change: ChangeCallback | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.remediation_alerts = frozenset(config.alerting.remediation_alerts)
         self.breakers = breakers or CircuitBreakers.from_config(config.healing, telemetry=telemetry)
         self.selector = selector or AdaptiveSelector.from_config(config.healing, breakers=self.breakers,
@@ -98,38 +58,106 @@ class AlertRemediator:
             a for alternatives in config.healing.fallbacks.values() for a in alternatives}
         if on_change is not None:
             self.breakers.add_listener(on_change)
+        self.clock = clock
         self._firing: dict[str, dict[str, str]] = {}      # agent -> fingerprint -> alertname
+        self._webhook_at: dict[str, float] = {}           # fingerprint -> when a webhook last spoke of it
         self._lock = threading.Lock()
+        self.fleet = Fleet.from_config(config, self, telemetry)   # None without healing.fleet URLs
+
+    # -- the fleet's pollers ------------------------------------------------------
+
+    def start(self) -> "AlertRemediator":
+        """Start polling the fleet's Alertmanager and Prometheus (a first poll of each before returning)."""
+        if self.fleet is not None:
+            self.fleet.start()
+        return self
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+
+    # -- the two sources ------------------------------------------------------------
 
     def handle_webhook(self, payload) -> dict:
         """Act on one webhook notification; returns what it did."""
-        alerts = validate_webhook(payload)
+        alerts = decode_webhook(payload).alerts
         opened, closed, ignored = [], [], 0
         with self._lock:
+            now = self.clock()
             for alert in alerts:
-                labels = alert["labels"]
-                agent = labels.get("agent")
-                if labels["alertname"] not in self.remediation_alerts or not agent:
+                labels = alert.labels
+                agent = self._agent(labels)
+                if agent is None:
                     ignored += 1
                     continue
-                firing = self._firing.setdefault(agent, {})
-                fingerprint = alert["fingerprint"]
-                if alert["status"] == "firing":
-                    if not firing:
+                self._webhook_at[alert.fingerprint] = now
+                if alert.status == "firing":
+                    if self._fire(agent, alert.fingerprint, labels["alertname"]):
                         opened.append(agent)
-                    firing[fingerprint] = labels["alertname"]
-                    self.breakers.force_open(agent, labels["alertname"])
-                elif firing.pop(fingerprint, None) is not None and not firing:
-                    self.breakers.release(agent, "resolved:" + labels["alertname"])
+                elif self._resolve(agent, alert.fingerprint, labels["alertname"]):
                     closed.append(agent)
                 else:
                     ignored += 1
         return {"status": "ok", "alerts": len(alerts), "opened": opened, "closed": closed,
                 "ignored": ignored}
 
+    def sync_alerts(self, alerts: Iterable[APIAlert], sent_at: float) -> dict:
+        """Make the firing remediation alerts those of a poll sent at `sent_at` (this clock's time).
+
+        Alerts a webhook spoke of after `sent_at` keep what the webhook said."""
+        firing = {}
+        for alert in alerts:
+            agent = self._agent(alert.labels)
+            if agent is not None:
+                firing[alert.fingerprint] = (agent, alert.labels["alertname"])
+        opened, closed = [], []
+        with self._lock:
+            newer = {fp for fp, at in self._webhook_at.items() if at > sent_at}
+            for fingerprint, (agent, alertname) in firing.items():
+                if fingerprint not in newer and self._fire(agent, fingerprint, alertname):
+                    opened.append(agent)
+            for agent, fingerprints in list(self._firing.items()):
+                for fingerprint, alertname in list(fingerprints.items()):
+                    if fingerprint not in firing and fingerprint not in newer \
+                            and self._resolve(agent, fingerprint, alertname):
+                        closed.append(agent)
+            # What webhooks said before this poll was sent, the poll knows too.
+            self._webhook_at = {fp: at for fp, at in self._webhook_at.items() if fp in newer}
+        return {"opened": opened, "closed": closed}
+
+    # -- internals (with the lock held) --------------------------------------------
+
+    def _agent(self, labels: dict) -> str | None:
+        """The agent a remediation alert names, or None for any other alert."""
+        if labels["alertname"] not in self.remediation_alerts:
+            return None
+        return labels.get("agent") or None
+
+    def _fire(self, agent: str, fingerprint: str, alertname: str) -> bool:
+        """Record a firing alert; True when it opened the agent's breaker."""
+        firing = self._firing.setdefault(agent, {})
+        if fingerprint in firing:
+            return False
+        firing[fingerprint] = alertname
+        if len(firing) > 1:
+            return False
+        self.breakers.force_open(agent, alertname)
+        return True
+
+    def _resolve(self, agent: str, fingerprint: str, alertname: str) -> bool:
+        """Record a resolved alert; True when it closed the agent's breaker."""
+        firing = self._firing.get(agent, {})
+        if firing.pop(fingerprint, None) is None or firing:
+            return False
+        self.breakers.release(agent, "resolved:" + alertname)
+        return True
+
+    # -- reporting -------------------------------------------------------------------
+
     def agents_status(self) -> dict:
-        """Per-agent health for GET /v1/agents."""
+        """Per-agent health for GET /v1/agents, and the fleet sources' health when polling."""
         weights = self.selector.published() if self.selector is not None else {}
+        fleet_stats = self.selector.fleet() if self.selector is not None else {}
         agents = set(self.known_agents) | {b.agent for b in self.breakers}
         for task_weights in weights.values():
             agents.update(task_weights)
@@ -138,6 +166,7 @@ class AlertRemediator:
             breaker = self.breakers.get(agent)
             calls, errors = breaker.window()
             firing = self._firing.get(agent, {})
+            stats = fleet_stats.get(agent)
             report[agent] = {
                 "circuit_state": breaker.state,
                 "forced": breaker.forced,
@@ -148,5 +177,11 @@ class AlertRemediator:
                 "calls": calls,
                 "errors": errors,
                 "window_seconds": breaker.window_seconds,
+                "fleet": None if stats is None else {"success_ratio": stats.success_ratio,
+                                                     "latency_seconds": stats.latency_seconds,
+                                                     "cost_usd": stats.cost_usd},
             }
-        return {"agents": report}
+        document = {"agents": report}
+        if self.fleet is not None:
+            document["fleet"] = self.fleet.status()
+        return document

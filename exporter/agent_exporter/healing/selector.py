@@ -9,13 +9,24 @@ and pays a penalty for its recent latency and cost relative to the other
 candidates; the highest score wins.  Agents whose breaker is open are skipped.
 The selection probability of each agent (estimated by drawing, with a separate
 generator) is exported as orchestrator_selector_weight{task, agent}.
+
+Quality: a success may carry the evaluation score of its answer (0..1); with
+`quality_weight` q it counts as 1 - q * (1 - score) of a success and the rest
+of a failure, so an agent that succeeds technically but answers badly loses
+traffic.  q = 0 ignores scores.
+
+Fleet: set_fleet() gives per-agent statistics of the whole fleet (from
+Prometheus, see fleet_stats.py).  An agent's posterior then adds
+`fleet_weight` observations at the fleet's success ratio to `local_weight`
+times the replica's own decayed outcomes, and its latency and cost are the
+means of the two weighted alike.  clear_fleet() returns to local learning.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .breaker import OPEN
@@ -29,27 +40,46 @@ class _Evidence:
     cost: float | None = None        # exponentially weighted mean, USD
 
 
+_NO_EVIDENCE = _Evidence()
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    """One agent's statistics over the whole fleet; None where the fleet has no data."""
+    success_ratio: float | None = None
+    latency_seconds: float | None = None
+    cost_usd: float | None = None
+
+
 class AdaptiveSelector:
-    """Chooses an agent per task type from observed success, latency and cost.
+    """Chooses an agent per task type from observed success, quality, latency and cost.
 
     `decay` in (0, 1]: the weight left to old evidence per new observation of
     the task (0.97 remembers about the last 33).  `latency_weight` and
     `cost_weight`: the largest score penalty for being the slowest or the most
-    expensive candidate; `smoothing`: the weight of the newest latency and
-    cost in their moving averages.  `rng` seeds the choices; `breakers` (CircuitBreakers)
-    makes open agents unavailable; `telemetry` receives the weights every
+    expensive candidate; `quality_weight`: how much evaluation scores count;
+    `smoothing`: the weight of the newest latency and cost in their moving
+    averages; `fleet_weight` and `local_weight`: the blend with set_fleet()'s
+    statistics.  `rng` seeds the choices; `breakers` (CircuitBreakers) makes
+    open agents unavailable; `telemetry` receives the weights every
     `publish_every` choices of a task.
     """
 
     def __init__(self, *, decay: float = 0.97, latency_weight: float = 0.2, cost_weight: float = 0.1,
-                 smoothing: float = 0.3, rng: random.Random | None = None, breakers=None, telemetry=None,
+                 quality_weight: float = 0.5, smoothing: float = 0.3, fleet_weight: float = 10.0,
+                 local_weight: float = 1.0, rng: random.Random | None = None, breakers=None, telemetry=None,
                  publish_every: int = 10, weight_draws: int = 200):
         if not 0 < decay <= 1:
             raise ValueError("decay must be in (0, 1]")
+        if not 0 <= quality_weight <= 1:
+            raise ValueError("quality_weight must be in [0, 1]")
         self.decay = decay
         self.latency_weight = latency_weight
         self.cost_weight = cost_weight
+        self.quality_weight = quality_weight
         self.smoothing = smoothing
+        self.fleet_weight = fleet_weight
+        self.local_weight = local_weight
         self.rng = rng or random.Random()
         self._weights_rng = random.Random(self.rng.random())
         self.breakers = breakers
@@ -57,6 +87,7 @@ class AdaptiveSelector:
         self.publish_every = publish_every
         self.weight_draws = weight_draws
         self._evidence: dict[str, dict[str, _Evidence]] = {}
+        self._fleet: dict[str, FleetStats] = {}
         self._candidates: dict[str, tuple[str, ...]] = {}
         self._chosen: dict[str, int] = {}
         self._published: dict[str, dict[str, float]] = {}
@@ -64,8 +95,28 @@ class AdaptiveSelector:
 
     @classmethod
     def from_config(cls, healing, **kwargs) -> "AdaptiveSelector":
-        """HealingConfig has no selector settings yet; the defaults apply."""
-        return cls(**kwargs)
+        """From a config.HealingConfig (healing.selector, and the blend of healing.fleet.prometheus)."""
+        selector, fleet = healing.selector, healing.fleet.prometheus
+        settings = dict(decay=selector.decay, latency_weight=selector.latency_weight,
+                        cost_weight=selector.cost_weight, quality_weight=selector.quality_weight,
+                        fleet_weight=fleet.fleet_weight, local_weight=fleet.local_weight)
+        return cls(**{**settings, **kwargs})
+
+    # -- the fleet's statistics ---------------------------------------------------
+
+    def set_fleet(self, stats: Mapping[str, FleetStats]) -> None:
+        """Blend these per-agent fleet statistics into every choice from now on (replacing earlier ones)."""
+        stats = dict(stats)
+        with self._lock:
+            self._fleet = stats
+
+    def clear_fleet(self) -> None:
+        """Back to local learning alone (the fleet's statistics are unavailable)."""
+        self.set_fleet({})
+
+    def fleet(self) -> dict[str, FleetStats]:
+        """The fleet statistics in use, by agent (empty when learning alone)."""
+        return dict(self._fleet)
 
     # -- choosing ---------------------------------------------------------------
 
@@ -85,18 +136,24 @@ class AdaptiveSelector:
         return choice
 
     def observe(self, task: str, agent: str, success: bool, latency_seconds: float | None = None,
-                cost_usd: float | None = None) -> None:
-        """One outcome of `agent` on a task of type `task`."""
+                cost_usd: float | None = None, score: float | None = None) -> None:
+        """One outcome of `agent` on a task of type `task`; `score` is its answer's evaluation (0..1)."""
+        credit = 1.0 if success else 0.0
+        if success and score is not None:
+            credit -= self.quality_weight * (1.0 - min(max(score, 0.0), 1.0))
         with self._lock:
             evidence = self._evidence.setdefault(task, {})
             for other in evidence.values():
                 other.successes *= self.decay
                 other.failures *= self.decay
             mine = evidence.setdefault(agent, _Evidence())
-            if success:
+            if credit == 1.0:
                 mine.successes += 1
-            else:
+            elif credit == 0.0:
                 mine.failures += 1
+            else:
+                mine.successes += credit
+                mine.failures += 1.0 - credit
             if latency_seconds is not None:
                 mine.latency = _smooth(mine.latency, latency_seconds, self.smoothing)
             if cost_usd is not None:
@@ -149,25 +206,48 @@ class AdaptiveSelector:
         return tuple(a for a in candidates if self.breakers.get(a).state != OPEN)
 
     def _draw(self, evidence: dict[str, _Evidence], available: tuple[str, ...], rng: random.Random) -> str:
-        latencies = [e.latency for a in available if (e := evidence.get(a)) and e.latency is not None]
-        costs = [e.cost for a in available if (e := evidence.get(a)) and e.cost is not None]
-        max_latency = max(latencies, default=0.0)
-        max_cost = max(costs, default=0.0)
+        beliefs = [self._belief(agent, evidence.get(agent) or _NO_EVIDENCE) for agent in available]
+        max_latency = max((b[2] for b in beliefs if b[2] is not None), default=0.0)
+        max_cost = max((b[3] for b in beliefs if b[3] is not None), default=0.0)
         best, best_score = available[0], float("-inf")
-        for agent in available:
-            e = evidence.get(agent) or _Evidence()
-            score = rng.betavariate(1.0 + e.successes, 1.0 + e.failures)
+        for agent, (successes, failures, latency, cost) in zip(available, beliefs):
+            score = rng.betavariate(1.0 + successes, 1.0 + failures)
             # Latency and cost are believed as much as the success evidence: when it has
             # faded (the agent was not tried for a while) so has the penalty, which lets a
             # recovered agent be tried again.
-            confidence = (e.successes + e.failures) / (1.0 + e.successes + e.failures)
-            if e.latency is not None and max_latency > 0:
-                score -= confidence * self.latency_weight * e.latency / max_latency
-            if e.cost is not None and max_cost > 0:
-                score -= confidence * self.cost_weight * e.cost / max_cost
+            confidence = (successes + failures) / (1.0 + successes + failures)
+            if latency is not None and max_latency > 0:
+                score -= confidence * self.latency_weight * latency / max_latency
+            if cost is not None and max_cost > 0:
+                score -= confidence * self.cost_weight * cost / max_cost
             if score > best_score:
                 best, best_score = agent, score
         return best
+
+    def _belief(self, agent: str, mine: _Evidence) -> tuple[float, float, float | None, float | None]:
+        """(successes, failures, latency, cost) of `agent`: local evidence blended with the fleet's."""
+        fleet = self._fleet.get(agent)
+        if fleet is None:
+            if self.local_weight == 1.0:
+                return mine.successes, mine.failures, mine.latency, mine.cost
+            fleet = FleetStats()
+        local = self.local_weight
+        successes, failures = local * mine.successes, local * mine.failures
+        if fleet.success_ratio is not None:
+            successes += self.fleet_weight * fleet.success_ratio
+            failures += self.fleet_weight * (1.0 - fleet.success_ratio)
+        local_n = local * (mine.successes + mine.failures)
+        return (successes, failures, _blend(mine.latency, local_n, fleet.latency_seconds, self.fleet_weight),
+                _blend(mine.cost, local_n, fleet.cost_usd, self.fleet_weight))
+
+
+def _blend(local: float | None, local_n: float, fleet: float | None, fleet_n: float) -> float | None:
+    """The mean of a local and a fleet estimate, weighted by the evidence behind each."""
+    if fleet is None:
+        return local
+    if local is None or local_n <= 0:
+        return fleet
+    return (local * local_n + fleet * fleet_n) / (local_n + fleet_n)
 
 
 def _smooth(previous: float | None, value: float, alpha: float) -> float:

@@ -25,6 +25,12 @@ how many tasks after the change until the failing variant's share of the last
 is its share from then until the recovery (mean over seeds); tasks_to_return
 is how many tasks after the recovery until its share of the last `window`
 tasks is back to at least half (the worst seed; None if it never returns).
+
+run_quality_simulation is the same workload under `full` where the first
+choice of the coding step keeps succeeding but its answers score low (an
+evaluator's score in 0..1) during the middle half, once with the selector
+weighing scores (healing.selector.quality_weight, at least 0.5) and once
+ignoring them.  simulate_fleet.py runs several replicas of `full`.
 """
 
 from __future__ import annotations
@@ -50,13 +56,14 @@ class Variant:
     sigma: float              # lognormal shape
     error_rate: float
     cost_usd: float           # per successful call; a failed call costs its prompt, a third of it
+    quality: float = 0.85     # mean evaluation score of its answers
 
 
 # Per step, its variants, the first one the static choice.
 STEPS: dict[str, tuple[Variant, ...]] = {
     "planning": (Variant("planner-gpt-4o", 2.5, 0.4, 0.005, 0.013),
                  Variant("planner-claude-sonnet", 3.0, 0.4, 0.01, 0.016)),
-    "coding": (Variant("coder-claude-sonnet", 6.0, 0.5, 0.01, 0.055),
+    "coding": (Variant("coder-claude-sonnet", 6.0, 0.5, 0.01, 0.055, quality=0.9),
                Variant("coder-gpt-4o", 9.0, 0.5, 0.03, 0.050)),
     "reviewing": (Variant("reviewer-gpt-4o", 3.0, 0.4, 0.005, 0.020),
                   Variant("reviewer-claude-haiku", 2.5, 0.4, 0.02, 0.008)),
@@ -73,6 +80,11 @@ class Degradation:
     end: float = 0.75
     error_rate: float = 0.5
     slowdown: float = 4.0
+    score: float | None = None   # mean evaluation score of its answers while degraded (None: unchanged)
+
+
+# Succeeds as often and as fast as ever, but answers badly.
+QUALITY_DEGRADATION = Degradation(error_rate=0.01, slowdown=1.0, score=0.3)
 
 
 class AgentFailed(Exception):
@@ -83,11 +95,26 @@ class AgentFailed(Exception):
         self.error_type = "InternalServerError"
 
 
-class _World:
-    """The simulated agents and clocks of one run."""
+@dataclass(frozen=True)
+class Answer:
+    """A successful call: what it cost, and its evaluation score when the run scores answers."""
+    cost_usd: float
+    score: float | None = None
 
-    def __init__(self, rng: random.Random, degradation: Degradation, tasks: int, interarrival: float):
+
+class _World:
+    """The simulated agents and clocks of one run.
+
+    With `scores`, each answer gets an evaluation score (from its own generator,
+    so the outcomes are those of a run without scores); `on_call(agent, ok,
+    latency, cost)` sees every call (the fleet simulation's Prometheus).
+    """
+
+    def __init__(self, rng: random.Random, degradation: Degradation, tasks: int, interarrival: float, *,
+                 scores: bool = False, on_call=None):
         self.rng = rng
+        self.score_rng = random.Random(rng.random()) if scores else None
+        self.on_call = on_call
         self.degradation = degradation
         self.variants = {v.agent: v for variants in STEPS.values() for v in variants}
         self.degraded_from = int(tasks * degradation.start)
@@ -97,6 +124,7 @@ class _World:
         self.now = 0.0                  # the current task's own clock: attempts and backoff
         self.cost = 0.0
         self.calls: list[str] = []      # agents called in the current step
+        self.scores: list[float] = []   # scores of the degraded step's answers
 
     @property
     def arrival(self) -> float:
@@ -117,23 +145,38 @@ class _World:
         self.now += latency
         if self.rng.random() < error_rate:
             self.cost += variant.cost_usd / 3
+            if self.on_call is not None:
+                self.on_call(agent, False, latency, variant.cost_usd / 3)
             raise AgentFailed(agent, variant.cost_usd / 3)
         self.cost += variant.cost_usd
-        return variant.cost_usd
+        if self.on_call is not None:
+            self.on_call(agent, True, latency, variant.cost_usd)
+        if self.score_rng is None:
+            return variant.cost_usd
+        mean = self.degradation.score if self.degraded(agent) and self.degradation.score is not None \
+            else variant.quality
+        score = min(max(self.score_rng.gauss(mean, 0.08), 0.0), 1.0)
+        if agent in self.variants and self._step_of(agent) == self.degradation.step:
+            self.scores.append(score)
+        return Answer(variant.cost_usd, score)
+
+    def _step_of(self, agent: str) -> str:
+        return next(step for step, variants in STEPS.items() if any(v.agent == agent for v in variants))
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
 
 
-def _healer(policy: str, world: _World, config: Config, rng: random.Random) -> Healer:
+def _healer(policy: str, world: _World, config: Config, rng: random.Random, **selector_settings) -> Healer:
     healing = config.healing
     if policy == "full":
         breakers = CircuitBreakers.from_config(healing, clock=lambda: world.arrival)
+        selector = AdaptiveSelector.from_config(healing, rng=random.Random(rng.random()), breakers=breakers,
+                                                **selector_settings)
         return Healer(policy=RetryPolicy.from_config(healing, rng=rng, sleep=world.sleep),
-                      breakers=breakers,
-                      selector=AdaptiveSelector(rng=random.Random(rng.random()), breakers=breakers),
-                      fallbacks=FallbackChain(), clock=lambda: world.now,
-                      cost_of=lambda agent, outcome: getattr(outcome, "cost_usd", outcome))
+                      breakers=breakers, selector=selector, fallbacks=FallbackChain(), clock=lambda: world.now,
+                      cost_of=lambda agent, outcome: getattr(outcome, "cost_usd", outcome),
+                      score_of=lambda agent, answer: getattr(answer, "score", None))
     attempts = healing.max_attempts if policy == "retry_only" else 1
     never_open = CircuitBreakers(error_ratio=1.0, min_calls=2**31, clock=lambda: world.arrival)
     return Healer(policy=RetryPolicy(attempts, healing.backoff_initial_seconds, healing.backoff_max_seconds,
@@ -148,11 +191,12 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def _run(policy: str, seed: int, tasks: int, config: Config, degradation: Degradation, interarrival: float):
-    """One policy, one seed: (succeeded, task seconds, total cost, first choices of the degraded step)."""
+def _run(policy: str, seed: int, tasks: int, config: Config, degradation: Degradation, interarrival: float,
+         **selector_settings):
+    """One policy, one seed: (succeeded, task seconds, total cost, first choices of the degraded step, world)."""
     rng = random.Random(f"{seed}/{policy}")
-    world = _World(random.Random(seed), degradation, tasks, interarrival)
-    healer = _healer(policy, world, config, rng)
+    world = _World(random.Random(seed), degradation, tasks, interarrival, scores=degradation.score is not None)
+    healer = _healer(policy, world, config, rng, **selector_settings)
     succeeded, durations, first_choices = 0, [], []
     for task in range(tasks):
         world.task, world.now = task, 0.0
@@ -176,7 +220,7 @@ def _run(policy: str, seed: int, tasks: int, config: Config, degradation: Degrad
                 break
         succeeded += ok
         durations.append(world.now)
-    return succeeded, durations, world.cost, first_choices
+    return succeeded, durations, world.cost, first_choices, world
 
 
 def _share(choices: list, agent: str) -> float:
@@ -203,7 +247,7 @@ def run_simulation(seeds: int = 5, tasks: int = 2000, *, config: Config | None =
     for policy in POLICIES:
         succeeded, durations, cost = 0, [], 0.0
         for seed in range(1, seeds + 1):
-            ok, seconds, spent, first_choices = _run(policy, seed, tasks, config, degradation, interarrival)
+            ok, seconds, spent, first_choices, _ = _run(policy, seed, tasks, config, degradation, interarrival)
             succeeded += ok
             durations.extend(seconds)
             cost += spent
@@ -239,4 +283,44 @@ def format_table(result: dict) -> str:
     lines.append(f"selector: traffic off the failing agent within {selector['tasks_to_shift']} tasks, "
                  f"{selector['share_on_failing_after_shift']:.1%} on it afterwards, "
                  f"back within {selector['tasks_to_return']} tasks of recovery")
+    return "\n".join(lines)
+
+
+def run_quality_simulation(seeds: int = 5, tasks: int = 2000, *, config: Config | None = None,
+                           degradation: Degradation = QUALITY_DEGRADATION, interarrival: float = 0.25,
+                           window: int = 20) -> dict:
+    """`full` with an agent that succeeds but answers badly, scores weighed and ignored; `simulate --mode quality`.
+
+    Per variant: share_on_degraded is the degraded agent's share of the degraded
+    step's tasks (first choices) while it answers badly, tasks_to_shift as in
+    run_simulation (None: never), mean_score the mean score of that step's answers
+    over the whole run (means over seeds, the worst seed for tasks_to_shift).
+    """
+    config = config or Config()
+    weighed = max(config.healing.selector.quality_weight, 0.5)
+    start, end = int(tasks * degradation.start), int(tasks * degradation.end)
+    result = {}
+    for name, quality_weight in (("weighed", weighed), ("ignored", 0.0)):
+        shares, shifts, scores = [], [], []
+        for seed in range(1, seeds + 1):
+            *_, first_choices, world = _run("full", seed, tasks, config, degradation, interarrival,
+                                            quality_weight=quality_weight)
+            shares.append(_share(first_choices[start:end], degradation.agent))
+            shifts.append(_selector_figures(first_choices, degradation.agent, start, end, window)[0])
+            scores.append(sum(world.scores) / len(world.scores))
+        result[name] = {"quality_weight": quality_weight,
+                        "share_on_degraded": round(sum(shares) / seeds, 4),
+                        "tasks_to_shift": None if None in shifts else max(shifts),
+                        "mean_score": round(sum(scores) / seeds, 4)}
+    return {"degraded_agent": degradation.agent, "degraded_score": degradation.score, "selector": result}
+
+
+def format_quality_table(result: dict) -> str:
+    lines = [f"{result['degraded_agent']} keeps succeeding but its answers score "
+             f"{result['degraded_score']:g} on average while degraded",
+             f"{'scores':<8} {'weight':>6} {'share on it':>12} {'shift (tasks)':>14} {'mean score':>11}"]
+    for name, row in result["selector"].items():
+        shift = "never" if row["tasks_to_shift"] is None else str(row["tasks_to_shift"])
+        lines.append(f"{name:<8} {row['quality_weight']:>6g} {row['share_on_degraded']:>12.1%} {shift:>14} "
+                     f"{row['mean_score']:>11.3f}")
     return "\n".join(lines)

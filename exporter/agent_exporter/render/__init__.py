@@ -16,7 +16,7 @@ def render_all(config: Config, out_dir: Path) -> list[Path]:
     # Imported here so that importing one renderer does not import the others.
     from .alertmanager import render_alertmanager
     from .dashboards import render_grafana
-    from .rules import render_prometheus
+    from .prometheus import render_prometheus
 
     out_dir = Path(out_dir)
     return (render_prometheus(config, out_dir) + render_alertmanager(config, out_dir)

@@ -1,11 +1,18 @@
 """alertmanager/alertmanager.yml and its templates, rendered from the config.
 
-Routes: critical to Slack and email, warning to Slack, cost alerts to the budget
-owners' email as well, info to nobody; alerts named in
-`alerting.remediation_alerts` also go to the exporter's /v1/alertmanager, which
-opens the agent's circuit breaker.  Critical inhibits warning for the same alert
-and agent; an exporter that is down inhibits the alerts that need its metrics.
-Secrets are referenced by file, never written here.
+`alerting.channels` decides the receivers.  With slack and email (the default):
+critical alerts go to Slack and email, warnings to Slack, cost alerts to the
+budget owners' email as well, info to nobody.  Without Slack, warnings go to
+the on-call email; without email, everything goes to Slack.  `log` adds a
+webhook to the exporter's /v1/alertmanager for every alert, which the exporter
+writes as a log line per firing and resolved alert (as the legacy log channel
+did).  Independently, alerts named in `alerting.remediation_alerts` go to the
+same endpoint through their own receiver, which opens the agent's circuit
+breaker.  The exporter tells the two apart by the payload's `receiver`.
+
+Critical inhibits warning for the same alert and agent; an exporter that is down
+inhibits the alerts that need its metrics.  Grouping and inhibition keep the
+configured grouping labels apart.  Secrets are referenced by file, never written here.
 """
 
 from __future__ import annotations
@@ -14,13 +21,13 @@ from importlib import resources
 from pathlib import Path
 
 from ..config import Config
-from .rules import HEADER, dump_yaml
+from .common import HEADER, dump_yaml
 
 TEMPLATE_NAME = "orchestrator.tmpl"
 
 SLACK, SLACK_EMAIL = "slack", "slack-email"
 SLACK_BUDGET, SLACK_EMAIL_BUDGET = "slack-budget", "slack-email-budget"
-REMEDIATION, NULL = "exporter-remediation", "null"
+REMEDIATION, LOG, NULL = "exporter-remediation", "exporter-log", "null"
 
 
 def template_text() -> str:
@@ -57,20 +64,49 @@ def _email(config: Config, to: tuple[str, ...]) -> dict:
     return smtp
 
 
-def alertmanager_config(config: Config) -> dict:
+def _webhook(config: Config) -> dict:
+    return {"url": f"{config.alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}
+
+
+# Which of the person channels each class of alert reaches: (with Slack, with email).
+# Warnings reach the on-call by email only when there is no Slack to tell them.
+_ROLES = {
+    "warning": lambda slack: [] if slack else ["email"],
+    "critical": lambda slack: ["email"],
+    "cost": lambda slack: ["budget"],
+    "cost-critical": lambda slack: ["email", "budget"],
+}
+
+
+def _receiver(config: Config, roles: list[str]) -> dict:
+    """A receiver named after what it does: slack, email (the on-call), budget (the owners)."""
     alerting = config.alerting
     oncall = alerting.email.to_addresses or ("oncall@example.com",)
     owners = alerting.budget.owners or oncall
-    receivers = [
-        {"name": NULL},
-        {"name": SLACK, "slack_configs": [_slack(config)]},
-        {"name": SLACK_EMAIL, "slack_configs": [_slack(config)], "email_configs": [_email(config, oncall)]},
-        {"name": SLACK_BUDGET, "slack_configs": [_slack(config)], "email_configs": [_email(config, owners)]},
-        {"name": SLACK_EMAIL_BUDGET, "slack_configs": [_slack(config)],
-         "email_configs": [_email(config, tuple(dict.fromkeys(oncall + owners)))]},
-        {"name": REMEDIATION, "webhook_configs": [
-            {"url": f"{alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}]},
-    ]
+    receiver = {"name": "-".join(roles)}
+    if "slack" in roles:
+        receiver["slack_configs"] = [_slack(config)]
+    to = (oncall if "email" in roles else ()) + (owners if "budget" in roles else ())
+    if to:
+        receiver["email_configs"] = [_email(config, tuple(dict.fromkeys(to)))]
+    return receiver
+
+
+def _people(config: Config) -> dict[str, dict]:
+    """The receiver of each class of alert through the configured Slack and email
+    channels; empty when neither is configured."""
+    channels = config.alerting.channels
+    slack, email = "slack" in channels, "email" in channels
+    if not (slack or email):
+        return {}
+    return {kind: _receiver(config, ["slack"] * slack + (roles(slack) if email else []))
+            for kind, roles in _ROLES.items()}
+
+
+def alertmanager_config(config: Config) -> dict:
+    alerting = config.alerting
+    log = "log" in alerting.channels
+    people = _people(config)
     routes = []
     if alerting.remediation_alerts:
         routes.append({
@@ -79,17 +115,29 @@ def alertmanager_config(config: Config) -> dict:
             # The breaker should open as soon as the alert fires, and people hear of it too.
             "group_wait": "0s", "group_interval": "10s", "continue": True,
         })
-    routes += [
-        {"receiver": NULL, "matchers": ['severity="info"']},
-        {"receiver": SLACK_EMAIL_BUDGET, "matchers": ['category="cost"', 'severity="critical"']},
-        {"receiver": SLACK_BUDGET, "matchers": ['category="cost"']},
-        {"receiver": SLACK_EMAIL, "matchers": ['severity="critical"']},
-        {"receiver": SLACK, "matchers": ['severity="warning"']},
-    ]
+    if log:
+        routes.append({"receiver": LOG, "continue": True})      # every alert, whatever else hears of it
+    if people:
+        routes += [
+            {"receiver": NULL, "matchers": ['severity="info"']},
+            {"receiver": people["cost-critical"]["name"], "matchers": ['category="cost"', 'severity="critical"']},
+            {"receiver": people["cost"]["name"], "matchers": ['category="cost"']},
+            {"receiver": people["critical"]["name"], "matchers": ['severity="critical"']},
+            {"receiver": people["warning"]["name"], "matchers": ['severity="warning"']},
+        ]
+        if log:
+            # An alert the log route matched no longer falls back to the root's receiver.
+            routes.append({"receiver": people["warning"]["name"]})
+    receivers = [{"name": NULL}] + list({r["name"]: r for r in people.values()}.values())
+    if alerting.remediation_alerts:
+        receivers.append({"name": REMEDIATION, "webhook_configs": [_webhook(config)]})
+    if log:
+        receivers.append({"name": LOG, "webhook_configs": [_webhook(config)]})
+    grouping = list(alerting.group_labels)
     return {
         "route": {
-            "receiver": SLACK,
-            "group_by": ["alertname", "agent", "tool"],
+            "receiver": people["warning"]["name"] if people else NULL,
+            "group_by": ["alertname", *grouping, "agent", "tool", "workflow", "feature"],
             "group_wait": "30s",
             "group_interval": "5m",
             "repeat_interval": "4h",
@@ -97,10 +145,13 @@ def alertmanager_config(config: Config) -> dict:
         },
         "inhibit_rules": [
             {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
-             "equal": ["alertname", "agent"]},
+             "equal": ["alertname", *grouping, "agent"]},
+            # absent() has no instance (nor grouping labels): the job is all it shares.
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
-             "target_matchers": ['alertname=~"OrchestratorMetricsAbsent|OrchestratorEventsRejected"'],
-             "equal": ["job"]},
+             "target_matchers": ['alertname="OrchestratorMetricsAbsent"'], "equal": ["job"]},
+            {"source_matchers": ['alertname="OrchestratorExporterDown"'],
+             "target_matchers": ['alertname="OrchestratorEventsRejected"'],
+             "equal": ["job", "instance", *grouping]},
         ],
         "receivers": receivers,
         "templates": [f"templates/{TEMPLATE_NAME}"],

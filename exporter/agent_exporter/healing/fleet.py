@@ -1,0 +1,73 @@
+"""Self-healing for a fleet of replicas: the same alerts and the same statistics on every one.
+
+Nothing is coordinated between replicas: each polls the fleet's own sources of
+truth.  Alertmanager (healing.fleet.alertmanager) holds the firing alerts,
+every member of its cluster alike, and opens and closes breakers on every
+replica (alert_source.py).  Prometheus (healing.fleet.prometheus) holds every
+replica's counts, and seeds and refreshes every selector (fleet_stats.py).
+Each source is polled on its interval with jitter and backoff (polling.py).
+
+A source that does not answer changes nothing it set: the breakers stay as the
+last answer left them, while the selector falls back to local learning.  Its
+health is in /v1/agents (`fleet`), in a log line when it goes and comes back,
+and in the gauge orchestrator_fleet_source_up{source} when the Telemetry
+bridges OpenTelemetry metrics (`Telemetry(otel_metrics=True)`).
+"""
+
+from __future__ import annotations
+
+from .alert_source import AlertmanagerAlerts
+from .api_client import APIClient
+from .fleet_stats import PrometheusStats
+from .polling import Poller
+
+SOURCE_UP_METRIC = "orchestrator_fleet_source_up"
+
+
+class Fleet:
+    """The fleet's pollers of one replica; made by AlertRemediator from the config."""
+
+    def __init__(self, pollers: list[Poller], telemetry=None):
+        self.pollers = pollers
+        meter_provider = getattr(telemetry, "meter_provider", None)
+        if meter_provider is not None:
+            from opentelemetry.metrics import Observation
+
+            meter_provider.get_meter("agent_exporter.healing").create_observable_gauge(
+                SOURCE_UP_METRIC, description="Whether the last poll of a fleet source succeeded (1) or not (0).",
+                callbacks=[lambda options: [Observation(1 if p.up else 0, {"source": p.name})
+                                            for p in self.pollers if p.up is not None]])
+
+    @classmethod
+    def from_config(cls, config, remediator, telemetry=None) -> "Fleet | None":
+        """The pollers healing.fleet asks for, acting on `remediator`; None when it names no source."""
+        fleet = config.healing.fleet
+        if not config.healing.enabled or not (fleet.alertmanager.urls or fleet.prometheus.url):
+            return None
+        key = "observability.healing.fleet"
+        timing = dict(jitter=fleet.jitter, backoff_max=fleet.backoff_max_seconds)
+        pollers = []
+        if fleet.alertmanager.urls:
+            client = APIClient(fleet.alertmanager.urls, auth=fleet.alertmanager.auth,
+                               key_path=f"{key}.alertmanager", timeout=fleet.timeout_seconds)
+            pollers.append(Poller("alertmanager", AlertmanagerAlerts(client, remediator),
+                                  interval=fleet.alertmanager.interval_seconds, **timing))
+        if fleet.prometheus.url:
+            client = APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth,
+                               key_path=f"{key}.prometheus", timeout=fleet.timeout_seconds)
+            stats = PrometheusStats(client, remediator.selector)
+            pollers.append(Poller("prometheus", stats, interval=fleet.prometheus.interval_seconds,
+                                  on_failure=stats.unavailable, **timing))
+        return cls(pollers, telemetry)
+
+    def start(self) -> None:
+        """Poll every source once, then keep polling in the background."""
+        for poller in self.pollers:
+            poller.start()
+
+    def stop(self) -> None:
+        for poller in self.pollers:
+            poller.stop()
+
+    def status(self) -> dict:
+        return {poller.name: poller.status() for poller in self.pollers}

@@ -1,0 +1,96 @@
+"""The fleet's per-agent statistics, read from Prometheus's query API for the selector.
+
+Three instant queries over the shipped recording rules (render/rules.py), all
+on their 5-minute window:
+
+  success ratio   1 - agent:orchestrator_agent_errors:ratio_rate5m
+  latency         agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile5m
+                  {quantile="0.5"}
+  cost per call   rate(orchestrator_llm_cost_usd_total[5m]) / rate(orchestrator_agent_executions_total[5m])
+                  by agent, in one query (no rule records cost per agent; over the executions rule,
+                  recorded at another instant, the ratio of two young rates is off by tens of percent)
+
+They sum every replica Prometheus scrapes.  The catalog's agent metrics carry
+no task label, so the statistics are per agent: an agent that serves several
+task types brings the same fleet statistics to each.  A failed query fails the
+whole refresh, and the selector goes back to local learning until the next
+one succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from ..render.series import AGENT_SLI, COST, EXECUTIONS, LATENCY_QUANTILE_RULE
+from .api_client import APIClient
+from .selector import FleetStats
+
+QUERY_PATH = "/api/v1/query"
+WINDOW = "5m"        # the recording rules' window
+
+SUCCESS_QUERY = f"1 - avg by (agent) ({AGENT_SLI.error_ratio_rule(WINDOW)})"
+LATENCY_QUERY = f'avg by (agent) ({LATENCY_QUANTILE_RULE}{{quantile="0.5"}})'
+COST_QUERY = f"sum by (agent) (rate({COST}[{WINDOW}])) / sum by (agent) (rate({EXECUTIONS}[{WINDOW}]))"
+
+
+class _Sample(msgspec.Struct, frozen=True):
+    metric: dict[str, str]
+    value: tuple[float, str]
+
+
+class _VectorData(msgspec.Struct, frozen=True):
+    resultType: str
+    result: list[_Sample]
+
+
+class _QueryResponse(msgspec.Struct, frozen=True):
+    status: str
+    data: _VectorData | None = None
+    error: str = ""
+
+
+def _per_agent(body: bytes, query: str) -> dict[str, float]:
+    """agent -> value of an instant vector query's answer (NaN and infinite values left out)."""
+    try:
+        response = msgspec.json.decode(body, type=_QueryResponse)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValueError(f"unexpected answer to {query!r}: {exc}") from None
+    if response.status != "success" or response.data is None:
+        raise ValueError(f"{query!r} failed: {response.error or response.status}")
+    if response.data.resultType != "vector":
+        raise ValueError(f"{query!r} returned a {response.data.resultType}, expected a vector")
+    values = {}
+    for sample in response.data.result:
+        agent = sample.metric.get("agent")
+        value = float(sample.value[1])
+        if agent and math.isfinite(value):
+            values[agent] = value
+    return values
+
+
+class PrometheusStats:
+    """One refresh of the selector's fleet statistics from Prometheus."""
+
+    def __init__(self, client: APIClient, selector):
+        self.client = client
+        self.selector = selector
+
+    def fetch(self) -> dict[str, FleetStats]:
+        success, latency, cost = (
+            _per_agent(self.client.get(QUERY_PATH, [("query", query)]), query)
+            for query in (SUCCESS_QUERY, LATENCY_QUERY, COST_QUERY))
+        return {agent: FleetStats(success_ratio=_ratio(success.get(agent)), latency_seconds=latency.get(agent),
+                                  cost_usd=cost.get(agent))
+                for agent in success.keys() | latency.keys() | cost.keys()}
+
+    def __call__(self) -> None:
+        self.selector.set_fleet(self.fetch())
+
+    def unavailable(self, exc: Exception) -> None:
+        self.selector.clear_fleet()
+
+
+def _ratio(value: float | None) -> float | None:
+    return None if value is None else min(max(value, 0.0), 1.0)

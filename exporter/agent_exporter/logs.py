@@ -1,0 +1,123 @@
+"""Log lines with trace context: the `logging` section of the config, for the exporter and for orchestrators.
+
+    handler = tel.log_handler()                 # or logs.handler(config.logging)
+    logging.getLogger().addHandler(handler)     # every line: level, logger, message, trace_id, span_id
+
+`format: json` writes one JSON object per line (ts, level, logger, msg, and
+trace_id/span_id of the current span when `include_traces` is on, exc_info as
+a string); `format: text` writes logfmt (`ts=... level=info logger=... msg="..."
+trace_id=...`), as Prometheus components do.  `level` is the handler's level.
+With `export_to_otlp`, the records also go over OTLP to the backend the spans
+go to (tracing.otlp_endpoint and otlp_protocol), through the OpenTelemetry
+logs SDK, behind a bounded queue: a dead collector never blocks logging.
+The CLI configures its own logging from the same section.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import msgspec
+from opentelemetry import trace
+
+from .config import Config, LoggingConfig
+
+_encode = msgspec.json.Encoder().encode
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is written too.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def _trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) in hex of the current span, when there is a valid one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, include_traces: bool):
+        super().__init__()
+        self.include_traces = include_traces
+
+    def fields(self, record: logging.LogRecord) -> dict:
+        fields = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name,
+                  "msg": record.getMessage()}
+        if self.include_traces and (ids := _trace_ids()) is not None:
+            fields["trace_id"], fields["span_id"] = ids
+        fields.update((key, value) for key, value in record.__dict__.items() if key not in _STANDARD)
+        if record.exc_info:
+            fields["exc_info"] = self.formatException(record.exc_info)
+        return fields
+
+
+class JSONFormatter(_Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _encode(self.fields(record)).decode("utf-8", "replace")
+
+
+class LogfmtFormatter(_Formatter):
+    """key=value pairs, values quoted when they need it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_logfmt_value(value)}" for key, value in self.fields(record).items())
+
+
+def _logfmt_value(value) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if text and not any(c in text for c in ' ="\\\n'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def formatter(config: LoggingConfig) -> logging.Formatter:
+    cls = JSONFormatter if config.format == "json" else LogfmtFormatter
+    return cls(config.include_traces)
+
+
+def handler(config: LoggingConfig, stream=None) -> logging.Handler:
+    """A handler writing `config.format` lines at `config.level` and above to `stream` (stderr)."""
+    result = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    result.setFormatter(formatter(config))
+    result.setLevel(config.level)
+    return result
+
+
+def otlp_handler(config: Config):
+    """An OpenTelemetry LoggingHandler exporting to the spans' OTLP backend, and its LoggerProvider.
+
+    The caller owns the provider (shutdown() flushes).
+    """
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    from .tracing import build_resource, otlp_log_exporter
+
+    provider = LoggerProvider(resource=build_resource(config))
+    provider.add_log_record_processor(BatchLogRecordProcessor(
+        otlp_log_exporter(config.tracing), max_queue_size=config.tracing.max_queue_size))
+    return LoggingHandler(level=config.logging.level, logger_provider=provider), provider
+
+
+def configure(config: Config, stream=None):
+    """The process's logging from the config (the CLI's): the root logger's handlers, its level,
+    and the OTLP log handler when `logging.export_to_otlp`.  Returns the LoggerProvider to shut down, or None."""
+    root = logging.getLogger()
+    handlers = [handler(config.logging, stream)]
+    provider = None
+    if config.logging.export_to_otlp:
+        otlp, provider = otlp_handler(config)
+        handlers.append(otlp)
+    root.handlers[:] = handlers
+    root.setLevel(config.logging.level)
+    return provider

@@ -1,0 +1,93 @@
+"""prometheus/: prometheus.yml, the rule files and their promtool tests.
+
+`prometheus_config` is the one builder of a prometheus.yml: `render` writes the
+compose stack's with it, and the demo, the integration tests and the benchmarks
+build theirs with it, for their own targets, rule files and intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..config import AlertingConfig, Config
+from .common import HEADER, dump_yaml, scrape_interval
+from .rule_tests import rule_tests
+from .rules import alert_rules, recording_rules, write_rules
+
+EXEMPLARS_NOTE = """\
+#
+# Exemplars (trace ids on histogram buckets) are stored only when Prometheus
+# runs with --enable-feature=exemplar-storage; storage.exemplars sizes that store.
+# Rule files are relative to this file.
+"""
+
+# Where the compose stack's services listen (docker-compose.yml).
+STACK_EXPORTER = "agent-exporter:9464"
+STACK_ALERTMANAGER = "alertmanager:9093"
+STACK_PROMETHEUS = "localhost:9090"
+RULE_FILES = ("rules/*.rules.yml", "rules/*.alerts.yml")
+
+
+def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().job,
+                      exporter_labels: Mapping[str, Mapping[str, str]] | None = None,
+                      alertmanagers: Sequence[str] = (), rule_files: Sequence[str] = (),
+                      scrape_interval: str = "15s", evaluation_interval: str = "30s",
+                      scrape_self: str | None = None, max_exemplars: int | None = None) -> str:
+    """prometheus.yml: scrape `exporters` (host:port) as `job`, evaluate `rule_files`
+    (paths or globs, relative to the file), send alerts to `alertmanagers`.
+
+    `exporter_labels` gives target labels per exporter (the grouping labels, say
+    environment); `scrape_self` a Prometheus to scrape as job `prometheus`;
+    `max_exemplars` sizes the exemplar store.
+    """
+    labels = exporter_labels or {}
+    unknown = set(labels) - set(exporters)
+    if unknown:
+        raise ValueError(f"exporter_labels for targets that are not exporters: {sorted(unknown)}")
+    static_configs: list[dict] = []
+    for target in exporters:
+        target_labels = dict(labels.get(target, {}))
+        same = next((c for c in static_configs if c.get("labels", {}) == target_labels), None)
+        if same is None:
+            same = {"targets": []}
+            if target_labels:
+                same["labels"] = target_labels
+            static_configs.append(same)
+        same["targets"].append(target)
+    document: dict = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval}}
+    if max_exemplars is not None:
+        document["storage"] = {"exemplars": {"max_exemplars": max_exemplars}}
+    if alertmanagers:
+        document["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
+    if rule_files:
+        document["rule_files"] = list(rule_files)
+    document["scrape_configs"] = [{"job_name": job, "static_configs": static_configs}]
+    if scrape_self:
+        document["scrape_configs"].append({"job_name": "prometheus", "static_configs": [{"targets": [scrape_self]}]})
+    return dump_yaml(document)
+
+
+def stack_prometheus_config(config: Config) -> str:
+    """The compose stack's prometheus.yml (prometheus/prometheus.yml)."""
+    return prometheus_config(
+        [STACK_EXPORTER], job=config.alerting.job, alertmanagers=[STACK_ALERTMANAGER], rule_files=RULE_FILES,
+        scrape_interval=scrape_interval(config), evaluation_interval=config.alerting.evaluation_interval,
+        scrape_self=STACK_PROMETHEUS, max_exemplars=100_000)
+
+
+def render_prometheus(config: Config, out_dir: Path) -> list[Path]:
+    """Write prometheus/prometheus.yml, prometheus/rules/*.yml and prometheus/tests/*.yml under out_dir."""
+    base = Path(out_dir) / "prometheus"
+    recording, alerts = recording_rules(config), alert_rules(config)
+    written = [_write(base / "prometheus.yml", HEADER + EXEMPLARS_NOTE + stack_prometheus_config(config))]
+    written += write_rules(base / "rules", recording, alerts)
+    written += [_write(base / "tests" / name, HEADER + dump_yaml(document))
+                for name, document in rule_tests(config, recording, alerts).items()]
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

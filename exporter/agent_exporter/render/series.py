@@ -1,0 +1,111 @@
+"""The series the rendered rules, rule tests and dashboards read.
+
+Catalog metric names, the recording rules' names (`level:metric:operations`),
+and the scope from the config: the job selector every rule and dashboard uses
+and the grouping labels (environment, cluster, ...) the alerts keep apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import catalog
+from ..config import Config
+
+EXECUTIONS = catalog.AGENT_EXECUTIONS.name
+DURATION = catalog.AGENT_EXECUTION_DURATION.name
+TIME_TO_FIRST_TOKEN = catalog.LLM_TIME_TO_FIRST_TOKEN.name
+TOOL_CALLS = catalog.TOOL_CALLS.name
+TOOL_DURATION = catalog.TOOL_CALL_DURATION.name
+WORKFLOW_RUNS = catalog.WORKFLOW_RUNS.name
+WORKFLOW_DURATION = catalog.WORKFLOW_DURATION.name
+EVALUATION_SCORE = catalog.EVALUATION_SCORE.name
+COST = catalog.LLM_COST.name
+TOKENS = catalog.LLM_TOKENS.name
+CIRCUIT = catalog.CIRCUIT_BREAKER_STATE.name
+EVENTS = catalog.EXPORTER_EVENTS.name
+REJECTED = catalog.EXPORTER_EVENTS_REJECTED.name
+BUILD_INFO = catalog.EXPORTER_BUILD_INFO.name
+
+ERROR = 'status="error"'
+
+EXECUTION_RATE_RULE = f"agent:{catalog.AGENT_EXECUTIONS.family}:rate5m"
+LATENCY_QUANTILE_RULE = f"agent_quantile:{DURATION}:histogram_quantile5m"
+TIME_TO_FIRST_TOKEN_QUANTILE_RULE = f"agent_model_quantile:{TIME_TO_FIRST_TOKEN}:histogram_quantile5m"
+TOOL_RATE_RULE = f"tool:{catalog.TOOL_CALLS.family}:rate5m"
+TOOL_ERROR_RATIO_RULE = f"tool:{catalog.TOOL_CALLS.family}:error_ratio_rate5m"
+TOOL_QUANTILE_RULE = f"tool_quantile:{TOOL_DURATION}:histogram_quantile5m"
+WORKFLOW_RATE_RULE = f"workflow:{catalog.WORKFLOW_RUNS.family}:rate5m"
+WORKFLOW_QUANTILE_RULE = f"workflow_quantile:{WORKFLOW_DURATION}:histogram_quantile5m"
+COST_1H_RULE = f"agent_model:{catalog.LLM_COST.family}:increase1h"
+COST_1D_RULE = f"agent_model:{catalog.LLM_COST.family}:increase1d"
+TOKENS_RULE = f"agent_model_type:{catalog.LLM_TOKENS.family}:rate5m"
+
+QUANTILES = (0.5, 0.95, 0.99)
+
+# How far ahead the cost forecast looks: time to act before the money is spent, and
+# short enough that a trailing day still filling up (the first day of any spend, when
+# the whole day's rise reads as a trend) is overestimated by at most 4/24.
+FORECAST_HORIZON_SECONDS = 4 * 3600
+
+
+def cost_forecast(trailing_day: str) -> str:
+    """The trailing day's spend FORECAST_HORIZON_SECONDS from now, per series of the
+    recorded `trailing_day` spend (COST_1D_RULE with any matchers); sum it to compare.
+
+    clamp_min: a series whose old spend is leaving the window cannot forecast less
+    than nothing and hide another's growth."""
+    return f"clamp_min(predict_linear({trailing_day}[1h], {FORECAST_HORIZON_SECONDS}), 0)"
+
+
+@dataclass(frozen=True)
+class SLI:
+    """A success objective's series: the counter with a `status` label, the label it is
+    kept per, and its recording rules (error ratio and event count per window)."""
+    label: str                 # agent or workflow
+    counter: str
+    ratio_prefix: str          # the recorded error ratio's name, but for the window
+    count_prefix: str          # the recorded event count's name, but for the window
+
+    def error_ratio_rule(self, window: str) -> str:
+        return self.ratio_prefix + window
+
+    def count_rule(self, window: str) -> str:
+        return self.count_prefix + window
+
+    @property
+    def slo_label(self) -> str:
+        return f"{self.label}-success"
+
+
+AGENT_SLI = SLI("agent", EXECUTIONS, f"agent:{catalog.AGENT_ERRORS.family}:ratio_rate",
+                f"agent:{catalog.AGENT_EXECUTIONS.family}:increase")
+WORKFLOW_SLI = SLI("workflow", WORKFLOW_RUNS, f"workflow:{catalog.WORKFLOW_RUNS.family}:error_ratio_rate",
+                   f"workflow:{catalog.WORKFLOW_RUNS.family}:increase")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The job every rule selects and the grouping labels every aggregation keeps."""
+    job: str
+    group_labels: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, config: Config) -> "Scope":
+        return cls(config.alerting.job, config.alerting.group_labels)
+
+    @property
+    def job_matcher(self) -> str:
+        return f'job="{self.job}"'
+
+    def select(self, name: str, *matchers: str) -> str:
+        """A selector of a raw exporter series: the job matcher first."""
+        return f"{name}{{{', '.join((self.job_matcher, *matchers))}}}"
+
+    def by(self, *labels: str) -> str:
+        """The labels an aggregation keeps: the grouping labels, then `labels`."""
+        return ", ".join((*self.group_labels, *labels))
+
+    def sum(self, expr: str, *labels: str) -> str:
+        by = self.by(*labels)
+        return f"sum by ({by}) ({expr})" if by else f"sum({expr})"

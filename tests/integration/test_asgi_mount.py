@@ -1,0 +1,56 @@
+"""Telemetry.asgi_app() mounted in an orchestrator's own Starlette app, under a path prefix, over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from agent_exporter import Telemetry, catalog
+from agent_exporter.config import Config
+
+
+def test_asgi_app_serves_metrics_and_ingest_under_a_prefix():
+    tel = Telemetry(Config())
+
+    async def plan(request):
+        with tel.agent_execution("planner", model="gpt-4o") as run:     # the orchestrator's own work
+            run.usage(input_tokens=10, output_tokens=5)
+        return JSONResponse({"planned": True})
+
+    app = Starlette(routes=[Route("/plan", plan, methods=["POST"]),
+                            Mount("/telemetry", app=tel.asgi_app())])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        assert requests.post(url + "/plan", timeout=10).json() == {"planned": True}
+        posted = requests.post(url + "/telemetry/v1/events", timeout=10, json=[
+            {"type": "tool_call", "tool": "web_search", "status": "success", "duration_seconds": 0.25}])
+        assert posted.json() == {"accepted": 1, "rejected": []}
+        landing = requests.get(url + "/telemetry/", timeout=10)
+        assert 'href="/telemetry/metrics"' in landing.text
+        assert requests.get(url + "/telemetry/-/ready", timeout=10).status_code == 200
+        assert requests.get(url + "/telemetry/nowhere", timeout=10).status_code == 404
+        metrics = requests.get(url + "/telemetry/metrics", timeout=10)
+        assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(metrics.text) for s in family.samples}
+        assert samples[(catalog.AGENT_EXECUTIONS.name, (("agent", "planner"), ("status", "success")))] == 1
+        assert samples[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
+        assert samples[(catalog.EXPORTER_HTTP_REQUESTS.name, (("code", "200"), ("handler", "/v1/events")))] == 1
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        tel.shutdown()

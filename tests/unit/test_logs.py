@@ -1,0 +1,94 @@
+"""Log lines with trace context: tel.log_handler() and the `logging` section (level, format, include_traces)."""
+
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from agent_exporter import logs
+from agent_exporter.config import Config, LoggingConfig
+from agent_exporter.telemetry import Telemetry
+
+
+def logger_with(handler: logging.Handler, name: str = "orchestrator") -> logging.Logger:
+    logger = logging.getLogger(f"{name}.{id(handler)}")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+def test_a_json_line_inside_an_agent_execution_carries_its_trace_id(spans):
+    provider, exporter = spans
+    tel = Telemetry(Config(), tracer_provider=provider)
+    out = io.StringIO()
+    log = logger_with(tel.log_handler(out))
+    with tel.agent_execution("planner") as run:
+        log.info("planning %s", "login", extra={"step": 2})
+    log.warning("outside any run")
+    inside, outside = (json.loads(line) for line in out.getvalue().splitlines())
+    (span,) = exporter.get_finished_spans()
+    assert inside["trace_id"] == f"{span.context.trace_id:032x}" == run.trace_id
+    assert inside["span_id"] == f"{span.context.span_id:016x}"
+    assert (inside["level"], inside["msg"], inside["step"]) == ("info", "planning login", 2)
+    assert inside["logger"] == log.name and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", inside["ts"])
+    assert "trace_id" not in outside and outside["level"] == "warning"
+
+
+def test_text_format_is_logfmt_with_the_trace_id(spans):
+    tel = Telemetry(Config(logging=LoggingConfig(format="text")), tracer_provider=spans[0])
+    out = io.StringIO()
+    log = logger_with(tel.log_handler(out))
+    with tel.agent_execution("coder") as run:
+        log.error('tests "failed"\nsecond line')
+    (line,) = out.getvalue().splitlines()
+    assert re.fullmatch(r'ts=\S+ level=error logger=\S+ msg="tests \\"failed\\"\\nsecond line" '
+                        rf"trace_id={run.trace_id} span_id=[0-9a-f]{{16}}", line), line
+
+
+def test_include_traces_false_leaves_the_ids_out(spans):
+    tel = Telemetry(Config(logging=LoggingConfig(include_traces=False)), tracer_provider=spans[0])
+    out = io.StringIO()
+    log = logger_with(tel.log_handler(out))
+    with tel.agent_execution("coder"):
+        log.info("no ids")
+    assert set(json.loads(out.getvalue())) == {"ts", "level", "logger", "msg"}
+
+
+def test_level_filters_lines():
+    out = io.StringIO()
+    log = logger_with(logs.handler(LoggingConfig(level="WARNING"), out))
+    log.info("dropped")
+    log.warning("kept")
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["kept"]
+
+
+def test_exceptions_are_one_field():
+    out = io.StringIO()
+    log = logger_with(logs.handler(LoggingConfig(), out))
+    try:
+        raise ValueError("bad plan")
+    except ValueError:
+        log.exception("planning failed")
+    line = json.loads(out.getvalue())
+    assert line["msg"] == "planning failed"
+    assert line["exc_info"].startswith("Traceback") and "ValueError: bad plan" in line["exc_info"]
+
+
+@pytest.mark.parametrize("fmt, pattern", [("json", r'^\{"ts":".*"level":"info","logger":"agent_exporter\.cli\.test"'),
+                                          ("text", r"^ts=\S+ level=info logger=agent_exporter\.cli\.test ")])
+def test_configure_sets_the_root_logger(fmt, pattern):
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        assert logs.configure(Config(logging=LoggingConfig(format=fmt, level="INFO")), out) is None
+        logging.getLogger("agent_exporter.cli.test").info("hello")
+        logging.getLogger("agent_exporter.cli.test").debug("below the level")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    (line,) = out.getvalue().splitlines()
+    assert re.match(pattern, line), line
