@@ -81,16 +81,17 @@ def main() -> None:
     receiver = OTLPReceiver(telemetry, config)
     grpc = receiver.start_grpc("127.0.0.1:0")
     http = telemetry.serve("127.0.0.1:0")
+    metrics_url = f"{http.url}/metrics"
     try:
         application(f"http://127.0.0.1:{grpc.port}", f"http://127.0.0.1:{model.server_port}/v1")
-        with urllib.request.urlopen(f"{http.url}/metrics", timeout=10) as reply:
+        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
             metrics = reply.read().decode()
     finally:
         receiver.close()
         http.stop()
         telemetry.shutdown()
         model.shutdown()
-    print(f"spans went over OTLP/gRPC to 127.0.0.1:{grpc.port}; {http.url}/metrics now has:")
+    print(f"spans went over OTLP/gRPC to 127.0.0.1:{grpc.port}; {metrics_url} now has:")
     for line in metrics.splitlines():
         if line.startswith(("orchestrator_agent_executions_total", "orchestrator_llm_tokens_total",
                             "orchestrator_llm_cost_usd_total", "orchestrator_exporter_otlp_spans_total")):

@@ -4,7 +4,8 @@ Two families: the OpenTelemetry contrib OpenAI instrumentation (opentelemetry-in
 under an agent span the application writes itself, and OpenInference's LangChain instrumentation
 around a small LangChain agent (a model call, a tool, a second model call) on langchain-openai.
 Both clients call a fake OpenAI-compatible server on loopback; the SDK's OTLP exporter sends the
-spans to the exporter; the test scrapes /metrics over HTTP.
+spans to the exporter's service, over OTLP/HTTP (POST /v1/traces) and over OTLP/gRPC; the test
+scrapes the service's /metrics.
 """
 
 import json
@@ -16,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -26,6 +28,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from agent_exporter import catalog
 from agent_exporter.config import Config, MetricsConfig, ModelPrice
 from agent_exporter.otlp import OTLPReceiver
+from agent_exporter.server import Service, start_server
 from agent_exporter.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -83,38 +86,41 @@ class FakeOpenAI:
 
 
 class Exporter:
-    """The exporter under test: Telemetry with prices, /metrics over HTTP, the OTLP receiver."""
+    """The exporter under test: its HTTP service with OTLP in (and the gRPC receiver), prices configured."""
 
-    def __init__(self):
+    def __init__(self, transport: str):
         config = Config(metrics=MetricsConfig(prices=PRICES))
+        self.transport = transport
         self.telemetry = Telemetry(config)
         self.receiver = OTLPReceiver(self.telemetry, config)
-        self.grpc = self.receiver.start_grpc("127.0.0.1:0")
-        self.http = self.telemetry.serve("127.0.0.1:0")
+        self.service = start_server(Service(self.telemetry, otlp=self.receiver), "127.0.0.1:0")
+        self.url = self.service.url
+        self.grpc = self.receiver.start_grpc("127.0.0.1:0") if transport == "grpc" else None
 
     def tracer_provider(self, service: str) -> TracerProvider:
         """What an instrumented application sets up: its resource and the SDK's OTLP exporter."""
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"http://127.0.0.1:{self.grpc.port}", insecure=True)))
+        exporter = (HttpSpanExporter(endpoint=f"{self.url}/v1/traces") if self.grpc is None
+                    else GrpcSpanExporter(endpoint=f"http://127.0.0.1:{self.grpc.port}", insecure=True))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
         return provider
 
     def metrics(self) -> dict:
         """(name, labels) -> (value, exemplar trace id) from a scrape of /metrics."""
-        reply = requests.get(f"{self.http.url}/metrics", headers={"Accept": OPENMETRICS}, timeout=10)
+        reply = requests.get(f"{self.url}/metrics", headers={"Accept": OPENMETRICS}, timeout=10)
         reply.raise_for_status()
         return {(s.name, frozenset(s.labels.items())): (s.value, s.exemplar and s.exemplar.labels["trace_id"])
                 for family in parse_openmetrics(reply.text) for s in family.samples}
 
     def close(self):
+        self.service.stop()
         self.receiver.close()
-        self.http.stop()
         self.telemetry.shutdown()
 
 
-@pytest.fixture
-def exporter():
-    started = Exporter()
+@pytest.fixture(params=["http", "grpc"])
+def exporter(request):
+    started = Exporter(request.param)
     yield started
     started.close()
 

@@ -1,32 +1,40 @@
 """The committed rules, alerts and dashboards work on OTLP-fed data, in a real Prometheus.
 
 An application built on the OpenTelemetry SDK writes GenAI spans (a workflow of agents, their
-chat calls and tools, one agent failing) and exports them over OTLP/gRPC to the exporter; a
-real Prometheus scrapes the exporter every second and evaluates the rendered rules.  Every
-recording rule and every dashboard query over the metrics that spans feed returns data, the
-error-ratio alert fires for the failing agent, and the latency heatmaps' exemplars are trace
-ids the application generated.
+chat calls and tools, one agent failing) and exports them over OTLP/HTTP to the exporter's
+service (POST /v1/traces); a real Prometheus scrapes the same service every second and
+evaluates the rules.  Every recording rule and every committed dashboard query over the
+metrics that spans feed returns data, the error-ratio alert fires for the failing agent, and
+the latency exemplars are trace ids the application generated.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from test_dashboard_queries import boards, query_until_data, substitute, variable_values
+from test_dashboard_queries import query_until_data, substitute, variable_values
 
 from agent_exporter import catalog, stack
 from agent_exporter.config import AlertingConfig, Config, MetricsConfig, ModelPrice, OTLPConfig
 from agent_exporter.otlp import OTLPReceiver
+from agent_exporter.render import prometheus as render_prometheus
 from agent_exporter.render import rules
+from agent_exporter.server import Service, start_server
 from agent_exporter.telemetry import Telemetry
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+# The committed rules' thresholds, with windows short enough for a test.
+RULES_CONFIG = Config(alerting=AlertingConfig(evaluation_interval="1s", rate_window="10s", alert_for="1s"))
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +53,10 @@ def fed_by_spans(expr: str) -> bool:
 class Application:
     """Rounds of GenAI spans, written with the SDK as the conventions spell them, exported over OTLP."""
 
-    def __init__(self, otlp_endpoint: str):
+    def __init__(self, traces_url: str):
         self.provider = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
         self.provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True), schedule_delay_millis=200))
+            OTLPSpanExporter(endpoint=traces_url), schedule_delay_millis=200))
         self.tracer = self.provider.get_tracer("support-bot")
         self.trace_ids: set[str] = set()
         self.stopped = threading.Event()
@@ -98,39 +106,30 @@ class Application:
 
 @pytest.fixture(scope="module")
 def fed_exporter():
+    """The exporter's HTTP service with OTLP in, and the application exporting to it."""
     config = Config(metrics=MetricsConfig(prices={"gpt-4o": ModelPrice(input=2.5, output=10.0)}),
                     otlp=OTLPConfig(attribution_wait_seconds=2.0))
     telemetry = Telemetry(config)
     receiver = OTLPReceiver(telemetry, config)
-    grpc = receiver.start_grpc("127.0.0.1:0")
-    http = telemetry.serve("127.0.0.1:0")
+    service = start_server(Service(telemetry, otlp=receiver), "127.0.0.1:0")
     try:
-        with Application(f"http://127.0.0.1:{grpc.port}") as app:
-            yield http, app
+        with Application(f"{service.url}/v1/traces") as app:
+            yield service, app
     finally:
+        service.stop()
         receiver.close()
-        http.stop()
         telemetry.shutdown()
 
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory, fed_exporter):
-    http, _ = fed_exporter
+    service, _ = fed_exporter
     out = tmp_path_factory.mktemp("render")
-    rules.render_prometheus(Config(alerting=AlertingConfig(evaluation_interval="1s", rate_window="10s",
-                                                           alert_for="1s")), out)
-    config = f"""
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {out}/prometheus/rules/*.yml
-scrape_configs:
-  - job_name: {rules.JOB}
-    static_configs:
-      - targets: ["127.0.0.1:{http.port}"]
-"""
-    with stack.start_prometheus(tmp_path_factory.mktemp("prometheus"), config) as process:
+    render_prometheus.render_prometheus(RULES_CONFIG, out)
+    text = render_prometheus.prometheus_config(
+        [f"127.0.0.1:{service.port}"], job=RULES_CONFIG.alerting.job, rule_files=render_prometheus.RULE_FILES,
+        scrape_interval="1s", evaluation_interval="1s")
+    with stack.start_prometheus(out / "prometheus", text) as process:
         api = stack.PrometheusAPI(process.url)
         api.wait_until('ALERTS{alertname="OrchestratorAgentHighErrorRatio", alertstate="firing"}', bool,
                        timeout=90)
@@ -144,15 +143,17 @@ def test_error_ratio_alert_fires_for_the_failing_agent_only(prometheus):
 
 
 def test_recording_rules_over_span_fed_metrics_return_data(prometheus):
-    names = [name for name in dict.fromkeys(rules.recording_rule_names()) if fed_by_spans(name)]
+    names = [name for name in dict.fromkeys(rules.recording_rule_names(RULES_CONFIG)) if fed_by_spans(name)]
     assert len(names) >= 5
     empty = [name for name in names if not query_until_data(prometheus, name)]
     assert not empty, f"recording rules without data: {empty}"
 
 
-def test_dashboard_queries_over_span_fed_metrics_return_data(prometheus):
+def test_committed_dashboard_queries_over_span_fed_metrics_return_data(prometheus):
     empty, checked = [], 0
-    for uid, board in sorted(boards().items()):
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        uid = board["uid"]
         values = variable_values(prometheus, board)
         for panel in board["panels"]:
             for target in panel.get("targets", []):
