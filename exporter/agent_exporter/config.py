@@ -172,6 +172,19 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class OTLPConfig:
+    """OTLP traces in: GenAI spans become events (otlp.py)."""
+    grpc_listen_address: str = ""             # HOST:PORT of the OTLP/gRPC receiver; "" = off
+    # Received spans forwarded unchanged to tracing.otlp_endpoint (tracing.otlp_protocol).
+    forward_spans: bool = False
+    forward_queue_size: int = 64              # export requests waiting to be forwarded; past it, dropped
+    # How long an inference span waits for its enclosing agent span before it counts
+    # as an execution of its own; above the SDK's 5 s export interval.
+    attribution_wait_seconds: float = 10.0
+    max_buffered_spans: int = 100_000         # spans held for attribution, over all traces
+
+
+@dataclass(frozen=True)
 class SelectorConfig:
     """The adaptive selector: how fast evidence fades and what besides success counts."""
     decay: float = 0.97                       # weight left to old evidence per new outcome of the task
@@ -244,6 +257,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    otlp: OTLPConfig = field(default_factory=OTLPConfig)
     healing: HealingConfig = field(default_factory=HealingConfig)
 
 
@@ -406,6 +420,10 @@ _CHECKS = {
     ServerConfig: {
         "listen_address": _check(lambda v: _HOST_PORT.match(v), "expected HOST:PORT"),
         "max_body_bytes": _positive,
+    },
+    OTLPConfig: {
+        "grpc_listen_address": _check(lambda v: v == "" or _HOST_PORT.match(v), "expected HOST:PORT, or \"\" for off"),
+        "forward_queue_size": _positive, "attribution_wait_seconds": _positive, "max_buffered_spans": _positive,
     },
     HealingConfig: {
         "max_attempts": _positive, "backoff_initial_seconds": _positive, "backoff_max_seconds": _positive,

@@ -349,4 +349,34 @@ def test_bad_fleet_and_selector_values_name_the_key_path(section, path, words):
         parse_config({"observability": {"healing": section}})
     assert info.value.path == path
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_otlp_section_defaults_and_example():
+    otlp = Config().otlp
+    assert (otlp.grpc_listen_address, otlp.forward_spans) == ("", False)
+    assert otlp.attribution_wait_seconds == 10.0 and otlp.max_buffered_spans == 100_000
+    assert load_config(ROOT / "examples" / "observability.yaml").otlp == otlp
+    config = parse_config({"observability": {"otlp": {
+        "grpc_listen_address": "127.0.0.1:4317", "forward_spans": True, "forward_queue_size": 8,
+        "attribution_wait_seconds": 2.5, "max_buffered_spans": 500}}})
+    assert config.otlp.grpc_listen_address == "127.0.0.1:4317" and config.otlp.forward_spans is True
+    assert (config.otlp.forward_queue_size, config.otlp.attribution_wait_seconds,
+            config.otlp.max_buffered_spans) == (8, 2.5, 500)
+
+
+OTLP_BAD = [
+    ({"grpc_listen_address": "4317"}, "observability.otlp.grpc_listen_address", "HOST:PORT"),
+    ({"forward_spans": "yes"}, "observability.otlp.forward_spans", "true or false"),
+    ({"forward_queue_size": 0}, "observability.otlp.forward_queue_size", "positive"),
+    ({"attribution_wait_seconds": -1}, "observability.otlp.attribution_wait_seconds", "positive"),
+    ({"max_buffered_spans": 1.5}, "observability.otlp.max_buffered_spans", "integer"),
+    ({"listen": ":4317"}, "observability.otlp.listen", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("section,path,words", OTLP_BAD, ids=[b[1] for b in OTLP_BAD])
+def test_bad_otlp_values_name_the_key_path(section, path, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"observability": {"otlp": section}})
+    assert info.value.path == path
     assert words in str(info.value)

@@ -1,0 +1,960 @@
+"""OTLP traces in: the GenAI spans that instrumentation libraries already emit become events.
+
+`OTLPReceiver.export()` takes one OTLP export request (from OTLP/HTTP, protobuf
+or JSON, or from OTLP/gRPC), maps its GenAI spans onto schema-v1 events and
+hands them to `Telemetry.record_batch` in one batch; everything else in the
+request is counted as ignored.  docs/otlp.md has the whole mapping as a table.
+
+* ``invoke_agent`` spans (and OpenInference ``AGENT``, OpenLLMetry ``agent``
+  spans) become agent executions; ``execute_tool`` spans tool calls;
+  ``invoke_workflow`` spans workflow runs.
+* Inference spans (``chat``, ``text_completion``, ``generate_content``,
+  ``embeddings``; OpenInference ``LLM``/``EMBEDDING``; OpenLLMetry's
+  ``llm.request.type``) carry the tokens.  Their usage goes to the execution of
+  the nearest enclosing agent span.  When an agent's inference spans report
+  usage, the agent span's own usage attributes are not added (they count the
+  same tokens again); an agent span whose inference spans report none (a remote
+  agent, say) counts its own.  An inference span inside another inference span
+  (two instrumentations of one call) is ignored: the outer one counts.
+* An inference span without an enclosing agent span is an execution of its
+  own, of the agent its attributes name (``gen_ai.agent.name``,
+  ``agent.name``), else of the resource's ``service.name``.
+* Spans end, and so are exported, children first, so an inference span usually
+  arrives before its agent span: it waits in a bounded per-trace buffer
+  (`_AttributionBuffer`) for at most ``otlp.attribution_wait_seconds``, then
+  falls back as above.
+* Span times give the durations, the span status and ``error.type`` the
+  outcome, and the trace and span ids become the events' ids, hence the
+  histogram exemplars that link a bucket to the original trace.
+
+Decoding is the hot path.  The request is parsed (protobuf's upb backend) into
+a *view* of the OTLP schema that declares span and resource attributes as
+``map<string, bytes>``: the wire format of a map is that of the repeated
+``KeyValue`` in the official schema, so the bytes are the same, but a map lets
+us read the few keys we know without touching every attribute from Python, and
+a value stays its encoded ``AnyValue`` until read (`_value`).  Which of the
+known names a span carries (its `_Shape`) is worked out once per distinct set,
+names and kinds are decoded once per distinct encoding, and a span's status
+and events stay bytes until needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from typing import NamedTuple
+
+import msgspec
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+from . import events, usage
+from .config import Config
+from .tracing import otlp_http_endpoint
+
+_log = logging.getLogger(__name__)
+
+# -- the view of the OTLP trace schema -------------------------------------------
+
+_VIEW_PACKAGE = "agent_exporter.otlp_view"
+_F = descriptor_pb2.FieldDescriptorProto
+# message -> fields (name, number, kind), the numbers those of opentelemetry-proto; a kind is a scalar type,
+# "map" (attributes: map<string, bytes>, the values encoded AnyValues), "bytes*" (repeated bytes, read later)
+# or a message of the view ("*": repeated).  Fields not declared are skipped by the parser.
+_VIEW_SCHEMA = {
+    "AnyValue": [("string_value", 1, _F.TYPE_STRING), ("bool_value", 2, _F.TYPE_BOOL),
+                 ("int_value", 3, _F.TYPE_INT64), ("double_value", 4, _F.TYPE_DOUBLE)],
+    "Status": [("message", 2, _F.TYPE_STRING), ("code", 3, _F.TYPE_ENUM)],
+    "Event": [("name", 2, _F.TYPE_STRING), ("attributes", 3, "map")],
+    "Span": [("trace_id", 1, _F.TYPE_BYTES), ("span_id", 2, _F.TYPE_BYTES), ("parent_span_id", 4, _F.TYPE_BYTES),
+             ("name", 5, _F.TYPE_STRING), ("start_time_unix_nano", 7, _F.TYPE_FIXED64),
+             ("end_time_unix_nano", 8, _F.TYPE_FIXED64), ("attributes", 9, "map"),
+             ("events", 11, "bytes*"), ("status", 15, _F.TYPE_BYTES)],
+    "Resource": [("attributes", 1, "map")],
+    "ScopeSpans": [("spans", 2, "Span*")],
+    "ResourceSpans": [("resource", 1, "Resource"), ("scope_spans", 2, "ScopeSpans*")],
+    "Request": [("resource_spans", 1, "ResourceSpans*")],
+}
+
+
+def _view_classes():
+    """Message classes of the view, built in a private descriptor pool."""
+    file = descriptor_pb2.FileDescriptorProto(name="agent_exporter/otlp_view.proto", package=_VIEW_PACKAGE,
+                                              syntax="proto3")
+    status_code = file.enum_type.add(name="StatusCode")
+    for name, number in (("UNSET", 0), ("OK", 1), ("ERROR", 2)):
+        status_code.value.add(name=name, number=number)
+    for message_name, fields in _VIEW_SCHEMA.items():
+        message = file.message_type.add(name=message_name)
+        if message_name == "AnyValue":
+            message.oneof_decl.add(name="value")
+        for name, number, kind in fields:
+            field = message.field.add(name=name, number=number, label=_F.LABEL_OPTIONAL)
+            if kind == "map":
+                entry = message.nested_type.add(name="AttributesEntry")
+                entry.options.map_entry = True
+                entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+                entry.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
+                field.type, field.label = _F.TYPE_MESSAGE, _F.LABEL_REPEATED
+                field.type_name = f".{_VIEW_PACKAGE}.{message_name}.AttributesEntry"
+            elif kind == "bytes*":      # span events: read only for failed spans (_error_type)
+                field.type, field.label = _F.TYPE_BYTES, _F.LABEL_REPEATED
+            elif isinstance(kind, str):
+                field.type = _F.TYPE_MESSAGE
+                if kind.endswith("*"):
+                    field.label, kind = _F.LABEL_REPEATED, kind[:-1]
+                field.type_name = f".{_VIEW_PACKAGE}.{kind}"
+            else:
+                field.type = kind
+                if kind == _F.TYPE_ENUM:
+                    field.type_name = f".{_VIEW_PACKAGE}.StatusCode"
+                if message_name == "AnyValue":
+                    field.oneof_index = 0
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_VIEW_PACKAGE}.{name}"))
+                 for name in ("Request", "Event", "AnyValue", "Status"))
+
+
+# Span status and events stay bytes in the view: most spans have no status and no events,
+# and those that do are read only as far as needed (_failed, _error_type).
+_Request, _Event, _AnyValue, _Status = _view_classes()
+_STATUS_ERROR = 2
+_ZERO_TRACE_ID, _ZERO_SPAN_ID = bytes(16), bytes(8)
+
+
+# -- attribute names, each read from the instrumentation families' sources --------
+#
+# Within a tuple the first present name wins: the current GenAI semantic
+# conventions (v1.41.0) first, then the older or vendor names still emitted.
+
+OPERATION = "gen_ai.operation.name"
+OPENINFERENCE_KIND = "openinference.span.kind"     # OpenInference
+TRACELOOP_KIND = "traceloop.span.kind"             # OpenLLMetry (traceloop-sdk decorators)
+LLM_REQUEST_TYPE = "llm.request.type"              # OpenLLMetry before gen_ai.operation.name
+TRACELOOP_ENTITY = "traceloop.entity.name"
+AGENT_NAMES = ("gen_ai.agent.name", "agent.name")
+TOOL_NAMES = ("gen_ai.tool.name", "tool.name")
+WORKFLOW_NAMES = ("gen_ai.workflow.name", "traceloop.workflow.name")
+MODELS = ("gen_ai.request.model", "llm.request.model_name", "llm.model_name",
+          "gen_ai.response.model", "llm.response.model_name")
+# Token counts: every family counts input with the cache and output with the
+# reasoning, as the conventions do; usage.from_semconv makes them disjoint.
+INPUT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
+OUTPUT_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion")
+CACHE_READ_TOKENS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
+                     "llm.token_count.prompt_details.cache_read")
+CACHE_WRITE_TOKENS = ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
+                      "gen_ai.usage.cache_creation_input_tokens", "llm.token_count.prompt_details.cache_write")
+REASONING_TOKENS = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens",
+                    "llm.usage.reasoning_tokens", "llm.token_count.completion_details.reasoning",
+                    "gen_ai.usage.completion_tokens_details.reasoning_tokens")
+TOTAL_TOKENS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total")
+TIME_TO_FIRST_TOKEN = ("gen_ai.response.time_to_first_chunk", "gen_ai.server.time_to_first_token")
+ERROR_TYPE = "error.type"
+EXCEPTION_EVENT = "exception"
+EXCEPTION_TYPE = "exception.type"
+SERVICE_NAME = "service.name"
+UNKNOWN_SERVICE = "unknown_service"                # the SDKs' default service.name
+
+AGENT, TOOL, WORKFLOW, INFERENCE = "agent", "tool", "workflow", "inference"
+_OPERATIONS = {"invoke_agent": AGENT, "execute_tool": TOOL, "invoke_workflow": WORKFLOW, "chat": INFERENCE,
+               "text_completion": INFERENCE, "generate_content": INFERENCE, "embeddings": INFERENCE}
+_OPENINFERENCE_KINDS = {"AGENT": AGENT, "TOOL": TOOL, "LLM": INFERENCE, "EMBEDDING": INFERENCE}
+_TRACELOOP_KINDS = {"agent": AGENT, "tool": TOOL, "workflow": WORKFLOW}
+_LLM_REQUEST_TYPES = {"chat": INFERENCE, "completion": INFERENCE, "embedding": INFERENCE}
+_KINDS = ((OPERATION, _OPERATIONS), (OPENINFERENCE_KIND, _OPENINFERENCE_KINDS),
+          (TRACELOOP_KIND, _TRACELOOP_KINDS), (LLM_REQUEST_TYPE, _LLM_REQUEST_TYPES))
+# Span name prefixes the conventions give, stripped when a name comes from the span name.
+_NAME_PREFIXES = {AGENT: "invoke_agent ", TOOL: "execute_tool ", WORKFLOW: "invoke_workflow "}
+_TRACELOOP_SUFFIXES = {AGENT: ".agent", TOOL: ".tool", WORKFLOW: ".workflow"}
+
+_COUNTS = (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, REASONING_TOKENS, TOTAL_TOKENS)
+_COUNT_NAMES = frozenset(name for names in _COUNTS for name in names)
+_DISCRIMINATORS = frozenset(name for name, _ in _KINDS)
+# Every name we read: one set intersection per span finds the ones present.
+_KNOWN = frozenset((*_DISCRIMINATORS, TRACELOOP_ENTITY, *AGENT_NAMES, *TOOL_NAMES, *WORKFLOW_NAMES, *MODELS,
+                    *(name for names in _COUNTS for name in names), *TIME_TO_FIRST_TOKEN, ERROR_TYPE))
+
+MAX_ANCESTORS = 64          # a parent chain longer than this is treated as ending at a root
+
+
+class SpanError(ValueError):
+    """A GenAI span whose values cannot be mapped (it is rejected, the rest of the request is not)."""
+
+
+def _name(value: str) -> str:
+    return value[: events.MAX_NAME_LENGTH]
+
+
+def _value(raw: bytes):
+    """The value of an encoded AnyValue: str, int, float, bool, or None for another kind.
+
+    Most attribute values are short strings and small integers; those two encodings
+    (field 1 with a one-byte length, field 3 as a varint of up to three bytes) are read
+    here directly, which is four times cheaper than a message object per value.  Every
+    other encoding goes through upb.
+    """
+    n = len(raw)
+    if n > 2 and raw[0] == 0x0A and raw[1] == n - 2:
+        try:
+            return raw[2:].decode()
+        except UnicodeDecodeError:
+            raise SpanError("an attribute value is not valid UTF-8") from None
+    if raw and raw[0] == 0x18 and raw[-1] < 0x80:
+        if n == 2:
+            return raw[1]
+        if n == 3 and raw[1] & 0x80:
+            return raw[1] & 0x7F | raw[2] << 7
+        if n == 4 and raw[1] & 0x80 and raw[2] & 0x80:
+            return raw[1] & 0x7F | (raw[2] & 0x7F) << 7 | raw[3] << 14
+    try:
+        value = _AnyValue.FromString(raw)
+    except DecodeError:
+        raise SpanError("an attribute value is not an OTLP AnyValue") from None
+    kind = value.WhichOneof("value")
+    return None if kind is None else getattr(value, kind)
+
+
+_TEXTS: dict[bytes, str] = {}
+MAX_TEXTS = 4096
+
+
+def _text(raw: bytes) -> str:
+    """An attribute's string ("" for another kind), cut to the schema's name length.
+
+    Names, models and kinds repeat from span to span: each encoding is decoded once
+    (a bounded cache, emptied when full), and equal names share one str object.
+    """
+    text = _TEXTS.get(raw)
+    if text is None:
+        value = _value(raw)
+        text = value[: events.MAX_NAME_LENGTH] if type(value) is str else ""
+        if len(_TEXTS) >= MAX_TEXTS:
+            _TEXTS.clear()
+        _TEXTS[raw] = text
+    return text
+
+
+def _string(attributes, names) -> str | None:
+    """The first non-empty string among `names` (present ones, in precedence order)."""
+    for name in names:
+        value = _text(attributes[name])
+        if value:
+            return value
+    return None
+
+
+def _count(name: str, raw: bytes) -> int:
+    """A token count; one that is not a whole number in range is an error."""
+    if len(raw) == 3 and raw[0] == 0x18 and raw[1] & 0x80 and raw[2] < 0x80:    # 128 to 16383, the usual size
+        return raw[1] & 0x7F | raw[2] << 7
+    count = _value(raw)
+    if type(count) is not int:
+        if type(count) is not float or not count.is_integer():
+            raise SpanError(f"{name}: expected a whole number of tokens")
+        count = int(count)
+    if not 0 <= count <= events.MAX_TOKENS:
+        raise SpanError(f"{name}: expected a token count between 0 and {events.MAX_TOKENS}, got {count}")
+    return count
+
+
+def _seconds(attributes, names) -> float | None:
+    """The first positive duration in seconds among `names` (OpenLIT writes 0 when it did not stream)."""
+    for name in names:
+        seconds = _value(attributes[name])
+        if type(seconds) not in (int, float) or not 0 <= seconds <= events.MAX_SECONDS:
+            raise SpanError(f"{name}: expected seconds between 0 and {events.MAX_SECONDS:g}")
+        if seconds > 0:
+            return float(seconds)
+    return None
+
+
+def _kind(attributes, shape: "_Shape") -> str | None:
+    for name, kinds in shape.kinds:
+        kind = kinds.get(_text(attributes[name]))
+        if kind is not None:
+            return kind
+    return None
+
+
+def _failed(span) -> bool:
+    """Whether the span's status is ERROR."""
+    status = span.status
+    if not status:      # unset, as on most spans
+        return False
+    try:
+        return _Status.FromString(status).code == _STATUS_ERROR
+    except DecodeError:
+        raise SpanError("status: not an OTLP span status") from None
+
+
+def _error_type(span, attributes, shape: "_Shape") -> str | None:
+    """error.type, else the type of the span's first recorded exception (OpenInference records those)."""
+    if shape.error_type:
+        value = _text(attributes[ERROR_TYPE])
+        if value:
+            return _name(value)
+    for raw in span.events:
+        try:
+            event = _Event.FromString(raw)
+        except DecodeError:
+            raise SpanError("events: not OTLP span events") from None
+        if event.name == EXCEPTION_EVENT and EXCEPTION_TYPE in event.attributes:
+            value = _text(event.attributes[EXCEPTION_TYPE])
+            if value:
+                return _name(value)
+    return None
+
+
+def _service_name(resource) -> str:
+    """The resource's service.name (a broken one is as good as none)."""
+    try:
+        service = _text(resource[SERVICE_NAME]) if SERVICE_NAME in resource else ""
+    except SpanError:
+        service = ""
+    return _name(service) if service else UNKNOWN_SERVICE
+
+
+def _own_name(span, attributes, shape: "_Shape", kind: str) -> str | None:
+    """The agent, tool or workflow a span names: its attributes, else its span name."""
+    value = _string(attributes, shape.agent_names if kind is AGENT else shape.tool_names if kind is TOOL
+                    else shape.workflow_names)
+    if value:
+        return value
+    traceloop = shape.traceloop_kind and _TRACELOOP_KINDS.get(_text(attributes[TRACELOOP_KIND])) == kind
+    if traceloop and shape.traceloop_entity:
+        entity = _text(attributes[TRACELOOP_ENTITY])
+        if entity:
+            return _name(entity)
+    name = span.name.removeprefix(_NAME_PREFIXES[kind])
+    if traceloop:
+        name = name.removesuffix(_TRACELOOP_SUFFIXES[kind])
+    return _name(name) if name and name != _NAME_PREFIXES[kind].strip() else None
+
+
+class _Shape:
+    """Which attribute each field of a span is read from, for spans carrying one set of known attributes.
+
+    An instrumentation writes the same attributes on every span of a kind, so a
+    stream has few shapes; each is worked out once (`_shape`) instead of per span.
+    """
+
+    __slots__ = ("kinds", "agent_names", "tool_names", "workflow_names", "models", "ttft", "error_type",
+                 "traceloop_kind", "traceloop_entity", "counts", "plain_counts")
+
+    def __init__(self, present: frozenset):
+        def among(names):
+            return tuple(name for name in names if name in present)
+
+        self.kinds = tuple((name, kinds) for name, kinds in _KINDS if name in present)
+        self.agent_names, self.tool_names = among(AGENT_NAMES), among(TOOL_NAMES)
+        self.workflow_names, self.models, self.ttft = among(WORKFLOW_NAMES), among(MODELS), among(TIME_TO_FIRST_TOKEN)
+        self.error_type = ERROR_TYPE in present
+        self.traceloop_kind, self.traceloop_entity = TRACELOOP_KIND in present, TRACELOOP_ENTITY in present
+        # Per token count, the name to read (or None); the conventions' input and output alone need no arithmetic.
+        self.counts = tuple(next(iter(among(names)), None) for names in _COUNTS)
+        self.plain_counts = present & _COUNT_NAMES <= _INPUT_OUTPUT
+
+
+_SHAPES: dict[frozenset, _Shape] = {}
+MAX_SHAPES = 1024           # a stream of ever-new attribute sets cannot grow memory
+
+
+def _shape(present: frozenset) -> _Shape:
+    """A new shape, remembered (callers look in _SHAPES first)."""
+    if len(_SHAPES) >= MAX_SHAPES:
+        _SHAPES.clear()
+    shape = _SHAPES[present] = _Shape(present)
+    return shape
+
+
+# Disjoint token counts of a span: (input, output, cache_read, cache_write, reasoning, unsplit total),
+# in the order of events.AgentExecution's fields; None where the span says nothing.
+_NO_TOKENS = (None,) * 6
+_INPUT, _OUTPUT = INPUT_TOKENS[0], OUTPUT_TOKENS[0]
+_INPUT_OUTPUT = frozenset((_INPUT, _OUTPUT))
+
+
+def _tokens(attributes, shape: _Shape) -> tuple:
+    input_name, output_name, cache_read_name, cache_write_name, reasoning_name, total_name = shape.counts
+    if shape.plain_counts:          # the conventions' input and output alone are disjoint already
+        if input_name is None and output_name is None:
+            return _NO_TOKENS
+        return (None if input_name is None else _count(input_name, attributes[input_name]),
+                None if output_name is None else _count(output_name, attributes[output_name]),
+                None, None, None, None)
+    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (
+        None if name is None else _count(name, attributes[name]) for name in shape.counts)
+    split = usage.from_semconv(input_tokens, output_tokens, cache_read=cache_read, cache_creation=cache_write,
+                               reasoning=reasoning)
+    # A total counts only when nothing says how it splits (it becomes type="unsplit").
+    return (split.get("input_tokens"), split.get("output_tokens"), split.get("cache_read_tokens"),
+            split.get("cache_write_tokens"), split.get("reasoning_tokens"), None if split else total)
+
+
+def _add(a: tuple, b: tuple) -> tuple:
+    return tuple(x if y is None else y if x is None else x + y for x, y in zip(a, b))
+
+
+def _ids_and_times(span) -> tuple[bytes, bytes, int, int]:
+    trace_id, span_id, start, end = span.trace_id, span.span_id, span.start_time_unix_nano, span.end_time_unix_nano
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID or len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
+        raise SpanError("a span needs a 16-byte trace_id and an 8-byte span_id, not all zero")
+    if not 0 < start <= end:
+        raise SpanError("a span needs start_time_unix_nano > 0 and end_time_unix_nano >= start_time_unix_nano")
+    if end - start > events.MAX_SECONDS * 1e9 or end > events.MAX_TIMESTAMP * 1e9:
+        raise SpanError("span times out of range")
+    return trace_id, span_id, start, end
+
+
+def _agent_execution(span, attributes, shape, trace_id, span_id, start, end, service) -> events.AgentExecution:
+    """The execution of an agent span, with its own usage (calls attributed to it replace that: _merged)."""
+    error = _failed(span)
+    tokens = _tokens(attributes, shape)
+    return events.AgentExecution(
+        agent=_own_name(span, attributes, shape, AGENT) or service, status="error" if error else "success",
+        duration_seconds=(end - start) / 1e9, model=_string(attributes, shape.models),
+        input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2], cache_write_tokens=tokens[3],
+        reasoning_tokens=tokens[4], total_tokens=tokens[5],
+        time_to_first_token_seconds=_seconds(attributes, shape.ttft) if shape.ttft else None,
+        error_type=_error_type(span, attributes, shape) if error else None,
+        trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
+
+
+class _Call:
+    """One inference span: an LLM call whose usage goes to its enclosing agent's execution."""
+
+    __slots__ = ("trace_id", "span_id", "parent", "start", "end", "error_type", "error", "model", "tokens", "ttft",
+                 "fallback_agent")
+
+    def __init__(self, span, attributes, shape, trace_id, span_id, start, end, service):
+        self.trace_id, self.span_id, self.parent, self.start, self.end = (
+            trace_id, span_id, span.parent_span_id, start, end)
+        self.error = _failed(span)
+        self.error_type = _error_type(span, attributes, shape) if self.error else None
+        self.model = _string(attributes, shape.models)
+        self.tokens = _tokens(attributes, shape)
+        self.ttft = _seconds(attributes, shape.ttft)
+        self.fallback_agent = _string(attributes, shape.agent_names) or service
+
+    def execution(self) -> events.AgentExecution:
+        """The call as an execution of its own (no enclosing agent span)."""
+        tokens = self.tokens
+        return events.AgentExecution(
+            agent=self.fallback_agent, status="error" if self.error else "success",
+            duration_seconds=(self.end - self.start) / 1e9, model=self.model,
+            input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2],
+            cache_write_tokens=tokens[3], reasoning_tokens=tokens[4], total_tokens=tokens[5],
+            time_to_first_token_seconds=self.ttft, error_type=self.error_type,
+            trace_id=self.trace_id.hex(), span_id=self.span_id.hex(), timestamp=self.end / 1e9)
+
+
+def _merged(execution: events.AgentExecution, calls: list[_Call], prices) -> events.AgentExecution:
+    """An agent's execution with the usage of the calls attributed to it, which replaces its own."""
+    calls = [call for call in calls if call.tokens is not _NO_TOKENS]
+    if not calls:
+        return execution
+    tokens, models = calls[0].tokens, {calls[0].model}
+    for call in calls[1:]:
+        tokens = _add(tokens, call.tokens)
+        models.add(call.model)
+    ttft = execution.time_to_first_token_seconds
+    if ttft is None:
+        first = min((call for call in calls if call.ttft is not None), key=lambda call: call.start, default=None)
+        ttft = None if first is None else first.ttft
+    model, cost = calls[0].model, None      # priced once, by Telemetry.record_batch
+    if len(models) > 1:
+        # One execution has one model label, so it is "unknown"; the cost is the sum of each call's,
+        # known only when every call's model has a price.
+        model, cost = None, 0.0
+        for call in calls:
+            t = call.tokens
+            part = None if t[5] is not None else prices.cost(
+                call.model, input_tokens=t[0], output_tokens=t[1], cache_read_tokens=t[2],
+                cache_write_tokens=t[3], reasoning_tokens=t[4])
+            if part is None:
+                cost = None
+                break
+            cost += part
+    return msgspec.structs.replace(
+        execution, model=model, input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2],
+        cache_write_tokens=tokens[3], reasoning_tokens=tokens[4], total_tokens=tokens[5], cost_usd=cost,
+        time_to_first_token_seconds=ttft)
+
+
+# -- attribution -------------------------------------------------------------------
+
+class _Pending:
+    """A trace's inference spans still waiting for their enclosing agent, and the parent links seen."""
+
+    __slots__ = ("calls", "links", "deadline")
+
+    def __init__(self):
+        self.calls: list[_Call] = []
+        self.links: dict[bytes, bytes] = {}
+        self.deadline = 0.0
+
+    def size(self) -> int:
+        return len(self.calls) + len(self.links)
+
+
+class _AttributionBuffer:
+    """Bounded: at most `max_spans` calls and links over all traces, each trace for at most `wait` seconds.
+
+    Traces stay in the order they started waiting, which is their deadline
+    order; the oldest go first, on expiry or when the bound is reached, and
+    their calls fall back to executions of their own.  Callers hold the
+    receiver's lock.
+    """
+
+    def __init__(self, wait: float, max_spans: int):
+        self.wait = wait
+        self.max_spans = max_spans
+        self.size = 0
+        self._traces: OrderedDict[bytes, _Pending] = OrderedDict()
+
+    def get(self, trace_id: bytes) -> _Pending | None:
+        return self._traces.get(trace_id)
+
+    def update(self, trace_id: bytes, pending: _Pending, old_size: int, now: float) -> list[_Call]:
+        """Account for `pending` after its calls were re-checked; returns the calls evicted to stay in bounds."""
+        if pending.calls:
+            if trace_id not in self._traces:
+                pending.deadline = now + self.wait
+                self._traces[trace_id] = pending
+            self.size += pending.size() - old_size
+        elif self._traces.pop(trace_id, None) is not None:
+            self.size -= old_size
+        evicted = []
+        while self.size > self.max_spans:
+            _, oldest = self._traces.popitem(last=False)
+            self.size -= oldest.size()
+            evicted.extend(oldest.calls)
+        return evicted
+
+    def expired(self, now: float) -> list[_Call]:
+        calls = []
+        while self._traces:
+            trace_id, oldest = next(iter(self._traces.items()))
+            if oldest.deadline > now:
+                break
+            del self._traces[trace_id]
+            self.size -= oldest.size()
+            calls.extend(oldest.calls)
+        return calls
+
+    def drain(self) -> list[_Call]:
+        calls = [call for pending in self._traces.values() for call in pending.calls]
+        self._traces.clear()
+        self.size = 0
+        return calls
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+
+_ROOT, _UNKNOWN, _NESTED = object(), object(), object()
+
+
+def _links(view) -> dict[bytes, dict[bytes, bytes]]:
+    """Every span's parent, by trace: read only when a request has calls to attribute."""
+    links_by_trace: dict[bytes, dict[bytes, bytes]] = {}
+    for resource_spans in view.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                trace_id = span.trace_id
+                links = links_by_trace.get(trace_id)
+                if links is None:
+                    links = links_by_trace[trace_id] = {}
+                links[span.span_id] = span.parent_span_id
+    return links_by_trace
+
+
+def _enclosing(call: _Call, links: dict, agents: dict, calls: dict):
+    """The batch index of the nearest agent span above `call`; _NESTED inside another inference span;
+    _ROOT when there is none; _UNKNOWN when an ancestor has not arrived yet."""
+    trace_id = call.trace_id
+    span_id = call.parent
+    for _ in range(MAX_ANCESTORS):
+        if not span_id:
+            return _ROOT
+        agent = agents.get(span_id)
+        if agent is not None and agent[1] == trace_id:
+            return agent[0]
+        outer = calls.get(span_id)
+        if outer is not None and outer.trace_id == trace_id:
+            return _NESTED
+        span_id = links.get(span_id)
+        if span_id is None:
+            return _UNKNOWN
+    return _ROOT
+
+
+class Mapped(NamedTuple):
+    """What one export request came to: span counts by outcome and why spans were rejected."""
+    mapped: int
+    ignored: int
+    rejected: int
+    errors: list[str]
+
+
+class OTLPDecodeError(ValueError):
+    """A request body that is not an OTLP export request (HTTP 400, gRPC INVALID_ARGUMENT)."""
+
+
+MAX_ERROR_MESSAGES = 5      # distinct reasons quoted in a partial-success answer
+
+
+class OTLPReceiver:
+    """OTLP traces in, for the HTTP service and the gRPC receiver alike.
+
+    `telemetry` records the events (Telemetry.record_batch: priced once, then
+    the store); `config` is the whole Config (its `otlp` section, and
+    `tracing` for where forwarded spans go).  Thread-safe; `close()` flushes
+    the spans still waiting for their agent and the forwarding queue.
+    """
+
+    def __init__(self, telemetry, config: Config | None = None):
+        self.config = config = config or telemetry.config
+        self._telemetry = telemetry
+        self._lock = threading.Lock()
+        self._buffer = _AttributionBuffer(config.otlp.attribution_wait_seconds, config.otlp.max_buffered_spans)
+        self.forwarder = _Forwarder(config.tracing, config.otlp.forward_queue_size) if config.otlp.forward_spans else None
+        self._grpc_servers = []
+        self._closed = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="otlp-attribution", daemon=True)
+        self._sweeper.start()
+
+    # -- the OTLP answers --------------------------------------------------
+
+    def export(self, request: ExportTraceServiceRequest) -> ExportTraceServiceResponse:
+        """Map one export request; the answer reports rejected spans as a partial success."""
+        return self.export_serialized(request.SerializeToString())
+
+    def export_serialized(self, data: bytes) -> ExportTraceServiceResponse:
+        """`export` for a serialized request (OTLP/HTTP protobuf and gRPC bodies, as received)."""
+        view = _Request()
+        try:
+            view.ParseFromString(data)
+        except DecodeError as exc:
+            raise OTLPDecodeError(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+        result, spans = self._map(view)
+        if self.forwarder is not None and spans:
+            self.forwarder.submit(data, spans)
+        response = ExportTraceServiceResponse()
+        if result.rejected:
+            response.partial_success.CopyFrom(ExportTracePartialSuccess(
+                rejected_spans=result.rejected, error_message="; ".join(result.errors)))
+        return response
+
+    def handle_http(self, body: bytes, content_type: str) -> tuple[int, str, bytes]:
+        """An OTLP/HTTP request body (already gunzipped and size-limited): (status, content type, body)."""
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media not in (PROTOBUF, JSON):
+            return 415, PROTOBUF, status_pb2.Status(
+                code=_INVALID_ARGUMENT,
+                message=f"unsupported content type {content_type!r}; OTLP/HTTP takes {PROTOBUF} or {JSON}",
+            ).SerializeToString()
+        try:
+            response = self.export_serialized(body if media == PROTOBUF else _json_request(body))
+        except OTLPDecodeError as exc:
+            return 400, media, _encode(status_pb2.Status(code=_INVALID_ARGUMENT, message=str(exc)), media)
+        return 200, media, _encode(response, media)
+
+    def start_grpc(self, address: str | None = None, *, bearer_token: str | None = None):
+        """The OTLP/gRPC TraceService on `address` (default otlp.grpc_listen_address); a handle with
+        .port and .stop().  With `bearer_token`, calls must send `authorization: Bearer <token>`."""
+        from .otlp_grpc import start_grpc_receiver
+        address = self.config.otlp.grpc_listen_address if address is None else address
+        if not address:
+            raise ValueError("otlp.grpc_listen_address: no address to listen on")
+        handle = start_grpc_receiver(self, address, max_message_bytes=self.config.server.max_body_bytes,
+                                     bearer_token=bearer_token)
+        self._grpc_servers.append(handle)
+        return handle
+
+    def close(self) -> None:
+        """Stop the gRPC receivers this receiver started, record every span still waiting, flush forwarding."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for handle in self._grpc_servers:
+            handle.stop()
+        self._sweeper.join()
+        with self._lock:
+            calls = self._buffer.drain()
+        self._record([call.execution() for call in calls], mapped=len(calls))
+        if self.forwarder is not None:
+            self.forwarder.close()
+
+    @property
+    def waiting_spans(self) -> int:
+        """Inference spans and parent links held for attribution (bounded by otlp.max_buffered_spans)."""
+        return self._buffer.size
+
+    # -- mapping -----------------------------------------------------------
+
+    def _map(self, view) -> tuple[Mapped, int]:
+        """Events of one request, recorded; returns the outcome and the number of spans in it."""
+        batch = []
+        agents: dict[bytes, tuple[int, bytes]] = {}     # span id -> (index in batch, trace id)
+        calls: dict[bytes, _Call] = {}
+        spans = ignored = rejected = 0
+        errors: list[str] = []
+        for resource_spans in view.resource_spans:
+            resource = resource_spans.resource.attributes
+            service = _service_name(resource)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    spans += 1
+                    attributes = span.attributes
+                    present = _KNOWN.intersection(attributes)
+                    if not present:
+                        ignored += 1
+                        continue
+                    shape = _SHAPES.get(present) or _shape(present)
+                    try:
+                        kind = _kind(attributes, shape)
+                        if kind is None:
+                            ignored += 1
+                            continue
+                        trace_id, span_id, start, end = _ids_and_times(span)
+                        if kind is AGENT:
+                            batch.append(_agent_execution(span, attributes, shape, trace_id, span_id, start, end,
+                                                          service))
+                            agents[span_id] = (len(batch) - 1, trace_id)
+                        elif kind is INFERENCE:
+                            calls[span_id] = _Call(span, attributes, shape, trace_id, span_id, start, end, service)
+                        else:
+                            batch.append(_finished(span, attributes, shape, kind, trace_id, span_id, start, end,
+                                                   service))
+                    except SpanError as exc:
+                        rejected += 1
+                        if len(errors) < MAX_ERROR_MESSAGES and str(exc) not in errors:
+                            errors.append(str(exc))
+        mapped = len(batch)
+        if calls or len(self._buffer):
+            fallen_back, attributed, nested = self._attribute(_links(view), agents, calls)
+            prices = self._telemetry.prices
+            for index, agent_calls in attributed.items():
+                batch[index] = _merged(batch[index], agent_calls, prices)
+                mapped += len(agent_calls)
+            batch.extend(call.execution() for call in fallen_back)
+            mapped += len(fallen_back)
+            ignored += nested
+        self._record(batch, mapped=mapped, ignored=ignored, rejected=rejected)
+        return Mapped(mapped, ignored, rejected, errors), spans
+
+    def _attribute(self, links_by_trace, agents, calls) -> tuple[list[_Call], dict[int, list[_Call]], int]:
+        """Give each call of this request, and each call waiting from earlier ones in the same traces,
+        to its enclosing agent; returns (calls that fall back, calls by agent batch index, nested calls)."""
+        fallen_back: list[_Call] = []
+        attributed: dict[int, list[_Call]] = {}
+        nested = 0
+        now = time.monotonic()
+        with self._lock:
+            buffer = self._buffer
+            waiting: dict[bytes, tuple[_Pending, int]] = {}
+            candidates = list(calls.values())
+            for trace_id, links in links_by_trace.items():
+                pending = buffer.get(trace_id)
+                if pending is not None:
+                    waiting[trace_id] = (pending, pending.size())
+                    pending.links.update(links)
+                    links_by_trace[trace_id] = pending.links
+                    candidates.extend(pending.calls)
+                    pending.calls = []
+            for call in candidates:
+                trace_id = call.trace_id
+                found = _enclosing(call, links_by_trace[trace_id], agents, calls)
+                if found is _UNKNOWN:
+                    entry = waiting.get(trace_id)
+                    if entry is None:
+                        pending = _Pending()
+                        pending.links = links_by_trace[trace_id]
+                        entry = waiting[trace_id] = (pending, 0)
+                    entry[0].calls.append(call)
+                elif found is _ROOT:
+                    fallen_back.append(call)
+                elif found is _NESTED:
+                    nested += 1
+                else:
+                    attributed.setdefault(found, []).append(call)
+            for trace_id, (pending, old_size) in waiting.items():
+                fallen_back.extend(buffer.update(trace_id, pending, old_size, now))
+        return fallen_back, attributed, nested
+
+    def _sweep(self) -> None:
+        """Calls whose trace waited its full time fall back to executions of their own."""
+        interval = min(1.0, self._buffer.wait / 4)
+        while not self._closed.wait(interval):
+            with self._lock:
+                calls = self._buffer.expired(time.monotonic())
+            if calls:
+                self._record([call.execution() for call in calls], mapped=len(calls))
+
+    def _record(self, batch: list, *, mapped: int = 0, ignored: int = 0, rejected: int = 0) -> None:
+        telemetry = self._telemetry
+        if batch:
+            telemetry.record_batch(batch)
+        store = telemetry.store
+        for outcome, count in (("mapped", mapped), ("ignored", ignored), ("rejected", rejected)):
+            if count:
+                store.count_otlp_spans(outcome, count)
+
+
+def _finished(span, attributes, shape, kind: str, trace_id, span_id, start, end, service: str):
+    """The event of a tool or workflow span."""
+    error = _failed(span)
+    status = "error" if error else "success"
+    name = _own_name(span, attributes, shape, kind)
+    if kind is TOOL:
+        if name is None:
+            raise SpanError("an execute_tool span needs gen_ai.tool.name")
+        return events.ToolCall(tool=name, status=status, duration_seconds=(end - start) / 1e9,
+                               agent=_string(attributes, shape.agent_names),
+                               error_type=_error_type(span, attributes, shape) if error else None,
+                               trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
+    return events.WorkflowRun(workflow=name or service, status=status, duration_seconds=(end - start) / 1e9,
+                              trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
+
+
+# -- OTLP/HTTP encodings -------------------------------------------------------------
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_INVALID_ARGUMENT = 3       # google.rpc.Code
+# OTLP/JSON writes these bytes fields as hex, where protobuf's JSON mapping expects base64.
+_HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _items(parent, *keys) -> list:
+    for key in keys:
+        value = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _base64_ids(item) -> None:
+    if not isinstance(item, dict):
+        return
+    for key in _HEX_ID_FIELDS:
+        value = item.get(key)
+        if isinstance(value, str):
+            try:
+                item[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError:
+                raise OTLPDecodeError(f"{key}: expected a hex string, got {value[:64]!r}") from None
+
+
+def _json_request(body: bytes) -> bytes:
+    """An OTLP/JSON request as the protobuf bytes of the same ExportTraceServiceRequest."""
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise OTLPDecodeError(f"invalid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise OTLPDecodeError("expected a JSON object (an ExportTraceServiceRequest)")
+    for resource_spans in _items(document, "resourceSpans", "resource_spans"):
+        for scope_spans in _items(resource_spans, "scopeSpans", "scope_spans"):
+            for span in _items(scope_spans, "spans"):
+                _base64_ids(span)
+                for link in _items(span, "links"):
+                    _base64_ids(link)
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise OTLPDecodeError(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+    return request.SerializeToString()
+
+
+def _encode(message, media: str) -> bytes:
+    if media == JSON:
+        return json_format.MessageToJson(message, indent=None).encode()
+    return message.SerializeToString()
+
+
+# -- pass-through ---------------------------------------------------------------------
+
+GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class _Forwarder:
+    """Received requests, unchanged, to the tracing backend (tracing.otlp_endpoint and protocol).
+
+    A bounded queue and one sending thread: when the backend is slow or down,
+    the queue fills and further requests are dropped, never waited for.
+    `spans` counts forwarded spans by outcome: sent, dropped (queue full) and
+    failed (the backend did not take them).
+    """
+
+    def __init__(self, tracing, queue_size: int):
+        self._timeout = tracing.otlp_timeout_seconds
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.spans = {"sent": 0, "dropped": 0, "failed": 0}
+        self._count_lock = threading.Lock()
+        headers = dict(tracing.otlp_headers)
+        if tracing.otlp_protocol == "grpc":
+            import grpc
+            target = tracing.otlp_endpoint.split("://", 1)[-1].rstrip("/")
+            self._channel = (grpc.insecure_channel(target) if tracing.otlp_endpoint.startswith("http://")
+                             else grpc.secure_channel(target, grpc.ssl_channel_credentials()))
+            call = self._channel.unary_unary(GRPC_EXPORT_METHOD)   # bytes in, bytes out
+            metadata = [(key.lower(), value) for key, value in headers.items()]
+            self._send = lambda data: call(data, timeout=self._timeout, metadata=metadata)
+        else:
+            import requests
+            session = requests.Session()
+            session.headers.update({"Content-Type": PROTOBUF, **headers})
+            url = otlp_http_endpoint(tracing.otlp_endpoint)
+            self._channel = session
+            self._send = lambda data: session.post(url, data=data, timeout=self._timeout).raise_for_status()
+        self._thread = threading.Thread(target=self._run, name="otlp-forward", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes, spans: int) -> None:
+        try:
+            self._queue.put_nowait((data, spans))
+        except queue.Full:
+            self._count("dropped", spans)
+
+    def _count(self, outcome: str, spans: int) -> None:
+        with self._count_lock:
+            self.spans[outcome] += spans
+
+    def _run(self) -> None:
+        failing = False     # log when forwarding starts failing and when it recovers, not per request
+        while (item := self._queue.get()) is not None:
+            data, spans = item
+            try:
+                self._send(data)
+            except Exception as exc:  # noqa: BLE001 - any backend fault: drop, count, carry on
+                self._count("failed", spans)
+                if not failing:
+                    _log.warning("forwarding spans to the tracing backend fails (dropping them): %s", exc)
+                failing = True
+            else:
+                self._count("sent", spans)
+                if failing:
+                    _log.info("forwarding spans to the tracing backend works again")
+                failing = False
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued, for at most `timeout` seconds (default: the backend timeout + 1 s)."""
+        timeout = self._timeout + 1.0 if timeout is None else timeout
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+        self._channel.close()

@@ -1,0 +1,129 @@
+"""Pass-through: received spans reach the tracing backend unchanged; a dead or stuck backend costs
+ingestion nothing (requests are dropped and counted, never waited for)."""
+
+import json
+import socket
+import threading
+
+import pytest
+from google.protobuf import json_format
+from otlp_receiver import GrpcReceiver, HttpReceiver, spans_of
+from otlp_spans import agent_span, chat_span, request, span
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_exporter import catalog
+from agent_exporter.config import Config, OTLPConfig, TracingConfig
+from agent_exporter.otlp import OTLPReceiver
+from agent_exporter.telemetry import Telemetry
+
+pytestmark = pytest.mark.integration
+
+
+def forwarding(endpoint: str, protocol: str, *, timeout: float = 5.0, queue_size: int = 64) -> Config:
+    return Config(tracing=TracingConfig(otlp_endpoint=endpoint, otlp_protocol=protocol, otlp_timeout_seconds=timeout),
+                  otlp=OTLPConfig(forward_spans=True, forward_queue_size=queue_size))
+
+
+def executions(tel) -> float:
+    return sum(s.value for family in parse_text(tel.render().decode()) for s in family.samples
+               if s.name == catalog.AGENT_EXECUTIONS.name)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StuckBackend:
+    """Accepts connections on loopback and never answers."""
+
+    def __init__(self):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return          # the listener was closed
+            self._accepted.append(connection)
+
+    def stop(self):
+        # shutdown() (not just close()) wakes the blocked accept() and sends the clients EOF.
+        for sock in (self._listener, *self._accepted):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_received_spans_reach_the_backend_unchanged(protocol):
+    backend_class = GrpcReceiver if protocol == "grpc" else HttpReceiver
+    sent = request(chat_span(2, parent=1), agent_span(1, "planner"), span(3, {"http.route": "/orders"}))
+    with backend_class() as backend:
+        config = forwarding(backend.endpoint, protocol)
+        tel = Telemetry(config)
+        receiver = OTLPReceiver(tel, config)
+        try:
+            receiver.export(sent)
+            # OTLP/JSON in, forwarded as the protobuf encoding of the same request.
+            document = json_format.MessageToDict(request(span(4, {"db.system": "postgresql"})))
+            document_span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+            document_span["traceId"] = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736").hex()
+            document_span["spanId"] = (4).to_bytes(8, "big").hex()
+            status, _, _ = receiver.handle_http(json.dumps(document).encode(), "application/json")
+            assert status == 200
+        finally:
+            receiver.close()
+            tel.shutdown()
+        received = backend.wait_for_spans(4)
+    assert received == spans_of(sent) + spans_of(request(span(4, {"db.system": "postgresql"})))
+    assert receiver.forwarder.spans == {"sent": 4, "dropped": 0, "failed": 0}
+    assert executions(tel) == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_dead_backend_fails_forwarding_not_ingestion(protocol):
+    config = forwarding(f"http://127.0.0.1:{closed_port()}", protocol, timeout=2.0)
+    tel = Telemetry(config)
+    receiver = OTLPReceiver(tel, config)
+    try:
+        for i in range(1, 6):
+            response = receiver.export(request(agent_span(i, "planner")))
+            assert not response.HasField("partial_success")
+    finally:
+        receiver.close()
+        tel.shutdown()
+    assert executions(tel) == 5
+    assert receiver.forwarder.spans == {"sent": 0, "dropped": 0, "failed": 5}
+
+
+def test_stuck_backend_never_holds_up_ingestion():
+    backend = StuckBackend()
+    # The backend timeout is far longer than the test: only a full queue can keep exports moving.
+    config = forwarding(f"http://127.0.0.1:{backend.port}", "http/protobuf", timeout=3600.0, queue_size=2)
+    tel = Telemetry(config)
+    receiver = OTLPReceiver(tel, config)
+    exporting = threading.Thread(target=lambda: [receiver.export(request(agent_span(i, "planner")))
+                                                 for i in range(1, 21)])
+    try:
+        exporting.start()
+        exporting.join(60)
+        assert not exporting.is_alive(), "export waited for the stuck backend"
+        assert executions(tel) == 20
+        # One request in flight, at most two queued: the rest were dropped.
+        assert receiver.forwarder.spans["dropped"] >= 17
+    finally:
+        backend.stop()          # the request in flight fails; the queued ones fail fast
+        receiver.close()
+        tel.shutdown()
+    spans = receiver.forwarder.spans
+    assert spans["sent"] == 0 and spans["dropped"] + spans["failed"] == 20
