@@ -65,6 +65,7 @@ def build_remediator(config, telemetry):
 
 def cmd_serve(args) -> int:
     from .config import ConfigError
+    from .otlp import OTLPReceiver
     from .server import Service, serve
     from .telemetry import Telemetry
     from .webconfig import WebConfigError, load_web_config
@@ -78,8 +79,13 @@ def cmd_serve(args) -> int:
     address = args.listen_address or config.server.listen_address
     telemetry = Telemetry(config)
     remediator = build_remediator(config, telemetry)
+    receiver = OTLPReceiver(telemetry, config)
     try:
-        service = Service.from_config(telemetry, web_config=web_config, remediator=remediator)
+        service = Service.from_config(telemetry, web_config=web_config, remediator=remediator, otlp=receiver)
+        grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
+        if grpc_address:
+            grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token)
+            log.info("OTLP/gRPC receiver listening on %s (port %d)", grpc_address, grpc.port)
         if remediator is not None:
             remediator.start()        # healing.fleet's pollers, when configured
         tls = "enabled" if service.web_config.tls is not None else "disabled"
@@ -94,6 +100,7 @@ def cmd_serve(args) -> int:
     finally:
         if remediator is not None:
             remediator.stop()
+        receiver.close()          # records the spans still waiting for their agent, flushes forwarding
         telemetry.shutdown()      # flushes spans still queued
     log.info("bye")
     return 0
@@ -303,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: server.listen_address, 127.0.0.1:9464)")
     serve.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                        help="exporter-toolkit web config: TLS and basic auth")
+    serve.add_argument("--otlp.grpc-listen-address", dest="otlp_grpc_listen_address", metavar="HOST:PORT",
+                       help="also receive OTLP/gRPC traces here (default: otlp.grpc_listen_address; off)")
     serve.set_defaults(func=cmd_serve)
 
     demo = commands.add_parser("demo", help="exporter plus a simulated orchestrator with an incident")

@@ -804,7 +804,7 @@ class OTLPReceiver:
     def _record(self, batch: list, *, mapped: int = 0, ignored: int = 0, rejected: int = 0) -> None:
         telemetry = self._telemetry
         if batch:
-            telemetry.record_batch(batch)
+            telemetry.record_batch(batch, spans=False)     # they are spans already
         store = telemetry.store
         for outcome, count in (("mapped", mapped), ("ignored", ignored), ("rejected", rejected)):
             if count:

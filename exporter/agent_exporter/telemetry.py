@@ -60,7 +60,10 @@ _current_workflow: ContextVar[str | None] = ContextVar("agent_exporter_current_w
 
 _perf_counter = time.perf_counter
 _now = time.time
-_current_span = trace.get_current_span
+# The key trace.get_current_span() reads from the current context, found through the public
+# API: reading it directly saves three calls per run (bench/bench_record.py).
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
+_current_context = otel_context.get_current
 
 _LABEL_SETS_LIMIT = 10_000
 _MAX_TOKENS = events.MAX_TOKENS
@@ -258,13 +261,37 @@ class AgentRun(_Scope):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        """The end of the run: its event, priced once, to the span and the store."""
         duration = _perf_counter() - self.started
         _current_run.reset(self._run_token)
         if self._context_token is not None:
             otel_context.detach(self._context_token)
         self._run_token = None
         self._finished = True
-        self._telemetry._agent_finished(self, duration, exc)
+        tel = self._telemetry
+        model = self.model
+        cost = self.cost_usd
+        if cost is None and tel.prices:
+            cost = tel.prices.cost(model, input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                                   cache_read_tokens=self.cache_read_tokens,
+                                   cache_write_tokens=self.cache_write_tokens,
+                                   reasoning_tokens=self.reasoning_tokens)
+        first_token = self.first_token_at
+        span = self.span
+        trace_id, span_id = tel._exemplar_ids(span)
+        labels = self._labels
+        # Positional: a Struct built from keywords costs seven times as much (_EXECUTION_FIELDS).
+        event = events.AgentExecution(
+            labels.agent, "success" if exc is None else "error", duration, model,
+            self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens,
+            self.reasoning_tokens, None, cost, None if first_token is None else first_token - self.started,
+            None if exc is None else _error_type(exc), labels.feature, labels.priority, self.request_id,
+            trace_id, span_id, None)       # no timestamp: the store stamps an exemplar when it keeps one
+        if span is not None:
+            tel.spans.end_agent(span, event, exception=exc)
+        if tel._metrics:
+            # The label set caches its series, unless the run reported another model than it named.
+            tel.store.apply_execution(event, labels.series if model == labels.model else None)
         return False
 
     def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *,
@@ -584,32 +611,6 @@ class Telemetry:
             self.store.apply(events.StateTransition(from_state=from_state, to_state=to_state, workflow=workflow,
                                                     agent=agent, trace_id=trace_id, span_id=span_id))
 
-    def _agent_finished(self, run: AgentRun, duration: float, exc: BaseException | None) -> None:
-        """The end of an agent_execution(): its event, priced once, to the span and the store."""
-        model = run.model
-        cost = run.cost_usd
-        if cost is None and self.prices:
-            cost = self.prices.cost(model, input_tokens=run.input_tokens, output_tokens=run.output_tokens,
-                                    cache_read_tokens=run.cache_read_tokens,
-                                    cache_write_tokens=run.cache_write_tokens,
-                                    reasoning_tokens=run.reasoning_tokens)
-        first_token = run.first_token_at
-        span = run.span
-        trace_id, span_id = self._exemplar_ids(span)
-        labels = run._labels
-        # Positional: a Struct built from keywords costs seven times as much (_EXECUTION_FIELDS).
-        event = events.AgentExecution(
-            labels.agent, "success" if exc is None else "error", duration, model,
-            run.input_tokens, run.output_tokens, run.cache_read_tokens, run.cache_write_tokens,
-            run.reasoning_tokens, None, cost, None if first_token is None else first_token - run.started,
-            None if exc is None else _error_type(exc), labels.feature, labels.priority, run.request_id,
-            trace_id, span_id, None)       # no timestamp: the store stamps an exemplar when it keeps one
-        if span is not None:
-            self.spans.end_agent(span, event, exception=exc)
-        if self._metrics:
-            # The label set caches its series, unless the run reported another model than it named.
-            self.store.apply_execution(event, labels.series if model == labels.model else None)
-
     def _evaluated(self, run: AgentRun, evaluator: str, score: float, label: str | None) -> None:
         span = run.span
         if span is not None:
@@ -635,14 +636,17 @@ class Telemetry:
         if self._metrics:
             self.store.apply(event)
 
-    def record_batch(self, batch: Iterable) -> None:
-        """Record already decoded events (events.decode_body) under one store lock."""
+    def record_batch(self, batch: Iterable, *, spans: bool = True) -> None:
+        """Record already decoded events (events.decode_body) under one store lock.
+
+        `spans=False` for events that came from spans (OTLP in): they have theirs already.
+        """
         if not self.enabled:
             return
         if self.prices:
             priced = self.prices.priced
             batch = [priced(event) for event in batch]
-        if self._event_spans:
+        if spans and self._event_spans:
             batch = [self._span_for(event) for event in batch]
         if self._metrics:
             self.store.apply_batch(batch)
@@ -671,7 +675,8 @@ class Telemetry:
             ids = ids_of(span)
             if ids[0] is not None:
                 return ids
-        return ids_of(_current_span())
+        current = _current_context().get(_SPAN_KEY)
+        return (None, None) if current is None else ids_of(current)
 
     # -- exposition and lifecycle -----------------------------------------
 
