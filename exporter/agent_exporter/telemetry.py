@@ -707,8 +707,11 @@ class Telemetry:
     def serve(self, address: str | None = None):
         """Embedded /metrics, /-/healthy, /-/ready on `address` (default server.listen_address).
 
-        Returns a handle whose .stop() stops the server.
+        Returns a handle whose .stop() stops the server; with `enabled: false` nothing is served
+        and the handle's url is None.
         """
+        if not self.enabled:
+            return _NotServing()
         from .server import start_embedded
         return start_embedded(self, address or self.config.server.listen_address)
 
@@ -724,6 +727,20 @@ class Telemetry:
                 _log.warning("tracer provider shutdown failed", exc_info=True)
         if self._metrics_bridge is not None:
             self._metrics_bridge.shutdown()
+
+
+class _NotServing:
+    """What serve() returns when the config disables telemetry."""
+    url = port = None
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 # Events with a histogram observation, hence an exemplar.
