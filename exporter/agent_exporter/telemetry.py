@@ -38,14 +38,14 @@ import inspect
 import logging
 import time
 from contextvars import ContextVar
-from typing import Annotated, Iterable
+from typing import Annotated, Iterable, Iterator
 
 import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from . import events
+from . import events, exposition
 from .config import Config
 from .pricing import PriceTable
 from .store import SeriesStore
@@ -674,14 +674,25 @@ class Telemetry:
 
     # -- exposition and lifecycle -----------------------------------------
 
-    def render(self, openmetrics: bool = False) -> bytes:
-        """The /metrics body: the store's series, then OpenTelemetry metrics if bridged."""
-        body = self.store.render(openmetrics) if self._metrics else bytearray(b"# EOF\n" if openmetrics else b"")
+    def render_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
+        """The /metrics body in chunks: the store's series, then OpenTelemetry metrics if bridged."""
+        if not self._metrics:
+            chunks: Iterator[bytes] = iter([exposition.EOF] if openmetrics else [])
+        else:
+            chunks = self.store.render_chunks(openmetrics)
         if self._metrics_bridge is None:
-            return body
-        if openmetrics:
-            body = body.removesuffix(b"# EOF\n")   # one EOF, at the very end
-        return body + self._metrics_bridge.render(openmetrics)
+            return chunks
+        return self._with_bridge(chunks, openmetrics)
+
+    def _with_bridge(self, chunks: Iterator[bytes], openmetrics: bool) -> Iterator[bytes]:
+        for chunk in chunks:
+            if chunk is not exposition.EOF:          # one EOF, at the very end (the bridge writes it)
+                yield chunk
+        yield self._metrics_bridge.render(openmetrics)
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The /metrics body."""
+        return b"".join(self.render_chunks(openmetrics))
 
     def log_handler(self, stream=None) -> logging.Handler:
         """A `logging` handler for the orchestrator's own lines, as the config's `logging` section says:
