@@ -118,6 +118,10 @@ SELECTOR_WEIGHT = _spec(
     "Share of a task type the adaptive selector gives an agent.", ("task", "agent"))
 COST_BUDGET = _spec(
     "cost_budget_usd", GAUGE, "Configured LLM spend budget.", ("period",))
+FLEET_SOURCE_UP = _spec(
+    "fleet_source_up", GAUGE,
+    "Whether the last poll of a healing.fleet source (alertmanager, prometheus) succeeded (1) or not (0).",
+    ("source",))
 EXPORTER_EVENTS = _spec(
     "exporter_events_total", COUNTER, "Events accepted, by type.", ("type",))
 EXPORTER_EVENTS_REJECTED = _spec(
@@ -139,7 +143,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     AGENT_EXECUTIONS, AGENT_EXECUTION_DURATION, AGENT_ERRORS, LLM_TOKENS, LLM_TIME_TO_FIRST_TOKEN,
     LLM_COST, USAGE_UNKNOWN, TOOL_CALLS, TOOL_CALL_DURATION, STATE_TRANSITIONS, WORKFLOW_RUNS,
     WORKFLOW_DURATION, EVALUATION_SCORE, RETRIES, FALLBACKS, CIRCUIT_BREAKER_STATE, SELECTOR_WEIGHT,
-    COST_BUDGET, EXPORTER_EVENTS, EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW,
+    FLEET_SOURCE_UP, COST_BUDGET, EXPORTER_EVENTS, EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW,
     EXPORTER_BUILD_INFO, EXPORTER_HTTP_REQUESTS, EXPORTER_OTLP_SPANS,
 )
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}

@@ -497,9 +497,10 @@ def _log_alert(alert) -> None:
     labels, annotations = alert.labels, alert.annotations
     severity = labels.get("severity", "warning")
     level = _ALERT_LEVELS.get(severity, logging.WARNING) if alert.status == "firing" else logging.INFO
+    summary = annotations.get("summary")
     others = " ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity"))
-    _alert_log.log(level, "ALERT [%s] [%s] %s: %s%s", severity.upper(), alert.status.upper(),
-                   labels["alertname"], annotations.get("summary", ""), f" ({others})" if others else "")
+    _alert_log.log(level, "ALERT [%s] [%s] %s%s%s", severity.upper(), alert.status.upper(), labels["alertname"],
+                   f": {summary}" if summary else "", f" ({others})" if others else "")
 
 
 # -- running it on uvicorn ---------------------------------------------------------

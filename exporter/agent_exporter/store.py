@@ -194,6 +194,7 @@ class SeriesStore:
         self._circuit: _Scalars = f[catalog.CIRCUIT_BREAKER_STATE.name]
         self._selector: _Scalars = f[catalog.SELECTOR_WEIGHT.name]
         self._budget: _Scalars = f[catalog.COST_BUDGET.name]
+        self._fleet_sources: _Scalars = f[catalog.FLEET_SOURCE_UP.name]
         self._events: _Scalars = f[catalog.EXPORTER_EVENTS.name]
         self._rejected: _Scalars = f[catalog.EXPORTER_EVENTS_REJECTED.name]
         self._overflow: _Scalars = f[catalog.EXPORTER_SERIES_OVERFLOW.name]
@@ -267,6 +268,10 @@ class SeriesStore:
     def set_selector_weight(self, task: str, agent: str, weight: float) -> None:
         with self._lock:
             self._set(self._selector, (task, agent), float(weight))
+
+    def set_fleet_source_up(self, source: str, up: bool) -> None:
+        with self._lock:
+            self._set(self._fleet_sources, (source,), 1.0 if up else 0.0)
 
     def set_budget(self, period: str, usd: float) -> None:
         if period not in ("day", "month"):

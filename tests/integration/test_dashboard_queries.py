@@ -31,10 +31,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config, parse_config
 from agent_exporter.demo import run_demo
+from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.render import dashboards, prometheus, rules
 from agent_exporter.server import Service, start_server
 
@@ -112,6 +114,23 @@ def post(url: str, events: list[dict]) -> None:
         assert response.status == 200
 
 
+def post_otlp(url: str, n: int) -> None:
+    """An OTLP/HTTP request: one GenAI agent span and one span with no GenAI meaning."""
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add()
+    now = time.time_ns()
+    for i, attributes in enumerate(({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"},
+                                    {"http.request.method": "GET"})):
+        span = spans.spans.add(trace_id=(n * 2 + i + 1).to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"),
+                               name="span", start_time_unix_nano=now - 10**9, end_time_unix_nano=now)
+        for key, value in attributes.items():
+            span.attributes.add(key=key).value.string_value = value
+    http = urllib.request.Request(url + "/v1/traces", data=request.SerializeToString(), method="POST",
+                                  headers={"Content-Type": "application/x-protobuf"})
+    with urllib.request.urlopen(http, timeout=10) as response:
+        assert response.status == 200
+
+
 class Workload:
     """Posts a round of events to the exporter every half second until stopped."""
 
@@ -123,6 +142,7 @@ class Workload:
 
     def round(self, n: int) -> None:
         post(self.url, workload(n))
+        post_otlp(self.url, n)
 
     def run(self) -> None:
         for n in itertools.count(1):
@@ -133,9 +153,12 @@ class Workload:
     def __enter__(self):
         post(self.url, [{"type": "circuit_state", "agent": agent, "state": state}
                         for agent, state in zip(AGENTS, ("closed", "half_open", "open"))])
-        # No event carries selector weights: the selector sets them in the exporter's process.
+        # No event carries selector weights or the fleet sources' health: the healing layer sets
+        # them in the exporter's process.
         self.telemetry.set_selector_weight("coding", "coder", 0.7)
         self.telemetry.set_selector_weight("coding", "planner", 0.3)
+        self.telemetry.store.set_fleet_source_up("alertmanager", True)
+        self.telemetry.store.set_fleet_source_up("prometheus", False)
         self.round(0)  # the regular series exist before the one-off tools fill the metric
         post(self.url, [{"type": "tool_call", "tool": f"one_off_{i}", "status": "success", "duration_seconds": 0.01}
                         for i in range(MAX_SERIES + 10)])
@@ -160,7 +183,7 @@ def rendered(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exporter():
     telemetry = Telemetry(CONFIG)
-    handle = start_server(Service(telemetry), "127.0.0.1:0")
+    handle = start_server(Service(telemetry, otlp=OTLPReceiver(telemetry, CONFIG)), "127.0.0.1:0")
     try:
         with Workload(telemetry, handle.url):
             yield handle

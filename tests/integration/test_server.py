@@ -7,6 +7,7 @@ import gzip
 import http.client
 import ipaddress
 import json
+import logging
 import os
 import queue
 import re
@@ -485,3 +486,23 @@ def test_the_bearer_token_comes_from_the_environment_or_the_file(tmp_path, monke
     monkeypatch.delenv(BEARER_TOKEN_ENV)
     with pytest.raises(ValueError, match="server.bearer_token_file"):
         read_bearer_token(str(tmp_path / "missing"))
+
+
+def test_the_log_channel_writes_each_alert_its_receiver_sends(caplog):
+    """alerting.channels [log]: Alertmanager's `exporter-log` receiver posts every alert, firing and resolved."""
+    telemetry = Telemetry(Config())
+    firing, resolved = _webhook("firing", "coder"), _webhook("resolved", "coder")
+    firing["receiver"] = resolved["receiver"] = "exporter-log"
+    firing["alerts"][0]["annotations"] = {"summary": "Agent coder fails too often."}
+    with caplog.at_level(logging.INFO, logger="agent_exporter.alerts"):
+        with start_server(Service(telemetry, log_alerts=True), "127.0.0.1:0") as handle:
+            for payload in (firing, resolved, _webhook("firing", "planner")):    # the last: remediation's
+                answer = requests.post(handle.url + "/v1/alertmanager", json=payload, timeout=10)
+                assert answer.json() == {"status": "ok", "alerts": 1}
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "agent_exporter.alerts"]
+    assert lines == [
+        (logging.CRITICAL, "ALERT [CRITICAL] [FIRING] OrchestratorAgentHighErrorRatio: Agent coder fails too "
+                           "often. (agent=coder)"),
+        (logging.INFO, "ALERT [CRITICAL] [RESOLVED] OrchestratorAgentHighErrorRatio (agent=coder)"),
+    ]
+    telemetry.shutdown()

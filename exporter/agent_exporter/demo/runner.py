@@ -115,9 +115,7 @@ def run_demo(config: Config, *, duration: float | None = None, stack: bool = Fal
             local = _start_stack(cleanup, config, console, _workdir(cleanup), targets=[listen_address],
                                  exporter_url=exporter_url, alertmanagers=1)
             config = with_fleet(local.config, [m.url for m in local.alertmanagers], local.prometheus.url)
-        fleet = config.healing.fleet
-        # The fleet sources' health gauge goes through the OpenTelemetry metrics bridge (healing/fleet.py).
-        telemetry = Telemetry(config, otel_metrics=bool(fleet.alertmanager.urls or fleet.prometheus.url))
+        telemetry = Telemetry(config)
         cleanup.callback(telemetry.shutdown)
         remediator = AlertRemediator(config, telemetry)
         # No bearer token: the demo's own Alertmanager posts to /v1/alertmanager without one.

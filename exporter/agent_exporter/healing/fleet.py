@@ -10,8 +10,7 @@ Each source is polled on its interval with jitter and backoff (polling.py).
 A source that does not answer changes nothing it set: the breakers stay as the
 last answer left them, while the selector falls back to local learning.  Its
 health is in /v1/agents (`fleet`), in a log line when it goes and comes back,
-and in the gauge orchestrator_fleet_source_up{source} when the Telemetry
-bridges OpenTelemetry metrics (`Telemetry(otel_metrics=True)`).
+and in the gauge orchestrator_fleet_source_up{source}.
 """
 
 from __future__ import annotations
@@ -21,22 +20,11 @@ from .api_client import APIClient
 from .fleet_stats import PrometheusStats
 from .polling import Poller
 
-SOURCE_UP_METRIC = "orchestrator_fleet_source_up"
-
-
 class Fleet:
     """The fleet's pollers of one replica; made by AlertRemediator from the config."""
 
-    def __init__(self, pollers: list[Poller], telemetry=None):
+    def __init__(self, pollers: list[Poller]):
         self.pollers = pollers
-        meter_provider = getattr(telemetry, "meter_provider", None)
-        if meter_provider is not None:
-            from opentelemetry.metrics import Observation
-
-            meter_provider.get_meter("agent_exporter.healing").create_observable_gauge(
-                SOURCE_UP_METRIC, description="Whether the last poll of a fleet source succeeded (1) or not (0).",
-                callbacks=[lambda options: [Observation(1 if p.up else 0, {"source": p.name})
-                                            for p in self.pollers if p.up is not None]])
 
     @classmethod
     def from_config(cls, config, remediator, telemetry=None) -> "Fleet | None":
@@ -46,19 +34,27 @@ class Fleet:
             return None
         key = "observability.healing.fleet"
         timing = dict(jitter=fleet.jitter, backoff_max=fleet.backoff_max_seconds)
+
+        def source_up(name: str):
+            """orchestrator_fleet_source_up{source=name} after every poll."""
+            if telemetry is None:
+                return None
+            return lambda ok: telemetry.store.set_fleet_source_up(name, ok)
+
         pollers = []
         if fleet.alertmanager.urls:
             client = APIClient(fleet.alertmanager.urls, auth=fleet.alertmanager.auth,
                                key_path=f"{key}.alertmanager", timeout=fleet.timeout_seconds)
             pollers.append(Poller("alertmanager", AlertmanagerAlerts(client, remediator),
-                                  interval=fleet.alertmanager.interval_seconds, **timing))
+                                  interval=fleet.alertmanager.interval_seconds, on_result=source_up("alertmanager"),
+                                  **timing))
         if fleet.prometheus.url:
             client = APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth,
                                key_path=f"{key}.prometheus", timeout=fleet.timeout_seconds)
             stats = PrometheusStats(client, remediator.selector)
             pollers.append(Poller("prometheus", stats, interval=fleet.prometheus.interval_seconds,
-                                  on_failure=stats.unavailable, **timing))
-        return cls(pollers, telemetry)
+                                  on_failure=stats.unavailable, on_result=source_up("prometheus"), **timing))
+        return cls(pollers)
 
     def start(self) -> None:
         """Poll every source once, then keep polling in the background."""

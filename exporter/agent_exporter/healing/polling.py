@@ -22,7 +22,7 @@ _log = logging.getLogger("agent_exporter.healing.fleet")
 
 
 class Poller:
-    """Calls `poll()` now and then; `on_failure(exc)` after each failed poll.
+    """Calls `poll()` now and then; `on_failure(exc)` after each failed poll, `on_result(ok)` after each poll.
 
     `name` labels logs and status ("alertmanager", "prometheus").  `rng`,
     `clock` (unix seconds, for status) are injectable for tests.
@@ -30,6 +30,7 @@ class Poller:
 
     def __init__(self, name: str, poll: Callable[[], None], *, interval: float, jitter: float,
                  backoff_max: float, on_failure: Callable[[Exception], None] | None = None,
+                 on_result: Callable[[bool], None] | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.time):
         if interval <= 0 or not 0 <= jitter < 1:
             raise ValueError("interval must be positive and jitter in [0, 1)")
@@ -39,6 +40,7 @@ class Poller:
         self.jitter = jitter
         self.backoff_max = backoff_max
         self._on_failure = on_failure
+        self._on_result = on_result
         self._rng = rng or random.Random()
         self._clock = clock
         self._stop = threading.Event()
@@ -70,6 +72,8 @@ class Poller:
                 _log.warning("fleet source %s unavailable, keeping the last state: %s", self.name, self.last_error)
             if self._on_failure is not None:
                 self._on_failure(exc)
+            if self._on_result is not None:
+                self._on_result(False)
             return False
         with self._lock:
             recovered = self.failures > 0
@@ -78,6 +82,8 @@ class Poller:
             self.last_success = self._clock()
         if recovered:
             _log.info("fleet source %s available again", self.name)
+        if self._on_result is not None:
+            self._on_result(True)
         return True
 
     def delay(self) -> float:

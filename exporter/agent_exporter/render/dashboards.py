@@ -547,7 +547,13 @@ def healing(config: Config) -> dict:
                    "Share of each task type the adaptive selector gives each agent.",
                    [query(f"max by (task, agent) ({q.raw(catalog.SELECTOR_WEIGHT.name)})",
                           "{{task}}: {{agent}}")],
-                   unit="percentunit", min=0, max=1, w=24),
+                   unit="percentunit", min=0, max=1, w=16),
+        timeseries("Fleet sources up",
+                   "Per replica, whether its last poll of Alertmanager's alerts and of Prometheus's "
+                   "statistics succeeded (healing.fleet); 0: the replica keeps its breakers and learns alone.",
+                   [query(f"min by (instance, source) ({q.raw(catalog.FLEET_SOURCE_UP.name)})",
+                          "{{instance}} {{source}}")],
+                   unit="none", thresholds=lower_limit(1), min=0, max=1, w=8),
     ]
     return dashboard(HEALING_UID, "Orchestrator / Self-healing",
                      "Circuit breakers, retries, fallbacks and the adaptive selector.",
@@ -586,6 +592,17 @@ def exporter_health(config: Config) -> dict:
                    [query(f"sum by (metric) ({q.rate(catalog.EXPORTER_SERIES_OVERFLOW.name)})",
                           "{{metric}}")],
                    unit="ops", min=0),
+        timeseries("HTTP requests by handler and code",
+                   "Requests each exporter answered per second, by endpoint and status code "
+                   "(5xx are faults in the exporter, logged with their traceback).",
+                   [query(f"sum by (handler, code) ({q.rate(catalog.EXPORTER_HTTP_REQUESTS.name)})",
+                          "{{handler}} {{code}}")],
+                   unit="reqps", min=0),
+        timeseries("OTLP spans received by outcome",
+                   "GenAI spans mapped to events, spans with no GenAI meaning ignored, and spans "
+                   "rejected, per second (POST /v1/traces and the OTLP/gRPC receiver).",
+                   [query(f"sum by (outcome) ({q.rate(catalog.EXPORTER_OTLP_SPANS.name)})", "{{outcome}}")],
+                   unit="ops", min=0, stack=True),
         timeseries("Scrape duration", "Time Prometheus takes to scrape each exporter.",
                    [query(f"max by (instance) ({q.raw('scrape_duration_seconds')})",
                           "{{instance}}")],
