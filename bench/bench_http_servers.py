@@ -12,13 +12,12 @@ share.  granian comes from the `bench` extra (pip install 'agent-exporter[bench]
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_ingest import WRK_SCRIPT, make_batch, measure
+from bench_ingest import SERVE, event_loads, measure, wrk_script
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,8 +28,7 @@ def asgi_app():
     return Telemetry().asgi_app()
 
 
-UVICORN = [sys.executable, "-m", "agent_exporter", "--log.level=warning", "serve",
-           "--web.listen-address=127.0.0.1:{port}"]      # what `serve` runs: uvicorn with httptools and uvloop
+UVICORN = SERVE      # what `agent-exporter serve` runs: uvicorn with httptools and uvloop
 GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
            "--workers", "1", "--runtime-mode", "st", "--loop", "uvloop", "--no-log", "--factory",
            "--working-dir", str(HERE), "bench_http_servers:asgi_app"]
@@ -45,19 +43,14 @@ def main() -> None:
         raise SystemExit("wrk is required: apt-get install wrk")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        script = scratch / "post.lua"
-        script.write_text(WRK_SCRIPT)
-        body_files = {}
-        for size in (10, 1000):
-            body_files[size] = scratch / f"batch-{size}.json"
-            body_files[size].write_bytes(json.dumps(make_batch(size)).encode())
-        results = {name: measure(command, body_files, script, warmup=args.warmup, duration=args.duration)
+        script, loads = wrk_script(scratch), event_loads(scratch, (10, 1000))
+        results = {name: measure(command, loads, script, warmup=args.warmup, duration=args.duration)
                    for name, command in (("uvicorn + httptools + uvloop", UVICORN),
                                          ("granian (single-threaded runtime)", GRANIAN))}
     print(f"the exporter's ASGI app, wrk 2 threads x 8 connections, {args.duration:g}s per figure (events/s)")
     print(f"  {'server':<36} {'batch 10':>12} {'batch 1000':>12}")
     for name, rates in results.items():
-        print(f"  {name:<36} {rates[10]:>12,.0f} {rates[1000]:>12,.0f}")
+        print(f"  {name:<36} {rates['10']:>12,.0f} {rates['1000']:>12,.0f}")
 
 
 if __name__ == "__main__":

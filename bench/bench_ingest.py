@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -143,13 +144,13 @@ def run_baseline_server(port: int) -> None:
 
 CONNECTIONS, THREADS = 8, 2
 
-# Posts the body of BODY_FILE; at the end prints what wrk counted, as JSON on the last line.
+# Posts the body of BODY_FILE as CONTENT_TYPE; at the end prints what wrk counted, as JSON on the last line.
 WRK_SCRIPT = """
 local file = io.open(os.getenv("BODY_FILE"), "rb")
 wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
 function done(summary, latency, requests)
   io.write(string.format('{"requests": %d, "non_2xx": %d, "socket_errors": %d, "duration_us": %d}\\n',
     summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read +
@@ -158,12 +159,27 @@ end
 """
 
 
-def wrk(url: str, body_file: Path, script: Path, seconds: float) -> dict:
+class Load(NamedTuple):
+    """One kind of request wrk repeats: `events` events per request of `body_file`, POSTed to `path`."""
+    name: str
+    path: str
+    content_type: str
+    body_file: Path
+    events: int
+
+
+def wrk(url: str, load: Load, script: Path, seconds: float) -> dict:
     result = subprocess.run(
         ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), url],
-        capture_output=True, text=True, check=True, env={**os.environ, "BODY_FILE": str(body_file)},
-        timeout=seconds + 60)
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+        env={**os.environ, "BODY_FILE": str(load.body_file), "CONTENT_TYPE": load.content_type})
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def wrk_script(directory: Path) -> Path:
+    script = directory / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    return script
 
 
 def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -199,28 +215,30 @@ def events_total(port: int) -> float:
                if s.name == catalog.EXPORTER_EVENTS.name)
 
 
-def measure(command: list[str], body_files: dict[int, Path], script: Path, *, warmup: float,
-            duration: float) -> dict[int, float]:
-    """Events/s answered 200 per batch size, by the server `command` starts ({port} in it is
-    replaced by a free port) and stops by PID."""
+def measure(command: list[str], loads: list[Load], script: Path, *, warmup: float,
+            duration: float) -> dict[str, float]:
+    """Events/s answered 200 per load, by the server `command` starts ({port} in it is replaced by a
+    free port) and stops by PID.  Against a server with the catalog's events counter, exactly the
+    events answered 200 must have been counted."""
     port = _free_port()
     process = subprocess.Popen([arg.format(port=port) for arg in command],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1/events"
     rates = {}
     try:
         _wait_ready(port, process)
-        for size, body_file in body_files.items():
-            wrk(url, body_file, script, warmup)
+        for load in loads:
+            url = f"http://127.0.0.1:{port}{load.path}"
+            wrk(url, load, script, warmup)
             before = events_total(port)
-            run = wrk(url, body_file, script, duration)
+            run = wrk(url, load, script, duration)
             if run["socket_errors"]:
-                raise SystemExit(f"{run['socket_errors']} socket errors at batches of {size}")
+                raise SystemExit(f"{run['socket_errors']} socket errors: {load.name}")
             answered_200 = run["requests"] - run["non_2xx"]
             counted = events_total(port) - before
             # wrk stops mid-request; a request it gave up on may still have been counted.
-            assert answered_200 * size <= counted <= (answered_200 + CONNECTIONS) * size, (answered_200, counted)
-            rates[size] = answered_200 * size / (run["duration_us"] / 1e6)
+            assert answered_200 * load.events <= counted <= (answered_200 + CONNECTIONS) * load.events, (
+                load.name, answered_200, counted)
+            rates[load.name] = answered_200 * load.events / (run["duration_us"] / 1e6)
     finally:
         process.terminate()
         try:
@@ -229,6 +247,20 @@ def measure(command: list[str], body_files: dict[int, Path], script: Path, *, wa
             process.kill()
             process.wait()
     return rates
+
+
+def event_loads(directory: Path, sizes) -> list[Load]:
+    """POST /v1/events with JSON arrays of each batch size."""
+    loads = []
+    for size in sizes:
+        body_file = directory / f"batch-{size}.json"
+        body_file.write_bytes(json.dumps(make_batch(size)).encode())
+        loads.append(Load(str(size), "/v1/events", "application/json", body_file, size))
+    return loads
+
+
+SERVE = [sys.executable, "-m", "agent_exporter", "--log.level=warning", "serve",
+         "--web.listen-address=127.0.0.1:{port}"]
 
 
 def main() -> None:
@@ -247,21 +279,14 @@ def main() -> None:
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        script = scratch / "post.lua"
-        script.write_text(WRK_SCRIPT)
-        body_files = {}
-        for size in sizes:
-            body_files[size] = scratch / f"batch-{size}.json"
-            body_files[size].write_bytes(json.dumps(make_batch(size)).encode())
+        script, loads = wrk_script(scratch), event_loads(scratch, sizes)
         print(f"HTTP ingest, loopback, {os.cpu_count()} CPUs, wrk {THREADS} threads x {CONNECTIONS} keep-alive "
               f"connections, {args.duration:g}s measured per batch size after {args.warmup:g}s of warm-up")
-        ours = measure([sys.executable, "-m", "agent_exporter", "--log.level=warning", "serve",
-                        "--web.listen-address=127.0.0.1:{port}"], body_files, script,
-                       warmup=args.warmup, duration=args.duration)
-        baseline = measure([sys.executable, str(Path(__file__).resolve()), "--baseline-server={port}"], body_files,
+        ours = measure(SERVE, loads, script, warmup=args.warmup, duration=args.duration)
+        baseline = measure([sys.executable, str(Path(__file__).resolve()), "--baseline-server={port}"], loads,
                            script, warmup=args.warmup, duration=args.duration)
     print(f"  {'batch':>6} {'agent-exporter':>16} {'baseline':>14} {'ratio':>7}   (events/s answered 200)")
-    for size in sizes:
+    for size in map(str, sizes):
         print(f"  {size:>6} {ours[size]:>16,.0f} {baseline[size]:>14,.0f} {ours[size] / baseline[size]:>6.1f}x")
     print("  goals: >= 3x the baseline at every batch size, >= 300,000 events/s at 1000")
 

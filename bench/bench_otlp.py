@@ -1,15 +1,15 @@
 """OTLP/HTTP GenAI spans in, against the same agent executions posted to /v1/events, in one run.
 
-`agent-exporter serve` runs as a subprocess; client processes on loopback post,
-over keep-alive connections and as fast as the server answers, either OTLP/HTTP
-protobuf export requests of 512 `invoke_agent` spans (as the OpenTelemetry SDK
-batches them, attributes as GenAI instrumentations set them) or the same 512
-executions as a JSON array to /v1/events.  The figure is executions per second;
+`agent-exporter serve` runs as a subprocess; wrk (8 keep-alive connections on
+2 threads, as in bench_ingest.py) posts, as fast as the server answers, either
+OTLP/HTTP protobuf export requests of 512 `invoke_agent` spans (as the
+OpenTelemetry SDK batches them, attributes as GenAI instrumentations set them)
+or the same 512 executions as a JSON array to /v1/events.  The figure is executions per second;
 the ratio is printed in the same run because machines are noisy (goal: OTLP at
 least half the /v1/events rate).  `--inner` adds the in-process cost per span
 of OTLPReceiver.handle_http beside decode_body + record_batch, without HTTP.
 
-    python bench/bench_otlp.py [--duration 10] [--connections 2] [--batch-size 512] [--inner]
+    python bench/bench_otlp.py [--duration 10] [--batch-size 512] [--inner]
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing
 import os
 import random
+import shutil
 import subprocess
-import sys
+import tempfile
 import time
+from pathlib import Path
 
-from bench_ingest import _free_port, _wait_ready
+from bench_ingest import CONNECTIONS, SERVE, THREADS, Load, _free_port, _wait_ready, measure, wrk_script
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
 
@@ -78,40 +79,7 @@ def as_otlp(executions: list[dict]) -> bytes:
     return request.SerializeToString()
 
 
-# -- the client ----------------------------------------------------------------
-
-def _client(port: int, path: str, content_type: str, body: bytes, per_request: int, warmup: float,
-            duration: float, results) -> None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Content-Type": content_type}
-    done, started, deadline = 0, None, time.monotonic() + warmup + duration
-    measure_from = time.monotonic() + warmup
-    while time.monotonic() < deadline:
-        if started is None and time.monotonic() >= measure_from:
-            started, done = time.monotonic(), 0
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.read()
-        if response.status != 200:
-            raise SystemExit(f"{path}: server answered {response.status}: {answer[:200]!r}")
-        done += per_request
-    results.put((done, time.monotonic() - started))
-    connection.close()
-
-
-def measure(port: int, path: str, content_type: str, body: bytes, per_request: int, *, connections: int,
-            warmup: float, duration: float) -> float:
-    results = multiprocessing.Queue()
-    clients = [multiprocessing.Process(target=_client, args=(port, path, content_type, body, per_request,
-                                                             warmup, duration, results))
-               for _ in range(connections)]
-    for client in clients:
-        client.start()
-    outcomes = [results.get(timeout=warmup + duration + 60) for _ in clients]
-    for client in clients:
-        client.join()
-    return sum(done / elapsed for done, elapsed in outcomes)
-
+# -- the load ---------------------------------------------------------------------------
 
 def check_answers(port: int, otlp: bytes, events: bytes, size: int) -> None:
     """Both endpoints take the whole batch (a rejected span or event would make the figure a lie)."""
@@ -134,11 +102,12 @@ def inner(otlp: bytes, events_body: bytes, size: int) -> None:
     from timing import per_call_us
 
     from agent_exporter import events
+    from agent_exporter.config import Config
     from agent_exporter.otlp import OTLPReceiver
     from agent_exporter.telemetry import Telemetry
 
     telemetry = Telemetry()
-    receiver = OTLPReceiver(telemetry)
+    receiver = OTLPReceiver(telemetry, Config())
     try:
         otlp_us = per_call_us(lambda: receiver.handle_http(otlp, "application/x-protobuf"), 20) / size
         events_us = per_call_us(
@@ -153,39 +122,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per endpoint")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--inner", action="store_true", help="also the in-process cost per span")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is required: apt-get install wrk")
 
     executions = make_executions(args.batch_size)
     otlp, events_body = as_otlp(executions), json.dumps(executions).encode()
-    print(f"GenAI spans in, loopback, {os.cpu_count()} CPUs: {args.connections} keep-alive connection(s), "
-          f"batches of {args.batch_size} executions (OTLP {len(otlp) / args.batch_size:.0f} B/span, "
+    print(f"GenAI spans in, loopback, {os.cpu_count()} CPUs, wrk {THREADS} threads x {CONNECTIONS} keep-alive "
+          f"connections, batches of {args.batch_size} executions (OTLP {len(otlp) / args.batch_size:.0f} B/span, "
           f"JSON {len(events_body) / args.batch_size:.0f} B/event), {args.duration:g}s measured after "
           f"{args.warmup:g}s warm-up")
     if args.inner:
         inner(otlp, events_body, args.batch_size)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "agent_exporter", "--log.level=warning", "serve",
-                               f"--web.listen-address=127.0.0.1:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_ready(port, server)
-        check_answers(port, otlp, events_body, args.batch_size)
-        common = dict(connections=args.connections, warmup=args.warmup, duration=args.duration)
-        otlp_rate = measure(port, "/v1/traces", "application/x-protobuf", otlp, args.batch_size, **common)
-        events_rate = measure(port, "/v1/events", "application/json", events_body, args.batch_size, **common)
-    finally:
-        server.terminate()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        (scratch / "spans.pb").write_bytes(otlp)
+        (scratch / "events.json").write_bytes(events_body)
+        loads = [Load("otlp", "/v1/traces", "application/x-protobuf", scratch / "spans.pb", args.batch_size),
+                 Load("events", "/v1/events", "application/json", scratch / "events.json", args.batch_size)]
+        port = _free_port()
+        server = subprocess.Popen([arg.format(port=port) for arg in SERVE],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            _wait_ready(port, server)
+            check_answers(port, otlp, events_body, args.batch_size)
+        finally:
+            server.terminate()
             server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    print(f"  POST /v1/traces (OTLP/HTTP protobuf)   {otlp_rate:12,.0f} executions/s")
-    print(f"  POST /v1/events (JSON)                 {events_rate:12,.0f} executions/s")
-    print(f"  ratio: OTLP at {otlp_rate / events_rate:.2f}x the /v1/events rate (goal: >= 0.5x)")
+        rates = measure(SERVE, loads, wrk_script(scratch), warmup=args.warmup, duration=args.duration)
+    print(f"  POST /v1/traces (OTLP/HTTP protobuf)   {rates['otlp']:12,.0f} executions/s")
+    print(f"  POST /v1/events (JSON)                 {rates['events']:12,.0f} executions/s")
+    print(f"  ratio: OTLP at {rates['otlp'] / rates['events']:.2f}x the /v1/events rate (goal: >= 0.5x)")
 
 
 if __name__ == "__main__":
