@@ -18,11 +18,11 @@ from . import __version__
 
 def _configure_logging(config, args) -> None:
     """The process's logging from the config's `logging` section; --log.level wins over its level."""
-    import dataclasses
+    from msgspec.structs import replace
 
     from . import logs
     if args.log_level is not None:
-        config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, level=args.log_level.upper()))
+        config = replace(config, logging=replace(config.logging, level=args.log_level.upper()))
     if args.log_provider is not None:
         args.log_provider.shutdown()
     args.log_provider = logs.configure(config)

@@ -11,7 +11,6 @@ orchestrator replica (`agent-exporter demo` in a process of its own).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec.structs import replace
 
 from .config import Config
 
@@ -242,10 +243,10 @@ def stack_config(config: Config, *, exporter_url: str, alertmanager_url: str, sl
                  smtp_port: int) -> Config:
     """Short windows and intervals; Alertmanager's receivers pointed at the local sinks and `exporter_url`."""
     alerting = config.alerting
-    return dataclasses.replace(
+    return replace(
         config,
-        metrics=dataclasses.replace(config.metrics, collection_interval=1.0),
-        alerting=dataclasses.replace(
+        metrics=replace(config.metrics, collection_interval=1.0),
+        alerting=replace(
             alerting,
             enabled=True,
             evaluation_interval=STACK_INTERVAL,
@@ -253,8 +254,8 @@ def stack_config(config: Config, *, exporter_url: str, alertmanager_url: str, sl
             alert_for=STACK_ALERT_FOR,
             alertmanager_url=alertmanager_url,
             exporter_url=exporter_url,
-            slack=dataclasses.replace(alerting.slack, webhook_url_file=str(slack_url_file)),
-            email=dataclasses.replace(alerting.email, smtp_server="127.0.0.1", smtp_port=smtp_port,
+            slack=replace(alerting.slack, webhook_url_file=str(slack_url_file)),
+            email=replace(alerting.email, smtp_server="127.0.0.1", smtp_port=smtp_port,
                                       to_addresses=alerting.email.to_addresses or ("oncall@example.com",),
                                       username="", password_file="", require_tls=False),
         ),

@@ -17,9 +17,9 @@ import re
 import threading
 import time
 import urllib.request
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from agent_exporter import Telemetry, stack
 from agent_exporter.config import Config

@@ -4,9 +4,9 @@ import json
 import logging
 import time
 import urllib.request
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from agent_exporter import stack
 from agent_exporter.compat.alerting import Alert, AlertingSystem, alert_name

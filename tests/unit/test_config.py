@@ -1,8 +1,8 @@
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from msgspec.structs import replace
 
 from agent_exporter.config import (
     Config, ConfigError, ModelPrice, default_config, load_config, parse_config)
