@@ -96,6 +96,25 @@ def test_check_prints_what_it_understood(tmp_path, capsys):
     assert "execution buckets (s): " + " ".join(f"{b:g}" for b in catalog.EXECUTION_BUCKETS) in out
 
 
+def test_check_prints_every_section(tmp_path, capsys):
+    path = tmp_path / "observability.yaml"
+    path.write_text(LEGACY_CONFIG + """\
+  otlp:
+    grpc_listen_address: 127.0.0.1:4317
+  healing:
+    selector: {decay: 0.9}
+    fleet:
+      alertmanager: {urls: [http://alertmanager:9093], auth: {bearer_token_file: /run/secrets/am}}
+""")
+    assert main(["check", "--config.file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "logging: level=INFO format=json include_traces=on otlp=off" in out
+    assert "otlp: grpc_listen_address=127.0.0.1:4317 forward_spans=off" in out
+    assert "selector: decay=0.9 latency_weight=0.2" in out
+    assert "fleet alertmanager: http://alertmanager:9093 every 10s, bearer token from /run/secrets/am" in out
+    assert "fleet prometheus: off" in out
+
+
 def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):
     path = tmp_path / "observability.yaml"
     path.write_text(LEGACY_CONFIG.replace("collection_interval: 60", "colection_interval: 60"))
