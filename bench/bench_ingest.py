@@ -27,12 +27,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_exporter import catalog
+from agent_exporter import catalog, stack
 
 AGENTS = ("planner", "coder", "reviewer", "tester")
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku")
@@ -167,26 +166,17 @@ def wrk(url: str, body_file: Path, script: Path, seconds: float) -> dict:
 
 
 def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             connection.request("GET", "/metrics")
             connection.getresponse().read()
+        finally:
             connection.close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not come up")
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return True
+    stack.wait_for(serving, timeout=timeout, interval=0.05, what="the server did not come up")
 
 
 def events_total(port: int) -> float:
@@ -203,7 +193,7 @@ def measure(command: list[str], body_files: dict[int, Path], script: Path, *, wa
             duration: float) -> dict[int, float]:
     """Events/s answered 200 per batch size, by the server `command` starts ({port} in it is
     replaced by a free port) and stops by PID."""
-    port = _free_port()
+    port = stack.free_port()
     process = subprocess.Popen([arg.format(port=port) for arg in command],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/events"

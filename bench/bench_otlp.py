@@ -24,9 +24,11 @@ import subprocess
 import sys
 import time
 
-from bench_ingest import _free_port, _wait_ready
+from bench_ingest import _wait_ready
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+from agent_exporter import stack
 
 AGENTS = ("planner", "coder", "reviewer", "tester")
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku")
@@ -166,7 +168,7 @@ def main() -> None:
           f"{args.warmup:g}s warm-up")
     if args.inner:
         inner(otlp, events_body, args.batch_size)
-    port = _free_port()
+    port = stack.free_port()
     server = subprocess.Popen([sys.executable, "-m", "agent_exporter", "--log.level=warning", "serve",
                                f"--web.listen-address=127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -146,9 +146,13 @@ def cmd_render(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .replay import ReplayError, format_summary, read_token_file, replay
+    from .credentials import BEARER_TOKEN_ENV, read_secret
+    from .replay import ReplayError, format_summary, replay
     try:
-        token = read_token_file(args.bearer_token_file)
+        token = read_secret(args.bearer_token_file, "--bearer-token-file", env=BEARER_TOKEN_ENV)
+    except ValueError as exc:
+        return _error(str(exc))
+    try:
         summary = replay(args.file, args.url, batch_size=args.batch_size, bearer_token=token,
                          ca_file=args.ca_file, timeout=args.timeout)
     except ReplayError as exc:
@@ -378,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464")
     replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
     replay.add_argument("--bearer-token-file", metavar="FILE",
-                        help="token for /v1/* (default: $AGENT_EXPORTER_BEARER_TOKEN)")
+                        help="token for /v1/* (AGENT_EXPORTER_BEARER_TOKEN in the environment wins over it)")
     replay.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify an https exporter")
     replay.add_argument("--timeout", type=_positive_float, default=30.0, help="per-request timeout, seconds")
     replay.set_defaults(func=cmd_replay)

@@ -7,6 +7,9 @@ routes rendered from the config with short windows, Alertmanager (clustered
 when more than one), Prometheus scraping the orchestrator replicas, and local
 Slack and SMTP sinks (the `demo` extra); start_replica() starts one
 orchestrator replica (`agent-exporter demo` in a process of its own).
+wait_for() is the one helper that polls until a condition holds, and
+ports.free_port the one that finds a port: the demo, the tests and the
+benches use them.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
@@ -29,6 +30,7 @@ from pathlib import Path
 from msgspec.structs import replace
 
 from .config import Config
+from .ports import free_port
 
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")   # Debian's name first
@@ -36,13 +38,6 @@ ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")   # Debian's
 
 class StackError(RuntimeError):
     """A binary is missing, or a process did not become ready."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_binary(candidates: tuple[str, ...]) -> str:
@@ -106,18 +101,17 @@ class ManagedProcess:
         return self._process.poll()
 
     def wait_ready(self, timeout: float = 30.0) -> "ManagedProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self._process.poll() is not None:
-                self.stop()
-                raise StackError(f"{self.name} exited with {self._process.returncode}: {self.log_tail()}")
-            try:
-                _get(self.url + "/-/ready", timeout=1)
-                return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise StackError(f"{self.name} not ready within {timeout:.0f}s: {self.log_tail()}")
+                raise StackError(f"{self.name} exited with {self._process.returncode}")
+            _get(self.url + "/-/ready", timeout=1)       # URLError is an OSError: not ready yet
+            return True
+        try:
+            wait_for(ready, timeout=timeout, interval=0.1, what=f"{self.name} not ready")
+        except StackError as exc:
+            self.stop()
+            raise StackError(f"{exc}: {self.log_tail()}") from None
+        return self
 
     def log_tail(self, lines: int = 20) -> str:
         try:
