@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 
 def _configure_logging(config, args) -> None:

@@ -43,8 +43,9 @@ from http import HTTPStatus
 
 import msgspec
 
-from . import __version__, events, exposition
+from . import events, exposition
 from .credentials import BEARER_TOKEN_ENV, read_secret
+from .version import __version__
 from .webconfig import BasicAuth, RateLimiter, WebConfig, allowed_peer, constant_time_equal, ssl_context
 
 _log = logging.getLogger(__name__)
