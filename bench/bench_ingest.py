@@ -212,12 +212,7 @@ def measure(command: list[str], body_files: dict[int, Path], script: Path, *, wa
             assert answered_200 * size <= counted <= (answered_200 + CONNECTIONS) * size, (answered_200, counted)
             rates[size] = answered_200 * size / (run["duration_us"] / 1e6)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stack.stop_process(process)
     return rates
 
 

@@ -179,12 +179,7 @@ def main() -> None:
         otlp_rate = measure(port, "/v1/traces", "application/x-protobuf", otlp, args.batch_size, **common)
         events_rate = measure(port, "/v1/events", "application/json", events_body, args.batch_size, **common)
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stack.stop_process(server)
     print(f"  POST /v1/traces (OTLP/HTTP protobuf)   {otlp_rate:12,.0f} executions/s")
     print(f"  POST /v1/events (JSON)                 {events_rate:12,.0f} executions/s")
     print(f"  ratio: OTLP at {otlp_rate / events_rate:.2f}x the /v1/events rate (goal: >= 0.5x)")

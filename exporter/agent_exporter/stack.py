@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -73,6 +72,18 @@ def wait_for(probe, predicate=bool, *, timeout: float, interval: float = 0.2, wh
     raise StackError(f"{what} within {timeout:.0f}s; {last}")
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Stop a process we started, by its PID: SIGTERM, SIGKILL after `timeout`; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    return process.returncode
+
+
 class ManagedProcess:
     """A started binary: its URL, PID and log; `stop()` (or leaving the `with`) ends it, `restart()`
     starts it again with the same arguments (its port and data stay)."""
@@ -124,15 +135,9 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, SIGKILL after `timeout`; the exit status."""
-        if self._process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self._process.wait(timeout)
+        code = stop_process(self._process, timeout)
         self._log.close()
-        return self._process.returncode
+        return code
 
     def reload(self) -> None:
         """Ask the process to re-read its configuration (both binaries take POST /-/reload)."""

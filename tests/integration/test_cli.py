@@ -15,6 +15,8 @@ from agent_exporter.cli import main
 from agent_exporter.config import Config
 from agent_exporter.server import Service, start_server
 
+from exporters import running_exporter
+
 LEGACY_CONFIG = """\
 observability:
   enabled: true
@@ -67,11 +69,8 @@ def series(url: str) -> dict:
 
 @pytest.fixture
 def exporter():
-    telemetry = Telemetry(Config())
-    handle = start_server(Service(telemetry), "127.0.0.1:0")
-    yield handle
-    handle.stop()
-    telemetry.shutdown()
+    with running_exporter() as handle:
+        yield handle
 
 
 def test_version_from_the_console_script():
