@@ -238,7 +238,7 @@ class AlertingConfig(Section):
 class ServerConfig(Section):
     listen_address: HostPort = "127.0.0.1:9464"
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
-    bearer_token_file: str = ""               # or AGENT_EXPORTER_BEARER_TOKEN in the environment, which wins
+    bearer_token_file: str = ""               # AGENT_EXPORTER_BEARER_TOKEN in the environment wins (credentials.py)
 
 
 class OTLPConfig(Section):

@@ -164,3 +164,14 @@ def test_ssl_context_from_inline_pem(tmp_path):
     cert, key = self_signed(tmp_path)
     config = parse_web_config({"tls_server_config": {"cert": cert.read_text(), "key": key.read_text()}})
     assert isinstance(webconfig.ssl_context(config.tls), ssl.SSLContext)
+
+
+def test_a_password_written_in_place_of_its_hash_is_not_repeated():
+    error = error_of({"basic_auth_users": {"alice": "hunter2"}})
+    assert error.path == "basic_auth_users.alice" and "hunter2" not in str(error)
+
+
+def test_empty_keys_take_their_defaults():
+    config = parse_web_config({"tls_server_config": None, "http_server_config": {"http2": None},
+                               "rate_limit": {"interval": None}})
+    assert (config.tls, config.http2, config.rate_limit) == (None, True, RateLimit())
