@@ -7,8 +7,9 @@ each histogram bucket.
 
 from __future__ import annotations
 
-import gzip
 import math
+import zlib
+from collections.abc import Iterator
 
 from . import catalog
 
@@ -56,12 +57,12 @@ def _braced(text: str) -> str:
     return "{" + text + "}" if text else ""
 
 
-# Series rendered per chunk: the output grows in one bytearray, chunk by chunk, so a
-# scrape of 100k series never holds a string per line plus two copies of the text.
+# Series rendered per chunk: the exposition is a sequence of chunks, so the service streams a
+# scrape of 100k series without ever holding the whole text, or a string per line.
 _CHUNK = 2048
 
 
-def _render_histograms(snap, out: bytearray, openmetrics: bool) -> None:
+def _histogram_chunks(snap, openmetrics: bool) -> Iterator[bytes]:
     name = snap.spec.name
     bucket = name + "_bucket{"
     sum_name, count_name = name + "_sum", name + "_count"
@@ -85,14 +86,14 @@ def _render_histograms(snap, out: bytearray, openmetrics: bool) -> None:
             append(f"{sum_name}{braced} {format_float(total)}")
             append(f"{count_name}{braced} {cumulative}.0")
         append("")
-        out += "\n".join(lines).encode()
+        yield "\n".join(lines).encode()
 
 
-def _render_scalars(snap, out: bytearray) -> None:
+def _scalar_chunks(snap) -> Iterator[bytes]:
     name = snap.spec.name
     texts, values = snap.label_texts, snap.values
     for start in range(0, len(texts), _CHUNK):
-        out += "".join(
+        yield "".join(
             f"{name}{{{labels}}} {format_float(value)}\n" if labels else f"{name} {format_float(value)}\n"
             for labels, value in zip(texts[start:start + _CHUNK], values[start:start + _CHUNK])).encode()
 
@@ -104,31 +105,34 @@ def _openmetrics_type(spec: catalog.MetricSpec) -> tuple[str, str]:
     return spec.family, spec.type
 
 
-def _render(snapshot: list, openmetrics: bool) -> bytearray:
-    out = bytearray()
+EOF = b"# EOF\n"
+
+
+def chunks(snapshot: list, openmetrics: bool = False) -> Iterator[bytes]:
+    """Text 0.0.4, or OpenMetrics 1.0 with trace_id exemplars on histogram buckets, in chunks;
+    the last chunk of OpenMetrics is EOF alone."""
     for snap in snapshot:
         spec = snap.spec
         if not snap.label_texts:
             continue
         family, kind = _openmetrics_type(spec) if openmetrics else (spec.name, spec.type)
-        out += f"# HELP {family} {_escape_help(spec.help)}\n# TYPE {family} {kind}\n".encode()
+        yield f"# HELP {family} {_escape_help(spec.help)}\n# TYPE {family} {kind}\n".encode()
         if spec.type == catalog.HISTOGRAM:
-            _render_histograms(snap, out, openmetrics)
+            yield from _histogram_chunks(snap, openmetrics)
         else:
-            _render_scalars(snap, out)
+            yield from _scalar_chunks(snap)
     if openmetrics:
-        out += b"# EOF\n"
-    return out
+        yield EOF
 
 
-def render_text(snapshot: list) -> bytearray:
-    """Prometheus text format 0.0.4 (a bytearray: bytes-like, and not copied once more)."""
-    return _render(snapshot, openmetrics=False)
+def render_text(snapshot: list) -> bytes:
+    """Prometheus text format 0.0.4."""
+    return b"".join(chunks(snapshot, openmetrics=False))
 
 
-def render_openmetrics(snapshot: list) -> bytearray:
+def render_openmetrics(snapshot: list) -> bytes:
     """OpenMetrics 1.0 text, with trace_id exemplars on histogram buckets."""
-    return _render(snapshot, openmetrics=True)
+    return b"".join(chunks(snapshot, openmetrics=True))
 
 
 def negotiate(accept: str | None) -> tuple[bool, str]:
@@ -143,9 +147,17 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
         part.split(";", 1)[0].strip().lower() == "gzip" for part in accept_encoding.split(","))
 
 
-def gzip_body(body: bytes) -> bytes:
-    # Level 1: scrapes are frequent and the text compresses well even at the fastest level.
-    return gzip.compress(body, compresslevel=1)
+# Level 1: scrapes are frequent and the text compresses well even at the fastest level.
+GZIP_LEVEL = 1
+
+
+def gzipped(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """A gzip stream of `pieces`, compressed as they come."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for piece in pieces:
+        if out := compressor.compress(piece):
+            yield out
+    yield compressor.flush()
 
 
 def metric_family(spec: catalog.MetricSpec, label_names=()):

@@ -419,14 +419,13 @@ def _agent_execution(span, attributes, shape, trace_id, span_id, start, end, ser
     """The execution of an agent span, with its own usage (calls attributed to it replace that: _merged)."""
     error = _failed(span)
     tokens = _tokens(attributes, shape)
+    # Positional, in the order of events.EXECUTION_FIELDS: the hot path of OTLP in.
     return events.AgentExecution(
-        agent=_own_name(span, attributes, shape, AGENT) or service, status="error" if error else "success",
-        duration_seconds=(end - start) / 1e9, model=_string(attributes, shape.models),
-        input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2], cache_write_tokens=tokens[3],
-        reasoning_tokens=tokens[4], total_tokens=tokens[5],
-        time_to_first_token_seconds=_seconds(attributes, shape.ttft) if shape.ttft else None,
-        error_type=_error_type(span, attributes, shape) if error else None,
-        trace_id=trace_id.hex(), span_id=span_id.hex(), timestamp=end / 1e9)
+        _own_name(span, attributes, shape, AGENT) or service, "error" if error else "success",
+        (end - start) / 1e9, _string(attributes, shape.models), *tokens, None,
+        _seconds(attributes, shape.ttft) if shape.ttft else None,
+        _error_type(span, attributes, shape) if error else None, None, None, None,
+        trace_id.hex(), span_id.hex(), end / 1e9)
 
 
 class _Call:
@@ -447,14 +446,11 @@ class _Call:
 
     def execution(self) -> events.AgentExecution:
         """The call as an execution of its own (no enclosing agent span)."""
-        tokens = self.tokens
+        # Positional, in the order of events.EXECUTION_FIELDS.
         return events.AgentExecution(
-            agent=self.fallback_agent, status="error" if self.error else "success",
-            duration_seconds=(self.end - self.start) / 1e9, model=self.model,
-            input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2],
-            cache_write_tokens=tokens[3], reasoning_tokens=tokens[4], total_tokens=tokens[5],
-            time_to_first_token_seconds=self.ttft, error_type=self.error_type,
-            trace_id=self.trace_id.hex(), span_id=self.span_id.hex(), timestamp=self.end / 1e9)
+            self.fallback_agent, "error" if self.error else "success", (self.end - self.start) / 1e9, self.model,
+            *self.tokens, None, self.ttft, self.error_type, None, None, None,
+            self.trace_id.hex(), self.span_id.hex(), self.end / 1e9)
 
 
 def _merged(execution: events.AgentExecution, calls: list[_Call], prices) -> events.AgentExecution:
@@ -887,6 +883,7 @@ def _encode(message, media: str) -> bytes:
 # -- pass-through ---------------------------------------------------------------------
 
 GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+CLOSE_SECONDS = 5.0         # the longest close() waits for the backend to take what is queued
 
 
 class _Forwarder:
@@ -903,6 +900,8 @@ class _Forwarder:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.spans = {"sent": 0, "dropped": 0, "failed": 0}
         self._count_lock = threading.Lock()
+        self._in_flight = 0             # spans of the request being sent
+        self._abandoned = False
         headers = dict(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
@@ -930,12 +929,14 @@ class _Forwarder:
 
     def _count(self, outcome: str, spans: int) -> None:
         with self._count_lock:
-            self.spans[outcome] += spans
+            if not self._abandoned:
+                self.spans[outcome] += spans
 
     def _run(self) -> None:
         failing = False     # log when forwarding starts failing and when it recovers, not per request
         while (item := self._queue.get()) is not None:
             data, spans = item
+            self._in_flight = spans
             try:
                 self._send(data)
             except Exception as exc:  # noqa: BLE001 - any backend fault: drop, count, carry on
@@ -948,13 +949,29 @@ class _Forwarder:
                 if failing:
                     _log.info("forwarding spans to the tracing backend works again")
                 failing = False
+            self._in_flight = 0
 
     def close(self, timeout: float | None = None) -> None:
-        """Send what is queued, for at most `timeout` seconds (default: the backend timeout + 1 s)."""
-        timeout = self._timeout + 1.0 if timeout is None else timeout
+        """Send what is queued, for at most `timeout` seconds (default: the backend timeout + 1 s, at most
+        CLOSE_SECONDS): a stuck backend does not hold up the exporter's shutdown.  What is not sent by then
+        counts as dropped."""
+        timeout = min(self._timeout, CLOSE_SECONDS) + 1.0 if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
             pass
-        self._thread.join(timeout)
+        self._thread.join(max(deadline - time.monotonic(), 0))
+        if self._thread.is_alive():
+            with self._count_lock:
+                abandoned = self._in_flight
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        abandoned += item[1]
+                self.spans["dropped"] += abandoned
+                self._abandoned = True      # the sending thread, stuck, counts nothing more
         self._channel.close()

@@ -185,13 +185,31 @@ class _Request:
 
 
 class _Response:
-    __slots__ = ("status", "body", "content_type", "headers")
+    """An answer: a whole `body`, or a `stream` of pieces (sent as they come, chunked)."""
 
-    def __init__(self, status: int, body: bytes, content_type: bytes, headers=()):
+    __slots__ = ("status", "body", "content_type", "headers", "stream")
+
+    def __init__(self, status: int, body: bytes, content_type: bytes, headers=(), stream=None):
         self.status = int(status)
         self.body = body
         self.content_type = content_type
         self.headers = list(headers)
+        self.stream = stream
+
+
+# The pieces of a streamed answer are gathered up to this size before each is sent.
+STREAM_PIECE_BYTES = 256 * 1024
+
+
+def _next_piece(pieces) -> bytes:
+    """The next STREAM_PIECE_BYTES or so of `pieces` (b"" at the end): produced off the event loop."""
+    gathered, size = [], 0
+    for piece in pieces:
+        gathered.append(piece)
+        size += len(piece)
+        if size >= STREAM_PIECE_BYTES:
+            break
+    return b"".join(gathered)
 
 
 class ExporterApp:
@@ -257,10 +275,18 @@ class ExporterApp:
         finally:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
-        headers = [(b"content-type", response.content_type), (b"content-length", str(len(response.body)).encode()),
-                   (b"server", _SERVER), *response.headers, *service.extra_headers]
+        headers = [(b"content-type", response.content_type), (b"server", _SERVER), *response.headers,
+                   *service.extra_headers]
+        if response.stream is None:
+            headers.append((b"content-length", str(len(response.body)).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
+            return
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+        loop = asyncio.get_running_loop()
+        while piece := await loop.run_in_executor(None, _next_piece, response.stream):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _respond(self, request: _Request, routes) -> _Response:
         service = self.service
@@ -381,17 +407,15 @@ class ExporterApp:
 
     async def _metrics(self, request: _Request) -> _Response:
         openmetrics, content_type = exposition.negotiate(request.header(b"accept"))
-        gzipped = exposition.accepts_gzip(request.header(b"accept-encoding"))
-        # A large store takes tens of milliseconds to render: off the event loop, so ingest goes on.
-        body = await asyncio.get_running_loop().run_in_executor(None, self._render, openmetrics, gzipped)
+        # Streamed: a large store is rendered and sent piece by piece, off the event loop (so ingest
+        # goes on) and never whole in memory.  The snapshot is taken here, so the scrape is consistent.
+        pieces = await asyncio.get_running_loop().run_in_executor(
+            None, self.service.telemetry.render_chunks, openmetrics)
         headers = [(b"vary", b"Accept, Accept-Encoding")]
-        if gzipped:
+        if exposition.accepts_gzip(request.header(b"accept-encoding")):
+            pieces = exposition.gzipped(pieces)
             headers.append((b"content-encoding", b"gzip"))
-        return _Response(HTTPStatus.OK, body, content_type.encode(), headers)
-
-    def _render(self, openmetrics: bool, gzipped: bool) -> bytes:
-        body = self.service.telemetry.render(openmetrics)
-        return exposition.gzip_body(body) if gzipped else bytes(body)
+        return _Response(HTTPStatus.OK, b"", content_type.encode(), headers, stream=iter(pieces))
 
     async def _post_events(self, request: _Request) -> _Response:
         service = self.service

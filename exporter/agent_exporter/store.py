@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from bisect import bisect_left
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from . import catalog, events
 from .config import Config, MetricsConfig
@@ -241,13 +240,15 @@ class SeriesStore:
     def apply_batch(self, batch: Iterable) -> None:
         """Apply decoded events under a single lock acquisition."""
         appliers = self._appliers
-        batch = list(batch)
-        per_type = Counter(map(type, batch))       # counted in C
+        per_type = dict.fromkeys(appliers, 0)
         with self._lock:
             for event in batch:
-                appliers[type(event)](event)
+                cls = type(event)
+                appliers[cls](event)
+                per_type[cls] += 1
+            values, index = self._events.values, self._event_type_index
             for cls, n in per_type.items():
-                self._add(self._events, self._event_type_keys[cls], n)
+                values[index[cls]] += n
 
     def count_rejected(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -456,10 +457,13 @@ class SeriesStore:
                     self._set(overflow, (family.spec.name,), float(family.overflow_count))
             return [family.snapshot() for family in self._families.values()]
 
-    def render(self, openmetrics: bool = False) -> bytearray:
-        from .exposition import render_openmetrics, render_text
-        snapshot = self.snapshot()
-        return render_openmetrics(snapshot) if openmetrics else render_text(snapshot)
+    def render_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
+        """The exposition of a snapshot taken now, in chunks (text 0.0.4, or OpenMetrics)."""
+        from .exposition import chunks
+        return chunks(self.snapshot(), openmetrics)
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        return b"".join(self.render_chunks(openmetrics))
 
     def collect(self):
         """prometheus_client's collector protocol: fresh metric families on each scrape."""

@@ -38,14 +38,14 @@ import inspect
 import logging
 import time
 from contextvars import ContextVar
-from typing import Annotated, Iterable
+from typing import Annotated, Iterable, Iterator
 
 import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from . import events
+from . import events, exposition
 from .config import Config
 from .pricing import PriceTable
 from .store import SeriesStore
@@ -68,12 +68,6 @@ _current_context = otel_context.get_current
 _LABEL_SETS_LIMIT = 10_000
 _MAX_TOKENS = events.MAX_TOKENS
 _MAX_USD = events.MAX_USD
-# The field order _agent_finished builds AgentExecution in.
-_EXECUTION_FIELDS = ("agent", "status", "duration_seconds", "model", "input_tokens", "output_tokens",
-                     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost_usd",
-                     "time_to_first_token_seconds", "error_type", "feature", "priority", "request_id",
-                     "trace_id", "span_id", "timestamp")
-assert events.AgentExecution.__struct_fields__ == _EXECUTION_FIELDS, "update _agent_finished with the schema"
 
 
 # -- argument checks: a fast path for what callers pass nearly always, msgspec for the rest --
@@ -280,7 +274,7 @@ class AgentRun(_Scope):
         span = self.span
         trace_id, span_id = tel._exemplar_ids(span)
         labels = self._labels
-        # Positional: a Struct built from keywords costs seven times as much (_EXECUTION_FIELDS).
+        # Positional, in the order of events.EXECUTION_FIELDS.
         event = events.AgentExecution(
             labels.agent, "success" if exc is None else "error", duration, model,
             self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens,
@@ -680,14 +674,25 @@ class Telemetry:
 
     # -- exposition and lifecycle -----------------------------------------
 
-    def render(self, openmetrics: bool = False) -> bytes:
-        """The /metrics body: the store's series, then OpenTelemetry metrics if bridged."""
-        body = self.store.render(openmetrics) if self._metrics else bytearray(b"# EOF\n" if openmetrics else b"")
+    def render_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
+        """The /metrics body in chunks: the store's series, then OpenTelemetry metrics if bridged."""
+        if not self._metrics:
+            chunks: Iterator[bytes] = iter([exposition.EOF] if openmetrics else [])
+        else:
+            chunks = self.store.render_chunks(openmetrics)
         if self._metrics_bridge is None:
-            return body
-        if openmetrics:
-            body = body.removesuffix(b"# EOF\n")   # one EOF, at the very end
-        return body + self._metrics_bridge.render(openmetrics)
+            return chunks
+        return self._with_bridge(chunks, openmetrics)
+
+    def _with_bridge(self, chunks: Iterator[bytes], openmetrics: bool) -> Iterator[bytes]:
+        for chunk in chunks:
+            if chunk is not exposition.EOF:          # one EOF, at the very end (the bridge writes it)
+                yield chunk
+        yield self._metrics_bridge.render(openmetrics)
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The /metrics body."""
+        return b"".join(self.render_chunks(openmetrics))
 
     def log_handler(self, stream=None) -> logging.Handler:
         """A `logging` handler for the orchestrator's own lines, as the config's `logging` section says:
@@ -713,8 +718,11 @@ class Telemetry:
     def serve(self, address: str | None = None):
         """Embedded /metrics, /-/healthy, /-/ready on `address` (default server.listen_address).
 
-        Returns a handle whose .stop() stops the server.
+        Returns a handle whose .stop() stops the server; with `enabled: false` nothing is served
+        and the handle's url is None.
         """
+        if not self.enabled:
+            return _NotServing()
         from .server import start_embedded
         return start_embedded(self, address or self.config.server.listen_address)
 
@@ -730,6 +738,20 @@ class Telemetry:
                 _log.warning("tracer provider shutdown failed", exc_info=True)
         if self._metrics_bridge is not None:
             self._metrics_bridge.shutdown()
+
+
+class _NotServing:
+    """What serve() returns when the config disables telemetry."""
+    url = port = None
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 # Events with a histogram observation, hence an exemplar.

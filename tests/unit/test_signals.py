@@ -286,6 +286,8 @@ def test_disabled_telemetry_is_a_no_op_that_still_checks_arguments():
                 pass
     tel.record({"type": "retry", "agent": "a", "attempt": 2})
     assert tel.render() == b"" and tel.tracer_provider is None and run.trace_id is None
+    with tel.serve("127.0.0.1:0") as handle:          # nothing is served
+        assert handle.url is None
     with pytest.raises(ValueError):
         tel.agent_execution("")
     with pytest.raises(ValueError):

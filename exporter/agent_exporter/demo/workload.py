@@ -291,7 +291,7 @@ def demo_config(config: Config, *, listen_address: str) -> Config:
                                  month_usd=max(config.alerting.budget.month_usd, 100000.0))
     thresholds = replace(config.alerting.thresholds, cost_per_day_usd=budget.day_usd)
     # Hundreds of events a second: the first seconds' few failures must not read as a burn.
-    min_events = max(config.alerting.min_events, 200)
+    min_events = max(config.alerting.min_events, 50)
     return replace(
         config,
         metrics=replace(config.metrics, prices=prices),
