@@ -101,7 +101,7 @@ class TLSServerConfig(Section):
     key: str = ""
     client_ca_file: str = ""
     client_ca: str = ""
-    client_auth_type: str = "NoClientCert"
+    client_auth_type: str = ""             # "" is NoClientCert, as in exporter-toolkit
     client_allowed_sans: tuple[str, ...] = ()
     min_version: str = "TLS12"
     max_version: str = "TLS13"
@@ -113,7 +113,7 @@ class TLSServerConfig(Section):
     def configured(self) -> bool:
         """Whether any TLS setting is made; none means plain HTTP, as in exporter-toolkit."""
         return any((self.cert_file, self.key_file, self.cert, self.key, self.client_ca_file, self.client_ca,
-                    self.client_auth_type not in ("", "NoClientCert")))
+                    self.client_auth_type))
 
     def __post_init__(self):
         if self.curve_preferences:
@@ -157,7 +157,7 @@ class Headers(Section):
     x_xss_protection: str = field(default="", name="X-XSS-Protection")
     content_security_policy: str = field(default="", name="Content-Security-Policy")
 
-    def set(self) -> dict[str, str]:
+    def by_name(self) -> dict[str, str]:
         """The headers given a value, by their HTTP names."""
         return {f.encode_name: getattr(self, f.name) for f in msgspec.structs.fields(self) if getattr(self, f.name)}
 
@@ -222,7 +222,7 @@ def parse_web_config(document, directory: Path = Path(".")) -> WebConfig:
             tls, cert_file=_relative_to(directory, tls.cert_file), key_file=_relative_to(directory, tls.key_file),
             client_ca_file=_relative_to(directory, tls.client_ca_file),
             client_auth_type=tls.client_auth_type or "NoClientCert") if tls.configured else None,
-        headers=file.http_server_config.headers.set(),
+        headers=file.http_server_config.headers.by_name(),
         http2=file.http_server_config.http2,
         basic_auth_users={user: hashed.encode("ascii") for user, hashed in file.basic_auth_users.items()},
         rate_limit=RateLimit(parse_duration(file.rate_limit.interval, "rate_limit.interval"), file.rate_limit.burst),
