@@ -20,8 +20,9 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
+
+from msgspec.structs import replace
 
 from agent_exporter import Telemetry, stack
 from agent_exporter.config import Config

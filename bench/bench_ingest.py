@@ -27,13 +27,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_exporter import catalog
+from agent_exporter import catalog, stack
 
 AGENTS = ("planner", "coder", "reviewer", "tester")
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku")
@@ -183,26 +182,17 @@ def wrk_script(directory: Path) -> Path:
 
 
 def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             connection.request("GET", "/metrics")
             connection.getresponse().read()
+        finally:
             connection.close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not come up")
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return True
+    stack.wait_for(serving, timeout=timeout, interval=0.05, what="the server did not come up")
 
 
 def events_total(port: int) -> float:
@@ -220,7 +210,7 @@ def measure(command: list[str], loads: list[Load], script: Path, *, warmup: floa
     """Events/s answered 200 per load, by the server `command` starts ({port} in it is replaced by a
     free port) and stops by PID.  Against a server with the catalog's events counter, exactly the
     events answered 200 must have been counted."""
-    port = _free_port()
+    port = stack.free_port()
     process = subprocess.Popen([arg.format(port=port) for arg in command],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rates = {}
@@ -240,12 +230,7 @@ def measure(command: list[str], loads: list[Load], script: Path, *, warmup: floa
                 load.name, answered_200, counted)
             rates[load.name] = answered_200 * load.events / (run["duration_us"] / 1e6)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stack.stop_process(process)
     return rates
 
 

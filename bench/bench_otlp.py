@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_ingest import CONNECTIONS, SERVE, THREADS, Load, _free_port, _wait_ready, measure, wrk_script
+from bench_ingest import CONNECTIONS, SERVE, THREADS, Load, _wait_ready, measure, wrk_script
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+from agent_exporter import stack
 
 AGENTS = ("planner", "coder", "reviewer", "tester")
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku")
@@ -142,15 +144,14 @@ def main() -> None:
         (scratch / "events.json").write_bytes(events_body)
         loads = [Load("otlp", "/v1/traces", "application/x-protobuf", scratch / "spans.pb", args.batch_size),
                  Load("events", "/v1/events", "application/json", scratch / "events.json", args.batch_size)]
-        port = _free_port()
+        port = stack.free_port()
         server = subprocess.Popen([arg.format(port=port) for arg in SERVE],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_ready(port, server)
             check_answers(port, otlp, events_body, args.batch_size)
         finally:
-            server.terminate()
-            server.wait(10)
+            stack.stop_process(server)
         rates = measure(SERVE, loads, wrk_script(scratch), warmup=args.warmup, duration=args.duration)
     print(f"  POST /v1/traces (OTLP/HTTP protobuf)   {rates['otlp']:12,.0f} executions/s")
     print(f"  POST /v1/events (JSON)                 {rates['events']:12,.0f} executions/s")

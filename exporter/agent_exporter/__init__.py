@@ -1,11 +1,6 @@
 """agent-exporter: Prometheus and OpenTelemetry telemetry for AI agent orchestrators."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("agent-exporter")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0"
+from .version import __version__
 
 __all__ = ["Telemetry", "__version__"]
 

@@ -13,16 +13,16 @@ import sys
 import threading
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 
 def _configure_logging(config, args) -> None:
     """The process's logging from the config's `logging` section; --log.level wins over its level."""
-    import dataclasses
+    from msgspec.structs import replace
 
     from . import logs
     if args.log_level is not None:
-        config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, level=args.log_level.upper()))
+        config = replace(config, logging=replace(config.logging, level=args.log_level.upper()))
     if args.log_provider is not None:
         args.log_provider.shutdown()
     args.log_provider = logs.configure(config)
@@ -146,9 +146,13 @@ def cmd_render(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .replay import ReplayError, format_summary, read_token_file, replay
+    from .credentials import BEARER_TOKEN_ENV, read_secret
+    from .replay import ReplayError, format_summary, replay
     try:
-        token = read_token_file(args.bearer_token_file)
+        token = read_secret(args.bearer_token_file, "--bearer-token-file", env=BEARER_TOKEN_ENV)
+    except ValueError as exc:
+        return _error(str(exc))
+    try:
         summary = replay(args.file, args.url, batch_size=args.batch_size, bearer_token=token,
                          ca_file=args.ca_file, timeout=args.timeout)
     except ReplayError as exc:
@@ -198,9 +202,16 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def _auth(auth) -> str:
+    if auth.bearer_token_file:
+        return f"bearer token from {auth.bearer_token_file}"
+    return f"basic auth as {auth.username}" if auth.username else "no auth"
+
+
 def describe_config(config, path: str | None) -> str:
     """What `check` understood, one fact per line, grouped like the YAML."""
     m, a, t, s, h = config.metrics, config.alerting, config.alerting.thresholds, config.server, config.healing
+    lg, o = config.logging, config.otlp
     lines = [
         f"config {path or '(built-in defaults)'}: OK",
         " ".join(filter(None, ("service:", config.service_name, config.service_version,
@@ -214,6 +225,8 @@ def describe_config(config, path: str | None) -> str:
         f"metrics: max_series={m.max_series} extra_labels={','.join(m.extra_labels) or 'none'}",
         "  execution buckets (s): " + " ".join(f"{b:g}" for b in m.execution_buckets),
         "  tool buckets (s): " + " ".join(f"{b:g}" for b in m.tool_buckets),
+        "  time to first token buckets (s): " + " ".join(f"{b:g}" for b in m.time_to_first_token_buckets),
+        "  workflow buckets (s): " + " ".join(f"{b:g}" for b in m.workflow_buckets),
     ]
     if m.prices:
         lines.append("  prices (USD per 1M tokens, input/output):")
@@ -221,18 +234,24 @@ def describe_config(config, path: str | None) -> str:
     else:
         lines.append("  prices: none (token usage without a cost is counted as unknown, never $0)")
     lines += [
+        f"logging: level={lg.level} format={lg.format} include_traces={'on' if lg.include_traces else 'off'} "
+        f"otlp={'on' if lg.export_to_otlp else 'off'}",
         f"alerting: {'enabled' if a.enabled else 'disabled'} channels={','.join(a.channels) or 'none'} "
         f"evaluation_interval={a.evaluation_interval} rate_window={a.rate_window} for={a.alert_for}",
+        f"  job={a.job} group_labels={','.join(a.group_labels) or 'none'} min_events={a.min_events}",
         f"  thresholds: error_ratio > {t.error_ratio:.2%}, latency p95 > {_seconds(t.latency_p95_seconds)}, "
         f"cost per day > ${t.cost_per_day_usd:g}, tool error_ratio > {t.tool_error_ratio:.2%}, "
         f"circuit open > {_seconds(t.circuit_open_seconds)}, rejected events > {t.rejected_events_ratio:.2%}",
     ]
     if a.conditions:
         lines.append("  legacy conditions: " + "; ".join(a.conditions))
+    for name, slo in (("SLO", a.slo), ("workflow SLO", a.workflow_slo)):
+        lines.append(
+            f"  {name}: objective {slo.objective:.3%}; page "
+            + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in slo.page_windows)
+            + "; ticket " + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in slo.ticket_windows))
+    fleet = h.fleet
     lines += [
-        f"  SLO: objective {a.slo.objective:.3%}; page "
-        + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in a.slo.page_windows)
-        + "; ticket " + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in a.slo.ticket_windows),
         f"  budget: ${a.budget.day_usd:g}/day ${a.budget.month_usd:g}/month owners={','.join(a.budget.owners) or 'none'}",
         f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
         f"to={','.join(a.email.to_addresses) or 'none'}",
@@ -241,12 +260,26 @@ def describe_config(config, path: str | None) -> str:
         f"-> {a.exporter_url}/v1/alertmanager",
         f"server: listen_address={s.listen_address} max_body_bytes={s.max_body_bytes} "
         f"bearer_token_file={s.bearer_token_file or 'none'}",
+        f"otlp: grpc_listen_address={o.grpc_listen_address or 'off'} "
+        f"forward_spans={'on' if o.forward_spans else 'off'} (queue {o.forward_queue_size}) "
+        f"attribution_wait={_seconds(o.attribution_wait_seconds)} max_buffered_spans={o.max_buffered_spans}",
         "healing: " + ("disabled" if not h.enabled else
                        f"max_attempts={h.max_attempts} backoff={_seconds(h.backoff_initial_seconds)}.."
                        f"{_seconds(h.backoff_max_seconds)} breaker: error_ratio>={h.breaker_error_ratio:g} "
                        f"over {_seconds(h.breaker_window_seconds)} (min {h.breaker_min_calls} calls), "
                        f"cooldown {_seconds(h.breaker_cooldown_seconds)}, "
                        f"{h.breaker_half_open_probes} half-open probes"),
+        f"  selector: decay={h.selector.decay:g} latency_weight={h.selector.latency_weight:g} "
+        f"cost_weight={h.selector.cost_weight:g} quality_weight={h.selector.quality_weight:g}",
+        "  fleet alertmanager: " + (
+            f"{','.join(fleet.alertmanager.urls)} every {_seconds(fleet.alertmanager.interval_seconds)}, "
+            f"{_auth(fleet.alertmanager.auth)}" if fleet.alertmanager.urls else "off (webhook only)"),
+        "  fleet prometheus: " + (
+            f"{fleet.prometheus.url} every {_seconds(fleet.prometheus.interval_seconds)}, "
+            f"fleet_weight={fleet.prometheus.fleet_weight:g} local_weight={fleet.prometheus.local_weight:g}, "
+            f"{_auth(fleet.prometheus.auth)}" if fleet.prometheus.url else "off (each replica learns alone)"),
+        f"  fleet polling: jitter={fleet.jitter:g} backoff_max={_seconds(fleet.backoff_max_seconds)} "
+        f"timeout={_seconds(fleet.timeout_seconds)}",
     ]
     for agent, chain in sorted(h.fallbacks.items()):
         lines.append(f"  fallback: {agent} -> {' -> '.join(chain)}")
@@ -349,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464")
     replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
     replay.add_argument("--bearer-token-file", metavar="FILE",
-                        help="token for /v1/* (default: $AGENT_EXPORTER_BEARER_TOKEN)")
+                        help="token for /v1/* (AGENT_EXPORTER_BEARER_TOKEN in the environment wins over it)")
     replay.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify an https exporter")
     replay.add_argument("--timeout", type=_positive_float, default=30.0, help="per-request timeout, seconds")
     replay.set_defaults(func=cmd_replay)

@@ -1,20 +1,26 @@
 """Configuration: a YAML superset of the legacy observability_config.yaml.
 
-The dataclasses below are the parsed, validated form every other module reads.
+The Structs below are the parsed, validated form every other module reads.  They
+are decoded by msgspec (validation.decode): types and the constraints in their
+Annotated Meta are checked while decoding, checks between keys in __post_init__
+(which also runs when a Struct is built or replaced in code), and every error
+names the key path.  The legacy condition strings and the daily budget become
+thresholds after decoding (parse_config).  config.json_schema() describes the
+file for editors (schemas/observability.schema.json).
 """
 
 from __future__ import annotations
 
-import math
 import re
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from typing import Annotated, Literal
 
+import msgspec
 import yaml
+from msgspec import Meta, field
 
-from . import catalog
+from . import catalog, durations
+from .validation import Invalid, Section, decode, join
 
 
 class ConfigError(ValueError):
@@ -25,233 +31,309 @@ class ConfigError(ValueError):
         self.path = path
 
 
-@dataclass(frozen=True)
-class ModelPrice:
+# -- value types: what each key takes, said once -------------------------------
+
+PositiveInt = Annotated[int, Meta(gt=0, description="a positive integer")]
+Positive = Annotated[float, Meta(gt=0, description="a positive number")]
+NonNegative = Annotated[float, Meta(ge=0, description="a number >= 0")]
+Ratio = Annotated[float, Meta(gt=0, lt=1, description="a ratio between 0 and 1 (exclusive)")]
+RatioUpToOne = Annotated[float, Meta(gt=0, le=1, description="a ratio in (0, 1]")]
+NonEmpty = Annotated[str, Meta(pattern=r"\S", description="a non-empty string")]
+URL = Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$", description="an http(s) URL")]
+OptionalURL = Annotated[str, Meta(pattern=r"^$|^https?://[^\s/]+(/\S*)?$", description='an http(s) URL, or "" for none')]
+Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", description="an email address")]
+Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
+                               description="a Prometheus duration such as 30s, 5m or 1h")]
+_HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):\d{1,5}$"
+HostPort = Annotated[str, Meta(pattern=f"^{_HOST_PORT}", description="HOST:PORT")]
+OptionalHostPort = Annotated[str, Meta(pattern=f"^$|^{_HOST_PORT}", description='HOST:PORT, or "" for off')]
+AlertName = Annotated[str, Meta(pattern=r"^[A-Z][A-Za-z0-9]*$", description="an alert name in CamelCase")]
+LabelName = Annotated[str, Meta(pattern=r"^(?!__)[a-zA-Z_][a-zA-Z0-9_]*$", description="a Prometheus label name")]
+# A label value the rules write inside a PromQL string: no quoting needed.
+LabelValue = Annotated[str, Meta(pattern=r'^(?![\s\S]*["\\\n])[\s\S]*\S',
+                                 description="a non-empty value without quotes, backslashes or line breaks")]
+Bucket = Annotated[float, Meta(gt=0, description="a finite positive bound")]
+Buckets = Annotated[tuple[Bucket, ...], Meta(min_length=1, description="a list of at least one bucket bound")]
+ExtraLabel = Literal[catalog.EXTRA_LABELS]
+Channel = Literal["log", "slack", "email"]
+# A legacy key that named a secret: accepted only empty, as the legacy default was.
+LegacySecret = Annotated[str, Meta(description="nothing (secrets go in files: set the matching *_file key)")] | None
+# (long window, short window, burn-rate factor)
+BurnRateWindows = tuple[tuple[Duration, Duration, Positive], ...]
+
+
+def _refuse_secret(value, key: str, instead: str) -> None:
+    if value:
+        raise Invalid(key, f"secrets are never written in the config: use {instead} instead")
+
+
+def _unique(values, key: str) -> None:
+    if len(set(values)) != len(values):
+        raise Invalid(key, "duplicate entries")
+
+
+# -- sections ------------------------------------------------------------------
+
+
+class ModelPrice(Section):
     """USD per million tokens, by token type.
 
     The cache and reasoning prices are optional: tokens of a type whose price is
     not set make an execution's cost unknown, never a guess.
     """
-    input: float
-    output: float
-    cache_read: float | None = None
-    cache_write: float | None = None
-    reasoning: float | None = None
+    input: NonNegative
+    output: NonNegative
+    cache_read: NonNegative | None = None
+    cache_write: NonNegative | None = None
+    reasoning: NonNegative | None = None
 
 
-@dataclass(frozen=True)
-class TracingConfig:
+class TracingConfig(Section):
     enabled: bool = True
-    backend: str = "opentelemetry"
+    backend: Literal["opentelemetry"] = "opentelemetry"
     export_to_console: bool = False
     export_to_otlp: bool = False
-    otlp_endpoint: str = "http://localhost:4317"
-    otlp_protocol: str = "grpc"              # "grpc" or "http/protobuf"
-    otlp_headers: dict[str, str] = field(default_factory=dict)
-    otlp_timeout_seconds: float = 5.0
+    otlp_endpoint: URL = "http://localhost:4317"
+    otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    otlp_headers: dict[str, str] = {}
+    otlp_timeout_seconds: Positive = 5.0
     trace_all_agents: bool = True
     trace_state_transitions: bool = True
     trace_tool_calls: bool = True
     trace_errors: bool = True
-    sampling_rate: float = 1.0
-    max_queue_size: int = 2048
+    sampling_rate: Annotated[float, Meta(ge=0, le=1, description="a rate between 0 and 1")] = 1.0
+    max_queue_size: PositiveInt = 2048
     capture_content: bool = False            # prompts/completions never leave unless asked
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(Section):
     enabled: bool = True
-    collection_interval: float = 60.0         # legacy key; the scrape interval hint for render
-    max_series: int = 10_000
-    execution_buckets: tuple[float, ...] = catalog.EXECUTION_BUCKETS
-    tool_buckets: tuple[float, ...] = catalog.TOOL_BUCKETS
-    time_to_first_token_buckets: tuple[float, ...] = catalog.TIME_TO_FIRST_TOKEN_BUCKETS
-    workflow_buckets: tuple[float, ...] = catalog.WORKFLOW_BUCKETS
-    extra_labels: tuple[str, ...] = ()        # subset of catalog.EXTRA_LABELS
-    prices: dict[str, ModelPrice] = field(default_factory=dict)   # by model name
+    collection_interval: Positive = 60.0      # legacy key; the scrape interval hint for render
+    max_series: PositiveInt = 10_000
+    execution_buckets: Buckets = catalog.EXECUTION_BUCKETS
+    tool_buckets: Buckets = catalog.TOOL_BUCKETS
+    time_to_first_token_buckets: Buckets = catalog.TIME_TO_FIRST_TOKEN_BUCKETS
+    workflow_buckets: Buckets = catalog.WORKFLOW_BUCKETS
+    extra_labels: tuple[ExtraLabel, ...] = ()
+    prices: dict[str, ModelPrice] = {}        # by model name
+
+    def __post_init__(self):
+        for key in ("execution_buckets", "tool_buckets", "time_to_first_token_buckets", "workflow_buckets"):
+            bounds = getattr(self, key)
+            for i in range(1, len(bounds)):
+                if bounds[i] <= bounds[i - 1]:
+                    raise Invalid(f"{key}[{i}]",
+                                  f"bounds must increase strictly, {bounds[i]!r} follows {bounds[i - 1]!r}")
+        _unique(self.extra_labels, "extra_labels")
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "INFO"
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     include_traces: bool = True               # trace_id and span_id of the current span on every line
-    format: str = "json"                      # "json" or "text" (logfmt)
+    format: Literal["json", "text"] = "json"  # text is logfmt
     export_to_otlp: bool = False              # also send log records to tracing.otlp_endpoint
 
 
-@dataclass(frozen=True)
-class Thresholds:
+class Thresholds(Section):
     """What the alert rules compare against; legacy condition strings parse into these."""
-    error_ratio: float = 0.05                 # "error_rate > 5%"
-    latency_p95_seconds: float = 10.0         # "latency_p95 > 10000" (ms in the legacy string)
-    cost_per_day_usd: float = 100.0           # "cost_per_day > 100"
-    tool_error_ratio: float = 0.10
-    circuit_open_seconds: float = 300.0       # breaker open longer than this alerts
-    rejected_events_ratio: float = 0.01
-    time_to_first_token_p95_seconds: float = 5.0
-    evaluation_score_floor: float = 0.7       # an agent's mean quality score below this alerts
+    error_ratio: Ratio = 0.05                 # "error_rate > 5%"
+    latency_p95_seconds: Positive = 10.0      # "latency_p95 > 10000" (ms in the legacy string)
+    cost_per_day_usd: NonNegative = 100.0     # "cost_per_day > 100"
+    tool_error_ratio: Ratio = 0.10
+    circuit_open_seconds: Positive = 300.0    # breaker open longer than this alerts
+    rejected_events_ratio: Ratio = 0.01
+    time_to_first_token_p95_seconds: Positive = 5.0
+    evaluation_score_floor: Ratio = 0.7       # an agent's mean quality score below this alerts
 
 
-@dataclass(frozen=True)
-class SLOConfig:
-    objective: float = 0.99                   # success ratio (of agent executions, or of workflow runs)
-    # Multi-window multi-burn-rate pairs: (long window, short window, burn-rate factor).
-    page_windows: tuple[tuple[str, str, float], ...] = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
-    ticket_windows: tuple[tuple[str, str, float], ...] = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
+class SLOConfig(Section):
+    objective: Ratio = 0.99                   # success ratio (of agent executions, or of workflow runs)
+    # Multi-window multi-burn-rate pairs.
+    page_windows: BurnRateWindows = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
+    ticket_windows: BurnRateWindows = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
 
 
-@dataclass(frozen=True)
-class BudgetConfig:
-    day_usd: float = 100.0
-    month_usd: float = 2000.0
-    owners: tuple[str, ...] = ()              # email addresses of the budget owners
+class BudgetConfig(Section):
+    day_usd: NonNegative = 100.0
+    month_usd: NonNegative = 2000.0
+    owners: tuple[Email, ...] = ()            # email addresses of the budget owners
     # USD a day per value of the `feature` label (needs metrics.extra_labels: [feature]).
-    per_feature: dict[str, float] = field(default_factory=dict)
+    per_feature: dict[LabelValue, NonNegative] = {}
 
 
-@dataclass(frozen=True)
-class EmailConfig:
+class EmailConfig(Section):
     # Like the other addresses in the rendered files, the defaults are the shipped
     # docker-compose stack's (its Mailpit); a real deployment sets its own.
-    smtp_server: str = "mailpit"
-    smtp_port: int = 1025
-    from_address: str = "alerts@example.com"
-    to_addresses: tuple[str, ...] = ()
+    smtp_server: NonEmpty = "mailpit"
+    smtp_port: Annotated[int, Meta(gt=0, lt=65536, description="a TCP port")] = 1025
+    from_address: Email = "alerts@example.com"
+    to_addresses: tuple[Email, ...] = ()
     username: str = ""
     password_file: str = ""                   # never the password itself
     require_tls: bool = False
+    password: LegacySecret = None
+
+    def __post_init__(self):
+        _refuse_secret(self.password, "password", "password_file (a file holding the password)")
 
 
-@dataclass(frozen=True)
-class SlackConfig:
+class SlackConfig(Section):
     webhook_url_file: str = "/etc/alertmanager/secrets/slack_webhook_url"
     channel: str = "#orchestrator-alerts"
+    webhook_url: LegacySecret = None          # the legacy file's key, there empty
+
+    def __post_init__(self):
+        _refuse_secret(self.webhook_url, "webhook_url", "webhook_url_file (a file holding the URL)")
 
 
-@dataclass(frozen=True)
-class AlertingConfig:
+# Labels the rules already aggregate by or set, which a grouping label must not repeat.
+_RULE_LABELS = frozenset({
+    "job", "instance", "agent", "tool", "workflow", "model", "evaluator", "type", "status", "le", "quantile",
+    "alertname", "alertstate", "severity", "slo", "category", *catalog.EXTRA_LABELS})
+
+
+class AlertingConfig(Section):
     enabled: bool = True
     # Which receivers render writes: slack, email, and log (every alert to the exporter's
     # /v1/alertmanager, which logs it).  The legacy file says [log] alone; absent, all three.
-    channels: tuple[str, ...] = ("log", "slack", "email")
-    conditions: tuple[str, ...] = ()          # legacy strings, as written
+    channels: tuple[Channel, ...] = ("log", "slack", "email")
+    conditions: tuple[str, ...] = ()          # legacy strings, as written; parse_config reads them
     thresholds: Thresholds = field(default_factory=Thresholds)
     slo: SLOConfig = field(default_factory=SLOConfig)
     workflow_slo: SLOConfig = field(default_factory=SLOConfig)   # workflow runs (tasks) end to end
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
-    alertmanager_url: str = "http://localhost:9093"
-    exporter_url: str = "http://agent-exporter:9464"   # where Alertmanager posts remediation webhooks
-    runbook_url: str = "https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md"
-    grafana_url: str = "http://localhost:3000"
-    evaluation_interval: str = "30s"
+    alertmanager_url: URL = "http://localhost:9093"
+    exporter_url: URL = "http://agent-exporter:9464"   # where Alertmanager posts remediation webhooks
+    runbook_url: URL = "https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md"
+    grafana_url: URL = "http://localhost:3000"
+    evaluation_interval: Duration = "30s"
     # The window of the alerts on error ratio, latency and rejections, and how long they
     # must hold before firing.  Demos and tests shorten both; recording rules keep 5m.
-    rate_window: str = "5m"
-    alert_for: str = "5m"
+    rate_window: Duration = "5m"
+    alert_for: Duration = "5m"
     # The window of the quality alert: evaluations are sparser than executions.
-    evaluation_window: str = "1h"
+    evaluation_window: Duration = "1h"
     # Ratio and mean alerts also need this many events in their window, so one failure
     # in two calls at night, or the first minutes after a restart, page no one.
-    min_events: int = 10
+    min_events: PositiveInt = 10
     # Prometheus' job label of the exporters: every rule and dashboard selects job="<job>".
-    job: str = "agent-exporter"
+    job: LabelValue = "agent-exporter"
     # Labels the alerts keep apart (e.g. environment, cluster) when one Prometheus
     # scrapes several deployments; the recording rules aggregate by them too.
-    group_labels: tuple[str, ...] = ()
+    group_labels: tuple[LabelName, ...] = ()
     # Alerts whose firing opens the named agent's circuit breaker (self-healing).
-    remediation_alerts: tuple[str, ...] = ("OrchestratorAgentHighErrorRatio",)
+    remediation_alerts: tuple[AlertName, ...] = ("OrchestratorAgentHighErrorRatio",)
+
+    def __post_init__(self):
+        _unique(self.channels, "channels")
+        for i, label in enumerate(self.group_labels):
+            if label in _RULE_LABELS:
+                raise Invalid(f"group_labels[{i}]", f"{label!r} is a label the rules already use; "
+                                                    "expected a deployment label such as environment or cluster")
+        _unique(self.group_labels, "group_labels")
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    listen_address: str = "127.0.0.1:9464"
-    max_body_bytes: int = 10 * 1024 * 1024
-    bearer_token_file: str = ""               # or AGENT_EXPORTER_BEARER_TOKEN in the environment
+class ServerConfig(Section):
+    listen_address: HostPort = "127.0.0.1:9464"
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    bearer_token_file: str = ""               # AGENT_EXPORTER_BEARER_TOKEN in the environment wins (credentials.py)
 
 
-@dataclass(frozen=True)
-class OTLPConfig:
+class OTLPConfig(Section):
     """OTLP traces in: GenAI spans become events (otlp.py)."""
-    grpc_listen_address: str = ""             # HOST:PORT of the OTLP/gRPC receiver; "" = off
+    grpc_listen_address: OptionalHostPort = ""   # HOST:PORT of the OTLP/gRPC receiver; "" = off
     # Received spans forwarded unchanged to tracing.otlp_endpoint (tracing.otlp_protocol).
     forward_spans: bool = False
-    forward_queue_size: int = 64              # export requests waiting to be forwarded; past it, dropped
+    forward_queue_size: PositiveInt = 64      # export requests waiting to be forwarded; past it, dropped
     # How long an inference span waits for its enclosing agent span before it counts
     # as an execution of its own; above the SDK's 5 s export interval.
-    attribution_wait_seconds: float = 10.0
-    max_buffered_spans: int = 100_000         # spans held for attribution, over all traces
+    attribution_wait_seconds: Positive = 10.0
+    max_buffered_spans: PositiveInt = 100_000  # spans held for attribution, over all traces
 
 
-@dataclass(frozen=True)
-class SelectorConfig:
+class SelectorConfig(Section):
     """The adaptive selector: how fast evidence fades and what besides success counts."""
-    decay: float = 0.97                       # weight left to old evidence per new outcome of the task
-    latency_weight: float = 0.2               # largest score penalty, for the slowest candidate
-    cost_weight: float = 0.1                  # largest score penalty, for the most expensive candidate
+    decay: RatioUpToOne = 0.97                # weight left to old evidence per new outcome of the task
+    latency_weight: NonNegative = 0.2         # largest score penalty, for the slowest candidate
+    cost_weight: NonNegative = 0.1            # largest score penalty, for the most expensive candidate
     # How much a success's evaluation score counts: 0 ignores scores, 1 counts a success as its score.
-    quality_weight: float = 0.5
+    quality_weight: Annotated[float, Meta(ge=0, le=1, description="a weight between 0 and 1")] = 0.5
 
 
-@dataclass(frozen=True)
-class HTTPAuthConfig:
+class HTTPAuthConfig(Section):
     """Credentials for an API the healing layer polls: a bearer token or basic auth, read from files."""
     bearer_token_file: str = ""
     username: str = ""
     password_file: str = ""
+    password: LegacySecret = None
+    bearer_token: LegacySecret = None
+
+    def __post_init__(self):
+        _refuse_secret(self.password, "password", "password_file (a file holding the password)")
+        _refuse_secret(self.bearer_token, "bearer_token", "bearer_token_file (a file holding the token)")
+        if self.bearer_token_file and (self.username or self.password_file):
+            raise Invalid("", "expected a bearer token or basic auth, not both")
+        if bool(self.username) != bool(self.password_file):
+            raise Invalid("", "basic auth needs both username and password_file")
 
 
-@dataclass(frozen=True)
-class FleetAlertmanagerConfig:
+class FleetAlertmanagerConfig(Section):
     """Poll Alertmanager's v2 API for the remediation alerts (healing.fleet.alertmanager)."""
-    urls: tuple[str, ...] = ()                # members of one cluster, any answers; none: webhook only
-    interval_seconds: float = 10.0
+    urls: tuple[URL, ...] = ()                # members of one cluster, any answers; none: webhook only
+    interval_seconds: Positive = 10.0
     auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
 
 
-@dataclass(frozen=True)
-class FleetPrometheusConfig:
+class FleetPrometheusConfig(Section):
     """Seed and refresh the selector from the fleet's recording rules (healing.fleet.prometheus)."""
-    url: str = ""                             # none: each replica learns alone
-    interval_seconds: float = 30.0
-    fleet_weight: float = 10.0                # observations the fleet's success ratio counts as
-    local_weight: float = 1.0                 # multiplier of the replica's own decayed outcomes
+    url: OptionalURL = ""                     # none: each replica learns alone
+    interval_seconds: Positive = 30.0
+    fleet_weight: Positive = 10.0             # observations the fleet's success ratio counts as
+    local_weight: Positive = 1.0              # multiplier of the replica's own decayed outcomes
     auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)
 
 
-@dataclass(frozen=True)
-class FleetConfig:
+class FleetConfig(Section):
     """Every replica acts on the same alerts and statistics, through Alertmanager and Prometheus."""
     alertmanager: FleetAlertmanagerConfig = field(default_factory=FleetAlertmanagerConfig)
     prometheus: FleetPrometheusConfig = field(default_factory=FleetPrometheusConfig)
-    jitter: float = 0.2                       # each wait is its interval times a factor in 1 +- jitter
-    backoff_max_seconds: float = 60.0         # failing polls back off exponentially up to this
-    timeout_seconds: float = 2.0              # per HTTP request
+    # Each wait is its interval times a factor in 1 +- jitter.
+    jitter: Annotated[float, Meta(ge=0, lt=1, description="a fraction in [0, 1)")] = 0.2
+    backoff_max_seconds: Positive = 60.0      # failing polls back off exponentially up to this
+    timeout_seconds: Positive = 2.0           # per HTTP request
 
 
-@dataclass(frozen=True)
-class HealingConfig:
+class HealingConfig(Section):
     enabled: bool = True
-    max_attempts: int = 3
-    backoff_initial_seconds: float = 0.1
-    backoff_max_seconds: float = 5.0
-    breaker_window_seconds: float = 60.0
-    breaker_error_ratio: float = 0.5
-    breaker_min_calls: int = 10
-    breaker_cooldown_seconds: float = 30.0
-    breaker_half_open_probes: int = 3
-    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)   # agent -> ordered alternatives
+    max_attempts: PositiveInt = 3
+    backoff_initial_seconds: Positive = 0.1
+    backoff_max_seconds: Positive = 5.0
+    breaker_window_seconds: Positive = 60.0
+    breaker_error_ratio: RatioUpToOne = 0.5
+    breaker_min_calls: PositiveInt = 10
+    breaker_cooldown_seconds: Positive = 30.0
+    breaker_half_open_probes: PositiveInt = 3
+    fallbacks: dict[str, tuple[str, ...]] = {}   # agent -> ordered alternatives
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
 
+    def __post_init__(self):
+        for agent, alternatives in self.fallbacks.items():
+            for i, name in enumerate(alternatives):
+                if not name or name == agent:
+                    raise Invalid(f"fallbacks.{agent}[{i}]", f"expected another agent's name, got {name!r}")
 
-@dataclass(frozen=True)
-class Config:
+
+ROOT_KEY = "observability"
+
+
+class Config(Section):
     enabled: bool = True
-    service_name: str = "agent-orchestrator"
+    service_name: NonEmpty = "agent-orchestrator"
     service_version: str = ""
-    environment: str = "production"
+    environment: NonEmpty = "production"
     tracing: TracingConfig = field(default_factory=TracingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -260,282 +342,26 @@ class Config:
     otlp: OTLPConfig = field(default_factory=OTLPConfig)
     healing: HealingConfig = field(default_factory=HealingConfig)
 
+    def __post_init__(self):
+        if self.alerting.budget.per_feature and "feature" not in self.metrics.extra_labels:
+            raise Invalid("alerting.budget.per_feature", "budgets per feature need the feature label: "
+                                                         f"add feature to {ROOT_KEY}.metrics.extra_labels")
+        # A p95 is measured between bucket bounds: at or above the largest one it can never be
+        # exceeded, and below the smallest one it is a guess.
+        thresholds = self.alerting.thresholds
+        for threshold, buckets in (("latency_p95_seconds", "execution_buckets"),
+                                   ("time_to_first_token_p95_seconds", "time_to_first_token_buckets")):
+            bounds, value = getattr(self.metrics, buckets), getattr(thresholds, threshold)
+            if not bounds[0] <= value < bounds[-1]:
+                raise Invalid(f"alerting.thresholds.{threshold}",
+                              f"{value!r} is not within {ROOT_KEY}.metrics.{buckets} (from {bounds[0]!r} "
+                              f"to below {bounds[-1]!r}), where a p95 can be measured against it")
+
 
 # -- loading -----------------------------------------------------------------
-#
-# One schema walker: each dataclass field is read from the YAML key of the same
-# name, converted by its type annotation, then checked by the validator listed
-# for it in _CHECKS.  Every error names the full key path.
 
-
-ROOT_KEY = "observability"
-
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
-_ALERT_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
-_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:]*):\d{1,5}$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-# Labels the rules already aggregate by or set, which a grouping label must not repeat.
-_RULE_LABELS = frozenset({
-    "job", "instance", "agent", "tool", "workflow", "model", "evaluator", "type", "status", "le", "quantile",
-    "alertname", "alertstate", "severity", "slo", "category", *catalog.EXTRA_LABELS})
 _CONDITION = re.compile(
     r"^\s*(?P<metric>[a-z_0-9]+)\s*>\s*\$?\s*(?P<value>\d+(\.\d+)?)\s*(?P<unit>%|ms|s)?\s*$")
-
-
-def _check(predicate, message):
-    def check(value, path):
-        if not predicate(value):
-            raise ConfigError(path, f"{message}, got {value!r}")
-    return check
-
-
-def _each(check):
-    def check_all(values, path):
-        for i, value in enumerate(values):
-            check(value, f"{path}[{i}]")
-    return check_all
-
-
-_positive = _check(lambda v: v > 0, "expected a positive number")
-_non_negative = _check(lambda v: v >= 0, "expected a number >= 0")
-_ratio = _check(lambda v: 0 < v < 1, "expected a ratio between 0 and 1 (exclusive)")
-_non_empty = _check(lambda v: v.strip() != "", "expected a non-empty string")
-_url = _check(lambda v: _URL.match(v), "expected an http(s) URL")
-_duration = _check(lambda v: _DURATION.match(v), "expected a Prometheus duration such as 30s, 5m or 1h")
-_emails = _each(_check(lambda v: _EMAIL.match(v), "expected an email address"))
-# A label value the rules write inside a PromQL string: no quoting needed.
-_label_value = _check(lambda v: v.strip() != "" and not set(v) & set('"\\\n'),
-                      "expected a non-empty value without quotes, backslashes or line breaks")
-
-
-def _one_of(*choices):
-    return _check(lambda v: v in choices, f"expected one of {', '.join(map(repr, choices))}")
-
-
-def _subset_of(*choices):
-    def check(values, path):
-        for i, value in enumerate(values):
-            if value not in choices:
-                raise ConfigError(f"{path}[{i}]", f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        if len(set(values)) != len(values):
-            raise ConfigError(path, "duplicate entries")
-    return check
-
-
-def _buckets(values, path):
-    if not values:
-        raise ConfigError(path, "expected at least one bucket bound")
-    for i, value in enumerate(values):
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{path}[{i}]", f"expected a finite positive bound, got {value!r}")
-        if i and value <= values[i - 1]:
-            raise ConfigError(f"{path}[{i}]", f"bounds must increase strictly, {value!r} follows {values[i - 1]!r}")
-
-
-def _windows(values, path):
-    for i, (long_window, short_window, factor) in enumerate(values):
-        _duration(long_window, f"{path}[{i}][0]")
-        _duration(short_window, f"{path}[{i}][1]")
-        _positive(factor, f"{path}[{i}][2]")
-
-
-def _group_labels(values, path):
-    for i, value in enumerate(values):
-        if not _LABEL_NAME.match(value) or value.startswith("__"):
-            raise ConfigError(f"{path}[{i}]", f"expected a Prometheus label name, got {value!r}")
-        if value in _RULE_LABELS:
-            raise ConfigError(f"{path}[{i}]", f"{value!r} is a label the rules already use; "
-                                              "expected a deployment label such as environment or cluster")
-    if len(set(values)) != len(values):
-        raise ConfigError(path, "duplicate entries")
-
-
-def _feature_budgets(values, path):
-    for feature, usd in values.items():
-        _label_value(feature, path)
-        _non_negative(usd, f"{path}.{feature}")
-
-
-def _optional_url(value, path):
-    if value:
-        _url(value, path)
-
-
-def _auth(auth, path):
-    if auth.bearer_token_file and (auth.username or auth.password_file):
-        raise ConfigError(path, "expected a bearer token or basic auth, not both")
-    if bool(auth.username) != bool(auth.password_file):
-        raise ConfigError(path, "basic auth needs both username and password_file")
-
-
-def _prices(values, path):
-    for model, price in values.items():
-        for kind in ("input", "output", "cache_read", "cache_write", "reasoning"):
-            value = getattr(price, kind)
-            if value is not None:
-                _non_negative(value, f"{path}.{model}.{kind}")
-
-
-_CHECKS = {
-    Config: {"service_name": _non_empty, "environment": _non_empty},
-    TracingConfig: {
-        "backend": _one_of("opentelemetry"), "otlp_protocol": _one_of("grpc", "http/protobuf"),
-        "otlp_endpoint": _url, "otlp_timeout_seconds": _positive,
-        "sampling_rate": _check(lambda v: 0 <= v <= 1, "expected a rate between 0 and 1"),
-        "max_queue_size": _positive,
-    },
-    MetricsConfig: {
-        "collection_interval": _positive, "max_series": _positive,
-        "execution_buckets": _buckets, "tool_buckets": _buckets,
-        "time_to_first_token_buckets": _buckets, "workflow_buckets": _buckets,
-        "extra_labels": _subset_of(*catalog.EXTRA_LABELS), "prices": _prices,
-    },
-    LoggingConfig: {
-        "level": _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "format": _one_of("json", "text"),
-    },
-    Thresholds: {
-        "error_ratio": _ratio, "latency_p95_seconds": _positive, "cost_per_day_usd": _non_negative,
-        "tool_error_ratio": _ratio, "circuit_open_seconds": _positive, "rejected_events_ratio": _ratio,
-        "time_to_first_token_p95_seconds": _positive, "evaluation_score_floor": _ratio,
-    },
-    SLOConfig: {"objective": _ratio, "page_windows": _windows, "ticket_windows": _windows},
-    BudgetConfig: {"day_usd": _non_negative, "month_usd": _non_negative, "owners": _emails,
-                   "per_feature": _feature_budgets},
-    EmailConfig: {
-        "smtp_server": _non_empty,
-        "smtp_port": _check(lambda v: 0 < v < 65536, "expected a TCP port"),
-        "from_address": _check(lambda v: _EMAIL.match(v), "expected an email address"),
-        "to_addresses": _emails,
-    },
-    AlertingConfig: {
-        "channels": _subset_of("log", "email", "slack"),
-        "alertmanager_url": _url, "exporter_url": _url, "runbook_url": _url, "grafana_url": _url,
-        "evaluation_interval": _duration, "rate_window": _duration, "alert_for": _duration,
-        "evaluation_window": _duration, "min_events": _positive, "job": _label_value,
-        "group_labels": _group_labels,
-        "remediation_alerts": _each(_check(lambda v: _ALERT_NAME.match(v), "expected an alert name in CamelCase")),
-    },
-    ServerConfig: {
-        "listen_address": _check(lambda v: _HOST_PORT.match(v), "expected HOST:PORT"),
-        "max_body_bytes": _positive,
-    },
-    OTLPConfig: {
-        "grpc_listen_address": _check(lambda v: v == "" or _HOST_PORT.match(v), "expected HOST:PORT, or \"\" for off"),
-        "forward_queue_size": _positive, "attribution_wait_seconds": _positive, "max_buffered_spans": _positive,
-    },
-    HealingConfig: {
-        "max_attempts": _positive, "backoff_initial_seconds": _positive, "backoff_max_seconds": _positive,
-        "breaker_window_seconds": _positive,
-        "breaker_error_ratio": _check(lambda v: 0 < v <= 1, "expected a ratio in (0, 1]"),
-        "breaker_min_calls": _positive, "breaker_cooldown_seconds": _positive,
-        "breaker_half_open_probes": _positive,
-    },
-    SelectorConfig: {
-        "decay": _check(lambda v: 0 < v <= 1, "expected a ratio in (0, 1]"),
-        "latency_weight": _non_negative, "cost_weight": _non_negative,
-        "quality_weight": _check(lambda v: 0 <= v <= 1, "expected a weight between 0 and 1"),
-    },
-    FleetAlertmanagerConfig: {
-        "urls": _each(_url), "interval_seconds": _positive, "auth": _auth,
-    },
-    FleetPrometheusConfig: {
-        "url": _optional_url, "interval_seconds": _positive, "fleet_weight": _positive,
-        "local_weight": _positive, "auth": _auth,
-    },
-    FleetConfig: {
-        "jitter": _check(lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
-        "backoff_max_seconds": _positive, "timeout_seconds": _positive,
-    },
-}
-
-# Keys that are accepted but do not map onto a field: the legacy Slack URL (only
-# empty, as the legacy default was) and secrets that must come from files.
-_SECRET_KEYS = {
-    SlackConfig: {"webhook_url": "use webhook_url_file (a file holding the URL) instead of the URL itself"},
-    EmailConfig: {"password": "use password_file (a file holding the password) instead of the password itself"},
-    HTTPAuthConfig: {
-        "password": "use password_file (a file holding the password) instead of the password itself",
-        "bearer_token": "use bearer_token_file (a file holding the token) instead of the token itself",
-    },
-}
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(tp, value, path: str):
-    """`value` from YAML converted to the annotated type `tp`, or a ConfigError at `path`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        return _convert(args[0], value, path)
-    if is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if type(value) is not bool:
-            raise ConfigError(path, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if type(value) is not int:
-            raise ConfigError(path, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if type(value) not in (int, float) or not math.isfinite(value):
-            raise ConfigError(path, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if type(value) is not str:
-            raise ConfigError(path, f"expected a string, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(path, f"expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(path, f"expected a list of {len(args)} items, got {value!r}")
-        return tuple(_convert(arg, item, f"{path}[{i}]") for i, (arg, item) in enumerate(zip(args, value)))
-    if origin is dict:
-        key_type, value_type = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(path, f"expected a mapping, got {value!r}")
-        return {_convert(key_type, k, path): _convert(value_type, v, f"{path}.{k}") for k, v in value.items()}
-    raise TypeError(f"no conversion for {tp!r}")  # a new field type needs a branch here
-
-
-def _build(cls, data, path: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(path, f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    secrets = _SECRET_KEYS.get(cls, {})
-    checks = _CHECKS.get(cls, {})
-    kwargs = {}
-    for key, value in data.items():
-        key_path = f"{path}.{key}"
-        if key in secrets:
-            if value not in (None, ""):
-                raise ConfigError(key_path, f"secrets are never written in the config: {secrets[key]}")
-            continue
-        if key not in names:
-            raise ConfigError(key_path, f"unknown key; {_type_name(cls)} takes {', '.join(sorted(names | set(secrets)))}")
-        converted = _convert(hints[key], value, key_path)
-        if key in checks:
-            checks[key](converted, key_path)
-        kwargs[key] = converted
-    missing = [f.name for f in fields(cls)
-               if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise ConfigError(path, f"missing required key {missing[0]!r}")
-    return cls(**kwargs)
 
 
 def _parse_condition(text: str, path: str) -> tuple[str, float]:
@@ -550,13 +376,15 @@ def _parse_condition(text: str, path: str) -> tuple[str, float]:
             value /= 100
         elif unit is not None or value > 1:
             raise ConfigError(path, f"error_rate takes a percentage ('5%') or a ratio ('0.05'), got {text!r}")
-        _ratio(value, path)
+        if not 0 < value < 1:
+            raise ConfigError(path, f"expected a ratio between 0 and 1 (exclusive), got {value!r}")
         return "error_ratio", value
     if metric == "latency_p95":
         if unit == "%":
             raise ConfigError(path, f"latency_p95 takes milliseconds, or an explicit unit ms or s, got {text!r}")
         seconds = value if unit == "s" else value / 1000   # the legacy string counts milliseconds
-        _positive(seconds, path)
+        if not seconds > 0:
+            raise ConfigError(path, f"expected a positive number, got {seconds!r}")
         return "latency_p95_seconds", seconds
     if metric == "cost_per_day":
         if unit is not None:
@@ -566,11 +394,49 @@ def _parse_condition(text: str, path: str) -> tuple[str, float]:
 
 
 def _explicit(data, *keys) -> bool:
+    """Whether the document sets the key at `keys` (a null value sets nothing)."""
     for key in keys:
-        if not isinstance(data, dict) or key not in data:
+        if not isinstance(data, dict) or data.get(key) is None:
             return False
         data = data[key]
     return True
+
+
+def _with_legacy_thresholds(config: Config, raw) -> Config:
+    """`config` with its legacy condition strings and its daily budget read into the thresholds."""
+    alerting = config.alerting
+    thresholds_path = f"{ROOT_KEY}.alerting.thresholds"
+
+    # Legacy condition strings become thresholds; an explicit threshold that says otherwise is an error.
+    derived: dict[str, tuple[float, str]] = {}
+    for i, condition in enumerate(alerting.conditions):
+        path = f"{ROOT_KEY}.alerting.conditions[{i}]"
+        name, value = _parse_condition(condition, path)
+        if name in derived and derived[name][0] != value:
+            raise ConfigError(path, f"contradicts {derived[name][1]}")
+        derived[name] = (value, path)
+    thresholds = alerting.thresholds
+    for name, (value, path) in derived.items():
+        if _explicit(raw, "alerting", "thresholds", name) and getattr(thresholds, name) != value:
+            raise ConfigError(path, f"contradicts {thresholds_path}.{name} = {getattr(thresholds, name)!r}")
+        thresholds = msgspec.structs.replace(thresholds, **{name: value})
+
+    # The daily cost threshold and the daily budget are one number, set either way.
+    budget = alerting.budget
+    cost_set = _explicit(raw, "alerting", "thresholds", "cost_per_day_usd") or "cost_per_day_usd" in derived
+    budget_set = _explicit(raw, "alerting", "budget", "day_usd")
+    if cost_set and budget_set and budget.day_usd != thresholds.cost_per_day_usd:
+        raise ConfigError(f"{ROOT_KEY}.alerting.budget.day_usd",
+                          f"{budget.day_usd!r} contradicts the daily cost threshold {thresholds.cost_per_day_usd!r}")
+    if cost_set:
+        budget = msgspec.structs.replace(budget, day_usd=thresholds.cost_per_day_usd)
+    elif budget_set:
+        thresholds = msgspec.structs.replace(thresholds, cost_per_day_usd=budget.day_usd)
+    alerting = msgspec.structs.replace(alerting, thresholds=thresholds, budget=budget)
+    try:
+        return msgspec.structs.replace(config, alerting=alerting)
+    except Invalid as exc:         # Config's checks of the thresholds, now with the derived values
+        raise ConfigError(join(ROOT_KEY, exc.key), exc.message) from None
 
 
 def parse_config(mapping) -> Config:
@@ -581,58 +447,10 @@ def parse_config(mapping) -> Config:
         raise ConfigError(ROOT_KEY, f"expected a mapping with the top key {ROOT_KEY!r}")
     unknown = set(mapping) - {ROOT_KEY}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], f"unknown top-level key; the config lives under {ROOT_KEY!r}")
+        raise ConfigError(sorted(map(str, unknown))[0], f"unknown top-level key; the config lives under {ROOT_KEY!r}")
     raw = mapping.get(ROOT_KEY) or {}
-    config = _build(Config, raw, ROOT_KEY)
-    alerting = config.alerting
-    thresholds_path = f"{ROOT_KEY}.alerting.thresholds"
-
-    # Legacy condition strings become thresholds; an explicit threshold that says otherwise is an error.
-    derived: dict[str, tuple[float, str]] = {}
-    for i, condition in enumerate(alerting.conditions):
-        path = f"{ROOT_KEY}.alerting.conditions[{i}]"
-        field, value = _parse_condition(condition, path)
-        if field in derived and derived[field][0] != value:
-            raise ConfigError(path, f"contradicts {derived[field][1]}")
-        derived[field] = (value, path)
-    thresholds = alerting.thresholds
-    for field, (value, path) in derived.items():
-        if _explicit(raw, "alerting", "thresholds", field) and getattr(thresholds, field) != value:
-            raise ConfigError(path, f"contradicts {thresholds_path}.{field} = {getattr(thresholds, field)!r}")
-        thresholds = replace(thresholds, **{field: value})
-
-    # The daily cost threshold and the daily budget are one number, set either way.
-    budget = alerting.budget
-    cost_set = _explicit(raw, "alerting", "thresholds", "cost_per_day_usd") or "cost_per_day_usd" in derived
-    budget_set = _explicit(raw, "alerting", "budget", "day_usd")
-    if cost_set and budget_set and budget.day_usd != thresholds.cost_per_day_usd:
-        raise ConfigError(f"{ROOT_KEY}.alerting.budget.day_usd",
-                          f"{budget.day_usd!r} contradicts the daily cost threshold {thresholds.cost_per_day_usd!r}")
-    if cost_set:
-        budget = replace(budget, day_usd=thresholds.cost_per_day_usd)
-    elif budget_set:
-        thresholds = replace(thresholds, cost_per_day_usd=budget.day_usd)
-
-    if budget.per_feature and "feature" not in config.metrics.extra_labels:
-        raise ConfigError(f"{ROOT_KEY}.alerting.budget.per_feature",
-                          f"budgets per feature need the feature label: "
-                          f"add feature to {ROOT_KEY}.metrics.extra_labels")
-    # A p95 is measured between bucket bounds: at or above the largest one it can never be
-    # exceeded, and below the smallest one it is a guess.
-    for threshold, buckets in (("latency_p95_seconds", "execution_buckets"),
-                               ("time_to_first_token_p95_seconds", "time_to_first_token_buckets")):
-        bounds, value = getattr(config.metrics, buckets), getattr(thresholds, threshold)
-        if not bounds[0] <= value < bounds[-1]:
-            raise ConfigError(f"{thresholds_path}.{threshold}",
-                              f"{value!r} is not within {ROOT_KEY}.metrics.{buckets} (from {bounds[0]!r} "
-                              f"to below {bounds[-1]!r}), where a p95 can be measured against it")
-
-    for agent, alternatives in config.healing.fallbacks.items():
-        for i, name in enumerate(alternatives):
-            if not name or name == agent:
-                raise ConfigError(f"{ROOT_KEY}.healing.fallbacks.{agent}[{i}]",
-                                  f"expected another agent's name, got {name!r}")
-    return replace(config, alerting=replace(alerting, thresholds=thresholds, budget=budget))
+    config = decode(raw, Config, root=ROOT_KEY, error=ConfigError)
+    return _with_legacy_thresholds(config, raw)
 
 
 def load_config(path) -> Config:
@@ -649,3 +467,19 @@ def load_config(path) -> Config:
 
 def default_config() -> Config:
     return Config()
+
+
+def json_schema() -> dict:
+    """JSON Schema of the config file, for editors (schemas/observability.schema.json)."""
+    (schema,), components = msgspec.json.schema_components([Config], ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://agent-exporter.dev/schemas/observability.schema.json",
+        "title": "agent-exporter configuration (observability.yaml)",
+        "description": "Every key is optional; a key left empty takes its default. "
+                       "Secrets are never written here: the *_file keys name files that hold them.",
+        "type": "object",
+        "properties": {ROOT_KEY: schema},
+        "additionalProperties": False,
+        "$defs": components,
+    }

@@ -160,19 +160,31 @@ def gzipped(pieces: Iterator[bytes]) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def to_metric_families(snapshot: list):
-    """prometheus_client metric families for a snapshot, for use in any CollectorRegistry."""
+def metric_family(spec: catalog.MetricSpec, label_names=()):
+    """The prometheus_client family of `spec`, without samples."""
     from prometheus_client.core import (
         CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily)
+
+    names = list(label_names)
+    if spec.type == catalog.HISTOGRAM:
+        return HistogramMetricFamily(spec.name, spec.help, labels=names)
+    if spec.type == catalog.COUNTER:
+        return CounterMetricFamily(spec.name, spec.help, labels=names)
+    if spec.name.endswith("_info"):
+        return InfoMetricFamily(spec.name[: -len("_info")], spec.help, labels=names)
+    return GaugeMetricFamily(spec.name, spec.help, labels=names)
+
+
+def to_metric_families(snapshot: list):
+    """prometheus_client metric families for a snapshot, for use in any CollectorRegistry."""
     from prometheus_client.samples import Exemplar
 
     for snap in snapshot:
         spec = snap.spec
         if not snap.label_texts:
             continue
-        names = list(snap.label_names)
+        family = metric_family(spec, snap.label_names)
         if spec.type == catalog.HISTOGRAM:
-            family = HistogramMetricFamily(spec.name, spec.help, labels=names)
             les = [format_float(b) for b in snap.bounds] + ["+Inf"]
             for values, counts, total, exemplars in zip(snap.label_values, snap.counts, snap.sums, snap.exemplars):
                 buckets, cumulative = [], 0
@@ -184,16 +196,10 @@ def to_metric_families(snapshot: list):
                     else:
                         buckets.append((les[b], cumulative))
                 family.add_metric(list(values), buckets, total)
-        elif spec.type == catalog.COUNTER:
-            family = CounterMetricFamily(spec.name, spec.help, labels=names)
-            for values, value in zip(snap.label_values, snap.values):
-                family.add_metric(list(values), value)
         elif spec.name.endswith("_info"):
-            family = InfoMetricFamily(spec.name[: -len("_info")], spec.help, labels=names)
             for values in snap.label_values:
                 family.add_metric(list(values), {})
         else:
-            family = GaugeMetricFamily(spec.name, spec.help, labels=names)
             for values, value in zip(snap.label_values, snap.values):
                 family.add_metric(list(values), value)
         yield family

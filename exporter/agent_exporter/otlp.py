@@ -672,8 +672,8 @@ class OTLPReceiver:
         address = self.config.otlp.grpc_listen_address if address is None else address
         if not address:
             raise ValueError("otlp.grpc_listen_address: no address to listen on")
-        handle = start_grpc_receiver(self, address, max_message_bytes=self.config.server.max_body_bytes,
-                                     bearer_token=bearer_token)
+        handle = start_grpc_receiver(self, address, invalid=OTLPDecodeError,
+                                     max_message_bytes=self.config.server.max_body_bytes, bearer_token=bearer_token)
         self._grpc_servers.append(handle)
         return handle
 

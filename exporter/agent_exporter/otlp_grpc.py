@@ -30,11 +30,12 @@ class GrpcReceiverHandle:
         self._server.stop(grace).wait()
 
 
-def start_grpc_receiver(receiver, address: str, *, max_message_bytes: int,
+def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None) -> GrpcReceiverHandle:
-    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one)."""
-    from .otlp import OTLPDecodeError
+    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one).
 
+    `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
+    passed in so that this module does not import the one that imports it."""
     expected = f"Bearer {bearer_token}".encode() if bearer_token else None
 
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -44,7 +45,7 @@ def start_grpc_receiver(receiver, address: str, *, max_message_bytes: int,
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
         try:
             return receiver.export_serialized(data).SerializeToString()
-        except OTLPDecodeError as exc:
+        except invalid as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="otlp-grpc"),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import http.client
 import io
-import os
 import ssl
 import sys
 import time
@@ -314,18 +313,6 @@ def replay(path, url: str, *, batch_size: int = 1000, bearer_token: str | None =
         progress.close()
         client.close()
     return summary
-
-
-def read_token_file(path: str | None) -> str | None:
-    if not path:
-        return os.environ.get("AGENT_EXPORTER_BEARER_TOKEN") or None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ReplayError(f"--bearer-token-file {path}: {exc.strerror}") from None
-    if not token:
-        raise ReplayError(f"--bearer-token-file {path}: empty")
-    return token
 
 
 def format_summary(summary: ReplaySummary, url: str, *, show: int = 10) -> str:

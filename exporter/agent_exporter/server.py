@@ -35,7 +35,6 @@ import base64
 import binascii
 import html
 import logging
-import os
 import threading
 import time
 import zlib
@@ -44,13 +43,13 @@ from http import HTTPStatus
 
 import msgspec
 
-from . import __version__, events, exposition
+from . import events, exposition
+from .credentials import BEARER_TOKEN_ENV, read_secret
+from .version import __version__
 from .webconfig import BasicAuth, RateLimiter, WebConfig, allowed_peer, constant_time_equal, ssl_context
 
 _log = logging.getLogger(__name__)
 _alert_log = logging.getLogger("agent_exporter.alerts")
-
-BEARER_TOKEN_ENV = "AGENT_EXPORTER_BEARER_TOKEN"
 
 # Keep-alive connections idle this long are closed (longer than any scrape interval).
 IDLE_TIMEOUT_SECONDS = 75
@@ -113,20 +112,8 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
 
 
 def read_bearer_token(path: str) -> str | None:
-    """The /v1/* bearer token: the environment wins over the config's file."""
-    token = os.environ.get(BEARER_TOKEN_ENV, "").strip()
-    if token:
-        return token
-    if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except OSError as exc:
-            raise ValueError(f"server.bearer_token_file: cannot read {path}: {exc.strerror}") from None
-        if not token:
-            raise ValueError(f"server.bearer_token_file: {path} is empty")
-        return token
-    return None
+    """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file (credentials.py)."""
+    return read_secret(path, "server.bearer_token_file", env=BEARER_TOKEN_ENV)
 
 
 class Service:

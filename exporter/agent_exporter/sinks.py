@@ -12,12 +12,13 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
+
+from .ports import free_port
 
 
 class SlackSink:
@@ -103,7 +104,8 @@ class SMTPSink:
         self.messages: list[email.message.EmailMessage] = []
         self._on_message = on_message
         self._lock = threading.Lock()
-        self._controller = Controller(_Collector(self), hostname=host, port=port or _free_port(host))
+        # aiosmtpd's Controller needs a concrete port to probe its own readiness.
+        self._controller = Controller(_Collector(self), hostname=host, port=port or free_port(host))
 
     @property
     def port(self) -> int:
@@ -125,13 +127,6 @@ class SMTPSink:
 
     def stop(self) -> None:
         self._controller.stop()
-
-
-def _free_port(host: str) -> int:
-    # aiosmtpd's Controller needs a concrete port to probe its own readiness.
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def format_slack_line(body: dict) -> str:

@@ -7,27 +7,29 @@ routes rendered from the config with short windows, Alertmanager (clustered
 when more than one), Prometheus scraping the orchestrator replicas, and local
 Slack and SMTP sinks (the `demo` extra); start_replica() starts one
 orchestrator replica (`agent-exporter demo` in a process of its own).
+wait_for() is the one helper that polls until a condition holds, and
+ports.free_port the one that finds a port: the demo, the tests and the
+benches use them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from msgspec.structs import replace
+
 from .config import Config
+from .ports import free_port
 
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")   # Debian's name first
@@ -35,13 +37,6 @@ ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")   # Debian's
 
 class StackError(RuntimeError):
     """A binary is missing, or a process did not become ready."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_binary(candidates: tuple[str, ...]) -> str:
@@ -77,6 +72,18 @@ def wait_for(probe, predicate=bool, *, timeout: float, interval: float = 0.2, wh
     raise StackError(f"{what} within {timeout:.0f}s; {last}")
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Stop a process we started, by its PID: SIGTERM, SIGKILL after `timeout`; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    return process.returncode
+
+
 class ManagedProcess:
     """A started binary: its URL, PID and log; `stop()` (or leaving the `with`) ends it, `restart()`
     starts it again with the same arguments (its port and data stay)."""
@@ -105,18 +112,17 @@ class ManagedProcess:
         return self._process.poll()
 
     def wait_ready(self, timeout: float = 30.0) -> "ManagedProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self._process.poll() is not None:
-                self.stop()
-                raise StackError(f"{self.name} exited with {self._process.returncode}: {self.log_tail()}")
-            try:
-                _get(self.url + "/-/ready", timeout=1)
-                return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise StackError(f"{self.name} not ready within {timeout:.0f}s: {self.log_tail()}")
+                raise StackError(f"{self.name} exited with {self._process.returncode}")
+            _get(self.url + "/-/ready", timeout=1)       # URLError is an OSError: not ready yet
+            return True
+        try:
+            wait_for(ready, timeout=timeout, interval=0.1, what=f"{self.name} not ready")
+        except StackError as exc:
+            self.stop()
+            raise StackError(f"{exc}: {self.log_tail()}") from None
+        return self
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -129,15 +135,9 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, SIGKILL after `timeout`; the exit status."""
-        if self._process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self._process.wait(timeout)
+        code = stop_process(self._process, timeout)
         self._log.close()
-        return self._process.returncode
+        return code
 
     def reload(self) -> None:
         """Ask the process to re-read its configuration (both binaries take POST /-/reload)."""
@@ -242,10 +242,10 @@ def stack_config(config: Config, *, exporter_url: str, alertmanager_url: str, sl
                  smtp_port: int) -> Config:
     """Short windows and intervals; Alertmanager's receivers pointed at the local sinks and `exporter_url`."""
     alerting = config.alerting
-    return dataclasses.replace(
+    return replace(
         config,
-        metrics=dataclasses.replace(config.metrics, collection_interval=1.0),
-        alerting=dataclasses.replace(
+        metrics=replace(config.metrics, collection_interval=1.0),
+        alerting=replace(
             alerting,
             enabled=True,
             evaluation_interval=STACK_INTERVAL,
@@ -253,8 +253,8 @@ def stack_config(config: Config, *, exporter_url: str, alertmanager_url: str, sl
             alert_for=STACK_ALERT_FOR,
             alertmanager_url=alertmanager_url,
             exporter_url=exporter_url,
-            slack=dataclasses.replace(alerting.slack, webhook_url_file=str(slack_url_file)),
-            email=dataclasses.replace(alerting.email, smtp_server="127.0.0.1", smtp_port=smtp_port,
+            slack=replace(alerting.slack, webhook_url_file=str(slack_url_file)),
+            email=replace(alerting.email, smtp_server="127.0.0.1", smtp_port=smtp_port,
                                       to_addresses=alerting.email.to_addresses or ("oncall@example.com",),
                                       username="", password_file="", require_tls=False),
         ),

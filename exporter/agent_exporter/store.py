@@ -15,9 +15,10 @@ import time
 from bisect import bisect_left
 from typing import Iterable, Iterator, NamedTuple
 
-from . import __version__, catalog, events
+from . import catalog, events
 from .config import Config, MetricsConfig
 from .exposition import escape_label_value
+from .version import __version__
 
 _MISSING = ""          # label value for an unset extra label (Prometheus treats "" as absent)
 _UNKNOWN_MODEL = "unknown"
@@ -475,8 +476,10 @@ class SeriesStore:
         return to_metric_families(self.snapshot())
 
     def describe(self):
-        # Registration must not trigger a collect() of a store still filling up.
-        return []
+        """The catalog's families without samples, built without collecting: a registry
+        learns the names it must refuse to others and can filter by (`?name[]=`)."""
+        from .exposition import metric_family
+        return [metric_family(family.spec) for family in self._families.values()]
 
 
 __all__ = ["SeriesStore", "ScalarSnapshot", "HistogramSnapshot"]

@@ -2,10 +2,11 @@
 
 Same YAML format as every Prometheus exporter (exporter-toolkit
 docs/web-configuration.md): `tls_server_config`, `http_server_config`,
-`basic_auth_users` (bcrypt hashes) and `rate_limit`.  Unknown keys and bad
-values are errors naming the key path.  Relative file names are relative to
-the config file's directory, as in exporter-toolkit.  The file is read at
-startup; restart to apply a change.
+`basic_auth_users` (bcrypt hashes) and `rate_limit`, decoded into the
+Structs below by validation.decode: unknown keys and bad values are errors
+naming the key path, and a key left empty takes its default.  Relative file
+names are relative to the config file's directory, as in exporter-toolkit.
+The file is read at startup; restart to apply a change.
 
 Where Python's `ssl` module cannot do what Go's crypto/tls does, the option is
 refused with an error rather than silently weakened: client certificates are
@@ -18,16 +19,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import ssl
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import bcrypt
+import msgspec
 import yaml
+from msgspec import Meta, field
+
+from . import durations
+from .validation import REDACTED, Invalid, Section, decode
 
 
 class WebConfigError(ValueError):
@@ -72,231 +77,155 @@ _CLIENT_AUTH = {
 }
 _UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
 
-# The headers exporter-toolkit lets a config set, with their allowed values (None: any).
-_HEADERS = {
-    "Strict-Transport-Security": None,
-    "X-Content-Type-Options": ("nosniff",),
-    "X-Frame-Options": ("deny", "sameorigin"),
-    "X-XSS-Protection": None,
-    "Content-Security-Policy": None,
-}
-
-_BCRYPT_HASH = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
 # bcrypt of "fakepassword": unknown users cost as much as known ones, so timing
 # does not reveal which user names exist (exporter-toolkit does the same).
 _FAKE_HASH = b"$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
 _CACHE_SIZE = 100
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+UserName = Annotated[str, Meta(min_length=1, description="a non-empty user name")]
+BcryptHash = Annotated[str, Meta(pattern=r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$",
+                                 description='a bcrypt hash such as $2y$10$... (htpasswd -nBC 10 "")'), REDACTED]
+# Go's form, as exporter-toolkit reads it; a bare 0 (YAML's number) means off too.
+Interval = Annotated[Annotated[str, Meta(pattern=durations.GO_PATTERN)] | Literal[0],
+                     Meta(description="a duration such as 1s or 250ms, or 0 for off")]
 
 
-@dataclass(frozen=True)
-class TLSServerConfig:
+# -- the file, as exporter-toolkit defines its keys -----------------------------------
+
+
+class TLSServerConfig(Section):
+    """tls_server_config; relative file names are made relative to the config file's directory."""
     cert_file: str = ""
     key_file: str = ""
     cert: str = ""
     key: str = ""
     client_ca_file: str = ""
     client_ca: str = ""
-    client_auth_type: str = "NoClientCert"
+    client_auth_type: str = ""             # "" is NoClientCert, as in exporter-toolkit
     client_allowed_sans: tuple[str, ...] = ()
     min_version: str = "TLS12"
     max_version: str = "TLS13"
     cipher_suites: tuple[str, ...] = ()
     prefer_server_cipher_suites: bool = True
+    curve_preferences: tuple[str, ...] = ()  # refused: Python's ssl module cannot set a list of curves
+
+    @property
+    def configured(self) -> bool:
+        """Whether any TLS setting is made; none means plain HTTP, as in exporter-toolkit."""
+        return any((self.cert_file, self.key_file, self.cert, self.key, self.client_ca_file, self.client_ca,
+                    self.client_auth_type))
+
+    def __post_init__(self):
+        if self.curve_preferences:
+            raise Invalid("curve_preferences", "not supported: Python's ssl module cannot set a list of curves")
+        if not self.configured:
+            return
+        if not self.cert_file and not self.cert:
+            raise Invalid("", "missing one of cert or cert_file")
+        if not self.key_file and not self.key:
+            raise Invalid("", "missing one of key or key_file")
+        if self.cert_file and self.cert:
+            raise Invalid("cert", "set either cert or cert_file, not both")
+        if self.key_file and self.key:
+            raise Invalid("key", "set either key or key_file, not both")
+        if self.client_auth_type in _UNVERIFIED_CLIENT_AUTH:
+            raise Invalid("client_auth_type",
+                          f"{self.client_auth_type} is not supported: client certificates are always verified "
+                          "here; use VerifyClientCertIfGiven or RequireAndVerifyClientCert")
+        if self.client_auth_type not in _CLIENT_AUTH:
+            raise Invalid("client_auth_type", f"invalid client auth type {self.client_auth_type!r}")
+        if (self.client_ca_file or self.client_ca) and _CLIENT_AUTH[self.client_auth_type] == ssl.CERT_NONE:
+            raise Invalid("client_auth_type", "client CAs have been configured without a client auth policy")
+        if self.client_allowed_sans and self.client_auth_type != "RequireAndVerifyClientCert":
+            raise Invalid("client_allowed_sans",
+                          "client_allowed_sans requires client_auth_type RequireAndVerifyClientCert")
+        for key in ("min_version", "max_version"):
+            if getattr(self, key) not in _TLS_VERSIONS:
+                raise Invalid(key, f"unknown TLS version {getattr(self, key)!r} (known: {', '.join(_TLS_VERSIONS)})")
+        if _TLS_VERSIONS[self.min_version] > _TLS_VERSIONS[self.max_version]:
+            raise Invalid("min_version", "is above max_version")
+        for i, suite in enumerate(self.cipher_suites):
+            if suite not in _CIPHER_SUITES:
+                raise Invalid(f"cipher_suites[{i}]", f"unknown cipher: {suite}")
 
 
-@dataclass(frozen=True)
-class RateLimit:
+class Headers(Section):
+    """http_server_config.headers: the response headers exporter-toolkit lets a config set."""
+    strict_transport_security: str = field(default="", name="Strict-Transport-Security")
+    x_content_type_options: Literal["nosniff"] | None = field(default=None, name="X-Content-Type-Options")
+    x_frame_options: Literal["deny", "sameorigin"] | None = field(default=None, name="X-Frame-Options")
+    x_xss_protection: str = field(default="", name="X-XSS-Protection")
+    content_security_policy: str = field(default="", name="Content-Security-Policy")
+
+    def by_name(self) -> dict[str, str]:
+        """The headers given a value, by their HTTP names."""
+        return {f.encode_name: getattr(self, f.name) for f in msgspec.structs.fields(self) if getattr(self, f.name)}
+
+
+class HTTPServerConfig(Section):
+    http2: bool = True              # accepted for compatibility; this server speaks HTTP/1.1
+    headers: Headers = field(default_factory=Headers)
+
+
+class RateLimitConfig(Section):
+    interval: Interval = 0
+    burst: Annotated[int, Meta(ge=0, description="a non-negative integer")] = 0
+
+    def __post_init__(self):
+        if self.interval and durations.go_seconds(self.interval) > 0 and self.burst < 1:
+            raise Invalid("burst", "must be at least 1 when interval is set")
+
+
+class WebConfigFile(Section):
+    """The web config file (exporter-toolkit docs/web-configuration.md)."""
+    tls_server_config: TLSServerConfig = field(default_factory=TLSServerConfig)
+    http_server_config: HTTPServerConfig = field(default_factory=HTTPServerConfig)
+    basic_auth_users: dict[UserName, BcryptHash] = {}
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+
+
+# -- what the server uses ---------------------------------------------------------------
+
+
+class RateLimit(msgspec.Struct, frozen=True):
     interval_seconds: float = 0.0   # 0 disables the limiter
     burst: int = 0
 
 
-@dataclass(frozen=True)
-class WebConfig:
+class WebConfig(msgspec.Struct, frozen=True):
     tls: TLSServerConfig | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    http2: bool = True              # accepted for compatibility; this server speaks HTTP/1.1
-    basic_auth_users: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[str, str] = {}
+    http2: bool = True
+    basic_auth_users: dict[str, bytes] = {}
     rate_limit: RateLimit = field(default_factory=RateLimit)
 
 
-# -- parsing -----------------------------------------------------------------
-
-def _mapping(value, path: str, allowed: tuple[str, ...]) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise WebConfigError(path, f"expected a mapping, got {type(value).__name__}")
-    for key in value:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise WebConfigError(where, f"unknown key (known: {', '.join(allowed)})")
-    return value
-
-
-def _string(value, path: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise WebConfigError(path, f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _strings(value, path: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise WebConfigError(path, f"expected a list of strings, got {type(value).__name__}")
-    return tuple(_string(item, f"{path}[{i}]") for i, item in enumerate(value))
-
-
-def _bool(value, path: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise WebConfigError(path, f"expected true or false, got {value!r}")
-    return value
-
-
 def parse_duration(text, path: str) -> float:
-    """A Go duration ("1s", "250ms", "1m30s") in seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool) and text == 0:
+    """A Go duration ("1s", "250ms", "1m30s", or 0) in seconds; WebConfigError naming `path` otherwise."""
+    if text == 0 and not isinstance(text, bool):
         return 0.0
-    if not isinstance(text, str) or not text:
-        raise WebConfigError(path, f"expected a duration such as 1s or 250ms, got {text!r}")
-    position, seconds = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != position:
-            break
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
-    if position != len(text) and text != "0":
-        raise WebConfigError(path, f"expected a duration such as 1s or 250ms, got {text!r}")
-    return seconds
+    try:
+        return durations.go_seconds(text)
+    except ValueError as exc:
+        raise WebConfigError(path, str(exc)) from None
 
 
 def _relative_to(directory: Path, name: str) -> str:
     return str(directory / name) if name and not os.path.isabs(name) else name
 
 
-def _parse_tls(raw, directory: Path) -> TLSServerConfig | None:
-    path = "tls_server_config"
-    raw = _mapping(raw, path, (
-        "cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type", "client_ca_file",
-        "client_allowed_sans", "min_version", "max_version", "cipher_suites",
-        "prefer_server_cipher_suites", "curve_preferences"))
-    if "curve_preferences" in raw and raw["curve_preferences"]:
-        raise WebConfigError(f"{path}.curve_preferences",
-                             "not supported: Python's ssl module cannot set a list of curves")
-    values = {key: _string(raw.get(key), f"{path}.{key}") for key in (
-        "cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type", "client_ca_file")}
-    if not any(values.values()):
-        return None   # no TLS settings: plain HTTP, as exporter-toolkit does
-    if not values["cert_file"] and not values["cert"]:
-        raise WebConfigError(path, "missing one of cert or cert_file")
-    if not values["key_file"] and not values["key"]:
-        raise WebConfigError(path, "missing one of key or key_file")
-    if values["cert_file"] and values["cert"]:
-        raise WebConfigError(f"{path}.cert", "set either cert or cert_file, not both")
-    if values["key_file"] and values["key"]:
-        raise WebConfigError(f"{path}.key", "set either key or key_file, not both")
-    client_auth = values["client_auth_type"] or "NoClientCert"
-    if client_auth in _UNVERIFIED_CLIENT_AUTH:
-        raise WebConfigError(f"{path}.client_auth_type",
-                             f"{client_auth} is not supported: client certificates are always verified here; "
-                             "use VerifyClientCertIfGiven or RequireAndVerifyClientCert")
-    if client_auth not in _CLIENT_AUTH:
-        raise WebConfigError(f"{path}.client_auth_type", f"invalid client auth type {client_auth!r}")
-    if (values["client_ca_file"] or values["client_ca"]) and _CLIENT_AUTH[client_auth] == ssl.CERT_NONE:
-        raise WebConfigError(f"{path}.client_auth_type",
-                             "client CAs have been configured without a client auth policy")
-    sans = _strings(raw.get("client_allowed_sans"), f"{path}.client_allowed_sans")
-    if sans and client_auth != "RequireAndVerifyClientCert":
-        raise WebConfigError(f"{path}.client_allowed_sans",
-                             "client_allowed_sans requires client_auth_type RequireAndVerifyClientCert")
-    versions = {}
-    for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-        version = _string(raw.get(key), f"{path}.{key}") or default
-        if version not in _TLS_VERSIONS:
-            raise WebConfigError(f"{path}.{key}",
-                                 f"unknown TLS version {version!r} (known: {', '.join(_TLS_VERSIONS)})")
-        versions[key] = version
-    if _TLS_VERSIONS[versions["min_version"]] > _TLS_VERSIONS[versions["max_version"]]:
-        raise WebConfigError(f"{path}.min_version", "is above max_version")
-    suites = _strings(raw.get("cipher_suites"), f"{path}.cipher_suites")
-    for i, suite in enumerate(suites):
-        if suite not in _CIPHER_SUITES:
-            raise WebConfigError(f"{path}.cipher_suites[{i}]", f"unknown cipher: {suite}")
-    return TLSServerConfig(
-        cert_file=_relative_to(directory, values["cert_file"]),
-        key_file=_relative_to(directory, values["key_file"]),
-        cert=values["cert"], key=values["key"],
-        client_ca_file=_relative_to(directory, values["client_ca_file"]),
-        client_ca=values["client_ca"],
-        client_auth_type=client_auth,
-        client_allowed_sans=sans,
-        min_version=versions["min_version"], max_version=versions["max_version"],
-        cipher_suites=suites,
-        prefer_server_cipher_suites=_bool(raw.get("prefer_server_cipher_suites"),
-                                          f"{path}.prefer_server_cipher_suites", True),
-    )
-
-
-def _parse_http(raw) -> tuple[dict[str, str], bool]:
-    path = "http_server_config"
-    raw = _mapping(raw, path, ("http2", "headers"))
-    headers = {}
-    for name, value in _mapping(raw.get("headers"), f"{path}.headers", tuple(_HEADERS)).items():
-        value = _string(value, f"{path}.headers.{name}")
-        allowed = _HEADERS[name]
-        if allowed is not None and value not in allowed:
-            raise WebConfigError(f"{path}.headers.{name}",
-                                 f"invalid value {value!r}; expected one of {', '.join(allowed)}")
-        if value:
-            headers[name] = value
-    return headers, _bool(raw.get("http2"), f"{path}.http2", True)
-
-
-def _parse_users(raw) -> dict[str, bytes]:
-    path = "basic_auth_users"
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise WebConfigError(path, f"expected a mapping of user names to bcrypt hashes, got {type(raw).__name__}")
-    users = {}
-    for user, hashed in raw.items():
-        where = f"{path}.{user}"
-        if not isinstance(user, str) or not user:
-            raise WebConfigError(where, "user names must be non-empty strings")
-        if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
-            raise WebConfigError(where, "expected a bcrypt hash such as $2y$10$... (htpasswd -nBC 10 \"\")")
-        users[user] = hashed.encode("ascii")
-    return users
-
-
-def _parse_rate_limit(raw) -> RateLimit:
-    path = "rate_limit"
-    raw = _mapping(raw, path, ("interval", "burst"))
-    interval = parse_duration(raw.get("interval", 0), f"{path}.interval")
-    burst = raw.get("burst", 0)
-    if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
-        raise WebConfigError(f"{path}.burst", f"expected a non-negative integer, got {burst!r}")
-    if interval > 0 and burst < 1:
-        raise WebConfigError(f"{path}.burst", "must be at least 1 when interval is set")
-    return RateLimit(interval, burst)
-
-
 def parse_web_config(document, directory: Path = Path(".")) -> WebConfig:
-    raw = _mapping(document, "", ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"))
-    headers, http2 = _parse_http(raw.get("http_server_config"))
+    file = decode({} if document is None else document, WebConfigFile, root="", error=WebConfigError)
+    tls = file.tls_server_config
     return WebConfig(
-        tls=_parse_tls(raw.get("tls_server_config"), directory),
-        headers=headers,
-        http2=http2,
-        basic_auth_users=_parse_users(raw.get("basic_auth_users")),
-        rate_limit=_parse_rate_limit(raw.get("rate_limit")),
+        tls=msgspec.structs.replace(
+            tls, cert_file=_relative_to(directory, tls.cert_file), key_file=_relative_to(directory, tls.key_file),
+            client_ca_file=_relative_to(directory, tls.client_ca_file),
+            client_auth_type=tls.client_auth_type or "NoClientCert") if tls.configured else None,
+        headers=file.http_server_config.headers.by_name(),
+        http2=file.http_server_config.http2,
+        basic_auth_users={user: hashed.encode("ascii") for user, hashed in file.basic_auth_users.items()},
+        rate_limit=RateLimit(parse_duration(file.rate_limit.interval, "rate_limit.interval"), file.rate_limit.burst),
     )
 
 

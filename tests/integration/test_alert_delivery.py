@@ -15,11 +15,10 @@ moved on twice after the message, two more flushes have come and gone.
 import json
 import re
 import threading
-import time
 import urllib.request
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from agent_exporter import Telemetry, stack
 from agent_exporter.config import Config
@@ -37,16 +36,6 @@ FIRING = f"[FIRING:1] {ALERT} · agent coder"
 RESOLVED = f"[RESOLVED] {ALERT} · agent coder"
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def metric(alertmanager, name: str, selector: str = "") -> float:
     """The sum of `name`'s series in Alertmanager's /metrics whose labels contain `selector`."""
     text = urllib.request.urlopen(alertmanager.url + "/metrics", timeout=5).read().decode()
@@ -61,8 +50,8 @@ def nflog_queries(alertmanager) -> float:
 def wait_for_flushes(alertmanagers, flushes: int = 2, timeout: float = 30) -> None:
     """Until every Alertmanager has flushed its groups `flushes` more times."""
     start = [nflog_queries(process) for process in alertmanagers]
-    wait_for(lambda: all(nflog_queries(p) >= s + flushes for p, s in zip(alertmanagers, start)),
-             timeout, f"{flushes} more notification flushes")
+    stack.wait_for(lambda: all(nflog_queries(p) >= s + flushes for p, s in zip(alertmanagers, start)),
+                   timeout=timeout, what=f"{flushes} more notification flushes")
 
 
 class Pipeline:
@@ -194,7 +183,7 @@ def test_error_alert_reaches_slack_email_and_remediation_then_resolves(make_pipe
 
     with Traffic(running.exporter.url) as traffic:
         traffic.failing.set()
-        firing = wait_for(lambda: slack_with(FIRING), 90, "the firing Slack message")[0]
+        firing = stack.wait_for(lambda: slack_with(FIRING), timeout=90, what="the firing Slack message")[0]
         assert firing["color"] == "danger"
         assert "*Agent coder fails too often.*" in firing["text"]
         assert "of coder's executions failed over the last 10s (threshold 5%)." in firing["text"]
@@ -202,7 +191,8 @@ def test_error_alert_reaches_slack_email_and_remediation_then_resolves(make_pipe
         assert "#orchestratoragenthigherrorratio|runbook>" in firing["text"]
         assert "d/orchestrator-agent?var-agent=coder|dashboard>" in firing["text"]
 
-        email = wait_for(lambda: [m for m in smtp.messages if m["Subject"] == FIRING], 30, "the email")[0]
+        email = stack.wait_for(lambda: [m for m in smtp.messages if m["Subject"] == FIRING], timeout=30,
+                               what="the email")[0]
         assert email["To"] == "oncall@example.com"
         html = email.get_body(("html",)).get_content()
         assert ">FIRING<" in html and "Agent coder fails too often." in html
@@ -210,18 +200,19 @@ def test_error_alert_reaches_slack_email_and_remediation_then_resolves(make_pipe
                '#orchestratoragenthigherrorratio"' in html
 
         # The remediation webhook reached the exporter, which opened coder's breaker.
-        wait_for(lambda: ("coder", "open", ALERT) in running.breaker_changes, 30, "the breaker to open")
+        stack.wait_for(lambda: ("coder", "open", ALERT) in running.breaker_changes, timeout=30,
+                       what="the breaker to open")
 
         traffic.failing.clear()
-        resolved = wait_for(lambda: slack_with(RESOLVED), 90, "the resolved Slack message")[0]
+        resolved = stack.wait_for(lambda: slack_with(RESOLVED), timeout=90, what="the resolved Slack message")[0]
         assert resolved["color"] == "good"
         assert "Resolved: Agent coder fails too often." in resolved["text"]
         assert ":red_circle:" not in resolved["text"]
-        resolved_email = wait_for(lambda: [m for m in smtp.messages if m["Subject"] == RESOLVED], 30,
-                                  "the resolved email")[0]
+        resolved_email = stack.wait_for(lambda: [m for m in smtp.messages if m["Subject"] == RESOLVED], timeout=30,
+                                        what="the resolved email")[0]
         assert ">RESOLVED<" in resolved_email.get_body(("html",)).get_content()
-        wait_for(lambda: ("coder", "closed", "resolved:" + ALERT) in running.breaker_changes, 30,
-                 "the breaker to be released")
+        stack.wait_for(lambda: ("coder", "closed", "resolved:" + ALERT) in running.breaker_changes, timeout=30,
+                       what="the breaker to be released")
     # One firing and one resolved message for the group, not a stream of repeats.
     assert running.slack_titles().count(FIRING) == 1
     assert running.slack_titles().count(RESOLVED) == 1
@@ -232,7 +223,7 @@ def test_a_slack_outage_delays_the_message_but_it_arrives_once(make_pipeline):
     running.slack.fail_next(4)          # Slack answers 500 to the first four posts
     with Traffic(running.exporter.url) as traffic:
         traffic.failing.set()
-        wait_for(lambda: FIRING in running.slack_titles(), 120, "the message after the outage")
+        stack.wait_for(lambda: FIRING in running.slack_titles(), timeout=120, what="the message after the outage")
         wait_for_flushes(running.alertmanagers)
     # The outage was really hit, and Alertmanager saw every failed attempt.
     assert running.slack.failures_pending == 0
@@ -246,16 +237,17 @@ def test_an_alertmanager_restart_loses_and_repeats_nothing(make_pipeline):
     running = make_pipeline()
     with Traffic(running.exporter.url) as traffic:
         traffic.failing.set()
-        wait_for(lambda: FIRING in running.slack_titles(), 90, "the firing message")
+        stack.wait_for(lambda: FIRING in running.slack_titles(), timeout=90, what="the firing message")
         running.restart_alertmanager()
         # Prometheus re-sends the firing alert to the new process, which flushes its group
         # against the notification log it read back from storage.
-        wait_for(lambda: json.loads(urllib.request.urlopen(
-            running.alertmanagers[0].url + "/api/v2/alerts", timeout=5).read()), 30, "the re-sent alert")
+        stack.wait_for(lambda: json.loads(urllib.request.urlopen(
+            running.alertmanagers[0].url + "/api/v2/alerts", timeout=5).read()), timeout=30, what="the re-sent alert")
         wait_for_flushes(running.alertmanagers)
         assert running.slack_titles().count(FIRING) == 1
         traffic.failing.clear()
-        wait_for(lambda: RESOLVED in running.slack_titles(), 90, "the resolved message after the restart")
+        stack.wait_for(lambda: RESOLVED in running.slack_titles(), timeout=90,
+                       what="the resolved message after the restart")
         wait_for_flushes(running.alertmanagers)
     assert running.slack_titles().count(FIRING) == 1
     assert running.slack_titles().count(RESOLVED) == 1
@@ -265,7 +257,7 @@ def test_two_clustered_alertmanagers_send_one_message_per_group(make_pipeline):
     running = make_pipeline(alertmanagers=2)
     with Traffic(running.exporter.url) as traffic:
         traffic.failing.set()
-        wait_for(lambda: FIRING in running.slack_titles(), 90, "the firing message")
+        stack.wait_for(lambda: FIRING in running.slack_titles(), timeout=90, what="the firing message")
         for process in running.alertmanagers:   # both received the alert from Prometheus
             alerts = json.loads(urllib.request.urlopen(process.url + "/api/v2/alerts", timeout=5).read())
             assert ALERT in {a["labels"]["alertname"] for a in alerts}
@@ -317,6 +309,6 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
             ("OrchestratorToolHighErrorRatio", job_name, "warning"): "active",  # not in the inhibited list
         }
         try:
-            wait_for(lambda: states() == expected, 15, "the inhibition states")
-        except AssertionError:
+            stack.wait_for(lambda: states() == expected, timeout=15, what="the inhibition states")
+        except stack.StackError:
             assert states() == expected     # shows the difference

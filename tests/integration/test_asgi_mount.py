@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import requests
 import uvicorn
@@ -12,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from agent_exporter import Telemetry, catalog
+from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config
 
 
@@ -29,9 +28,7 @@ def test_asgi_app_serves_metrics_and_ingest_under_a_prefix():
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
+    stack.wait_for(lambda: server.started, timeout=30, interval=0.01, what="uvicorn started")
     assert server.started
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     try:

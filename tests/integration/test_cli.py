@@ -15,6 +15,8 @@ from agent_exporter.cli import main
 from agent_exporter.config import Config
 from agent_exporter.server import Service, start_server
 
+from exporters import running_exporter
+
 LEGACY_CONFIG = """\
 observability:
   enabled: true
@@ -67,11 +69,8 @@ def series(url: str) -> dict:
 
 @pytest.fixture
 def exporter():
-    telemetry = Telemetry(Config())
-    handle = start_server(Service(telemetry), "127.0.0.1:0")
-    yield handle
-    handle.stop()
-    telemetry.shutdown()
+    with running_exporter() as handle:
+        yield handle
 
 
 def test_version_from_the_console_script():
@@ -94,6 +93,25 @@ def test_check_prints_what_it_understood(tmp_path, capsys):
     assert "gpt-4o: 2.5 / 10" in out
     assert "sampling_rate=0.5" in out
     assert "execution buckets (s): " + " ".join(f"{b:g}" for b in catalog.EXECUTION_BUCKETS) in out
+
+
+def test_check_prints_every_section(tmp_path, capsys):
+    path = tmp_path / "observability.yaml"
+    path.write_text(LEGACY_CONFIG + """\
+  otlp:
+    grpc_listen_address: 127.0.0.1:4317
+  healing:
+    selector: {decay: 0.9}
+    fleet:
+      alertmanager: {urls: [http://alertmanager:9093], auth: {bearer_token_file: /run/secrets/am}}
+""")
+    assert main(["check", "--config.file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "logging: level=INFO format=json include_traces=on otlp=off" in out
+    assert "otlp: grpc_listen_address=127.0.0.1:4317 forward_spans=off" in out
+    assert "selector: decay=0.9 latency_weight=0.2" in out
+    assert "fleet alertmanager: http://alertmanager:9093 every 10s, bearer token from /run/secrets/am" in out
+    assert "fleet prometheus: off" in out
 
 
 def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):

@@ -2,11 +2,10 @@
 
 import json
 import logging
-import time
 import urllib.request
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from agent_exporter import stack
 from agent_exporter.compat.alerting import Alert, AlertingSystem, alert_name
@@ -33,11 +32,8 @@ def test_send_alert_reaches_alertmanager(tmp_path, caplog):
             assert system.send_alert(Alert("error", "Agent planner keeps failing", "3 of 4 runs failed",
                                            {"agent": "planner", "request_id": "r-1"}))
         assert "ALERT [ERROR] Agent planner keeps failing" in caplog.text
-        deadline = time.monotonic() + 10
-        alerts = []
-        while time.monotonic() < deadline and not alerts:
-            alerts = json.loads(urllib.request.urlopen(am.url + "/api/v2/alerts", timeout=5).read())
-            time.sleep(0.1)
+        alerts = stack.wait_for(lambda: json.loads(urllib.request.urlopen(am.url + "/api/v2/alerts", timeout=5).read()),
+                                timeout=10, interval=0.1, what="the alert in Alertmanager")
         assert len(alerts) == 1
         assert alerts[0]["labels"] == {"alertname": "OrchestratorLegacyAgentPlannerKeepsFailing",
                                        "severity": "critical", "agent": "planner", "source": "legacy"}

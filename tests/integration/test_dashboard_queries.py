@@ -208,16 +208,12 @@ def demo():
     thread = threading.Thread(target=run, name="demo", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def healthy() -> bool:
             assert not failures, f"the demo failed: {failures[0]!r}"
             assert thread.is_alive(), "the demo stopped by itself"
-            assert time.monotonic() < deadline, "the demo never became healthy"
-            try:
-                with urllib.request.urlopen(f"http://{address}/-/healthy", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://{address}/-/healthy", timeout=2):
+                return True
+        stack.wait_for(healthy, timeout=30, what="the demo never became healthy")
         yield address
     finally:
         stop.set()
@@ -279,12 +275,10 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 def query_until_data(api: stack.PrometheusAPI, expr: str, timeout: float = 30.0) -> list:
     """The query's result, retried while empty: rule groups write their rules one by one,
     so a series of the chosen agent can lag another rule's by an evaluation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = api.query(expr)
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
+    try:
+        return api.wait_until(expr, bool, timeout=timeout, interval=0.5)
+    except stack.StackError:
+        return []
 
 
 def test_every_panel_query_returns_series(api, boards):

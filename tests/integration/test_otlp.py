@@ -1,7 +1,6 @@
 """Spans reach a real OTLP receiver over gRPC and HTTP/protobuf; a dead or stuck one costs nothing."""
 
 import json
-import socket
 import threading
 
 import pytest
@@ -10,7 +9,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from otlp_receiver import GrpcReceiver, HttpReceiver
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import catalog, events, tracing
+from agent_exporter import catalog, events, stack, tracing
 from agent_exporter.config import Config, MetricsConfig, ModelPrice, TracingConfig
 from agent_exporter.telemetry import Telemetry
 
@@ -33,13 +32,6 @@ def otlp_telemetry(endpoint: str, protocol: str, **tracing_fields) -> Telemetry:
 def executions(tel: Telemetry) -> float:
     return sum(s.value for family in parse_text(tel.render().decode()) for s in family.samples
                if s.name == catalog.AGENT_EXECUTIONS.name)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=PROTOCOLS)
@@ -139,7 +131,7 @@ def test_ingested_events_join_the_orchestrators_trace(receiver):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_dead_endpoint_neither_raises_nor_loses_metrics(protocol):
-    tel = otlp_telemetry(f"http://127.0.0.1:{closed_port()}", protocol,
+    tel = otlp_telemetry(f"http://127.0.0.1:{stack.free_port()}", protocol,
                          max_queue_size=4, otlp_timeout_seconds=0.2)
     recorded = 200
     for i in range(recorded):

@@ -11,7 +11,7 @@ from otlp_receiver import GrpcReceiver, HttpReceiver, spans_of
 from otlp_spans import agent_span, chat_span, request, span
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import catalog
+from agent_exporter import catalog, stack
 from agent_exporter.config import Config, OTLPConfig, TracingConfig
 from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.telemetry import Telemetry
@@ -27,12 +27,6 @@ def forwarding(endpoint: str, protocol: str, *, timeout: float = 5.0, queue_size
 def executions(tel) -> float:
     return sum(s.value for family in parse_text(tel.render().decode()) for s in family.samples
                if s.name == catalog.AGENT_EXECUTIONS.name)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class StuckBackend:
@@ -92,7 +86,7 @@ def test_received_spans_reach_the_backend_unchanged(protocol):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_dead_backend_fails_forwarding_not_ingestion(protocol):
-    config = forwarding(f"http://127.0.0.1:{closed_port()}", protocol, timeout=2.0)
+    config = forwarding(f"http://127.0.0.1:{stack.free_port()}", protocol, timeout=2.0)
     tel = Telemetry(config)
     receiver = OTLPReceiver(tel, config)
     try:

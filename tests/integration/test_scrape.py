@@ -48,13 +48,9 @@ def test_prometheus_scrapes_series_and_exemplars(telemetry, prometheus):
     errors = prometheus.query('orchestrator_agent_errors_total{agent="planner"}')
     assert [(r["metric"]["error_type"], float(r["value"][1])) for r in errors] == [("Timeout", 1.0)]
 
-    exemplars = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not exemplars:
-        exemplars = prometheus.query_exemplars(
-            "orchestrator_agent_execution_duration_seconds_bucket", start, time.time() + 60)
-        if not exemplars:
-            time.sleep(0.5)
+    exemplars = stack.wait_for(lambda: prometheus.query_exemplars(
+        "orchestrator_agent_execution_duration_seconds_bucket", start, time.time() + 60),
+        timeout=30, interval=0.5, what="exemplars in Prometheus")
     trace_ids = {e["labels"]["trace_id"] for series in exemplars for e in series["exemplars"]}
     assert trace_ids == {TRACE_ID}
     # The exemplar sits on the bucket of the observation it came from.

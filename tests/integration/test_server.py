@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -30,6 +28,9 @@ from agent_exporter.healing.alertmanager import decode_webhook
 from agent_exporter.server import Service, start_server
 from agent_exporter.webconfig import load_web_config
 
+from certificates import self_signed
+from exporters import running_exporter
+
 PLANNER_OK = {"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 1.5,
               "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.0045}
 TOOL_OK = {"type": "tool_call", "tool": "web_search", "status": "success", "duration_seconds": 0.2}
@@ -51,11 +52,8 @@ def value(url: str, name: str, **labels) -> float:
 
 @pytest.fixture
 def server():
-    telemetry = Telemetry(Config())
-    handle = start_server(Service(telemetry), "127.0.0.1:0")
-    yield handle
-    handle.stop()
-    telemetry.shutdown()
+    with running_exporter() as handle:
+        yield handle
 
 
 def post_events(url, body, content_type="application/json", **headers):
@@ -341,32 +339,8 @@ def test_bearer_token_guards_v1_only():
         assert value(handle.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 1
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent-exporter test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
-    cert_path, _ = _self_signed(tmp_path)
+    cert_path, _ = self_signed(tmp_path)
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     web_config_path = tmp_path / "web.yml"
     web_config_path.write_text(

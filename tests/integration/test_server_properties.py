@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_exporter import Telemetry, catalog
-from agent_exporter.config import Config
-from agent_exporter.server import Service, start_server
+from agent_exporter import catalog
+
+from exporters import running_exporter
 
 SETTINGS = settings(max_examples=120, deadline=None)
 
@@ -65,11 +65,8 @@ items = valid_events.map(lambda e: (True, e)) | st.one_of(invalid_items, broken_
 
 @pytest.fixture(scope="module")
 def server():
-    telemetry = Telemetry(Config())
-    handle = start_server(Service(telemetry), "127.0.0.1:0")
-    yield handle
-    handle.stop()
-    telemetry.shutdown()
+    with running_exporter() as handle:
+        yield handle
 
 
 def counters(url: str) -> Counter:

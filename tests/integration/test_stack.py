@@ -90,13 +90,9 @@ def test_clustered_alertmanagers_find_each_other(tmp_path):
     with stack.start_alertmanager(tmp_path / "a", ALERTMANAGER_CONFIG, cluster_port=first_cluster) as first, \
             stack.start_alertmanager(tmp_path / "b", ALERTMANAGER_CONFIG, cluster_port=second_cluster,
                                      cluster_peers=[f"127.0.0.1:{first_cluster}"]) as second:
-        deadline = time.monotonic() + 30
-        peers = []
-        while time.monotonic() < deadline:
-            peers = [get_json(am.url + "/api/v2/status")["cluster"].get("peers", []) for am in (first, second)]
-            if all(len(p) == 2 for p in peers):
-                break
-            time.sleep(0.2)
+        peers = stack.wait_for(
+            lambda: [get_json(am.url + "/api/v2/status")["cluster"].get("peers", []) for am in (first, second)],
+            lambda peers: all(len(p) == 2 for p in peers), timeout=30, what="two peers each")
         assert [len(p) for p in peers] == [2, 2], peers
         addresses = {peer["address"] for peer in peers[0]}
         assert addresses == {f"127.0.0.1:{first_cluster}", f"127.0.0.1:{second_cluster}"}

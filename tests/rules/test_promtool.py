@@ -2,11 +2,11 @@
 
 import re
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from msgspec.structs import replace
 
 from agent_exporter.config import Config, parse_config
 from agent_exporter.render import common, prometheus, rules

@@ -2,10 +2,10 @@
 
 import json
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from agent_exporter.config import Config, load_config, parse_config
 from agent_exporter.render import alertmanager as am

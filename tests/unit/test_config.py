@@ -1,8 +1,8 @@
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from msgspec.structs import replace
 
 from agent_exporter.config import (
     Config, ConfigError, ModelPrice, default_config, load_config, parse_config)
@@ -380,3 +380,60 @@ def test_bad_otlp_values_name_the_key_path(section, path, words):
         parse_config({"observability": {"otlp": section}})
     assert info.value.path == path
     assert words in str(info.value)
+
+
+# -- the JSON Schema, and what msgspec decoding adds -------------------------------------------
+
+
+def test_published_json_schema_matches_the_code():
+    import json
+
+    from agent_exporter.config import json_schema
+    published = json.loads((ROOT / "schemas" / "observability.schema.json").read_text())
+    assert published == json.loads(json.dumps(json_schema()))
+
+
+def _schema_keys(document, schema, defs, path="") -> list[str]:
+    """The keys of `document` that `schema` does not describe (following $ref and nested objects)."""
+    while "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+    missing = []
+    for key, value in document.items():
+        # A section names its keys; a mapping (prices, fallbacks) describes every value alike.
+        described = schema["properties"].get(key) if "properties" in schema else schema.get("additionalProperties")
+        if described is None:
+            missing.append(f"{path}{key}")
+        elif isinstance(value, dict):
+            missing += _schema_keys(value, described, defs, f"{path}{key}.")
+    return missing
+
+
+def test_the_schema_describes_the_top_key_and_every_key_of_the_example():
+    from agent_exporter.config import json_schema
+    schema = json_schema()
+    assert list(schema["properties"]) == ["observability"] and schema["additionalProperties"] is False
+    assert schema["$defs"]["Config"]["additionalProperties"] is False
+    example = yaml.safe_load((ROOT / "examples" / "observability.yaml").read_text())
+    assert _schema_keys(example, schema, schema["$defs"]) == []
+    assert _schema_keys({"observability": {"tracing": {"colour": "blue"}}}, schema, schema["$defs"]) == [
+        "observability.tracing.colour"]
+    rate_window = schema["$defs"]["AlertingConfig"]["properties"]["rate_window"]
+    assert rate_window["pattern"] and "Prometheus duration" in rate_window["description"]
+
+
+def test_a_key_left_empty_takes_its_default():
+    assert parse("observability:\n  tracing:\n  metrics:\n    max_series:\n    prices:\n") == Config()
+
+
+def test_infinite_numbers_are_refused_with_the_key_path():
+    with pytest.raises(ConfigError) as info:
+        parse("observability:\n  healing:\n    backoff_max_seconds: .inf\n")
+    assert info.value.path == "observability.healing.backoff_max_seconds" and "finite" in str(info.value)
+
+
+def test_sections_built_in_code_are_checked_too():
+    from agent_exporter.config import MetricsConfig
+    with pytest.raises(ValueError, match=r"^execution_buckets\[1\]: bounds must increase"):
+        MetricsConfig(execution_buckets=(2.0, 1.0))
+    with pytest.raises(ValueError, match="alerting.thresholds.latency_p95_seconds"):
+        replace(Config(), metrics=MetricsConfig(execution_buckets=(0.1, 1.0)))

@@ -8,7 +8,6 @@ built-ins, and is valid PromQL (promtool); the committed files equal a fresh ren
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from msgspec.structs import replace
 
 from agent_exporter import catalog
 from agent_exporter.config import (
@@ -287,7 +287,7 @@ def test_threshold_lines_are_drawn_where_a_limit_is_set(boards):
 
 
 def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
-    slo = dataclasses.replace(Config().alerting.slo, objective=0.995,
+    slo = replace(Config().alerting.slo, objective=0.995,
                               page_windows=(("1h", "5m", 14.4),), ticket_windows=(("3d", "6h", 1.0),))
     boards = render(Config(alerting=AlertingConfig(slo=slo)), tmp_path)
     burn = panel(boards[dashboards.AGENT_UID], "Error budget burn rate")

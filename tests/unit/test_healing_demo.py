@@ -1,7 +1,6 @@
 """The demo's healing workload and its packaging: typed events and workflow runs from the simulated
 orchestrator, the replicas' config file, and the `demo` extra kept out of the library import."""
 
-import dataclasses
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from msgspec.structs import replace
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import catalog, stack
@@ -63,8 +63,8 @@ def test_the_replicas_config_file_loads_back_into_the_same_config():
     config = with_fleet(config, ["http://127.0.0.1:9093", "http://127.0.0.1:9094"], "http://127.0.0.1:9090")
     loaded = parse_config(yaml.safe_load(yaml.safe_dump(config_document(config))))
     assert loaded.alerting.conditions == () and config.alerting.conditions     # read into the thresholds
-    assert dataclasses.replace(loaded, alerting=config.alerting) == config
-    assert loaded.alerting == dataclasses.replace(config.alerting, conditions=())
+    assert replace(loaded, alerting=config.alerting) == config
+    assert loaded.alerting == replace(config.alerting, conditions=())
     assert config.healing.fleet.alertmanager.urls == ("http://127.0.0.1:9093", "http://127.0.0.1:9094")
     assert config.healing.fleet.prometheus.url == "http://127.0.0.1:9090"
 

@@ -6,7 +6,6 @@ test; tests/integration/test_otlp_in*.py feed spans of real instrumentation libr
 """
 
 import json
-import time
 
 import pytest
 from google.protobuf import json_format
@@ -17,7 +16,7 @@ from otlp_spans import START, TRACE, agent_span, chat_span, request, span
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import catalog, otlp
+from agent_exporter import catalog, otlp, stack
 from agent_exporter.config import Config, MetricsConfig, ModelPrice, OTLPConfig
 from agent_exporter.otlp import OTLPDecodeError, OTLPReceiver
 from agent_exporter.telemetry import Telemetry
@@ -362,9 +361,7 @@ def test_calls_whose_agent_never_arrives_fall_back_after_the_wait(tel):
     try:
         rx.export(request(chat_span(2, parent=1, input_tokens=10, output_tokens=1), service="svc"))
         assert executions(tel) == {}
-        deadline = time.monotonic() + 10
-        while not executions(tel) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        stack.wait_for(lambda: executions(tel), timeout=10, interval=0.05, what="the execution after the wait")
         assert executions(tel) == {("svc", "success"): 1}
         assert tokens(tel, "svc", "gpt-4o") == {"input": 10, "output": 1}
         assert rx.waiting_spans == 0

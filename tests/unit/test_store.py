@@ -255,3 +255,34 @@ def test_promtool_check_metrics_accepts_the_output(store):
          {"type": "circuit_state", "agent": "a", "state": "open"})
     result = subprocess.run([promtool, "check", "metrics"], input=store.render(), capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_registry_refuses_a_collector_whose_names_clash_with_the_catalog(store, monkeypatch):
+    from prometheus_client import Counter, Gauge
+
+    def scrape():
+        raise AssertionError("describe() collected")
+
+    monkeypatch.setattr(store, "snapshot", scrape)
+    registry = CollectorRegistry()
+    registry.register(store)                  # names from describe(), nothing collected
+    with pytest.raises(ValueError, match="orchestrator_agent_executions_total"):
+        Counter("orchestrator_agent_executions", "Clashes with the catalog's counter.", registry=registry)
+    with pytest.raises(ValueError, match="orchestrator_tool_call_duration_seconds_bucket"):
+        Gauge("orchestrator_tool_call_duration_seconds_bucket", "Clashes with a histogram's series.",
+              registry=registry)
+    with pytest.raises(ValueError, match="orchestrator_exporter_build_info"):
+        Gauge("orchestrator_exporter_build_info", "Clashes with the info metric.", registry=registry)
+    Counter("orchestrator_other_events", "No clash.", registry=registry)
+
+
+def test_a_restricted_registry_serves_the_catalog_names_asked_for(store):
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 0.7,
+                 "model": "gpt-4o", "input_tokens": 3},
+         {"type": "tool_call", "tool": "t", "status": "error", "duration_seconds": 0.2})
+    registry = CollectorRegistry()
+    registry.register(store)
+    asked = ["orchestrator_tool_calls_total", "orchestrator_agent_execution_duration_seconds_count"]
+    got = samples(generate_latest(registry.restricted_registry(asked)).decode())
+    assert got == {("orchestrator_tool_calls_total", frozenset({"tool": "t", "status": "error"}.items())): 1,
+                   ("orchestrator_agent_execution_duration_seconds_count", frozenset({"agent": "a"}.items())): 1}

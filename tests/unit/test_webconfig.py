@@ -12,6 +12,8 @@ from agent_exporter.webconfig import (
     BasicAuth, RateLimit, RateLimiter, WebConfigError, load_web_config, parse_duration, parse_web_config,
 )
 
+from certificates import self_signed
+
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
 
@@ -130,27 +132,6 @@ def test_rate_limiter_allows_the_burst_then_refuses():
     assert [limiter.allow() for _ in range(3)] == [True, True, False]
 
 
-def self_signed(tmp_path):
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_ssl_context_from_files(tmp_path):
     cert, key = self_signed(tmp_path)
     config = parse_web_config({"tls_server_config": {"cert_file": cert.name, "key_file": key.name,
@@ -183,3 +164,14 @@ def test_ssl_context_from_inline_pem(tmp_path):
     cert, key = self_signed(tmp_path)
     config = parse_web_config({"tls_server_config": {"cert": cert.read_text(), "key": key.read_text()}})
     assert isinstance(webconfig.ssl_context(config.tls), ssl.SSLContext)
+
+
+def test_a_password_written_in_place_of_its_hash_is_not_repeated():
+    error = error_of({"basic_auth_users": {"alice": "hunter2"}})
+    assert error.path == "basic_auth_users.alice" and "hunter2" not in str(error)
+
+
+def test_empty_keys_take_their_defaults():
+    config = parse_web_config({"tls_server_config": None, "http_server_config": {"http2": None},
+                               "rate_limit": {"interval": None}})
+    assert (config.tls, config.http2, config.rate_limit) == (None, True, RateLimit())

@@ -13,7 +13,6 @@ on the alerts and statistics it polls.  Their lines are relayed prefixed with
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -21,6 +20,9 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import msgspec
+from msgspec.structs import replace
 
 from .. import stack as local_stack
 from ..config import Config, FleetConfig
@@ -41,11 +43,11 @@ def with_fleet(config: Config, alertmanager_urls, prometheus_url: str) -> Config
     """`config` polling these Alertmanagers and this Prometheus, on the stack's timings."""
     fleet = config.healing.fleet
     fleet = FleetConfig(
-        alertmanager=dataclasses.replace(fleet.alertmanager, urls=tuple(alertmanager_urls),
+        alertmanager=replace(fleet.alertmanager, urls=tuple(alertmanager_urls),
                                          interval_seconds=ALERTS_INTERVAL),
-        prometheus=dataclasses.replace(fleet.prometheus, url=prometheus_url, interval_seconds=STATS_INTERVAL),
+        prometheus=replace(fleet.prometheus, url=prometheus_url, interval_seconds=STATS_INTERVAL),
         jitter=fleet.jitter, backoff_max_seconds=FLEET_BACKOFF_MAX, timeout_seconds=FLEET_TIMEOUT)
-    return dataclasses.replace(config, healing=dataclasses.replace(config.healing, fleet=fleet))
+    return replace(config, healing=replace(config.healing, fleet=fleet))
 
 
 def config_document(config: Config) -> dict:
@@ -53,8 +55,8 @@ def config_document(config: Config) -> dict:
 
     Legacy condition strings are left out: they were read into the thresholds,
     which the demo may have changed since."""
-    config = dataclasses.replace(config, alerting=dataclasses.replace(config.alerting, conditions=()))
-    return {"observability": json.loads(json.dumps(dataclasses.asdict(config)))}
+    config = replace(config, alerting=replace(config.alerting, conditions=()))
+    return {"observability": msgspec.to_builtins(config)}
 
 
 def _concrete(listen_address: str) -> str:

@@ -21,12 +21,13 @@ clock is wall time from `started_at`, so replicas started apart share one incide
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import threading
 import time
 from dataclasses import dataclass
+
+from msgspec.structs import replace
 
 from .. import events
 from ..config import Config, ModelPrice
@@ -286,15 +287,15 @@ def demo_config(config: Config, *, listen_address: str) -> Config:
     fallbacks.update(config.healing.fallbacks)
     # Time is compressed (hours of work in minutes): a budget sized for real time
     # would make the demo all about cost alerts.
-    budget = dataclasses.replace(config.alerting.budget, day_usd=max(config.alerting.budget.day_usd, 5000.0),
+    budget = replace(config.alerting.budget, day_usd=max(config.alerting.budget.day_usd, 5000.0),
                                  month_usd=max(config.alerting.budget.month_usd, 100000.0))
-    thresholds = dataclasses.replace(config.alerting.thresholds, cost_per_day_usd=budget.day_usd)
+    thresholds = replace(config.alerting.thresholds, cost_per_day_usd=budget.day_usd)
     # Hundreds of events a second: the first seconds' few failures must not read as a burn.
     min_events = max(config.alerting.min_events, 50)
-    return dataclasses.replace(
+    return replace(
         config,
-        metrics=dataclasses.replace(config.metrics, prices=prices),
-        alerting=dataclasses.replace(config.alerting, budget=budget, thresholds=thresholds, min_events=min_events),
-        healing=dataclasses.replace(config.healing, fallbacks=fallbacks),
-        server=dataclasses.replace(config.server, listen_address=listen_address),
+        metrics=replace(config.metrics, prices=prices),
+        alerting=replace(config.alerting, budget=budget, thresholds=thresholds, min_events=min_events),
+        healing=replace(config.healing, fallbacks=fallbacks),
+        server=replace(config.server, listen_address=listen_address),
     )

@@ -16,21 +16,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
+from ..credentials import read_secret
+
 
 class SourceUnavailable(Exception):
     """No member answered; the message names each member and why."""
-
-
-def read_secret(path: str, key_path: str) -> str:
-    """A secret from its file, stripped; ValueError naming the config key when unreadable or empty."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            secret = handle.read().strip()
-    except OSError as exc:
-        raise ValueError(f"{key_path}: cannot read {path}: {exc.strerror}") from None
-    if not secret:
-        raise ValueError(f"{key_path}: {path} is empty")
-    return secret
 
 
 class APIClient:

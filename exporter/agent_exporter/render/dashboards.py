@@ -28,7 +28,8 @@ import yaml
 
 from .. import catalog
 from ..config import Config
-from .common import DASHBOARD_UIDS, long_windows, scrape_interval, seconds_duration, sli_windows
+from ..durations import prometheus_duration
+from .common import DASHBOARD_UIDS, long_windows, scrape_interval, sli_windows
 from .common import number as num
 from .panels import (
     bargauge, dashboard, datasource_variable, heatmap, lower_limit, override, query, query_variable, row, stat,
@@ -349,7 +350,7 @@ def cost(config: Config) -> dict:
     budget = config.alerting.budget
     q = Queries(config)
     C, T = catalog.LLM_COST, catalog.LLM_TOKENS
-    horizon = seconds_duration(FORECAST_HORIZON_SECONDS)
+    horizon = prometheus_duration(FORECAST_HORIZON_SECONDS)
     trailing_day = q.recorded(COST_1D_RULE)
     forecast = f"sum({cost_forecast(trailing_day)})"
 

@@ -22,7 +22,8 @@ import math
 from fractions import Fraction
 
 from ..config import Config, SLOConfig
-from .common import burn_rate_pairs, duration_seconds, long_windows, number, seconds_duration, sli_windows
+from ..durations import prometheus_duration, prometheus_seconds
+from .common import burn_rate_pairs, long_windows, number, sli_windows
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
@@ -84,7 +85,7 @@ class _Cases:
                 "exp_annotations": {k: expand(v, all_labels, value) for k, v in rule["annotations"].items()}}
 
     def pending(self, name: str) -> float:
-        return duration_seconds(self.rules[name][0].get("for", "0s"))
+        return prometheus_seconds(self.rules[name][0].get("for", "0s"))
 
 
 def _counter(per_step: float, reset_at: int | None = None, samples: int = SAMPLES) -> str:
@@ -150,13 +151,13 @@ def _firing_after(first_true: float, pending: float, step: int) -> int:
 
 
 def _check(alertname: str, at_seconds: float, expected: list | None = None) -> dict:
-    return {"eval_time": seconds_duration(at_seconds), "alertname": alertname, "exp_alerts": expected or []}
+    return {"eval_time": prometheus_duration(at_seconds), "alertname": alertname, "exp_alerts": expected or []}
 
 
 def _minimum_tests(c: _Cases, name: str, window: str, what: str, make, labels: dict, value: float) -> list:
     """Both sides of the minimum event count, on a steady stream that breaches the
     threshold: `make(per_step)` gives the series, `labels` and `value` the alert's."""
-    steps = int(duration_seconds(window) // c.step)
+    steps = int(prometheus_seconds(window) // c.step)
     fires_at = _firing_after(steps * c.step, c.pending(name), c.step)   # the window fills up at `steps`
     per_step = c.minimum / steps
     if Fraction(per_step) != Fraction(c.minimum, steps):     # not a binary fraction: see MARGIN
@@ -176,7 +177,7 @@ def _minimum_tests(c: _Cases, name: str, window: str, what: str, make, labels: d
 
 
 def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float, what: str) -> list:
-    window = duration_seconds(c.config.alerting.rate_window)
+    window = prometheus_seconds(c.config.alerting.rate_window)
     over_e, over_s = _over_ratio(threshold)
     under_e, under_s = _under_ratio(threshold)
     fire_e, fire_s = _fire_ratio(threshold, c.minimum, int(window // c.step))
@@ -245,7 +246,7 @@ def _latency_tests(c: _Cases, name: str, metric: str, bounds, threshold: float, 
     over, p95 = _p95_just_above(bounds, threshold)
     # Everything in the highest bucket that ends at or below the threshold: p95 is just under it.
     under = {max(i for i, b in enumerate(bounds) if b <= threshold): 1000}
-    window = duration_seconds(c.config.alerting.rate_window)
+    window = prometheus_seconds(c.config.alerting.rate_window)
     fires_at = _firing_after(c.step, c.pending(name), c.step)
     late = max(fires_at, window) + 10 * c.step
     reset_at = int(late // c.step) - int(window // c.step) // 2 - 2
@@ -275,7 +276,7 @@ def _quality_tests(c: _Cases) -> list:
     floor = c.config.alerting.thresholds.evaluation_score_floor
     low, high = floor - 0.01, floor + 0.01              # means clearly on either side of the floor
     fires_at = _firing_after(c.step, c.pending(name), c.step)
-    late = max(fires_at, duration_seconds(window)) + 10 * c.step
+    late = max(fires_at, prometheus_seconds(window)) + 10 * c.step
     reset_at = int(late // c.step) - 12
 
     def scores(score, per_step=100, reset=None, **where):
@@ -309,10 +310,10 @@ def _burn_value(pairs, budget: float, minimum: int, errors_at, successes_at, at:
     side), or None when it is quiet."""
     for long, short, factor in pairs:
         threshold = factor * budget
-        ratios = [window_ratio(errors_at, successes_at, at, duration_seconds(window), step)
+        ratios = [window_ratio(errors_at, successes_at, at, prometheus_seconds(window), step)
                   for window in (long, short)]
-        count = (window_increase(errors_at, at, duration_seconds(long), step)
-                 + window_increase(successes_at, at, duration_seconds(long), step))
+        count = (window_increase(errors_at, at, prometheus_seconds(long), step)
+                 + window_increase(successes_at, at, prometheus_seconds(long), step))
         if all(ratio is not None and ratio > threshold for ratio in ratios) and count >= minimum:
             return ratios[0]
     return None
@@ -334,8 +335,8 @@ def _burn_tests(c: _Cases, sli: SLI, slo: SLOConfig, name: str, windows, step: i
     over_e, over_s = _over_ratio(lowest)
     under_e, under_s = _under_ratio(lowest)
     fire_e, fire_s = _fire_ratio(max(factor for _, _, factor in pairs) * budget, c.minimum, 2)
-    longest = max(duration_seconds(long) for long, _, _ in pairs)
-    shorts = [duration_seconds(short) for _, short, _ in pairs]
+    longest = max(prometheus_seconds(long) for long, _, _ in pairs)
+    shorts = [prometheus_seconds(short) for _, short, _ in pairs]
     # Steady traffic has the same ratio over a long window that is not full yet: the
     # quiet and reset cases need every short window full twice over, not the long ones.
     late = 2 * max(shorts) + 30 * step
@@ -391,8 +392,8 @@ def _burn_tests(c: _Cases, sli: SLI, slo: SLOConfig, name: str, windows, step: i
 def _burn_timing_tests(c: _Cases, sli: SLI, pairs, budget: float, objective: str, name: str, step: int,
                        expect) -> list:
     label, counter = sli.label, sli.counter
-    longest = max(duration_seconds(long) for long, _, _ in pairs)
-    longest_short = max(duration_seconds(short) for _, short, _ in pairs)
+    longest = max(prometheus_seconds(long) for long, _, _ in pairs)
+    longest_short = max(prometheus_seconds(short) for _, short, _ in pairs)
     fastest_long, _, fastest_factor = max(pairs, key=lambda pair: pair[2])
     fire_e, fire_s = _fire_ratio(fastest_factor * budget, c.minimum, 2)
     samples = int(longest // step) + 10 + int(2 * longest_short // step)
@@ -401,7 +402,7 @@ def _burn_timing_tests(c: _Cases, sli: SLI, pairs, budget: float, objective: str
     # The fastest pair alone: after a clean stretch as long as the longest window, errors
     # just above its threshold fill its long window exactly when the alert should fire.
     clean = int(longest // step)
-    fill = duration_seconds(fastest_long)
+    fill = prometheus_seconds(fastest_long)
     fast_e, fast_s = _over_ratio(fastest_factor * budget)
     traffic = fast_e + fast_s
 
@@ -433,12 +434,12 @@ def _burn_timing_tests(c: _Cases, sli: SLI, pairs, budget: float, objective: str
     remembered = []
     for long, _, factor in pairs:
         threshold = factor * budget
-        ratio = window_ratio(incident_errors, incident_successes, recovered, duration_seconds(long), step)
+        ratio = window_ratio(incident_errors, incident_successes, recovered, prometheus_seconds(long), step)
         if abs(ratio - threshold) > 0.05 * threshold:
             matcher = _text({**c.grouping(0), label: "recovered"})
             remembered.append({
                 "expr": f"{sli.error_ratio_rule(long)}{matcher} > bool ({number(factor)} * (1 - {objective}))",
-                "eval_time": seconds_duration(recovered),
+                "eval_time": prometheus_duration(recovered),
                 "exp_samples": [{"labels": matcher, "value": int(ratio > threshold)}]})
     tests += [
         {"name": f"{name} stays quiet once the errors stop, while the long windows still remember them",
@@ -643,7 +644,7 @@ def _exporter_tests(c: _Cases) -> list:
     down_at = _firing_after(2 * c.step, c.pending(down), c.step)      # down from the third sample on
     absent_at = _firing_after(0, c.pending(absent), c.step)
     threshold = c.config.alerting.thresholds.rejected_events_ratio
-    window = duration_seconds(c.config.alerting.rate_window)
+    window = prometheus_seconds(c.config.alerting.rate_window)
     bad, good = _fire_ratio(threshold, c.minimum, int(window // c.step))
     over_bad, over_good = _over_ratio(threshold)
     under_bad, under_good = _under_ratio(threshold)
@@ -718,7 +719,7 @@ def _recording_tests(c: _Cases) -> list:
         return found
 
     def count(per_minute, window):
-        return per_minute * min(duration_seconds(window), hours * 3600) / 60
+        return per_minute * min(prometheus_seconds(window), hours * 3600) / 60
 
     # Planner: 4.5 successes and 1.5 errors a minute; in the second environment, 2 successes.
     checks = [_rounded(AGENT_SLI.error_ratio_rule(w), at, rows("agent", {"coder": 0, "planner": 0.25},
@@ -796,7 +797,7 @@ def _recording_tests(c: _Cases) -> list:
 def minute_step(config: Config) -> int:
     """The step of the tests over minutes (orchestrator.test.yml): a minute, or less for a
     rate window shorter than two, so that every window holds two samples or more."""
-    window = duration_seconds(config.alerting.rate_window)
+    window = prometheus_seconds(config.alerting.rate_window)
     return next((step for step in (60, 30, 20, 15, 10, 5, 2) if window % step == 0 and window >= 2 * step), 1)
 
 
@@ -804,16 +805,16 @@ def day_step(config: Config) -> int:
     """The step of the tests over days: every evaluation step evaluates every rule, so
     they run as coarse as the ticket alerts' shortest window (four samples in it) allows."""
     ticket = (*config.alerting.slo.ticket_windows, *config.alerting.workflow_slo.ticket_windows)
-    shortest = min((duration_seconds(short) for _, short, _ in ticket), default=DAY)
+    shortest = min((prometheus_seconds(short) for _, short, _ in ticket), default=DAY)
     return max(step for step in (60, 300, 900) if step == 60 or 4 * step <= shortest)
 
 
 def _document(tests: list, step: int, groups: list[dict]) -> dict:
     for test in tests:
-        test.setdefault("interval", seconds_duration(step))
+        test.setdefault("interval", prometheus_duration(step))
     return {
         "rule_files": ["../rules/orchestrator.rules.yml", "../rules/orchestrator.alerts.yml"],
-        "evaluation_interval": seconds_duration(step),
+        "evaluation_interval": prometheus_duration(step),
         "group_eval_order": [group["name"] for group in groups],
         "tests": tests,
     }

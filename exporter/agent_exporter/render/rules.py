@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config, SLOConfig
+from ..durations import prometheus_duration
 from .common import (
-    DASHBOARD_UIDS, HEADER, burn_rate_pairs, dump_yaml, long_windows, number, percent, seconds_duration, sli_windows)
+    DASHBOARD_UIDS, HEADER, burn_rate_pairs, dump_yaml, long_windows, number, percent, sli_windows)
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
     EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE, QUANTILES, REJECTED, SLI,
@@ -211,8 +212,8 @@ def alert_rules(config: Config) -> list[dict]:
         "OrchestratorCircuitBreakerOpen", f"{scope.select(CIRCUIT)} == 2", "warning",
         "The circuit breaker of {{ $labels.agent }} has been open too long.",
         "Calls to {{ $labels.agent }} have been cut off for more than "
-        f"{seconds_duration(t.circuit_open_seconds)}; its fallbacks carry the load.",
-        "healing", for_=seconds_duration(t.circuit_open_seconds)))
+        f"{prometheus_duration(t.circuit_open_seconds)}; its fallbacks carry the load.",
+        "healing", for_=prometheus_duration(t.circuit_open_seconds)))
 
     workflows = _burn_alerts(config, alert, WORKFLOW_SLI, a.workflow_slo, kind="Workflow", events="runs",
                              dashboard="tools")
@@ -227,7 +228,7 @@ def alert_rules(config: Config) -> list[dict]:
         "tools", for_=pending)]
 
     budget = number(a.budget.day_usd)
-    horizon = seconds_duration(FORECAST_HORIZON_SECONDS)
+    horizon = prometheus_duration(FORECAST_HORIZON_SECONDS)
     cost_labels = {"category": "cost"}
     cost = [
         alert("OrchestratorDailyCostOverBudget", f"{_count(scope, COST, '1d')} > {budget}", "critical",

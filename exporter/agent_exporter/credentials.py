@@ -1,0 +1,41 @@
+"""Reading a secret (a bearer token, a password): one place, one precedence.
+
+A secret comes from an environment variable or from a file holding it.  When
+both are given, the environment wins: a deployment (a container's environment,
+a systemd credential) overrides a file named in a config or on a command line
+without editing either.  Surrounding whitespace is stripped (files end with a
+newline).  A file that is named but unreadable or empty is an error naming the
+setting that names it, never an empty secret.
+
+Users: the service's /v1/* token (server.bearer_token_file, or
+AGENT_EXPORTER_BEARER_TOKEN), `agent-exporter replay --bearer-token-file` (the
+same variable), and the healing layer's API credentials (healing.fleet.*.auth,
+files only, read again on every request so rotated secrets are picked up).
+"""
+
+from __future__ import annotations
+
+import os
+
+BEARER_TOKEN_ENV = "AGENT_EXPORTER_BEARER_TOKEN"
+
+
+def read_secret(path: str | None, setting: str, *, env: str | None = None) -> str | None:
+    """The secret: `$env` when set and not blank, else the content of the file `path`, else None.
+
+    ValueError naming `setting` (the config key or flag that names the file) when
+    the file cannot be read or is empty."""
+    if env:
+        value = os.environ.get(env, "").strip()
+        if value:
+            return value
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"{setting}: {path} is empty")
+    return secret

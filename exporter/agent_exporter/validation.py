@@ -1,0 +1,207 @@
+"""The one validation mechanism of the YAML files: typed msgspec Structs, errors naming the key path.
+
+config.py (observability.yaml) and webconfig.py (the exporter-toolkit web
+config) declare their keys as `Section`s: frozen Structs that refuse unknown
+keys, with constraints as Annotated `msgspec.Meta` (whose `description` says
+what is expected, in errors and in the JSON Schema).  Checks msgspec cannot
+express (one key against another, order, uniqueness) raise `Invalid` from
+`__post_init__`.  `decode()` converts a parsed YAML document with msgspec and
+turns its error into one message: the key path
+(`observability.metrics.execution_buckets[2]`), what was expected, what was
+found.  A key left empty (null in YAML) takes its default, as in Go's YAML.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import types
+import typing
+
+import msgspec
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A mapping of a config file: its keys are the fields."""
+
+
+class Invalid(ValueError):
+    """A check of `__post_init__` failed; `key` is relative to the section ("" for the section itself)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class Redacted:
+    """Annotated metadata: an error about this value never repeats it (it may be a secret)."""
+
+
+REDACTED = Redacted()
+
+
+def join(path: str, key: str) -> str:
+    """`key` (a name, `[i]`, or a dotted relative path) below `path`."""
+    if not key or not path:
+        return key or path
+    return path + key if key.startswith("[") else f"{path}.{key}"
+
+
+def decode(document, cls: type, *, root: str, error: type[Exception]):
+    """`document` as a `cls`, or `error(path, message)` for its first problem."""
+    document = _without_nulls(document, cls)
+    _check_finite(document, root, error)
+    try:
+        return msgspec.convert(document, cls)
+    except msgspec.ValidationError as exc:
+        raise error(*_explain(exc, document, cls, root)) from None
+
+
+# -- before msgspec ------------------------------------------------------------------
+
+
+def _without_nulls(value, tp):
+    """`value` with the null-valued keys of its mappings removed, so that they take their defaults."""
+    tp = _concrete(tp, value)
+    if isinstance(value, dict) and _is_struct(tp):
+        types_ = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
+        return {key: _without_nulls(item, types_.get(key)) for key, item in value.items() if item is not None}
+    if isinstance(value, dict) and typing.get_origin(tp) is dict:
+        item_type = typing.get_args(tp)[1]
+        return {key: _without_nulls(item, item_type) for key, item in value.items()}
+    if isinstance(value, list) and typing.get_origin(tp) is tuple:
+        return [_without_nulls(item, _item_type(tp, i)) for i, item in enumerate(value)]
+    return value
+
+
+def _check_finite(value, path: str, error) -> None:
+    # msgspec's bounds let infinity through (`gt=0` holds for it); YAML writes it `.inf`.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise error(path, f"expected a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, join(path, str(key)), error)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]", error)
+
+
+# -- msgspec's error, explained --------------------------------------------------------
+
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def _explain(exc: msgspec.ValidationError, document, cls: type, root: str) -> tuple[str, str]:
+    """(key path, message) for msgspec's `message - at `$.path``."""
+    message, at, where = str(exc).rpartition(" - at `")
+    if not at:
+        message, where = str(exc), "$`"
+    in_key = where.startswith("key` in `")
+    where = where.removeprefix("key` in `")[1:-1]       # without the leading $ and the closing backtick
+
+    # Follow the path through the types and the document: the value at fault and its type.
+    tp, value, path = cls, document, root
+    for name, index in _SEGMENT.findall(where):
+        tp = _concrete(tp, value)
+        if name:
+            tp = _struct_fields(tp)[name]
+            value = value.get(name) if isinstance(value, dict) else None
+            path = join(path, name)
+        elif index == "...":        # msgspec does not name the key of a mapping's value
+            tp = typing.get_args(tp)[1]
+            key = _first_failing(value.items(), tp)
+            value, path = value[key], join(path, str(key))
+        else:
+            tp, value, path = _item_type(tp, int(index)), value[int(index)], f"{path}[{index}]"
+
+    cause = exc.__cause__
+    if isinstance(cause, Invalid):
+        return join(path, cause.key), cause.message
+    if message.startswith("Object contains unknown field `"):
+        key = message.split("`")[1]
+        known = ", ".join(sorted(_struct_fields(_concrete(tp, value))))
+        return join(path, key), f"unknown key; known keys: {known}"
+    if message.startswith("Object missing required field `"):
+        return path, f"missing required key {message.split('`')[1]!r}"
+    if in_key:
+        tp = _concrete(tp, value)
+        key_type = str if _is_struct(tp) else typing.get_args(tp)[0]
+        key = _first_failing(((k, k) for k in value), key_type)
+        return path, f"expected {_expected(key_type)} as a key, got {key!r}"
+    if _is_redacted(tp):
+        return path, f"expected {_expected(tp)}"
+    return path, f"expected {_expected(tp)}, got {value!r}"
+
+
+def _first_failing(pairs, tp):
+    """The first key whose value does not convert to `tp` (the one msgspec stopped at)."""
+    for key, value in pairs:
+        try:
+            msgspec.convert(value, tp)
+        except msgspec.ValidationError:
+            return key
+    raise AssertionError("msgspec reported an error that no value reproduces")
+
+
+def _expected(tp) -> str:
+    """What a value of type `tp` is, in a reader's words."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        described = [m.description for m in args[1:] if isinstance(m, msgspec.Meta) and m.description]
+        return described[0] if described else _expected(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(arg) for arg in args if arg is not type(None))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return "a list" if args[-1] is Ellipsis else f"a list of {len(args)} items"
+    if origin is dict or _is_struct(tp):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+# -- types --------------------------------------------------------------------------
+
+
+def _concrete(tp, value):
+    """`tp` without Annotated; of a union, the member `value` is meant for (a mapping's, for a mapping)."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+            mappings = [m for m in members if _is_mapping_type(m)]
+            tp = mappings[0] if mappings and isinstance(value, dict) else members[0]
+        else:
+            return tp
+
+
+def _is_mapping_type(tp) -> bool:
+    tp = _concrete(tp, None)
+    return _is_struct(tp) or typing.get_origin(tp) is dict
+
+
+def _is_struct(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _struct_fields(tp) -> dict:
+    return {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
+
+
+def _item_type(tp, i: int):
+    """The type of item `i` of a tuple type (object past the end of a fixed-length one)."""
+    args = typing.get_args(tp)
+    if args[-1] is Ellipsis:
+        return args[0]
+    return args[i] if i < len(args) else object
+
+
+def _is_redacted(tp) -> bool:
+    if typing.get_origin(tp) is typing.Annotated:
+        return any(isinstance(m, Redacted) for m in typing.get_args(tp)[1:]) or _is_redacted(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_redacted(arg) for arg in typing.get_args(tp))
+    return False
