@@ -12,6 +12,7 @@ Legacy records, as the old JSON metrics collector wrote them (`agent_name`,
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Annotated, Literal, NamedTuple, Union
@@ -371,6 +372,7 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 JSON_TYPES = frozenset({"application/json"})
 
 
+@functools.lru_cache(maxsize=64)       # a few content types, on every request
 def body_format(content_type: str | None) -> str | None:
     """'json', 'ndjson', or None for a content type we do not take."""
     media = (content_type or "").split(";", 1)[0].strip().lower()

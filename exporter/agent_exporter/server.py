@@ -58,7 +58,6 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
-_SERVER = f"agent-exporter/{__version__}".encode()
 # The handler label of requests to paths we do not serve: one value, whatever the path.
 _OTHER = "other"
 
@@ -275,8 +274,7 @@ class ExporterApp:
         finally:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
-        headers = [(b"content-type", response.content_type), (b"server", _SERVER), *response.headers,
-                   *service.extra_headers]
+        headers = [(b"content-type", response.content_type), *response.headers, *service.extra_headers]
         if response.stream is None:
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -293,7 +291,8 @@ class ExporterApp:
         try:
             if service.rate_limiter is not None and not service.rate_limiter.allow():
                 raise HTTPError(HTTPStatus.TOO_MANY_REQUESTS, "rate limit exceeded")
-            await self._authorize(request)
+            if service.basic_auth is not None or service.bearer_token is not None:
+                await self._authorize(request)
             if routes is None:
                 raise HTTPError(HTTPStatus.NOT_FOUND, f"no such endpoint: {request.path}")
             handler = routes.get(request.method)
@@ -431,8 +430,9 @@ class ExporterApp:
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc), reason="invalid_body") from None
         if batch.events:
             service.telemetry.record_batch(batch.events)
-        for reason, n in Counter(r.reason for r in batch.rejected).items():
-            service.store.count_rejected(reason, n)
+        if batch.rejected:
+            for reason, n in Counter(r.reason for r in batch.rejected).items():
+                service.store.count_rejected(reason, n)
         if batch.events and not batch.rejected:
             return _Response(HTTPStatus.OK, b'{"accepted":%d,"rejected":[]}' % len(batch.events), _JSON)
         document = {
@@ -500,7 +500,9 @@ def _uvicorn_config(app: ExporterApp, address: str):
     tls = service.web_config.tls
     config = uvicorn.Config(
         app, host=host, port=port, http=_protocol_class(tls), loop="uvloop", lifespan="on",
-        log_config=None, access_log=False, server_header=False, date_header=True,
+        # No proxy headers: the exporter is scraped and posted to directly, and the middleware
+        # costs every request.
+        log_config=None, access_log=False, server_header=False, date_header=True, proxy_headers=False,
         timeout_keep_alive=IDLE_TIMEOUT_SECONDS, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         ssl_context_factory=(lambda config, default: ssl_context(tls)) if tls is not None else None)
     return config

@@ -249,7 +249,8 @@ class SeriesStore:
                 per_type[cls] += 1
             values, index = self._events.values, self._event_type_index
             for cls, n in per_type.items():
-                values[index[cls]] += n
+                if n:
+                    values[index[cls]] += n
 
     def count_rejected(self, reason: str, n: int = 1) -> None:
         with self._lock:

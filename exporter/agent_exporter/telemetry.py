@@ -265,7 +265,7 @@ class AgentRun(_Scope):
         tel = self._telemetry
         model = self.model
         cost = self.cost_usd
-        if cost is None and tel.prices:
+        if cost is None and tel._pricing:
             cost = tel.prices.cost(model, input_tokens=self.input_tokens, output_tokens=self.output_tokens,
                                    cache_read_tokens=self.cache_read_tokens,
                                    cache_write_tokens=self.cache_write_tokens,
@@ -515,6 +515,7 @@ class Telemetry:
         if self._metrics:
             self.registry.register(self.store)
         self.prices = PriceTable(config.metrics.prices)
+        self._pricing = bool(self.prices)       # read on every event: an attribute, not a method call
         self._label_sets: dict[tuple, _LabelSet] = {}       # agent_execution()'s checked label sets
 
         tracing = config.tracing
@@ -637,7 +638,7 @@ class Telemetry:
         """
         if not self.enabled:
             return
-        if self.prices:
+        if self._pricing:
             priced = self.prices.priced
             batch = [priced(event) for event in batch]
         if spans and self._event_spans:
