@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 # and the event-ingest health of /v1/events.
 UNFED = tuple(spec.name.removesuffix("_total") for spec in (
     catalog.STATE_TRANSITIONS, catalog.RETRIES, catalog.FALLBACKS, catalog.CIRCUIT_BREAKER_STATE,
-    catalog.SELECTOR_WEIGHT, catalog.EVALUATION_SCORE, catalog.EXPORTER_EVENTS_REJECTED,
+    catalog.SELECTOR_WEIGHT, catalog.FLEET_SOURCE_UP, catalog.EVALUATION_SCORE, catalog.EXPORTER_EVENTS_REJECTED,
     catalog.EXPORTER_SERIES_OVERFLOW))
 
 
