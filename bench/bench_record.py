@@ -15,7 +15,13 @@ own span (the same span, attributes and context handling, written by hand).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import inspect
+import re
+import shutil
+import subprocess
+import sys
 import time
 
 from opentelemetry import trace
@@ -136,30 +142,95 @@ def sdk_span(tracer: trace.Tracer):
     return run
 
 
-def main() -> None:
+def variants() -> tuple[dict, TracerProvider]:
+    """Every measured call, by name: the baselines, the API's forms, and the traced pair (and its provider)."""
     with_labels, cached_children = prometheus_client_baselines()
     untraced = Telemetry(Config(tracing=TracingConfig(enabled=False)))
     context_manager, decorated, async_with, record_dict = api_calls(untraced)
-    results = {
-        "prometheus_client .labels()": per_call_us(with_labels, CALLS),
-        "prometheus_client cached children": per_call_us(cached_children, CALLS),
-        "OpenTelemetry SDK metrics API": per_call_us(otel_sdk_metrics(), CALLS // 4),
-        "with tel.agent_execution() + run.usage()": per_call_us(context_manager, CALLS),
-        "async with tel.agent_execution()": per_call_async_us(async_with, CALLS),
-        "@tel.agent_execution() decorator": per_call_us(decorated, CALLS),
-        "tel.record(dict)": per_call_us(record_dict, CALLS),
-    }
+    provider = _traced_provider()
+    return {
+        "prometheus_client .labels()": with_labels,
+        "prometheus_client cached children": cached_children,
+        "OpenTelemetry SDK metrics API": otel_sdk_metrics(),
+        "with tel.agent_execution() + run.usage()": context_manager,
+        "async with tel.agent_execution()": async_with,
+        "@tel.agent_execution() decorator": decorated,
+        "tel.record(dict)": record_dict,
+        "traced: OpenTelemetry SDK span alone": sdk_span(provider.get_tracer("bench")),
+        "traced: with tel.agent_execution() + run.usage()": api_calls(Telemetry(tracer_provider=provider))[0],
+    }, provider
+
+
+def run_variant(name: str, calls: int) -> None:
+    """`calls` calls of one variant (the child of --instructions, under callgrind)."""
+    call = variants()[0][name]
+    if inspect.iscoroutinefunction(call):
+        async def loop():
+            for _ in range(calls):
+                await call()
+        asyncio.run(loop())
+    else:
+        for _ in range(calls):
+            call()
+
+
+def instructions_per_call(name: str) -> float:
+    """Instructions one call executes, counted by callgrind: the difference of two runs, so set-up cancels."""
+    counts = []
+    for calls in (1000, 6000):
+        result = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+             "--run-variant", name, "--calls", str(calls)], capture_output=True, text=True, check=True, timeout=1800)
+        counts.append(int(re.search(r"Collected : (\d+)", result.stderr).group(1)))
+    return (counts[1] - counts[0]) / 5000
+
+
+def instructions() -> None:
+    """The same comparison in instructions per call: repeatable where timings on a shared box are not."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    counts = {name: instructions_per_call(name) for name in variants()[0]}
+    baseline = counts["prometheus_client .labels()"]
+    print("instructions per call (callgrind), ratio against prometheus_client .labels()")
+    for name, count in counts.items():
+        if not name.startswith("traced"):
+            print(f"  {name:<44} {count:10,.0f}   {baseline / count:5.1f}x fewer")
+    span = counts["traced: OpenTelemetry SDK span alone"]
+    traced = counts["traced: with tel.agent_execution() + run.usage()"]
+    untraced = counts["with tel.agent_execution() + run.usage()"]
+    print(f"  tracing on: SDK span {span:,.0f}, ours {traced:,.0f}: added {traced - span:,.0f} "
+          f"(the recording, {untraced:,.0f}, and the span glue, {traced - span - untraced:,.0f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per call with callgrind (repeatable; slow)")
+    parser.add_argument("--run-variant", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_variant:
+        run_variant(args.run_variant, args.calls)
+        return
+
+    calls, provider = variants()
+    timed = ("prometheus_client .labels()", "prometheus_client cached children", "OpenTelemetry SDK metrics API",
+             "with tel.agent_execution() + run.usage()", "async with tel.agent_execution()",
+             "@tel.agent_execution() decorator", "tel.record(dict)")
+    results = {name: (per_call_async_us(calls[name], CALLS) if inspect.iscoroutinefunction(calls[name])
+                      else per_call_us(calls[name], CALLS // 4 if "OpenTelemetry" in name else CALLS))
+               for name in timed}
     baseline = results["prometheus_client .labels()"]
     print(f"record one agent execution (5 series), tracing off, {CALLS:,} calls, best of 5;"
           " ratio against prometheus_client .labels()")
     for name, us in results.items():
         print(row(name, us, baseline))
 
-    provider = _traced_provider()
-    traced = Telemetry(tracer_provider=provider)
-    traced_context_manager = api_calls(traced)[0]
-    span_only = per_call_us(sdk_span(provider.get_tracer("bench")), CALLS // 4)
-    with_tracing = per_call_us(traced_context_manager, CALLS // 4)
+    # Each traced measurement starts with the span queue empty, so neither pays for the other's exports.
+    provider.force_flush()
+    span_only = per_call_us(calls["traced: OpenTelemetry SDK span alone"], CALLS // 4)
+    provider.force_flush()
+    with_tracing = per_call_us(calls["traced: with tel.agent_execution() + run.usage()"], CALLS // 4)
     untraced = results["with tel.agent_execution() + run.usage()"]
     print("tracing on (a sampled span per run through a BatchSpanProcessor):")
     print(row("OpenTelemetry SDK span alone", span_only))
@@ -168,6 +239,8 @@ def main() -> None:
           f"  (the recording above, {untraced:.3f} µs, and the span glue, "
           f"{with_tracing - span_only - untraced:.3f} µs)")
     provider.shutdown()
+    if args.instructions:
+        instructions()
 
 
 if __name__ == "__main__":
