@@ -11,9 +11,7 @@ scrapes the service's /metrics.
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -30,6 +28,7 @@ from agent_exporter.config import Config, MetricsConfig, ModelPrice
 from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.server import Service, start_server
 from agent_exporter.telemetry import Telemetry
+from loopback import LoopbackServer, QuietHandler
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +40,16 @@ PRICES = {
 }
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """POST /v1/chat/completions answers "ok" with the given usage and the model's versioned name."""
 
     def __init__(self, usage: dict, versions: dict):
         fake = self
         self.requests: list[dict] = []
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.loads(self.read_body())
                 fake.requests.append(body)
                 reply = json.dumps({
                     "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion", "created": 1760000000,
@@ -59,30 +58,13 @@ class FakeOpenAI:
                                  "message": {"role": "assistant", "content": "ok"}}],
                     "usage": usage,
                 }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self.reply(200, reply, "application/json")
 
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/v1"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        return self.url + "/v1"
 
 
 class Exporter:

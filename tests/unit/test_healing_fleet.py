@@ -10,7 +10,6 @@ import json
 import logging
 import random
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -30,6 +29,7 @@ from agent_exporter.healing.simulate import format_quality_table, run_quality_si
 from agent_exporter.healing.simulate_fleet import format_fleet_table, run_fleet_simulation
 from agent_exporter.server import Service, start_server
 from agent_exporter.telemetry import Telemetry
+from loopback import LoopbackServer, QuietHandler
 
 ALERT = "OrchestratorAgentHighErrorRatio"
 
@@ -287,35 +287,19 @@ def test_poller_start_polls_once_before_returning_and_stop_ends_its_thread():
 
 # -- the API client against a real server ------------------------------------------------------------
 
-class Recorder:
+class Recorder(LoopbackServer):
     """A loopback HTTP server answering GET with a body, recording each request's path and headers."""
 
     def __init__(self, status=200, body=b"[]"):
         self.requests = []
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 recorder.requests.append((self.path, dict(self.headers)))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def closed_port_url():
