@@ -126,6 +126,8 @@ BAD = [
     ({"tracing": {"otlp_protocol": "thrift"}}, "observability.tracing.otlp_protocol", "grpc"),
     ({"tracing": {"otlp_endpoint": "localhost:4317"}}, "observability.tracing.otlp_endpoint", "URL"),
     ({"tracing": {"colour": "blue"}}, "observability.tracing.colour", "unknown key"),
+    # Only an implemented backend is accepted, so a typo or a wish is not silently ignored.
+    ({"tracing": {"backend": "jaeger"}}, "observability.tracing.backend", "opentelemetry"),
     ({"logging": {"level": "LOUD"}}, "observability.logging.level", "INFO"),
     ({"alerting": {"slo": {"objective": 1.0}}}, "observability.alerting.slo.objective", "ratio"),
     ({"alerting": {"slo": {"page_windows": [["1h", "5min", 14.4]]}}}, "observability.alerting.slo.page_windows[0][1]", "duration"),
