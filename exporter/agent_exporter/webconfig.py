@@ -163,8 +163,14 @@ class Headers(Section):
 
 
 class HTTPServerConfig(Section):
-    http2: bool = True              # accepted for compatibility; this server speaks HTTP/1.1
+    http2: bool | None = None
     headers: Headers = field(default_factory=Headers)
+
+    def __post_init__(self):
+        # exporter-toolkit offers HTTP/2 over TLS by default; uvicorn speaks HTTP/1.1 only, so
+        # asking for HTTP/2 is refused rather than ignored (false or no value is what it does).
+        if self.http2:
+            raise Invalid("http2", "this exporter serves HTTP/1.1 only; set false or leave the key out")
 
 
 class RateLimitConfig(Section):
@@ -195,7 +201,6 @@ class RateLimit(msgspec.Struct, frozen=True):
 class WebConfig(msgspec.Struct, frozen=True):
     tls: TLSServerConfig | None = None
     headers: dict[str, str] = {}
-    http2: bool = True
     basic_auth_users: dict[str, bytes] = {}
     rate_limit: RateLimit = field(default_factory=RateLimit)
 
@@ -223,7 +228,6 @@ def parse_web_config(document, directory: Path = Path(".")) -> WebConfig:
             client_ca_file=_relative_to(directory, tls.client_ca_file),
             client_auth_type=tls.client_auth_type or "NoClientCert") if tls.configured else None,
         headers=file.http_server_config.headers.by_name(),
-        http2=file.http_server_config.http2,
         basic_auth_users={user: hashed.encode("ascii") for user, hashed in file.basic_auth_users.items()},
         rate_limit=RateLimit(parse_duration(file.rate_limit.interval, "rate_limit.interval"), file.rate_limit.burst),
     )
@@ -286,6 +290,7 @@ def ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
         context.set_ciphers(":".join(_CIPHER_SUITES[name] for name in tls.cipher_suites))
     if tls.prefer_server_cipher_suites:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_alpn_protocols(["http/1.1"])   # what http_server_config.http2: false promises
     return context
 
 

@@ -11,6 +11,7 @@ import queue
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -364,6 +365,12 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
         assert posted.json()["accepted"] == 1
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(handle.url.replace("https://", "http://") + "/metrics", timeout=10)
+        # A client offering HTTP/2 is told HTTP/1.1 over ALPN, as http2: false promises.
+        client = ssl.create_default_context(cafile=str(cert_path))
+        client.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", int(handle.url.rsplit(":", 1)[1])), timeout=10) as raw, \
+                client.wrap_socket(raw, server_hostname="localhost") as conn:
+            assert conn.selected_alpn_protocol() == "http/1.1"
 
 
 # -- the serve command ---------------------------------------------------------------------

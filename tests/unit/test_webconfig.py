@@ -62,6 +62,7 @@ def test_tls_file_names_are_relative_to_the_config_file(tmp_path):
      "http_server_config.headers.X-Frame-Options", "expected one of deny, sameorigin"),
     ({"http_server_config": {"headers": {"Server": "nginx"}}}, "http_server_config.headers.Server", "unknown key"),
     ({"http_server_config": {"http2": "yes"}}, "http_server_config.http2", "true or false"),
+    ({"http_server_config": {"http2": True}}, "http_server_config.http2", "HTTP/1.1 only"),
     ({"basic_auth_users": {"alice": "plaintext"}}, "basic_auth_users.alice", "bcrypt hash"),
     ({"basic_auth_users": ["alice"]}, "basic_auth_users", "mapping"),
     ({"rate_limit": {"interval": "soon", "burst": 1}}, "rate_limit.interval", "duration"),
@@ -84,7 +85,6 @@ def test_users_headers_and_rate_limit_are_read():
     })
     assert config.basic_auth_users == {"alice": HASH.encode()}
     assert config.headers == {"X-Frame-Options": "deny", "Strict-Transport-Security": "max-age=31536000"}
-    assert config.http2 is False
     assert config.rate_limit == RateLimit(90.0, 5)
 
 
@@ -174,4 +174,4 @@ def test_a_password_written_in_place_of_its_hash_is_not_repeated():
 def test_empty_keys_take_their_defaults():
     config = parse_web_config({"tls_server_config": None, "http_server_config": {"http2": None},
                                "rate_limit": {"interval": None}})
-    assert (config.tls, config.http2, config.rate_limit) == (None, True, RateLimit())
+    assert (config.tls, config.rate_limit) == (None, RateLimit())
