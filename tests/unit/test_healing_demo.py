@@ -146,3 +146,29 @@ def test_simulate_modes_print_their_figures(mode, keys, capsys):
     assert set(json.loads(capsys.readouterr().out)) == keys
     assert main(["simulate", "--mode", mode, "--seeds", "1", "--tasks", "400", "--replicas", "2"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_the_demo_reports_traffic_leaving_the_first_choice_even_before_it_led_clearly():
+    import io
+    import random
+    from types import SimpleNamespace
+
+    from agent_exporter.demo.console import TRAFFIC_SHIFT_POLLS, Console, HealingReporter
+    from agent_exporter.healing import AdaptiveSelector, CircuitBreakers
+
+    selector = AdaptiveSelector(rng=random.Random(7))
+    stream = io.StringIO()
+    reporter = HealingReporter(SimpleNamespace(breakers=CircuitBreakers(), selector=selector), Console(stream))
+    first, second = "coder-claude-sonnet", "coder-gpt-4o"
+    selector.choose("coding", [first, second])
+    selector.publish("coding")           # no evidence yet: near-equal weights, nobody leads
+    reporter.poll()
+    for _ in range(40):                  # the first choice fails from the start; the second works
+        selector.observe("coding", first, False)
+        selector.observe("coding", second, True)
+    selector.publish("coding")
+    for _ in range(TRAFFIC_SHIFT_POLLS - 1):
+        reporter.poll()
+    assert stream.getvalue() == ""       # not news until it has held the lead for a while
+    reporter.poll()
+    assert stream.getvalue().startswith(f"[healing] coding: traffic moved from {first} to {second} ")

@@ -116,7 +116,9 @@ class HealingReporter:
             if not weights:
                 continue
             leader, weight = max(weights.items(), key=lambda item: item[1])
-            previous = self._leaders.get(task)
+            # Until a move is seen the traffic is the first choice's (candidates come first choice
+            # first): a move during the first polls is news too, not where the story starts.
+            previous = self._leaders.setdefault(task, next(iter(weights)))
             if leader == previous or weight < TRAFFIC_SHIFT_WEIGHT:
                 self._contenders.pop(task, None)
                 continue
@@ -126,9 +128,8 @@ class HealingReporter:
             if polls >= TRAFFIC_SHIFT_POLLS:
                 self._leaders[task] = leader
                 del self._contenders[task]
-                if previous is not None:
-                    self.console.line(f"[healing] {task}: traffic moved from {previous} to {leader} "
-                                      f"(selector weight {weight:.2f})")
+                self.console.line(f"[healing] {task}: traffic moved from {previous} to {leader} "
+                                  f"(selector weight {weight:.2f})")
 
 
 class LogFollower:
