@@ -290,6 +290,9 @@ class FleetPrometheusConfig(Section):
     """Seed and refresh the selector from the fleet's recording rules (healing.fleet.prometheus)."""
     url: OptionalURL = ""                     # none: each replica learns alone
     interval_seconds: Positive = 30.0
+    # The statistics' window, rendered as recording rules beside the alerts' windows.  Short, because a
+    # replica that joins mid-incident trusts these first: over 5m the failing agent still looks healthy.
+    window: Duration = "1m"
     fleet_weight: Positive = 10.0             # observations the fleet's success ratio counts as
     local_weight: Positive = 1.0              # multiplier of the replica's own decayed outcomes
     auth: HTTPAuthConfig = field(default_factory=HTTPAuthConfig)

@@ -25,7 +25,7 @@ from agent_exporter.config import (
     AlertingConfig, Config, FleetAlertmanagerConfig, FleetConfig, FleetPrometheusConfig, HealingConfig, ModelPrice,
     MetricsConfig)
 from agent_exporter.healing import AlertRemediator, Healer, RetryPolicy
-from agent_exporter.healing.fleet_stats import COST_QUERY, LATENCY_QUERY, SUCCESS_QUERY
+from agent_exporter.healing.fleet_stats import Queries
 from agent_exporter.server import Service, start_server
 from agent_exporter.telemetry import Telemetry
 
@@ -182,7 +182,7 @@ def prometheus_with_an_incident(tmp_path):
     try:
         with stack.start_prometheus(tmp_path, config) as process:
             api = stack.PrometheusAPI(process.url)
-            for query in (SUCCESS_QUERY, LATENCY_QUERY, COST_QUERY):     # rule groups evaluate apart
+            for query in Queries.over(Config().healing.fleet.prometheus.window):   # rule groups evaluate apart
                 api.wait_until(query, lambda rows: len(rows) == 2, timeout=POLL_TIMEOUT)
             yield process
     finally:

@@ -22,7 +22,7 @@ from agent_exporter.config import (
 from agent_exporter.healing import AdaptiveSelector, AlertRemediator, FleetStats, Healer, RetryPolicy
 from agent_exporter.healing.alertmanager import alerts_filter, decode_api_alerts
 from agent_exporter.healing.api_client import APIClient, SourceUnavailable
-from agent_exporter.healing.fleet_stats import COST_QUERY, LATENCY_QUERY, SUCCESS_QUERY, PrometheusStats
+from agent_exporter.healing.fleet_stats import PrometheusStats, Queries
 from agent_exporter.healing.polling import Poller
 from agent_exporter.healing.selector import _Evidence
 from agent_exporter.healing.simulate import format_quality_table, run_quality_simulation
@@ -376,13 +376,16 @@ class Answers:
         return self.answers[dict(params)["query"]]
 
 
+QUERIES = Queries.over("1m")
+
+
 def test_recording_rule_answers_become_per_agent_fleet_stats():
     selector = AdaptiveSelector()
     stats = PrometheusStats(Answers({
-        SUCCESS_QUERY: vector(("coder", "0.5"), ("coder-lite", "1.2"), ("silent", "NaN")),
-        LATENCY_QUERY: vector(("coder", "4.5"), ("coder-lite", "+Inf")),
-        COST_QUERY: vector(("coder", "0.05")),
-    }), selector)
+        QUERIES.success: vector(("coder", "0.5"), ("coder-lite", "1.2"), ("silent", "NaN")),
+        QUERIES.latency: vector(("coder", "4.5"), ("coder-lite", "+Inf")),
+        QUERIES.cost: vector(("coder", "0.05")),
+    }), selector, "1m")
     stats()
     assert selector.fleet() == {
         "coder": FleetStats(success_ratio=0.5, latency_seconds=4.5, cost_usd=0.05),
@@ -394,11 +397,28 @@ def test_recording_rule_answers_become_per_agent_fleet_stats():
 
 def test_a_failed_query_fails_the_refresh():
     error = json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"}).encode()
-    stats = PrometheusStats(Answers({SUCCESS_QUERY: error}), AdaptiveSelector())
+    stats = PrometheusStats(Answers({QUERIES.success: error}), AdaptiveSelector(), "1m")
     with pytest.raises(ValueError, match="parse error"):
         stats()
-    assert "agent:orchestrator_agent_errors:ratio_rate5m" in SUCCESS_QUERY
-    assert 'quantile="0.5"' in LATENCY_QUERY and "rate(orchestrator_agent_executions_total[5m])" in COST_QUERY
+
+
+def test_the_fleet_window_names_the_rules_the_queries_read_and_the_rules_render():
+    from agent_exporter.render.rules import recording_rules
+    config = Config(healing=HealingConfig(fleet=FleetConfig(prometheus=FleetPrometheusConfig(window="2m"))))
+    queries = Queries.over(config.healing.fleet.prometheus.window)
+    assert queries.success == "1 - avg by (agent) (agent:orchestrator_agent_errors:ratio_rate2m)"
+    assert queries.latency == ('avg by (agent) (agent_quantile:orchestrator_agent_execution_duration_seconds'
+                               ':histogram_quantile2m{quantile="0.5"})')
+    assert "rate(orchestrator_agent_executions_total[2m])" in queries.cost
+    rules = {rule["record"]: rule["expr"] for group in recording_rules(config) for rule in group["rules"]}
+    assert "[2m]" in rules["agent:orchestrator_agent_errors:ratio_rate2m"]
+    assert "[2m]" in rules["agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile2m"]
+    # the alerts' windows and the dashboards' 5m quantiles stay, and no other window is added
+    assert "agent:orchestrator_agent_errors:ratio_rate5m" in rules
+    assert "agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile5m" in rules
+    defaults = {rule["record"] for group in recording_rules(Config()) for rule in group["rules"]}
+    assert set(rules) - defaults == {"agent:orchestrator_agent_errors:ratio_rate2m",
+                                     "agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile2m"}
 
 
 # -- wiring from the config -----------------------------------------------------------------------------
@@ -456,7 +476,7 @@ def test_quality_simulation_moves_traffic_only_when_scores_are_weighed():
 def test_fleet_simulation_figures():
     result = run_fleet_simulation(3, seeds=1, tasks=1000)
     modes = result["modes"]
-    assert set(modes) == {"alone", "shared", "shared_1m"}
+    assert set(modes) == {"alone", "shared_1m", "shared_5m"}
     for row in modes.values():
         assert set(row) == {"window_seconds", "success_rate", "tasks_to_shift", "work_on_failing",
                             "late_replica_work_on_failing", "late_replica_work_on_failing_worst", "tasks_to_return"}

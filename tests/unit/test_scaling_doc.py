@@ -86,10 +86,11 @@ def test_exporter_configs_load(tmp_path):
 
 
 def test_the_fleet_queries_in_the_doc_are_the_ones_the_code_sends():
-    from agent_exporter.healing.fleet_stats import COST_QUERY, LATENCY_QUERY, SUCCESS_QUERY
+    from agent_exporter.config import Config
+    from agent_exporter.healing.fleet_stats import Queries
 
     text = DOC.read_text()
-    for query in (SUCCESS_QUERY, LATENCY_QUERY, COST_QUERY):
+    for query in Queries.over(Config().healing.fleet.prometheus.window):
         assert f"`{query}`" in text
 
 

@@ -1,14 +1,19 @@
 """The fleet's per-agent statistics, read from Prometheus's query API for the selector.
 
 Three instant queries over the shipped recording rules (render/rules.py), all
-on their 5-minute window:
+on healing.fleet.prometheus.window (1m by default, for which the rules are
+rendered beside the alerts' windows):
 
-  success ratio   1 - agent:orchestrator_agent_errors:ratio_rate5m
-  latency         agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile5m
+  success ratio   1 - agent:orchestrator_agent_errors:ratio_rate1m
+  latency         agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile1m
                   {quantile="0.5"}
-  cost per call   rate(orchestrator_llm_cost_usd_total[5m]) / rate(orchestrator_agent_executions_total[5m])
+  cost per call   rate(orchestrator_llm_cost_usd_total[1m]) / rate(orchestrator_agent_executions_total[1m])
                   by agent, in one query (no rule records cost per agent; over the executions rule,
                   recorded at another instant, the ratio of two young rates is off by tens of percent)
+
+The window is short on purpose: a replica that joins mid-incident starts from
+these figures, and over five minutes a failing agent still looks healthy
+(`agent-exporter simulate --mode fleet` compares the two).
 
 They sum every replica Prometheus scrapes.  The catalog's agent metrics carry
 no task label, so the statistics are per agent: an agent that serves several
@@ -20,19 +25,28 @@ one succeeds.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import msgspec
 
-from ..render.series import AGENT_SLI, COST, EXECUTIONS, LATENCY_QUANTILE_RULE
+from ..render.series import AGENT_SLI, COST, EXECUTIONS, latency_quantile_rule
 from .api_client import APIClient
 from .selector import FleetStats
 
 QUERY_PATH = "/api/v1/query"
-WINDOW = "5m"        # the recording rules' window
 
-SUCCESS_QUERY = f"1 - avg by (agent) ({AGENT_SLI.error_ratio_rule(WINDOW)})"
-LATENCY_QUERY = f'avg by (agent) ({LATENCY_QUANTILE_RULE}{{quantile="0.5"}})'
-COST_QUERY = f"sum by (agent) (rate({COST}[{WINDOW}])) / sum by (agent) (rate({EXECUTIONS}[{WINDOW}]))"
+
+class Queries(NamedTuple):
+    """The instant queries of one refresh, over one window of the recording rules."""
+    success: str
+    latency: str
+    cost: str
+
+    @classmethod
+    def over(cls, window: str) -> "Queries":
+        return cls(success=f"1 - avg by (agent) ({AGENT_SLI.error_ratio_rule(window)})",
+                   latency=f'avg by (agent) ({latency_quantile_rule(window)}{{quantile="0.5"}})',
+                   cost=f"sum by (agent) (rate({COST}[{window}])) / sum by (agent) (rate({EXECUTIONS}[{window}]))")
 
 
 class _Sample(msgspec.Struct, frozen=True):
@@ -73,14 +87,14 @@ def _per_agent(body: bytes, query: str) -> dict[str, float]:
 class PrometheusStats:
     """One refresh of the selector's fleet statistics from Prometheus."""
 
-    def __init__(self, client: APIClient, selector):
+    def __init__(self, client: APIClient, selector, window: str):
         self.client = client
         self.selector = selector
+        self.queries = Queries.over(window)
 
     def fetch(self) -> dict[str, FleetStats]:
         success, latency, cost = (
-            _per_agent(self.client.get(QUERY_PATH, [("query", query)]), query)
-            for query in (SUCCESS_QUERY, LATENCY_QUERY, COST_QUERY))
+            _per_agent(self.client.get(QUERY_PATH, [("query", query)]), query) for query in self.queries)
         return {agent: FleetStats(success_ratio=_ratio(success.get(agent)), latency_seconds=latency.get(agent),
                                   cost_usd=cost.get(agent))
                 for agent in success.keys() | latency.keys() | cost.keys()}

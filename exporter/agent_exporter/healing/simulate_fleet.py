@@ -10,8 +10,8 @@ each selector gets the fleet's per-agent statistics (success ratio, median
 latency, mean cost per call) over the `window` seconds that ended `delay`
 seconds ago (scrape plus rule evaluation), like the recording rules' values
 read from Prometheus; the late replica gets them when it starts.  `alone`
-never shares; `shared` uses the shipped rules' 5-minute window; `shared_1m`
-a 1-minute window, which no shipped rule offers yet.
+never shares; `shared_<window>` shares over healing.fleet.prometheus.window
+(1m by default) and, for comparison, over the 5m of the dashboards' rules.
 
 Figures per mode: success_rate over all tasks; tasks_to_shift and
 tasks_to_return as in run_simulation, over the fleet's tasks of the degraded
@@ -30,10 +30,16 @@ import statistics
 from collections import deque
 
 from ..config import Config
+from ..durations import prometheus_seconds
 from .selector import FleetStats
 from .simulate import STEPS, AgentFailed, Degradation, _healer, _selector_figures, _World
 
-MODES = (("alone", None), ("shared", 300.0), ("shared_1m", 60.0))
+
+
+def _modes(config: Config) -> list[tuple[str, float | None]]:
+    """(name, window in seconds or None for learning alone) of each mode compared."""
+    windows = dict.fromkeys((config.healing.fleet.prometheus.window, "5m"))
+    return [("alone", None), *((f"shared_{w}", float(prometheus_seconds(w))) for w in windows)]
 
 
 class _Prometheus:
@@ -117,7 +123,7 @@ def run_fleet_simulation(replicas: int = 3, seeds: int = 5, tasks: int = 2000, *
     config = config or Config()
     start, end = int(tasks * degradation.start), int(tasks * degradation.end)
     modes = {}
-    for name, share_window in MODES:
+    for name, share_window in _modes(config):
         succeeded, shifts, returns, exposure, late = 0, [], [], [], []
         for seed in range(1, seeds + 1):
             ok, first_choices, touched, late_touched = _run(

@@ -58,6 +58,16 @@ def sli_windows(slo: SLOConfig) -> list[str]:
     return sorted(windows, key=prometheus_seconds)
 
 
+def agent_error_ratio_windows(config: Config) -> list[str]:
+    """The windows of the agent error-ratio rules: the burn-rate alerts' and the fleet statistics'."""
+    return sorted({*sli_windows(config.alerting.slo), config.healing.fleet.prometheus.window}, key=prometheus_seconds)
+
+
+def latency_quantile_windows(config: Config) -> list[str]:
+    """The windows of the agent latency quantile rules: the dashboards' 5m and the fleet statistics'."""
+    return sorted({"5m", config.healing.fleet.prometheus.window}, key=prometheus_seconds)
+
+
 def long_windows(slo: SLOConfig) -> list[str]:
     """The long windows of `slo`'s burn-rate pairs, where the minimum event count applies."""
     return sorted({long for long, _, _ in (*slo.page_windows, *slo.ticket_windows)}, key=prometheus_seconds)

@@ -23,14 +23,15 @@ from fractions import Fraction
 
 from ..config import Config, SLOConfig
 from ..durations import prometheus_duration, prometheus_seconds
-from .common import burn_rate_pairs, long_windows, number, sli_windows
+from .common import (
+    agent_error_ratio_windows, burn_rate_pairs, latency_quantile_windows, long_windows, number, sli_windows)
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
-    EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE, REJECTED, SLI,
+    EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, REJECTED, SLI,
     TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE,
-    WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI)
+    WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
 
 INSTANCE = "exporter:9464"
 ENVIRONMENTS = ("production", "staging")   # the values of the grouping labels, if any
@@ -724,7 +725,7 @@ def _recording_tests(c: _Cases) -> list:
     # Planner: 4.5 successes and 1.5 errors a minute; in the second environment, 2 successes.
     checks = [_rounded(AGENT_SLI.error_ratio_rule(w), at, rows("agent", {"coder": 0, "planner": 0.25},
                                                                    {"planner": 0}))
-              for w in sli_windows(alerting.slo)]
+              for w in agent_error_ratio_windows(c.config)]
     checks += [_rounded(AGENT_SLI.count_rule(w), at, rows("agent", {"coder": count(3, w), "idle": 0,
                                                                     "planner": count(6, w)}, {"planner": count(2, w)}))
                for w in long_windows(alerting.slo)]
@@ -739,8 +740,9 @@ def _recording_tests(c: _Cases) -> list:
     checks += [
         _rounded(EXECUTION_RATE_RULE, at, rows("agent", {"coder": 0.05, "idle": 0, "planner": 0.1},
                                                {"planner": 2 / 60})),
-        _rounded(LATENCY_QUANTILE_RULE, at, [({**env0, "agent": "planner", "quantile": q}, v)
-                                             for q, v in (("0.5", 1.5), ("0.95", 1.95), ("0.99", 1.99))]),
+        *(_rounded(latency_quantile_rule(w), at, [({**env0, "agent": "planner", "quantile": q}, v)
+                                                  for q, v in (("0.5", 1.5), ("0.95", 1.95), ("0.99", 1.99))])
+          for w in latency_quantile_windows(c.config)),
         _rounded(TIME_TO_FIRST_TOKEN_QUANTILE_RULE, at,
                  [({**env0, "agent": "planner", "model": "gpt-4o", "quantile": q}, v)
                   for q, v in (("0.5", 1.5), ("0.95", 1.95), ("0.99", 1.99))]),
@@ -796,8 +798,10 @@ def _recording_tests(c: _Cases) -> list:
 
 def minute_step(config: Config) -> int:
     """The step of the tests over minutes (orchestrator.test.yml): a minute, or less for a
-    rate window shorter than two, so that every window holds two samples or more."""
-    window = prometheus_seconds(config.alerting.rate_window)
+    rate window (the alerts' or the fleet statistics') shorter than two, so that every window
+    holds two samples or more."""
+    window = min(prometheus_seconds(config.alerting.rate_window),
+                 prometheus_seconds(config.healing.fleet.prometheus.window))
     return next((step for step in (60, 30, 20, 15, 10, 5, 2) if window % step == 0 and window >= 2 * step), 1)
 
 

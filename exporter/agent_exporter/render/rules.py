@@ -17,13 +17,14 @@ from pathlib import Path
 from ..config import Config, SLOConfig
 from ..durations import prometheus_duration
 from .common import (
-    DASHBOARD_UIDS, HEADER, burn_rate_pairs, dump_yaml, long_windows, number, percent, sli_windows)
+    DASHBOARD_UIDS, HEADER, agent_error_ratio_windows, burn_rate_pairs, dump_yaml, latency_quantile_windows,
+    long_windows, number, percent, sli_windows)
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
-    EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE, QUANTILES, REJECTED, SLI,
+    EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, QUANTILES, REJECTED, SLI,
     TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE,
-    WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, Scope, cost_forecast)
+    WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, Scope, cost_forecast, latency_quantile_rule)
 
 # -- expressions ---------------------------------------------------------------------
 
@@ -59,16 +60,16 @@ def _quantile(scope: Scope, q: float, metric: str, window: str, *labels: str) ->
     return f"histogram_quantile({q}, {buckets})\nand on ({scope.by(*labels)})\n({observations} > 0)"
 
 
-def _quantile_rules(scope: Scope, record: str, metric: str, *labels: str) -> list[dict]:
-    return [{"record": record, "expr": _quantile(scope, q, metric, "5m", *labels), "labels": {"quantile": str(q)}}
+def _quantile_rules(scope: Scope, record: str, metric: str, *labels: str, window: str = "5m") -> list[dict]:
+    return [{"record": record, "expr": _quantile(scope, q, metric, window, *labels), "labels": {"quantile": str(q)}}
             for q in QUANTILES]
 
 
-def _sli_rules(scope: Scope, sli: SLI, slo: SLOConfig) -> list[dict]:
-    """The SLI's error ratio over every window its alerts read, and its event count over
-    every long window (the alerts' minimum)."""
+def _sli_rules(scope: Scope, sli: SLI, slo: SLOConfig, ratio_windows: list[str]) -> list[dict]:
+    """The SLI's error ratio over every window in `ratio_windows` (those its alerts read, and more),
+    and its event count over every long window (the alerts' minimum)."""
     return ([{"record": sli.error_ratio_rule(w), "expr": _error_ratio(scope, sli.counter, sli.label, w)}
-             for w in sli_windows(slo)]
+             for w in ratio_windows]
             + [{"record": sli.count_rule(w), "expr": _count(scope, sli.counter, w, sli.label)}
                for w in long_windows(slo)])
 
@@ -79,12 +80,13 @@ def recording_rules(config: Config) -> list[dict]:
     scope = Scope.of(config)
     alerting = config.alerting
     agent_rules = [{"record": EXECUTION_RATE_RULE, "expr": scope.sum(_rate(scope, EXECUTIONS, "5m"), "agent")}]
-    agent_rules += _quantile_rules(scope, LATENCY_QUANTILE_RULE, DURATION, "agent")
+    for window in latency_quantile_windows(config):
+        agent_rules += _quantile_rules(scope, latency_quantile_rule(window), DURATION, "agent", window=window)
     agent_rules += _quantile_rules(scope, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TIME_TO_FIRST_TOKEN, "agent", "model")
     workflow_rules = [{"record": WORKFLOW_RATE_RULE,
                        "expr": scope.sum(_rate(scope, WORKFLOW_RUNS, "5m"), "workflow")}]
     workflow_rules += _quantile_rules(scope, WORKFLOW_QUANTILE_RULE, WORKFLOW_DURATION, "workflow")
-    workflow_rules += _sli_rules(scope, WORKFLOW_SLI, alerting.workflow_slo)
+    workflow_rules += _sli_rules(scope, WORKFLOW_SLI, alerting.workflow_slo, sli_windows(alerting.workflow_slo))
     tool_rules = [
         {"record": TOOL_RATE_RULE, "expr": scope.sum(_rate(scope, TOOL_CALLS, "5m"), "tool")},
         {"record": TOOL_ERROR_RATIO_RULE, "expr": _error_ratio(scope, TOOL_CALLS, "tool", "5m")},
@@ -98,7 +100,8 @@ def recording_rules(config: Config) -> list[dict]:
     ]
     return [
         {"name": "orchestrator.agents.rules", "rules": agent_rules},
-        {"name": "orchestrator.slo.rules", "rules": _sli_rules(scope, AGENT_SLI, alerting.slo)},
+        {"name": "orchestrator.slo.rules",
+         "rules": _sli_rules(scope, AGENT_SLI, alerting.slo, agent_error_ratio_windows(config))},
         {"name": "orchestrator.workflows.rules", "rules": workflow_rules},
         {"name": "orchestrator.tools.rules", "rules": tool_rules},
         {"name": "orchestrator.usage.rules", "rules": usage_rules},

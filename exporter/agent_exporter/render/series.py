@@ -30,7 +30,11 @@ BUILD_INFO = catalog.EXPORTER_BUILD_INFO.name
 ERROR = 'status="error"'
 
 EXECUTION_RATE_RULE = f"agent:{catalog.AGENT_EXECUTIONS.family}:rate5m"
-LATENCY_QUANTILE_RULE = f"agent_quantile:{DURATION}:histogram_quantile5m"
+def latency_quantile_rule(window: str) -> str:
+    return f"agent_quantile:{DURATION}:histogram_quantile{window}"
+
+
+LATENCY_QUANTILE_RULE = latency_quantile_rule("5m")
 TIME_TO_FIRST_TOKEN_QUANTILE_RULE = f"agent_model_quantile:{TIME_TO_FIRST_TOKEN}:histogram_quantile5m"
 TOOL_RATE_RULE = f"tool:{catalog.TOOL_CALLS.family}:rate5m"
 TOOL_ERROR_RATIO_RULE = f"tool:{catalog.TOOL_CALLS.family}:error_ratio_rate5m"
