@@ -35,7 +35,6 @@ from .selector import FleetStats
 from .simulate import STEPS, AgentFailed, Degradation, _healer, _selector_figures, _World
 
 
-
 def _modes(config: Config) -> list[tuple[str, float | None]]:
     """(name, window in seconds or None for learning alone) of each mode compared."""
     windows = dict.fromkeys((config.healing.fleet.prometheus.window, "5m"))
