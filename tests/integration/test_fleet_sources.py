@@ -182,7 +182,13 @@ def prometheus_with_an_incident(tmp_path):
     try:
         with stack.start_prometheus(tmp_path, config) as process:
             api = stack.PrometheusAPI(process.url)
-            for query in Queries.over(Config().healing.fleet.prometheus.window):   # rule groups evaluate apart
+            window = Config().healing.fleet.prometheus.window
+            # A rate over a young series rests on its first few scrapes (a ratio of two of them is
+            # anywhere); the figures asserted below are those of ten scrapes or more.
+            api.wait_until(f'count_over_time(orchestrator_agent_executions_total{{agent="{FAILING}",'
+                           f'status="error"}}[{window}])', lambda rows: rows and float(rows[0]["value"][1]) >= 10,
+                           timeout=POLL_TIMEOUT)
+            for query in Queries.over(window):          # rule groups evaluate apart
                 api.wait_until(query, lambda rows: len(rows) == 2, timeout=POLL_TIMEOUT)
             yield process
     finally:
