@@ -276,7 +276,8 @@ def describe_config(config, path: str | None) -> str:
             f"{_auth(fleet.alertmanager.auth)}" if fleet.alertmanager.urls else "off (webhook only)"),
         "  fleet prometheus: " + (
             f"{fleet.prometheus.url} every {_seconds(fleet.prometheus.interval_seconds)}, "
-            f"window {fleet.prometheus.window}, fleet_weight={fleet.prometheus.fleet_weight:g} local_weight={fleet.prometheus.local_weight:g}, "
+            f"window {fleet.prometheus.window}, fleet_weight={fleet.prometheus.fleet_weight:g} "
+            f"local_weight={fleet.prometheus.local_weight:g}, "
             f"{_auth(fleet.prometheus.auth)}" if fleet.prometheus.url else "off (each replica learns alone)"),
         f"  fleet polling: jitter={fleet.jitter:g} backoff_max={_seconds(fleet.backoff_max_seconds)} "
         f"timeout={_seconds(fleet.timeout_seconds)}",

@@ -39,8 +39,9 @@ NonNegative = Annotated[float, Meta(ge=0, description="a number >= 0")]
 Ratio = Annotated[float, Meta(gt=0, lt=1, description="a ratio between 0 and 1 (exclusive)")]
 RatioUpToOne = Annotated[float, Meta(gt=0, le=1, description="a ratio in (0, 1]")]
 NonEmpty = Annotated[str, Meta(pattern=r"\S", description="a non-empty string")]
-URL = Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$", description="an http(s) URL")]
-OptionalURL = Annotated[str, Meta(pattern=r"^$|^https?://[^\s/]+(/\S*)?$", description='an http(s) URL, or "" for none')]
+_URL = r"https?://[^\s/]+(/\S*)?$"
+URL = Annotated[str, Meta(pattern=f"^{_URL}", description="an http(s) URL")]
+OptionalURL = Annotated[str, Meta(pattern=f"^$|^{_URL}", description='an http(s) URL, or "" for none')]
 Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", description="an email address")]
 Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
                                description="a Prometheus duration such as 30s, 5m or 1h")]

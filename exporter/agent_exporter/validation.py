@@ -65,8 +65,8 @@ def _without_nulls(value, tp):
     """`value` with the null-valued keys of its mappings removed, so that they take their defaults."""
     tp = _concrete(tp, value)
     if isinstance(value, dict) and _is_struct(tp):
-        types_ = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
-        return {key: _without_nulls(item, types_.get(key)) for key, item in value.items() if item is not None}
+        fields = _struct_fields(tp)
+        return {key: _without_nulls(item, fields.get(key)) for key, item in value.items() if item is not None}
     if isinstance(value, dict) and typing.get_origin(tp) is dict:
         item_type = typing.get_args(tp)[1]
         return {key: _without_nulls(item, item_type) for key, item in value.items()}

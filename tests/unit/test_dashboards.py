@@ -288,7 +288,7 @@ def test_threshold_lines_are_drawn_where_a_limit_is_set(boards):
 
 def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
     slo = replace(Config().alerting.slo, objective=0.995,
-                              page_windows=(("1h", "5m", 14.4),), ticket_windows=(("3d", "6h", 1.0),))
+                  page_windows=(("1h", "5m", 14.4),), ticket_windows=(("3d", "6h", 1.0),))
     boards = render(Config(alerting=AlertingConfig(slo=slo)), tmp_path)
     burn = panel(boards[dashboards.AGENT_UID], "Error budget burn rate")
     assert [t["expr"] for t in burn["targets"]] == [

@@ -44,7 +44,7 @@ def with_fleet(config: Config, alertmanager_urls, prometheus_url: str) -> Config
     fleet = config.healing.fleet
     fleet = FleetConfig(
         alertmanager=replace(fleet.alertmanager, urls=tuple(alertmanager_urls),
-                                         interval_seconds=ALERTS_INTERVAL),
+                             interval_seconds=ALERTS_INTERVAL),
         prometheus=replace(fleet.prometheus, url=prometheus_url, interval_seconds=STATS_INTERVAL),
         jitter=fleet.jitter, backoff_max_seconds=FLEET_BACKOFF_MAX, timeout_seconds=FLEET_TIMEOUT)
     return replace(config, healing=replace(config.healing, fleet=fleet))

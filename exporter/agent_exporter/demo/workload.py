@@ -288,7 +288,7 @@ def demo_config(config: Config, *, listen_address: str) -> Config:
     # Time is compressed (hours of work in minutes): a budget sized for real time
     # would make the demo all about cost alerts.
     budget = replace(config.alerting.budget, day_usd=max(config.alerting.budget.day_usd, 5000.0),
-                                 month_usd=max(config.alerting.budget.month_usd, 100000.0))
+                     month_usd=max(config.alerting.budget.month_usd, 100000.0))
     thresholds = replace(config.alerting.thresholds, cost_per_day_usd=budget.day_usd)
     # Hundreds of events a second: the first seconds' few failures must not read as a burn.
     min_events = max(config.alerting.min_events, 50)

@@ -60,7 +60,8 @@ def sli_windows(slo: SLOConfig) -> list[str]:
 
 def agent_error_ratio_windows(config: Config) -> list[str]:
     """The windows of the agent error-ratio rules: the burn-rate alerts' and the fleet statistics'."""
-    return sorted({*sli_windows(config.alerting.slo), config.healing.fleet.prometheus.window}, key=prometheus_seconds)
+    windows = {*sli_windows(config.alerting.slo), config.healing.fleet.prometheus.window}
+    return sorted(windows, key=prometheus_seconds)
 
 
 def latency_quantile_windows(config: Config) -> list[str]:
