@@ -1,4 +1,4 @@
-"""Shared timing helper for the benchmarks: best of several rounds, in microseconds per call."""
+"""Shared timing helpers for the benchmarks: best of several rounds, in microseconds per call."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ import time
 
 def per_call_us(fn, calls: int, rounds: int = 5) -> float:
     """Best-of-`rounds` mean time of `fn()` in µs; the best round is the least disturbed by noise."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
+    return interleaved_us({fn: fn}, calls, rounds)[fn]
 
 
 def interleaved_us(fns: dict, calls: int, rounds: int = 15) -> dict:

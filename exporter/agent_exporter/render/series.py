@@ -30,11 +30,15 @@ BUILD_INFO = catalog.EXPORTER_BUILD_INFO.name
 ERROR = 'status="error"'
 
 EXECUTION_RATE_RULE = f"agent:{catalog.AGENT_EXECUTIONS.family}:rate5m"
+# The agent latency quantiles are recorded over the dashboards' window and over the fleet statistics'.
+DASHBOARD_LATENCY_WINDOW = "5m"
+
+
 def latency_quantile_rule(window: str) -> str:
     return f"agent_quantile:{DURATION}:histogram_quantile{window}"
 
 
-LATENCY_QUANTILE_RULE = latency_quantile_rule("5m")
+LATENCY_QUANTILE_RULE = latency_quantile_rule(DASHBOARD_LATENCY_WINDOW)
 TIME_TO_FIRST_TOKEN_QUANTILE_RULE = f"agent_model_quantile:{TIME_TO_FIRST_TOKEN}:histogram_quantile5m"
 TOOL_RATE_RULE = f"tool:{catalog.TOOL_CALLS.family}:rate5m"
 TOOL_ERROR_RATIO_RULE = f"tool:{catalog.TOOL_CALLS.family}:error_ratio_rate5m"
