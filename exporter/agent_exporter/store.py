@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
+from operator import attrgetter
 from typing import Iterable, Iterator, NamedTuple
 
 from . import catalog, events
@@ -111,18 +112,15 @@ class _Histograms(_Family):
         self.exemplars.append(None)
 
     def observe(self, i: int, value: float, trace_id: str | None, timestamp: float | None) -> None:
+        """Count `value` in series `i`; a trace id becomes the exemplar of its bucket (the latest wins)."""
         b = bisect_left(self.bounds, value)  # first bound >= value: Prometheus' `le` semantics
         self.counts[i][b] += 1
         self.sums[i] += value
         if trace_id is not None:
-            self.exemplar(i, b, trace_id, value, timestamp)
-
-    def exemplar(self, i: int, b: int, trace_id: str, value: float, timestamp: float | None) -> None:
-        """Keep the latest trace id of bucket `b` of series `i`."""
-        slots = self.exemplars[i]
-        if slots is None:
-            slots = self.exemplars[i] = [None] * (len(self.bounds) + 1)
-        slots[b] = (trace_id, value, time.time() if timestamp is None else timestamp)
+            slots = self.exemplars[i]
+            if slots is None:
+                slots = self.exemplars[i] = [None] * (len(self.bounds) + 1)
+            slots[b] = (trace_id, value, time.time() if timestamp is None else timestamp)
 
     def snapshot(self) -> "HistogramSnapshot":
         return HistogramSnapshot(
@@ -201,7 +199,10 @@ class SeriesStore:
         self._overflow: _Scalars = f[catalog.EXPORTER_SERIES_OVERFLOW.name]
         self._http_requests: _Scalars = f[catalog.EXPORTER_HTTP_REQUESTS.name]
         self._otlp_spans: _Scalars = f[catalog.EXPORTER_OTLP_SPANS.name]
-        # (agent, status, model, extras) -> the series an agent execution touches; see _new_execution_series.
+        # The fields that decide an agent execution's series, read in one C call; the tuple
+        # of them (model and extras as given, unset or not) is the key of _execution_series.
+        self._execution_key = attrgetter("agent", "status", "model", *self._extra_labels)
+        # _execution_key(event) -> the series an agent execution touches; see _new_execution_series.
         self._execution_series: dict[tuple, list[int]] = {}
         self._execution_series_limit = 4 * cfg.max_series
         self._appliers = {
@@ -306,7 +307,7 @@ class SeriesStore:
             return ()
         return tuple(getattr(event, name) or _MISSING for name in self._extra_labels)
 
-    def _new_execution_series(self, key: tuple, agent: str, status: str, model: str, extra: tuple) -> list[int]:
+    def _new_execution_series(self, key: tuple, e: events.AgentExecution) -> list[int]:
         """The series indexes one agent execution touches, looked up once per label set.
 
         [executions, duration, cost, usage unknown, time to first token, then one per
@@ -315,14 +316,15 @@ class SeriesStore:
         __overflow__ series must be looked up, and its observation counted as folded,
         each time.
         """
+        extra = self._extras(e)
         executions = self._executions
-        i = executions.index.get((agent, status) + extra)
+        i = executions.index.get((e.agent, e.status) + extra)
         if i is None:
-            i = executions.slot((agent, status) + extra)
+            i = executions.slot((e.agent, e.status) + extra)
         durations = self._durations
-        d = durations.index.get((agent,) + extra)
+        d = durations.index.get((e.agent,) + extra)
         if d is None:
-            d = durations.slot((agent,) + extra)
+            d = durations.slot((e.agent,) + extra)
         series = [i, d] + [-1] * (3 + len(_TOKEN_FIELDS))
         if i != executions.overflow_index and d != durations.overflow_index:
             if len(self._execution_series) >= self._execution_series_limit:
@@ -339,15 +341,6 @@ class SeriesStore:
             series[position] = i
         return i
 
-    def _execution_series_of(self, e: events.AgentExecution) -> list[int]:
-        extra = self._extras(e)
-        model = e.model or _UNKNOWN_MODEL
-        key = (e.agent, e.status, model, extra)
-        series = self._execution_series.get(key)
-        if series is None:
-            series = self._new_execution_series(key, e.agent, e.status, model, extra)
-        return series
-
     def apply_execution(self, e: events.AgentExecution, cache: list | None = None) -> None:
         """Apply one agent execution; `cache`, a [success, error] pair kept by the caller for a
         label set, is filled in here and saves finding the series next time (the in-process API)."""
@@ -360,28 +353,25 @@ class SeriesStore:
                 by_status = 0 if e.status == "success" else 1
                 series = cache[by_status]
                 if series is None:
-                    series = self._execution_series_of(e)
-                    if self._execution_series.get((e.agent, e.status, e.model or _UNKNOWN_MODEL,
-                                                   self._extras(e))) is series:
+                    key = self._execution_key(e)
+                    series = self._execution_series.get(key) or self._new_execution_series(key, e)
+                    if self._execution_series.get(key) is series:
                         cache[by_status] = series        # a real series set, not an __overflow__ one
-                self._record_execution(series, e)
+                self._apply_agent_execution(e, series)
             self._events.values[self._execution_event_index] += 1
         finally:
             lock.release()
 
-    def _apply_agent_execution(self, e: events.AgentExecution) -> None:
-        self._record_execution(self._execution_series_of(e), e)
-
-    def _record_execution(self, series: list[int], e: events.AgentExecution) -> None:
-        # The hottest path: the series were found once per label set; here is only arithmetic
-        # (the duration histogram's observe() inlined).
+    def _apply_agent_execution(self, e: events.AgentExecution, series: list[int] | None = None) -> None:
+        # The hottest path, on ingest and in the API (which passes the `series` it keeps): the
+        # series are found once per label set, and here is only arithmetic.
+        if series is None:
+            key = self._execution_key(e)
+            series = self._execution_series.get(key)
+            if series is None:
+                series = self._new_execution_series(key, e)
         self._executions.values[series[0]] += 1
-        durations, i, duration = self._durations, series[1], e.duration_seconds
-        b = bisect_left(durations.bounds, duration)
-        durations.counts[i][b] += 1
-        durations.sums[i] += duration
-        if e.trace_id is not None:
-            durations.exemplar(i, b, e.trace_id, duration, e.timestamp)
+        self._durations.observe(series[1], e.duration_seconds, e.trace_id, e.timestamp)
         agent = e.agent
         if e.status == "error":
             self._add(self._errors, (agent, e.error_type or "unknown") + self._extras(e), 1)

@@ -326,5 +326,11 @@ def test_the_recording_rules_keep_the_two_environments_apart(api):
     """Both exporters run agents; the recorded series keep their environments apart."""
     rows = query_until_data(api, 'agent:orchestrator_agent_executions:rate5m{agent="planner"}')
     assert {row["metric"].get("environment") for row in rows} == {ENVIRONMENTS["synthetic"]}
-    everyone = query_until_data(api, "agent:orchestrator_agent_executions:rate5m")
-    assert {row["metric"].get("environment") for row in everyone} == set(ENVIRONMENTS.values())
+    # Each exporter's recorded series appear once its agents have run in two scrapes: wait for both.
+    environments = set(ENVIRONMENTS.values())
+    expr = "agent:orchestrator_agent_executions:rate5m"
+    try:
+        everyone = api.wait_until(expr, lambda rows: {row["metric"].get("environment") for row in rows} >= environments)
+    except stack.StackError:
+        everyone = api.query(expr)  # the assertion below says which is missing
+    assert {row["metric"].get("environment") for row in everyone} == environments
