@@ -352,12 +352,10 @@ class SeriesStore:
             else:
                 by_status = 0 if e.status == "success" else 1
                 series = cache[by_status]
-                if series is None:
-                    key = self._execution_key(e)
-                    series = self._execution_series.get(key) or self._new_execution_series(key, e)
-                    if self._execution_series.get(key) is series:
-                        cache[by_status] = series        # a real series set, not an __overflow__ one
                 self._apply_agent_execution(e, series)
+                if series is None:
+                    # Now remembered if it is a real series set; an __overflow__ one never is.
+                    cache[by_status] = self._execution_series.get(self._execution_key(e))
             self._events.values[self._execution_event_index] += 1
         finally:
             lock.release()

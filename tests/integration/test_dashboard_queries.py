@@ -37,7 +37,7 @@ from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config, parse_config
 from agent_exporter.demo import run_demo
 from agent_exporter.otlp import OTLPReceiver
-from agent_exporter.render import dashboards, prometheus, rules
+from agent_exporter.render import dashboards, prometheus, rules, series
 from agent_exporter.server import Service, start_server
 
 pytestmark = pytest.mark.integration
@@ -272,13 +272,14 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return expr
 
 
-def query_until_data(api: stack.PrometheusAPI, expr: str, timeout: float = 30.0) -> list:
-    """The query's result, retried while empty: rule groups write their rules one by one,
-    so a series of the chosen agent can lag another rule's by an evaluation."""
+def query_until_data(api: stack.PrometheusAPI, expr: str, until=bool, timeout: float = 30.0) -> list:
+    """The query's result, retried until `until(result)` (by default, while empty): rule groups
+    write their rules one by one, so a series of the chosen agent can lag another rule's by an
+    evaluation.  At the deadline, the result as it is, for the caller's assertion to show."""
     try:
-        return api.wait_until(expr, bool, timeout=timeout, interval=0.5)
+        return api.wait_until(expr, until, timeout=timeout, interval=0.5)
     except stack.StackError:
-        return []
+        return api.query(expr)
 
 
 def test_every_panel_query_returns_series(api, boards):
@@ -324,13 +325,13 @@ def test_the_workload_overflowed_and_rejected(api):
 
 def test_the_recording_rules_keep_the_two_environments_apart(api):
     """Both exporters run agents; the recorded series keep their environments apart."""
-    rows = query_until_data(api, 'agent:orchestrator_agent_executions:rate5m{agent="planner"}')
+    rows = query_until_data(api, f'{series.EXECUTION_RATE_RULE}{{agent="planner"}}')
     assert {row["metric"].get("environment") for row in rows} == {ENVIRONMENTS["synthetic"]}
+
+    def environments(rows) -> set[str]:
+        return {row["metric"].get("environment") for row in rows}
+
     # Each exporter's recorded series appear once its agents have run in two scrapes: wait for both.
-    environments = set(ENVIRONMENTS.values())
-    expr = "agent:orchestrator_agent_executions:rate5m"
-    try:
-        everyone = api.wait_until(expr, lambda rows: {row["metric"].get("environment") for row in rows} >= environments)
-    except stack.StackError:
-        everyone = api.query(expr)  # the assertion below says which is missing
-    assert {row["metric"].get("environment") for row in everyone} == environments
+    everyone = query_until_data(api, series.EXECUTION_RATE_RULE,
+                                until=lambda rows: environments(rows) >= set(ENVIRONMENTS.values()))
+    assert environments(everyone) == set(ENVIRONMENTS.values())
