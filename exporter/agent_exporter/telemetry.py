@@ -329,7 +329,9 @@ class AgentRun(_Scope):
 
     def set_model(self, model: str) -> None:
         """The model that actually answered, when it differs from the one asked for."""
-        self.model = _name("model", model)
+        self.model = model = _name("model", model)
+        if self.span is not None:
+            self._telemetry.spans.set_model(self.span, model)
 
     def first_token(self) -> None:
         """Mark the first streamed token; the first call of a run counts."""

@@ -74,7 +74,7 @@ def test_openai_style_usage_counts_cached_tokens_inside_prompt_tokens(tel, spans
     assert span.attributes["orchestrator.cost_usd"] == pytest.approx(0.020)
 
 
-def test_openai_reasoning_tokens_are_billed_at_the_reasoning_price(tel):
+def test_openai_reasoning_tokens_are_billed_at_the_reasoning_price(tel, spans):
     openai_usage = {"prompt_tokens": 5_000, "completion_tokens": 3_000,
                     "prompt_tokens_details": {"cached_tokens": 1_000},
                     "completion_tokens_details": {"reasoning_tokens": 2_000}}
@@ -84,6 +84,11 @@ def test_openai_reasoning_tokens_are_billed_at_the_reasoning_price(tel):
         "input": 4_000, "cache_read": 1_000, "output": 1_000, "reasoning": 2_000}
     # 4000 x $2 + 1000 x $0.50 + 1000 x $8 + 2000 x $8, per million
     assert value(tel, COST, agent="solver", model="o3") == pytest.approx(0.0325)
+    usage_attributes = {k: v for k, v in finished(spans[1], "invoke_agent solver").attributes.items()
+                        if k.startswith("gen_ai.usage.")}
+    assert usage_attributes == {      # the conventions' totals, and no cache writes where there were none
+        "gen_ai.usage.input_tokens": 5_000, "gen_ai.usage.cache_read.input_tokens": 1_000,
+        "gen_ai.usage.output_tokens": 3_000, "gen_ai.usage.reasoning.output_tokens": 2_000}
 
 
 def test_anthropic_style_usage_reports_cache_tokens_beside_input(tel, spans):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import StatusCode
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -85,6 +85,17 @@ def test_agent_execution_with_priced_usage(tel, spans):
         "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1200,
         "gen_ai.usage.output_tokens": 300,
         "orchestrator.cost_usd": pytest.approx((1200 * 2.5 + 300 * 10) / 1e6)}
+
+
+def test_set_model_names_the_model_on_the_running_span(tel, spans):
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.set_model("gpt-4o-2024-08-06")
+        run.usage(input_tokens=10, output_tokens=5)
+    with tel.agent_execution("coder") as run:
+        run.set_model("llama-local")
+    assert finished(spans[1], "invoke_agent planner").attributes["gen_ai.request.model"] == "gpt-4o-2024-08-06"
+    assert finished(spans[1], "invoke_agent coder").attributes["gen_ai.request.model"] == "llama-local"
+    assert value(tel, TOKENS, agent="planner", model="gpt-4o-2024-08-06", type="input") == 10
 
 
 def test_given_cost_wins_and_unpriced_or_missing_usage_is_unknown_not_free(tel):
@@ -428,6 +439,33 @@ def test_a_broken_tracer_never_reaches_the_caller():
     assert run.trace_id is None
     assert value(tel, EXECUTIONS, agent="planner", status="success") == 2
     assert value(tel, TOOL_CALLS, tool="web_search", status="success") == 1
+
+
+class FailingProcessor(SpanProcessor):
+    """A span processor that raises where the SDK calls it: on a span's start or on its end."""
+
+    def __init__(self, when: str):
+        self.when = when
+
+    def on_start(self, span, parent_context=None):
+        if self.when == "start":
+            raise RuntimeError("processor fails on start")
+
+    def on_end(self, span):
+        if self.when == "end":
+            raise RuntimeError("processor fails on end")
+
+
+@pytest.mark.parametrize("when", ["start", "end"])
+def test_a_failing_span_processor_never_reaches_the_caller(when, caplog):
+    provider = TracerProvider()
+    provider.add_span_processor(FailingProcessor(when))
+    tel = Telemetry(tracer_provider=provider)
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(input_tokens=10, output_tokens=5, cost_usd=0.01)
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 1
+    assert value(tel, COST, agent="planner", model="gpt-4o") == 0.01
+    assert f"span handling failed in GenAITracer.{when}_agent" in caplog.text
 
 
 # -- provider construction -----------------------------------------------------------------
