@@ -330,7 +330,7 @@ class AgentRun(_Scope):
     def set_model(self, model: str) -> None:
         """The model that actually answered, when it differs from the one asked for."""
         self.model = model = _name("model", model)
-        if self.span is not None:
+        if self.span is not None and self._run_token is not None:     # a span still running
             self._telemetry.spans.set_model(self.span, model)
 
     def first_token(self) -> None:

@@ -98,6 +98,14 @@ def test_set_model_names_the_model_on_the_running_span(tel, spans):
     assert value(tel, TOKENS, agent="planner", model="gpt-4o-2024-08-06", type="input") == 10
 
 
+def test_set_model_after_the_run_leaves_its_ended_span_alone(tel, spans, caplog):
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        pass
+    run.set_model("gpt-4o-mini")
+    assert finished(spans[1], "invoke_agent planner").attributes["gen_ai.request.model"] == "gpt-4o"
+    assert "ended span" not in caplog.text
+
+
 def test_given_cost_wins_and_unpriced_or_missing_usage_is_unknown_not_free(tel):
     with tel.agent_execution("planner", model="gpt-4o") as run:
         run.usage(input_tokens=10, output_tokens=10, cost_usd=0.5)
