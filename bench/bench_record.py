@@ -27,7 +27,7 @@ import time
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from timing import interleaved_us, per_call_us, row
 
 from agent_exporter import Telemetry, catalog
@@ -43,9 +43,10 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def _traced_provider() -> TracerProvider:
+def _traced_provider(simple: bool = False) -> TracerProvider:
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=CALLS * 2))
+    provider.add_span_processor(SimpleSpanProcessor(_Discard()) if simple
+                                else BatchSpanProcessor(_Discard(), max_queue_size=CALLS * 2))
     return provider
 
 
@@ -143,12 +144,12 @@ def sdk_span(tracer: trace.Tracer):
     return run
 
 
-def variants() -> tuple[dict, TracerProvider]:
-    """Every measured call, by name: the baselines, the API's forms, and the traced pair (and its provider)."""
+def variants(simple_span_processor: bool = False) -> tuple[dict, TracerProvider]:
+    """Every measured call, by name: the baselines, the API's forms, and the traced trio (and its provider)."""
     with_labels, cached_children = prometheus_client_baselines()
     untraced = Telemetry(Config(tracing=TracingConfig(enabled=False)))
     context_manager, decorated, async_with, record_dict = api_calls(untraced)
-    provider = _traced_provider()
+    provider = _traced_provider(simple_span_processor)
     sdk_span_alone = sdk_span(provider.get_tracer("bench"))
 
     def span_then_recording():
@@ -168,9 +169,9 @@ def variants() -> tuple[dict, TracerProvider]:
     }, provider
 
 
-def run_variant(name: str, calls: int) -> None:
+def run_variant(name: str, calls: int, simple_span_processor: bool) -> None:
     """`calls` calls of one variant (the child of --instructions, under callgrind)."""
-    call = variants()[0][name]
+    call = variants(simple_span_processor)[0][name]
     if inspect.iscoroutinefunction(call):
         async def loop():
             for _ in range(calls):
@@ -181,23 +182,25 @@ def run_variant(name: str, calls: int) -> None:
             call()
 
 
-def instructions_per_call(name: str) -> float:
+def instructions_per_call(name: str, simple_span_processor: bool) -> float:
     """Instructions one call executes, counted by callgrind: the difference of two runs, so set-up cancels."""
     counts = []
     for calls in (1000, 6000):
         result = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             "--run-variant", name, "--calls", str(calls)], capture_output=True, text=True, check=True, timeout=1800)
+             "--run-variant", name, "--calls", str(calls)]
+            + (["--simple-span-processor"] if simple_span_processor else []),
+            capture_output=True, text=True, check=True, timeout=1800)
         counts.append(int(re.search(r"Collected : (\d+)", result.stderr).group(1)))
     return (counts[1] - counts[0]) / 5000
 
 
-def instructions() -> None:
+def instructions(simple_span_processor: bool) -> None:
     """The same comparison in instructions per call: repeatable where timings on a shared box are not."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     # Instructions add up, unlike timings: the side-by-side pair needs no count of its own.
-    counts = {name: instructions_per_call(name) for name in variants()[0]
+    counts = {name: instructions_per_call(name, simple_span_processor) for name in variants()[0]
               if name != "traced: SDK span, then the untraced recording"}
     baseline = counts["prometheus_client .labels()"]
     print("instructions per call (callgrind), ratio against prometheus_client .labels()")
@@ -215,14 +218,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per call with callgrind (repeatable; slow)")
+    parser.add_argument("--simple-span-processor", action="store_true",
+                        help="trace through a SimpleSpanProcessor (no export thread) instead of a BatchSpanProcessor")
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_variant:
-        run_variant(args.run_variant, args.calls)
+        run_variant(args.run_variant, args.calls, args.simple_span_processor)
         return
 
-    calls, provider = variants()
+    calls, provider = variants(args.simple_span_processor)
     timed = ("prometheus_client .labels()", "prometheus_client cached children", "OpenTelemetry SDK metrics API",
              "with tel.agent_execution() + run.usage()", "async with tel.agent_execution()",
              "@tel.agent_execution() decorator", "tel.record(dict)")
@@ -243,7 +248,8 @@ def main() -> None:
         "traced: with tel.agent_execution() + run.usage()")}, CALLS // 20)
     span_only, side_by_side, with_tracing = traced.values()
     untraced = results["with tel.agent_execution() + run.usage()"]
-    print("tracing on (a sampled span per run through a BatchSpanProcessor):")
+    processor = "SimpleSpanProcessor" if args.simple_span_processor else "BatchSpanProcessor"
+    print(f"tracing on (a sampled span per run through a {processor}):")
     print(row("OpenTelemetry SDK span alone", span_only))
     print(row("SDK span, then the untraced recording", side_by_side))
     print(row("with tel.agent_execution() + run.usage()", with_tracing))
@@ -252,7 +258,7 @@ def main() -> None:
           f" where alone {untraced:.3f} µs; so the span glue: {with_tracing - side_by_side:.3f} µs)")
     provider.shutdown()
     if args.instructions:
-        instructions()
+        instructions(args.simple_span_processor)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
     # Whether configured extra labels (feature, priority) are appended.
     takes_extra_labels: bool = False
+    # Whether its label values come from the exporter's own code and config, a fixed
+    # few, never from events: metrics.max_series (a guard against events) leaves it alone.
+    fixed_label_values: bool = False
 
     @property
     def family(self) -> str:
@@ -62,8 +65,8 @@ class MetricSpec:
         return self.name
 
 
-def _spec(name, type_, help_, labels, buckets=(), extra=False) -> MetricSpec:
-    return MetricSpec(f"{NAMESPACE}_{name}", type_, help_, tuple(labels), tuple(buckets), extra)
+def _spec(name, type_, help_, labels, buckets=(), extra=False, fixed=False) -> MetricSpec:
+    return MetricSpec(f"{NAMESPACE}_{name}", type_, help_, tuple(labels), tuple(buckets), extra, fixed)
 
 
 AGENT_EXECUTIONS = _spec(
@@ -117,27 +120,27 @@ SELECTOR_WEIGHT = _spec(
     "selector_weight", GAUGE,
     "Share of a task type the adaptive selector gives an agent.", ("task", "agent"))
 COST_BUDGET = _spec(
-    "cost_budget_usd", GAUGE, "Configured LLM spend budget.", ("period",))
+    "cost_budget_usd", GAUGE, "Configured LLM spend budget.", ("period",), fixed=True)
 FLEET_SOURCE_UP = _spec(
     "fleet_source_up", GAUGE,
     "Whether the last poll of a healing.fleet source (alertmanager, prometheus) succeeded (1) or not (0).",
-    ("source",))
+    ("source",), fixed=True)
 EXPORTER_EVENTS = _spec(
-    "exporter_events_total", COUNTER, "Events accepted, by type.", ("type",))
+    "exporter_events_total", COUNTER, "Events accepted, by type.", ("type",), fixed=True)
 EXPORTER_EVENTS_REJECTED = _spec(
-    "exporter_events_rejected_total", COUNTER, "Events rejected, by reason.", ("reason",))
+    "exporter_events_rejected_total", COUNTER, "Events rejected, by reason.", ("reason",), fixed=True)
 EXPORTER_SERIES_OVERFLOW = _spec(
     "exporter_series_overflow_total", COUNTER,
     "Label sets folded into the __overflow__ series because a metric hit max_series.",
-    ("metric",))
+    ("metric",), fixed=True)
 EXPORTER_BUILD_INFO = _spec(
-    "exporter_build_info", GAUGE, "Exporter build information (always 1).", ("version",))
+    "exporter_build_info", GAUGE, "Exporter build information (always 1).", ("version",), fixed=True)
 EXPORTER_HTTP_REQUESTS = _spec(
     "exporter_http_requests_total", COUNTER,
-    "HTTP requests the exporter answered, by handler and status code.", ("handler", "code"))
+    "HTTP requests the exporter answered, by handler and status code.", ("handler", "code"), fixed=True)
 EXPORTER_OTLP_SPANS = _spec(
     "exporter_otlp_spans_total", COUNTER,
-    "OTLP spans received: mapped to events, ignored (no GenAI meaning) or rejected.", ("outcome",))
+    "OTLP spans received: mapped to events, ignored (no GenAI meaning) or rejected.", ("outcome",), fixed=True)
 
 CATALOG: tuple[MetricSpec, ...] = (
     AGENT_EXECUTIONS, AGENT_EXECUTION_DURATION, AGENT_ERRORS, LLM_TOKENS, LLM_TIME_TO_FIRST_TOKEN,

@@ -1,7 +1,8 @@
 """`agent-exporter serve|demo|render|replay|check|simulate`.
 
 Flags follow Prometheus conventions (`--config.file`, `--web.listen-address`,
-`--web.config.file`); logs go to stderr in logfmt.
+`--web.config.file`); logs go to stderr, as the config's `logging` section says
+(JSON lines by default, logfmt with `format: text`).
 """
 
 from __future__ import annotations
@@ -208,6 +209,12 @@ def _auth(auth) -> str:
     return f"basic auth as {auth.username}" if auth.username else "no auth"
 
 
+def _price(price) -> str:
+    extra = ((kind, getattr(price, kind)) for kind in ("cache_read", "cache_write", "reasoning"))
+    return f"{price.input:g} / {price.output:g}" + "".join(
+        f", {kind} {usd:g}" for kind, usd in extra if usd is not None)
+
+
 def describe_config(config, path: str | None) -> str:
     """What `check` understood, one fact per line, grouped like the YAML."""
     m, a, t, s, h = config.metrics, config.alerting, config.alerting.thresholds, config.server, config.healing
@@ -229,8 +236,8 @@ def describe_config(config, path: str | None) -> str:
         "  workflow buckets (s): " + " ".join(f"{b:g}" for b in m.workflow_buckets),
     ]
     if m.prices:
-        lines.append("  prices (USD per 1M tokens, input/output):")
-        lines += [f"    {model}: {price.input:g} / {price.output:g}" for model, price in sorted(m.prices.items())]
+        lines.append("  prices (USD per 1M tokens, input / output, then the cache and reasoning prices set):")
+        lines += [f"    {model}: {_price(price)}" for model, price in sorted(m.prices.items())]
     else:
         lines.append("  prices: none (token usage without a cost is counted as unknown, never $0)")
     lines += [
@@ -252,16 +259,20 @@ def describe_config(config, path: str | None) -> str:
             + "; ticket " + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in slo.ticket_windows))
     fleet = h.fleet
     lines += [
-        f"  budget: ${a.budget.day_usd:g}/day ${a.budget.month_usd:g}/month owners={','.join(a.budget.owners) or 'none'}",
+        f"  budget: ${a.budget.day_usd:g}/day ${a.budget.month_usd:g}/month owners={','.join(a.budget.owners) or 'none'}"
+        + ("; per feature: " + ", ".join(f"{feature} ${usd:g}/day" for feature, usd in a.budget.per_feature.items())
+           if a.budget.per_feature else ""),
         f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
         f"to={','.join(a.email.to_addresses) or 'none'}",
         f"  slack: channel={a.slack.channel} webhook_url_file={a.slack.webhook_url_file}",
-        f"  alertmanager: {a.alertmanager_url}; remediation alerts: {','.join(a.remediation_alerts) or 'none'} "
-        f"-> {a.exporter_url}/v1/alertmanager",
+        f"  alertmanager: {a.alertmanager_url}; remediation alerts: " + (
+            f"{','.join(a.remediation_alerts)} -> {a.exporter_url}/v1/alertmanager"
+            if h.enabled and a.remediation_alerts else "none" if h.enabled else "none (healing disabled)"),
         f"server: listen_address={s.listen_address} max_body_bytes={s.max_body_bytes} "
         f"bearer_token_file={s.bearer_token_file or 'none'}",
         f"otlp: grpc_listen_address={o.grpc_listen_address or 'off'} "
-        f"forward_spans={'on' if o.forward_spans else 'off'} (queue {o.forward_queue_size}) "
+        + (f"forward_spans=on -> {config.tracing.otlp_endpoint} ({config.tracing.otlp_protocol}) "
+           if o.forward_spans else "forward_spans=off ") + f"(queue {o.forward_queue_size}) "
         f"attribution_wait={_seconds(o.attribution_wait_seconds)} max_buffered_spans={o.max_buffered_spans}",
         "healing: " + ("disabled" if not h.enabled else
                        f"max_attempts={h.max_attempts} backoff={_seconds(h.backoff_initial_seconds)}.."

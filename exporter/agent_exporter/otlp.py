@@ -886,6 +886,14 @@ GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 CLOSE_SECONDS = 5.0         # the longest close() waits for the backend to take what is queued
 
 
+def _one_line(exc: Exception) -> str:
+    """A backend fault in one line: a gRPC error's str() is a multi-line repr; its status and details say it."""
+    import grpc
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        return f"gRPC {exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
 class _Forwarder:
     """Received requests, unchanged, to the tracing backend (tracing.otlp_endpoint and protocol).
 
@@ -942,7 +950,7 @@ class _Forwarder:
             except Exception as exc:  # noqa: BLE001 - any backend fault: drop, count, carry on
                 self._count("failed", spans)
                 if not failing:
-                    _log.warning("forwarding spans to the tracing backend fails (dropping them): %s", exc)
+                    _log.warning("forwarding spans to the tracing backend fails (dropping them): %s", _one_line(exc))
                 failing = True
             else:
                 self._count("sent", spans)

@@ -211,12 +211,20 @@ def _next_piece(pieces) -> bytes:
     return b"".join(gathered)
 
 
+_OPTIONAL_ENDPOINTS = {
+    "/v1/traces": "OTLP in is served by `agent-exporter serve`",
+    "/v1/alertmanager": "served by `agent-exporter serve` with healing.enabled or the log alert channel",
+    "/v1/agents": "served by `agent-exporter serve` with healing.enabled",
+}
+
+
 class ExporterApp:
     """The ASGI application of a Service.  Mount it anywhere: paths are read relative to root_path."""
 
     def __init__(self, service: Service):
         self.service = service
         self.routes = self._routes()
+        self.absent = self._absent()
 
     def _routes(self) -> dict:
         """path -> {method: handler}."""
@@ -236,6 +244,12 @@ class ExporterApp:
             if service.remediator is not None:
                 routes["/v1/agents"] = {"GET": self._agents}
         return routes
+
+    def _absent(self) -> dict:
+        """The /v1/ endpoints this service leaves out -> why: their 404 says so."""
+        if not self.service.ingest:
+            return dict.fromkeys(("/v1/events", *_OPTIONAL_ENDPOINTS), "this server serves only /metrics and health")
+        return {path: why for path, why in _OPTIONAL_ENDPOINTS.items() if path not in self.routes}
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -294,7 +308,9 @@ class ExporterApp:
             if service.basic_auth is not None or service.bearer_token is not None:
                 await self._authorize(request)
             if routes is None:
-                raise HTTPError(HTTPStatus.NOT_FOUND, f"no such endpoint: {request.path}")
+                why = self.absent.get(request.path)
+                message = f"no such endpoint: {request.path}" + (f" ({why})" if why else "")
+                raise HTTPError(HTTPStatus.NOT_FOUND, message)
             handler = routes.get(request.method)
             if handler is None:
                 raise HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.path}",

@@ -1,8 +1,8 @@
 """The series store: aggregates decoded events into the catalog's metrics.
 
 One event is applied under one lock (not a lock per metric), so a scrape never
-sees half an event.  Each metric keeps at most `max_series` label sets; past
-that, new label sets fold into one series whose label values are
+sees half an event.  Each metric fed by events keeps at most `max_series` label
+sets; past that, new label sets fold into one series whose label values are
 `__overflow__`, and `orchestrator_exporter_series_overflow_total` counts every
 observation folded.  Label sets are formatted once, when a series is created,
 so a scrape only formats numbers.
@@ -10,6 +10,7 @@ so a scrape only formats numbers.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -169,10 +170,11 @@ class SeriesStore:
         self._families: dict[str, _Family] = {}
         for spec in catalog.CATALOG:
             names = spec.labels + (self._extra_labels if spec.takes_extra_labels else ())
+            max_series = sys.maxsize if spec.fixed_label_values else cfg.max_series
             if spec.type == catalog.HISTOGRAM:
-                family = _Histograms(spec, names, cfg.max_series, tuple(float(b) for b in bounds[spec]))
+                family = _Histograms(spec, names, max_series, tuple(float(b) for b in bounds[spec]))
             else:
-                family = _Scalars(spec, names, cfg.max_series)
+                family = _Scalars(spec, names, max_series)
             self._families[spec.name] = family
         f = self._families
         self._executions: _Scalars = f[catalog.AGENT_EXECUTIONS.name]

@@ -40,6 +40,9 @@ def test_asgi_app_serves_metrics_and_ingest_under_a_prefix():
         assert 'href="/telemetry/metrics"' in landing.text
         assert requests.get(url + "/telemetry/-/ready", timeout=10).status_code == 200
         assert requests.get(url + "/telemetry/nowhere", timeout=10).status_code == 404
+        traces = requests.post(url + "/telemetry/v1/traces", timeout=10, json={})
+        assert traces.status_code == 404
+        assert traces.json() == {"error": "no such endpoint: /v1/traces (OTLP in is served by `agent-exporter serve`)"}
         metrics = requests.get(url + "/telemetry/metrics", timeout=10)
         assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

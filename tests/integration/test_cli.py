@@ -114,6 +114,31 @@ def test_check_prints_every_section(tmp_path, capsys):
     assert "fleet prometheus: off" in out
 
 
+def test_check_prints_prices_budgets_and_where_spans_are_forwarded_in_full(tmp_path, capsys):
+    path = tmp_path / "observability.yaml"
+    path.write_text("""\
+observability:
+  tracing: {otlp_endpoint: "http://jaeger:4317"}
+  metrics:
+    extra_labels: [feature]
+    prices:
+      o3: {input: 2, output: 8, cache_read: 0.5, reasoning: 8}
+      gpt-4o: {input: 2.5, output: 10}
+  alerting:
+    budget: {per_feature: {login: 20, search: 35}}
+  otlp: {forward_spans: true}
+  healing: {enabled: false}
+""")
+    assert main(["check", "--config.file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "    o3: 2 / 8, cache_read 0.5, reasoning 8\n" in out
+    assert "    gpt-4o: 2.5 / 10\n" in out
+    assert "; per feature: login $20/day, search $35/day\n" in out
+    assert "forward_spans=on -> http://jaeger:4317 (grpc) (queue 64)" in out
+    assert "remediation alerts: none (healing disabled)\n" in out
+    assert "healing: disabled\n" in out
+
+
 def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):
     path = tmp_path / "observability.yaml"
     path.write_text(LEGACY_CONFIG.replace("collection_interval: 60", "colection_interval: 60"))

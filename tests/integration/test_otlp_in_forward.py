@@ -85,8 +85,9 @@ def test_received_spans_reach_the_backend_unchanged(protocol):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_dead_backend_fails_forwarding_not_ingestion(protocol):
-    config = forwarding(f"http://127.0.0.1:{stack.free_port()}", protocol, timeout=2.0)
+def test_dead_backend_fails_forwarding_not_ingestion(protocol, caplog):
+    port = stack.free_port()
+    config = forwarding(f"http://127.0.0.1:{port}", protocol, timeout=2.0)
     tel = Telemetry(config)
     receiver = OTLPReceiver(tel, config)
     try:
@@ -98,6 +99,12 @@ def test_dead_backend_fails_forwarding_not_ingestion(protocol):
         tel.shutdown()
     assert executions(tel) == 5
     assert receiver.forwarder.spans == {"sent": 0, "dropped": 0, "failed": 5}
+    # Logged once, when forwarding starts failing, on one line that says why.
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp"]
+    assert warning.startswith("forwarding spans to the tracing backend fails (dropping them): ")
+    assert "\n" not in warning and str(port) in warning
+    if protocol == "grpc":
+        assert "gRPC UNAVAILABLE: " in warning
 
 
 def test_stuck_backend_never_holds_up_ingestion():

@@ -216,7 +216,14 @@ def test_other_media_types_are_415(server, headers):
 
 
 def test_unknown_paths_and_methods(server):
-    assert requests.get(server.url + "/nope", timeout=10).status_code == 404
+    unknown = requests.get(server.url + "/nope", timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.text == "no such endpoint: /nope\n"
+    # An endpoint of DESIGN §5 that this service leaves out says why.
+    absent = requests.get(server.url + "/v1/agents", timeout=10)
+    assert absent.status_code == 404
+    assert absent.json() == {"error": "no such endpoint: /v1/agents (served by `agent-exporter serve` "
+                                      "with healing.enabled)"}
     response = requests.get(server.url + "/v1/events", timeout=10)
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
@@ -283,7 +290,9 @@ def test_embedded_server_serves_metrics_but_no_ingest():
     try:
         telemetry.record(TOOL_OK)
         assert value(handle.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 1
-        assert post_events(handle.url, [TOOL_OK]).status_code == 404
+        refused = post_events(handle.url, [TOOL_OK])
+        assert refused.status_code == 404
+        assert refused.json() == {"error": "no such endpoint: /v1/events (this server serves only /metrics and health)"}
     finally:
         handle.stop()
         telemetry.shutdown()

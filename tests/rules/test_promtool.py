@@ -102,8 +102,25 @@ SCOPED = parse_config({"observability": {
 def test_a_scoped_config_renders_rules_whose_rendered_tests_pass(tmp_path):
     prometheus.render_prometheus(SCOPED, tmp_path)
     rules_dir = tmp_path / "prometheus" / "rules"
-    assert_ok(promtool("check", "rules", *map(str, rules_dir.glob("*.yml"))))
+    result = promtool("check", "rules", *map(str, rules_dir.glob("*.yml")))
+    assert_ok(result)
+    assert "lint error" not in result.stdout + result.stderr, result.stdout + result.stderr
     assert_rule_tests_pass(tmp_path / "prometheus")
+
+
+def test_with_alerting_off_only_the_recording_rules_are_rendered_and_tested(tmp_path):
+    config = parse_config({"observability": {"alerting": {"enabled": False}}})
+    prometheus.render_prometheus(config, tmp_path)
+    base = tmp_path / "prometheus"
+    assert yaml.safe_load((base / "rules" / "orchestrator.alerts.yml").read_text()) == {"groups": []}
+    assert (base / "rules" / "orchestrator.rules.yml").read_text() == (
+        PROMETHEUS_DIR / "rules" / "orchestrator.rules.yml").read_text()
+    assert "alerting" not in yaml.safe_load((base / "prometheus.yml").read_text())
+    assert_ok(promtool("check", "config", str(base / "prometheus.yml")))
+    tests = [t for f in sorted((base / "tests").glob("*.test.yml")) for t in yaml.safe_load(f.read_text())["tests"]]
+    assert tests and not any("alert_rule_test" in t for t in tests)
+    assert all("promql_expr_test" in t for t in tests)
+    assert_rule_tests_pass(base)
 
 
 def test_every_raw_selector_names_the_configured_job_and_every_aggregation_keeps_the_grouping_labels():
@@ -128,7 +145,8 @@ def test_budgets_per_feature_render_one_alert_each_over_the_feature_label():
         'feature="login"}[1d])) > 20',
         'sum by (environment, feature) (increase(orchestrator_llm_cost_usd_total{job="orchestrator", '
         'feature="search"}[1d])) > 35']
-    assert all(r["labels"] == {"severity": "warning", "category": "cost"} for r in per_feature)
+    assert [r["labels"] for r in per_feature] == [
+        {"severity": "warning", "category": "cost", "feature": feature} for feature in ("login", "search")]
     assert "OrchestratorFeatureDailyCostOverBudget" not in rules.alert_names(Config())
 
 

@@ -197,6 +197,30 @@ def test_no_remediation_alerts_no_remediation_route():
     assert am.REMEDIATION not in [r["receiver"] for r in am.alertmanager_config(config)["route"]["routes"]]
 
 
+def test_with_healing_off_no_alert_goes_to_the_remediation_webhook(tmp_path):
+    # The exporter serves no remediation then: a route there would only fail.
+    config = parse_config({"observability": {"healing": {"enabled": False}}})
+    am.render_alertmanager(config, tmp_path)
+    config_file = tmp_path / "alertmanager" / "alertmanager.yml"
+    assert amtool("check-config", str(config_file)).returncode == 0
+    remediated = {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "critical", "agent": "coder"}
+    result = routes_test(config_file, remediated, [am.LOG, am.SLACK_EMAIL])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert am.REMEDIATION not in {r["name"] for r in am.alertmanager_config(config)["receivers"]}
+
+
+def test_with_alerting_off_every_alert_goes_to_nobody(tmp_path):
+    config = parse_config({"observability": {"alerting": {"enabled": False}}})
+    am.render_alertmanager(config, tmp_path)
+    config_file = tmp_path / "alertmanager" / "alertmanager.yml"
+    result = amtool("check-config", str(config_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for labels in [*ALERT_CLASSES.values(), {"alertname": "OrchestratorAgentHighErrorRatio", "agent": "coder"}]:
+        result = routes_test(config_file, labels, [am.NULL])
+        assert result.returncode == 0, (labels, result.stdout + result.stderr)
+    assert am.alertmanager_config(config)["receivers"] == [{"name": am.NULL}]
+
+
 # alerting.channels decides the receivers. Per combination of channels, who hears of each
 # class of alert (the remediation webhook comes on top for the remediation alerts).
 ALERT_CLASSES = {

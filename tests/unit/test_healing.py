@@ -447,6 +447,33 @@ def test_metrics_through_a_real_telemetry():
         telemetry.shutdown()
 
 
+def test_with_healing_off_a_task_runs_once_on_its_first_candidate():
+    config = Config(healing=HealingConfig(enabled=False, fallbacks={"coder": ("coder-lite",)}))
+    telemetry = Telemetry(config)
+    try:
+        healer = Healer.from_config(config, telemetry)
+        fn, calls = scripted({"coder": [False, True], "coder-lite": [False]})
+        with pytest.raises(Flaky):
+            healer.run("coding", ("coder", "coder-lite"), fn)
+        assert calls == ["coder"]           # no retry, no fallback
+        assert healer.run("coding", ("coder", "coder-lite"), fn) == "done by coder"
+
+        async def acall(agent):
+            return fn(agent)
+        with pytest.raises(Flaky):
+            asyncio.run(healer.run_async("coding", ("coder-lite", "coder"), acall))
+        assert calls == ["coder", "coder", "coder-lite"]
+        assert healer.run("coding", ("coder",), lambda agent: "done", workflow="feature") == "done"
+        text = telemetry.store.render().decode()
+        assert value_of(text, catalog.RETRIES.name) is None
+        assert value_of(text, catalog.FALLBACKS.name) is None
+        assert value_of(text, catalog.WORKFLOW_RUNS.name, workflow="feature", status="success") == 1
+        with pytest.raises(ValueError, match="no candidate agents"):
+            healer.run("coding", (), fn)
+    finally:
+        telemetry.shutdown()
+
+
 # -- alert-driven remediation ------------------------------------------------------------------
 
 def alert(status="firing", alertname="OrchestratorAgentHighErrorRatio", agent="coder", fingerprint="f1"):

@@ -195,6 +195,38 @@ def test_a_label_value_spelled_overflow_does_not_alias_the_overflow_series():
     assert value(store, "orchestrator_retries_total", agent="__overflow__", error_type="__overflow__") == 2
 
 
+def test_the_exporters_own_metrics_are_never_folded():
+    # Their label values are a fixed few the exporter sets itself; max_series guards against events.
+    store = SeriesStore.from_config(Config(metrics=MetricsConfig(max_series=1)))
+    store.apply_batch([events.AgentExecution(agent=f"a{i}", status="success", duration_seconds=0.1)
+                       for i in range(3)])
+    store.count_rejected("invalid_type")
+    store.count_rejected("missing_field", 2)
+    for handler, code in (("/v1/events", 200), ("/v1/events", 400), ("/metrics", 200)):
+        store.count_http_request(handler, code)
+    store.count_otlp_spans("mapped")
+    store.count_otlp_spans("ignored")
+    store.set_fleet_source_up("alertmanager", True)
+    store.set_fleet_source_up("prometheus", False)
+    assert value(store, "orchestrator_exporter_events_total", type="agent_execution") == 3
+    assert value(store, "orchestrator_exporter_events_total", type="tool_call") == 0
+    assert value(store, "orchestrator_exporter_events_rejected_total", reason="missing_field") == 2
+    assert value(store, "orchestrator_exporter_http_requests_total", handler="/v1/events", code="400") == 1
+    assert value(store, "orchestrator_exporter_http_requests_total", handler="/metrics", code="200") == 1
+    assert value(store, "orchestrator_exporter_otlp_spans_total", outcome="ignored") == 1
+    assert value(store, "orchestrator_cost_budget_usd", period="month") == 2000
+    assert value(store, "orchestrator_fleet_source_up", source="prometheus") == 0
+    assert value(store, "orchestrator_exporter_series_overflow_total",
+                 metric="orchestrator_agent_executions_total") == 2
+    assert value(store, "orchestrator_exporter_series_overflow_total",
+                 metric="orchestrator_agent_execution_duration_seconds") == 2
+    own = [name for (name, labels), _ in samples(store.render().decode()).items()
+           if "__overflow__" in dict(labels).values()]
+    assert set(own) == {"orchestrator_agent_executions_total", "orchestrator_agent_execution_duration_seconds_bucket",
+                        "orchestrator_agent_execution_duration_seconds_sum",
+                        "orchestrator_agent_execution_duration_seconds_count", "orchestrator_usage_unknown_total"}
+
+
 def test_concurrent_batches_are_counted_exactly_once(store):
     batch = [events.AgentExecution(agent=f"a{i % 7}", status="success", duration_seconds=0.2, model="gpt-4o",
                                    input_tokens=10, output_tokens=5) for i in range(700)]

@@ -120,6 +120,10 @@ def run_demo(config: Config, *, duration: float | None = None, stack: bool = Fal
         telemetry = Telemetry(config)
         cleanup.callback(telemetry.shutdown)
         remediator = AlertRemediator(config, telemetry)
+        healing = HealingReporter(remediator, console)
+        # Before serving, as `serve` does: once /v1/agents answers, the fleet's sources have been polled.
+        remediator.start()
+        cleanup.callback(remediator.stop)
         # No bearer token: the demo's own Alertmanager posts to /v1/alertmanager without one.
         handle = start_server(Service(telemetry, max_body_bytes=config.server.max_body_bytes,
                                       remediator=remediator), listen_address)
@@ -128,9 +132,6 @@ def run_demo(config: Config, *, duration: float | None = None, stack: bool = Fal
                      "(Ctrl-C to stop)")
         if stack:
             _stack_lines(console, local, handle.url)
-        healing = HealingReporter(remediator, console)
-        remediator.start()
-        cleanup.callback(remediator.stop)
 
         simulated_clock = SimulatedClock()
         worker_stop = threading.Event()

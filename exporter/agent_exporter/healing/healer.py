@@ -25,6 +25,10 @@ attempt's.  Without a tracer provider the OpenTelemetry API makes these no-ops.
 (orchestrator_workflow_runs_total, an invoke_workflow span around the heal
 span), for orchestrators whose task is one healed call; multi-step tasks wrap
 their steps in `telemetry.workflow(name)` themselves.
+
+With `healing.enabled: false` the Healer from the config heals nothing: each
+task runs once, on its first candidate, and its failure propagates (a workflow
+run is still recorded).  Orchestrator code keeps calling `run()` either way.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ def error_type(exc: BaseException) -> str:
     return value if isinstance(value, str) and value else type(exc).__name__
 
 
+def _first(task_type: str, candidates: Sequence[str]) -> str:
+    if not candidates:
+        raise ValueError(f"no candidate agents for task {task_type!r}")
+    return candidates[0]
+
+
 def _current(span):
     """The attempt's span as the current span while the task function runs (the plan records its errors)."""
     return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
@@ -61,7 +71,8 @@ class Healer:
     an attempt's cost in USD to the selector, `score_of(agent, result)` a
     successful answer's evaluation score (0..1); `telemetry` (agent_exporter
     Telemetry) receives retry and fallback events; `tracer` defaults to the
-    telemetry's tracer, else the global OpenTelemetry tracer.
+    telemetry's tracer, else the global OpenTelemetry tracer.  With
+    `enabled=False` every task is one call of `fn` on its first candidate.
     """
 
     def __init__(self, *, policy: RetryPolicy | None = None, breakers: CircuitBreakers | None = None,
@@ -69,7 +80,8 @@ class Healer:
                  telemetry=None, tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  cost_of: Callable[[str, object], float | None] | None = None,
-                 score_of: Callable[[str, object], float | None] | None = None):
+                 score_of: Callable[[str, object], float | None] | None = None, enabled: bool = True):
+        self.enabled = enabled
         self.policy = policy or RetryPolicy()
         self.breakers = breakers or CircuitBreakers(telemetry=telemetry)
         self.selector = selector
@@ -96,7 +108,7 @@ class Healer:
         return cls(policy=kwargs.pop("policy", None) or RetryPolicy.from_config(healing),
                    breakers=breakers, selector=selector,
                    fallbacks=kwargs.pop("fallbacks", None) or FallbackChain.from_config(healing),
-                   telemetry=telemetry, **kwargs)
+                   telemetry=telemetry, enabled=healing.enabled, **kwargs)
 
     # -- entry points -------------------------------------------------------------
 
@@ -108,6 +120,8 @@ class Healer:
         if workflow is not None:
             with self._workflow(workflow):
                 return self.run(task_type, candidates, fn)
+        if not self.enabled:
+            return fn(_first(task_type, candidates))
         plan = self._plan(task_type, candidates)
         step = next(plan)
         while True:
@@ -131,6 +145,8 @@ class Healer:
         if workflow is not None:
             async with self._workflow(workflow):
                 return await self.run_async(task_type, candidates, fn)
+        if not self.enabled:
+            return await fn(_first(task_type, candidates))
         plan = self._plan(task_type, candidates)
         step = next(plan)
         while True:
@@ -156,9 +172,9 @@ class Healer:
 
     def _plan(self, task_type: str, candidates: Sequence[str]):
         candidates = tuple(candidates)
-        if not candidates:
-            raise ValueError(f"no candidate agents for task {task_type!r}")
-        first = self.selector.choose(task_type, candidates) if self.selector is not None else candidates[0]
+        first = _first(task_type, candidates)
+        if self.selector is not None:
+            first = self.selector.choose(task_type, candidates)
         order = self.fallbacks.order(first, candidates)
         policy = self.policy
         run_span = self.tracer.start_span(f"heal {task_type}", attributes={

@@ -6,9 +6,11 @@ budget owners' email as well, info to nobody.  Without Slack, warnings go to
 the on-call email; without email, everything goes to Slack.  `log` adds a
 webhook to the exporter's /v1/alertmanager for every alert, which the exporter
 writes as a log line per firing and resolved alert (as the legacy log channel
-did).  Independently, alerts named in `alerting.remediation_alerts` go to the
-same endpoint through their own receiver, which opens the agent's circuit
-breaker.  The exporter tells the two apart by the payload's `receiver`.
+did).  Independently, with healing on, alerts named in
+`alerting.remediation_alerts` go to the same endpoint through their own
+receiver, which opens the agent's circuit breaker.  The exporter tells the two
+apart by the payload's `receiver`.  With `alerting.enabled: false` Prometheus
+sends no alerts, and this config routes everything to nobody.
 
 Critical inhibits warning for the same alert and agent; an exporter that is down
 inhibits the alerts that need its metrics.  Grouping and inhibition keep the
@@ -105,13 +107,17 @@ def _people(config: Config) -> dict[str, dict]:
 
 def alertmanager_config(config: Config) -> dict:
     alerting = config.alerting
+    if not alerting.enabled:
+        return {"route": {"receiver": NULL}, "receivers": [{"name": NULL}]}
     log = "log" in alerting.channels
     people = _people(config)
+    # The exporter serves its remediation webhook only with healing on (cli.build_remediator).
+    remediation = alerting.remediation_alerts if config.healing.enabled else ()
     routes = []
-    if alerting.remediation_alerts:
+    if remediation:
         routes.append({
             "receiver": REMEDIATION,
-            "matchers": [f'alertname=~"{"|".join(alerting.remediation_alerts)}"'],
+            "matchers": [f'alertname=~"{"|".join(remediation)}"'],
             # The breaker should open as soon as the alert fires, and people hear of it too.
             "group_wait": "0s", "group_interval": "10s", "continue": True,
         })
@@ -129,7 +135,7 @@ def alertmanager_config(config: Config) -> dict:
             # An alert the log route matched no longer falls back to the root's receiver.
             routes.append({"receiver": people["warning"]["name"]})
     receivers = [{"name": NULL}] + list({r["name"]: r for r in people.values()}.values())
-    if alerting.remediation_alerts:
+    if remediation:
         receivers.append({"name": REMEDIATION, "webhook_configs": [_webhook(config)]})
     if log:
         receivers.append({"name": LOG, "webhook_configs": [_webhook(config)]})

@@ -71,7 +71,8 @@ def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().j
 def stack_prometheus_config(config: Config) -> str:
     """The compose stack's prometheus.yml (prometheus/prometheus.yml)."""
     return prometheus_config(
-        [STACK_EXPORTER], job=config.alerting.job, alertmanagers=[STACK_ALERTMANAGER], rule_files=RULE_FILES,
+        [STACK_EXPORTER], job=config.alerting.job,
+        alertmanagers=[STACK_ALERTMANAGER] if config.alerting.enabled else [], rule_files=RULE_FILES,
         scrape_interval=scrape_interval(config), evaluation_interval=config.alerting.evaluation_interval,
         scrape_self=STACK_PROMETHEUS, max_exemplars=100_000)
 

@@ -831,29 +831,31 @@ def rule_tests(config: Config, recording_groups: list[dict], alert_groups: list[
     a = config.alerting
     t = a.thresholds
     step = day_step(config)
-    minute_tests = (
-        _recording_tests(c)
-        + _ratio_tests(c, "OrchestratorAgentHighErrorRatio", EXECUTIONS, "agent", t.error_ratio, "executions")
-        + _latency_tests(c, "OrchestratorAgentSlow", DURATION, config.metrics.execution_buckets,
-                         t.latency_p95_seconds)
-        + _latency_tests(c, "OrchestratorTimeToFirstTokenSlow", TIME_TO_FIRST_TOKEN,
-                         config.metrics.time_to_first_token_buckets, t.time_to_first_token_p95_seconds,
-                         model="gpt-4o")
-        + _burn_tests(c, AGENT_SLI, a.slo, "OrchestratorAgentErrorBudgetBurnFast", a.slo.page_windows, c.step,
-                      "executions")
-        + _burn_tests(c, WORKFLOW_SLI, a.workflow_slo, "OrchestratorWorkflowErrorBudgetBurnFast",
-                      a.workflow_slo.page_windows, c.step, "runs", timing=False)
-        + _quality_tests(c)
-        + _ratio_tests(c, "OrchestratorToolHighErrorRatio", TOOL_CALLS, "tool", t.tool_error_ratio, "calls")
-        + _circuit_tests(c)
-        + _exporter_tests(c)
-    )
-    day_tests = (
-        _burn_tests(c, AGENT_SLI, a.slo, "OrchestratorAgentErrorBudgetBurnSlow", a.slo.ticket_windows, step,
-                    "executions")
-        + _burn_tests(c, WORKFLOW_SLI, a.workflow_slo, "OrchestratorWorkflowErrorBudgetBurnSlow",
-                      a.workflow_slo.ticket_windows, step, "runs", timing=False)
-        + _cost_tests(c, step))
+    minute_tests = _recording_tests(c)
+    day_tests = []
+    if a.enabled:
+        minute_tests += (
+            _ratio_tests(c, "OrchestratorAgentHighErrorRatio", EXECUTIONS, "agent", t.error_ratio, "executions")
+            + _latency_tests(c, "OrchestratorAgentSlow", DURATION, config.metrics.execution_buckets,
+                             t.latency_p95_seconds)
+            + _latency_tests(c, "OrchestratorTimeToFirstTokenSlow", TIME_TO_FIRST_TOKEN,
+                             config.metrics.time_to_first_token_buckets, t.time_to_first_token_p95_seconds,
+                             model="gpt-4o")
+            + _burn_tests(c, AGENT_SLI, a.slo, "OrchestratorAgentErrorBudgetBurnFast", a.slo.page_windows, c.step,
+                          "executions")
+            + _burn_tests(c, WORKFLOW_SLI, a.workflow_slo, "OrchestratorWorkflowErrorBudgetBurnFast",
+                          a.workflow_slo.page_windows, c.step, "runs", timing=False)
+            + _quality_tests(c)
+            + _ratio_tests(c, "OrchestratorToolHighErrorRatio", TOOL_CALLS, "tool", t.tool_error_ratio, "calls")
+            + _circuit_tests(c)
+            + _exporter_tests(c)
+        )
+        day_tests = (
+            _burn_tests(c, AGENT_SLI, a.slo, "OrchestratorAgentErrorBudgetBurnSlow", a.slo.ticket_windows, step,
+                        "executions")
+            + _burn_tests(c, WORKFLOW_SLI, a.workflow_slo, "OrchestratorWorkflowErrorBudgetBurnSlow",
+                          a.workflow_slo.ticket_windows, step, "runs", timing=False)
+            + _cost_tests(c, step))
     # Recording rules first: an alert reading a recorded series as an instant vector
     # looks back only 5 minutes, less than the step of the tests over days.
     groups = recording_groups + alert_groups

@@ -170,7 +170,10 @@ def _burn_alerts(config: Config, alert: _Alerts, sli: SLI, slo: SLOConfig, *, ki
 
 
 def alert_rules(config: Config) -> list[dict]:
+    """The alert rule groups; none with `alerting.enabled: false` (the recording rules stay: the dashboards read them)."""
     a = config.alerting
+    if not a.enabled:
+        return []
     t = a.thresholds
     scope = Scope.of(config)
     alert = _Alerts(config)
@@ -259,7 +262,8 @@ def alert_rules(config: Config) -> list[dict]:
             "LLM spend of feature {{ $labels.feature }} over the last day is above its budget.",
             "Feature {{ $labels.feature }} spent ${{ $value | printf \"%.2f\" }} on LLM calls over the last 24h "
             f"(its budget ${number(usd)} a day).",
-            "cost", for_="5m", labels=cost_labels))
+            # The feature as a rule label too: rules with one name must differ in labels (promtool's lint).
+            "cost", for_="5m", labels={**cost_labels, "feature": feature}))
 
     # Every posted event, accepted or rejected, in one selector: an exporter that has
     # accepted nothing yet has no accepted-events series to add the rejected ones to.
