@@ -81,12 +81,17 @@ def test_version_from_the_console_script():
 
 # -- check -----------------------------------------------------------------------
 
-def test_check_prints_what_it_understood(tmp_path, capsys):
+def checked(tmp_path, capsys, text: str) -> str:
+    """What `agent-exporter check` prints for a config file holding `text`; it must exit 0."""
     path = tmp_path / "observability.yaml"
-    path.write_text(LEGACY_CONFIG)
+    path.write_text(text)
     assert main(["check", "--config.file", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert f"config {path}: OK" in out
+    return capsys.readouterr().out
+
+
+def test_check_prints_what_it_understood(tmp_path, capsys):
+    out = checked(tmp_path, capsys, LEGACY_CONFIG)
+    assert f"config {tmp_path / 'observability.yaml'}: OK" in out
     assert "error_ratio > 7.00%" in out
     assert "latency p95 > 20s" in out
     assert "cost per day > $250" in out
@@ -96,8 +101,7 @@ def test_check_prints_what_it_understood(tmp_path, capsys):
 
 
 def test_check_prints_every_section(tmp_path, capsys):
-    path = tmp_path / "observability.yaml"
-    path.write_text(LEGACY_CONFIG + """\
+    out = checked(tmp_path, capsys, LEGACY_CONFIG + """\
   otlp:
     grpc_listen_address: 127.0.0.1:4317
   healing:
@@ -105,8 +109,6 @@ def test_check_prints_every_section(tmp_path, capsys):
     fleet:
       alertmanager: {urls: [http://alertmanager:9093], auth: {bearer_token_file: /run/secrets/am}}
 """)
-    assert main(["check", "--config.file", str(path)]) == 0
-    out = capsys.readouterr().out
     assert "logging: level=INFO format=json include_traces=on otlp=off" in out
     assert "otlp: grpc_listen_address=127.0.0.1:4317 forward_spans=off" in out
     assert "selector: decay=0.9 latency_weight=0.2" in out
@@ -115,8 +117,7 @@ def test_check_prints_every_section(tmp_path, capsys):
 
 
 def test_check_prints_prices_budgets_and_where_spans_are_forwarded_in_full(tmp_path, capsys):
-    path = tmp_path / "observability.yaml"
-    path.write_text("""\
+    out = checked(tmp_path, capsys, """\
 observability:
   tracing: {otlp_endpoint: "http://jaeger:4317"}
   metrics:
@@ -129,8 +130,6 @@ observability:
   otlp: {forward_spans: true}
   healing: {enabled: false}
 """)
-    assert main(["check", "--config.file", str(path)]) == 0
-    out = capsys.readouterr().out
     assert "    o3: 2 / 8, cache_read 0.5, reasoning 8\n" in out
     assert "    gpt-4o: 2.5 / 10\n" in out
     assert "; per feature: login $20/day, search $35/day\n" in out
