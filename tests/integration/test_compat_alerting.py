@@ -2,6 +2,8 @@
 
 import json
 import logging
+import socket
+import threading
 import urllib.request
 
 import pytest
@@ -41,10 +43,28 @@ def test_send_alert_reaches_alertmanager(tmp_path, caplog):
                                             "description": "3 of 4 runs failed"}
 
 
-def test_send_alert_never_raises_and_honours_enabled(tmp_path):
+def test_send_alert_never_raises_and_honours_enabled(tmp_path, caplog):
     dead = f"http://127.0.0.1:{stack.free_port()}"
-    assert AlertingSystem(config=config_for(dead)).send_alert(Alert("warning", "t", "m")) is False
+    system = AlertingSystem(config=config_for(dead))
+    assert system.send_alert(Alert("warning", "t", "m")) is True         # queued
+    assert system.flush(10)
+    assert f"could not send alert 't' to Alertmanager at {dead}" in caplog.text
     assert AlertingSystem(config=config_for(dead, enabled=False)).send_alert(Alert("warning", "t", "m")) is False
+
+
+def test_an_alertmanager_that_never_answers_never_holds_up_the_caller():
+    listener = socket.create_server(("127.0.0.1", 0))      # accepts, never answers
+    try:
+        system = AlertingSystem(config=config_for(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        sending = threading.Thread(target=lambda: [system.send_alert(Alert("critical", f"a{i}", "m"))
+                                                   for i in range(3)])
+        sending.start()
+        sending.join(2)
+        assert not sending.is_alive(), "send_alert waited for Alertmanager"
+        assert not system.flush(0.1)                       # the posts are still waiting for an answer
+    finally:
+        listener.close()
+    assert system.flush(30)
 
 
 def test_check_conditions_points_at_the_rules(caplog):
@@ -62,5 +82,5 @@ def test_legacy_handlers_still_get_every_alert():
     seen = []
     system = AlertingSystem(config=config_for(f"http://127.0.0.1:{stack.free_port()}"))
     system.handlers += [lambda alert: 1 / 0, seen.append]
-    assert system.send_alert(Alert("warning", "t", "m")) is False
+    system.send_alert(Alert("warning", "t", "m"))
     assert [a.title for a in seen] == ["t"]

@@ -212,3 +212,15 @@ def test_set_default_telemetry_routes_the_singletons(fresh_singletons):
     get_tracer().trace_state_transition("a", "b", {})
     assert value(mine, catalog.AGENT_EXECUTIONS.name, agent="coder", status="error") == 1
     assert value(mine, catalog.STATE_TRANSITIONS.name, workflow="default", from_state="a", to_state="b") == 1
+
+
+def test_the_legacy_service_name_names_the_shared_telemetry(fresh_singletons, caplog):
+    legacy = OrchestratorTracer(service_name="magnus-orchestrator")
+    assert legacy.telemetry is compat.default_telemetry()
+    assert legacy.telemetry.config.service_name == "magnus-orchestrator"
+    assert legacy.provider.resource.attributes["service.name"] == "magnus-orchestrator"
+    again = OrchestratorTracer("another-name")           # positional, as legacy code may pass it
+    assert again.telemetry is legacy.telemetry
+    assert "already runs as 'magnus-orchestrator'" in caplog.text
+    with pytest.raises(ValueError, match="service_name"):
+        OrchestratorTracer(service_name="")

@@ -15,20 +15,31 @@ before first use:
 
 from __future__ import annotations
 
+import logging
 import threading
 
+from msgspec.structs import replace
+
+from ..config import Config
 from ..telemetry import Telemetry
 
+_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _default: Telemetry | None = None
 
 
-def default_telemetry() -> Telemetry:
-    """The Telemetry the legacy singletons record into (created lazily)."""
+def default_telemetry(service_name: str | None = None) -> Telemetry:
+    """The Telemetry the legacy singletons record into (created lazily).  `service_name`, the
+    legacy tracer's argument, names the service if it comes first; later, the name stays."""
     global _default
     with _lock:
         if _default is None:
-            _default = Telemetry()
+            config = Config() if service_name is None else replace(Config(), service_name=service_name)
+            _default = Telemetry(config)
+        elif service_name is not None and service_name != _default.config.service_name:
+            _log.warning("service_name %r: the legacy API's Telemetry already runs as %r "
+                         "(set observability.service_name in its config)", service_name,
+                         _default.config.service_name)
         return _default
 
 

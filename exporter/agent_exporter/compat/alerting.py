@@ -2,15 +2,20 @@
 
 `get_alerting_system().send_alert(Alert(...))` posts the alert to
 Alertmanager's v2 API, so old code's alerts follow the same routes, grouping,
-inhibition and templates as the Prometheus rules.  The legacy condition strings
+inhibition and templates as the Prometheus rules.  The post happens on a
+thread of its own, behind a bounded queue: a slow or dead Alertmanager never
+holds up the caller (`flush()` waits for what is queued; so does the
+interpreter's exit, for a few seconds).  The legacy condition strings
 ("error_rate > 5%", ...) now live in Prometheus alert rules rendered from the
 same config, so `check_conditions` no longer evaluates anything.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import re
 import threading
 import urllib.request
@@ -27,6 +32,9 @@ _SEVERITIES = {"info": "info", "warning": "warning", "error": "critical", "criti
 DEFAULT_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
 # An alert re-sent before this expires stays firing; one never re-sent resolves on its own.
 ALERT_TTL = timedelta(minutes=30)
+QUEUE_SIZE = 256            # alerts waiting for Alertmanager; past it, dropped (and logged)
+POST_TIMEOUT_SECONDS = 5.0
+EXIT_FLUSH_SECONDS = 5.0    # how long the interpreter's exit waits for queued alerts
 
 
 class Alert:
@@ -61,9 +69,15 @@ class AlertingSystem:
         self.alertmanager_url = config.alerting.alertmanager_url.rstrip("/")
         # Legacy code appended its own callables here; they still get every alert.
         self.handlers: list[Callable[[Alert], None]] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._pending = 0                   # queued or being posted
+        self._idle = threading.Condition()
+        self._sender: threading.Thread | None = None
 
     def send_alert(self, alert: Alert) -> bool:
-        """Deliver `alert`; returns whether Alertmanager accepted it.  Never raises."""
+        """Deliver `alert`: to the log and the handlers now, to Alertmanager from the sending thread.
+        Returns whether it was queued for Alertmanager (not with alerting off or the queue full).
+        Never raises, never waits for Alertmanager."""
         alerting = self.config.alerting
         if not alerting.enabled:
             return False
@@ -75,17 +89,41 @@ class AlertingSystem:
                 handler(alert)
             except Exception:  # noqa: BLE001 - as before: one failing handler does not stop the others
                 _log.error("alert handler %r failed", handler, exc_info=True)
-        try:
-            return self._post(alert)
-        except OSError as exc:     # Alertmanager down or unreachable: expected now and then, one line
-            _log.error("could not send alert %r to Alertmanager at %s: %s", alert.title, self.alertmanager_url, exc)
-            return False
-        except Exception:  # noqa: BLE001 - a broken alert path must not break the orchestrator
-            _log.error("could not send alert %r to Alertmanager at %s", alert.title, self.alertmanager_url,
-                       exc_info=True)
-            return False
+        with self._idle:
+            try:
+                self._queue.put_nowait(alert)
+            except queue.Full:
+                _log.error("%d alerts are waiting for Alertmanager at %s: dropping alert %r",
+                           QUEUE_SIZE, self.alertmanager_url, alert.title)
+                return False
+            self._pending += 1
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_queued, name="legacy-alerts", daemon=True)
+                self._sender.start()
+                atexit.register(self.flush, EXIT_FLUSH_SECONDS)
+        return True
 
-    def _post(self, alert: Alert) -> bool:
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued alert has been posted (or has failed); False if `timeout` ran out first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def _send_queued(self) -> None:
+        while True:
+            alert = self._queue.get()
+            try:
+                self._post(alert)
+            except OSError as exc:     # Alertmanager down or unreachable: expected now and then, one line
+                _log.error("could not send alert %r to Alertmanager at %s: %s", alert.title, self.alertmanager_url,
+                           exc)
+            except Exception:  # noqa: BLE001 - a broken alert path must not break the orchestrator
+                _log.error("could not send alert %r to Alertmanager at %s", alert.title, self.alertmanager_url,
+                           exc_info=True)
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def _post(self, alert: Alert) -> None:
         labels = {"alertname": alert_name(alert.title),
                   "severity": _SEVERITIES.get(alert.severity, "warning"), "source": "legacy"}
         for key in ("agent", "tool"):
@@ -101,8 +139,7 @@ class AlertingSystem:
         request = urllib.request.Request(
             f"{self.alertmanager_url}/api/v2/alerts", data=json.dumps(body).encode(), method="POST",
             headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return 200 <= response.status < 300
+        urllib.request.urlopen(request, timeout=POST_TIMEOUT_SECONDS).close()    # an HTTP error status raises
 
     def check_conditions(self, metrics: dict[str, Any]) -> list:
         """Conditions are Prometheus alert rules now (`agent-exporter render`); nothing is evaluated here."""

@@ -33,10 +33,16 @@ ERROR_CONTEXT = "orchestrator.error.context"
 
 
 class OrchestratorTracer:
-    """Main tracer for orchestrator operations (legacy API)."""
+    """Main tracer for orchestrator operations (legacy API).
 
-    def __init__(self, telemetry: Telemetry | None = None):
-        self.telemetry = telemetry or default_telemetry()
+    `service_name` is the legacy argument: it names the service of the shared
+    default Telemetry (see compat.default_telemetry); `telemetry` records elsewhere.
+    """
+
+    def __init__(self, service_name: str | None = None, *, telemetry: Telemetry | None = None):
+        if service_name is not None and not (isinstance(service_name, str) and service_name):
+            raise ValueError(f"service_name: expected a non-empty string, got {service_name!r}")
+        self.telemetry = telemetry or default_telemetry(service_name)
         self.provider = self.telemetry.tracer_provider
         self.tracer = self.telemetry.tracer
         self._spans = self.telemetry.spans
