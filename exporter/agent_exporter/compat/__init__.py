@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from msgspec.structs import replace
-
-from ..config import Config
+from ..config import parse_config
 from ..telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
@@ -32,9 +30,10 @@ def default_telemetry(service_name: str | None = None) -> Telemetry:
     """The Telemetry the legacy singletons record into (created lazily).  `service_name`, the
     legacy tracer's argument, names the service if it comes first; later, the name stays."""
     global _default
+    # The config's own check of the name, whether or not it comes first.
+    config = parse_config({"observability": {} if service_name is None else {"service_name": service_name}})
     with _lock:
         if _default is None:
-            config = Config() if service_name is None else replace(Config(), service_name=service_name)
             _default = Telemetry(config)
         elif service_name is not None and service_name != _default.config.service_name:
             _log.warning("service_name %r: the legacy API's Telemetry already runs as %r "

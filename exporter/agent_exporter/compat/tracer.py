@@ -40,8 +40,6 @@ class OrchestratorTracer:
     """
 
     def __init__(self, service_name: str | None = None, *, telemetry: Telemetry | None = None):
-        if service_name is not None and not (isinstance(service_name, str) and service_name):
-            raise ValueError(f"service_name: expected a non-empty string, got {service_name!r}")
         self.telemetry = telemetry or default_telemetry(service_name)
         self.provider = self.telemetry.tracer_provider
         self.tracer = self.telemetry.tracer
