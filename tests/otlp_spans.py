@@ -35,13 +35,15 @@ def span(span_id: int, attributes: dict | None = None, *, parent: int = 0, name:
     return s
 
 
-def request(*spans: Span, service: str | None = "orders-service") -> ExportTraceServiceRequest:
-    """One resource (with `service` as service.name, when given) and one scope holding `spans`."""
+def request(*spans: Span, service: str | None = "orders-service", scope: str = "") -> ExportTraceServiceRequest:
+    """One resource (with `service` as service.name, when given) and one scope (named `scope`) holding `spans`."""
     req = ExportTraceServiceRequest()
     resource_spans = req.resource_spans.add()
     if service is not None:
         _value(resource_spans.resource.attributes.add(key="service.name"), service)
-    resource_spans.scope_spans.add().spans.extend(spans)
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name = scope
+    scope_spans.spans.extend(spans)
     return req
 
 

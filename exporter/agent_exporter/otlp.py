@@ -15,7 +15,8 @@ request is counted as ignored.  docs/otlp.md has the whole mapping as a table.
   usage, the agent span's own usage attributes are not added (they count the
   same tokens again); an agent span whose inference spans report none (a remote
   agent, say) counts its own.  An inference span inside another inference span
-  (two instrumentations of one call) is ignored: the outer one counts.
+  (two instrumentations of one call) is ignored: the outer one counts, unless
+  only the inner one reports usage.
 * An inference span without an enclosing agent span is an execution of its
   own, of the agent its attributes name (``gen_ai.agent.name``,
   ``agent.name``), else of the resource's ``service.name``.
@@ -78,7 +79,8 @@ _VIEW_SCHEMA = {
              ("end_time_unix_nano", 8, _F.TYPE_FIXED64), ("attributes", 9, "map"),
              ("events", 11, "bytes*"), ("status", 15, _F.TYPE_BYTES)],
     "Resource": [("attributes", 1, "map")],
-    "ScopeSpans": [("spans", 2, "Span*")],
+    "InstrumentationScope": [("name", 1, _F.TYPE_STRING)],
+    "ScopeSpans": [("scope", 1, "InstrumentationScope"), ("spans", 2, "Span*")],
     "ResourceSpans": [("resource", 1, "Resource"), ("scope_spans", 2, "ScopeSpans*")],
     "Request": [("resource_spans", 1, "ResourceSpans*")],
 }
@@ -140,10 +142,10 @@ OPENINFERENCE_KIND = "openinference.span.kind"     # OpenInference
 TRACELOOP_KIND = "traceloop.span.kind"             # OpenLLMetry (traceloop-sdk decorators)
 LLM_REQUEST_TYPE = "llm.request.type"              # OpenLLMetry before gen_ai.operation.name
 TRACELOOP_ENTITY = "traceloop.entity.name"
-AGENT_NAMES = ("gen_ai.agent.name", "agent.name")
+AGENT_NAMES = ("gen_ai.agent.name", "agent.name", "gen_ai.agent.id")   # an id names an agent sent unnamed
 TOOL_NAMES = ("gen_ai.tool.name", "tool.name")
 WORKFLOW_NAMES = ("gen_ai.workflow.name", "traceloop.workflow.name")
-MODELS = ("gen_ai.request.model", "llm.request.model_name", "llm.model_name",
+MODELS = ("gen_ai.request.model", "llm.request.model_name", "llm.model_name", "embedding.model_name",
           "gen_ai.response.model", "llm.response.model_name")
 # Token counts: every family counts input with the cache and output with the
 # reasoning, as the conventions do; usage.from_semconv makes them disjoint.
@@ -157,6 +159,12 @@ REASONING_TOKENS = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reason
                     "llm.usage.reasoning_tokens", "llm.token_count.completion_details.reasoning",
                     "gen_ai.usage.completion_tokens_details.reasoning_tokens")
 TOTAL_TOKENS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total")
+# OpenLIT passes Anthropic's and Bedrock's input count on as the provider reports it, without the
+# cache reads and writes (its prompt_tokens_include_cache=False); its spans are known by the scope
+# of OpenLIT's tracer, the provider by the conventions' attribute or the older one.
+OPENLIT_SCOPE = "openlit.otel.tracing"
+PROVIDER_NAMES = ("gen_ai.provider.name", "gen_ai.system")
+OPENLIT_INPUT_WITHOUT_CACHE = frozenset(("anthropic", "aws.bedrock"))
 TIME_TO_FIRST_TOKEN = ("gen_ai.response.time_to_first_chunk", "gen_ai.server.time_to_first_token")
 ERROR_TYPE = "error.type"
 EXCEPTION_EVENT = "exception"
@@ -383,7 +391,15 @@ _INPUT, _OUTPUT = INPUT_TOKENS[0], OUTPUT_TOKENS[0]
 _INPUT_OUTPUT = frozenset((_INPUT, _OUTPUT))
 
 
-def _tokens(attributes, shape: _Shape) -> tuple:
+def _cache_in_input(attributes) -> bool:
+    """Whether an OpenLIT span's input count includes the cache, as the conventions' does."""
+    for name in PROVIDER_NAMES:
+        if name in attributes:
+            return _text(attributes[name]) not in OPENLIT_INPUT_WITHOUT_CACHE
+    return True
+
+
+def _tokens(attributes, shape: _Shape, openlit: bool) -> tuple:
     input_name, output_name, cache_read_name, cache_write_name, reasoning_name, total_name = shape.counts
     if shape.plain_counts:          # the conventions' input and output alone are disjoint already
         if input_name is None and output_name is None:
@@ -393,6 +409,8 @@ def _tokens(attributes, shape: _Shape) -> tuple:
                 None, None, None, None)
     input_tokens, output_tokens, cache_read, cache_write, reasoning, total = (
         None if name is None else _count(name, attributes[name]) for name in shape.counts)
+    if openlit and input_tokens is not None and not _cache_in_input(attributes):
+        input_tokens += (cache_read or 0) + (cache_write or 0)
     split = usage.from_semconv(input_tokens, output_tokens, cache_read=cache_read, cache_creation=cache_write,
                                reasoning=reasoning)
     # A total counts only when nothing says how it splits (it becomes type="unsplit").
@@ -415,10 +433,11 @@ def _ids_and_times(span) -> tuple[bytes, bytes, int, int]:
     return trace_id, span_id, start, end
 
 
-def _agent_execution(span, attributes, shape, trace_id, span_id, start, end, service) -> events.AgentExecution:
+def _agent_execution(span, attributes, shape, trace_id, span_id, start, end, service,
+                     openlit: bool) -> events.AgentExecution:
     """The execution of an agent span, with its own usage (calls attributed to it replace that: _merged)."""
     error = _failed(span)
-    tokens = _tokens(attributes, shape)
+    tokens = _tokens(attributes, shape, openlit)
     # Positional, in the order of events.EXECUTION_FIELDS: the hot path of OTLP in.
     return events.AgentExecution(
         _own_name(span, attributes, shape, AGENT) or service, "error" if error else "success",
@@ -432,17 +451,18 @@ class _Call:
     """One inference span: an LLM call whose usage goes to its enclosing agent's execution."""
 
     __slots__ = ("trace_id", "span_id", "parent", "start", "end", "error_type", "error", "model", "tokens", "ttft",
-                 "fallback_agent")
+                 "fallback_agent", "superseded")
 
-    def __init__(self, span, attributes, shape, trace_id, span_id, start, end, service):
+    def __init__(self, span, attributes, shape, trace_id, span_id, start, end, service, openlit: bool):
         self.trace_id, self.span_id, self.parent, self.start, self.end = (
             trace_id, span_id, span.parent_span_id, start, end)
         self.error = _failed(span)
         self.error_type = _error_type(span, attributes, shape) if self.error else None
         self.model = _string(attributes, shape.models)
-        self.tokens = _tokens(attributes, shape)
+        self.tokens = _tokens(attributes, shape, openlit)
         self.ttft = _seconds(attributes, shape.ttft)
         self.fallback_agent = _string(attributes, shape.agent_names) or service
+        self.superseded = False     # by an inference span inside it that reports the usage it lacks
 
     def execution(self) -> events.AgentExecution:
         """The call as an execution of its own (no enclosing agent span)."""
@@ -576,7 +596,13 @@ def _links(view) -> dict[bytes, dict[bytes, bytes]]:
 
 def _enclosing(call: _Call, links: dict, agents: dict, calls: dict):
     """The batch index of the nearest agent span above `call`; _NESTED inside another inference span;
-    _ROOT when there is none; _UNKNOWN when an ancestor has not arrived yet."""
+    _ROOT when there is none; _UNKNOWN when an ancestor has not arrived yet.
+
+    Of two nested inference spans (two instrumentations of one call) the outer one counts, unless only
+    the inner one reports usage (a framework's span around the client library's): then the inner one
+    counts in its place, and the outer one is marked superseded.  `calls` are this request's, and the
+    outer span arrives in the same request as the inner one or after it (children end first), so the
+    pair is decided when the outer one arrives."""
     trace_id = call.trace_id
     span_id = call.parent
     for _ in range(MAX_ANCESTORS):
@@ -587,7 +613,9 @@ def _enclosing(call: _Call, links: dict, agents: dict, calls: dict):
             return agent[0]
         outer = calls.get(span_id)
         if outer is not None and outer.trace_id == trace_id:
-            return _NESTED
+            if outer.tokens is not _NO_TOKENS or call.tokens is _NO_TOKENS:
+                return _NESTED
+            outer.superseded = True
         span_id = links.get(span_id)
         if span_id is None:
             return _UNKNOWN
@@ -709,6 +737,7 @@ class OTLPReceiver:
             resource = resource_spans.resource.attributes
             service = _service_name(resource)
             for scope_spans in resource_spans.scope_spans:
+                openlit = scope_spans.scope.name == OPENLIT_SCOPE
                 for span in scope_spans.spans:
                     spans += 1
                     attributes = span.attributes
@@ -725,10 +754,11 @@ class OTLPReceiver:
                         trace_id, span_id, start, end = _ids_and_times(span)
                         if kind is AGENT:
                             batch.append(_agent_execution(span, attributes, shape, trace_id, span_id, start, end,
-                                                          service))
+                                                          service, openlit))
                             agents[span_id] = (len(batch) - 1, trace_id)
                         elif kind is INFERENCE:
-                            calls[span_id] = _Call(span, attributes, shape, trace_id, span_id, start, end, service)
+                            calls[span_id] = _Call(span, attributes, shape, trace_id, span_id, start, end, service,
+                                                   openlit)
                         else:
                             batch.append(_finished(span, attributes, shape, kind, trace_id, span_id, start, end,
                                                    service))
@@ -768,9 +798,12 @@ class OTLPReceiver:
                     links_by_trace[trace_id] = pending.links
                     candidates.extend(pending.calls)
                     pending.calls = []
-            for call in candidates:
+            # Every call's place first, then what becomes of it: a call may mark the one around it superseded.
+            placed = [(call, _enclosing(call, links_by_trace[call.trace_id], agents, calls)) for call in candidates]
+            for call, found in placed:
                 trace_id = call.trace_id
-                found = _enclosing(call, links_by_trace[trace_id], agents, calls)
+                if call.superseded:
+                    found = _NESTED
                 if found is _UNKNOWN:
                     entry = waiting.get(trace_id)
                     if entry is None:

@@ -120,9 +120,10 @@ def test_agent_name_comes_from_attributes_then_span_name_then_service(tel, rx):
         span(2, {"gen_ai.operation.name": "invoke_agent"}, name="invoke_agent"),
         span(3, {"openinference.span.kind": "AGENT", "agent.name": "oi-named"}, name="AgentExecutor"),
         span(4, {"traceloop.span.kind": "agent", "traceloop.entity.name": "tl-agent"}, name="tl-agent.agent"),
+        span(5, {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.id": "asst_5j66UpCp"}, name="invoke_agent"),
         service="orders-service"))
     assert executions(tel) == {("researcher", "success"): 1, ("orders-service", "success"): 1,
-                               ("oi-named", "success"): 1, ("tl-agent", "success"): 1}
+                               ("oi-named", "success"): 1, ("tl-agent", "success"): 1, ("asst_5j66UpCp", "success"): 1}
 
 
 # -- every usage attribute name, one family at a time -------------------------------------
@@ -166,6 +167,28 @@ def test_usage_names_of_each_family(tel, rx, family, attributes, expected):
     assert tokens(tel, "orders-service", "m") == expected
 
 
+OPENLIT_CACHED = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 50,
+                  "gen_ai.usage.output_tokens": 20, "gen_ai.usage.cache_read.input_tokens": 10_000,
+                  "gen_ai.usage.cache_creation.input_tokens": 2_000}
+
+
+@pytest.mark.parametrize("provider", ["gen_ai.provider.name", "gen_ai.system"])
+@pytest.mark.parametrize("name", ["anthropic", "aws.bedrock"])
+def test_openlit_anthropic_and_bedrock_input_excludes_the_cache(tel, rx, provider, name):
+    rx.export(request(span(1, {**OPENLIT_CACHED, provider: name}), scope=otlp.OPENLIT_SCOPE))
+    assert tokens(tel, "orders-service", "m") == {"input": 50, "cache_read": 10_000, "cache_write": 2_000,
+                                                  "output": 20}
+
+
+def test_other_openlit_providers_and_other_scopes_count_input_with_the_cache(tel, rx):
+    with_cache = {**OPENLIT_CACHED, "gen_ai.usage.input_tokens": 12_050}
+    rx.export(request(span(1, {**with_cache, "gen_ai.provider.name": "openai"}), scope=otlp.OPENLIT_SCOPE))
+    rx.export(request(span(2, {**with_cache, "gen_ai.provider.name": "anthropic"}),
+                      scope="opentelemetry.instrumentation.anthropic"))
+    assert tokens(tel, "orders-service", "m") == {"input": 100, "cache_read": 20_000, "cache_write": 4_000,
+                                                  "output": 40}
+
+
 def test_current_names_win_over_older_ones(tel, rx):
     rx.export(request(span(1, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
                                "gen_ai.usage.input_tokens": 100, "gen_ai.usage.prompt_tokens": 999,
@@ -179,6 +202,7 @@ MODEL_NAMES = [
     ({"llm.model_name": "oi", "llm.response.model_name": "oi-resp"}, "oi"),
     ({"llm.request.model_name": "oi-req", "llm.model_name": "oi"}, "oi-req"),
     ({"llm.response.model_name": "oi-resp"}, "oi-resp"),
+    ({"embedding.model_name": "text-embedding-3-small"}, "text-embedding-3-small"),     # OpenInference EMBEDDING
 ]
 
 
@@ -323,6 +347,21 @@ def test_inference_span_inside_another_counts_once(tel, rx):
                       agent_span(1, "planner")))
     assert tokens(tel, "planner", "gpt-4o") == {"input": 100, "output": 10}
     assert spans_counted(tel) == {"mapped": 2, "ignored": 1}
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["in an agent", "without an agent"])
+def test_inference_span_inside_one_without_usage_counts_in_its_place(tel, rx, agent):
+    # OpenLIT's llamaindex spans (chat, no usage) around the provider's span, which has the tokens.
+    rx.export(request(chat_span(3, parent=2, input_tokens=100, output_tokens=10)))
+    framework = span(2, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}, parent=1 if agent else 0,
+                     name="llm_chat")
+    rx.export(request(framework, *([agent_span(1, "planner")] if agent else [])))
+    name = "planner" if agent else "orders-service"
+    assert executions(tel) == {(name, "success"): 1}
+    assert tokens(tel, name, "gpt-4o") == {"input": 100, "output": 10}
+    assert value(tel, catalog.USAGE_UNKNOWN.name, agent=name) == 0
+    assert spans_counted(tel) == {"mapped": 2 if agent else 1, "ignored": 1}
+    assert rx.waiting_spans == 0
 
 
 def test_inference_without_an_agent_is_an_execution_of_its_named_agent_or_the_service(tel, rx):
