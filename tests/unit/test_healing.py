@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import catalog, events, tracing
-from agent_exporter.config import AlertingConfig, Config, HealingConfig
+from agent_exporter.config import AlertingConfig, Config, HealingConfig, MetricsConfig
 from agent_exporter.healing import (
     AdaptiveSelector, AlertRemediator, CircuitBreaker, CircuitBreakers, CircuitOpenError, FallbackChain, Healer,
     RetryPolicy, format_table, run_simulation)
@@ -530,6 +530,21 @@ def test_alerts_not_for_remediation_change_nothing():
     summary = rem.handle_webhook(payload(alert(alertname="OrchestratorAgentSlow"), alert(agent=None)))
     assert summary["ignored"] == 2 and summary["opened"] == []
     assert rem.breakers.get("coder").state == "closed"
+
+
+def test_alerts_about_more_agents_than_max_series_are_ignored_and_logged(caplog):
+    config = Config(metrics=MetricsConfig(max_series=3),
+                    alerting=AlertingConfig(remediation_alerts=("OrchestratorAgentHighErrorRatio",)))
+    rem = AlertRemediator(config)
+    summary = rem.handle_webhook(payload(*(alert(agent=f"a{i}", fingerprint=f"f{i}") for i in range(5))))
+    assert summary["opened"] == ["a0", "a1", "a2"] and summary["ignored"] == 2
+    assert sorted(rem.agents_status()["agents"]) == ["a0", "a1", "a2"]
+    assert "ignored 2 remediation alert(s) about new agents" in caplog.text
+    # the agents it tracks still act: a2 resolves, a0 fires again from another alert
+    summary = rem.handle_webhook(payload(alert("resolved", agent="a2", fingerprint="f2"),
+                                         alert(agent="a0", fingerprint="g0"), alert(agent="a9", fingerprint="f9")))
+    assert summary["closed"] == ["a2"] and summary["ignored"] == 1
+    assert rem.breakers.get("a0").state == "open" and "a9" not in rem.breakers
 
 
 def _malformed():

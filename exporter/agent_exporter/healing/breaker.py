@@ -223,6 +223,9 @@ class CircuitBreakers:
     def __iter__(self):
         return iter(list(self._breakers.values()))
 
+    def agent_count(self) -> int:     # not __len__: an empty registry must stay truthy for `breakers or ...`
+        return len(self._breakers)
+
     def force_open(self, agent: str, reason: str = "forced") -> None:
         self.get(agent).force_open(reason)
 

@@ -15,6 +15,11 @@ Whichever reports a change first acts; the other finds it done, so nothing
 acts twice.  A poll answer is older than a webhook that arrived while it was
 in flight, so it never undoes what such a webhook did.
 
+Agents are learnt from alerts, so their number is bounded as /metrics bounds
+its series: an alert about a new agent once `metrics.max_series` agents have
+breakers is ignored (and logged), which keeps GET /v1/agents and the breakers'
+memory bounded whatever a webhook sends.
+
 The remediator also owns the process's breakers and selector (the Healer uses
 the same ones, see Healer.from_config) and, with healing.fleet configured, the
 fleet's pollers (start()/stop()), so agents_status() - GET /v1/agents -
@@ -23,6 +28,7 @@ reports what the orchestrator acts on.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +40,8 @@ from .selector import AdaptiveSelector
 
 # on_change(agent, old_state, new_state, reason): every breaker change, for embedded use.
 ChangeCallback = Callable[[str, str, str, str], None]
+
+_log = logging.getLogger(__name__)
 
 
 class AlertRemediator:
@@ -59,6 +67,7 @@ class AlertRemediator:
         if on_change is not None:
             self.breakers.add_listener(on_change)
         self.clock = clock
+        self.max_agents = config.metrics.max_series
         self._firing: dict[str, dict[str, str]] = {}      # agent -> fingerprint -> alertname
         self._webhook_at: dict[str, float] = {}           # fingerprint -> when a webhook last spoke of it
         self._lock = threading.Lock()
@@ -81,14 +90,15 @@ class AlertRemediator:
     def handle_webhook(self, payload) -> dict:
         """Act on one webhook notification; returns what it did."""
         alerts = decode_webhook(payload).alerts
-        opened, closed, ignored = [], [], 0
+        opened, closed, ignored, untracked = [], [], 0, 0
         with self._lock:
             now = self.clock()
             for alert in alerts:
                 labels = alert.labels
                 agent = self._agent(labels)
-                if agent is None:
+                if agent is None or not self._trackable(agent):
                     ignored += 1
+                    untracked += agent is not None
                     continue
                 self._webhook_at[alert.fingerprint] = now
                 if alert.status == "firing":
@@ -98,6 +108,9 @@ class AlertRemediator:
                     closed.append(agent)
                 else:
                     ignored += 1
+        if untracked:
+            _log.warning("ignored %d remediation alert(s) about new agents: %d agents already have breakers "
+                         "(metrics.max_series)", untracked, self.max_agents)
         return {"status": "ok", "alerts": len(alerts), "opened": opened, "closed": closed,
                 "ignored": ignored}
 
@@ -108,7 +121,7 @@ class AlertRemediator:
         firing = {}
         for alert in alerts:
             agent = self._agent(alert.labels)
-            if agent is not None:
+            if agent is not None and self._trackable(agent):
                 firing[alert.fingerprint] = (agent, alert.labels["alertname"])
         opened, closed = [], []
         with self._lock:
@@ -132,6 +145,9 @@ class AlertRemediator:
         if labels["alertname"] not in self.remediation_alerts:
             return None
         return labels.get("agent") or None
+
+    def _trackable(self, agent: str) -> bool:
+        return agent in self.breakers or self.breakers.agent_count() < self.max_agents
 
     def _fire(self, agent: str, fingerprint: str, alertname: str) -> bool:
         """Record a firing alert; True when it opened the agent's breaker."""
