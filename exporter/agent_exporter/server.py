@@ -8,6 +8,8 @@
     GET  /v1/agents         per-agent health as JSON
     GET  /-/healthy         liveness; GET /-/ready: readiness (503 while shutting down)
 
+HEAD is answered on every GET endpoint, as GET without the body.
+
 `ExporterApp` is a plain ASGI 3 application: `Telemetry.asgi_app()` hands it
 to an orchestrator's own FastAPI or Starlette server, and `start_server` /
 `serve` run it on uvicorn.  uvicorn with httptools was chosen over granian by
@@ -243,6 +245,10 @@ class ExporterApp:
                 routes["/v1/alertmanager"] = {"POST": self._post_alertmanager}
             if service.remediator is not None:
                 routes["/v1/agents"] = {"GET": self._agents}
+        for methods in routes.values():
+            if "GET" in methods:
+                # HEAD is GET without the body (RFC 9110, 9.3.2): uvicorn sends no body for it.
+                methods["HEAD"] = methods["GET"]
         return routes
 
     def _absent(self) -> dict:
@@ -289,6 +295,11 @@ class ExporterApp:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
         headers = [(b"content-type", response.content_type), *response.headers, *service.extra_headers]
+        if response.stream is not None and request.method == "HEAD":
+            # GET's headers (no length: GET streams); the pieces are not rendered.
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if response.stream is None:
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})

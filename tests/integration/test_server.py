@@ -335,6 +335,36 @@ def test_alertmanager_webhook_and_agents():
         assert requests.get(handle.url + "/v1/agents", timeout=10).json() == remediator.agents_status()
 
 
+def test_head_answers_like_get_without_a_body():
+    """RFC 9110, 9.3.2: HEAD on every GET endpoint, with GET's status and headers; no body is sent,
+    so the next request on the same connection reads cleanly."""
+    telemetry = Telemetry(Config())
+    telemetry.record(TOOL_OK)
+    with start_server(Service(telemetry, remediator=RecordingRemediator()), "127.0.0.1:0") as handle:
+        connection = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=10)
+        for path, accept_encoding in [("/", None), ("/metrics", None), ("/metrics", "gzip"), ("/-/healthy", None),
+                                      ("/-/ready", None), ("/v1/agents", None)]:
+            headers = {"Accept-Encoding": accept_encoding} if accept_encoding else {}
+            connection.request("GET", path, headers=headers)
+            get = connection.getresponse()
+            assert get.read()
+            connection.request("HEAD", path, headers=headers)
+            head = connection.getresponse()
+            assert head.read() == b""
+            assert head.status == get.status == 200
+            # GET /metrics streams (chunked); HEAD has no body to frame, so no transfer-encoding.
+            skip = {"date", "transfer-encoding"}
+            assert ({k: v for k, v in head.getheaders() if k.lower() not in skip}
+                    == {k: v for k, v in get.getheaders() if k.lower() not in skip}), path
+        connection.request("GET", "/-/healthy")
+        assert connection.getresponse().read() == b"Healthy.\n"      # the connection was never out of step
+        connection.close()
+        refused = requests.post(handle.url + "/metrics", timeout=10)
+        assert refused.status_code == 405 and refused.headers["Allow"] == "GET, HEAD"
+        assert requests.head(handle.url + "/v1/events", timeout=10).headers["Allow"] == "POST"
+    telemetry.shutdown()
+
+
 # -- auth ----------------------------------------------------------------------------------
 
 def test_bearer_token_guards_v1_only():
