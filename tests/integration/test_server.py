@@ -276,6 +276,41 @@ def test_metrics_text_by_default_and_raw_gzip(server):
     assert samples(text)[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
 
 
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+                     "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;"
+                     "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1")
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    (PROMETHEUS_ACCEPT, True),                      # what Prometheus 3 sends by default
+    ("application/openmetrics-text", True),
+    ("application/openmetrics-text;q=0, text/plain", False),
+    ("application/openmetrics-text; q=0.0", False),
+    ("text/plain;q=0.9, application/openmetrics-text;q=0.4", False),
+    ("*/*", False),
+])
+@pytest.mark.parametrize("accept_encoding, gzipped", [
+    ("gzip", True),
+    ("gzip, deflate, br", True),
+    ("gzip;q=0, identity", False),
+    ("identity, gzip;q=0", False),
+    ("gzip;q=0.5, identity", False),
+    ("identity", False),
+])
+def test_q_values_are_honoured(server, accept, openmetrics, accept_encoding, gzipped):
+    """q=0 is "not acceptable" (RFC 9110, 12.4.2), and a format weighed lower than the other is not chosen."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/metrics", headers={"Accept": accept, "Accept-Encoding": accept_encoding})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.getheader("Content-Type").startswith(
+        "application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4")
+    assert response.getheader("Content-Encoding") == ("gzip" if gzipped else None)
+    text = (gzip.decompress(body) if gzipped else body).decode()
+    assert text.endswith("# EOF\n") == openmetrics
+
+
 def test_landing_page_and_health(server):
     landing = requests.get(server.url + "/", timeout=10)
     assert landing.headers["Content-Type"].startswith("text/html")
