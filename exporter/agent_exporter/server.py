@@ -186,7 +186,7 @@ class _Request:
 
 
 class _Response:
-    """An answer: a whole `body`, or a `stream` of pieces (sent as they come, chunked)."""
+    """An answer: a whole `body`, or a `stream` of pieces (sent as they come, chunked; whole to HTTP/1.0)."""
 
     __slots__ = ("status", "body", "content_type", "headers", "stream")
 
@@ -300,6 +300,10 @@ class ExporterApp:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
+        if response.stream is not None and scope["http_version"] == "1.0":
+            # HTTP/1.0 has no chunked coding (RFC 9112, 7.1): the whole body, with its length.
+            response.body = await asyncio.get_running_loop().run_in_executor(None, b"".join, response.stream)
+            response.stream = None
         if response.stream is None:
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})

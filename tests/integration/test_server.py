@@ -311,6 +311,30 @@ def test_q_values_are_honoured(server, accept, openmetrics, accept_encoding, gzi
     assert text.endswith("# EOF\n") == openmetrics
 
 
+@pytest.mark.parametrize("accept_encoding", [None, "gzip"])
+def test_an_http_1_0_client_gets_a_length_not_chunks(server, accept_encoding):
+    """Chunked transfer coding is HTTP/1.1 only (RFC 9112, 7.1): /metrics to HTTP/1.0 is sent whole."""
+    post_events(server.url, [TOOL_OK])
+    request = b"GET /metrics HTTP/1.0\r\n"
+    if accept_encoding:
+        request += b"Accept-Encoding: " + accept_encoding.encode() + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):        # HTTP/1.0 without keep-alive: the server closes at the end
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 200")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    assert "transfer-encoding" not in headers
+    assert int(headers["content-length"]) == len(body)
+    if accept_encoding:
+        assert headers["content-encoding"] == "gzip"
+        body = gzip.decompress(body)
+    assert samples(body.decode())[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
+
+
 def test_landing_page_and_health(server):
     landing = requests.get(server.url + "/", timeout=10)
     assert landing.headers["Content-Type"].startswith("text/html")
