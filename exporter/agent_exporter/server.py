@@ -37,6 +37,7 @@ import base64
 import binascii
 import html
 import logging
+import socket
 import threading
 import time
 import zlib
@@ -557,11 +558,45 @@ def _protocol_class(tls):
     return AllowedPeersProtocol
 
 
+def _listen(address: str) -> socket.socket:
+    """A listening socket on `address`, bound here rather than by uvicorn, so that a failure is the
+    OSError itself ("[Errno 98] Address already in use") rather than uvicorn's exit status 3 after an
+    error log line.  It is bound as uvicorn's own Config.bind_socket binds (IPv6 when the host has a colon)."""
+    host, port = parse_listen_address(address)
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+class _QuietUvicorn(logging.Filter):
+    """Drops uvicorn's info-level start-up and shut-down lines made in the threads that run our servers
+    ("Started server process", "Application startup complete", ...): our own "Listening on" line says it.
+    It sits on the shared `uvicorn.error` logger but looks only at records made in those threads, so an
+    orchestrator that runs its own uvicorn in the same process logs as it always did; warnings pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.thread not in self.threads
+
+    def run(self, server, sock: socket.socket) -> None:
+        """server.run() on `sock` in this thread, quietly; the socket is closed after."""
+        logging.getLogger("uvicorn.error").addFilter(self)      # once: addFilter skips one already there
+        ident = threading.get_ident()
+        self.threads.add(ident)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            self.threads.discard(ident)
+            sock.close()
+
+
+_QUIET = _QuietUvicorn()
+
+
 def _make_server(app: ExporterApp, address: str):
     import uvicorn
 
-    # uvicorn's start-up chatter at info level says what our own "Listening on" line says.
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     service = app.service
 
     class Server(uvicorn.Server):
@@ -577,31 +612,31 @@ def _make_server(app: ExporterApp, address: str):
 
 
 class ServerHandle:
-    """A server running in a background thread: .url, .port, .stop()."""
+    """A server running in a background thread: .url, .port (where it serves, or served once
+    stopped), .stop()."""
 
     def __init__(self, app: ExporterApp, address: str):
         self.app = app
         self.service = app.service
+        try:
+            sock = _listen(address)
+        except OSError as exc:
+            raise OSError(f"cannot serve on {address}: {exc}") from exc
+        self.port = sock.getsockname()[1]
         self._server = _make_server(app, address)      # off the main thread, uvicorn leaves signals alone
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="agent-exporter-http", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="agent-exporter-http", daemon=True)
         self._thread.start()
         while not self._server.started and self._thread.is_alive():
             time.sleep(0.005)
         if not self._server.started:
             raise OSError(f"cannot serve on {address}: {self._failure or 'the server did not start'}")
 
-    def _run(self) -> None:
+    def _run(self, sock: socket.socket) -> None:
         try:
-            self._server.run()
+            _QUIET.run(self._server, sock)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller of __init__
             self._failure = exc
-        if not self._server.started and self._failure is None:
-            self._failure = OSError("address in use or not available")
-
-    @property
-    def port(self) -> int:
-        return _bound_port(self._server)
 
     @property
     def tls(self) -> bool:
@@ -609,7 +644,7 @@ class ServerHandle:
 
     @property
     def url(self) -> str:
-        return _url(self._server, self.tls)
+        return _url(self._server.config.host, self.port, self.tls)
 
     def stop(self, timeout: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), then return."""
@@ -637,32 +672,28 @@ def serve(service: Service, address: str, on_started=None) -> None:
 
     `on_started(url)` is called once the socket listens.  Raises OSError when it cannot listen.
     """
+    sock = _listen(address)
+    port = sock.getsockname()[1]
     server = _make_server(ExporterApp(service), address)
     startup = server.startup
 
     async def startup_then_report(sockets=None) -> None:
         await startup(sockets)
         if server.started and on_started is not None:
-            on_started(_url(server, service.web_config.tls is not None))
+            on_started(_url(server.config.host, port, service.web_config.tls is not None))
 
     server.startup = startup_then_report
-    server.run()
+    _QUIET.run(server, sock)
     if not server.started:
         raise OSError(f"cannot serve on {address}")
     _log.info("server stopped (%d request(s) unfinished)", service.in_flight)
 
 
-def _bound_port(server) -> int:
-    (listener,) = server.servers
-    return listener.sockets[0].getsockname()[1]
-
-
-def _url(server, tls: bool) -> str:
-    host = server.config.host
+def _url(host: str, port: int, tls: bool) -> str:
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{_bound_port(server)}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"

@@ -23,10 +23,10 @@ import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import Telemetry, catalog
+from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config
 from agent_exporter.healing.alertmanager import decode_webhook
-from agent_exporter.server import Service, start_server
+from agent_exporter.server import Service, serve, start_server
 from agent_exporter.webconfig import load_web_config
 
 from certificates import self_signed
@@ -355,6 +355,51 @@ def test_embedded_server_serves_metrics_but_no_ingest():
     finally:
         handle.stop()
         telemetry.shutdown()
+
+
+def test_a_port_in_use_is_an_oserror_that_says_so_and_a_stopped_handle_still_says_where(caplog):
+    telemetry = Telemetry(Config())
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with caplog.at_level(logging.INFO):
+            with pytest.raises(OSError, match=r"^cannot serve on 127\.0\.0\.1:\d+: \[Errno 98\] Address already in use"):
+                telemetry.serve(address)
+            with pytest.raises(OSError, match=r"^\[Errno 98\] Address already in use"):
+                serve(Service(telemetry), address)          # `agent-exporter serve` prefixes the address
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn")]     # the exception says it all
+    handle = telemetry.serve("127.0.0.1:0")
+    url, port = handle.url, handle.port
+    handle.stop()
+    assert (handle.url, handle.port) == (url, port)        # where it served, after stop() too
+    telemetry.shutdown()
+
+
+def test_our_servers_are_quiet_and_the_orchestrators_own_uvicorn_is_not(caplog):
+    """uvicorn's info lines of our server are dropped; another uvicorn in the process logs as before."""
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    telemetry = Telemetry(Config())
+    caplog.set_level(logging.INFO)
+    ours = telemetry.serve("127.0.0.1:0")
+    host = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    host_thread = threading.Thread(target=host.run, name="orchestrator-uvicorn", daemon=True)
+    host_thread.start()
+    stack.wait_for(lambda: host.started, timeout=30, interval=0.01, what="the orchestrator's uvicorn started")
+    ours.stop()
+    host.should_exit = True
+    host_thread.join(30)
+    telemetry.shutdown()
+    uvicorn_lines = [(r.threadName, r.getMessage()) for r in caplog.records if r.name == "uvicorn.error"]
+    assert ("orchestrator-uvicorn", "Application startup complete.") in uvicorn_lines
+    assert any(name == "orchestrator-uvicorn" and line.startswith("Uvicorn running on") for name, line in uvicorn_lines)
+    assert not [line for name, line in uvicorn_lines if name == "agent-exporter-http"]
+    assert logging.getLogger("uvicorn.error").level == logging.NOTSET
 
 
 # -- healing endpoints -------------------------------------------------------------------
