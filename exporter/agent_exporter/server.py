@@ -56,6 +56,9 @@ _alert_log = logging.getLogger("agent_exporter.alerts")
 
 # Keep-alive connections idle this long are closed (longer than any scrape interval).
 IDLE_TIMEOUT_SECONDS = 75
+# A request (line, headers and body) that has not arrived whole this long after its first byte, or after
+# the connection opened, has its connection closed (in one to two times this: see _protocol_class).
+REQUEST_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 _JSON = b"application/json"
@@ -130,10 +133,11 @@ class Service:
 
     def __init__(self, telemetry, *, max_body_bytes: int = 10 * 1024 * 1024, bearer_token: str | None = None,
                  web_config: WebConfig | None = None, remediator=None, log_alerts: bool = False,
-                 otlp=None, ingest: bool = True):
+                 otlp=None, ingest: bool = True, request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS):
         self.telemetry = telemetry
         self.store = telemetry.store
         self.max_body_bytes = max_body_bytes
+        self.request_timeout_seconds = request_timeout_seconds
         self.bearer_token = bearer_token or None
         self.web_config = web_config = web_config or WebConfig()
         self.basic_auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
@@ -531,7 +535,8 @@ def _uvicorn_config(app: ExporterApp, address: str):
     service = app.service
     tls = service.web_config.tls
     config = uvicorn.Config(
-        app, host=host, port=port, http=_protocol_class(tls), loop="uvloop", lifespan="on",
+        app, host=host, port=port, http=_protocol_class(tls, service.request_timeout_seconds), loop="uvloop",
+        lifespan="on",
         # No proxy headers: the exporter is scraped and posted to directly, and the middleware
         # costs every request.
         log_config=None, access_log=False, server_header=False, date_header=True, proxy_headers=False,
@@ -540,22 +545,60 @@ def _uvicorn_config(app: ExporterApp, address: str):
     return config
 
 
-def _protocol_class(tls):
-    """httptools, plus the exporter-toolkit check of client certificate SANs when configured."""
+def _protocol_class(tls, request_timeout: float):
+    """uvicorn's httptools protocol, with a bound on the time a request takes to arrive, and the
+    exporter-toolkit check of client certificate SANs when configured."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    if tls is None or not tls.client_allowed_sans:
-        return HttpToolsProtocol
+    check_peer = tls is not None and bool(tls.client_allowed_sans)
 
-    class AllowedPeersProtocol(HttpToolsProtocol):
+    class Protocol(HttpToolsProtocol):
+        """uvicorn (0.54) arms its keep-alive timer only once a response is sent, and has no timeout
+        for reading a request: a connection that never completes one (silent from the start, a
+        partial header, a body that stops) stayed open for ever, and enough of them exhaust the file
+        descriptors.  Here each connection has a timer that fires every `request_timeout` seconds and
+        closes the connection when the same request was incomplete at two firings in a row; so an
+        incomplete request (or a silent new connection) lives one to two periods, and Go's
+        http.Server.ReadTimeout is the model.  Between requests uvicorn's keep-alive timeout applies
+        as before.  Per request this costs two attribute writes; the timer is per connection."""
+
+        _receiving = True       # a request is incomplete (a new connection awaits its first one)
+        _stalled = False        # ... and it was already at the last firing
+        _timer = None
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            if not allowed_peer(tls, transport.get_extra_info("peercert")):
+            self._timer = self.loop.call_later(request_timeout, self._check_progress)
+            if check_peer and not allowed_peer(tls, transport.get_extra_info("peercert")):
                 _log.warning("refused a client certificate without an allowed SAN from %s",
                              transport.get_extra_info("peername"))
                 transport.close()
 
-    return AllowedPeersProtocol
+        def connection_lost(self, exc) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._receiving = True
+
+        def on_message_complete(self) -> None:
+            self._receiving = self._stalled = False
+            super().on_message_complete()
+
+        def _check_progress(self) -> None:
+            transport = self.transport
+            if transport.is_closing() or transport.get_protocol() is not self:    # closed, or upgraded
+                return
+            if self._stalled:
+                # The handler reading the body, if any, sees a disconnect (server._ClientGone).
+                transport.close()
+                return
+            self._stalled = self._receiving
+            self._timer = self.loop.call_later(request_timeout, self._check_progress)
+
+    return Protocol
 
 
 def _listen(address: str) -> socket.socket:

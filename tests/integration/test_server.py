@@ -250,6 +250,35 @@ def test_keep_alive_reuses_one_connection(server):
     assert value(server.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 5
 
 
+def test_connections_that_never_complete_a_request_are_closed_while_metrics_answer():
+    """A silent connection, a partial header and a stalled body are closed after one to two request
+    timeouts; a keep-alive connection idle between requests is not (uvicorn's keep-alive timeout is)."""
+    timeout = 0.5
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, request_timeout_seconds=timeout), "127.0.0.1:0") as handle:
+        kept = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=10)
+        kept.request("GET", "/-/healthy")
+        assert kept.getresponse().read() == b"Healthy.\n"
+        opened = time.monotonic()
+        stuck = {}
+        for name, sent in [("silent", b""), ("partial header", b"GET /metrics HTTP/1.1\r\nHost: x"),
+                           ("stalled body", b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+                                            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")]:
+            stuck[name] = socket.create_connection(("127.0.0.1", handle.port), timeout=10 * timeout)
+            stuck[name].sendall(sent)
+        assert requests.get(handle.url + "/metrics", timeout=10).status_code == 200
+        for name, sock in stuck.items():
+            with sock:
+                assert sock.recv(1024) == b"", name          # closed by the server (a timeout raises)
+        assert timeout <= time.monotonic() - opened < 2 * timeout + 2.0
+        assert requests.get(handle.url + "/metrics", timeout=10).status_code == 200
+        kept_socket = kept.sock
+        kept.request("GET", "/-/healthy")                     # idle all that while, between requests
+        assert kept.getresponse().read() == b"Healthy.\n" and kept.sock is kept_socket
+        kept.close()
+    telemetry.shutdown()
+
+
 def test_metrics_in_openmetrics_with_exemplars_and_gzip(server):
     post_events(server.url, [{**PLANNER_OK, "trace_id": TRACE_ID}])
     response = requests.get(server.url + "/metrics", timeout=10,
