@@ -28,6 +28,10 @@ bounded steps so a small bomb cannot expand past the limit either.  The
 connection stays open after a 413 while the client sends the rest (uvicorn
 reads and drops it), so a client that writes its whole body before reading,
 as most do, sees the answer rather than a reset.
+
+Time is bounded too: a connection whose request has not arrived whole within
+one to two REQUEST_TIMEOUT_SECONDS (a silent one included) is closed, and an
+idle keep-alive connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
 """
 
 from __future__ import annotations
