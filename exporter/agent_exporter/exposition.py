@@ -135,16 +135,45 @@ def render_openmetrics(snapshot: list) -> bytes:
     return b"".join(chunks(snapshot, openmetrics=True))
 
 
+def _weights(header: str) -> dict[str, float]:
+    """Each value an Accept or Accept-Encoding header lists (lower-cased, parameters dropped) -> its
+    q-value (RFC 9110, 12.4.2), the highest where it is listed twice; a q that is not in [0, 1] is 0."""
+    weights: dict[str, float] = {}
+    for element in header.split(","):
+        name, *params = element.split(";")
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:         # also NaN
+                    q = 0.0
+        name = name.strip().lower()
+        weights[name] = max(q, weights.get(name, 0.0))
+    return weights
+
+
 def negotiate(accept: str | None) -> tuple[bool, str]:
-    """(openmetrics?, content type) for an Accept header."""
-    if accept and "application/openmetrics-text" in accept:
-        return True, OPENMETRICS_CONTENT_TYPE
+    """(openmetrics?, content type) for an Accept header: OpenMetrics when it is acceptable (q > 0) and
+    weighed at least as high as text/plain; otherwise the text format (the default; wildcards change nothing)."""
+    if accept and "application/openmetrics-text" in accept:      # a scrape that never asks costs a search
+        weights = _weights(accept)
+        q = weights.get("application/openmetrics-text", 0.0)
+        if q > 0.0 and q >= weights.get("text/plain", 0.0):
+            return True, OPENMETRICS_CONTENT_TYPE
     return False, TEXT_CONTENT_TYPE
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
-    return bool(accept_encoding) and any(
-        part.split(";", 1)[0].strip().lower() == "gzip" for part in accept_encoding.split(","))
+    """gzip when Accept-Encoding lists it as acceptable (q > 0) and weighs it at least as high as identity."""
+    if not accept_encoding or "gzip" not in accept_encoding.lower():
+        return False
+    weights = _weights(accept_encoding)
+    q = weights.get("gzip", 0.0)
+    return q > 0.0 and q >= weights.get("identity", 0.0)
 
 
 # Level 1: scrapes are frequent and the text compresses well even at the fastest level.

@@ -8,6 +8,8 @@
     GET  /v1/agents         per-agent health as JSON
     GET  /-/healthy         liveness; GET /-/ready: readiness (503 while shutting down)
 
+HEAD is answered on every GET endpoint, as GET without the body.
+
 `ExporterApp` is a plain ASGI 3 application: `Telemetry.asgi_app()` hands it
 to an orchestrator's own FastAPI or Starlette server, and `start_server` /
 `serve` run it on uvicorn.  uvicorn with httptools was chosen over granian by
@@ -26,6 +28,10 @@ bounded steps so a small bomb cannot expand past the limit either.  The
 connection stays open after a 413 while the client sends the rest (uvicorn
 reads and drops it), so a client that writes its whole body before reading,
 as most do, sees the answer rather than a reset.
+
+Time is bounded too: a connection whose request has not arrived whole within
+one to two REQUEST_TIMEOUT_SECONDS (a silent one included) is closed, and an
+idle keep-alive connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import base64
 import binascii
 import html
 import logging
+import socket
 import threading
 import time
 import zlib
@@ -53,6 +60,9 @@ _alert_log = logging.getLogger("agent_exporter.alerts")
 
 # Keep-alive connections idle this long are closed (longer than any scrape interval).
 IDLE_TIMEOUT_SECONDS = 75
+# A request (line, headers and body) that has not arrived whole this long after its first byte, or after
+# the connection opened, has its connection closed (in one to two times this: see _protocol_class).
+REQUEST_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 _JSON = b"application/json"
@@ -127,10 +137,11 @@ class Service:
 
     def __init__(self, telemetry, *, max_body_bytes: int = 10 * 1024 * 1024, bearer_token: str | None = None,
                  web_config: WebConfig | None = None, remediator=None, log_alerts: bool = False,
-                 otlp=None, ingest: bool = True):
+                 otlp=None, ingest: bool = True, request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS):
         self.telemetry = telemetry
         self.store = telemetry.store
         self.max_body_bytes = max_body_bytes
+        self.request_timeout_seconds = request_timeout_seconds
         self.bearer_token = bearer_token or None
         self.web_config = web_config = web_config or WebConfig()
         self.basic_auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
@@ -184,7 +195,7 @@ class _Request:
 
 
 class _Response:
-    """An answer: a whole `body`, or a `stream` of pieces (sent as they come, chunked)."""
+    """An answer: a whole `body`, or a `stream` of pieces (sent as they come, chunked; whole to HTTP/1.0)."""
 
     __slots__ = ("status", "body", "content_type", "headers", "stream")
 
@@ -243,6 +254,10 @@ class ExporterApp:
                 routes["/v1/alertmanager"] = {"POST": self._post_alertmanager}
             if service.remediator is not None:
                 routes["/v1/agents"] = {"GET": self._agents}
+        for methods in routes.values():
+            if "GET" in methods:
+                # HEAD is GET without the body (RFC 9110, 9.3.2): uvicorn sends no body for it.
+                methods["HEAD"] = methods["GET"]
         return routes
 
     def _absent(self) -> dict:
@@ -289,6 +304,15 @@ class ExporterApp:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
         headers = [(b"content-type", response.content_type), *response.headers, *service.extra_headers]
+        if response.stream is not None and request.method == "HEAD":
+            # GET's headers (no length: GET streams); the pieces are not rendered.
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if response.stream is not None and scope["http_version"] == "1.0":
+            # HTTP/1.0 has no chunked coding (RFC 9112, 7.1): the whole body, with its length.
+            response.body = await asyncio.get_running_loop().run_in_executor(None, b"".join, response.stream)
+            response.stream = None
         if response.stream is None:
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -515,7 +539,8 @@ def _uvicorn_config(app: ExporterApp, address: str):
     service = app.service
     tls = service.web_config.tls
     config = uvicorn.Config(
-        app, host=host, port=port, http=_protocol_class(tls), loop="uvloop", lifespan="on",
+        app, host=host, port=port, http=_protocol_class(tls, service.request_timeout_seconds), loop="uvloop",
+        lifespan="on",
         # No proxy headers: the exporter is scraped and posted to directly, and the middleware
         # costs every request.
         log_config=None, access_log=False, server_header=False, date_header=True, proxy_headers=False,
@@ -524,29 +549,101 @@ def _uvicorn_config(app: ExporterApp, address: str):
     return config
 
 
-def _protocol_class(tls):
-    """httptools, plus the exporter-toolkit check of client certificate SANs when configured."""
+def _protocol_class(tls, request_timeout: float):
+    """uvicorn's httptools protocol, with a bound on the time a request takes to arrive, and the
+    exporter-toolkit check of client certificate SANs when configured."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    if tls is None or not tls.client_allowed_sans:
-        return HttpToolsProtocol
+    check_peer = tls is not None and bool(tls.client_allowed_sans)
 
-    class AllowedPeersProtocol(HttpToolsProtocol):
+    class Protocol(HttpToolsProtocol):
+        """uvicorn (0.54) arms its keep-alive timer only once a response is sent, and has no timeout
+        for reading a request: a connection that never completes one (silent from the start, a
+        partial header, a body that stops) stayed open for ever, and enough of them exhaust the file
+        descriptors.  Here each connection has a timer that fires every `request_timeout` seconds and
+        closes the connection when the same request was incomplete at two firings in a row; so an
+        incomplete request (or a silent new connection) lives one to two periods, and Go's
+        http.Server.ReadTimeout is the model.  Between requests uvicorn's keep-alive timeout applies
+        as before.  Per request this costs two attribute writes; the timer is per connection."""
+
+        _receiving = True       # a request is incomplete (a new connection awaits its first one)
+        _stalled = False        # ... and it was already at the last firing
+        _timer = None
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            if not allowed_peer(tls, transport.get_extra_info("peercert")):
+            self._timer = self.loop.call_later(request_timeout, self._check_progress)
+            if check_peer and not allowed_peer(tls, transport.get_extra_info("peercert")):
                 _log.warning("refused a client certificate without an allowed SAN from %s",
                              transport.get_extra_info("peername"))
                 transport.close()
 
-    return AllowedPeersProtocol
+        def connection_lost(self, exc) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._receiving = True
+
+        def on_message_complete(self) -> None:
+            self._receiving = self._stalled = False
+            super().on_message_complete()
+
+        def _check_progress(self) -> None:
+            transport = self.transport
+            if transport.is_closing() or transport.get_protocol() is not self:    # closed, or upgraded
+                return
+            if self._stalled:
+                # The handler reading the body, if any, sees a disconnect (server._ClientGone).
+                transport.close()
+                return
+            self._stalled = self._receiving
+            self._timer = self.loop.call_later(request_timeout, self._check_progress)
+
+    return Protocol
+
+
+def _listen(address: str) -> socket.socket:
+    """A listening socket on `address`, bound here rather than by uvicorn, so that a failure is the
+    OSError itself ("[Errno 98] Address already in use") rather than uvicorn's exit status 3 after an
+    error log line.  It is bound as uvicorn's own Config.bind_socket binds (IPv6 when the host has a colon)."""
+    host, port = parse_listen_address(address)
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+class _QuietUvicorn(logging.Filter):
+    """Drops uvicorn's info-level start-up and shut-down lines made in the threads that run our servers
+    ("Started server process", "Application startup complete", ...): our own "Listening on" line says it.
+    It sits on the shared `uvicorn.error` logger but looks only at records made in those threads, so an
+    orchestrator that runs its own uvicorn in the same process logs as it always did; warnings pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.thread not in self.threads
+
+    def run(self, server, sock: socket.socket) -> None:
+        """server.run() on `sock` in this thread, quietly; the socket is closed after."""
+        logging.getLogger("uvicorn.error").addFilter(self)      # once: addFilter skips one already there
+        ident = threading.get_ident()
+        self.threads.add(ident)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            self.threads.discard(ident)
+            sock.close()
+
+
+_QUIET = _QuietUvicorn()
 
 
 def _make_server(app: ExporterApp, address: str):
     import uvicorn
 
-    # uvicorn's start-up chatter at info level says what our own "Listening on" line says.
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     service = app.service
 
     class Server(uvicorn.Server):
@@ -562,31 +659,31 @@ def _make_server(app: ExporterApp, address: str):
 
 
 class ServerHandle:
-    """A server running in a background thread: .url, .port, .stop()."""
+    """A server running in a background thread: .url, .port (where it serves, or served once
+    stopped), .stop()."""
 
     def __init__(self, app: ExporterApp, address: str):
         self.app = app
         self.service = app.service
+        try:
+            sock = _listen(address)
+        except OSError as exc:
+            raise OSError(f"cannot serve on {address}: {exc}") from exc
+        self.port = sock.getsockname()[1]
         self._server = _make_server(app, address)      # off the main thread, uvicorn leaves signals alone
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="agent-exporter-http", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="agent-exporter-http", daemon=True)
         self._thread.start()
         while not self._server.started and self._thread.is_alive():
             time.sleep(0.005)
         if not self._server.started:
             raise OSError(f"cannot serve on {address}: {self._failure or 'the server did not start'}")
 
-    def _run(self) -> None:
+    def _run(self, sock: socket.socket) -> None:
         try:
-            self._server.run()
+            _QUIET.run(self._server, sock)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller of __init__
             self._failure = exc
-        if not self._server.started and self._failure is None:
-            self._failure = OSError("address in use or not available")
-
-    @property
-    def port(self) -> int:
-        return _bound_port(self._server)
 
     @property
     def tls(self) -> bool:
@@ -594,7 +691,7 @@ class ServerHandle:
 
     @property
     def url(self) -> str:
-        return _url(self._server, self.tls)
+        return _url(self._server.config.host, self.port, self.tls)
 
     def stop(self, timeout: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), then return."""
@@ -622,32 +719,28 @@ def serve(service: Service, address: str, on_started=None) -> None:
 
     `on_started(url)` is called once the socket listens.  Raises OSError when it cannot listen.
     """
+    sock = _listen(address)
+    port = sock.getsockname()[1]
     server = _make_server(ExporterApp(service), address)
     startup = server.startup
 
     async def startup_then_report(sockets=None) -> None:
         await startup(sockets)
         if server.started and on_started is not None:
-            on_started(_url(server, service.web_config.tls is not None))
+            on_started(_url(server.config.host, port, service.web_config.tls is not None))
 
     server.startup = startup_then_report
-    server.run()
+    _QUIET.run(server, sock)
     if not server.started:
         raise OSError(f"cannot serve on {address}")
     _log.info("server stopped (%d request(s) unfinished)", service.in_flight)
 
 
-def _bound_port(server) -> int:
-    (listener,) = server.servers
-    return listener.sockets[0].getsockname()[1]
-
-
-def _url(server, tls: bool) -> str:
-    host = server.config.host
+def _url(host: str, port: int, tls: bool) -> str:
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{_bound_port(server)}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"

@@ -23,10 +23,10 @@ import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import Telemetry, catalog
+from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config
 from agent_exporter.healing.alertmanager import decode_webhook
-from agent_exporter.server import Service, start_server
+from agent_exporter.server import Service, serve, start_server
 from agent_exporter.webconfig import load_web_config
 
 from certificates import self_signed
@@ -250,6 +250,35 @@ def test_keep_alive_reuses_one_connection(server):
     assert value(server.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 5
 
 
+def test_connections_that_never_complete_a_request_are_closed_while_metrics_answer():
+    """A silent connection, a partial header and a stalled body are closed after one to two request
+    timeouts; a keep-alive connection idle between requests is not (uvicorn's keep-alive timeout is)."""
+    timeout = 0.5
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, request_timeout_seconds=timeout), "127.0.0.1:0") as handle:
+        kept = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=10)
+        kept.request("GET", "/-/healthy")
+        assert kept.getresponse().read() == b"Healthy.\n"
+        opened = time.monotonic()
+        stuck = {}
+        for name, sent in [("silent", b""), ("partial header", b"GET /metrics HTTP/1.1\r\nHost: x"),
+                           ("stalled body", b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+                                            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")]:
+            stuck[name] = socket.create_connection(("127.0.0.1", handle.port), timeout=10 * timeout)
+            stuck[name].sendall(sent)
+        assert requests.get(handle.url + "/metrics", timeout=10).status_code == 200
+        for name, sock in stuck.items():
+            with sock:
+                assert sock.recv(1024) == b"", name          # closed by the server (a timeout raises)
+        assert timeout <= time.monotonic() - opened < 2 * timeout + 2.0
+        assert requests.get(handle.url + "/metrics", timeout=10).status_code == 200
+        kept_socket = kept.sock
+        kept.request("GET", "/-/healthy")                     # idle all that while, between requests
+        assert kept.getresponse().read() == b"Healthy.\n" and kept.sock is kept_socket
+        kept.close()
+    telemetry.shutdown()
+
+
 def test_metrics_in_openmetrics_with_exemplars_and_gzip(server):
     post_events(server.url, [{**PLANNER_OK, "trace_id": TRACE_ID}])
     response = requests.get(server.url + "/metrics", timeout=10,
@@ -276,6 +305,65 @@ def test_metrics_text_by_default_and_raw_gzip(server):
     assert samples(text)[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
 
 
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+                     "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;"
+                     "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1")
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    (PROMETHEUS_ACCEPT, True),                      # what Prometheus 3 sends by default
+    ("application/openmetrics-text", True),
+    ("application/openmetrics-text;q=0, text/plain", False),
+    ("application/openmetrics-text; q=0.0", False),
+    ("text/plain;q=0.9, application/openmetrics-text;q=0.4", False),
+    ("*/*", False),
+])
+@pytest.mark.parametrize("accept_encoding, gzipped", [
+    ("gzip", True),
+    ("gzip, deflate, br", True),
+    ("gzip;q=0, identity", False),
+    ("identity, gzip;q=0", False),
+    ("gzip;q=0.5, identity", False),
+    ("identity", False),
+])
+def test_q_values_are_honoured(server, accept, openmetrics, accept_encoding, gzipped):
+    """q=0 is "not acceptable" (RFC 9110, 12.4.2), and a format weighed lower than the other is not chosen."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/metrics", headers={"Accept": accept, "Accept-Encoding": accept_encoding})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.getheader("Content-Type").startswith(
+        "application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4")
+    assert response.getheader("Content-Encoding") == ("gzip" if gzipped else None)
+    text = (gzip.decompress(body) if gzipped else body).decode()
+    assert text.endswith("# EOF\n") == openmetrics
+
+
+@pytest.mark.parametrize("accept_encoding", [None, "gzip"])
+def test_an_http_1_0_client_gets_a_length_not_chunks(server, accept_encoding):
+    """Chunked transfer coding is HTTP/1.1 only (RFC 9112, 7.1): /metrics to HTTP/1.0 is sent whole."""
+    post_events(server.url, [TOOL_OK])
+    request = b"GET /metrics HTTP/1.0\r\n"
+    if accept_encoding:
+        request += b"Accept-Encoding: " + accept_encoding.encode() + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):        # HTTP/1.0 without keep-alive: the server closes at the end
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 200")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    assert "transfer-encoding" not in headers
+    assert int(headers["content-length"]) == len(body)
+    if accept_encoding:
+        assert headers["content-encoding"] == "gzip"
+        body = gzip.decompress(body)
+    assert samples(body.decode())[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
+
+
 def test_landing_page_and_health(server):
     landing = requests.get(server.url + "/", timeout=10)
     assert landing.headers["Content-Type"].startswith("text/html")
@@ -296,6 +384,51 @@ def test_embedded_server_serves_metrics_but_no_ingest():
     finally:
         handle.stop()
         telemetry.shutdown()
+
+
+def test_a_port_in_use_is_an_oserror_that_says_so_and_a_stopped_handle_still_says_where(caplog):
+    telemetry = Telemetry(Config())
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with caplog.at_level(logging.INFO):
+            with pytest.raises(OSError, match=r"^cannot serve on 127\.0\.0\.1:\d+: \[Errno 98\] Address already in use"):
+                telemetry.serve(address)
+            with pytest.raises(OSError, match=r"^\[Errno 98\] Address already in use"):
+                serve(Service(telemetry), address)          # `agent-exporter serve` prefixes the address
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn")]     # the exception says it all
+    handle = telemetry.serve("127.0.0.1:0")
+    url, port = handle.url, handle.port
+    handle.stop()
+    assert (handle.url, handle.port) == (url, port)        # where it served, after stop() too
+    telemetry.shutdown()
+
+
+def test_our_servers_are_quiet_and_the_orchestrators_own_uvicorn_is_not(caplog):
+    """uvicorn's info lines of our server are dropped; another uvicorn in the process logs as before."""
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    telemetry = Telemetry(Config())
+    caplog.set_level(logging.INFO)
+    ours = telemetry.serve("127.0.0.1:0")
+    host = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    host_thread = threading.Thread(target=host.run, name="orchestrator-uvicorn", daemon=True)
+    host_thread.start()
+    stack.wait_for(lambda: host.started, timeout=30, interval=0.01, what="the orchestrator's uvicorn started")
+    ours.stop()
+    host.should_exit = True
+    host_thread.join(30)
+    telemetry.shutdown()
+    uvicorn_lines = [(r.threadName, r.getMessage()) for r in caplog.records if r.name == "uvicorn.error"]
+    assert ("orchestrator-uvicorn", "Application startup complete.") in uvicorn_lines
+    assert any(name == "orchestrator-uvicorn" and line.startswith("Uvicorn running on") for name, line in uvicorn_lines)
+    assert not [line for name, line in uvicorn_lines if name == "agent-exporter-http"]
+    assert logging.getLogger("uvicorn.error").level == logging.NOTSET
 
 
 # -- healing endpoints -------------------------------------------------------------------
@@ -333,6 +466,36 @@ def test_alertmanager_webhook_and_agents():
         assert not_json.status_code == 400
         assert remediator.payloads == [decode_webhook(_webhook("firing", "coder"))]
         assert requests.get(handle.url + "/v1/agents", timeout=10).json() == remediator.agents_status()
+
+
+def test_head_answers_like_get_without_a_body():
+    """RFC 9110, 9.3.2: HEAD on every GET endpoint, with GET's status and headers; no body is sent,
+    so the next request on the same connection reads cleanly."""
+    telemetry = Telemetry(Config())
+    telemetry.record(TOOL_OK)
+    with start_server(Service(telemetry, remediator=RecordingRemediator()), "127.0.0.1:0") as handle:
+        connection = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=10)
+        for path, accept_encoding in [("/", None), ("/metrics", None), ("/metrics", "gzip"), ("/-/healthy", None),
+                                      ("/-/ready", None), ("/v1/agents", None)]:
+            headers = {"Accept-Encoding": accept_encoding} if accept_encoding else {}
+            connection.request("GET", path, headers=headers)
+            get = connection.getresponse()
+            assert get.read()
+            connection.request("HEAD", path, headers=headers)
+            head = connection.getresponse()
+            assert head.read() == b""
+            assert head.status == get.status == 200
+            # GET /metrics streams (chunked); HEAD has no body to frame, so no transfer-encoding.
+            skip = {"date", "transfer-encoding"}
+            assert ({k: v for k, v in head.getheaders() if k.lower() not in skip}
+                    == {k: v for k, v in get.getheaders() if k.lower() not in skip}), path
+        connection.request("GET", "/-/healthy")
+        assert connection.getresponse().read() == b"Healthy.\n"      # the connection was never out of step
+        connection.close()
+        refused = requests.post(handle.url + "/metrics", timeout=10)
+        assert refused.status_code == 405 and refused.headers["Allow"] == "GET, HEAD"
+        assert requests.head(handle.url + "/v1/events", timeout=10).headers["Allow"] == "POST"
+    telemetry.shutdown()
 
 
 # -- auth ----------------------------------------------------------------------------------

@@ -12,11 +12,15 @@ from collections import Counter
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
+from google.protobuf import json_format
+from google.rpc import status_pb2
 from hypothesis import strategies as st
+from otlp_spans import agent_span, request
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import Telemetry, catalog, events
 from agent_exporter.config import Config
+from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.server import Service, start_server
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -150,6 +154,77 @@ def test_bodies_that_used_to_drop_the_connection_get_a_400_with_the_reason(serve
     assert response.status_code == 400
     assert words in response.json()["error"]
     check_exact(server, response, before)
+
+
+# -- deep nesting on every POST endpoint: a 400 naming it, never a 5xx -------------------------------
+
+WEBHOOK = {"version": "4", "receiver": "log", "status": "firing", "alerts": [
+    {"status": "firing", "labels": {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "info"},
+     "annotations": {}, "startsAt": "2025-01-15T10:30:00Z", "endsAt": "0001-01-01T00:00:00Z",
+     "fingerprint": "c0ffee"}]}
+# A valid JSON body of each POST endpoint; each is a JSON object.
+VALID_BODIES = {
+    "/v1/events": json.dumps(VALID_BATCH[0]).encode(),
+    "/v1/traces": json_format.MessageToJson(request(agent_span(1, "planner")), indent=None).encode(),
+    "/v1/alertmanager": json.dumps(WEBHOOK).encode(),
+}
+
+
+@pytest.fixture(scope="module")
+def every_endpoint():
+    """A server with every POST endpoint: /v1/events, /v1/traces (OTLP in), /v1/alertmanager (log channel)."""
+    telemetry = Telemetry(Config())
+    receiver = OTLPReceiver(telemetry)
+    handle = start_server(Service(telemetry, otlp=receiver, log_alerts=True), "127.0.0.1:0")
+    yield handle
+    handle.stop()
+    receiver.close()
+    telemetry.shutdown()
+
+
+def _nested(depth: int, opener: bytes, inner: bytes = b"1") -> bytes:
+    closer = b"]" if opener == b"[" else b"}"
+    return opener * depth + inner + closer * depth
+
+
+def _deep_answer_is_a_400(path: str, response) -> str:
+    """The error message of a 400 in the endpoint's own error body (on /v1/traces, OTLP's google.rpc.Status
+    in JSON, as the request was: code 3, INVALID_ARGUMENT)."""
+    assert response.status_code == 400, (path, response.status_code, response.text[:200])
+    if path == "/v1/traces":
+        status = json_format.Parse(response.content, status_pb2.Status())
+        assert status.code == 3
+        return status.message
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b'{"resourceSpans":[],"zz":' + b"[" * 20_000 + b"]" * 20_000 + b"}", "invalid JSON: nested too deeply"),
+    (b'{"version":"caf\xc3","resourceSpans":[]}', "invalid JSON: not UTF-8 at byte 3 of a string"),
+], ids=["deep", "not-utf8"])
+@pytest.mark.parametrize("path", list(VALID_BODIES))
+def test_undecodable_json_is_a_400_saying_why_on_every_post_endpoint(every_endpoint, path, body, reason):
+    response = requests.post(every_endpoint.url + path, data=body, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert _deep_answer_is_a_400(path, response).endswith(reason)
+
+
+@SETTINGS
+@given(path=st.sampled_from(list(VALID_BODIES)), depth=st.integers(1, 60_000), opener=st.sampled_from([b"[", b'{"a":']),
+       where=st.sampled_from(["around", "in-a-field"]), gzipped=st.booleans())
+def test_deep_nesting_never_makes_a_5xx_on_any_post_endpoint(every_endpoint, path, depth, opener, where, gzipped):
+    valid = VALID_BODIES[path]
+    if where == "around":
+        body = _nested(depth, opener, valid)
+    else:                                       # an unknown field of the (valid) top-level object
+        body = valid[:-1] + b',"zz":' + _nested(depth, opener) + b"}"
+    headers = {"Content-Type": "application/json"}
+    if gzipped:
+        body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+    response = requests.post(every_endpoint.url + path, data=body, headers=headers, timeout=30)
+    assert response.status_code < 500, (response.status_code, response.text[:200])
+    if depth > 10_000:          # past any recursion limit: refused (the reason may come first: a wrong type)
+        _deep_answer_is_a_400(path, response)
 
 
 def test_truncated_gzip_is_a_400(server):

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ..events import _MALFORMED, _malformed
+
 WEBHOOK_VERSION = "4"
 
 Status = Literal["firing", "resolved"]
@@ -78,8 +80,8 @@ def decode_webhook(payload) -> WebhookPayload:
             decoded = msgspec.convert(payload, WebhookPayload)
     except msgspec.ValidationError as exc:
         raise _error(exc, "payload") from None
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"payload: invalid JSON: {exc}") from None
+    except _MALFORMED as exc:           # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
+        raise ValueError(f"payload: {_malformed(exc)}") from None
     if decoded.version != WEBHOOK_VERSION:
         raise ValueError(f"payload.version: unsupported webhook version {decoded.version!r} "
                          f"(expected {WEBHOOK_VERSION!r})")
