@@ -329,11 +329,12 @@ def _without_bad_ids(events: list, indexes: list[int], rejected: list[Rejection]
 # What a decoder raises for bytes that are not JSON: msgspec's DecodeError, and two errors
 # it lets through from Python: a string that is not UTF-8, and nesting deeper than the
 # interpreter's recursion limit.  ValidationError (a DecodeError) is caught before these.
-_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+# The webhook and OTLP/JSON decoders use these two names too, so every endpoint says the same.
+MALFORMED_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _BOM = b"\xef\xbb\xbf"
 
 
-def _malformed(exc: BaseException) -> str:
+def malformed_json_reason(exc: BaseException) -> str:
     """What is wrong with a body that is not JSON, for the client."""
     if isinstance(exc, UnicodeDecodeError):
         return f"invalid JSON: not UTF-8 at byte {exc.start} of a string"
@@ -354,7 +355,7 @@ def _decode_ndjson(body: bytes) -> Batch:
         except msgspec.ValidationError as exc:
             try:
                 obj = _any_decoder.decode(line)
-            except _MALFORMED:
+            except MALFORMED_JSON:
                 obj = None
             if is_legacy_record(obj):
                 try:
@@ -365,8 +366,8 @@ def _decode_ndjson(body: bytes) -> Batch:
             else:
                 error = _event_error(exc)
                 rejected.append(Rejection(index, error.reason, str(error)))
-        except _MALFORMED as exc:
-            rejected.append(Rejection(index, "invalid_json", _malformed(exc)))
+        except MALFORMED_JSON as exc:
+            rejected.append(Rejection(index, "invalid_json", malformed_json_reason(exc)))
         index += 1
     return Batch(_without_bad_ids(events, indexes, rejected), rejected)
 
@@ -405,12 +406,12 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
             return Batch(batch, [])
     except msgspec.ValidationError:
         pass  # some item is invalid, or this is a single object: decode generically below
-    except _MALFORMED as exc:
-        raise BodyError(_malformed(exc)) from None
+    except MALFORMED_JSON as exc:
+        raise BodyError(malformed_json_reason(exc)) from None
     try:
         document = _any_decoder.decode(body)
-    except _MALFORMED as exc:
-        raise BodyError(_malformed(exc)) from None
+    except MALFORMED_JSON as exc:
+        raise BodyError(malformed_json_reason(exc)) from None
     if isinstance(document, list):
         return _decode_items(document)
     if isinstance(document, dict):

@@ -889,8 +889,8 @@ def _json_request(body: bytes) -> bytes:
     """An OTLP/JSON request as the protobuf bytes of the same ExportTraceServiceRequest."""
     try:
         document = msgspec.json.decode(body)
-    except events._MALFORMED as exc:    # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
-        raise OTLPDecodeError(events._malformed(exc)) from None
+    except events.MALFORMED_JSON as exc:    # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
+        raise OTLPDecodeError(events.malformed_json_reason(exc)) from None
     if not isinstance(document, dict):
         raise OTLPDecodeError("expected a JSON object (an ExportTraceServiceRequest)")
     for resource_spans in _items(document, "resourceSpans", "resource_spans"):

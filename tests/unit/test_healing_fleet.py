@@ -234,6 +234,11 @@ def test_api_answers_are_validated_and_filtered_by_name():
         decode_api_alerts(b'[{"labels": {"alertname": "A"}}]')
     with pytest.raises(ValueError, match="invalid JSON"):
         decode_api_alerts(b"<html>")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        decode_api_alerts(b'[{"labels": {"alertname": "A"}, "fingerprint": "f", "x": ' + b"[" * 50_000 + b"]" * 50_000
+                          + b"}]")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        decode_api_alerts(b'[{"labels": {"alertname": "\xff"}, "fingerprint": "f"}]')
     with pytest.raises(ValueError, match=r"alerts\[0\].labels: missing alertname"):
         decode_api_alerts(b'[{"labels": {}, "fingerprint": "f"}]')
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ..events import _MALFORMED, _malformed
+from ..events import MALFORMED_JSON, malformed_json_reason
 
 WEBHOOK_VERSION = "4"
 
@@ -80,8 +80,8 @@ def decode_webhook(payload) -> WebhookPayload:
             decoded = msgspec.convert(payload, WebhookPayload)
     except msgspec.ValidationError as exc:
         raise _error(exc, "payload") from None
-    except _MALFORMED as exc:           # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
-        raise ValueError(f"payload: {_malformed(exc)}") from None
+    except MALFORMED_JSON as exc:       # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
+        raise ValueError(f"payload: {malformed_json_reason(exc)}") from None
     if decoded.version != WEBHOOK_VERSION:
         raise ValueError(f"payload.version: unsupported webhook version {decoded.version!r} "
                          f"(expected {WEBHOOK_VERSION!r})")
@@ -97,8 +97,8 @@ def decode_api_alerts(body: bytes) -> list[APIAlert]:
         alerts = msgspec.json.decode(body, type=list[APIAlert])
     except msgspec.ValidationError as exc:
         raise _error(exc, "alerts") from None
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"alerts: invalid JSON: {exc}") from None
+    except MALFORMED_JSON as exc:
+        raise ValueError(f"alerts: {malformed_json_reason(exc)}") from None
     for i, alert in enumerate(alerts):
         if "alertname" not in alert.labels:
             raise ValueError(f"alerts[{i}].labels: missing alertname")
