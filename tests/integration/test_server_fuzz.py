@@ -85,6 +85,8 @@ def _truncate(body: bytes, at: int) -> bytes:
 
 
 def _flip(body: bytes, at: int, bit: int) -> bytes:
+    if not body:        # truncated to nothing by an earlier mutation
+        return body
     at %= len(body)
     return body[:at] + bytes([body[at] ^ (1 << bit)]) + body[at + 1:]
 
