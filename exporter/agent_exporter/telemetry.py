@@ -569,7 +569,10 @@ class Telemetry:
     def agent_execution(self, agent: str, *, model: str | None = None, feature: str | None = None,
                         priority: str | None = None, request_id: str | None = None) -> AgentRun:
         """One agent run, as `with`/`async with` (yielding the AgentRun) or as a decorator."""
-        labels = self._label_sets.get((agent, model, feature, priority))
+        try:
+            labels = self._label_sets.get((agent, model, feature, priority))
+        except TypeError:       # an unhashable argument: _label_set's checks name its field
+            labels = None
         if labels is None:
             labels = self._label_set(agent, model, feature, priority)
         if request_id is not None:

@@ -381,6 +381,8 @@ def test_switched_off_span_kinds_still_count(spans):
     (lambda tel: tel.agent_execution(""), "agent"),
     (lambda tel: tel.agent_execution("a" * 129), "agent"),
     (lambda tel: tel.agent_execution("planner", model=42), "model"),
+    (lambda tel: tel.agent_execution(["planner"]), "agent"),               # unhashable: no cache key
+    (lambda tel: tel.agent_execution("planner", feature={"a": 1}), "feature"),
     (lambda tel: tel.tool_call("", agent="planner"), "tool"),
     (lambda tel: tel.state_transition("", "b"), "from_state"),
     (lambda tel: tel.state_transition("a", "b", workflow="\ud800"), "workflow"),
