@@ -257,11 +257,20 @@ class AgentRun(_Scope):
     def __exit__(self, exc_type, exc, tb) -> bool:
         """The end of the run: its event, priced once, to the span and the store."""
         duration = _perf_counter() - self.started
-        _current_run.reset(self._run_token)
-        if self._context_token is not None:
-            otel_context.detach(self._context_token)
+        try:
+            _current_run.reset(self._run_token)
+        except ValueError:
+            # Exited in another Context than entered: an async generator the event loop finalizes
+            # after its consumer broke off.  Nothing of ours to restore here, and the span's token,
+            # from the same Context, would fail too (opentelemetry logs that as an error).
+            pass
+        else:
+            if self._context_token is not None:
+                otel_context.detach(self._context_token)
         self._run_token = None
         self._finished = True
+        if exc_type is GeneratorExit:
+            exc = None      # a generator closed early: its consumer stopped, the run did not fail
         tel = self._telemetry
         model = self.model
         cost = self.cost_usd
@@ -369,10 +378,16 @@ class _TimedScope(_Scope):
         duration = _perf_counter() - self._active[0].started
         run, context_token, var_token = self._active
         self._active = None
-        if var_token is not None:
-            var_token.var.reset(var_token)
-        if context_token is not None:
-            otel_context.detach(context_token)
+        try:
+            if var_token is not None:
+                var_token.var.reset(var_token)
+        except ValueError:
+            pass        # exited in another Context than entered: see AgentRun.__exit__
+        else:
+            if context_token is not None:
+                otel_context.detach(context_token)
+        if exc_type is GeneratorExit:
+            exc = None      # a generator closed early: its consumer stopped, the run did not fail
         self._end(run, duration, exc)
         return False
 

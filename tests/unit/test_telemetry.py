@@ -1,6 +1,8 @@
 """The in-process API: exact series through prometheus_client's own parsers, and the spans behind them."""
 
 import asyncio
+import contextvars
+import logging
 import math
 import subprocess
 import sys
@@ -272,6 +274,43 @@ def test_async_with_and_decorators(tel, spans):
     agents = [s for s in spans[1].get_finished_spans() if s.name == "invoke_agent async_agent"]
     tools = [s for s in spans[1].get_finished_spans() if s.name == "execute_tool fetch"]
     assert {t.parent.span_id for t in tools} == {a.context.span_id for a in agents}
+
+
+def test_runs_in_an_async_generator_its_consumer_leaves_are_recorded(tel, spans, caplog):
+    # The event loop finalizes an abandoned async generator in a task of its own, in another
+    # Context than the one its scopes were entered in.
+    async def stream():
+        async with tel.workflow("streaming"), tel.agent_execution("streamer"):
+            for i in range(10):
+                yield i
+
+    async def main():
+        faults = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: faults.append(context))
+        async for i in stream():
+            if i == 2:
+                break
+        for _ in range(100):    # bounded: the finalizing task needs a few turns of the loop
+            if len(spans[1].get_finished_spans()) == 2:
+                break
+            await asyncio.sleep(0)
+        return faults
+
+    assert asyncio.run(main()) == []
+    assert sorted(s.name for s in spans[1].get_finished_spans()) == [
+        "invoke_agent streamer", "invoke_workflow streaming"]
+    assert value(tel, EXECUTIONS, agent="streamer", status="success") == 1
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="streaming", status="success") == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_scope_exited_in_another_context_still_records(tel, spans):
+    for scope in (tel.agent_execution("planner"), tel.workflow("feature")):
+        contextvars.copy_context().run(scope.__enter__)
+        scope.__exit__(None, None, None)
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 1
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="feature", status="success") == 1
+    assert len(spans[1].get_finished_spans()) == 2
 
 
 def test_a_scope_object_cannot_be_entered_twice_at_once(tel):
