@@ -11,8 +11,10 @@
         tel.state_transition("planning", "coding")           # knows its workflow
 
 `workflow`, `agent_execution` and `tool_call` work as `with`, `async with` and
-as decorators of sync and async functions; an exception inside records status
-`error` with `error_type` = the exception's class name, then propagates.  The
+as decorators of sync and async functions and generators (a generator's run is
+its whole iteration; a consumer breaking off early ends it as a success); an
+exception inside records status `error` with `error_type` = the exception's
+class name, then propagates.  The
 current run and workflow live in contextvars (`Telemetry.current_run()`), so
 tool calls, transitions and decorated code find them without passing them around.
 
@@ -37,6 +39,7 @@ import functools
 import inspect
 import logging
 import time
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Annotated, Iterable, Iterator
 
@@ -173,12 +176,30 @@ class _Scope:
         return self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func):
+        # A generator's run is its whole iteration, not the call that creates it.  A consumer that
+        # stops early closes it (GeneratorExit), which __exit__ records as a success.
+        if inspect.isasyncgenfunction(func):
+            @functools.wraps(func)
+            async def run_async_generator(*args, **kwargs):
+                # Iterated, so values sent in with asend() do not reach `func` (yield from has no async form).
+                async with self._fresh(), aclosing(func(*args, **kwargs)) as items:
+                    async for item in items:
+                        yield item
+            return run_async_generator
+
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def run_async(*args, **kwargs):
                 async with self._fresh():
                     return await func(*args, **kwargs)
             return run_async
+
+        if inspect.isgeneratorfunction(func):
+            @functools.wraps(func)
+            def run_generator(*args, **kwargs):
+                with self._fresh():
+                    return (yield from func(*args, **kwargs))
+            return run_generator
 
         @functools.wraps(func)
         def run_sync(*args, **kwargs):
