@@ -40,8 +40,9 @@ import inspect
 import logging
 import time
 from contextlib import aclosing
-from contextvars import ContextVar
-from typing import Annotated, Iterable, Iterator
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Annotated, Any, Callable, Generic, Iterable, Iterator, Literal, ParamSpec, TypeVar, cast
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -157,7 +158,12 @@ class WorkflowRun:
 
 # -- scopes: `with`, `async with` and decorators --------------------------------
 
-class _Scope:
+_Handle = TypeVar("_Handle")      # what entering a scope gives the body: AgentRun, ToolRun, WorkflowRun
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+class _Scope(Generic[_Handle]):
     """The async forms and the decorator of a scope; subclasses define __enter__, __exit__, _fresh().
 
     A scope is entered by one run at a time; as a decorator it makes a fresh
@@ -166,16 +172,25 @@ class _Scope:
 
     __slots__ = ()
 
-    def _fresh(self) -> "_Scope":
+    def _fresh(self) -> "_Scope[_Handle]":
         raise NotImplementedError
 
-    async def __aenter__(self):
+    def __enter__(self) -> _Handle:
+        raise NotImplementedError
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:   # never swallows the body's exception
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _Handle:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> Literal[False]:
         return self.__exit__(exc_type, exc, tb)
 
-    def __call__(self, func):
+    def __call__(self, func: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+        """`func` run inside a fresh scope per call; the wrapper has the same signature and kind."""
         # A generator's run is its whole iteration, not the call that creates it.  A consumer that
         # stops early closes it (GeneratorExit), which __exit__ records as a success.
         if inspect.isasyncgenfunction(func):
@@ -192,7 +207,7 @@ class _Scope:
             async def run_async(*args, **kwargs):
                 async with self._fresh():
                     return await func(*args, **kwargs)
-            return run_async
+            return cast("Callable[_Params, _Result]", run_async)     # _Result is func's coroutine type
 
         if inspect.isgeneratorfunction(func):
             @functools.wraps(func)
@@ -208,7 +223,7 @@ class _Scope:
         return run_sync
 
 
-def _attach(span: trace.Span):
+def _attach(span: trace.Span) -> Token[otel_context.Context]:
     """Make `span` the current span for the body; returns the token to detach it."""
     return otel_context.attach(trace.set_span_in_context(span))
 
@@ -227,7 +242,7 @@ class _LabelSet:
         self.series = [None, None]      # by status (success, error): the store fills them in on first use
 
 
-class AgentRun(_Scope):
+class AgentRun(_Scope["AgentRun"]):
     """One agent execution: what `with tel.agent_execution(...)` enters and the body's handle on
     the run (usage, the model actually used, first token, quality scores)."""
 
@@ -243,8 +258,8 @@ class AgentRun(_Scope):
     cost_usd: float | None = None
     first_token_at: float | None = None
     _finished = False
-    _run_token = None                   # set while the run is entered
-    _context_token = None
+    _run_token: Token[AgentRun | None] | None = None          # set while the run is entered
+    _context_token: Token[otel_context.Context] | None = None
 
     def __init__(self, telemetry: "Telemetry", labels: _LabelSet, request_id: str | None):
         self._telemetry = telemetry
@@ -275,7 +290,8 @@ class AgentRun(_Scope):
         self.started = _perf_counter()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         """The end of the run: its event, priced once, to the span and the store."""
         duration = _perf_counter() - self.started
         try:
@@ -381,12 +397,21 @@ class AgentRun(_Scope):
 
 
 
-class _TimedScope(_Scope):
+_TimedHandle = TypeVar("_TimedHandle", bound="ToolRun | WorkflowRun")
+
+
+class _TimedScope(_Scope[_TimedHandle]):
     """Tool calls and workflows: a span, a run handle, an event at the end."""
 
     __slots__ = ("_telemetry", "_active")
 
-    def __enter__(self):
+    def _begin(self) -> tuple[_TimedHandle, trace.Span | None, Token[Any] | None]:
+        raise NotImplementedError
+
+    def _end(self, run: _TimedHandle, duration: float, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _TimedHandle:
         if self._active is not None:
             raise RuntimeError("this scope is already entered; start a new one per run")
         run, span, var_token = self._begin()
@@ -395,7 +420,8 @@ class _TimedScope(_Scope):
         run.started = _perf_counter()
         return run
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         duration = _perf_counter() - self._active[0].started
         run, context_token, var_token = self._active
         self._active = None
@@ -413,18 +439,18 @@ class _TimedScope(_Scope):
         return False
 
 
-class _ToolScope(_TimedScope):
+class _ToolScope(_TimedScope[ToolRun]):
     __slots__ = ("tool", "agent")
 
-    def __init__(self, telemetry, tool, agent):
+    def __init__(self, telemetry: "Telemetry", tool: str, agent: str | None):
         self._telemetry = telemetry
         self._active = None
         self.tool, self.agent = tool, agent
 
-    def _fresh(self):
+    def _fresh(self) -> "_ToolScope":
         return _ToolScope(self._telemetry, self.tool, self.agent)
 
-    def _begin(self):
+    def _begin(self) -> tuple[ToolRun, trace.Span | None, None]:
         tel = self._telemetry
         agent = self.agent
         if agent is None and (current := _current_run.get()) is not None:
@@ -444,18 +470,18 @@ class _ToolScope(_TimedScope):
                 agent=run.agent, error_type=error_type, trace_id=trace_id, span_id=span_id, timestamp=_now()))
 
 
-class _WorkflowScope(_TimedScope):
+class _WorkflowScope(_TimedScope[WorkflowRun]):
     __slots__ = ("workflow", "request_id")
 
-    def __init__(self, telemetry, workflow, request_id):
+    def __init__(self, telemetry: "Telemetry", workflow: str, request_id: str | None):
         self._telemetry = telemetry
         self._active = None
         self.workflow, self.request_id = workflow, request_id
 
-    def _fresh(self):
+    def _fresh(self) -> "_WorkflowScope":
         return _WorkflowScope(self._telemetry, self.workflow, self.request_id)
 
-    def _begin(self):
+    def _begin(self) -> tuple[WorkflowRun, trace.Span | None, Token[str | None]]:
         tel = self._telemetry
         span = tel.spans.start_workflow(self.workflow, request_id=self.request_id) if tel._tracing else None
         return WorkflowRun(self.workflow, self.request_id, span), span, _current_workflow.set(self.workflow)
