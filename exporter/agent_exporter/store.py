@@ -10,9 +10,11 @@ so a scrape only formats numbers.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from operator import attrgetter
 from typing import Iterable, Iterator, NamedTuple
@@ -149,6 +151,22 @@ class HistogramSnapshot(NamedTuple):
     exemplars: list
 
 
+# Every store of the process, for _new_locks_in_forked_child; weak, so the hook keeps none alive.
+_stores: weakref.WeakSet[SeriesStore] = weakref.WeakSet()
+
+
+def _new_locks_in_forked_child() -> None:
+    # A fork copies a lock another thread holds as held, and that thread does not exist in the
+    # child: its first recording would wait forever.  The child may see that thread's event half
+    # applied, which beats a deadlock.
+    for store in _stores:
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):     # POSIX only; nothing forks elsewhere
+    os.register_at_fork(after_in_child=_new_locks_in_forked_child)
+
+
 class SeriesStore:
     """Aggregated metrics of the catalog, fed by decoded events.
 
@@ -159,6 +177,7 @@ class SeriesStore:
     def __init__(self, metrics_config: MetricsConfig | None = None, *, version: str = __version__):
         cfg = metrics_config or MetricsConfig()
         self._lock = threading.Lock()
+        _stores.add(self)
         self._extra_labels = tuple(cfg.extra_labels)
         bounds = {
             catalog.AGENT_EXECUTION_DURATION: cfg.execution_buckets,

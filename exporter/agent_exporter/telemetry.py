@@ -11,8 +11,10 @@
         tel.state_transition("planning", "coding")           # knows its workflow
 
 `workflow`, `agent_execution` and `tool_call` work as `with`, `async with` and
-as decorators of sync and async functions; an exception inside records status
-`error` with `error_type` = the exception's class name, then propagates.  The
+as decorators of sync and async functions and generators (a generator's run is
+its whole iteration; a consumer breaking off early ends it as a success); an
+exception inside records status `error` with `error_type` = the exception's
+class name, then propagates.  The
 current run and workflow live in contextvars (`Telemetry.current_run()`), so
 tool calls, transitions and decorated code find them without passing them around.
 
@@ -37,8 +39,10 @@ import functools
 import inspect
 import logging
 import time
-from contextvars import ContextVar
-from typing import Annotated, Iterable, Iterator
+from contextlib import aclosing
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Annotated, Any, Callable, Generic, Iterable, Iterator, Literal, ParamSpec, TypeVar, cast
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -154,7 +158,12 @@ class WorkflowRun:
 
 # -- scopes: `with`, `async with` and decorators --------------------------------
 
-class _Scope:
+_Handle = TypeVar("_Handle")      # what entering a scope gives the body: AgentRun, ToolRun, WorkflowRun
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+class _Scope(Generic[_Handle]):
     """The async forms and the decorator of a scope; subclasses define __enter__, __exit__, _fresh().
 
     A scope is entered by one run at a time; as a decorator it makes a fresh
@@ -163,22 +172,49 @@ class _Scope:
 
     __slots__ = ()
 
-    def _fresh(self) -> "_Scope":
+    def _fresh(self) -> "_Scope[_Handle]":
         raise NotImplementedError
 
-    async def __aenter__(self):
+    def __enter__(self) -> _Handle:
+        raise NotImplementedError
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:   # never swallows the body's exception
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _Handle:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> Literal[False]:
         return self.__exit__(exc_type, exc, tb)
 
-    def __call__(self, func):
+    def __call__(self, func: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+        """`func` run inside a fresh scope per call; the wrapper has the same signature and kind."""
+        # A generator's run is its whole iteration, not the call that creates it.  A consumer that
+        # stops early closes it (GeneratorExit), which __exit__ records as a success.
+        if inspect.isasyncgenfunction(func):
+            @functools.wraps(func)
+            async def run_async_generator(*args, **kwargs):
+                # Iterated, so values sent in with asend() do not reach `func` (yield from has no async form).
+                async with self._fresh(), aclosing(func(*args, **kwargs)) as items:
+                    async for item in items:
+                        yield item
+            return run_async_generator
+
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def run_async(*args, **kwargs):
                 async with self._fresh():
                     return await func(*args, **kwargs)
-            return run_async
+            return cast("Callable[_Params, _Result]", run_async)     # _Result is func's coroutine type
+
+        if inspect.isgeneratorfunction(func):
+            @functools.wraps(func)
+            def run_generator(*args, **kwargs):
+                with self._fresh():
+                    return (yield from func(*args, **kwargs))
+            return run_generator
 
         @functools.wraps(func)
         def run_sync(*args, **kwargs):
@@ -187,7 +223,7 @@ class _Scope:
         return run_sync
 
 
-def _attach(span: trace.Span):
+def _attach(span: trace.Span) -> Token[otel_context.Context]:
     """Make `span` the current span for the body; returns the token to detach it."""
     return otel_context.attach(trace.set_span_in_context(span))
 
@@ -206,7 +242,7 @@ class _LabelSet:
         self.series = [None, None]      # by status (success, error): the store fills them in on first use
 
 
-class AgentRun(_Scope):
+class AgentRun(_Scope["AgentRun"]):
     """One agent execution: what `with tel.agent_execution(...)` enters and the body's handle on
     the run (usage, the model actually used, first token, quality scores)."""
 
@@ -222,8 +258,8 @@ class AgentRun(_Scope):
     cost_usd: float | None = None
     first_token_at: float | None = None
     _finished = False
-    _run_token = None                   # set while the run is entered
-    _context_token = None
+    _run_token: Token[AgentRun | None] | None = None          # set while the run is entered
+    _context_token: Token[otel_context.Context] | None = None
 
     def __init__(self, telemetry: "Telemetry", labels: _LabelSet, request_id: str | None):
         self._telemetry = telemetry
@@ -254,14 +290,24 @@ class AgentRun(_Scope):
         self.started = _perf_counter()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         """The end of the run: its event, priced once, to the span and the store."""
         duration = _perf_counter() - self.started
-        _current_run.reset(self._run_token)
-        if self._context_token is not None:
-            otel_context.detach(self._context_token)
+        try:
+            _current_run.reset(self._run_token)
+        except ValueError:
+            # Exited in another Context than entered: an async generator the event loop finalizes
+            # after its consumer broke off.  Nothing of ours to restore here, and the span's token,
+            # from the same Context, would fail too (opentelemetry logs that as an error).
+            pass
+        else:
+            if self._context_token is not None:
+                otel_context.detach(self._context_token)
         self._run_token = None
         self._finished = True
+        if exc_type is GeneratorExit:
+            exc = None      # a generator closed early: its consumer stopped, the run did not fail
         tel = self._telemetry
         model = self.model
         cost = self.cost_usd
@@ -351,12 +397,21 @@ class AgentRun(_Scope):
 
 
 
-class _TimedScope(_Scope):
+_TimedHandle = TypeVar("_TimedHandle", bound="ToolRun | WorkflowRun")
+
+
+class _TimedScope(_Scope[_TimedHandle]):
     """Tool calls and workflows: a span, a run handle, an event at the end."""
 
     __slots__ = ("_telemetry", "_active")
 
-    def __enter__(self):
+    def _begin(self) -> tuple[_TimedHandle, trace.Span | None, Token[Any] | None]:
+        raise NotImplementedError
+
+    def _end(self, run: _TimedHandle, duration: float, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _TimedHandle:
         if self._active is not None:
             raise RuntimeError("this scope is already entered; start a new one per run")
         run, span, var_token = self._begin()
@@ -365,30 +420,37 @@ class _TimedScope(_Scope):
         run.started = _perf_counter()
         return run
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         duration = _perf_counter() - self._active[0].started
         run, context_token, var_token = self._active
         self._active = None
-        if var_token is not None:
-            var_token.var.reset(var_token)
-        if context_token is not None:
-            otel_context.detach(context_token)
+        try:
+            if var_token is not None:
+                var_token.var.reset(var_token)
+        except ValueError:
+            pass        # exited in another Context than entered: see AgentRun.__exit__
+        else:
+            if context_token is not None:
+                otel_context.detach(context_token)
+        if exc_type is GeneratorExit:
+            exc = None      # a generator closed early: its consumer stopped, the run did not fail
         self._end(run, duration, exc)
         return False
 
 
-class _ToolScope(_TimedScope):
+class _ToolScope(_TimedScope[ToolRun]):
     __slots__ = ("tool", "agent")
 
-    def __init__(self, telemetry, tool, agent):
+    def __init__(self, telemetry: "Telemetry", tool: str, agent: str | None):
         self._telemetry = telemetry
         self._active = None
         self.tool, self.agent = tool, agent
 
-    def _fresh(self):
+    def _fresh(self) -> "_ToolScope":
         return _ToolScope(self._telemetry, self.tool, self.agent)
 
-    def _begin(self):
+    def _begin(self) -> tuple[ToolRun, trace.Span | None, None]:
         tel = self._telemetry
         agent = self.agent
         if agent is None and (current := _current_run.get()) is not None:
@@ -408,18 +470,18 @@ class _ToolScope(_TimedScope):
                 agent=run.agent, error_type=error_type, trace_id=trace_id, span_id=span_id, timestamp=_now()))
 
 
-class _WorkflowScope(_TimedScope):
+class _WorkflowScope(_TimedScope[WorkflowRun]):
     __slots__ = ("workflow", "request_id")
 
-    def __init__(self, telemetry, workflow, request_id):
+    def __init__(self, telemetry: "Telemetry", workflow: str, request_id: str | None):
         self._telemetry = telemetry
         self._active = None
         self.workflow, self.request_id = workflow, request_id
 
-    def _fresh(self):
+    def _fresh(self) -> "_WorkflowScope":
         return _WorkflowScope(self._telemetry, self.workflow, self.request_id)
 
-    def _begin(self):
+    def _begin(self) -> tuple[WorkflowRun, trace.Span | None, Token[str | None]]:
         tel = self._telemetry
         span = tel.spans.start_workflow(self.workflow, request_id=self.request_id) if tel._tracing else None
         return WorkflowRun(self.workflow, self.request_id, span), span, _current_workflow.set(self.workflow)
@@ -569,7 +631,10 @@ class Telemetry:
     def agent_execution(self, agent: str, *, model: str | None = None, feature: str | None = None,
                         priority: str | None = None, request_id: str | None = None) -> AgentRun:
         """One agent run, as `with`/`async with` (yielding the AgentRun) or as a decorator."""
-        labels = self._label_sets.get((agent, model, feature, priority))
+        try:
+            labels = self._label_sets.get((agent, model, feature, priority))
+        except TypeError:       # an unhashable argument: _label_set's checks name its field
+            labels = None
         if labels is None:
             labels = self._label_set(agent, model, feature, priority)
         if request_id is not None:

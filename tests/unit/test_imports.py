@@ -8,6 +8,8 @@ the package when the name imported from it is not a module of its own.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import agent_exporter
@@ -91,3 +93,22 @@ def test_the_graph_sees_imports_inside_functions_and_relative_ones():
 
 def test_a_cycle_through_a_lazy_import_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_type_checkers_see_every_lazily_exported_name():
+    # py.typed is shipped: a name the package's __getattr__ returns must also be imported under
+    # TYPE_CHECKING, or `from agent_exporter import Telemetry` is Any to a type checker.
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    for_type_checkers = {alias.asname or alias.name
+                         for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+                         for statement in node.body if isinstance(statement, ast.ImportFrom)
+                         for alias in statement.names}
+    assert for_type_checkers == set(agent_exporter.__all__) - {"__version__"}
+    for name in for_type_checkers:
+        assert getattr(agent_exporter, name).__name__ == name
+
+
+def test_importing_the_package_stays_light():
+    code = "import sys, agent_exporter; print('agent_exporter.telemetry' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

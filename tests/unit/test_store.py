@@ -1,5 +1,8 @@
+import gc
+import multiprocessing
 import subprocess
 import threading
+import weakref
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -318,3 +321,43 @@ def test_a_restricted_registry_serves_the_catalog_names_asked_for(store):
     got = samples(generate_latest(registry.restricted_registry(asked)).decode())
     assert got == {("orchestrator_tool_calls_total", frozenset({"tool": "t", "status": "error"}.items())): 1,
                    ("orchestrator_agent_execution_duration_seconds_count", frozenset({"agent": "a"}.items())): 1}
+
+
+def _record_in_forked_child(tel) -> None:
+    with tel.agent_execution("child"):
+        pass
+    assert value(tel.store, catalog.AGENT_EXECUTIONS.name, agent="child", status="success") == 1
+
+
+def test_a_process_forked_while_another_thread_records_can_record():
+    from agent_exporter import Telemetry
+    tel = Telemetry()
+    holding, release = threading.Event(), threading.Event()
+
+    def recording():
+        with tel.store._lock:       # the moment of a fork while this thread is mid-event
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=recording)
+    thread.start()
+    assert holding.wait(10)
+    child = multiprocessing.get_context("fork").Process(target=_record_in_forked_child, args=(tel,))
+    try:
+        child.start()
+        child.join(10)
+    finally:
+        release.set()
+        thread.join()
+        if child.exitcode is None:  # deadlocked on the lock the thread held at the fork
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+
+
+def test_the_fork_hook_keeps_no_store_alive():
+    store = SeriesStore()
+    collected = weakref.ref(store)
+    del store
+    gc.collect()
+    assert collected() is None

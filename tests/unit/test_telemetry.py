@@ -1,6 +1,9 @@
 """The in-process API: exact series through prometheus_client's own parsers, and the spans behind them."""
 
 import asyncio
+import contextvars
+import inspect
+import logging
 import math
 import subprocess
 import sys
@@ -274,6 +277,112 @@ def test_async_with_and_decorators(tel, spans):
     assert {t.parent.span_id for t in tools} == {a.context.span_id for a in agents}
 
 
+def test_a_decorated_generator_is_one_run_for_its_whole_iteration(tel, spans):
+    @tel.agent_execution("streamer")
+    def stream(n):
+        for i in range(n):
+            Telemetry.current_run().usage(output_tokens=1)
+            with tel.tool_call("chunk"):
+                yield i
+
+    @tel.tool_call("pages")
+    def failing_pages():
+        yield 1
+        raise KeyError("page 2")
+
+    assert inspect.isgeneratorfunction(stream)
+    assert list(stream(3)) == [0, 1, 2]
+    items = stream(10)
+    assert next(items) == 0
+    items.close()               # the consumer stops early: the run did not fail
+    with pytest.raises(KeyError):
+        list(failing_pages())
+    assert value(tel, EXECUTIONS, agent="streamer", status="success") == 2
+    assert value(tel, TOKENS, agent="streamer", model="unknown", type="output") == 4
+    assert value(tel, TOOL_CALLS, tool="chunk", status="success") == 4
+    assert value(tel, TOOL_CALLS, tool="pages", status="error") == 1
+    assert (ERRORS, frozenset({("agent", "streamer"), ("error_type", "GeneratorExit")})) not in samples(tel)
+    # The agent spans parent the tool spans of their iteration and end after them.
+    finished_spans = spans[1].get_finished_spans()
+    agents = {s.context.span_id: s for s in finished_spans if s.name == "invoke_agent streamer"}
+    chunks = [s for s in finished_spans if s.name == "execute_tool chunk"]
+    assert all(agents[c.parent.span_id].end_time >= c.end_time for c in chunks)
+
+
+def test_a_decorated_async_generator_is_one_run_for_its_whole_iteration(tel):
+    @tel.agent_execution("streamer")
+    async def stream(n):
+        for i in range(n):
+            Telemetry.current_run().usage(output_tokens=1)
+            await asyncio.sleep(0)
+            yield i
+
+    @tel.workflow("paging")
+    async def failing_pages():
+        yield 1
+        raise KeyError("page 2")
+
+    async def main():
+        assert [i async for i in stream(3)] == [0, 1, 2]
+        items = stream(10)
+        assert await anext(items) == 0
+        await items.aclose()    # the consumer stops early: the run did not fail
+        with pytest.raises(KeyError):
+            async for _ in failing_pages():
+                pass
+
+    assert inspect.isasyncgenfunction(stream)
+    asyncio.run(main())
+    assert value(tel, EXECUTIONS, agent="streamer", status="success") == 2
+    assert value(tel, TOKENS, agent="streamer", model="unknown", type="output") == 4
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="paging", status="error") == 1
+
+
+def test_runs_in_an_async_generator_its_consumer_leaves_are_recorded(tel, spans, caplog):
+    # The event loop finalizes an abandoned async generator in a task of its own, in another
+    # Context than the one its scopes were entered in.
+    async def stream():
+        async with tel.workflow("streaming"), tel.agent_execution("streamer"):
+            for i in range(10):
+                yield i
+
+    @tel.agent_execution("decorated_streamer")
+    async def decorated_stream():
+        for i in range(10):
+            yield i
+
+    async def main():
+        faults = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: faults.append(context))
+        for items in (stream(), decorated_stream()):
+            async for i in items:
+                if i == 2:
+                    break
+        del items
+        for _ in range(100):    # bounded: the finalizing tasks need a few turns of the loop
+            if len(spans[1].get_finished_spans()) == 3:
+                break
+            await asyncio.sleep(0)
+        return faults
+
+    assert asyncio.run(main()) == []
+    assert sorted(s.name for s in spans[1].get_finished_spans()) == [
+        "invoke_agent decorated_streamer", "invoke_agent streamer", "invoke_workflow streaming"]
+    assert value(tel, EXECUTIONS, agent="streamer", status="success") == 1
+    assert value(tel, EXECUTIONS, agent="decorated_streamer", status="success") == 1
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="streaming", status="success") == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_scope_exited_in_another_context_still_records(tel, spans):
+    for scope in (tel.agent_execution("planner"), tel.workflow("feature")):
+        contextvars.copy_context().run(scope.__enter__)
+        scope.__exit__(None, None, None)
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 1
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="feature", status="success") == 1
+    assert len(spans[1].get_finished_spans()) == 2
+
+
 def test_a_scope_object_cannot_be_entered_twice_at_once(tel):
     scope = tel.agent_execution("planner")
     with scope:
@@ -381,6 +490,8 @@ def test_switched_off_span_kinds_still_count(spans):
     (lambda tel: tel.agent_execution(""), "agent"),
     (lambda tel: tel.agent_execution("a" * 129), "agent"),
     (lambda tel: tel.agent_execution("planner", model=42), "model"),
+    (lambda tel: tel.agent_execution(["planner"]), "agent"),               # unhashable: no cache key
+    (lambda tel: tel.agent_execution("planner", feature={"a": 1}), "feature"),
     (lambda tel: tel.tool_call("", agent="planner"), "tool"),
     (lambda tel: tel.state_transition("", "b"), "from_state"),
     (lambda tel: tel.state_transition("a", "b", workflow="\ud800"), "workflow"),
