@@ -311,8 +311,16 @@ def test_grouping_labels_group_and_inhibit_apart():
     document = am.alertmanager_config(config)
     assert document["route"]["group_by"] == ["alertname", "environment", "cluster", "agent", "tool", "workflow",
                                              "feature"]
-    critical, absent, rejected = document["inhibit_rules"]
-    assert critical["equal"] == ["alertname", "environment", "cluster", "agent"]
+    agent, workflow, tool, cost, absent, rejected = document["inhibit_rules"]
+    assert agent == {"source_matchers": ['severity="critical"', 'agent=~".+"'],
+                     "target_matchers": ['severity="warning"', 'agent=~".+"',
+                                         'alertname!~"OrchestratorAgentHighErrorRatio"'],
+                     "equal": ["environment", "cluster", "agent"]}
+    assert workflow["equal"] == ["environment", "cluster", "workflow"]
+    assert tool["equal"] == ["environment", "cluster", "tool"]
+    assert cost == {"source_matchers": ['severity="critical"', 'category="cost"'],
+                    "target_matchers": ['severity="warning"', 'category="cost"'],
+                    "equal": ["environment", "cluster", "feature"]}
     assert absent["equal"] == ["job"]           # absent() carries no other label
     assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
 

@@ -12,7 +12,7 @@ receiver, which opens the agent's circuit breaker.  The exporter tells the two
 apart by the payload's `receiver`.  With `alerting.enabled: false` Prometheus
 sends no alerts, and this config routes everything to nobody.
 
-Critical inhibits warning for the same alert and agent; an exporter that is down
+Critical inhibits warning about the same agent, workflow, tool or spend; an exporter that is down
 inhibits the alerts that need its metrics.  Grouping and inhibition keep the
 configured grouping labels apart.  Secrets are referenced by file, never written here.
 """
@@ -105,6 +105,35 @@ def _people(config: Config) -> dict[str, dict]:
             for kind, roles in _ROLES.items()}
 
 
+# What an alert is about: the label naming it (the agent, workflow or tool), or, for the
+# cost alerts, which carry none of those, their category.
+SCOPES = ("agent", "workflow", "tool")
+
+
+def _critical_inhibits_warning(grouping: list[str], remediation: tuple[str, ...]) -> list[dict]:
+    """A critical alert suppresses the warnings about the same thing: the same agent,
+    workflow or tool (OrchestratorAgentErrorBudgetBurnFast suppresses ...BurnSlow and
+    OrchestratorAgentSlow of that agent), or the same spend, in the same deployment.
+
+    Every alert name has one severity, so `alertname` cannot be among the equal labels.
+    Both sides must carry the scope label: labels missing on both count as equal, and
+    an unscoped critical alert (OrchestratorExporterDown) would otherwise suppress every
+    unscoped warning.  Criticals never inhibit one another: an inhibited alert reaches no
+    receiver, the remediation webhook included, and which alerts remediate is configured
+    (`alerting.remediation_alerts`); for the same reason no remediation alert (about
+    an agent: it opens that agent's breaker) is a target."""
+    spared = [f'alertname!~"{"|".join(remediation)}"'] if remediation else []
+    rules = [{"source_matchers": ['severity="critical"', f'{label}=~".+"'],
+              "target_matchers": ['severity="warning"', f'{label}=~".+"', *(spared if label == "agent" else [])],
+              "equal": [*grouping, label]} for label in SCOPES]
+    # The day's spend over budget makes the forecast of it moot; a feature's own budget
+    # (the feature label, absent on the daily alerts) is another thing.
+    rules.append({"source_matchers": ['severity="critical"', 'category="cost"'],
+                  "target_matchers": ['severity="warning"', 'category="cost"'],
+                  "equal": [*grouping, "feature"]})
+    return rules
+
+
 def alertmanager_config(config: Config) -> dict:
     alerting = config.alerting
     if not alerting.enabled:
@@ -150,8 +179,7 @@ def alertmanager_config(config: Config) -> dict:
             "routes": routes,
         },
         "inhibit_rules": [
-            {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
-             "equal": ["alertname", *grouping, "agent"]},
+            *_critical_inhibits_warning(grouping, remediation),
             # absent() has no instance (nor grouping labels): the job is all it shares.
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
              "target_matchers": ['alertname="OrchestratorMetricsAbsent"'], "equal": ["job"]},
