@@ -370,3 +370,29 @@ def test_inhibition_keeps_the_grouping_labels_apart(tmp_path):
             (slow, "coder", "warning", "production"): suppressed_by(fast),
             (slow, "coder", "warning", "staging"): ACTIVE,        # the same agent in another deployment
         })
+
+
+def test_alertmanager_sends_the_exporters_bearer_token_to_its_webhook(tmp_path):
+    """A real Alertmanager delivers a remediation alert to a real exporter that requires its token."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    telemetry = Telemetry()
+    changes = []
+    port = stack.free_port()
+    config = parse_config({"observability": {
+        "server": {"bearer_token_file": str(token_file)},
+        "alerting": {"channels": ["log"], "exporter_url": f"http://127.0.0.1:{port}"}}})
+    remediator = AlertRemediator(config, telemetry, on_change=lambda agent, old, new, reason: changes.append(
+        (agent, new, reason)))
+    exporter = start_server(Service(telemetry, remediator=remediator, bearer_token="s3cret-token"),
+                            f"127.0.0.1:{port}")
+    try:
+        with start_rendered_alertmanager(tmp_path, config) as alertmanager:
+            post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
+            stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
+                           what="the breaker to open through the authenticated webhook")
+            assert metric(alertmanager, "alertmanager_notification_requests_failed_total",
+                          'integration="webhook"') == 0
+    finally:
+        exporter.stop()
+        telemetry.shutdown()

@@ -337,3 +337,18 @@ def test_titles_name_what_the_group_is_about(tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == (
             "[FIRING:2] OrchestratorAgentHighErrorRatio · agent coder · environment production"), name
+
+
+def test_with_a_bearer_token_the_webhooks_to_the_exporter_send_it(tmp_path):
+    # The exporter answers 401 to /v1/alertmanager without its token: self-healing would hear nothing.
+    config = parse_config({"observability": {"server": {"bearer_token_file": "/etc/agent-exporter/token"}}})
+    am.render_alertmanager(config, tmp_path)
+    result = amtool("check-config", str(tmp_path / "alertmanager" / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    webhooks = {r["name"]: r["webhook_configs"] for r in am.alertmanager_config(config)["receivers"]
+                if "webhook_configs" in r}
+    assert set(webhooks) == {am.REMEDIATION, LOG}
+    for configs in webhooks.values():
+        assert configs == [{"url": "http://agent-exporter:9464/v1/alertmanager", "send_resolved": True,
+                            "http_config": {"authorization": {"type": "Bearer",
+                                                              "credentials_file": "/etc/agent-exporter/token"}}}]

@@ -9,7 +9,8 @@ writes as a log line per firing and resolved alert (as the legacy log channel
 did).  Independently, with healing on, alerts named in
 `alerting.remediation_alerts` go to the same endpoint through their own
 receiver, which opens the agent's circuit breaker.  The exporter tells the two
-apart by the payload's `receiver`.  With `alerting.enabled: false` Prometheus
+apart by the payload's `receiver`; both send the exporter's bearer token
+(`server.bearer_token_file`) when it has one.  With `alerting.enabled: false` Prometheus
 sends no alerts, and this config routes everything to nobody.
 
 Critical inhibits warning about the same agent, workflow, tool or spend; an exporter that is down
@@ -67,7 +68,15 @@ def _email(config: Config, to: tuple[str, ...]) -> dict:
 
 
 def _webhook(config: Config) -> dict:
-    return {"url": f"{config.alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}
+    """A webhook to the exporter's /v1/alertmanager, with the exporter's bearer token when
+    one is configured: without it the exporter answers 401 and self-healing hears nothing.
+    Alertmanager reads the token from the same path (`server.bearer_token_file`) on each
+    notification, so the file must be there for Alertmanager too."""
+    webhook = {"url": f"{config.alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}
+    token_file = config.server.bearer_token_file
+    if token_file:
+        webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": token_file}}
+    return webhook
 
 
 # Which of the person channels each class of alert reaches: (with Slack, with email).
