@@ -66,6 +66,11 @@ ROUTING_MATRIX = [
      [am.LOG, am.SLACK_BUDGET]),
     ({"alertname": "OrchestratorFeatureDailyCostOverBudget", "severity": "warning", "category": "cost",
       "feature": "login"}, [am.LOG, am.SLACK_BUDGET]),
+    ({"alertname": "OrchestratorUsageUnknown", "severity": "warning", "agent": "coder"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorSeriesOverflow", "severity": "warning", "job": "agent-exporter",
+      "instance": "exporter:9464", "metric": "orchestrator_tool_calls_total"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorFleetSourceDown", "severity": "warning", "job": "agent-exporter",
+      "instance": "exporter:9464", "source": "prometheus"}, [am.LOG, am.SLACK]),
     ({"alertname": "SomethingInformational", "severity": "info"}, [am.LOG, am.NULL]),
     ({"alertname": "Unlabelled"}, [am.LOG, am.SLACK]),
 ]

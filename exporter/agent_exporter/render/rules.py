@@ -20,7 +20,7 @@ from .common import (
     DASHBOARD_UIDS, HEADER, agent_error_ratio_windows, burn_rate_pairs, dump_yaml, latency_quantile_windows,
     long_windows, number, percent, sli_windows)
 from .series import (
-    AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
+    AGENT_SLI, BUILD_INFO, CIRCUIT, FLEET_SOURCE_UP, OVERFLOW, USAGE_UNKNOWN, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
     EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, QUANTILES, REJECTED, SLI,
     TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE,
@@ -255,6 +255,13 @@ def alert_rules(config: Config) -> list[dict]:
               f"{horizon} (budget ${budget} a day).",
               "cost", for_="15m", labels=cost_labels),
     ]
+    cost.append(alert(
+        "OrchestratorUsageUnknown", f"{_count(scope, USAGE_UNKNOWN, w, 'agent')} > 0", "warning",
+        "Spend of agent {{ $labels.agent }} is not counted.",
+        "{{ $value | printf \"%.0f\" }} executions of {{ $labels.agent }} over the last "
+        f"{w} had usage or cost that could not be known (no tokens, or no price for the model): "
+        "they are missing from the spend, and the budget alerts under-report.",
+        "cost", for_=pending))
     for feature, usd in a.budget.per_feature.items():
         spend = scope.sum(_increase(scope, COST, "1d", f'feature="{feature}"'), "feature")
         cost.append(alert(
@@ -288,6 +295,20 @@ def alert_rules(config: Config) -> list[dict]:
               f"over the last {w} (threshold {percent(t.rejected_events_ratio)}): some orchestrator "
               "sends malformed events, and what they describe is missing from the metrics.",
               "exporter", for_=pending),
+    ]
+    exporter += [
+        alert("OrchestratorSeriesOverflow",
+              f"{scope.sum(_increase(scope, OVERFLOW, w), *instance, 'metric')} > 0", "warning",
+              "agent-exporter {{ $labels.instance }} folds series of {{ $labels.metric }} into __overflow__.",
+              "{{ $value | printf \"%.0f\" }} label sets of {{ $labels.metric }} were folded into its "
+              f"__overflow__ series over the last {w}: the metric hit metrics.max_series "
+              f"({config.metrics.max_series}), and what they describe is no longer told apart.",
+              "exporter"),
+        alert("OrchestratorFleetSourceDown", f"{scope.select(FLEET_SOURCE_UP)} == 0", "warning",
+              "agent-exporter {{ $labels.instance }} cannot poll its fleet source {{ $labels.source }}.",
+              "The last polls of {{ $labels.source }} (healing.fleet) by {{ $labels.instance }} failed for "
+              f"more than {pending}: the replica keeps its circuit breakers and learns alone.",
+              "healing", for_=pending),
     ]
     groups = [
         {"name": "orchestrator.agents.alerts", "rules": agents},
