@@ -364,8 +364,18 @@ def test_inhibition_keeps_the_grouping_labels_apart(tmp_path):
             alertmanager,
             {"alertname": fast, "severity": "critical", "agent": "coder", "environment": "production"},
             {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "production"},
-            {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "staging"})
+            {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "staging"},
+            {"alertname": "OrchestratorExporterDown", "severity": "critical", "job": "agent-exporter",
+             "instance": "a:9464", "environment": "production"},
+            {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", "job": "agent-exporter",
+             "environment": "production"},
+            {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", "job": "agent-exporter",
+             "environment": "staging"})
+        down, absent = "OrchestratorExporterDown", "OrchestratorMetricsAbsent"
         wait_for_states(alertmanager, {
+            (down, "agent-exporter", "critical", "production"): ACTIVE,
+            (absent, "agent-exporter", "warning", "production"): suppressed_by(down),   # its exporter is down
+            (absent, "agent-exporter", "warning", "staging"): ACTIVE,      # another deployment vanished
             (fast, "coder", "critical", "production"): ACTIVE,
             (slow, "coder", "warning", "production"): suppressed_by(fast),
             (slow, "coder", "warning", "staging"): ACTIVE,        # the same agent in another deployment

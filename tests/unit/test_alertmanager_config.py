@@ -316,7 +316,7 @@ def test_grouping_labels_group_and_inhibit_apart():
     document = am.alertmanager_config(config)
     assert document["route"]["group_by"] == ["alertname", "environment", "cluster", "agent", "tool", "workflow",
                                              "feature"]
-    agent, workflow, tool, cost, absent, rejected = document["inhibit_rules"]
+    agent, workflow, tool, cost, absent, absent_here, rejected = document["inhibit_rules"]
     assert agent == {"source_matchers": ['severity="critical"', 'agent=~".+"'],
                      "target_matchers": ['severity="warning"', 'agent=~".+"',
                                          'alertname!~"OrchestratorAgentHighErrorRatio"'],
@@ -326,7 +326,10 @@ def test_grouping_labels_group_and_inhibit_apart():
     assert cost == {"source_matchers": ['severity="critical"', 'category="cost"'],
                     "target_matchers": ['severity="warning"', 'category="cost"'],
                     "equal": ["environment", "cluster", "feature"]}
-    assert absent["equal"] == ["job"]           # absent() carries no other label
+    # absent() carries no other label than the job; the per-deployment alert, the grouping labels too.
+    assert absent["target_matchers"] == ['alertname="OrchestratorMetricsAbsent"', 'environment=""', 'cluster=""']
+    assert absent["equal"] == ["job"]
+    assert absent_here["equal"] == ["job", "environment", "cluster"]
     assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
 
 

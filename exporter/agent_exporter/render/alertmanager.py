@@ -143,6 +143,19 @@ def _critical_inhibits_warning(grouping: list[str], remediation: tuple[str, ...]
     return rules
 
 
+def _down_inhibits_absent(grouping: list[str]) -> list[dict]:
+    """An exporter that is down has no metrics: OrchestratorMetricsAbsent of its job, and of
+    its deployment (the grouping labels) when those are configured, says nothing more.
+    absent() carries the job alone; the per-deployment alert carries the grouping labels too."""
+    source = ['alertname="OrchestratorExporterDown"']
+    target = ['alertname="OrchestratorMetricsAbsent"']
+    rules = [{"source_matchers": source, "target_matchers": target + [f'{label}=""' for label in grouping],
+              "equal": ["job"]}]
+    if grouping:
+        rules.append({"source_matchers": source, "target_matchers": target, "equal": ["job", *grouping]})
+    return rules
+
+
 def alertmanager_config(config: Config) -> dict:
     alerting = config.alerting
     if not alerting.enabled:
@@ -189,9 +202,7 @@ def alertmanager_config(config: Config) -> dict:
         },
         "inhibit_rules": [
             *_critical_inhibits_warning(grouping, remediation),
-            # absent() has no instance (nor grouping labels): the job is all it shares.
-            {"source_matchers": ['alertname="OrchestratorExporterDown"'],
-             "target_matchers": ['alertname="OrchestratorMetricsAbsent"'], "equal": ["job"]},
+            *_down_inhibits_absent(grouping),
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
              "target_matchers": ['alertname="OrchestratorEventsRejected"'],
              "equal": ["job", "instance", *grouping]},

@@ -644,6 +644,7 @@ def _exporter_tests(c: _Cases) -> list:
     target = {"job": c.job, "instance": INSTANCE}
     down_at = _firing_after(2 * c.step, c.pending(down), c.step)      # down from the third sample on
     absent_at = _firing_after(0, c.pending(absent), c.step)
+    gone_at = _firing_after(21 * c.step, c.pending(absent), c.step)
     threshold = c.config.alerting.thresholds.rejected_events_ratio
     window = prometheus_seconds(c.config.alerting.rate_window)
     bad, good = _fire_ratio(threshold, c.minimum, int(window // c.step))
@@ -677,6 +678,14 @@ def _exporter_tests(c: _Cases) -> list:
         {"name": f"{absent} stays quiet while the exporter reports, across a restart",
          "input_series": [c.series(BUILD_INFO, f"1x20 stale _x2 1x{SAMPLES}", version="1.0.0")],
          "alert_rule_test": [_check(absent, 22 * c.step), _check(absent, absent_at + 22 * c.step)]},
+    ] + ([
+        # One deployment's exporters vanish (their series go stale) while another's report.
+        {"name": f"{absent} fires when one deployment's exporters vanish while another reports",
+         "input_series": [c.series(BUILD_INFO, f"1x20 stale", version="1.0.0"),
+                          c.series(BUILD_INFO, f"1x{SAMPLES}", env=1, version="1.0.0")],
+         "alert_rule_test": [_check(absent, gone_at - c.step),
+                             _check(absent, gone_at, [c.expected(absent, {"job": c.job}, 1)])]},
+    ] if c.group_labels else []) + [
         {"name": f"{rejected} fires at the right time just above the threshold",
          "input_series": events(over_good, over_bad),
          "alert_rule_test": [

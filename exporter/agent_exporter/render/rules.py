@@ -169,6 +169,18 @@ def _burn_alerts(config: Config, alert: _Alerts, sli: SLI, slo: SLOConfig, *, ki
     return rules
 
 
+def _metrics_absent(scope: Scope) -> str:
+    """No build info of the job at all; with grouping labels, also none in a deployment
+    (environment, ...) that reported over the last day while others still report."""
+    present = scope.select(BUILD_INFO)
+    expr = f"absent({present})"
+    if scope.group_labels:
+        by = ", ".join(("job", *scope.group_labels))
+        expr += (f"\nor\n(\n  group by ({by}) (max_over_time({present}[1d]))\n  unless\n"
+                 f"  group by ({by}) ({present})\n)")
+    return expr
+
+
 def alert_rules(config: Config) -> list[dict]:
     """The alert rule groups; none with `alerting.enabled: false` (the recording rules stay: the dashboards read them)."""
     a = config.alerting
@@ -281,10 +293,12 @@ def alert_rules(config: Config) -> list[dict]:
               "agent-exporter {{ $labels.instance }} is down.",
               "Prometheus cannot scrape {{ $labels.instance }}: agent metrics and alerts are blind.",
               "exporter", for_="1m"),
-        alert("OrchestratorMetricsAbsent", f"absent({scope.select(BUILD_INFO)})", "warning",
+        alert("OrchestratorMetricsAbsent", _metrics_absent(scope), "warning",
               "No agent-exporter metrics reach Prometheus.",
-              f"No series of job {a.job} carries {BUILD_INFO}: the target is missing from the scrape "
-              "configuration or is not an agent-exporter.",
+              f"No series of job {a.job} carries {BUILD_INFO}"
+              + (f" (in the deployment its {', '.join(scope.group_labels)} label names, which reported over "
+                 "the last day)" if scope.group_labels else "")
+              + ": the target is missing from the scrape configuration or is not an agent-exporter.",
               "exporter", for_="10m"),
         alert("OrchestratorEventsRejected",
               f"{scope.sum(_rate(scope, REJECTED, w), *instance)}\n/\n{scope.sum(f'rate({posted}[{w}])', *instance)}\n"
