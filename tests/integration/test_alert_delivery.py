@@ -21,7 +21,7 @@ import pytest
 from msgspec.structs import replace
 
 from agent_exporter import Telemetry, stack
-from agent_exporter.config import Config
+from agent_exporter.config import Config, parse_config
 from agent_exporter.healing import AlertRemediator
 from agent_exporter.render import alertmanager as am
 from agent_exporter.render.common import dump_yaml
@@ -275,40 +275,134 @@ def post_alerts(alertmanager, *label_sets: dict) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp_path):
-    am.render_alertmanager(Config(), tmp_path)
-    document = am.alertmanager_config(Config())
+def alert_states(alertmanager) -> dict[tuple, tuple[str, list[str]]]:
+    """Per alert, its (alertname, subject, severity[, environment]) → (state, alertnames inhibiting it)."""
+    alerts = json.loads(urllib.request.urlopen(alertmanager.url + "/api/v2/alerts", timeout=5).read())
+    fingerprints = {a["fingerprint"]: a["labels"]["alertname"] for a in alerts}
+    found = {}
+    for a in alerts:
+        labels = a["labels"]
+        subject = next((labels[k] for k in ("agent", "workflow", "tool", "feature", "job") if k in labels), "")
+        environment = (labels["environment"],) if "environment" in labels else ()
+        key = (labels["alertname"], subject, labels["severity"], *environment)
+        found[key] = (a["status"]["state"], sorted(fingerprints.get(f, f) for f in a["status"]["inhibitedBy"]))
+    return found
+
+
+def wait_for_states(alertmanager, expected: dict) -> None:
+    try:
+        stack.wait_for(lambda: alert_states(alertmanager) == expected, timeout=15, what="the inhibition states")
+    except stack.StackError:
+        assert alert_states(alertmanager) == expected     # shows the difference
+
+
+def start_rendered_alertmanager(tmp_path, config: Config):
+    am.render_alertmanager(config, tmp_path)
+    document = am.alertmanager_config(config)
     document["templates"] = [str(tmp_path / "alertmanager" / "templates" / am.TEMPLATE_NAME)]
+    return stack.start_alertmanager(tmp_path / "am", dump_yaml(document))
+
+
+ACTIVE = ("active", [])
+
+
+def suppressed_by(*alertnames: str) -> tuple[str, list[str]]:
+    return ("suppressed", sorted(alertnames))
+
+
+def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp_path):
     job_name = Config().alerting.job
     job = {"job": job_name}
-    with stack.start_alertmanager(tmp_path / "am", dump_yaml(document)) as alertmanager:
+    fast, slow = "OrchestratorAgentErrorBudgetBurnFast", "OrchestratorAgentErrorBudgetBurnSlow"
+    wfast, wslow = "OrchestratorWorkflowErrorBudgetBurnFast", "OrchestratorWorkflowErrorBudgetBurnSlow"
+    with start_rendered_alertmanager(tmp_path, Config()) as alertmanager:
+        # Only real label sets: every alert name has one severity.
         post_alerts(
             alertmanager,
-            {"alertname": "OrchestratorAgentSlow", "severity": "critical", "agent": "coder"},
+            {"alertname": fast, "severity": "critical", "agent": "coder", "slo": "agent-success"},
+            {"alertname": slow, "severity": "warning", "agent": "coder", "slo": "agent-success"},
             {"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"},
-            {"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "tester"},
+            {"alertname": slow, "severity": "warning", "agent": "tester", "slo": "agent-success"},
+            {"alertname": wfast, "severity": "critical", "workflow": "feature", "slo": "workflow-success"},
+            {"alertname": wslow, "severity": "warning", "workflow": "feature", "slo": "workflow-success"},
+            {"alertname": wslow, "severity": "warning", "workflow": "hotfix", "slo": "workflow-success"},
+            {"alertname": "OrchestratorDailyCostOverBudget", "severity": "critical", "category": "cost"},
+            {"alertname": "OrchestratorDailyCostForecastOverBudget", "severity": "warning", "category": "cost"},
+            {"alertname": "OrchestratorFeatureDailyCostOverBudget", "severity": "warning", "category": "cost",
+             "feature": "login"},
             {"alertname": "OrchestratorExporterDown", "severity": "critical", **job},
             {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", **job},
             {"alertname": "OrchestratorEventsRejected", "severity": "warning", **job},
             {"alertname": "OrchestratorEventsRejected", "severity": "warning", "job": "another-exporter"},
             {"alertname": "OrchestratorToolHighErrorRatio", "severity": "warning", "tool": "search", **job})
+        wait_for_states(alertmanager, {
+            (fast, "coder", "critical"): ACTIVE,
+            (slow, "coder", "warning"): suppressed_by(fast),                          # fast burn hides slow burn
+            ("OrchestratorAgentSlow", "coder", "warning"): suppressed_by(fast),       # same agent, paged already
+            (slow, "tester", "warning"): ACTIVE,                                      # another agent
+            (wfast, "feature", "critical"): ACTIVE,
+            (wslow, "feature", "warning"): suppressed_by(wfast),
+            (wslow, "hotfix", "warning"): ACTIVE,                                     # another workflow
+            ("OrchestratorDailyCostOverBudget", "", "critical"): ACTIVE,
+            ("OrchestratorDailyCostForecastOverBudget", "", "warning"): suppressed_by(
+                "OrchestratorDailyCostOverBudget"),                                    # over budget already
+            ("OrchestratorFeatureDailyCostOverBudget", "login", "warning"): ACTIVE,   # a feature's own budget
+            ("OrchestratorExporterDown", job_name, "critical"): ACTIVE,
+            ("OrchestratorMetricsAbsent", job_name, "warning"): suppressed_by("OrchestratorExporterDown"),
+            ("OrchestratorEventsRejected", job_name, "warning"): suppressed_by("OrchestratorExporterDown"),
+            ("OrchestratorEventsRejected", "another-exporter", "warning"): ACTIVE,    # another job
+            # The exporter being down says nothing of a tool: an unscoped critical hides no scoped warning.
+            ("OrchestratorToolHighErrorRatio", "search", "warning"): ACTIVE,
+        })
 
-        def states():
-            alerts = json.loads(urllib.request.urlopen(alertmanager.url + "/api/v2/alerts", timeout=5).read())
-            return {(a["labels"]["alertname"], a["labels"].get("agent") or a["labels"].get("job"),
-                     a["labels"]["severity"]): a["status"]["state"] for a in alerts}
 
-        expected = {
-            ("OrchestratorAgentSlow", "coder", "critical"): "active",
-            ("OrchestratorAgentSlow", "coder", "warning"): "suppressed",       # critical of the same alert, agent
-            ("OrchestratorAgentSlow", "tester", "warning"): "active",          # another agent
-            ("OrchestratorExporterDown", job_name, "critical"): "active",
-            ("OrchestratorMetricsAbsent", job_name, "warning"): "suppressed",  # its metrics come from the exporter
-            ("OrchestratorEventsRejected", job_name, "warning"): "suppressed",
-            ("OrchestratorEventsRejected", "another-exporter", "warning"): "active",   # another job
-            ("OrchestratorToolHighErrorRatio", job_name, "warning"): "active",  # not in the inhibited list
-        }
-        try:
-            stack.wait_for(lambda: states() == expected, timeout=15, what="the inhibition states")
-        except stack.StackError:
-            assert states() == expected     # shows the difference
+def test_inhibition_keeps_the_grouping_labels_apart(tmp_path):
+    config = parse_config({"observability": {"alerting": {"group_labels": ["environment"]}}})
+    fast, slow = "OrchestratorAgentErrorBudgetBurnFast", "OrchestratorAgentErrorBudgetBurnSlow"
+    with start_rendered_alertmanager(tmp_path, config) as alertmanager:
+        post_alerts(
+            alertmanager,
+            {"alertname": fast, "severity": "critical", "agent": "coder", "environment": "production"},
+            {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "production"},
+            {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "staging"},
+            {"alertname": "OrchestratorExporterDown", "severity": "critical", "job": "agent-exporter",
+             "instance": "a:9464", "environment": "production"},
+            {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", "job": "agent-exporter",
+             "environment": "production"},
+            {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", "job": "agent-exporter",
+             "environment": "staging"})
+        down, absent = "OrchestratorExporterDown", "OrchestratorMetricsAbsent"
+        wait_for_states(alertmanager, {
+            (down, "agent-exporter", "critical", "production"): ACTIVE,
+            (absent, "agent-exporter", "warning", "production"): suppressed_by(down),   # its exporter is down
+            (absent, "agent-exporter", "warning", "staging"): ACTIVE,      # another deployment vanished
+            (fast, "coder", "critical", "production"): ACTIVE,
+            (slow, "coder", "warning", "production"): suppressed_by(fast),
+            (slow, "coder", "warning", "staging"): ACTIVE,        # the same agent in another deployment
+        })
+
+
+def test_alertmanager_sends_the_exporters_bearer_token_to_its_webhook(tmp_path):
+    """A real Alertmanager delivers a remediation alert to a real exporter that requires its token."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    telemetry = Telemetry()
+    changes = []
+    port = stack.free_port()
+    config = parse_config({"observability": {
+        "server": {"bearer_token_file": str(token_file)},
+        "alerting": {"channels": ["log"], "exporter_url": f"http://127.0.0.1:{port}"}}})
+    remediator = AlertRemediator(config, telemetry, on_change=lambda agent, old, new, reason: changes.append(
+        (agent, new, reason)))
+    exporter = start_server(Service(telemetry, remediator=remediator, bearer_token="s3cret-token"),
+                            f"127.0.0.1:{port}")
+    try:
+        with start_rendered_alertmanager(tmp_path, config) as alertmanager:
+            post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
+            stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
+                           what="the breaker to open through the authenticated webhook")
+            assert metric(alertmanager, "alertmanager_notification_requests_failed_total",
+                          'integration="webhook"') == 0
+    finally:
+        exporter.stop()
+        telemetry.shutdown()

@@ -55,15 +55,21 @@ ENVIRONMENTS = {"synthetic": "production", "demo": "staging"}
 # Grafana's values for the built-in variables with a 1 s scrape interval.
 RATE_INTERVAL = "15s"
 RANGE = "5m"
-# An alert that always fires, so the firing-alerts panels have a row.
-TEST_ALERTS = """
+# An alert of ours that always fires, so the firing-alerts panels have a row, and another
+# project's, which a shared Prometheus also holds and those panels must leave out.
+FOREIGN_ALERT = "SomeoneElsesAlwaysFiring"
+TEST_ALERTS = f"""
 groups:
   - name: dashboard-test
     rules:
-      - alert: DashboardTestAlwaysFiring
+      - alert: OrchestratorDashboardTestAlwaysFiring
         expr: vector(1)
         labels:
           severity: warning
+      - alert: {FOREIGN_ALERT}
+        expr: vector(1)
+        labels:
+          severity: critical
 """
 
 
@@ -237,7 +243,7 @@ def api(tmp_path_factory, rendered, exporter, demo):
         recorded = set(rules.recording_rule_names(CONFIG))
         api.wait_until(f'count by (__name__) ({{__name__=~"{"|".join(sorted(recorded))}"}})',
                        lambda rows: len(rows) == len(recorded), timeout=60)
-        api.wait_until('ALERTS{alertstate="firing"}', bool, timeout=60)
+        api.wait_until('count(ALERTS{alertstate="firing"}) >= 2', bool, timeout=60)
         api.wait_until(f'count(up{{job="{CONFIG.alerting.job}"}} == 1) == 2', bool, timeout=60)
         yield api
 
@@ -295,6 +301,40 @@ def test_every_panel_query_returns_series(api, boards):
                     empty.append(f"{uid} / {panel['title']}: {expr}")
     assert checked > 50
     assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_the_alert_panels_show_this_projects_alerts_only(api, boards):
+    overview = boards[dashboards.OVERVIEW_UID]
+    values = variable_values(api, overview)
+    targets = {panel["title"]: substitute(panel["targets"][0]["expr"], values) for panel in overview["panels"]
+               if panel["title"] in ("Alerts firing", "Firing alerts")}
+    assert len(targets) == 2
+    assert api.query('count(ALERTS{alertstate="firing", alertname="%s"})' % FOREIGN_ALERT)
+    rows = query_until_data(api, targets["Firing alerts"])
+    names = {row["metric"]["alertname"] for row in rows}
+    assert "OrchestratorDashboardTestAlwaysFiring" in names and FOREIGN_ALERT not in names, names
+    assert all(name.startswith("Orchestrator") for name in names), names
+    (count,) = api.query(targets["Alerts firing"])
+    assert 1 <= float(count["value"][1]) < float(api.query('count(ALERTS{alertstate="firing"})')[0]["value"][1])
+
+
+def test_stats_meant_to_show_zero_show_it_for_an_exporter_without_such_events(api, boards):
+    """A stat whose query falls back to `vector(0)` shows 0, not No data, for every instance,
+    including the demo's, which never rejects an event."""
+    checked, empty = 0, []
+    for uid, board in sorted(boards.items()):
+        values = variable_values(api, board)
+        instances = label_values(api, substitute(board["templating"]["list"][-1]["definition"], values))
+        for panel in board["panels"]:
+            if panel["type"] != "stat" or "or vector(0)" not in panel["targets"][0]["expr"]:
+                continue
+            for instance in instances:
+                expr = substitute(panel["targets"][0]["expr"], {**values, "instance": instance})
+                checked += 1
+                if not query_until_data(api, expr, timeout=5):
+                    empty.append(f"{uid} / {panel['title']} for {instance}: {expr}")
+    assert checked >= 4
+    assert not empty, "stats without data:\n" + "\n".join(empty)
 
 
 def test_heatmap_queries_return_exemplars(api, boards):

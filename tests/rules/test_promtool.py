@@ -204,8 +204,20 @@ def test_every_alert_follows_the_mixin_conventions():
                 f"{config.alerting.runbook_url}#{rule['alert'].lower()}")
             assert rule["annotations"]["dashboard_url"].startswith(f"{config.alerting.grafana_url}/d/orchestrator-")
             if rule["alert"] not in ("OrchestratorExporterDown", "OrchestratorMetricsAbsent",
-                                     "OrchestratorCircuitBreakerOpen"):
+                                     "OrchestratorCircuitBreakerOpen", "OrchestratorFleetSourceDown"):
                 assert "$value" in rule["annotations"]["description"], rule["alert"]
+
+
+def test_the_exporters_failure_modes_have_warnings():
+    alerts = {r["alert"]: r for g in rules.alert_rules(SCOPED) for r in g["rules"]}
+    assert alerts["OrchestratorSeriesOverflow"]["expr"] == (
+        'sum by (environment, job, instance, metric) '
+        '(increase(orchestrator_exporter_series_overflow_total{job="orchestrator"}[5m])) > 0')
+    assert alerts["OrchestratorUsageUnknown"]["expr"] == (
+        'sum by (environment, agent) (increase(orchestrator_usage_unknown_total{job="orchestrator"}[5m])) > 0')
+    assert alerts["OrchestratorFleetSourceDown"]["expr"] == 'orchestrator_fleet_source_up{job="orchestrator"} == 0'
+    for name in ("OrchestratorSeriesOverflow", "OrchestratorUsageUnknown", "OrchestratorFleetSourceDown"):
+        assert alerts[name]["labels"] == {"severity": "warning"}, name
 
 
 def test_cost_alerts_carry_the_cost_category():

@@ -66,6 +66,11 @@ ROUTING_MATRIX = [
      [am.LOG, am.SLACK_BUDGET]),
     ({"alertname": "OrchestratorFeatureDailyCostOverBudget", "severity": "warning", "category": "cost",
       "feature": "login"}, [am.LOG, am.SLACK_BUDGET]),
+    ({"alertname": "OrchestratorUsageUnknown", "severity": "warning", "agent": "coder"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorSeriesOverflow", "severity": "warning", "job": "agent-exporter",
+      "instance": "exporter:9464", "metric": "orchestrator_tool_calls_total"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorFleetSourceDown", "severity": "warning", "job": "agent-exporter",
+      "instance": "exporter:9464", "source": "prometheus"}, [am.LOG, am.SLACK]),
     ({"alertname": "SomethingInformational", "severity": "info"}, [am.LOG, am.NULL]),
     ({"alertname": "Unlabelled"}, [am.LOG, am.SLACK]),
 ]
@@ -311,9 +316,20 @@ def test_grouping_labels_group_and_inhibit_apart():
     document = am.alertmanager_config(config)
     assert document["route"]["group_by"] == ["alertname", "environment", "cluster", "agent", "tool", "workflow",
                                              "feature"]
-    critical, absent, rejected = document["inhibit_rules"]
-    assert critical["equal"] == ["alertname", "environment", "cluster", "agent"]
-    assert absent["equal"] == ["job"]           # absent() carries no other label
+    agent, workflow, tool, cost, absent, absent_here, rejected = document["inhibit_rules"]
+    assert agent == {"source_matchers": ['severity="critical"', 'agent=~".+"'],
+                     "target_matchers": ['severity="warning"', 'agent=~".+"',
+                                         'alertname!~"OrchestratorAgentHighErrorRatio"'],
+                     "equal": ["environment", "cluster", "agent"]}
+    assert workflow["equal"] == ["environment", "cluster", "workflow"]
+    assert tool["equal"] == ["environment", "cluster", "tool"]
+    assert cost == {"source_matchers": ['severity="critical"', 'category="cost"'],
+                    "target_matchers": ['severity="warning"', 'category="cost"'],
+                    "equal": ["environment", "cluster", "feature"]}
+    # absent() carries no other label than the job; the per-deployment alert, the grouping labels too.
+    assert absent["target_matchers"] == ['alertname="OrchestratorMetricsAbsent"', 'environment=""', 'cluster=""']
+    assert absent["equal"] == ["job"]
+    assert absent_here["equal"] == ["job", "environment", "cluster"]
     assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
 
 
@@ -329,3 +345,18 @@ def test_titles_name_what_the_group_is_about(tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == (
             "[FIRING:2] OrchestratorAgentHighErrorRatio · agent coder · environment production"), name
+
+
+def test_with_a_bearer_token_the_webhooks_to_the_exporter_send_it(tmp_path):
+    # The exporter answers 401 to /v1/alertmanager without its token: self-healing would hear nothing.
+    config = parse_config({"observability": {"server": {"bearer_token_file": "/etc/agent-exporter/token"}}})
+    am.render_alertmanager(config, tmp_path)
+    result = amtool("check-config", str(tmp_path / "alertmanager" / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    webhooks = {r["name"]: r["webhook_configs"] for r in am.alertmanager_config(config)["receivers"]
+                if "webhook_configs" in r}
+    assert set(webhooks) == {am.REMEDIATION, LOG}
+    for configs in webhooks.values():
+        assert configs == [{"url": "http://agent-exporter:9464/v1/alertmanager", "send_resolved": True,
+                            "http_config": {"authorization": {"type": "Bearer",
+                                                              "credentials_file": "/etc/agent-exporter/token"}}}]

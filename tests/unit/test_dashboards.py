@@ -297,7 +297,7 @@ def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
     ]
 
 
-def test_overview_keeps_the_legacy_cards_and_agent_table(boards):
+def test_overview_keeps_the_legacy_cards_and_agent_table(boards, config):
     overview = boards[dashboards.OVERVIEW_UID]
     units = {"Total executions": "short", "Success rate": "percentunit",
              "Average latency": "s", "Total cost": "currencyUSD"}
@@ -321,7 +321,11 @@ def test_overview_keeps_the_legacy_cards_and_agent_table(boards):
     assert link.startswith(f"/d/{dashboards.AGENT_UID}?var-agent=${{__value.raw}}")
     alerts = panel(overview, "Firing alerts")
     assert alerts["type"] == "table"
-    assert alerts["targets"][0]["expr"] == 'ALERTS{alertstate="firing"}'
+    # This project's alerts only, in the selected deployment: a shared Prometheus holds everybody's.
+    scope = "".join(f'{label}=~"${label}", ' for label in config.alerting.group_labels)
+    expected = f'ALERTS{{{scope}alertname=~"Orchestrator.+", alertstate="firing"}}'
+    assert alerts["targets"][0]["expr"] == expected
+    assert panel(overview, "Alerts firing")["targets"][0]["expr"] == f"count({expected}) or vector(0)"
 
 
 def test_panels_fit_the_grid_without_overlapping(boards):

@@ -9,10 +9,11 @@ writes as a log line per firing and resolved alert (as the legacy log channel
 did).  Independently, with healing on, alerts named in
 `alerting.remediation_alerts` go to the same endpoint through their own
 receiver, which opens the agent's circuit breaker.  The exporter tells the two
-apart by the payload's `receiver`.  With `alerting.enabled: false` Prometheus
+apart by the payload's `receiver`; both send the exporter's bearer token
+(`server.bearer_token_file`) when it has one.  With `alerting.enabled: false` Prometheus
 sends no alerts, and this config routes everything to nobody.
 
-Critical inhibits warning for the same alert and agent; an exporter that is down
+Critical inhibits warning about the same agent, workflow, tool or spend; an exporter that is down
 inhibits the alerts that need its metrics.  Grouping and inhibition keep the
 configured grouping labels apart.  Secrets are referenced by file, never written here.
 """
@@ -67,7 +68,15 @@ def _email(config: Config, to: tuple[str, ...]) -> dict:
 
 
 def _webhook(config: Config) -> dict:
-    return {"url": f"{config.alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}
+    """A webhook to the exporter's /v1/alertmanager, with the exporter's bearer token when
+    one is configured: without it the exporter answers 401 and self-healing hears nothing.
+    Alertmanager reads the token from the same path (`server.bearer_token_file`) on each
+    notification, so the file must be there for Alertmanager too."""
+    webhook = {"url": f"{config.alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}
+    token_file = config.server.bearer_token_file
+    if token_file:
+        webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": token_file}}
+    return webhook
 
 
 # Which of the person channels each class of alert reaches: (with Slack, with email).
@@ -103,6 +112,48 @@ def _people(config: Config) -> dict[str, dict]:
         return {}
     return {kind: _receiver(config, ["slack"] * slack + (roles(slack) if email else []))
             for kind, roles in _ROLES.items()}
+
+
+# What an alert is about: the label naming it (the agent, workflow or tool), or, for the
+# cost alerts, which carry none of those, their category.
+SCOPES = ("agent", "workflow", "tool")
+
+
+def _critical_inhibits_warning(grouping: list[str], remediation: tuple[str, ...]) -> list[dict]:
+    """A critical alert suppresses the warnings about the same thing: the same agent,
+    workflow or tool (OrchestratorAgentErrorBudgetBurnFast suppresses ...BurnSlow and
+    OrchestratorAgentSlow of that agent), or the same spend, in the same deployment.
+
+    Every alert name has one severity, so `alertname` cannot be among the equal labels.
+    Both sides must carry the scope label: labels missing on both count as equal, and
+    an unscoped critical alert (OrchestratorExporterDown) would otherwise suppress every
+    unscoped warning.  Criticals never inhibit one another: an inhibited alert reaches no
+    receiver, the remediation webhook included, and which alerts remediate is configured
+    (`alerting.remediation_alerts`); for the same reason no remediation alert (about
+    an agent: it opens that agent's breaker) is a target."""
+    spared = [f'alertname!~"{"|".join(remediation)}"'] if remediation else []
+    rules = [{"source_matchers": ['severity="critical"', f'{label}=~".+"'],
+              "target_matchers": ['severity="warning"', f'{label}=~".+"', *(spared if label == "agent" else [])],
+              "equal": [*grouping, label]} for label in SCOPES]
+    # The day's spend over budget makes the forecast of it moot; a feature's own budget
+    # (the feature label, absent on the daily alerts) is another thing.
+    rules.append({"source_matchers": ['severity="critical"', 'category="cost"'],
+                  "target_matchers": ['severity="warning"', 'category="cost"'],
+                  "equal": [*grouping, "feature"]})
+    return rules
+
+
+def _down_inhibits_absent(grouping: list[str]) -> list[dict]:
+    """An exporter that is down has no metrics: OrchestratorMetricsAbsent of its job, and of
+    its deployment (the grouping labels) when those are configured, says nothing more.
+    absent() carries the job alone; the per-deployment alert carries the grouping labels too."""
+    source = ['alertname="OrchestratorExporterDown"']
+    target = ['alertname="OrchestratorMetricsAbsent"']
+    rules = [{"source_matchers": source, "target_matchers": target + [f'{label}=""' for label in grouping],
+              "equal": ["job"]}]
+    if grouping:
+        rules.append({"source_matchers": source, "target_matchers": target, "equal": ["job", *grouping]})
+    return rules
 
 
 def alertmanager_config(config: Config) -> dict:
@@ -150,11 +201,8 @@ def alertmanager_config(config: Config) -> dict:
             "routes": routes,
         },
         "inhibit_rules": [
-            {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
-             "equal": ["alertname", *grouping, "agent"]},
-            # absent() has no instance (nor grouping labels): the job is all it shares.
-            {"source_matchers": ['alertname="OrchestratorExporterDown"'],
-             "target_matchers": ['alertname="OrchestratorMetricsAbsent"'], "equal": ["job"]},
+            *_critical_inhibits_warning(grouping, remediation),
+            *_down_inhibits_absent(grouping),
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
              "target_matchers": ['alertname="OrchestratorEventsRejected"'],
              "equal": ["job", "instance", *grouping]},

@@ -127,6 +127,9 @@ def _agent_link(q: Queries) -> dict:
 
 # -- the six dashboards ------------------------------------------------------
 
+# The prefix of every alert name the rules render (DESIGN §7).
+ALERT_PREFIX = "Orchestrator"
+
 ALL_JOBS = " Covers every exporter of the job: the recording rule aggregates away job and instance."
 
 
@@ -138,6 +141,10 @@ def overview(config: Config) -> dict:
     W, WD, S = catalog.WORKFLOW_RUNS, catalog.WORKFLOW_DURATION, catalog.EVALUATION_SCORE
     successes = q.increase(E.name, SUCCESS)
     total_runs = f"sum({q.increase(E.name)})"
+    # This project's alerts only (every one is named Orchestrator...): a shared Prometheus holds
+    # everybody's.  Most of them aggregate job and instance away, so they follow the grouping
+    # variables only, as the recorded series do.
+    firing = q.recorded("ALERTS", f'alertname=~"{ALERT_PREFIX}.+"', 'alertstate="firing"')
     tasks = f"sum({q.increase(W.name)})"
     task_objective = a.workflow_slo.objective
     task_window = sli_windows(a.workflow_slo)[0]
@@ -163,8 +170,8 @@ def overview(config: Config) -> dict:
              query(f"sum({q.recorded(COST_1D_RULE)})", instant=True),
              unit="currencyUSD", decimals=2,
              thresholds=upper_limit(budget.day_usd, warn=0.8 * budget.day_usd), w=6),
-        stat("Alerts firing", "Orchestrator alerts firing now (Prometheus ALERTS).",
-             query('count(ALERTS{alertstate="firing"}) or vector(0)', instant=True),
+        stat("Alerts firing", "Orchestrator alerts firing now (Prometheus ALERTS, this project's alerts only).",
+             query(f"count({firing}) or vector(0)", instant=True),
              unit="none", decimals=0, thresholds=upper_limit(1), w=6),
         timeseries("Task success ratio by workflow",
                    f"Share of successful workflow runs over {task_window}; the line is the workflow "
@@ -241,9 +248,9 @@ def overview(config: Config) -> dict:
                           "{{model}} {{type}}")],
                    unit="short", min=0, stack=True),
         table("Firing alerts",
-              "Alerts Prometheus reports as firing now, with their labels. "
+              "Orchestrator alerts Prometheus reports as firing now, with their labels. "
               "Alertmanager (http://localhost:9093) has the silences and notifications.",
-              [query('ALERTS{alertstate="firing"}', instant=True, table=True)],
+              [query(firing, instant=True, table=True)],
               unit="none", hidden=("Value", "__name__", "alertstate"),
               order=("alertname", "severity"), overrides=[], w=12),
         row("Quality"),
@@ -571,7 +578,9 @@ def exporter_health(config: Config) -> dict:
         stat("Rejected events",
              "Share of events rejected over the selected time range; the alert threshold is "
              f"{num(t.rejected_events_ratio)}.",
-             query(f"sum({q.increase(rej)}) / ((sum({q.increase(ev)}) or vector(0)) + sum({q.increase(rej)}))",
+             # Either counter may have no series yet (nothing rejected, or nothing accepted): 0, not No data.
+             query(f"(sum({q.increase(rej)}) or vector(0)) / "
+                   f"((sum({q.increase(ev)}) or vector(0)) + (sum({q.increase(rej)}) or vector(0)))",
                    instant=True),
              unit="percentunit", decimals=2, thresholds=upper_limit(t.rejected_events_ratio),
              w=6),

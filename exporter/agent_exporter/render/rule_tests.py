@@ -27,7 +27,7 @@ from .common import (
     agent_error_ratio_windows, burn_rate_pairs, latency_quantile_windows, long_windows, number, sli_windows)
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
-    AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
+    AGENT_SLI, BUILD_INFO, CIRCUIT, FLEET_SOURCE_UP, OVERFLOW, USAGE_UNKNOWN, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
     EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, REJECTED, SLI,
     TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE,
@@ -644,6 +644,7 @@ def _exporter_tests(c: _Cases) -> list:
     target = {"job": c.job, "instance": INSTANCE}
     down_at = _firing_after(2 * c.step, c.pending(down), c.step)      # down from the third sample on
     absent_at = _firing_after(0, c.pending(absent), c.step)
+    gone_at = _firing_after(21 * c.step, c.pending(absent), c.step)
     threshold = c.config.alerting.thresholds.rejected_events_ratio
     window = prometheus_seconds(c.config.alerting.rate_window)
     bad, good = _fire_ratio(threshold, c.minimum, int(window // c.step))
@@ -677,6 +678,14 @@ def _exporter_tests(c: _Cases) -> list:
         {"name": f"{absent} stays quiet while the exporter reports, across a restart",
          "input_series": [c.series(BUILD_INFO, f"1x20 stale _x2 1x{SAMPLES}", version="1.0.0")],
          "alert_rule_test": [_check(absent, 22 * c.step), _check(absent, absent_at + 22 * c.step)]},
+    ] + ([
+        # One deployment's exporters vanish (their series go stale) while another's report.
+        {"name": f"{absent} fires when one deployment's exporters vanish while another reports",
+         "input_series": [c.series(BUILD_INFO, f"1x20 stale", version="1.0.0"),
+                          c.series(BUILD_INFO, f"1x{SAMPLES}", env=1, version="1.0.0")],
+         "alert_rule_test": [_check(absent, gone_at - c.step),
+                             _check(absent, gone_at, [c.expected(absent, {"job": c.job}, 1)])]},
+    ] if c.group_labels else []) + [
         {"name": f"{rejected} fires at the right time just above the threshold",
          "input_series": events(over_good, over_bad),
          "alert_rule_test": [
@@ -694,6 +703,63 @@ def _exporter_tests(c: _Cases) -> list:
          "alert_rule_test": [_check(rejected, late, [c.expected(rejected, target, bad / (bad + good))])]},
     ] + _minimum_tests(c, rejected, c.config.alerting.rate_window, "events",
                        lambda per_step: events(None, per_step), target, 1)
+
+
+def _failure_mode_tests(c: _Cases) -> list:
+    """The exporter's own failure modes: series folded into __overflow__, spend it cannot
+    count, fleet sources it cannot poll."""
+    overflow, unknown, fleet = "OrchestratorSeriesOverflow", "OrchestratorUsageUnknown", "OrchestratorFleetSourceDown"
+    window = prometheus_seconds(c.config.alerting.rate_window)
+    target = {"job": c.job, "instance": INSTANCE}
+    tools = {"metric": TOOL_CALLS}
+
+    def folded(values: str, **where) -> dict:      # `metric` is a label here, not series()'s argument
+        return {"series": OVERFLOW + _text(c.labels(**where, **tools)), "values": values}
+    # Overflow: a burst of 3 label sets at sample 5; no for:, it fires at once.
+    jump_at = 5
+    # Usage unknown: one execution a step from the first sample on.
+    unknown_at = _firing_after(c.step, c.pending(unknown), c.step)
+    unknown_value = min(unknown_at, window) // c.step
+    hold_steps = math.ceil(c.pending(fleet) / c.step)
+    fleet_at = _firing_after(c.step, c.pending(fleet), c.step)
+    source = {"source": "prometheus"}
+    before_restart = max(1, hold_steps // 2)
+    return [
+        {"name": f"{overflow} fires when label sets fold into __overflow__",
+         "input_series": [folded(_jump(jump_at, 3))],
+         "alert_rule_test": [_check(overflow, (jump_at - 1) * c.step),
+                             _check(overflow, jump_at * c.step, [c.expected(overflow, {**target, **tools}, 3)])]},
+        {"name": f"{overflow} stays quiet without overflow and for another job",
+         "input_series": [folded(f"0x{SAMPLES}"), folded(_jump(jump_at, 3), job=c.other_job)],
+         "alert_rule_test": [_check(overflow, jump_at * c.step), _check(overflow, (jump_at + 2) * c.step)]},
+        {"name": f"{overflow} stays quiet across an exporter restart (counter reset)",
+         "input_series": [folded(f"3x10 0x{SAMPLES}")],
+         "alert_rule_test": [_check(overflow, 11 * c.step), _check(overflow, 14 * c.step)]},
+        {"name": f"{unknown} fires while executions have unknown usage",
+         "input_series": [c.series(USAGE_UNKNOWN, _counter(1), agent="coder")],
+         "alert_rule_test": [_check(unknown, unknown_at - c.step),
+                             _check(unknown, unknown_at, [c.expected(unknown, {"agent": "coder"}, unknown_value)])]},
+        {"name": f"{unknown} stays quiet when every usage is known and for another job",
+         "input_series": [c.series(USAGE_UNKNOWN, f"0x{SAMPLES}", agent="coder"),
+                          c.series(USAGE_UNKNOWN, _counter(1), agent="tester", job=c.other_job)],
+         "alert_rule_test": [_check(unknown, unknown_at), _check(unknown, unknown_at + 10 * c.step)]},
+        {"name": f"{unknown} stays quiet across an exporter restart (counter reset)",
+         "input_series": [c.series(USAGE_UNKNOWN, f"5x10 0x{SAMPLES}", agent="coder")],
+         "alert_rule_test": [_check(unknown, 11 * c.step), _check(unknown, unknown_at + 12 * c.step)]},
+        {"name": f"{fleet} fires once a source has failed for longer than its for:",
+         "input_series": [c.series(FLEET_SOURCE_UP, f"1 0x{SAMPLES}", **source)],
+         "alert_rule_test": [_check(fleet, fleet_at - c.step),
+                             _check(fleet, fleet_at, [c.expected(fleet, {**target, **source}, 0)])]},
+        {"name": f"{fleet} stays quiet while up, for a failure shorter than its for:, and for another job",
+         "input_series": [c.series(FLEET_SOURCE_UP, f"1x{SAMPLES}", source="alertmanager"),
+                          c.series(FLEET_SOURCE_UP, f"1 0x{hold_steps - 1} 1x{SAMPLES}", **source),
+                          c.series(FLEET_SOURCE_UP, f"1 0x{SAMPLES}", job=c.other_job, **source)],
+         "alert_rule_test": [_check(fleet, fleet_at), _check(fleet, fleet_at + 10 * c.step)]},
+        {"name": f"{fleet} stays quiet after an exporter restart that finds the source up",
+         "input_series": [c.series(FLEET_SOURCE_UP, " ".join(["0"] * before_restart) + f" stale 1x{SAMPLES}",
+                                   **source)],
+         "alert_rule_test": [_check(fleet, fleet_at), _check(fleet, fleet_at + 10 * c.step)]},
+    ]
 
 
 # -- recording rules ---------------------------------------------------------------------
@@ -849,6 +915,7 @@ def rule_tests(config: Config, recording_groups: list[dict], alert_groups: list[
             + _ratio_tests(c, "OrchestratorToolHighErrorRatio", TOOL_CALLS, "tool", t.tool_error_ratio, "calls")
             + _circuit_tests(c)
             + _exporter_tests(c)
+            + _failure_mode_tests(c)
         )
         day_tests = (
             _burn_tests(c, AGENT_SLI, a.slo, "OrchestratorAgentErrorBudgetBurnSlow", a.slo.ticket_windows, step,

@@ -20,7 +20,7 @@ from .common import (
     DASHBOARD_UIDS, HEADER, agent_error_ratio_windows, burn_rate_pairs, dump_yaml, latency_quantile_windows,
     long_windows, number, percent, sli_windows)
 from .series import (
-    AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
+    AGENT_SLI, BUILD_INFO, CIRCUIT, FLEET_SOURCE_UP, OVERFLOW, USAGE_UNKNOWN, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
     EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, QUANTILES, REJECTED, SLI,
     TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE,
@@ -169,6 +169,18 @@ def _burn_alerts(config: Config, alert: _Alerts, sli: SLI, slo: SLOConfig, *, ki
     return rules
 
 
+def _metrics_absent(scope: Scope) -> str:
+    """No build info of the job at all; with grouping labels, also none in a deployment
+    (environment, ...) that reported over the last day while others still report."""
+    present = scope.select(BUILD_INFO)
+    expr = f"absent({present})"
+    if scope.group_labels:
+        by = ", ".join(("job", *scope.group_labels))
+        expr += (f"\nor\n(\n  group by ({by}) (max_over_time({present}[1d]))\n  unless\n"
+                 f"  group by ({by}) ({present})\n)")
+    return expr
+
+
 def alert_rules(config: Config) -> list[dict]:
     """The alert rule groups; none with `alerting.enabled: false` (the recording rules stay: the dashboards read them)."""
     a = config.alerting
@@ -255,6 +267,13 @@ def alert_rules(config: Config) -> list[dict]:
               f"{horizon} (budget ${budget} a day).",
               "cost", for_="15m", labels=cost_labels),
     ]
+    cost.append(alert(
+        "OrchestratorUsageUnknown", f"{_count(scope, USAGE_UNKNOWN, w, 'agent')} > 0", "warning",
+        "Spend of agent {{ $labels.agent }} is not counted.",
+        "{{ $value | printf \"%.0f\" }} executions of {{ $labels.agent }} over the last "
+        f"{w} had usage or cost that could not be known (no tokens, or no price for the model): "
+        "they are missing from the spend, and the budget alerts under-report.",
+        "cost", for_=pending))
     for feature, usd in a.budget.per_feature.items():
         spend = scope.sum(_increase(scope, COST, "1d", f'feature="{feature}"'), "feature")
         cost.append(alert(
@@ -274,10 +293,12 @@ def alert_rules(config: Config) -> list[dict]:
               "agent-exporter {{ $labels.instance }} is down.",
               "Prometheus cannot scrape {{ $labels.instance }}: agent metrics and alerts are blind.",
               "exporter", for_="1m"),
-        alert("OrchestratorMetricsAbsent", f"absent({scope.select(BUILD_INFO)})", "warning",
+        alert("OrchestratorMetricsAbsent", _metrics_absent(scope), "warning",
               "No agent-exporter metrics reach Prometheus.",
-              f"No series of job {a.job} carries {BUILD_INFO}: the target is missing from the scrape "
-              "configuration or is not an agent-exporter.",
+              f"No series of job {a.job} carries {BUILD_INFO}"
+              + (f" (in the deployment its {', '.join(scope.group_labels)} label names, which reported over "
+                 "the last day)" if scope.group_labels else "")
+              + ": the target is missing from the scrape configuration or is not an agent-exporter.",
               "exporter", for_="10m"),
         alert("OrchestratorEventsRejected",
               f"{scope.sum(_rate(scope, REJECTED, w), *instance)}\n/\n{scope.sum(f'rate({posted}[{w}])', *instance)}\n"
@@ -288,6 +309,20 @@ def alert_rules(config: Config) -> list[dict]:
               f"over the last {w} (threshold {percent(t.rejected_events_ratio)}): some orchestrator "
               "sends malformed events, and what they describe is missing from the metrics.",
               "exporter", for_=pending),
+    ]
+    exporter += [
+        alert("OrchestratorSeriesOverflow",
+              f"{scope.sum(_increase(scope, OVERFLOW, w), *instance, 'metric')} > 0", "warning",
+              "agent-exporter {{ $labels.instance }} folds series of {{ $labels.metric }} into __overflow__.",
+              "{{ $value | printf \"%.0f\" }} label sets of {{ $labels.metric }} were folded into its "
+              f"__overflow__ series over the last {w}: the metric hit metrics.max_series "
+              f"({config.metrics.max_series}), and what they describe is no longer told apart.",
+              "exporter"),
+        alert("OrchestratorFleetSourceDown", f"{scope.select(FLEET_SOURCE_UP)} == 0", "warning",
+              "agent-exporter {{ $labels.instance }} cannot poll its fleet source {{ $labels.source }}.",
+              "The last polls of {{ $labels.source }} (healing.fleet) by {{ $labels.instance }} failed for "
+              f"more than {pending}: the replica keeps its circuit breakers and learns alone.",
+              "healing", for_=pending),
     ]
     groups = [
         {"name": "orchestrator.agents.alerts", "rules": agents},
