@@ -27,11 +27,11 @@ from .common import (
     agent_error_ratio_windows, burn_rate_pairs, latency_quantile_windows, long_windows, number, sli_windows)
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
-    AGENT_SLI, BUILD_INFO, CIRCUIT, FLEET_SOURCE_UP, OVERFLOW, USAGE_UNKNOWN, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
-    EXECUTION_RATE_RULE, EXECUTIONS, FORECAST_HORIZON_SECONDS, REJECTED, SLI,
+    AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
+    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, OVERFLOW, REJECTED, SLI,
     TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
-    TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE,
-    WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
+    TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
+    WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
 
 INSTANCE = "exporter:9464"
 ENVIRONMENTS = ("production", "staging")   # the values of the grouping labels, if any
@@ -681,7 +681,7 @@ def _exporter_tests(c: _Cases) -> list:
     ] + ([
         # One deployment's exporters vanish (their series go stale) while another's report.
         {"name": f"{absent} fires when one deployment's exporters vanish while another reports",
-         "input_series": [c.series(BUILD_INFO, f"1x20 stale", version="1.0.0"),
+         "input_series": [c.series(BUILD_INFO, "1x20 stale", version="1.0.0"),
                           c.series(BUILD_INFO, f"1x{SAMPLES}", env=1, version="1.0.0")],
          "alert_rule_test": [_check(absent, gone_at - c.step),
                              _check(absent, gone_at, [c.expected(absent, {"job": c.job}, 1)])]},
