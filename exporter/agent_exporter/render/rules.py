@@ -315,8 +315,8 @@ def alert_rules(config: Config) -> list[dict]:
         alert("OrchestratorSeriesOverflow",
               f"{scope.sum(_increase(scope, OVERFLOW, w), *instance, 'metric')} > 0", "warning",
               "agent-exporter {{ $labels.instance }} folds series of {{ $labels.metric }} into __overflow__.",
-              "{{ $value | printf \"%.0f\" }} label sets of {{ $labels.metric }} were folded into its "
-              f"__overflow__ series over the last {w}: the metric hit metrics.max_series "
+              "{{ $value | printf \"%.0f\" }} observations of new label sets of {{ $labels.metric }} were "
+              f"folded into its __overflow__ series over the last {w}: the metric hit metrics.max_series "
               f"({config.metrics.max_series}), and what they describe is no longer told apart.",
               "exporter"),
         alert("OrchestratorFleetSourceDown", f"{scope.select(FLEET_SOURCE_UP)} == 0", "warning",
