@@ -216,7 +216,7 @@ class AlertingConfig(Section):
     alert_for: Duration = "5m"
     # The window of the quality alert: evaluations are sparser than executions.
     evaluation_window: Duration = "1h"
-    # Ratio and mean alerts also need this many events in their window, so one failure
+    # Ratio, mean and p95 alerts also need this many events in their window, so one failure
     # in two calls at night, or the first minutes after a restart, page no one.
     min_events: PositiveInt = 10
     # Prometheus' job label of the exporters: every rule and dashboard selects job="<job>".

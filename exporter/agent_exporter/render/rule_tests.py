@@ -245,6 +245,9 @@ def _latency_tests(c: _Cases, name: str, metric: str, bounds, threshold: float, 
     """A p95 alert on `metric`, kept per agent (and the `fixed` labels)."""
     bounds = list(bounds)
     over, p95 = _p95_just_above(bounds, threshold)
+    # The first bucket wholly above the threshold: p95 of observations all in it is 95 % of the way up.
+    slow = next(i for i in range(1, len(bounds)) if bounds[i - 1] >= threshold)
+    slow_p95 = bounds[slow - 1] + 0.95 * (bounds[slow] - bounds[slow - 1])
     # Everything in the highest bucket that ends at or below the threshold: p95 is just under it.
     under = {max(i for i, b in enumerate(bounds) if b <= threshold): 1000}
     window = prometheus_seconds(c.config.alerting.rate_window)
@@ -268,7 +271,10 @@ def _latency_tests(c: _Cases, name: str, metric: str, bounds, threshold: float, 
          "input_series": _histogram(c, metric, bounds, over, reset_at, agent="breach", **fixed)
          + _histogram(c, metric, bounds, under, reset_at, agent="under", **fixed),
          "alert_rule_test": [_check(name, late, [c.expected(name, {"agent": "breach", **fixed}, p95)])]},
-    ]
+    ] + _minimum_tests(
+        c, name, c.config.alerting.rate_window, "observations",
+        lambda per_step: _histogram(c, metric, bounds, {slow: per_step}, agent="few", **fixed),
+        {"agent": "few", **fixed}, slow_p95)
 
 
 def _quality_tests(c: _Cases) -> list:

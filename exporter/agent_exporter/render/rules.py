@@ -201,13 +201,16 @@ def alert_rules(config: Config) -> list[dict]:
               "{{ $value | humanizePercentage }} of {{ $labels.agent }}'s executions failed over the last "
               f"{w} (threshold {percent(t.error_ratio)}).",
               "agent", for_=pending, dashboard_query=agent_dash),
-        alert("OrchestratorAgentSlow", f"{_p95(scope, DURATION, w, 'agent')}\n> {number(t.latency_p95_seconds)}",
+        alert("OrchestratorAgentSlow",
+              f"{_p95(scope, DURATION, w, 'agent')}\n> {number(t.latency_p95_seconds)}\n"
+              f"and\n{_count(scope, DURATION + '_count', w, 'agent')} >= {minimum}",
               "warning", "Agent {{ $labels.agent }} is slow.",
               "p95 latency of {{ $labels.agent }} is {{ $value | humanizeDuration }} over the last "
               f"{w} (threshold {number(t.latency_p95_seconds)}s).",
               "agent", for_=pending, dashboard_query=agent_dash),
         alert("OrchestratorTimeToFirstTokenSlow",
-              f"{_p95(scope, TIME_TO_FIRST_TOKEN, w, 'agent', 'model')}\n> {number(t.time_to_first_token_p95_seconds)}",
+              f"{_p95(scope, TIME_TO_FIRST_TOKEN, w, 'agent', 'model')}\n> {number(t.time_to_first_token_p95_seconds)}\n"
+              f"and\n{_count(scope, TIME_TO_FIRST_TOKEN + '_count', w, 'agent', 'model')} >= {minimum}",
               "warning", "Streamed answers of {{ $labels.agent }} on {{ $labels.model }} start slowly.",
               "p95 time to the first token of {{ $labels.agent }} on {{ $labels.model }} is "
               "{{ $value | humanizeDuration }} over the last "
