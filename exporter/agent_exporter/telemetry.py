@@ -53,7 +53,7 @@ from . import events, exposition
 from .config import Config
 from .pricing import PriceTable
 from .store import SeriesStore
-from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of
+from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of, shutdown_within
 
 _log = logging.getLogger(__name__)
 
@@ -800,10 +800,11 @@ class Telemetry:
             return
         self._closed = True
         if self._owned_tracer_provider is not None:
-            try:
-                self._owned_tracer_provider.shutdown()
-            except Exception:  # noqa: BLE001 - a failing exporter must not fail the caller's shutdown
-                _log.warning("tracer provider shutdown failed", exc_info=True)
+            # One export's time: a backend that answers takes the queued spans well within it.
+            wait = self.config.tracing.otlp_timeout_seconds
+            if not shutdown_within(self._owned_tracer_provider, wait):
+                _log.warning("the tracing backend did not take the queued spans within %gs "
+                             "(tracing.otlp_timeout_seconds); those still queued may be lost", wait)
         if self._metrics_bridge is not None:
             self._metrics_bridge.shutdown()
 

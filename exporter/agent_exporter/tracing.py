@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -198,6 +199,26 @@ def build_tracer_provider(config: Config) -> TracerProvider:
             max_export_batch_size=min(MAX_EXPORT_BATCH_SIZE, tracing.max_queue_size),
         ))
     return provider
+
+
+def shutdown_within(provider: TracerProvider, seconds: float) -> bool:
+    """provider.shutdown(), waited for at most `seconds`; False when it did not finish in time.
+
+    The SDK's shutdown exports every queued batch, each retried against a backend that does
+    not answer for the exporter's whole timeout: 2048 queued spans took 15 s here.  A dead
+    backend must not hold the orchestrator's exit, so the shutdown runs in a thread of its
+    own; one that is still retrying when `seconds` are up dies with the process.
+    """
+    def shut_down() -> None:
+        try:
+            provider.shutdown()
+        except Exception:  # noqa: BLE001 - a failing exporter must not fail the caller's shutdown
+            _log.warning("tracer provider shutdown failed", exc_info=True)
+
+    worker = threading.Thread(target=shut_down, name="agent-exporter-tracing-shutdown", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
 
 
 def genai_tracer(provider: trace.TracerProvider, tracing: TracingConfig | None = None) -> "GenAITracer":

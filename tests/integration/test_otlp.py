@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -141,6 +142,22 @@ def test_dead_endpoint_neither_raises_nor_loses_metrics(protocol):
                     "duration_seconds": 0.01})
     tel.shutdown()
     assert executions(tel) == 2 * recorded
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_shutdown_waits_for_a_dead_endpoint_at_most_its_timeout(protocol, caplog):
+    # 2048 queued spans are four batches, each retried for up to the whole timeout: unbounded, the
+    # shutdown took 2.6 times the timeout here.
+    tel = otlp_telemetry(f"http://127.0.0.1:{stack.free_port()}", protocol, max_queue_size=2048,
+                         otlp_timeout_seconds=3)
+    for _ in range(3000):
+        with tel.agent_execution("planner"):
+            pass
+    started = time.monotonic()
+    tel.shutdown()
+    assert time.monotonic() - started < 5.5
+    assert "the tracing backend did not take the queued spans within 3s" in caplog.text
+    assert executions(tel) == 3000
 
 
 class GatedExporter(SpanExporter):
