@@ -313,8 +313,6 @@ def alert_rules(config: Config) -> list[dict]:
               f"over the last {w} (threshold {percent(t.rejected_events_ratio)}): some orchestrator "
               "sends malformed events, and what they describe is missing from the metrics.",
               "exporter", for_=pending),
-    ]
-    exporter += [
         alert("OrchestratorSeriesOverflow",
               f"{scope.sum(_increase(scope, OVERFLOW, w), *instance, 'metric')} > 0", "warning",
               "agent-exporter {{ $labels.instance }} folds series of {{ $labels.metric }} into __overflow__.",
