@@ -24,9 +24,9 @@ def _configure_logging(config, args) -> None:
     from . import logs
     if args.log_level is not None:
         config = replace(config, logging=replace(config.logging, level=args.log_level.upper()))
-    if args.log_provider is not None:
-        args.log_provider.shutdown()
-    args.log_provider = logs.configure(config)
+    if args.stop_log_export is not None:
+        args.stop_log_export()
+    args.stop_log_export = logs.configure(config)
 
 
 def _load_config(args):
@@ -421,13 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .config import default_config
     args = build_parser().parse_args(argv)
-    args.log_provider = None
+    args.stop_log_export = None
     _configure_logging(default_config(), args)       # until a command has read its config
     try:
         return args.func(args)
     finally:
-        if args.log_provider is not None:
-            args.log_provider.shutdown()         # flushes log records still queued for OTLP
+        if args.stop_log_export is not None:
+            args.stop_log_export()               # sends log records still queued for OTLP
 
 
 if __name__ == "__main__":

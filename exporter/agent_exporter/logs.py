@@ -15,9 +15,11 @@ The CLI configures its own logging from the same section.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import msgspec
 from opentelemetry import trace
@@ -111,15 +113,29 @@ def otlp_handler(config: Config):
     return LoggingHandler(level=config.logging.level, logger_provider=provider), provider
 
 
-def configure(config: Config, stream=None):
+def configure(config: Config, stream=None) -> Callable[[], None] | None:
     """The process's logging from the config (the CLI's): the root logger's handlers, its level,
-    and the OTLP log handler when `logging.export_to_otlp`.  Returns the LoggerProvider to shut down, or None."""
+    and the OTLP log handler when `logging.export_to_otlp`.
+
+    Returns what stops the OTLP log export, or None: it sends what is queued, waiting for a
+    dead backend at most `tracing.otlp_timeout_seconds`, so the process's exit is not held up.
+    """
     root = logging.getLogger()
     handlers = [handler(config.logging, stream)]
-    provider = None
+    stop_export = None
     if config.logging.export_to_otlp:
         otlp, provider = otlp_handler(config)
         handlers.append(otlp)
+        stop_export = functools.partial(_stop_export, provider, config.tracing.otlp_timeout_seconds)
     root.handlers[:] = handlers
     root.setLevel(config.logging.level)
-    return provider
+    return stop_export
+
+
+def _stop_export(provider, seconds: float) -> None:
+    from .tracing import shutdown_within
+
+    if not shutdown_within(provider, seconds):
+        logging.getLogger(__name__).warning(
+            "the OTLP backend did not take the queued log records within %gs (tracing.otlp_timeout_seconds); "
+            "those still queued are lost", seconds)

@@ -37,6 +37,7 @@ import functools
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
@@ -50,6 +51,9 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from . import events
 from .config import Config, TracingConfig
 from .version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider
 
 SEMCONV_VERSION = "1.41.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
@@ -201,21 +205,22 @@ def build_tracer_provider(config: Config) -> TracerProvider:
     return provider
 
 
-def shutdown_within(provider: TracerProvider, seconds: float) -> bool:
+def shutdown_within(provider: TracerProvider | LoggerProvider, seconds: float) -> bool:
     """provider.shutdown(), waited for at most `seconds`; False when it did not finish in time.
 
-    The SDK's shutdown exports every queued batch, each retried against a backend that does
-    not answer for the exporter's whole timeout: 2048 queued spans took 15 s here.  A dead
-    backend must not hold the orchestrator's exit, so the shutdown runs in a thread of its
-    own; one that is still retrying when `seconds` are up dies with the process.
+    The SDK's shutdown exports every queued batch of spans (or log records), each retried
+    against a backend that does not answer for the exporter's whole timeout: 2048 queued
+    spans took 15 s here.  A dead backend must not hold the process's exit, so the shutdown
+    runs in a thread of its own; one that is still retrying when `seconds` are up dies with
+    the process.
     """
     def shut_down() -> None:
         try:
             provider.shutdown()
         except Exception:  # noqa: BLE001 - a failing exporter must not fail the caller's shutdown
-            _log.warning("tracer provider shutdown failed", exc_info=True)
+            _log.warning("%s shutdown failed", type(provider).__name__, exc_info=True)
 
-    worker = threading.Thread(target=shut_down, name="agent-exporter-tracing-shutdown", daemon=True)
+    worker = threading.Thread(target=shut_down, name="agent-exporter-otlp-shutdown", daemon=True)
     worker.start()
     worker.join(seconds)
     return not worker.is_alive()
