@@ -196,10 +196,22 @@ class _Scope(Generic[_Handle]):
         if inspect.isasyncgenfunction(func):
             @functools.wraps(func)
             async def run_async_generator(*args, **kwargs):
-                # Iterated, so values sent in with asend() do not reach `func` (yield from has no async form).
+                # What `yield from` does for generators, which has no async form: what the consumer
+                # sends or throws in reaches `func`, so a decorated async generator behaves as a bare one.
                 async with self._fresh(), aclosing(func(*args, **kwargs)) as items:
-                    async for item in items:
-                        yield item
+                    try:
+                        item = await items.asend(None)
+                        while True:
+                            try:
+                                sent = yield item
+                            except GeneratorExit:
+                                raise           # aclosing() closes `func`'s generator
+                            except BaseException as thrown:  # noqa: BLE001 - `func` decides what it handles
+                                item = await items.athrow(thrown)
+                            else:
+                                item = await items.asend(sent)
+                    except StopAsyncIteration:
+                        return
             return run_async_generator
 
         if inspect.iscoroutinefunction(func):

@@ -338,6 +338,61 @@ def test_a_decorated_async_generator_is_one_run_for_its_whole_iteration(tel):
     assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="paging", status="error") == 1
 
 
+def test_a_decorated_generator_takes_what_its_consumer_sends_and_throws(tel):
+    # A generator used as a coroutine (an agent fed its next instruction) must behave decorated
+    # as it does bare: values sent in reach it, and so do exceptions thrown in, which it may handle.
+    def agent(name):
+        @tel.agent_execution(name)
+        def converse():
+            reply = "ready"
+            while True:
+                try:
+                    instruction = yield reply
+                except TimeoutError:
+                    reply = "retrying"
+                else:
+                    if instruction == "stop":
+                        return
+                    reply = f"did {instruction}"
+        return converse
+
+    @tel.agent_execution("async-conversation")
+    async def converse_async():
+        reply = "ready"
+        while True:
+            try:
+                instruction = yield reply
+            except TimeoutError:
+                reply = "retrying"
+            else:
+                if instruction == "stop":
+                    return
+                reply = f"did {instruction}"
+
+    conversation = agent("conversation")()
+    assert next(conversation) == "ready"
+    assert conversation.send("plan") == "did plan"
+    assert conversation.throw(TimeoutError()) == "retrying"
+    with pytest.raises(StopIteration):
+        conversation.send("stop")
+
+    async def main():
+        items = converse_async()
+        replies = [await items.asend(None), await items.asend("plan"), await items.athrow(TimeoutError())]
+        with pytest.raises(StopAsyncIteration):
+            await items.asend("stop")
+        unhandled = converse_async()
+        await unhandled.asend(None)
+        with pytest.raises(KeyError):       # one it does not handle ends the run as an error
+            await unhandled.athrow(KeyError("lost"))
+        return replies
+
+    assert asyncio.run(main()) == ["ready", "did plan", "retrying"]
+    assert value(tel, EXECUTIONS, agent="conversation", status="success") == 1
+    assert value(tel, EXECUTIONS, agent="async-conversation", status="success") == 1
+    assert value(tel, ERRORS, agent="async-conversation", error_type="KeyError") == 1
+
+
 def test_runs_in_an_async_generator_its_consumer_leaves_are_recorded(tel, spans, caplog):
     # The event loop finalizes an abandoned async generator in a task of its own, in another
     # Context than the one its scopes were entered in.
