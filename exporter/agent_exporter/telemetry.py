@@ -61,6 +61,9 @@ _Weight = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]   # finite
 
 _current_run: ContextVar["AgentRun | None"] = ContextVar("agent_exporter_current_run", default=None)
 _current_workflow: ContextVar[str | None] = ContextVar("agent_exporter_current_workflow", default=None)
+# Scopes reset their variable on exit, which fails in a Context other than the one entered: the
+# sign to leave the span's context alone (see AgentRun.__exit__).  Tools need theirs only for that.
+_current_tool: ContextVar[str | None] = ContextVar("agent_exporter_current_tool", default=None)
 
 _perf_counter = time.perf_counter
 _now = time.time
@@ -417,7 +420,7 @@ class _TimedScope(_Scope[_TimedHandle]):
 
     __slots__ = ("_telemetry", "_active")
 
-    def _begin(self) -> tuple[_TimedHandle, trace.Span | None, Token[Any] | None]:
+    def _begin(self) -> tuple[_TimedHandle, trace.Span | None, Token[Any]]:
         raise NotImplementedError
 
     def _end(self, run: _TimedHandle, duration: float, exc: BaseException | None) -> None:
@@ -438,8 +441,7 @@ class _TimedScope(_Scope[_TimedHandle]):
         run, context_token, var_token = self._active
         self._active = None
         try:
-            if var_token is not None:
-                var_token.var.reset(var_token)
+            var_token.var.reset(var_token)
         except ValueError:
             pass        # exited in another Context than entered: see AgentRun.__exit__
         else:
@@ -462,13 +464,13 @@ class _ToolScope(_TimedScope[ToolRun]):
     def _fresh(self) -> "_ToolScope":
         return _ToolScope(self._telemetry, self.tool, self.agent)
 
-    def _begin(self) -> tuple[ToolRun, trace.Span | None, None]:
+    def _begin(self) -> tuple[ToolRun, trace.Span | None, Token[str | None]]:
         tel = self._telemetry
         agent = self.agent
         if agent is None and (current := _current_run.get()) is not None:
             agent = current.agent   # resolved on entry: a decorator is created outside any run
         span = tel.spans.start_tool(self.tool, agent=agent) if tel._tracing else None
-        return ToolRun(self.tool, agent, span), span, None
+        return ToolRun(self.tool, agent, span), span, _current_tool.set(self.tool)
 
     def _end(self, run: ToolRun, duration: float, exc: BaseException | None) -> None:
         tel = self._telemetry

@@ -397,7 +397,7 @@ def test_runs_in_an_async_generator_its_consumer_leaves_are_recorded(tel, spans,
     # The event loop finalizes an abandoned async generator in a task of its own, in another
     # Context than the one its scopes were entered in.
     async def stream():
-        async with tel.workflow("streaming"), tel.agent_execution("streamer"):
+        async with tel.workflow("streaming"), tel.agent_execution("streamer"), tel.tool_call("search"):
             for i in range(10):
                 yield i
 
@@ -415,15 +415,17 @@ def test_runs_in_an_async_generator_its_consumer_leaves_are_recorded(tel, spans,
                     break
         del items
         for _ in range(100):    # bounded: the finalizing tasks need a few turns of the loop
-            if len(spans[1].get_finished_spans()) == 3:
+            if len(spans[1].get_finished_spans()) == 4:
                 break
             await asyncio.sleep(0)
         return faults
 
     assert asyncio.run(main()) == []
     assert sorted(s.name for s in spans[1].get_finished_spans()) == [
-        "invoke_agent decorated_streamer", "invoke_agent streamer", "invoke_workflow streaming"]
+        "execute_tool search", "invoke_agent decorated_streamer", "invoke_agent streamer",
+        "invoke_workflow streaming"]
     assert value(tel, EXECUTIONS, agent="streamer", status="success") == 1
+    assert value(tel, TOOL_CALLS, tool="search", status="success") == 1
     assert value(tel, EXECUTIONS, agent="decorated_streamer", status="success") == 1
     assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="streaming", status="success") == 1
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
