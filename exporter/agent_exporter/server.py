@@ -128,8 +128,8 @@ def read_bearer_token(path: str) -> str | None:
 class Service:
     """What the HTTP layer serves: a Telemetry, its auth settings, and the optional endpoints.
 
-    `ingest=False` (the embedded server of Telemetry.serve) serves only the
-    landing page, /metrics and health; `remediator` (healing.AlertRemediator)
+    `ingest=False` (the embedded server of Telemetry.serve) serves neither
+    /v1/events nor /v1/traces; `remediator` (healing.AlertRemediator)
     enables /v1/agents and makes /v1/alertmanager act on alerts;
     `log_alerts` makes /v1/alertmanager write each alert as a log line (the
     `log` alert channel); `otlp` (an otlp.OTLPReceiver) enables /v1/traces.
@@ -156,12 +156,15 @@ class Service:
         self.in_flight = 0
 
     @classmethod
-    def from_config(cls, telemetry, *, web_config: WebConfig | None = None, remediator=None,
-                    otlp=None) -> "Service":
+    def from_config(cls, telemetry, *, web_config: WebConfig | None = None, remediator=None, otlp=None,
+                    ingest: bool = True, max_body_bytes: int | None = None,
+                    bearer_token: str | None = None) -> "Service":
+        """The Service the telemetry's config describes; body limit and bearer token may be overridden."""
         config = telemetry.config
-        return cls(telemetry, max_body_bytes=config.server.max_body_bytes,
-                   bearer_token=read_bearer_token(config.server.bearer_token_file), web_config=web_config,
-                   remediator=remediator, log_alerts="log" in config.alerting.channels, otlp=otlp)
+        return cls(telemetry, max_body_bytes=max_body_bytes or config.server.max_body_bytes,
+                   bearer_token=bearer_token or read_bearer_token(config.server.bearer_token_file),
+                   web_config=web_config, remediator=remediator, log_alerts="log" in config.alerting.channels,
+                   otlp=otlp, ingest=ingest)
 
 
 _LANDING_PAGE = """<!DOCTYPE html>
@@ -224,8 +227,10 @@ def _next_piece(pieces) -> bytes:
 
 _OPTIONAL_ENDPOINTS = {
     "/v1/traces": "OTLP in is served by `agent-exporter serve`",
-    "/v1/alertmanager": "served by `agent-exporter serve` with healing.enabled or the log alert channel",
-    "/v1/agents": "served by `agent-exporter serve` with healing.enabled",
+    "/v1/alertmanager": "served by `agent-exporter serve` with healing.enabled or the log alert channel, "
+                        "in process by Telemetry.serve() or asgi_app() given the Healer's AlertRemediator",
+    "/v1/agents": "served by `agent-exporter serve` with healing.enabled, "
+                  "in process by Telemetry.serve() or asgi_app() given the Healer's AlertRemediator",
 }
 
 
@@ -250,10 +255,10 @@ class ExporterApp:
             routes["/v1/events"] = {"POST": self._post_events}
             if service.otlp is not None:
                 routes["/v1/traces"] = {"POST": self._post_traces}
-            if service.remediator is not None or service.log_alerts:
-                routes["/v1/alertmanager"] = {"POST": self._post_alertmanager}
-            if service.remediator is not None:
-                routes["/v1/agents"] = {"GET": self._agents}
+        if service.remediator is not None or service.log_alerts:
+            routes["/v1/alertmanager"] = {"POST": self._post_alertmanager}
+        if service.remediator is not None:
+            routes["/v1/agents"] = {"GET": self._agents}
         for methods in routes.values():
             if "GET" in methods:
                 # HEAD is GET without the body (RFC 9110, 9.3.2): uvicorn sends no body for it.
@@ -262,9 +267,11 @@ class ExporterApp:
 
     def _absent(self) -> dict:
         """The /v1/ endpoints this service leaves out -> why: their 404 says so."""
+        absent = {path: why for path, why in _OPTIONAL_ENDPOINTS.items() if path not in self.routes}
         if not self.service.ingest:
-            return dict.fromkeys(("/v1/events", *_OPTIONAL_ENDPOINTS), "this server serves only /metrics and health")
-        return {path: why for path, why in _OPTIONAL_ENDPOINTS.items() if path not in self.routes}
+            absent.update(dict.fromkeys(("/v1/events", "/v1/traces"), "events are taken by `agent-exporter serve` "
+                                        "or Telemetry.asgi_app(), not by Telemetry.serve()"))
+        return absent
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -709,9 +716,9 @@ def start_server(service: Service, address: str) -> ServerHandle:
     return ServerHandle(ExporterApp(service), address)
 
 
-def start_embedded(telemetry, address: str) -> ServerHandle:
-    """Telemetry.serve(): the landing page, /metrics and health, in a background thread."""
-    return start_server(Service(telemetry, ingest=False), address)
+def start_embedded(telemetry, address: str, remediator=None) -> ServerHandle:
+    """Telemetry.serve(): the landing page, /metrics, health and the healing endpoints, in a background thread."""
+    return start_server(Service.from_config(telemetry, remediator=remediator, ingest=False), address)
 
 
 def serve(service: Service, address: str, on_started=None) -> None:

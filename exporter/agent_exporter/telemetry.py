@@ -42,7 +42,9 @@ import time
 from contextlib import aclosing
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Annotated, Any, Callable, Generic, Iterable, Iterator, Literal, ParamSpec, TypeVar, cast
+from typing import (
+    TYPE_CHECKING, Annotated, Any, Callable, Generic, Iterable, Iterator, Literal, ParamSpec, TypeVar, cast,
+)
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -54,6 +56,10 @@ from .config import Config
 from .pricing import PriceTable
 from .store import SeriesStore
 from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of, shutdown_within
+
+if TYPE_CHECKING:
+    from .healing import AlertRemediator
+    from .server import ExporterApp
 
 _log = logging.getLogger(__name__)
 
@@ -782,23 +788,25 @@ class Telemetry:
         from .logs import handler
         return handler(self.config.logging, stream)
 
-    def asgi_app(self, *, ingest: bool = True, max_body_bytes: int | None = None, bearer_token: str | None = None):
+    def asgi_app(self, *, ingest: bool = True, remediator: AlertRemediator | None = None,
+                 max_body_bytes: int | None = None, bearer_token: str | None = None) -> ExporterApp:
         """The exporter's HTTP service as an ASGI application, to mount in your own server.
 
-            app = Starlette(routes=[Mount("/telemetry", app=tel.asgi_app())])
+            app = Starlette(routes=[Mount("/telemetry", app=tel.asgi_app(remediator=remediator))])
 
-        Serves /metrics and health, and with `ingest` (the default) /v1/events, under any
-        mount path.  Body limit and bearer token default to the config's `server` section.
+        Serves /metrics and health, with `ingest` (the default) /v1/events, and with the
+        `remediator` your Healer uses (healing.AlertRemediator) Alertmanager's webhook
+        /v1/alertmanager and /v1/agents, under any mount path; with the `log` alert channel
+        /v1/alertmanager logs each alert.  Body limit and bearer token default to the config's
+        `server` section.
         """
-        from .server import ExporterApp, Service, read_bearer_token
-        server = self.config.server
-        service = Service(self, max_body_bytes=max_body_bytes or server.max_body_bytes,
-                          bearer_token=bearer_token or read_bearer_token(server.bearer_token_file),
-                          ingest=ingest)
-        return ExporterApp(service)
+        from .server import ExporterApp, Service
+        return ExporterApp(Service.from_config(self, remediator=remediator, ingest=ingest,
+                                               max_body_bytes=max_body_bytes, bearer_token=bearer_token))
 
-    def serve(self, address: str | None = None):
-        """Embedded /metrics, /-/healthy, /-/ready on `address` (default server.listen_address).
+    def serve(self, address: str | None = None, *, remediator: AlertRemediator | None = None):
+        """Embedded /metrics, /-/healthy, /-/ready on `address` (default server.listen_address),
+        and with the `remediator` your Healer uses, Alertmanager's webhook and /v1/agents (see asgi_app).
 
         Returns a handle whose .stop() stops the server; with `enabled: false` nothing is served
         and the handle's url is None.
@@ -806,7 +814,7 @@ class Telemetry:
         if not self.enabled:
             return _NotServing()
         from .server import start_embedded
-        return start_embedded(self, address or self.config.server.listen_address)
+        return start_embedded(self, address or self.config.server.listen_address, remediator)
 
     def shutdown(self) -> None:
         """Flush and stop the span exporters and the metrics bridge this Telemetry owns."""

@@ -12,11 +12,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from agent_exporter import Telemetry, catalog, stack
-from agent_exporter.config import Config
+from agent_exporter.config import Config, HealingConfig
+from agent_exporter.healing import AlertRemediator, Healer
+from alertmanager_webhook import notification
 
 
-def test_asgi_app_serves_metrics_and_ingest_under_a_prefix():
-    tel = Telemetry(Config())
+def test_asgi_app_serves_metrics_ingest_and_healing_under_a_prefix():
+    config = Config(healing=HealingConfig(fallbacks={"coder": ("coder-lite",)}))
+    tel = Telemetry(config)
+    remediator = AlertRemediator(config, tel)
+    healer = Healer.from_config(config, tel, remediator=remediator)
 
     async def plan(request):
         with tel.agent_execution("planner", model="gpt-4o") as run:     # the orchestrator's own work
@@ -24,7 +29,7 @@ def test_asgi_app_serves_metrics_and_ingest_under_a_prefix():
         return JSONResponse({"planned": True})
 
     app = Starlette(routes=[Route("/plan", plan, methods=["POST"]),
-                            Mount("/telemetry", app=tel.asgi_app())])
+                            Mount("/telemetry", app=tel.asgi_app(remediator=remediator))])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -40,6 +45,12 @@ def test_asgi_app_serves_metrics_and_ingest_under_a_prefix():
         assert 'href="/telemetry/metrics"' in landing.text
         assert requests.get(url + "/telemetry/-/ready", timeout=10).status_code == 200
         assert requests.get(url + "/telemetry/nowhere", timeout=10).status_code == 404
+        # Alertmanager's webhook opens the breaker the orchestrator's own healer uses.
+        opened = requests.post(url + "/telemetry/v1/alertmanager", json=notification("firing"), timeout=10)
+        assert opened.json()["opened"] == ["coder"]
+        agents = requests.get(url + "/telemetry/v1/agents", timeout=10).json()["agents"]
+        assert agents["coder"]["circuit_state"] == "open"
+        assert healer.run("coding", ("coder",), lambda agent: agent) == "coder-lite"
         traces = requests.post(url + "/telemetry/v1/traces", timeout=10, json={})
         assert traces.status_code == 404
         assert traces.json() == {"error": "no such endpoint: /v1/traces (OTLP in is served by `agent-exporter serve`)"}

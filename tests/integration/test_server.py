@@ -24,11 +24,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_exporter import Telemetry, catalog, stack
-from agent_exporter.config import Config
+from agent_exporter.config import Config, HealingConfig
+from agent_exporter.healing import AlertRemediator, Healer
 from agent_exporter.healing.alertmanager import decode_webhook
 from agent_exporter.server import Service, serve, start_server
 from agent_exporter.webconfig import load_web_config
 
+from alertmanager_webhook import notification
 from certificates import self_signed
 from exporters import running_exporter
 
@@ -223,7 +225,8 @@ def test_unknown_paths_and_methods(server):
     absent = requests.get(server.url + "/v1/agents", timeout=10)
     assert absent.status_code == 404
     assert absent.json() == {"error": "no such endpoint: /v1/agents (served by `agent-exporter serve` "
-                                      "with healing.enabled)"}
+                                      "with healing.enabled, in process by Telemetry.serve() or asgi_app() "
+                                      "given the Healer's AlertRemediator)"}
     response = requests.get(server.url + "/v1/events", timeout=10)
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
@@ -380,7 +383,28 @@ def test_embedded_server_serves_metrics_but_no_ingest():
         assert value(handle.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 1
         refused = post_events(handle.url, [TOOL_OK])
         assert refused.status_code == 404
-        assert refused.json() == {"error": "no such endpoint: /v1/events (this server serves only /metrics and health)"}
+        assert refused.json() == {"error": "no such endpoint: /v1/events (events are taken by `agent-exporter serve` "
+                                           "or Telemetry.asgi_app(), not by Telemetry.serve())"}
+        assert requests.get(handle.url + "/v1/agents", timeout=10).status_code == 404
+    finally:
+        handle.stop()
+        telemetry.shutdown()
+
+
+def test_embedded_server_takes_alertmanagers_webhook_for_the_healer_in_its_process():
+    # An orchestrator running its Healer in process has no `agent-exporter serve` to receive the
+    # webhook that opens a breaker: its embedded server does, given the healer's remediator.
+    config = Config(healing=HealingConfig(fallbacks={"coder": ("coder-lite",)}))
+    telemetry = Telemetry(config)
+    remediator = AlertRemediator(config, telemetry)
+    healer = Healer.from_config(config, telemetry, remediator=remediator)
+    handle = telemetry.serve("127.0.0.1:0", remediator=remediator)
+    try:
+        opened = requests.post(handle.url + "/v1/alertmanager", json=notification("firing"), timeout=10)
+        assert opened.json()["opened"] == ["coder"]
+        assert requests.get(handle.url + "/v1/agents", timeout=10).json()["agents"]["coder"]["circuit_state"] == "open"
+        assert healer.run("coding", ("coder",), lambda agent: agent) == "coder-lite"
+        assert post_events(handle.url, [TOOL_OK]).status_code == 404
     finally:
         handle.stop()
         telemetry.shutdown()
