@@ -45,7 +45,7 @@ pytestmark = pytest.mark.integration
 AGENTS = ("planner", "coder", "reviewer")
 MODELS = ("gpt-4o", "claude-sonnet")
 FEATURES = ("login", "search")
-# An agent that never fails: its error ratio is 0, not No data.
+# An agent that never fails nor retries: its error ratio and retries per execution are 0, not No data.
 RELIABLE_AGENT = "summarizer"
 # max_series is small so a burst of one-off tool names overflows the tool metrics.
 MAX_SERIES = 40
@@ -436,10 +436,12 @@ def test_the_model_variable_lists_the_models_of_the_selected_agent(api, boards):
             assert models == [model], (uid, agent, models)
 
 
-def test_error_ratio_panels_show_0_for_an_agent_without_errors(api, boards):
-    """An agent that never failed has an error ratio of 0 in every panel, not a missing line or No data."""
+def test_ratio_panels_show_0_for_an_agent_without_errors_or_retries(api, boards):
+    """An agent that never failed nor retried has an error ratio and retries per execution of 0 in
+    every panel, not a missing line or No data."""
     for uid, title in ((dashboards.OVERVIEW_UID, "Error ratio by agent"), (dashboards.AGENT_UID, "Error ratio"),
-                       (dashboards.HEALING_UID, "Error ratio against the breaker threshold")):
+                       (dashboards.HEALING_UID, "Error ratio against the breaker threshold"),
+                       (dashboards.HEALING_UID, "Retries per execution")):
         board = boards[uid]
         values = {**variable_values(api, board), "agent": RELIABLE_AGENT}
         (panel,) = [p for p in board["panels"] if p["title"] == title]

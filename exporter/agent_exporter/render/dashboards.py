@@ -113,12 +113,17 @@ class Queries:
                         window: str = "$__rate_interval") -> str:
         return f"histogram_quantile({q}, sum by ({by}) ({self.rate(metric + '_bucket', *matchers, window=window)}))"
 
+    @staticmethod
+    def ratio(part: str, whole: str, by: str) -> str:
+        """`part` over `whole` per `by`, as the alerts compute ratios: 0 (not No data) where
+        `part` has no series (a counter that never rose), nothing where `whole` is 0."""
+        whole = f"sum by ({by}) ({whole})"
+        return f"(sum by ({by}) ({part}) or {whole} * 0) / ({whole} > 0)"
+
     def error_ratio(self, counter: str, by: str, *matchers: str, window: str = "$__rate_interval") -> str:
-        """Failed over all per `by`, as the alerts compute it: 0 (not No data) without
-        failures, nothing without traffic."""
-        total = f"sum by ({by}) ({self.rate(counter, *matchers, window=window)})"
-        failed = f"sum by ({by}) ({self.rate(counter, ERROR, *matchers, window=window)})"
-        return f"({failed} or {total} * 0) / ({total} > 0)"
+        """Failed over all per `by`."""
+        return self.ratio(self.rate(counter, ERROR, *matchers, window=window),
+                          self.rate(counter, *matchers, window=window), by)
 
     def variables(self) -> list[dict]:
         """The data source, a variable per grouping label ("All" takes series without it
@@ -585,8 +590,7 @@ def healing(config: Config) -> dict:
         timeseries("Retries per execution",
                    f"Retries per execution by agent (at most {h.max_attempts - 1} per "
                    "execution with the configured attempts).",
-                   [query(f"sum by (agent) ({q.rate(R.name)}) / sum by (agent) ({q.rate(E.name)})",
-                          "{{agent}}")],
+                   [query(q.ratio(q.rate(R.name), q.rate(E.name), "agent"), "{{agent}}")],
                    unit="short", min=0, w=8),
         timeseries("Fallbacks", "Work handed from a failing agent to a fallback, per second.",
                    [query(f"sum by (from_agent, to_agent) ({q.rate(F.name)})",
