@@ -452,3 +452,36 @@ def test_agent_and_cost_dashboards_offer_a_model_variable_chained_to_the_agent(b
         assert model["refresh"] == 2
     for uid in (dashboards.OVERVIEW_UID, dashboards.TOOLS_UID, dashboards.HEALING_UID, dashboards.EXPORTER_UID):
         assert "model" not in {v["name"] for v in boards[uid]["templating"]["list"]}
+
+
+def test_single_values_show_no_data_not_nan_when_nothing_happened_in_the_range(tmp_path):
+    """Stats and tables over the selected range, evaluated by promtool on series whose counters
+    stopped an hour ago (a quiet night): a ratio, mean or quantile of nothing is No data, never
+    NaN; a count of nothing is 0."""
+    config = Config()
+    boards = render(config, tmp_path)
+    scope = {"job": config.alerting.job, "instance": "exporter:9464"}
+    series = []
+    for spec in catalog.CATALOG:
+        labels = {**scope, **{label: "planner" if label == "agent" else "x" for label in spec.labels}}
+        if spec.type == catalog.HISTOGRAM:
+            names = [(spec.name + "_bucket", {"le": le}) for le in ("1", "+Inf")]
+            names += [(spec.name + "_sum", {}), (spec.name + "_count", {})]
+        else:
+            names = [(spec.name, {})]
+        for name, extra in names:
+            for status in (("success", "error") if "status" in spec.labels else ("x",)):
+                selected = {**labels, **extra, **({"status": status} if "status" in spec.labels else {})}
+                matchers = ", ".join(f'{k}="{v}"' for k, v in selected.items())
+                series.append({"series": f"{name}{{{matchers}}}", "values": "0+1x60 60x60"})
+    tests = [{"expr": f"count(({expr}) != ({expr}))", "eval_time": "2h", "exp_samples": []}
+             for board in boards.values() for p in panels(board) if p["type"] in ("stat", "table")
+             for expr in (substitute(t["expr"]) for t in p["targets"])]
+    assert len(tests) > 15
+    (tmp_path / "none.rules.yml").write_text("groups: []\n")
+    (tmp_path / "quiet.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["none.rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))
+    result = subprocess.run([binary("promtool"), "test", "rules", str(tmp_path / "quiet.test.yml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -114,11 +114,12 @@ class Queries:
         return f"histogram_quantile({q}, sum by ({by}) ({self.rate(metric + '_bucket', *matchers, window=window)}))"
 
     @staticmethod
-    def ratio(part: str, whole: str, by: str) -> str:
-        """`part` over `whole` per `by`, as the alerts compute ratios: 0 (not No data) where
-        `part` has no series (a counter that never rose), nothing where `whole` is 0."""
-        whole = f"sum by ({by}) ({whole})"
-        return f"(sum by ({by}) ({part}) or {whole} * 0) / ({whole} > 0)"
+    def ratio(part: str, whole: str, by: str = "") -> str:
+        """`part` over `whole` (summed per `by`, or in all), as the alerts compute ratios: 0 (not
+        No data) where `part` has no series (a counter that never rose), nothing (not NaN)
+        where `whole` is 0."""
+        total = f"sum by ({by})" if by else "sum"
+        return f"({total} ({part}) or {total} ({whole}) * 0) / ({total} ({whole}) > 0)"
 
     def error_ratio(self, counter: str, by: str, *matchers: str, window: str = "$__rate_interval") -> str:
         """Failed over all per `by`."""
@@ -179,8 +180,8 @@ def overview(config: Config) -> dict:
     q = Queries(config)
     E, D, C = catalog.AGENT_EXECUTIONS, catalog.AGENT_EXECUTION_DURATION, catalog.LLM_COST
     W, WD, S = catalog.WORKFLOW_RUNS, catalog.WORKFLOW_DURATION, catalog.EVALUATION_SCORE
-    successes = q.increase(E.name, SUCCESS)
-    total_runs = f"sum({q.increase(E.name)})"
+    successes, runs = q.increase(E.name, SUCCESS), q.increase(E.name)
+    total_runs = f"sum({runs})"
     # This project's alerts only (every one is named Orchestrator...): a shared Prometheus holds
     # everybody's.  Those about one exporter carry its instance and follow the variable; the
     # others aggregate job and instance away and are shown for every instance (`|`: no label).
@@ -200,11 +201,13 @@ def overview(config: Config) -> dict:
         stat("Task success rate",
              "Share of workflow runs that succeeded in the selected time range. "
              f"Red below the workflow success objective ({num(task_objective)}).",
-             query(f"(sum({q.increase(W.name, SUCCESS)}) or vector(0)) / {tasks}", instant=True),
+             query(q.ratio(q.increase(W.name, SUCCESS), q.increase(W.name)), instant=True),
              unit="percentunit", thresholds=lower_limit(task_objective), decimals=2),
         stat("Task latency p95",
              "95th percentile of workflow run wall time in the selected time range.",
-             query(f"histogram_quantile(0.95, sum by (le) ({q.increase(WD.name + '_bucket')}))", instant=True),
+             # Buckets that did not rise give NaN: No data when no run finished.
+             query(f"histogram_quantile(0.95, sum by (le) ({q.increase(WD.name + '_bucket')}))"
+                   f" and on () (sum({q.increase(WD.name + '_count')}) > 0)", instant=True),
              unit="s"),
         stat("Spend, last 24 h",
              "LLM spend over the last 24 hours against the daily budget "
@@ -232,13 +235,12 @@ def overview(config: Config) -> dict:
         stat("Success rate",
              "Share of executions that succeeded in the selected time range. "
              f"Red below {num(1 - t.error_ratio)} (the error-ratio alert threshold).",
-             query(f"(sum({successes}) or vector(0)) / {total_runs}", instant=True),
+             query(q.ratio(successes, runs), instant=True),
              unit="percentunit", thresholds=lower_limit(1 - t.error_ratio), decimals=1, w=6),
         stat("Average latency",
              "Mean execution wall time in the selected time range. Red from the p95 "
              "latency alert threshold: a mean that high means most executions are slow.",
-             query(f"sum({q.increase(D.name + '_sum')}) / sum({q.increase(D.name + '_count')})",
-                   instant=True),
+             query(q.ratio(q.increase(D.name + '_sum'), q.increase(D.name + '_count')), instant=True),
              unit="s", thresholds=upper_limit(t.latency_p95_seconds), w=6),
         stat("Total cost", "LLM spend in the selected time range, in US dollars.",
              query(f"sum({q.increase(C.name)})", instant=True),
@@ -247,11 +249,10 @@ def overview(config: Config) -> dict:
               "Per agent over the selected time range: executions, success rate, mean "
               "latency and LLM spend, as the legacy HTML dashboard showed them. "
               "Click an agent for its detail dashboard.",
-              [query(f"sum by (agent) ({q.increase(E.name)})", instant=True, table=True),
-               query(f"(sum by (agent) ({successes}) or 0 * sum by (agent) ({q.increase(E.name)}))"
-                     f" / sum by (agent) ({q.increase(E.name)})", instant=True, table=True),
-               query(f"sum by (agent) ({q.increase(D.name + '_sum')}) / "
-                     f"sum by (agent) ({q.increase(D.name + '_count')})", instant=True, table=True),
+              [query(f"sum by (agent) ({runs})", instant=True, table=True),
+               query(q.ratio(successes, runs, "agent"), instant=True, table=True),
+               query(q.ratio(q.increase(D.name + '_sum'), q.increase(D.name + '_count'), "agent"),
+                     instant=True, table=True),
                query(f"sum by (agent) ({q.increase(C.name)})", instant=True, table=True)],
               unit="short", order=("agent", "Value #A", "Value #B", "Value #C", "Value #D"),
               sort_by="Executions",
