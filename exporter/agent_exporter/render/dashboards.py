@@ -9,9 +9,10 @@ label (Queries adds the matchers), so a user who picks one instance, agent or
 model sees only its data:
 
 * Panels read raw metrics of the configured job with `instance=~"$instance"`,
-  over `$__rate_interval`, or over the alert's own window where they draw the
-  alert's threshold (5m error ratios and quantiles, a day's spend): with every
-  instance selected they show what the alert evaluates.
+  over `$__rate_interval`, or over an alert's own window where they stand for
+  what it evaluates (the error ratios and p95 by agent and tool, the task
+  success ratio, a day's spend): with every instance selected they show the
+  alert's value.
 * Only what no raw query can afford or means per instance reads a recording
   rule, which aggregates `job` and `instance` away: the SLO burn rates over
   windows of up to days and the daily spend forecast against the budget.  Those
