@@ -45,6 +45,8 @@ pytestmark = pytest.mark.integration
 AGENTS = ("planner", "coder", "reviewer")
 MODELS = ("gpt-4o", "claude-sonnet")
 FEATURES = ("login", "search")
+# An agent that never fails nor retries: its error ratio and retries per execution are 0, not No data.
+RELIABLE_AGENT = "summarizer"
 # max_series is small so a burst of one-off tool names overflows the tool metrics.
 MAX_SERIES = 40
 CONFIG = parse_config({"observability": {
@@ -55,8 +57,9 @@ ENVIRONMENTS = {"synthetic": "production", "demo": "staging"}
 # Grafana's values for the built-in variables with a 1 s scrape interval.
 RATE_INTERVAL = "15s"
 RANGE = "5m"
-# An alert of ours that always fires, so the firing-alerts panels have a row, and another
-# project's, which a shared Prometheus also holds and those panels must leave out.
+# An alert of ours that always fires, so the firing-alerts panels have a row, one per exporter
+# instance, which those panels show for the selected instances only, and another project's,
+# which a shared Prometheus also holds and those panels must leave out.
 FOREIGN_ALERT = "SomeoneElsesAlwaysFiring"
 TEST_ALERTS = f"""
 groups:
@@ -64,6 +67,10 @@ groups:
     rules:
       - alert: OrchestratorDashboardTestAlwaysFiring
         expr: vector(1)
+        labels:
+          severity: warning
+      - alert: OrchestratorDashboardTestPerInstance
+        expr: up{{job="{CONFIG.alerting.job}"}} == 1
         labels:
           severity: warning
       - alert: {FOREIGN_ALERT}
@@ -94,6 +101,7 @@ def workload(n: int) -> list[dict]:
                        "duration_seconds": 1.0})  # no usage: counted as unknown, never $0
         events.append({"type": "retry", "agent": agent, "attempt": 2, "error_type": "Timeout"})
     events += [
+        {"type": "agent_execution", "agent": RELIABLE_AGENT, "status": "success", "duration_seconds": 0.5},
         {"type": "tool_call", "tool": "web_search", "status": "success",
          "duration_seconds": 0.3, "trace_id": trace},
         {"type": "tool_call", "tool": "web_search", "status": "error", "duration_seconds": 2.0},
@@ -324,7 +332,8 @@ def test_stats_meant_to_show_zero_show_it_for_an_exporter_without_such_events(ap
     checked, empty = 0, []
     for uid, board in sorted(boards.items()):
         values = variable_values(api, board)
-        instances = label_values(api, substitute(board["templating"]["list"][-1]["definition"], values))
+        (instance,) = [v for v in board["templating"]["list"] if v["name"] == "instance"]
+        instances = label_values(api, substitute(instance["definition"], values))
         for panel in board["panels"]:
             if panel["type"] != "stat" or "or vector(0)" not in panel["targets"][0]["expr"]:
                 continue
@@ -374,3 +383,70 @@ def test_the_recording_rules_keep_the_two_environments_apart(api):
     everyone = query_until_data(api, series.EXECUTION_RATE_RULE,
                                 until=lambda rows: environments(rows) >= set(ENVIRONMENTS.values()))
     assert environments(everyone) == set(ENVIRONMENTS.values())
+
+
+# A value no variable takes: a panel a variable applies to shows nothing for it.
+NOTHING = "no-such-value"
+ALL_INSTANCES = "(all instances)"
+
+
+def reads_label(api: stack.PrometheusAPI, expr: str, label: str) -> bool:
+    """Whether a series the query selects carries `label`."""
+    names = set(re.findall(r"([A-Za-z_:][\w:]*)\{", expr))
+    return any(api.query(f'count({{__name__="{name}", {label}!=""}})') for name in names)
+
+
+def test_every_variable_filters_every_panel_it_applies_to(api, boards):
+    """Select a value of each variable that matches nothing: every query reading series with that
+    label shows nothing (or 0); a query reading none of them, for the instance, stands in a panel
+    whose title says it covers all instances.  Alerts are the exception: those about an instance
+    follow it, the others (about an agent, a tool, the spend) are shown for every instance."""
+    leaks, checked = [], 0
+    for uid, board in sorted(boards.items()):
+        values = variable_values(api, board)
+        names = [v["name"] for v in board["templating"]["list"] if v["type"] == "query"]
+        for name in names:
+            nothing = {**values, name: NOTHING}
+            for panel in board["panels"]:
+                for target in panel.get("targets", []):
+                    expr = substitute(target["expr"], nothing)
+                    rows = api.query(expr)
+                    shown = [row for row in rows if float(row["value"][1]) != 0]
+                    checked += 1
+                    where = f"{uid} / {panel['title']} with {name}={NOTHING}: {expr}"
+                    if "ALERTS{" in expr:
+                        if any(name in row["metric"] for row in rows):
+                            leaks.append(f"{where} shows alerts of other {name}s: {rows[:2]}")
+                    elif reads_label(api, expr, name):
+                        if shown:
+                            leaks.append(f"{where} shows {shown[:2]}")
+                    elif name == "instance" and ALL_INSTANCES not in panel["title"]:
+                        leaks.append(f"{where} ignores the instance but does not say so")
+    assert checked > 100
+    assert not leaks, "panels not filtered by a variable:\n" + "\n".join(leaks)
+
+
+def test_the_model_variable_lists_the_models_of_the_selected_agent(api, boards):
+    """Chained as Grafana users expect: an agent's models, not every model of the job."""
+    for uid in (dashboards.AGENT_UID, dashboards.COST_UID):
+        variables = {v["name"]: v for v in boards[uid]["templating"]["list"]}
+        values = variable_values(api, boards[uid])
+        for agent, model in zip(AGENTS, itertools.cycle(MODELS)):
+            models = label_values(api, substitute(variables["model"]["definition"], {**values, "agent": agent}))
+            assert models == [model], (uid, agent, models)
+
+
+def test_ratio_panels_show_0_for_an_agent_without_errors_or_retries(api, boards):
+    """An agent that never failed nor retried has an error ratio and retries per execution of 0 in
+    every panel, not a missing line or No data."""
+    for uid, title in ((dashboards.OVERVIEW_UID, "Error ratio by agent"), (dashboards.AGENT_UID, "Error ratio"),
+                       (dashboards.HEALING_UID, "Error ratio against the breaker threshold"),
+                       (dashboards.HEALING_UID, "Retries per execution")):
+        board = boards[uid]
+        values = {**variable_values(api, board), "agent": RELIABLE_AGENT}
+        (panel,) = [p for p in board["panels"] if p["title"] == title]
+        expr = substitute(panel["targets"][0]["expr"], values)
+        rows = query_until_data(api, expr, until=lambda rows: any(
+            row["metric"].get("agent") == RELIABLE_AGENT for row in rows))
+        ratios = [float(row["value"][1]) for row in rows if row["metric"].get("agent") == RELIABLE_AGENT]
+        assert ratios == [0.0], f"{uid} / {title}: {expr} gives {rows}"

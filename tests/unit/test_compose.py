@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from agent_exporter.durations import prometheus_seconds
 from agent_exporter.render import common, dashboards, panels
 
 from binaries import binary
@@ -168,6 +169,17 @@ def test_prometheus_runs_the_mounted_config_with_exemplar_storage(services):
     config_file = host_path(prometheus, flag(prometheus, "config.file"))
     assert config_file == REPO / "prometheus" / "prometheus.yml"
     assert config_file.is_file()
+
+
+def test_prometheus_keeps_the_longest_window_a_dashboard_or_rule_reads(services):
+    """The cost dashboard's 30-day spend read over a shorter retention shows only what is
+    left (half of it with 15 days), against the whole monthly budget."""
+    texts = [p.read_text() for p in (REPO / "grafana" / "dashboards").glob("*.json")]
+    texts += [p.read_text() for p in (REPO / "prometheus" / "rules").glob("*.yml")]
+    windows = {w for text in texts for w in re.findall(r"\[(\d+[smhdwy])(?::[^\]]*)?\]", text)}
+    longest = max(windows, key=prometheus_seconds)
+    retention = flag(services["prometheus"], "storage.tsdb.retention.time")
+    assert prometheus_seconds(retention) >= prometheus_seconds(longest), (retention, longest)
 
 
 def test_prometheus_scrapes_the_exporter_service(services):

@@ -20,7 +20,7 @@ from msgspec.structs import replace
 from agent_exporter import catalog
 from agent_exporter.config import (
     AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds, parse_config)
-from agent_exporter.render import common, dashboards, panels as grafana, prometheus, rules
+from agent_exporter.render import common, dashboards, panels as grafana, prometheus, rules, series
 
 from binaries import binary
 
@@ -29,8 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 # Series Prometheus itself writes that panels may query.
 BUILTINS = frozenset({"up", "ALERTS", "scrape_duration_seconds", "scrape_samples_scraped"})
 # Fixed windows a panel may use instead of Grafana's: the monthly budget needs 30 days,
-# the daily budgets per feature one day (what their alerts read).
-FIXED_WINDOWS = frozenset({"30d", "1d"})
+# the daily budgets one day (what their alerts read), the last hour's spend an hour.
+FIXED_WINDOWS = frozenset({"30d", "1d", "1h"})
+
+
+def alert_windows(config: Config) -> set[str]:
+    """The windows of the alerts whose threshold a panel draws, which it reads over them too."""
+    return {config.alerting.rate_window, series.DASHBOARD_LATENCY_WINDOW, common.sli_windows(config.alerting.workflow_slo)[0]}
 # Every optional panel and variable on: a custom job, a grouping label, budgets per feature.
 SCOPED = parse_config({"observability": {
     "metrics": {"extra_labels": ["feature"]},
@@ -199,12 +204,12 @@ def test_raw_metric_selectors_name_the_job_and_follow_the_variables(boards, reco
                     assert all(g in matchers for g in groups), f"{name} in {expr}"
 
 
-def test_rates_and_increases_use_grafana_intervals(boards):
+def test_rates_and_increases_use_grafana_intervals(boards, config):
     for board in boards.values():
         for expr in exprs(board):
             for fn, window in re.findall(r"\b(rate|increase)\([^\[]*\[([^\]]+)\]", expr):
                 allowed = {"$__rate_interval"} if fn == "rate" else {"$__range", "$__rate_interval"}
-                assert window in allowed | FIXED_WINDOWS, f"{fn} over {window}: {expr}"
+                assert window in allowed | FIXED_WINDOWS | alert_windows(config), f"{fn} over {window}: {expr}"
 
 
 def test_queries_are_valid_promql(boards, tmp_path):
@@ -290,7 +295,7 @@ def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
     slo = replace(Config().alerting.slo, objective=0.995,
                   page_windows=(("1h", "5m", 14.4),), ticket_windows=(("3d", "6h", 1.0),))
     boards = render(Config(alerting=AlertingConfig(slo=slo)), tmp_path)
-    burn = panel(boards[dashboards.AGENT_UID], "Error budget burn rate")
+    burn = panel(boards[dashboards.AGENT_UID], "Error budget burn rate (all instances)")
     assert [t["expr"] for t in burn["targets"]] == [
         'agent:orchestrator_agent_errors:ratio_rate1h{agent="$agent"} / 0.005',
         'agent:orchestrator_agent_errors:ratio_rate3d{agent="$agent"} / 0.005',
@@ -323,7 +328,7 @@ def test_overview_keeps_the_legacy_cards_and_agent_table(boards, config):
     assert alerts["type"] == "table"
     # This project's alerts only, in the selected deployment: a shared Prometheus holds everybody's.
     scope = "".join(f'{label}=~"${label}", ' for label in config.alerting.group_labels)
-    expected = f'ALERTS{{{scope}alertname=~"Orchestrator.+", alertstate="firing"}}'
+    expected = f'ALERTS{{{scope}alertname=~"Orchestrator.+", alertstate="firing", instance=~"$instance|"}}'
     assert alerts["targets"][0]["expr"] == expected
     assert panel(overview, "Alerts firing")["targets"][0]["expr"] == f"count({expected}) or vector(0)"
 
@@ -367,7 +372,7 @@ def test_the_overview_leads_with_task_success_and_task_latency(boards, config):
     latency = panel(overview, "Task latency p95")
     assert catalog.WORKFLOW_DURATION.name + "_bucket" in latency["targets"][0]["expr"]
     ratio = panel(overview, "Task success ratio by workflow")
-    assert ratio["targets"][0]["expr"].startswith("1 - workflow:orchestrator_workflow_runs:error_ratio_rate5m")
+    assert ratio["targets"][0]["expr"].startswith(f"1 - (sum by (workflow) (rate({catalog.WORKFLOW_RUNS.name}{{")
 
 
 def test_new_signal_panels_take_their_thresholds_from_the_config(tmp_path):
@@ -385,7 +390,7 @@ def test_new_signal_panels_take_their_thresholds_from_the_config(tmp_path):
         "color": "red", "value": 2}
     assert steps(dashboards.OVERVIEW_UID, "Mean evaluation score by agent and evaluator") == [
         {"color": "red", "value": None}, {"color": "green", "value": 0.6}]
-    burn = panel(boards[dashboards.TOOLS_UID], "Workflow error budget burn rate")
+    burn = panel(boards[dashboards.TOOLS_UID], "Workflow error budget burn rate (all instances)")
     assert [t["expr"] for t in burn["targets"]] == [
         f"workflow:orchestrator_workflow_runs:error_ratio_rate{w} / 0.05" for w in ("1h", "6h", "1d", "3d")]
     features = panel(boards[dashboards.COST_UID], "Spend by feature, last 24 h, against its budget")
@@ -396,3 +401,87 @@ def test_new_signal_panels_take_their_thresholds_from_the_config(tmp_path):
     # Without budgets per feature there is no such panel.
     assert not [p for p in render(Config(), tmp_path / "default")[dashboards.COST_UID]["panels"]
                 if "against its budget" in p["title"]]
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(name, matchers) of every series selector in a query with matchers."""
+    text = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)
+    return re.findall(r"([A-Za-z_:][\w:]*)\{([^}]*)\}", text)
+
+
+def catalog_labels(name: str) -> tuple[str, ...]:
+    spec = catalog.BY_NAME.get(name) or catalog.BY_NAME.get(re.sub(r"_(bucket|sum|count)$", "", name))
+    return spec.labels if spec else ()
+
+
+def test_every_variable_filters_every_panel_whose_series_carry_its_label(boards, recorded_names, config):
+    """A user who picks an instance, an agent or a model sees only its data: each raw selector of a
+    series with the variable's label matches it, `=~` for a variable that takes several values.
+    Recorded series have no instance: their panels say "(all instances)" in the title."""
+    for board in boards.values():
+        variables = {v["name"]: v for v in board["templating"]["list"] if v["type"] == "query"}
+        for p in panels(board):
+            for target in p["targets"]:
+                for name, matchers in selectors(target["expr"]):
+                    where = f"{board['uid']} / {p['title']}: {target['expr']}"
+                    if name in recorded_names:
+                        assert p["title"].endswith(dashboards.ALL_INSTANCES), where
+                        continue
+                    if name == "ALERTS":
+                        continue
+                    carried = {*catalog_labels(name), "instance", *config.alerting.group_labels}
+                    for label in carried & variables.keys():
+                        operator = "=~" if variables[label]["multi"] else "="
+                        assert f'{label}{operator}"${label}"' in matchers, f"{label} missing in {where}"
+
+
+def test_agent_and_cost_dashboards_offer_a_model_variable_chained_to_the_agent(boards, config):
+    scope = dashboards.Queries(config).scope
+    for uid, one_agent in ((dashboards.AGENT_UID, True), (dashboards.COST_UID, False)):
+        names = [v["name"] for v in boards[uid]["templating"]["list"]]
+        variables = {v["name"]: v for v in boards[uid]["templating"]["list"]}
+        assert names.index("model") == names.index("agent") + 1, uid
+        agent, model = variables["agent"], variables["model"]
+        assert agent["definition"] == f"label_values({catalog.AGENT_EXECUTIONS.name}{{{scope}}}, agent)"
+        assert (agent["multi"], agent["includeAll"]) == (not one_agent, not one_agent)
+        matcher = 'agent="$agent"' if one_agent else 'agent=~"$agent"'
+        assert model["definition"] == f"label_values({catalog.LLM_TOKENS.name}{{{scope}, {matcher}}}, model)"
+        assert model["multi"] and model["includeAll"] and model["allValue"] == ".+"
+        assert model["query"]["query"] == model["definition"]
+        # Reloaded with the time range, as the agents' models change over time.
+        assert model["refresh"] == 2
+    for uid in (dashboards.OVERVIEW_UID, dashboards.TOOLS_UID, dashboards.HEALING_UID, dashboards.EXPORTER_UID):
+        assert "model" not in {v["name"] for v in boards[uid]["templating"]["list"]}
+
+
+def test_single_values_show_no_data_not_nan_when_nothing_happened_in_the_range(tmp_path):
+    """Stats and tables over the selected range, evaluated by promtool on series whose counters
+    stopped an hour ago (a quiet night): a ratio, mean or quantile of nothing is No data, never
+    NaN; a count of nothing is 0."""
+    config = Config()
+    boards = render(config, tmp_path)
+    scope = {"job": config.alerting.job, "instance": "exporter:9464"}
+    series = []
+    for spec in catalog.CATALOG:
+        labels = {**scope, **{label: "planner" if label == "agent" else "x" for label in spec.labels}}
+        if spec.type == catalog.HISTOGRAM:
+            names = [(spec.name + "_bucket", {"le": le}) for le in ("1", "+Inf")]
+            names += [(spec.name + "_sum", {}), (spec.name + "_count", {})]
+        else:
+            names = [(spec.name, {})]
+        for name, extra in names:
+            for status in (("success", "error") if "status" in spec.labels else ("x",)):
+                selected = {**labels, **extra, **({"status": status} if "status" in spec.labels else {})}
+                matchers = ", ".join(f'{k}="{v}"' for k, v in selected.items())
+                series.append({"series": f"{name}{{{matchers}}}", "values": "0+1x60 60x60"})
+    tests = [{"expr": f"count(({expr}) != ({expr}))", "eval_time": "2h", "exp_samples": []}
+             for board in boards.values() for p in panels(board) if p["type"] in ("stat", "table")
+             for expr in (substitute(t["expr"]) for t in p["targets"])]
+    assert len(tests) > 15
+    (tmp_path / "none.rules.yml").write_text("groups: []\n")
+    (tmp_path / "quiet.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["none.rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))
+    result = subprocess.run([binary("promtool"), "test", "rules", str(tmp_path / "quiet.test.yml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,18 +4,21 @@ Dashboards are assembled from the builders in panels.py, so that every panel
 gets the same datasource, units and descriptions and every query names catalog
 metrics or recording rules.
 
-Two kinds of query, kept apart on purpose:
+Every variable a dashboard offers filters every panel whose series carry its
+label (Queries adds the matchers), so a user who picks one instance, agent or
+model sees only its data:
 
-* Panels that show what an alert evaluates read the recording rule the alert
-  reads (error ratios, latency quantiles, daily spend, SLO burn).  The rules
-  aggregate away `job` and `instance` (they keep the grouping labels), so these
-  panels cover every exporter of the job and say so in their description; the
-  threshold line is the alert's threshold.
-* Every other panel reads raw metrics of the configured job with
-  `instance=~"$instance"` and `$__rate_interval`, so it follows the variables
-  and the zoom level.
+* Panels read raw metrics of the configured job with `instance=~"$instance"`,
+  over `$__rate_interval`, or over an alert's own window where they stand for
+  what it evaluates (the error ratios and p95 by agent and tool, the task
+  success ratio, a day's spend): with every instance selected they show the
+  alert's value.
+* Only what no raw query can afford or means per instance reads a recording
+  rule, which aggregates `job` and `instance` away: the SLO burn rates over
+  windows of up to days and the daily spend forecast against the budget.  Those
+  panels say "(all instances)" in their title.
 
-Both follow a variable per grouping label (environment, cluster, ...), if any.
+All follow a variable per grouping label (environment, cluster, ...), if any.
 """
 
 from __future__ import annotations
@@ -36,9 +39,7 @@ from .panels import (
     state_timeline, table, timeseries, upper_limit, value_mapping)
 from .series import QUANTILES as RECORDED_QUANTILES
 from .series import (
-    AGENT_SLI, COST_1D_RULE, COST_1H_RULE, FORECAST_HORIZON_SECONDS, LATENCY_QUANTILE_RULE,
-    TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, WORKFLOW_QUANTILE_RULE,
-    WORKFLOW_SLI, cost_forecast)
+    AGENT_SLI, COST_1D_RULE, DASHBOARD_LATENCY_WINDOW, FORECAST_HORIZON_SECONDS, WORKFLOW_SLI, cost_forecast)
 
 # Datasource uids (fixed) and where the compose stack serves them.
 PROMETHEUS_UID = "prometheus"
@@ -74,20 +75,33 @@ QUANTILES = [(str(q), f"p{num(q * 100)}") for q in RECORDED_QUANTILES]
 class Queries:
     """The dashboards' selectors: raw series of the configured job, scoped by the instance
     variable; recorded series (which keep only the grouping labels); both scoped by a
-    variable per grouping label."""
+    variable per grouping label, and by the dashboard's `filters` (a matcher per label,
+    such as `agent="$agent"`) wherever their series carry that label."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, filters: dict[str, str] | None = None):
+        self.config = config
         self.group_labels = config.alerting.group_labels
         groups = tuple(f'{label}=~"${label}"' for label in self.group_labels)
         self.job = f'job="{config.alerting.job}"'
         self.scope = ", ".join((self.job, 'instance=~"$instance"', *groups))
         self.recorded_scope = groups
+        self.filters = filters or {}
+
+    def filtered(self, **filters: str) -> "Queries":
+        """These queries, also filtered by `filters` (label=matcher)."""
+        return Queries(self.config, {**self.filters, **filters})
+
+    def _filters(self, labels) -> tuple[str, ...]:
+        return tuple(matcher for label, matcher in self.filters.items() if label in labels)
 
     def raw(self, name: str, *matchers: str) -> str:
-        return f"{name}{{{', '.join((self.scope, *matchers))}}}"
+        spec = catalog.BY_NAME.get(name) or catalog.BY_NAME.get(re.sub(r"_(bucket|sum|count)$", "", name))
+        filters = self._filters(spec.labels) if spec else ()
+        return f"{name}{{{', '.join((self.scope, *filters, *matchers))}}}"
 
-    def recorded(self, name: str, *matchers: str) -> str:
-        selected = (*self.recorded_scope, *matchers)
+    def recorded(self, name: str, *matchers: str, keeps: tuple[str, ...] = ()) -> str:
+        """A recorded series; `keeps` names the labels the rule keeps, which the filters apply to."""
+        selected = (*self.recorded_scope, *self._filters(keeps), *matchers)
         return f"{name}{{{', '.join(selected)}}}" if selected else name
 
     def rate(self, name: str, *matchers: str, window: str = "$__rate_interval") -> str:
@@ -96,8 +110,22 @@ class Queries:
     def increase(self, name: str, *matchers: str, window: str = "$__range") -> str:
         return f"increase({self.raw(name, *matchers)}[{window}])"
 
-    def bucket_quantile(self, q: str, metric: str, by: str, *matchers: str) -> str:
-        return f"histogram_quantile({q}, sum by ({by}) ({self.rate(metric + '_bucket', *matchers)}))"
+    def bucket_quantile(self, q: str, metric: str, by: str, *matchers: str,
+                        window: str = "$__rate_interval") -> str:
+        return f"histogram_quantile({q}, sum by ({by}) ({self.rate(metric + '_bucket', *matchers, window=window)}))"
+
+    @staticmethod
+    def ratio(part: str, whole: str, by: str = "") -> str:
+        """`part` over `whole` (summed per `by`, or in all), as the alerts compute ratios: 0 (not
+        No data) where `part` has no series (a counter that never rose), nothing (not NaN)
+        where `whole` is 0."""
+        total = f"sum by ({by})" if by else "sum"
+        return f"({total} ({part}) or {total} ({whole}) * 0) / ({total} ({whole}) > 0)"
+
+    def error_ratio(self, counter: str, by: str, *matchers: str, window: str = "$__rate_interval") -> str:
+        """Failed over all per `by`."""
+        return self.ratio(self.rate(counter, ERROR, *matchers, window=window),
+                          self.rate(counter, *matchers, window=window), by)
 
     def variables(self) -> list[dict]:
         """The data source, a variable per grouping label ("All" takes series without it
@@ -113,6 +141,18 @@ class Queries:
         found.append(query_variable("instance", "Instance",
                                     f"label_values({build_info}{{{', '.join(narrowed)}}}, instance)"))
         return found
+
+    def agent_and_model(self, *, one_agent: bool) -> tuple["Queries", list[dict]]:
+        """The agent variable (one agent, or any of them) and the model variable chained to
+        it (the selected agents' models), and these queries filtered by both."""
+        agent = 'agent="$agent"' if one_agent else 'agent=~"$agent"'
+        variables = [
+            query_variable("agent", "Agent", f"label_values({self.raw(catalog.AGENT_EXECUTIONS.name)}, agent)",
+                           include_all=not one_agent),
+            # Tokens: every model an agent used, priced or not.
+            query_variable("model", "Model", f"label_values({self.raw(catalog.LLM_TOKENS.name, agent)}, model)"),
+        ]
+        return self.filtered(agent=agent, model='model=~"$model"'), variables
 
     def link_params(self) -> str:
         """The scope variables as URL parameters, for links between the dashboards."""
@@ -130,6 +170,8 @@ def _agent_link(q: Queries) -> dict:
 # The prefix of every alert name the rules render (DESIGN §7).
 ALERT_PREFIX = "Orchestrator"
 
+# Panels reading a recording rule, which aggregates job and instance away, say so.
+ALL_INSTANCES = " (all instances)"
 ALL_JOBS = " Covers every exporter of the job: the recording rule aggregates away job and instance."
 
 
@@ -139,17 +181,19 @@ def overview(config: Config) -> dict:
     q = Queries(config)
     E, D, C = catalog.AGENT_EXECUTIONS, catalog.AGENT_EXECUTION_DURATION, catalog.LLM_COST
     W, WD, S = catalog.WORKFLOW_RUNS, catalog.WORKFLOW_DURATION, catalog.EVALUATION_SCORE
-    successes = q.increase(E.name, SUCCESS)
-    total_runs = f"sum({q.increase(E.name)})"
+    successes, runs = q.increase(E.name, SUCCESS), q.increase(E.name)
+    total_runs = f"sum({runs})"
     # This project's alerts only (every one is named Orchestrator...): a shared Prometheus holds
-    # everybody's.  Most of them aggregate job and instance away, so they follow the grouping
-    # variables only, as the recorded series do.
-    firing = q.recorded("ALERTS", f'alertname=~"{ALERT_PREFIX}.+"', 'alertstate="firing"')
+    # everybody's.  Those about one exporter carry its instance and follow the variable; the
+    # others aggregate job and instance away and are shown for every instance (`|`: no label).
+    firing = q.recorded("ALERTS", f'alertname=~"{ALERT_PREFIX}.+"', 'alertstate="firing"',
+                        'instance=~"$instance|"')
     tasks = f"sum({q.increase(W.name)})"
     task_objective = a.workflow_slo.objective
     task_window = sli_windows(a.workflow_slo)[0]
     mean_score = (f"sum by (agent, evaluator) ({q.rate(S.name + '_sum')}) / "
                   f"sum by (agent, evaluator) ({q.rate(S.name + '_count')})")
+    spend_day = f"sum({q.increase(C.name, window='1d')})"
     panels = [
         # Tasks first: whether the orchestrator's work gets done, end to end.
         row("Tasks (workflow runs)"),
@@ -158,30 +202,33 @@ def overview(config: Config) -> dict:
         stat("Task success rate",
              "Share of workflow runs that succeeded in the selected time range. "
              f"Red below the workflow success objective ({num(task_objective)}).",
-             query(f"(sum({q.increase(W.name, SUCCESS)}) or vector(0)) / {tasks}", instant=True),
+             query(q.ratio(q.increase(W.name, SUCCESS), q.increase(W.name)), instant=True),
              unit="percentunit", thresholds=lower_limit(task_objective), decimals=2),
         stat("Task latency p95",
              "95th percentile of workflow run wall time in the selected time range.",
-             query(f"histogram_quantile(0.95, sum by (le) ({q.increase(WD.name + '_bucket')}))", instant=True),
+             # Buckets that did not rise give NaN: No data when no run finished.
+             query(f"histogram_quantile(0.95, sum by (le) ({q.increase(WD.name + '_bucket')}))"
+                   f" and on () (sum({q.increase(WD.name + '_count')}) > 0)", instant=True),
              unit="s"),
         stat("Spend, last 24 h",
              "LLM spend over the last 24 hours against the daily budget "
-             f"(${num(budget.day_usd)}); orange from 80 %, red over budget." + ALL_JOBS,
-             query(f"sum({q.recorded(COST_1D_RULE)})", instant=True),
+             f"(${num(budget.day_usd)}); orange from 80 %, red over budget.",
+             query(spend_day, instant=True),
              unit="currencyUSD", decimals=2,
              thresholds=upper_limit(budget.day_usd, warn=0.8 * budget.day_usd), w=6),
-        stat("Alerts firing", "Orchestrator alerts firing now (Prometheus ALERTS, this project's alerts only).",
+        stat("Alerts firing", "Orchestrator alerts firing now (Prometheus ALERTS, this project's alerts only). "
+             "Alerts about one exporter follow the instance variable; the others cover every instance.",
              query(f"count({firing}) or vector(0)", instant=True),
              unit="none", decimals=0, thresholds=upper_limit(1), w=6),
         timeseries("Task success ratio by workflow",
                    f"Share of successful workflow runs over {task_window}; the line is the workflow "
-                   f"success objective ({num(task_objective)}), which the burn-rate alerts guard." + ALL_JOBS,
-                   [query(f"1 - {q.recorded(WORKFLOW_SLI.error_ratio_rule(task_window))}", "{{workflow}}")],
+                   f"success objective ({num(task_objective)}), which the burn-rate alerts guard.",
+                   [query(f"1 - {q.error_ratio(W.name, 'workflow', window=task_window)}", "{{workflow}}")],
                    unit="percentunit", thresholds=lower_limit(task_objective), max=1),
         timeseries("Task latency p50 / p95 / p99 by workflow",
-                   "Workflow run wall-time quantiles over 5 minutes." + ALL_JOBS,
-                   [query(q.recorded(WORKFLOW_QUANTILE_RULE, f'quantile="{quantile}"'), f"{{{{workflow}}}} {p}")
-                    for quantile, p in QUANTILES],
+                   f"Workflow run wall-time quantiles over {DASHBOARD_LATENCY_WINDOW}.",
+                   [query(q.bucket_quantile(quantile, WD.name, "workflow, le", window=DASHBOARD_LATENCY_WINDOW),
+                          f"{{{{workflow}}}} {p}") for quantile, p in QUANTILES],
                    unit="s", min=0),
         row("Agents over the selected time range"),
         stat("Total executions", "Agent executions finished in the selected time range.",
@@ -189,13 +236,12 @@ def overview(config: Config) -> dict:
         stat("Success rate",
              "Share of executions that succeeded in the selected time range. "
              f"Red below {num(1 - t.error_ratio)} (the error-ratio alert threshold).",
-             query(f"(sum({successes}) or vector(0)) / {total_runs}", instant=True),
+             query(q.ratio(successes, runs), instant=True),
              unit="percentunit", thresholds=lower_limit(1 - t.error_ratio), decimals=1, w=6),
         stat("Average latency",
              "Mean execution wall time in the selected time range. Red from the p95 "
              "latency alert threshold: a mean that high means most executions are slow.",
-             query(f"sum({q.increase(D.name + '_sum')}) / sum({q.increase(D.name + '_count')})",
-                   instant=True),
+             query(q.ratio(q.increase(D.name + '_sum'), q.increase(D.name + '_count')), instant=True),
              unit="s", thresholds=upper_limit(t.latency_p95_seconds), w=6),
         stat("Total cost", "LLM spend in the selected time range, in US dollars.",
              query(f"sum({q.increase(C.name)})", instant=True),
@@ -204,11 +250,10 @@ def overview(config: Config) -> dict:
               "Per agent over the selected time range: executions, success rate, mean "
               "latency and LLM spend, as the legacy HTML dashboard showed them. "
               "Click an agent for its detail dashboard.",
-              [query(f"sum by (agent) ({q.increase(E.name)})", instant=True, table=True),
-               query(f"(sum by (agent) ({successes}) or 0 * sum by (agent) ({q.increase(E.name)}))"
-                     f" / sum by (agent) ({q.increase(E.name)})", instant=True, table=True),
-               query(f"sum by (agent) ({q.increase(D.name + '_sum')}) / "
-                     f"sum by (agent) ({q.increase(D.name + '_count')})", instant=True, table=True),
+              [query(f"sum by (agent) ({runs})", instant=True, table=True),
+               query(q.ratio(successes, runs, "agent"), instant=True, table=True),
+               query(q.ratio(q.increase(D.name + '_sum'), q.increase(D.name + '_count'), "agent"),
+                     instant=True, table=True),
                query(f"sum by (agent) ({q.increase(C.name)})", instant=True, table=True)],
               unit="short", order=("agent", "Value #A", "Value #B", "Value #C", "Value #D"),
               sort_by="Executions",
@@ -227,20 +272,20 @@ def overview(config: Config) -> dict:
                    [query(f"sum by (agent, status) ({q.rate(E.name)})", "{{agent}} {{status}}")],
                    unit="ops", min=0),
         timeseries("Error ratio by agent",
-                   f"Share of failed executions over {sli_windows(a.slo)[0]}; the line is the alert "
-                   f"threshold ({num(t.error_ratio)})." + ALL_JOBS,
-                   [query(q.recorded(AGENT_SLI.error_ratio_rule(sli_windows(a.slo)[0])), "{{agent}}")],
+                   f"Share of failed executions over {a.rate_window}; the line is the alert "
+                   f"threshold ({num(t.error_ratio)}).",
+                   [query(q.error_ratio(E.name, "agent", window=a.rate_window), "{{agent}}")],
                    unit="percentunit", limit=t.error_ratio, min=0),
         timeseries("Latency p50 / p95 / p99 by agent",
-                   "Execution wall-time quantiles over 5 minutes; the line is the p95 "
-                   f"alert threshold ({num(t.latency_p95_seconds)} s)." + ALL_JOBS,
-                   [query(q.recorded(LATENCY_QUANTILE_RULE, f'quantile="{quantile}"'), f"{{{{agent}}}} {p}")
-                    for quantile, p in QUANTILES],
+                   f"Execution wall-time quantiles over {a.rate_window}; the line is the p95 "
+                   f"alert threshold ({num(t.latency_p95_seconds)} s).",
+                   [query(q.bucket_quantile(quantile, D.name, "agent, le", window=a.rate_window),
+                          f"{{{{agent}}}} {p}") for quantile, p in QUANTILES],
                    unit="s", limit=t.latency_p95_seconds, min=0),
         timeseries("Spend, last 24 h, against the daily budget",
-                   "Rolling 24-hour LLM spend (recorded) and the budget the exporter "
+                   "Rolling 24-hour LLM spend and the budget the exporter "
                    f"reports; the line is the configured daily budget (${num(budget.day_usd)}).",
-                   [query(f"sum({q.recorded(COST_1D_RULE)})", "spend, last 24 h"),
+                   [query(spend_day, "spend, last 24 h"),
                     query(f"max({q.raw(catalog.COST_BUDGET.name, DAY)})", "daily budget")],
                    unit="currencyUSD", limit=budget.day_usd, min=0),
         timeseries("Tokens by model and type", "LLM tokens per second, by model and type.",
@@ -248,7 +293,8 @@ def overview(config: Config) -> dict:
                           "{{model}} {{type}}")],
                    unit="short", min=0, stack=True),
         table("Firing alerts",
-              "Orchestrator alerts Prometheus reports as firing now, with their labels. "
+              "Orchestrator alerts Prometheus reports as firing now, with their labels; those about one "
+              "exporter follow the instance variable. "
               "Alertmanager (http://localhost:9093) has the silences and notifications.",
               [query(firing, instant=True, table=True)],
               unit="none", hidden=("Value", "__name__", "alertstate"),
@@ -274,70 +320,69 @@ def overview(config: Config) -> dict:
                      "alerts and answer quality.", panels, q.variables())
 
 
-def _burn_panel(q: Queries, title: str, subject: str, sli, slo, by: str, *matchers: str) -> dict:
-    """An SLI's error ratio over its alerts' long windows, divided by the error budget."""
+def _burn_panel(q: Queries, title: str, subject: str, sli, slo, by: str) -> dict:
+    """An SLI's error ratio over its alerts' long windows (up to days: recorded), divided by the error budget."""
     budget_ratio = num(1 - slo.objective)
     factors = sorted({f for _, _, f in (*slo.page_windows, *slo.ticket_windows)})
     return timeseries(
-        title,
+        title + ALL_INSTANCES,
         f"Error ratio of {subject} divided by the error budget ({budget_ratio} for a "
         f"{num(slo.objective)} objective), over the SLO alert windows. Burning at 1 "
         "spends the budget exactly; the alerts page and ticket at "
         f"{', '.join(num(f) for f in factors)}." + ALL_JOBS,
-        [query(f"{q.recorded(sli.error_ratio_rule(w), *matchers)} / {budget_ratio}", f"{by}{w}")
+        [query(f"{q.recorded(sli.error_ratio_rule(w), keeps=(sli.label,))} / {budget_ratio}", f"{by}{w}")
          for w in long_windows(slo)],
         unit="short", thresholds=upper_limit(max(factors), warn=min(factors)), min=0, w=24)
 
 
 def agent_detail(config: Config) -> dict:
     t = config.alerting.thresholds
-    q = Queries(config)
-    E, D = catalog.AGENT_EXECUTIONS, catalog.AGENT_EXECUTION_DURATION
-    agent = 'agent="$agent"'
-    variables = q.variables() + [query_variable(
-        "agent", "Agent", f"label_values({q.raw(E.name)}, agent)", include_all=False)]
+    scope = Queries(config)
+    # Every query below reads $agent's series only, and $model's where they have a model.
+    q, agent_and_model = scope.agent_and_model(one_agent=True)
+    variables = scope.variables() + agent_and_model
+    E, D, TTFT = catalog.AGENT_EXECUTIONS, catalog.AGENT_EXECUTION_DURATION, catalog.LLM_TIME_TO_FIRST_TOKEN
     panels = [
         row("Executions"),
         timeseries("Executions by status", "Executions of $agent per second, by outcome.",
-                   [query(f"sum by (status) ({q.rate(E.name, agent)})", "{{status}}")],
+                   [query(f"sum by (status) ({q.rate(E.name)})", "{{status}}")],
                    unit="ops", min=0, stack=True, w=8),
         timeseries("Error ratio",
                    f"Share of failed executions of $agent; the line is the alert threshold "
                    f"({num(t.error_ratio)}).",
-                   [query(f"sum({q.rate(E.name, agent, ERROR)}) / "
-                          f"sum({q.rate(E.name, agent)})", "error ratio")],
+                   [query(q.error_ratio(E.name, "agent"), "error ratio")],
                    unit="percentunit", limit=t.error_ratio, min=0, w=8),
         timeseries("Errors by type", "Failed executions of $agent per second, by error type.",
-                   [query(f"sum by (error_type) ({q.rate(catalog.AGENT_ERRORS.name, agent)})",
+                   [query(f"sum by (error_type) ({q.rate(catalog.AGENT_ERRORS.name)})",
                           "{{error_type}}")],
                    unit="ops", min=0, stack=True, w=8),
         heatmap("Latency distribution",
                 "Execution wall time of $agent per histogram bucket. Dots are exemplars: "
                 "click one to open its trace in Jaeger.",
-                query(f"sum by (le) ({q.rate(D.name + '_bucket', agent)})", "{{le}}",
+                query(f"sum by (le) ({q.rate(D.name + '_bucket')})", "{{le}}",
                       heatmap=True, exemplar=True),
                 unit="s", w=12),
         timeseries("Latency p50 / p95 / p99",
                    f"Execution wall-time quantiles of $agent; the line is the p95 alert "
                    f"threshold ({num(t.latency_p95_seconds)} s). Exemplars link to traces.",
-                   [query(q.bucket_quantile(quantile, D.name, "le", agent), p, exemplar=True)
+                   [query(q.bucket_quantile(quantile, D.name, "le"), p, exemplar=True)
                     for quantile, p in QUANTILES],
                    unit="s", limit=t.latency_p95_seconds, min=0, w=12, h=9),
         timeseries("Time to first token p50 / p95 / p99 by model",
-                   "Time from $agent's LLM request to the first streamed token, per model, over 5 "
-                   f"minutes; the line is the p95 alert threshold ({num(t.time_to_first_token_p95_seconds)} s)."
-                   + ALL_JOBS,
-                   [query(q.recorded(TIME_TO_FIRST_TOKEN_QUANTILE_RULE, agent, f'quantile="{quantile}"'),
+                   "Time from $agent's LLM request to the first streamed token, per model, over "
+                   f"{config.alerting.rate_window}; the line is the p95 alert threshold "
+                   f"({num(t.time_to_first_token_p95_seconds)} s).",
+                   [query(q.bucket_quantile(quantile, TTFT.name, "model, le", window=config.alerting.rate_window),
                           f"{{{{model}}}} {p}") for quantile, p in QUANTILES],
                    unit="s", limit=t.time_to_first_token_p95_seconds, min=0, w=24),
-        _burn_panel(q, "Error budget burn rate", "$agent", AGENT_SLI, config.alerting.slo, "", agent),
+        _burn_panel(q, "Error budget burn rate", "$agent", AGENT_SLI, config.alerting.slo, ""),
         row("Tokens, cost and tools"),
         timeseries("Tokens by model and type", "LLM tokens of $agent per second.",
-                   [query(f"sum by (model, type) ({q.rate(catalog.LLM_TOKENS.name, agent)})",
+                   [query(f"sum by (model, type) ({q.rate(catalog.LLM_TOKENS.name)})",
                           "{{model}} {{type}}")],
                    unit="short", min=0, stack=True, w=8),
         timeseries("Spend by model", "LLM spend of $agent in US dollars per hour.",
-                   [query(f"sum by (model) ({q.rate(catalog.LLM_COST.name, agent)}) * 3600",
+                   [query(f"sum by (model) ({q.rate(catalog.LLM_COST.name)}) * 3600",
                           "{{model}}")],
                    unit="currencyUSD", min=0, stack=True, w=8),
         timeseries("Tool calls (all agents)",
@@ -355,11 +400,15 @@ def agent_detail(config: Config) -> dict:
 
 def cost(config: Config) -> dict:
     budget = config.alerting.budget
-    q = Queries(config)
+    scope = Queries(config)
+    # Every query below reads the selected agents' and models' series, where they have those labels.
+    q, agent_and_model = scope.agent_and_model(one_agent=False)
     C, T = catalog.LLM_COST, catalog.LLM_TOKENS
     horizon = prometheus_duration(FORECAST_HORIZON_SECONDS)
-    trailing_day = q.recorded(COST_1D_RULE)
-    forecast = f"sum({cost_forecast(trailing_day)})"
+    spend_day = f"sum({q.increase(C.name, window='1d')})"
+    # What the forecast alert reads: the recorded trailing day (per agent and model), over its last hour.
+    recorded_day = q.recorded(COST_1D_RULE, keeps=("agent", "model"))
+    forecast = f"sum({cost_forecast(recorded_day)})"
 
     def per_hour(by: str) -> str:
         return f"sum by ({by}) ({q.rate(C.name)}) * 3600"
@@ -367,14 +416,14 @@ def cost(config: Config) -> dict:
     panels = [
         row("Budget"),
         stat("Spend, last 24 h",
-             f"LLM spend over the last 24 hours; daily budget ${num(budget.day_usd)}." + ALL_JOBS,
-             query(f"sum({trailing_day})", instant=True), unit="currencyUSD", decimals=2,
+             f"LLM spend over the last 24 hours; daily budget ${num(budget.day_usd)}.",
+             query(spend_day, instant=True), unit="currencyUSD", decimals=2,
              thresholds=upper_limit(budget.day_usd, warn=0.8 * budget.day_usd), w=6),
         stat("Daily budget used",
-             "Spend over the last 24 hours as a share of the daily budget." + ALL_JOBS,
-             query(f"sum({trailing_day}) / {num(budget.day_usd)}", instant=True),
+             "Spend over the last 24 hours as a share of the daily budget.",
+             query(f"{spend_day} / {num(budget.day_usd)}", instant=True),
              unit="percentunit", decimals=0, thresholds=upper_limit(1, warn=0.8), w=6),
-        stat(f"Forecast, 24 h spend in {horizon}",
+        stat(f"Forecast, 24 h spend in {horizon}{ALL_INSTANCES}",
              f"Spend over the trailing 24 hours {horizon} from now if the last hour's trend "
              "continues: what the forecast alert compares with the daily budget." + ALL_JOBS,
              query(forecast, instant=True), unit="currencyUSD", decimals=2,
@@ -384,10 +433,10 @@ def cost(config: Config) -> dict:
              query(f"sum({q.increase(C.name, window='30d')})", instant=True),
              unit="currencyUSD", decimals=2,
              thresholds=upper_limit(budget.month_usd, warn=0.8 * budget.month_usd), w=6),
-        timeseries("Budget burn",
+        timeseries("Budget burn" + ALL_INSTANCES,
                    f"Rolling 24-hour spend and its forecast {horizon} ahead against the daily "
                    f"budget (the line, ${num(budget.day_usd)})." + ALL_JOBS,
-                   [query(f"sum({trailing_day})", "spend, last 24 h"),
+                   [query(f"sum({recorded_day})", "spend, last 24 h"),
                     query(forecast, f"forecast, 24 h spend in {horizon}")],
                    unit="currencyUSD", limit=budget.day_usd, min=0, w=24),
     ]
@@ -416,17 +465,18 @@ def cost(config: Config) -> dict:
                    "with an empty feature.",
                    [query(per_hour("feature"), "{{feature}}")],
                    unit="currencyUSD", min=0, stack=True, w=8),
-        bargauge("Spend by agent, last 24 h", "Rolling 24-hour spend per agent." + ALL_JOBS,
-                 query(f"sum by (agent) ({trailing_day})", "{{agent}}", instant=True),
+        bargauge("Spend by agent, last 24 h", "Rolling 24-hour spend per agent.",
+                 query(f"sum by (agent) ({q.increase(C.name, window='1d')})", "{{agent}}", instant=True),
                  unit="currencyUSD"),
         bargauge("Spend by agent and model, last hour",
                  "Spend over the last hour per agent and model: where a rising forecast "
-                 "comes from." + ALL_JOBS,
-                 query(f"sum by (agent, model) ({q.recorded(COST_1H_RULE)})", "{{agent}} {{model}}",
+                 "comes from.",
+                 query(f"sum by (agent, model) ({q.increase(C.name, window='1h')})", "{{agent}} {{model}}",
                        instant=True),
                  unit="currencyUSD"),
         timeseries("Cost per execution by agent",
-                   "Mean LLM spend per execution, by agent.",
+                   "Mean LLM spend per execution, by agent. Executions have no model label: with "
+                   "models selected, this is their spend per execution of the agent.",
                    [query(f"sum by (agent) ({q.rate(C.name)}) / "
                           f"sum by (agent) ({q.rate(catalog.AGENT_EXECUTIONS.name)})",
                           "{{agent}}")],
@@ -446,7 +496,7 @@ def cost(config: Config) -> dict:
     ]
     return dashboard(COST_UID, "Orchestrator / Cost and tokens",
                      "LLM spend against the budget, by agent, model and feature; token use.",
-                     panels, q.variables())
+                     panels, scope.variables() + agent_and_model)
 
 
 def tools(config: Config) -> dict:
@@ -461,13 +511,13 @@ def tools(config: Config) -> dict:
                    [query(f"sum by (tool, status) ({q.rate(TC.name)})", "{{tool}} {{status}}")],
                    unit="ops", min=0, w=8),
         timeseries("Tool error ratio",
-                   "Share of failed tool calls over 5 minutes; the line is the alert "
-                   f"threshold ({num(t.tool_error_ratio)})." + ALL_JOBS,
-                   [query(q.recorded(TOOL_ERROR_RATIO_RULE), "{{tool}}")],
+                   f"Share of failed tool calls over {config.alerting.rate_window}; the line is the alert "
+                   f"threshold ({num(t.tool_error_ratio)}).",
+                   [query(q.error_ratio(TC.name, "tool", window=config.alerting.rate_window), "{{tool}}")],
                    unit="percentunit", limit=t.tool_error_ratio, min=0, w=8),
-        timeseries("Tool latency p95", "95th percentile tool-call wall time over 5 minutes."
-                   + ALL_JOBS,
-                   [query(q.recorded(TOOL_QUANTILE_RULE, 'quantile="0.95"'), "{{tool}}")],
+        timeseries("Tool latency p95", f"95th percentile tool-call wall time over {DASHBOARD_LATENCY_WINDOW}.",
+                   [query(q.bucket_quantile("0.95", TD.name, "tool, le", window=DASHBOARD_LATENCY_WINDOW),
+                          "{{tool}}")],
                    unit="s", min=0, w=8),
         heatmap("Tool latency distribution",
                 "Tool-call wall time per histogram bucket, all tools. Dots are exemplars "
@@ -532,8 +582,7 @@ def healing(config: Config) -> dict:
                    "Share of failed executions per agent; breakers open at "
                    f"{num(h.breaker_error_ratio)} over {num(h.breaker_window_seconds)} s "
                    f"(with at least {h.breaker_min_calls} calls).",
-                   [query(f"sum by (agent) ({q.rate(E.name, ERROR)}) / "
-                          f"sum by (agent) ({q.rate(E.name)})", "{{agent}}")],
+                   [query(q.error_ratio(E.name, "agent"), "{{agent}}")],
                    unit="percentunit", limit=h.breaker_error_ratio, min=0, w=24),
         row("Retries and fallbacks"),
         timeseries("Retries by agent and error type", "Retried executions per second.",
@@ -543,8 +592,7 @@ def healing(config: Config) -> dict:
         timeseries("Retries per execution",
                    f"Retries per execution by agent (at most {h.max_attempts - 1} per "
                    "execution with the configured attempts).",
-                   [query(f"sum by (agent) ({q.rate(R.name)}) / sum by (agent) ({q.rate(E.name)})",
-                          "{{agent}}")],
+                   [query(q.ratio(q.rate(R.name), q.rate(E.name), "agent"), "{{agent}}")],
                    unit="short", min=0, w=8),
         timeseries("Fallbacks", "Work handed from a failing agent to a fallback, per second.",
                    [query(f"sum by (from_agent, to_agent) ({q.rate(F.name)})",
@@ -578,9 +626,10 @@ def exporter_health(config: Config) -> dict:
         stat("Rejected events",
              "Share of events rejected over the selected time range; the alert threshold is "
              f"{num(t.rejected_events_ratio)}.",
-             # Either counter may have no series yet (nothing rejected, or nothing accepted): 0, not No data.
+             # Either counter may have no series yet (nothing rejected, or nothing accepted): 0, not No data;
+             # with no event at all, No data, not NaN.
              query(f"(sum({q.increase(rej)}) or vector(0)) / "
-                   f"((sum({q.increase(ev)}) or vector(0)) + (sum({q.increase(rej)}) or vector(0)))",
+                   f"((sum({q.increase(ev)}) or vector(0)) + (sum({q.increase(rej)}) or vector(0)) > 0)",
                    instant=True),
              unit="percentunit", decimals=2, thresholds=upper_limit(t.rejected_events_ratio),
              w=6),
