@@ -311,3 +311,21 @@ def test_exporter_image_runs_unprivileged_and_checks_its_health(services):
     assert port in {str(p) for p in services["agent-exporter"]["expose"]}
     (healthcheck,) = re.findall(r"^HEALTHCHECK (?:.*\\\n)*.*", dockerfile, re.M)
     assert f"http://127.0.0.1:{port}/-/healthy" in healthcheck
+
+
+def test_the_exporter_image_is_built_from_its_sources_only(services):
+    # docker-compose 1.29 sends the build context through docker-py, which reads only the root
+    # .dockerignore: without it, .venv and alertmanager/secrets/ went to the daemon.  Listed by
+    # docker-py itself, with the interpreter docker-compose runs on.
+    build = services["agent-exporter"]["build"]
+    interpreter = Path(binary("docker-compose")).read_text().splitlines()[0].removeprefix("#!").split()
+    listing = subprocess.run(
+        [*interpreter, "-c", "import os, sys\nfrom docker.utils.build import exclude_paths\n"
+         "lines = open(sys.argv[2]).read().splitlines() if os.path.exists(sys.argv[2]) else []\n"
+         "patterns = [l.strip() for l in lines if l.strip() and not l.startswith('#')]\n"
+         "print('\\n'.join(exclude_paths(sys.argv[1], patterns, dockerfile=sys.argv[3])))",
+         str(REPO / build["context"]), str(REPO / build["context"] / ".dockerignore"), build["dockerfile"]],
+        capture_output=True, text=True, timeout=60, check=True)
+    sent = {path.split("/agent_exporter/")[0] + "/agent_exporter" if "/agent_exporter/" in path else path
+            for path in listing.stdout.split()}
+    assert sent == {".dockerignore", "README.md", "pyproject.toml", "exporter/Dockerfile", "exporter/agent_exporter"}
