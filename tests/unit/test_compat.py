@@ -5,6 +5,7 @@ import json
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
+from opentelemetry.util._once import Once
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_exporter import catalog, compat, events
@@ -39,10 +40,13 @@ def legacy_record(agent_name, duration_ms, success, tokens_used, cost) -> dict:
 
 @pytest.fixture
 def fresh_singletons(monkeypatch):
-    """Each test gets its own default Telemetry and legacy singletons."""
+    """Each test gets its own default Telemetry and legacy singletons, and OpenTelemetry's
+    global tracer provider back as it was (the legacy tracer installs its own)."""
     monkeypatch.setattr(compat, "_default", None)
     monkeypatch.setattr(tracer, "_tracer_instance", None)
     monkeypatch.setattr(metrics_collector, "_collector_instance", None)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", trace._TRACER_PROVIDER)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
 
 
 # -- metrics collector -----------------------------------------------------------------

@@ -22,14 +22,14 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config
+from . import DEFAULT_CONFIG_FILE, load_legacy_config
 
 _log = logging.getLogger(__name__)
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
 # Alertmanager's routes know critical, warning and info; the legacy "error" pages like critical.
 _SEVERITIES = {"info": "info", "warning": "warning", "error": "critical", "critical": "critical"}
-DEFAULT_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
 # An alert re-sent before this expires stays firing; one never re-sent resolves on its own.
 ALERT_TTL = timedelta(minutes=30)
 QUEUE_SIZE = 256            # alerts waiting for Alertmanager; past it, dropped (and logged)
@@ -58,15 +58,8 @@ class AlertingSystem:
     """Sends legacy alerts to Alertmanager (and to the log when the `log` channel is on)."""
 
     def __init__(self, config_file: str = DEFAULT_CONFIG_FILE, *, config: Config | None = None):
-        if config is None:
-            try:
-                config = load_config(config_file)
-            except ConfigError as exc:
-                # As before: a missing config falls back to defaults, loudly.
-                _log.warning("could not load alerting config, using defaults: %s", exc)
-                config = Config()
-        self.config = config
-        self.alertmanager_url = config.alerting.alertmanager_url.rstrip("/")
+        self.config = config if config is not None else load_legacy_config(config_file)
+        self.alertmanager_url = self.config.alerting.alertmanager_url.rstrip("/")
         # Legacy code appended its own callables here; they still get every alert.
         self.handlers: list[Callable[[Alert], None]] = []
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)

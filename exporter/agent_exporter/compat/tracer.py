@@ -3,7 +3,8 @@
 `get_tracer()` returns the process-wide `OrchestratorTracer`, as before;
 `.tracer` is an OpenTelemetry tracer (legacy code calls
 `get_tracer().tracer.start_as_current_span(...)`) and `.provider` the tracer
-provider (None when tracing is disabled in the config).
+provider (None when tracing is disabled in the config), which the shared
+tracer also installs as OpenTelemetry's global one, as before.
 
 What changed underneath: agent spans are named `invoke_agent {agent}` instead
 of `agent.execute.{agent}`, tool spans `execute_tool {tool}`, and a state
@@ -42,6 +43,9 @@ class OrchestratorTracer:
     def __init__(self, service_name: str | None = None, *, telemetry: Telemetry | None = None):
         self.telemetry = telemetry or default_telemetry(service_name)
         self.provider = self.telemetry.tracer_provider
+        if telemetry is None and self.provider is not None and trace.get_tracer_provider() is not self.provider:
+            # As the legacy tracer did: spans the application starts with trace.get_tracer() go where ours go.
+            trace.set_tracer_provider(self.provider)
         self.tracer = self.telemetry.tracer
         self._spans = self.telemetry.spans
         self._capture_content = self.telemetry.config.tracing.capture_content
