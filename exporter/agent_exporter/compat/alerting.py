@@ -75,8 +75,9 @@ class AlertingSystem:
         if not alerting.enabled:
             return False
         if "log" in alerting.channels:
-            _log.log(_LEVELS.get(alert.severity, logging.WARNING),
-                     "ALERT [%s] %s: %s", alert.severity.upper(), alert.title, alert.message)
+            severity = str(alert.severity)      # legacy alerts carry any object; the legacy log line printed it
+            _log.log(_LEVELS.get(severity, logging.WARNING),
+                     "ALERT [%s] %s: %s", severity.upper(), alert.title, alert.message)
         for handler in self.handlers:
             try:
                 handler(alert)
@@ -117,15 +118,18 @@ class AlertingSystem:
                 self._idle.notify_all()
 
     def _post(self, alert: Alert) -> None:
-        labels = {"alertname": alert_name(alert.title),
-                  "severity": _SEVERITIES.get(alert.severity, "warning"), "source": "legacy"}
+        # Alertmanager takes strings only; legacy callers passed exceptions, dicts, None as they came.
+        title = str(alert.title)
+        labels = {"alertname": alert_name(title),
+                  "severity": _SEVERITIES.get(str(alert.severity), "warning"), "source": "legacy"}
+        context = alert.context if isinstance(alert.context, dict) else {}
         for key in ("agent", "tool"):
-            if isinstance(alert.context.get(key), str):
-                labels[key] = alert.context[key]
+            if isinstance(context.get(key), str):
+                labels[key] = context[key]
         starts = alert.timestamp.astimezone(timezone.utc)    # the legacy timestamp is naive local time
         body = [{
             "labels": labels,
-            "annotations": {"summary": alert.title, "description": alert.message},
+            "annotations": {"summary": title, "description": str(alert.message)},
             "startsAt": starts.isoformat(),
             "endsAt": (datetime.now(timezone.utc) + ALERT_TTL).isoformat(),
         }]
