@@ -116,6 +116,31 @@ def test_saved_metrics_have_the_legacy_shape_and_replay_to_the_same_series(tmp_p
     assert samples(replayed) == samples(recorded)
 
 
+def test_saved_summary_agrees_with_the_saved_records_while_others_record(tmp_path):
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=Telemetry())
+    collector.record_agent_execution("planner", 1200.0, True, 1500, 0.03)
+
+    class AnotherThreadRecordsOnRelease:
+        """The collector's lock, with another thread's record slipping in the first time it is released."""
+        def __init__(self, lock):
+            self.lock, self.pending = lock, True
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            if self.pending:
+                self.pending = False
+                collector.record_agent_execution("coder", 500.0, False)
+
+    collector._lock = AnotherThreadRecordsOnRelease(collector._lock)
+    document = json.loads(collector.save_metrics().read_text())
+    assert document["summary"]["total_executions"] == len(document["agent_executions"]) == 1
+    assert document["detailed_metrics"]["failure_counts"] == {}
+    assert collector.get_summary()["total_executions"] == 2
+
+
 @pytest.mark.parametrize("call, field", [
     (("", 10.0, True), "agent_name"),
     (("planner", -5.0, True), "duration_ms"),

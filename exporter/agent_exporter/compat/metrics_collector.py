@@ -72,44 +72,48 @@ class MetricsCollector:
                 m["failure_counts"][agent_name] += 1
 
     def get_summary(self) -> dict[str, Any]:
-        with self._lock:
-            executions = list(self.metrics["agent_executions"])
-            successes = sum(self.metrics["success_counts"].values())
-            total_cost = sum(self.metrics["costs"].values())
-            total_tokens = sum(self.metrics["token_usage"].values())
-        if not executions:
-            return {"message": "No metrics collected yet"}
-        return {
-            "total_executions": len(executions),
-            "success_rate": successes / len(executions),
-            "total_cost": total_cost,
-            "total_tokens": total_tokens,
-            "average_latency_ms": statistics.mean(e["duration_ms"] for e in executions),
-            "agents_used": len({e["agent_name"] for e in executions}),
-        }
+        return _summary(*self._snapshot())
 
     def save_metrics(self) -> Path:
         """Write metrics_<YYYYmmdd_HHMMSS>.json under storage_dir; returns its path."""
         now = datetime.now()
-        summary = self.get_summary()
-        with self._lock:
-            m = self.metrics
-            document = {
-                "timestamp": now.isoformat(),
-                "summary": summary,
-                "detailed_metrics": {
-                    "latencies": {k: list(v) for k, v in m["latencies"].items()},
-                    "token_usage": dict(m["token_usage"]),
-                    "costs": dict(m["costs"]),
-                    "success_counts": dict(m["success_counts"]),
-                    "failure_counts": dict(m["failure_counts"]),
-                },
-                "agent_executions": list(m["agent_executions"]),
-            }
+        executions, detailed = self._snapshot()     # one instant: the summary agrees with the rest
+        document = {
+            "timestamp": now.isoformat(),
+            "summary": _summary(executions, detailed),
+            "detailed_metrics": detailed,
+            "agent_executions": executions,
+        }
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         path = self.storage_dir / f"metrics_{now.strftime('%Y%m%d_%H%M%S')}.json"
         path.write_text(json.dumps(document, indent=2))
         return path
+
+    def _snapshot(self) -> tuple[list[dict], dict[str, dict]]:
+        """Copies of the records and of the legacy file's detailed_metrics, taken under the lock."""
+        with self._lock:
+            m = self.metrics
+            return list(m["agent_executions"]), {
+                "latencies": {k: list(v) for k, v in m["latencies"].items()},
+                "token_usage": dict(m["token_usage"]),
+                "costs": dict(m["costs"]),
+                "success_counts": dict(m["success_counts"]),
+                "failure_counts": dict(m["failure_counts"]),
+            }
+
+
+def _summary(executions: list[dict], detailed: dict[str, dict]) -> dict[str, Any]:
+    """The legacy get_summary() of these records and their detailed_metrics."""
+    if not executions:
+        return {"message": "No metrics collected yet"}
+    return {
+        "total_executions": len(executions),
+        "success_rate": sum(detailed["success_counts"].values()) / len(executions),
+        "total_cost": sum(detailed["costs"].values()),
+        "total_tokens": sum(detailed["token_usage"].values()),
+        "average_latency_ms": statistics.mean(e["duration_ms"] for e in executions),
+        "agents_used": len({e["agent_name"] for e in executions}),
+    }
 
 
 _lock = threading.Lock()
