@@ -225,6 +225,20 @@ def test_content_reaches_spans_only_when_asked(spans):
     assert error.events[0].attributes["orchestrator.error.context"] == "{'step': 3}"
 
 
+@pytest.mark.parametrize("capture_content", [False, True])
+def test_tool_parameters_that_json_cannot_hold_raise_nothing(spans, capture_content):
+    provider, exporter = spans
+    tel = Telemetry(Config(tracing=TracingConfig(capture_content=capture_content)), tracer_provider=provider)
+    legacy = OrchestratorTracer(telemetry=tel)
+    cyclic = {"q": "otel"}
+    cyclic["self"] = cyclic
+    legacy.trace_tool_call("grep", {("src", "tests"): "*.py"}, result=None)    # the legacy str() took any dict
+    legacy.trace_tool_call("web_search", cyclic, result=None)
+    arguments = [s.attributes.get("gen_ai.tool.call.arguments") for s in exporter.get_finished_spans()]
+    assert arguments == (["{('src', 'tests'): '*.py'}", "{'q': 'otel', 'self': {...}}"] if capture_content
+                         else [None, None])
+
+
 def test_singletons_share_one_default_telemetry(fresh_singletons):
     legacy_tracer, collector = get_tracer(), get_metrics_collector()
     assert get_tracer() is legacy_tracer and get_metrics_collector() is collector

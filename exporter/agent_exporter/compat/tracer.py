@@ -65,13 +65,22 @@ class OrchestratorTracer:
     def trace_tool_call(self, tool_name: str, parameters: dict[str, Any], result: Any) -> None:
         """A zero-length execute_tool span; an exception as `result` marks it failed."""
         now = time.time_ns()
-        span = self._spans.start_tool(tool_name, arguments=json.dumps(parameters, default=str), start_time=now)
+        arguments = _arguments(parameters) if self._capture_content else None
+        span = self._spans.start_tool(tool_name, arguments=arguments, start_time=now)
         self._spans.end_tool(span, exception=result if isinstance(result, BaseException) else None,
                              end_time=now)
 
     def trace_error(self, error: Exception, context: dict[str, Any]) -> None:
         """Record `error` on the current span, or on an `error` span when none is current."""
         self._spans.error(error, {ERROR_CONTEXT: str(context) if self._capture_content else None})
+
+
+def _arguments(parameters: Any) -> str:
+    """Tool parameters as JSON; what JSON cannot hold (tuple keys, a cycle) as the legacy str() of them."""
+    try:
+        return json.dumps(parameters, default=str)
+    except (TypeError, ValueError):
+        return str(parameters)
 
 
 _lock = threading.Lock()
