@@ -239,6 +239,19 @@ def test_tool_parameters_that_json_cannot_hold_raise_nothing(spans, capture_cont
                          else [None, None])
 
 
+def test_transition_context_is_free_form_as_before():
+    tel = Telemetry()
+    legacy = OrchestratorTracer(telemetry=tel)
+
+    class Agent:
+        name = "planner"
+
+    legacy.trace_state_transition("planning", "coding", {"agent": Agent(), "workflow": 7, "request": "add login"})
+    legacy.trace_state_transition("coding", "review", {"workflow": "feature"})
+    assert value(tel, catalog.STATE_TRANSITIONS.name, workflow="default", from_state="planning", to_state="coding") == 1
+    assert value(tel, catalog.STATE_TRANSITIONS.name, workflow="feature", from_state="coding", to_state="review") == 1
+
+
 def test_singletons_share_one_default_telemetry(fresh_singletons):
     legacy_tracer, collector = get_tracer(), get_metrics_collector()
     assert get_tracer() is legacy_tracer and get_metrics_collector() is collector

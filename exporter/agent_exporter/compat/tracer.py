@@ -58,9 +58,11 @@ class OrchestratorTracer:
             priority=context.get("priority"), request_id=context.get("request_id"))
 
     def trace_state_transition(self, from_state: str, to_state: str, context: dict[str, Any]) -> None:
+        """A transition; the context's `workflow` and `agent`, when they are names, label it."""
+        # The legacy context is free-form (it only ever became str(context)): an agent object in it is no error.
         context = context or {}
-        self.telemetry.state_transition(from_state, to_state, workflow=context.get("workflow"),
-                                        agent=context.get("agent"))
+        names = {key: context[key] for key in ("workflow", "agent") if isinstance(context.get(key), str)}
+        self.telemetry.state_transition(from_state, to_state, **names)
 
     def trace_tool_call(self, tool_name: str, parameters: dict[str, Any], result: Any) -> None:
         """A zero-length execute_tool span; an exception as `result` marks it failed."""
