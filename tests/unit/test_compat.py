@@ -6,6 +6,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from opentelemetry.util._once import Once
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_exporter import catalog, compat, events
@@ -210,6 +211,26 @@ def test_legacy_tracer_spans(spans):
     # Only transitions count: tool calls without a duration and bare spans do not make series.
     assert not any(name.startswith(catalog.TOOL_CALLS.name) or name == catalog.AGENT_EXECUTIONS.name
                    for name, _ in samples(tel))
+
+
+def test_a_run_traced_and_recorded_the_legacy_way_is_one_agent_span(spans, tmp_path):
+    provider, exporter = spans
+    tel = Telemetry(tracer_provider=provider)
+    legacy = OrchestratorTracer(telemetry=tel)
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=tel)
+    with legacy.tracer.start_as_current_span("orchestrator.execute_request") as request_span:
+        span = legacy.start_agent_execution("planner", {"request_id": "req-7"})
+        span.end()
+        collector.record_agent_execution("planner", 1200.0, True, 1500, 0.03)
+
+    # The legacy tracer made the agent's span and the legacy collector none.
+    assert sorted(s.name for s in exporter.get_finished_spans()) == [
+        "invoke_agent planner", "orchestrator.execute_request"]
+    # The execution's observation still points at the trace it was recorded in.
+    trace_id = f"{request_span.get_span_context().trace_id:032x}"
+    assert [s.exemplar.labels["trace_id"] for family in parse_openmetrics(tel.render(True).decode())
+            for s in family.samples
+            if s.name == catalog.AGENT_EXECUTION_DURATION.name + "_bucket" and s.exemplar] == [trace_id]
 
 
 def test_content_reaches_spans_only_when_asked(spans):

@@ -2,8 +2,9 @@
 
 `record_agent_execution(...)` still keeps the in-memory `metrics` dict, and
 `get_summary()` / `save_metrics()` answer exactly as before; every record also
-goes through `Telemetry.record` in the legacy record form, so it lands in the
-same series (and spans) as the same record sent to `/v1/events` or replayed.
+goes to the Telemetry in the legacy record form, so it lands in the same series
+as the same record sent to `/v1/events` or replayed.  Like the legacy collector
+it makes no span: agent spans come from the tracer shim.
 That form maps `tokens_used` to `orchestrator_llm_tokens_total{type="unsplit"}`
 with model "unknown", and a record with neither tokens nor cost counts as
 unknown usage, never as a free execution (see events.py).
@@ -23,8 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+from opentelemetry import trace
+
 from .. import events
 from ..telemetry import Telemetry
+from ..tracing import ids_of
 from . import default_telemetry
 
 DEFAULT_STORAGE_DIR = ".claude/orchestrator/metrics"
@@ -59,7 +64,13 @@ class MetricsCollector:
             "cost": cost,
         }
         event = events.decode(record)      # validate before touching either side
-        self.telemetry.record(event)
+        # Metrics only, as the legacy collector: the run's span is the tracer shim's
+        # (start_agent_execution), and one made here would show every run twice.
+        # The caller's current span still becomes the observation's exemplar.
+        trace_id, span_id = ids_of(trace.get_current_span())
+        if trace_id is not None:
+            event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
+        self.telemetry.record_batch([event], spans=False)
         with self._lock:
             m = self.metrics
             m["agent_executions"].append(record)
