@@ -15,10 +15,12 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import queue
 import re
 import threading
 import urllib.request
+import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -62,6 +64,18 @@ class AlertingSystem:
         self.alertmanager_url = self.config.alerting.alertmanager_url.rstrip("/")
         # Legacy code appended its own callables here; they still get every alert.
         self.handlers: list[Callable[[Alert], None]] = []
+        self._start_afresh()
+        if hasattr(os, "register_at_fork"):    # not on Windows, which does not fork
+            # A forked child (a multiprocessing worker) inherits the queue but not the sending thread,
+            # and maybe a lock that thread held: it starts afresh and leaves the parent's alerts to it.
+            start_afresh = weakref.WeakMethod(self._start_afresh)    # registrations outlive their system
+
+            def in_child() -> None:
+                if (method := start_afresh()) is not None:
+                    method()
+            os.register_at_fork(after_in_child=in_child)
+
+    def _start_afresh(self) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._pending = 0                   # queued or being posted
         self._idle = threading.Condition()
