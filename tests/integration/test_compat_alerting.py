@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import socket
 import threading
 import urllib.request
@@ -84,3 +85,40 @@ def test_legacy_handlers_still_get_every_alert():
     system.handlers += [lambda alert: 1 / 0, seen.append]
     system.send_alert(Alert("warning", "t", "m"))
     assert [a.title for a in seen] == ["t"]
+
+
+def test_alerts_with_whatever_legacy_code_put_in_them_reach_alertmanager(tmp_path):
+    # The legacy Alert took any object: an exception as the message, a dict of metrics, no severity.
+    sent = [Alert("error", "Agent coder failed", TimeoutError("no answer in 30 s"), {"agent": "coder"}),
+            Alert("warning", "Budget", {"cost_per_day": 120.5}, context=["not", "a", "dict"]),
+            Alert(None, 404, "m")]
+    with stack.start_alertmanager(tmp_path, AM_CONFIG) as am:
+        system = AlertingSystem(config=config_for(am.url))
+        assert all(system.send_alert(alert) for alert in sent)       # never raises
+        assert system.flush(10)
+        alerts = stack.wait_for(lambda: json.loads(urllib.request.urlopen(am.url + "/api/v2/alerts", timeout=5).read()),
+                                lambda alerts: len(alerts) == len(sent), timeout=10, interval=0.1,
+                                what="the alerts in Alertmanager")
+    assert sorted((a["labels"]["alertname"], a["labels"]["severity"], a["annotations"]["description"])
+                  for a in alerts) == [
+        ("OrchestratorLegacy404", "warning", "m"),
+        ("OrchestratorLegacyAgentCoderFailed", "critical", "no answer in 30 s"),
+        ("OrchestratorLegacyBudget", "warning", "{'cost_per_day': 120.5}")]
+
+
+def test_a_forked_worker_sends_its_own_alerts(tmp_path):
+    with stack.start_alertmanager(tmp_path, AM_CONFIG) as am:
+        system = AlertingSystem(config=config_for(am.url))
+        system.send_alert(Alert("info", "Orchestrator started", "m"))      # the parent's sending thread runs
+        assert system.flush(10)
+        child = os.fork()              # a multiprocessing worker on Linux, as the legacy singleton went with it
+        if child == 0:
+            try:
+                system.send_alert(Alert("critical", "Worker failed", "m"))
+                os._exit(0 if system.flush(5) else 1)
+            finally:
+                os._exit(2)
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0, "the worker's alert was never posted"
+        alerts = json.loads(urllib.request.urlopen(am.url + "/api/v2/alerts", timeout=5).read())
+    assert sorted(a["labels"]["alertname"] for a in alerts) == [
+        "OrchestratorLegacyOrchestratorStarted", "OrchestratorLegacyWorkerFailed"]

@@ -5,6 +5,8 @@ import json
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
+from opentelemetry.util._once import Once
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_exporter import catalog, compat, events
@@ -39,10 +41,13 @@ def legacy_record(agent_name, duration_ms, success, tokens_used, cost) -> dict:
 
 @pytest.fixture
 def fresh_singletons(monkeypatch):
-    """Each test gets its own default Telemetry and legacy singletons."""
+    """Each test gets its own default Telemetry and legacy singletons, and OpenTelemetry's
+    global tracer provider back as it was (the legacy tracer installs its own)."""
     monkeypatch.setattr(compat, "_default", None)
     monkeypatch.setattr(tracer, "_tracer_instance", None)
     monkeypatch.setattr(metrics_collector, "_collector_instance", None)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", trace._TRACER_PROVIDER)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
 
 
 # -- metrics collector -----------------------------------------------------------------
@@ -110,6 +115,31 @@ def test_saved_metrics_have_the_legacy_shape_and_replay_to_the_same_series(tmp_p
     assert batch.rejected == []
     replayed.record_batch(batch.events)
     assert samples(replayed) == samples(recorded)
+
+
+def test_saved_summary_agrees_with_the_saved_records_while_others_record(tmp_path):
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=Telemetry())
+    collector.record_agent_execution("planner", 1200.0, True, 1500, 0.03)
+
+    class AnotherThreadRecordsOnRelease:
+        """The collector's lock, with another thread's record slipping in the first time it is released."""
+        def __init__(self, lock):
+            self.lock, self.pending = lock, True
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            if self.pending:
+                self.pending = False
+                collector.record_agent_execution("coder", 500.0, False)
+
+    collector._lock = AnotherThreadRecordsOnRelease(collector._lock)
+    document = json.loads(collector.save_metrics().read_text())
+    assert document["summary"]["total_executions"] == len(document["agent_executions"]) == 1
+    assert document["detailed_metrics"]["failure_counts"] == {}
+    assert collector.get_summary()["total_executions"] == 2
 
 
 @pytest.mark.parametrize("call, field", [
@@ -183,6 +213,26 @@ def test_legacy_tracer_spans(spans):
                    for name, _ in samples(tel))
 
 
+def test_a_run_traced_and_recorded_the_legacy_way_is_one_agent_span(spans, tmp_path):
+    provider, exporter = spans
+    tel = Telemetry(tracer_provider=provider)
+    legacy = OrchestratorTracer(telemetry=tel)
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=tel)
+    with legacy.tracer.start_as_current_span("orchestrator.execute_request") as request_span:
+        span = legacy.start_agent_execution("planner", {"request_id": "req-7"})
+        span.end()
+        collector.record_agent_execution("planner", 1200.0, True, 1500, 0.03)
+
+    # The legacy tracer made the agent's span and the legacy collector none.
+    assert sorted(s.name for s in exporter.get_finished_spans()) == [
+        "invoke_agent planner", "orchestrator.execute_request"]
+    # The execution's observation still points at the trace it was recorded in.
+    trace_id = f"{request_span.get_span_context().trace_id:032x}"
+    assert [s.exemplar.labels["trace_id"] for family in parse_openmetrics(tel.render(True).decode())
+            for s in family.samples
+            if s.name == catalog.AGENT_EXECUTION_DURATION.name + "_bucket" and s.exemplar] == [trace_id]
+
+
 def test_content_reaches_spans_only_when_asked(spans):
     provider, exporter = spans
     tel = Telemetry(Config(tracing=TracingConfig(capture_content=True)), tracer_provider=provider)
@@ -194,6 +244,33 @@ def test_content_reaches_spans_only_when_asked(spans):
     error = finished["error"]
     assert error.status.status_code == StatusCode.ERROR and error.attributes["error.type"] == "KeyError"
     assert error.events[0].attributes["orchestrator.error.context"] == "{'step': 3}"
+
+
+@pytest.mark.parametrize("capture_content", [False, True])
+def test_tool_parameters_that_json_cannot_hold_raise_nothing(spans, capture_content):
+    provider, exporter = spans
+    tel = Telemetry(Config(tracing=TracingConfig(capture_content=capture_content)), tracer_provider=provider)
+    legacy = OrchestratorTracer(telemetry=tel)
+    cyclic = {"q": "otel"}
+    cyclic["self"] = cyclic
+    legacy.trace_tool_call("grep", {("src", "tests"): "*.py"}, result=None)    # the legacy str() took any dict
+    legacy.trace_tool_call("web_search", cyclic, result=None)
+    arguments = [s.attributes.get("gen_ai.tool.call.arguments") for s in exporter.get_finished_spans()]
+    assert arguments == (["{('src', 'tests'): '*.py'}", "{'q': 'otel', 'self': {...}}"] if capture_content
+                         else [None, None])
+
+
+def test_transition_context_is_free_form_as_before():
+    tel = Telemetry()
+    legacy = OrchestratorTracer(telemetry=tel)
+
+    class Agent:
+        name = "planner"
+
+    legacy.trace_state_transition("planning", "coding", {"agent": Agent(), "workflow": 7, "request": "add login"})
+    legacy.trace_state_transition("coding", "review", {"workflow": "feature"})
+    assert value(tel, catalog.STATE_TRANSITIONS.name, workflow="default", from_state="planning", to_state="coding") == 1
+    assert value(tel, catalog.STATE_TRANSITIONS.name, workflow="feature", from_state="coding", to_state="review") == 1
 
 
 def test_singletons_share_one_default_telemetry(fresh_singletons):

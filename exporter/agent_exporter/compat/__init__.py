@@ -4,10 +4,11 @@
     from agent_exporter.compat.metrics_collector import get_metrics_collector
 
 The legacy API is made of process-wide singletons, so the shims share one
-`Telemetry`: the package's only global, created on first use from the default
-config (`Config()`: metrics only, no span export).  An application that wants
-its own config, exporters or /metrics server hands its Telemetry to the shims
-before first use:
+`Telemetry`: the package's only global, created on first use from the legacy
+config file (DEFAULT_CONFIG_FILE, relative to the working directory, where the
+legacy alerting read it too), or the defaults when there is none.  An
+application that wants another config, exporters or /metrics server hands its
+Telemetry to the shims before first use:
 
     tel = Telemetry.from_config("observability.yaml")
     agent_exporter.compat.set_default_telemetry(tel)
@@ -18,22 +19,39 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..config import parse_config
+import msgspec
+
+from ..config import Config, ConfigError, load_config, parse_config
 from ..telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _default: Telemetry | None = None
 
+DEFAULT_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
+
+
+def load_legacy_config(path=DEFAULT_CONFIG_FILE) -> Config:
+    """The config at `path`; as the legacy package did, a missing or unreadable file means the defaults, loudly."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _log.warning("could not load the observability config, using defaults: %s", exc)
+        return Config()
+
 
 def default_telemetry(service_name: str | None = None) -> Telemetry:
     """The Telemetry the legacy singletons record into (created lazily).  `service_name`, the
     legacy tracer's argument, names the service if it comes first; later, the name stays."""
     global _default
-    # The config's own check of the name, whether or not it comes first.
-    config = parse_config({"observability": {} if service_name is None else {"service_name": service_name}})
+    if service_name is not None:
+        # The config's own check of the name, whether or not it comes first.
+        service_name = parse_config({"observability": {"service_name": service_name}}).service_name
     with _lock:
         if _default is None:
+            config = load_legacy_config()
+            if service_name is not None:
+                config = msgspec.structs.replace(config, service_name=service_name)
             _default = Telemetry(config)
         elif service_name is not None and service_name != _default.config.service_name:
             _log.warning("service_name %r: the legacy API's Telemetry already runs as %r "
@@ -49,4 +67,4 @@ def set_default_telemetry(telemetry: Telemetry) -> None:
         _default = telemetry
 
 
-__all__ = ["default_telemetry", "set_default_telemetry"]
+__all__ = ["DEFAULT_CONFIG_FILE", "default_telemetry", "load_legacy_config", "set_default_telemetry"]

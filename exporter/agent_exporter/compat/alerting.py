@@ -15,21 +15,23 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import queue
 import re
 import threading
 import urllib.request
+import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config
+from . import DEFAULT_CONFIG_FILE, load_legacy_config
 
 _log = logging.getLogger(__name__)
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
 # Alertmanager's routes know critical, warning and info; the legacy "error" pages like critical.
 _SEVERITIES = {"info": "info", "warning": "warning", "error": "critical", "critical": "critical"}
-DEFAULT_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
 # An alert re-sent before this expires stays firing; one never re-sent resolves on its own.
 ALERT_TTL = timedelta(minutes=30)
 QUEUE_SIZE = 256            # alerts waiting for Alertmanager; past it, dropped (and logged)
@@ -58,17 +60,22 @@ class AlertingSystem:
     """Sends legacy alerts to Alertmanager (and to the log when the `log` channel is on)."""
 
     def __init__(self, config_file: str = DEFAULT_CONFIG_FILE, *, config: Config | None = None):
-        if config is None:
-            try:
-                config = load_config(config_file)
-            except ConfigError as exc:
-                # As before: a missing config falls back to defaults, loudly.
-                _log.warning("could not load alerting config, using defaults: %s", exc)
-                config = Config()
-        self.config = config
-        self.alertmanager_url = config.alerting.alertmanager_url.rstrip("/")
+        self.config = config if config is not None else load_legacy_config(config_file)
+        self.alertmanager_url = self.config.alerting.alertmanager_url.rstrip("/")
         # Legacy code appended its own callables here; they still get every alert.
         self.handlers: list[Callable[[Alert], None]] = []
+        self._start_afresh()
+        if hasattr(os, "register_at_fork"):    # not on Windows, which does not fork
+            # A forked child (a multiprocessing worker) inherits the queue but not the sending thread,
+            # and maybe a lock that thread held: it starts afresh and leaves the parent's alerts to it.
+            start_afresh = weakref.WeakMethod(self._start_afresh)    # registrations outlive their system
+
+            def in_child() -> None:
+                if (method := start_afresh()) is not None:
+                    method()
+            os.register_at_fork(after_in_child=in_child)
+
+    def _start_afresh(self) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._pending = 0                   # queued or being posted
         self._idle = threading.Condition()
@@ -82,8 +89,9 @@ class AlertingSystem:
         if not alerting.enabled:
             return False
         if "log" in alerting.channels:
-            _log.log(_LEVELS.get(alert.severity, logging.WARNING),
-                     "ALERT [%s] %s: %s", alert.severity.upper(), alert.title, alert.message)
+            severity = str(alert.severity)      # legacy alerts carry any object; the legacy log line printed it
+            _log.log(_LEVELS.get(severity, logging.WARNING),
+                     "ALERT [%s] %s: %s", severity.upper(), alert.title, alert.message)
         for handler in self.handlers:
             try:
                 handler(alert)
@@ -124,15 +132,18 @@ class AlertingSystem:
                 self._idle.notify_all()
 
     def _post(self, alert: Alert) -> None:
-        labels = {"alertname": alert_name(alert.title),
-                  "severity": _SEVERITIES.get(alert.severity, "warning"), "source": "legacy"}
+        # Alertmanager takes strings only; legacy callers passed exceptions, dicts, None as they came.
+        title = str(alert.title)
+        labels = {"alertname": alert_name(title),
+                  "severity": _SEVERITIES.get(str(alert.severity), "warning"), "source": "legacy"}
+        context = alert.context if isinstance(alert.context, dict) else {}
         for key in ("agent", "tool"):
-            if isinstance(alert.context.get(key), str):
-                labels[key] = alert.context[key]
+            if isinstance(context.get(key), str):
+                labels[key] = context[key]
         starts = alert.timestamp.astimezone(timezone.utc)    # the legacy timestamp is naive local time
         body = [{
             "labels": labels,
-            "annotations": {"summary": alert.title, "description": alert.message},
+            "annotations": {"summary": title, "description": str(alert.message)},
             "startsAt": starts.isoformat(),
             "endsAt": (datetime.now(timezone.utc) + ALERT_TTL).isoformat(),
         }]

@@ -2,8 +2,9 @@
 
 `record_agent_execution(...)` still keeps the in-memory `metrics` dict, and
 `get_summary()` / `save_metrics()` answer exactly as before; every record also
-goes through `Telemetry.record` in the legacy record form, so it lands in the
-same series (and spans) as the same record sent to `/v1/events` or replayed.
+goes to the Telemetry in the legacy record form, so it lands in the same series
+as the same record sent to `/v1/events` or replayed.  Like the legacy collector
+it makes no span: agent spans come from the tracer shim.
 That form maps `tokens_used` to `orchestrator_llm_tokens_total{type="unsplit"}`
 with model "unknown", and a record with neither tokens nor cost counts as
 unknown usage, never as a free execution (see events.py).
@@ -23,8 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+from opentelemetry import trace
+
 from .. import events
 from ..telemetry import Telemetry
+from ..tracing import ids_of
 from . import default_telemetry
 
 DEFAULT_STORAGE_DIR = ".claude/orchestrator/metrics"
@@ -59,7 +64,13 @@ class MetricsCollector:
             "cost": cost,
         }
         event = events.decode(record)      # validate before touching either side
-        self.telemetry.record(event)
+        # Metrics only, as the legacy collector: the run's span is the tracer shim's
+        # (start_agent_execution), and one made here would show every run twice.
+        # The caller's current span still becomes the observation's exemplar.
+        trace_id, span_id = ids_of(trace.get_current_span())
+        if trace_id is not None:
+            event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
+        self.telemetry.record_batch([event], spans=False)
         with self._lock:
             m = self.metrics
             m["agent_executions"].append(record)
@@ -72,44 +83,48 @@ class MetricsCollector:
                 m["failure_counts"][agent_name] += 1
 
     def get_summary(self) -> dict[str, Any]:
-        with self._lock:
-            executions = list(self.metrics["agent_executions"])
-            successes = sum(self.metrics["success_counts"].values())
-            total_cost = sum(self.metrics["costs"].values())
-            total_tokens = sum(self.metrics["token_usage"].values())
-        if not executions:
-            return {"message": "No metrics collected yet"}
-        return {
-            "total_executions": len(executions),
-            "success_rate": successes / len(executions),
-            "total_cost": total_cost,
-            "total_tokens": total_tokens,
-            "average_latency_ms": statistics.mean(e["duration_ms"] for e in executions),
-            "agents_used": len({e["agent_name"] for e in executions}),
-        }
+        return _summary(*self._snapshot())
 
     def save_metrics(self) -> Path:
         """Write metrics_<YYYYmmdd_HHMMSS>.json under storage_dir; returns its path."""
         now = datetime.now()
-        summary = self.get_summary()
-        with self._lock:
-            m = self.metrics
-            document = {
-                "timestamp": now.isoformat(),
-                "summary": summary,
-                "detailed_metrics": {
-                    "latencies": {k: list(v) for k, v in m["latencies"].items()},
-                    "token_usage": dict(m["token_usage"]),
-                    "costs": dict(m["costs"]),
-                    "success_counts": dict(m["success_counts"]),
-                    "failure_counts": dict(m["failure_counts"]),
-                },
-                "agent_executions": list(m["agent_executions"]),
-            }
+        executions, detailed = self._snapshot()     # one instant: the summary agrees with the rest
+        document = {
+            "timestamp": now.isoformat(),
+            "summary": _summary(executions, detailed),
+            "detailed_metrics": detailed,
+            "agent_executions": executions,
+        }
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         path = self.storage_dir / f"metrics_{now.strftime('%Y%m%d_%H%M%S')}.json"
         path.write_text(json.dumps(document, indent=2))
         return path
+
+    def _snapshot(self) -> tuple[list[dict], dict[str, dict]]:
+        """Copies of the records and of the legacy file's detailed_metrics, taken under the lock."""
+        with self._lock:
+            m = self.metrics
+            return list(m["agent_executions"]), {
+                "latencies": {k: list(v) for k, v in m["latencies"].items()},
+                "token_usage": dict(m["token_usage"]),
+                "costs": dict(m["costs"]),
+                "success_counts": dict(m["success_counts"]),
+                "failure_counts": dict(m["failure_counts"]),
+            }
+
+
+def _summary(executions: list[dict], detailed: dict[str, dict]) -> dict[str, Any]:
+    """The legacy get_summary() of these records and their detailed_metrics."""
+    if not executions:
+        return {"message": "No metrics collected yet"}
+    return {
+        "total_executions": len(executions),
+        "success_rate": sum(detailed["success_counts"].values()) / len(executions),
+        "total_cost": sum(detailed["costs"].values()),
+        "total_tokens": sum(detailed["token_usage"].values()),
+        "average_latency_ms": statistics.mean(e["duration_ms"] for e in executions),
+        "agents_used": len({e["agent_name"] for e in executions}),
+    }
 
 
 _lock = threading.Lock()

@@ -1,0 +1,121 @@
+"""The legacy singletons run on the legacy config file, and the tracer is OpenTelemetry's global one, as before."""
+
+import json
+import logging
+import re
+import subprocess
+import sys
+
+import pytest
+
+from agent_exporter import compat
+from agent_exporter.compat import alerting, metrics_collector, tracer
+from agent_exporter.compat.alerting import get_alerting_system
+from agent_exporter.compat.metrics_collector import get_metrics_collector
+from agent_exporter.config import Config
+
+# Where the legacy package kept its config, relative to the working directory.
+LEGACY_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
+# The seed's observability_config.yaml (tracing, metrics, logging), at the path the legacy package used.
+LEGACY_YAML = """
+observability:
+  enabled: true
+  tracing:
+    enabled: true
+    backend: opentelemetry
+    export_to_console: true  # For development
+    export_to_otlp: false    # Set true when you have OTLP collector
+    otlp_endpoint: "http://localhost:4317"
+    trace_all_agents: true
+    trace_state_transitions: true
+    trace_tool_calls: true
+    trace_errors: true
+    sampling_rate: 1.0
+  metrics:
+    enabled: true
+    collection_interval: 60  # seconds
+  logging:
+    level: INFO
+    include_traces: true
+    format: json
+"""
+
+# The seed's alerting section, and where its Alertmanager is.
+SEED_ALERTING_YAML = """
+  alerting:
+    enabled: true
+    channels:
+      - log
+    conditions:
+      - "error_rate > 5%"
+      - "latency_p95 > 10000"  # 10 seconds
+      - "cost_per_day > 100"
+    alertmanager_url: "http://alertmanager:9093/"
+"""
+
+# A legacy application, as the seed writes it (imports changed).
+LEGACY_APPLICATION = """
+from opentelemetry import trace
+from agent_exporter.compat.tracer import get_tracer
+
+tracer = get_tracer()
+with tracer.tracer.start_as_current_span("orchestrator.execute_request") as span:
+    span.set_attribute("request", "add login")
+    with trace.get_tracer("orchestrator.main").start_as_current_span("elsewhere"):
+        pass
+"""
+
+
+def test_a_legacy_application_prints_its_spans_as_its_config_says(tmp_path):
+    config = tmp_path / LEGACY_CONFIG_FILE
+    config.parent.mkdir(parents=True)
+    config.write_text(LEGACY_YAML.replace("enabled: true\n  tracing", "service_name: magnus\n  tracing"))
+    # A process of its own: OpenTelemetry's global provider is set once per process, and the
+    # console exporter writes to the stdout the process started with (spans flushed at exit).
+    run = subprocess.run([sys.executable, "-c", LEGACY_APPLICATION], cwd=tmp_path, capture_output=True, text=True,
+                         check=True, timeout=60)
+    printed = [json.loads(span) for span in re.findall(r"^\{$.*?^\}$", run.stdout, re.M | re.S)]
+    # export_to_console: true, and spans of the global API go where the legacy tracer's go, as before.
+    assert sorted(span["name"] for span in printed) == ["elsewhere", "orchestrator.execute_request"]
+    assert {span["resource"]["attributes"]["service.name"] for span in printed} == {"magnus"}
+
+
+@pytest.fixture
+def legacy_process(tmp_path, monkeypatch):
+    """No legacy singletons yet, the working directory a legacy application's.  Returns where its
+    config file goes."""
+    monkeypatch.setattr(compat, "_default", None)
+    monkeypatch.setattr(tracer, "_tracer_instance", None)
+    monkeypatch.setattr(metrics_collector, "_collector_instance", None)
+    monkeypatch.setattr(alerting, "_alerting_system", None)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / LEGACY_CONFIG_FILE
+    path.parent.mkdir(parents=True)
+    yield path
+    if compat._default is not None:
+        compat._default.shutdown()
+
+
+def test_the_legacy_config_can_turn_the_metrics_off(legacy_process):
+    legacy_process.write_text(LEGACY_YAML.replace("metrics:\n    enabled: true", "metrics:\n    enabled: false")
+                              .replace("export_to_console: true", "export_to_console: false"))
+    collector = get_metrics_collector()
+    collector.record_agent_execution("planner", 1200.0, True, 1500, 0.03)
+    assert b"orchestrator_agent_executions_total" not in collector.telemetry.render()
+    assert collector.get_summary()["total_executions"] == 1      # the legacy numbers stay
+
+
+def test_an_unreadable_legacy_config_means_the_defaults_loudly(legacy_process, caplog):
+    legacy_process.write_text(LEGACY_YAML.replace("sampling_rate: 1.0", "sampling_rate: 2"))
+    with caplog.at_level(logging.WARNING):
+        collector = get_metrics_collector()       # no exception the legacy collector did not raise
+    assert collector.telemetry.config == Config()
+    assert "observability.tracing.sampling_rate" in caplog.text
+
+
+def test_the_legacy_alerting_reads_the_same_file(legacy_process):
+    legacy_process.write_text(LEGACY_YAML + SEED_ALERTING_YAML)
+    system = get_alerting_system()
+    assert system.config == get_metrics_collector().telemetry.config
+    assert system.config.alerting.channels == ("log",)
+    assert system.alertmanager_url == "http://alertmanager:9093"
