@@ -654,3 +654,17 @@ def test_a_breaker_opened_by_its_own_errors_is_not_a_last_resort():
         breaker.record_failure()
     with pytest.raises(CircuitOpenError):
         healer.run("coding", ("coder",), lambda agent: "never")
+
+
+def test_a_last_resort_is_no_fallback_from_the_agent_to_itself():
+    telemetry = Telemetry(Config())
+    try:
+        remediator = AlertRemediator(Config(), telemetry)
+        healer = Healer.from_config(Config(), telemetry, remediator=remediator)
+        for agent in ("coder", "coder-lite"):
+            remediator.breakers.force_open(agent, "alert firing")
+        assert healer.run("coding", ("coder", "coder-lite"), lambda agent: agent) in ("coder", "coder-lite")
+        # The task ran on its first choice, the last resort: nothing was handed on.
+        assert value_of(telemetry.store.render().decode(), catalog.FALLBACKS.name) is None
+    finally:
+        telemetry.shutdown()

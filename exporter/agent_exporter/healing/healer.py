@@ -211,7 +211,7 @@ class Healer:
                     called = anything_called = True
                     if attempt > 1:
                         self._retry(run_span, agent, attempt, last_error)
-                    elif previous is not None:      # a hand-off is recorded when the work is taken on
+                    elif previous not in (None, agent):     # a hand-off is recorded when the work is taken on
                         self._fallback(run_span, previous, agent, reason)
                     links = [trace.Link(first_attempt)] if first_attempt is not None else []
                     span = self.tracer.start_span(
