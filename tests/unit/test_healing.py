@@ -270,6 +270,21 @@ def test_selector_decays_old_evidence():
     assert selector.evidence("t", "b") == (1.0, 0.0)
 
 
+def test_selector_treats_measurements_that_are_no_numbers_as_unknown():
+    nan = float("nan")
+    selector = AdaptiveSelector(rng=random.Random(0))
+    # A NaN evaluation score (an evaluator averaging nothing) made the evidence NaN for good, and
+    # random.betavariate(nan, ...) never returns: choose() hung with the selector's lock held.
+    selector.observe("coding", "coder", True, 1.0, 0.01, score=nan)
+    assert selector.evidence("coding", "coder") == (1.0, 0.0)
+    # A NaN cost made every draw of its agent NaN, never the best: it never got a task again.
+    for _ in range(10):
+        selector.observe("coding", "coder", True, 1.0, 0.01)
+        selector.observe("coding", "coder-lite", True, 1.0, nan)
+    selector.choose("coding", ("coder", "coder-lite"))
+    assert selector.weights("coding")["coder-lite"] > 0.2
+
+
 # -- healer -------------------------------------------------------------------------------
 
 def make_healer(telemetry=None, fallbacks=None, selector=None, max_attempts=3, **breaker_settings):

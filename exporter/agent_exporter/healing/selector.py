@@ -24,6 +24,7 @@ means of the two weighted alike.  clear_fleet() returns to local learning.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Mapping, Sequence
@@ -137,10 +138,14 @@ class AdaptiveSelector:
 
     def observe(self, task: str, agent: str, success: bool, latency_seconds: float | None = None,
                 cost_usd: float | None = None, score: float | None = None) -> None:
-        """One outcome of `agent` on a task of type `task`; `score` is its answer's evaluation (0..1)."""
+        """One outcome of `agent` on a task of type `task`; `score` is its answer's evaluation (0..1).
+
+        A score, latency or cost that is no number (NaN; for latency and cost also infinite or
+        negative) is taken as unknown: one would spoil the agent's evidence for good."""
         credit = 1.0 if success else 0.0
-        if success and score is not None:
+        if success and score is not None and not math.isnan(score):
             credit -= self.quality_weight * (1.0 - min(max(score, 0.0), 1.0))
+        latency_seconds, cost_usd = _measured(latency_seconds), _measured(cost_usd)
         with self._lock:
             evidence = self._evidence.setdefault(task, {})
             for other in evidence.values():
@@ -248,6 +253,11 @@ def _blend(local: float | None, local_n: float, fleet: float | None, fleet_n: fl
     if local is None or local_n <= 0:
         return fleet
     return (local * local_n + fleet * fleet_n) / (local_n + fleet_n)
+
+
+def _measured(value: float | None) -> float | None:
+    """A latency or cost the averages can take, else None."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 def _smooth(previous: float | None, value: float, alpha: float) -> float:
