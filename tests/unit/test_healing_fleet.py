@@ -271,6 +271,18 @@ def test_the_poller_backs_off_exponentially_and_says_when_a_source_goes_and_come
                                "last_error": None, "interval_seconds": 5}
 
 
+def test_the_poller_keeps_backing_off_however_long_a_source_is_down():
+    # 1100 failed polls: at healing.fleet's defaults (backoff_max 60 s) about 18 hours of an
+    # Alertmanager down.  delay() overflowed at 1025 and the exception ended the poller's thread.
+    def refused():
+        raise OSError("connection refused")
+
+    poller = Poller("alertmanager", refused, interval=10.0, jitter=0, backoff_max=60.0)   # floats, as configured
+    for _ in range(1100):
+        poller.poll_once()
+    assert poller.delay() == 60
+
+
 def test_poller_jitter_stays_within_its_bounds_and_never_backs_off_below_the_interval():
     poller = Poller("alertmanager", lambda: None, interval=10, jitter=0.2, backoff_max=4, rng=random.Random(3))
     assert all(8 <= poller.delay() <= 12 for _ in range(200))
