@@ -262,6 +262,40 @@ def test_selector_skips_agents_whose_breaker_is_open_and_exports_weights():
     assert selector.published()["coding"] == published
 
 
+def test_exported_weights_follow_a_breaker_change_at_once():
+    telemetry = Telemetry(Config())
+    try:
+        remediator = AlertRemediator(Config(), telemetry)
+        healer = Healer.from_config(Config(), telemetry, remediator=remediator)
+        for _ in range(3):
+            healer.run("coding", ("coder", "coder-lite"), lambda agent: agent)
+        remediator.breakers.force_open("coder", "OrchestratorAgentHighErrorRatio")
+        # No task has chosen since: the gauge and /v1/agents said 0.5 for an agent that got nothing.
+        weight = catalog.SELECTOR_WEIGHT.name
+        text = telemetry.store.render().decode()
+        assert value_of(text, weight, task="coding", agent="coder") == 0.0
+        assert value_of(text, weight, task="coding", agent="coder-lite") == 1.0
+        assert remediator.agents_status()["agents"]["coder"]["selector_weight"] == {"coding": 0.0}
+        remediator.breakers.release("coder", "resolved")
+        assert value_of(telemetry.store.render().decode(), weight, task="coding", agent="coder") > 0
+    finally:
+        telemetry.shutdown()
+
+
+def test_weights_are_exported_from_the_first_choice_whatever_the_cadence():
+    weights = {}
+
+    class FakeTelemetry:
+        def set_selector_weight(self, task, agent, weight):
+            weights[(task, agent)] = weight
+
+    selector = AdaptiveSelector(rng=random.Random(0), telemetry=FakeTelemetry(), publish_every=1)
+    selector.choose("coding", ("a", "b"))
+    assert set(weights) == {("coding", "a"), ("coding", "b")}
+    with pytest.raises(ValueError):
+        AdaptiveSelector(publish_every=0)
+
+
 def test_selector_decays_old_evidence():
     selector = AdaptiveSelector(decay=0.5, rng=random.Random(0))
     selector.observe("t", "a", False)

@@ -8,7 +8,8 @@ To choose, each available agent draws a success probability from its posterior
 and pays a penalty for its recent latency and cost relative to the other
 candidates; the highest score wins.  Agents whose breaker is open are skipped.
 The selection probability of each agent (estimated by drawing, with a separate
-generator) is exported as orchestrator_selector_weight{task, agent}.
+generator) is exported as orchestrator_selector_weight{task, agent}, every few
+choices and whenever the breaker of one of the task's candidates changes state.
 
 Quality: a success may carry the evaluation score of its answer (0..1); with
 `quality_weight` q it counts as 1 - q * (1 - score) of a success and the rest
@@ -63,7 +64,8 @@ class AdaptiveSelector:
     averages; `fleet_weight` and `local_weight`: the blend with set_fleet()'s
     statistics.  `rng` seeds the choices; `breakers` (CircuitBreakers) makes
     open agents unavailable; `telemetry` receives the weights every
-    `publish_every` choices of a task.
+    `publish_every` choices of a task (from the first) and when a candidate's
+    breaker changes state.
     """
 
     def __init__(self, *, decay: float = 0.97, latency_weight: float = 0.2, cost_weight: float = 0.1,
@@ -74,6 +76,8 @@ class AdaptiveSelector:
             raise ValueError("decay must be in (0, 1]")
         if not 0 <= quality_weight <= 1:
             raise ValueError("quality_weight must be in [0, 1]")
+        if publish_every < 1:
+            raise ValueError("publish_every must be at least 1")
         self.decay = decay
         self.latency_weight = latency_weight
         self.cost_weight = cost_weight
@@ -93,6 +97,8 @@ class AdaptiveSelector:
         self._chosen: dict[str, int] = {}
         self._published: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+        if breakers is not None:
+            breakers.add_listener(self._breaker_changed)
 
     @classmethod
     def from_config(cls, healing, **kwargs) -> "AdaptiveSelector":
@@ -132,7 +138,7 @@ class AdaptiveSelector:
             evidence = self._evidence.setdefault(task, {})
             choice = self._draw(evidence, available, self.rng)
             self._chosen[task] = chosen = self._chosen.get(task, 0) + 1
-        if self.telemetry is not None and chosen % self.publish_every == 1:
+        if self.telemetry is not None and (chosen - 1) % self.publish_every == 0:
             self.publish(task)
         return choice
 
@@ -203,6 +209,14 @@ class AdaptiveSelector:
         return mine.successes, mine.failures
 
     # -- internals --------------------------------------------------------------
+
+    def _breaker_changed(self, agent: str, old: str, new: str, reason: str) -> None:
+        """An agent opened or came back: the exported weights of its tasks say so now, not choices later."""
+        if self.telemetry is None:
+            return
+        for task, candidates in list(self._candidates.items()):
+            if agent in candidates:
+                self.publish(task)
 
     def _available(self, candidates: tuple[str, ...]) -> tuple[str, ...]:
         """The candidates whose breaker is not open."""
