@@ -455,6 +455,21 @@ def test_no_fleet_without_urls_and_one_poller_per_source():
     assert AlertRemediator(disabled).fleet is None
 
 
+def test_a_healer_without_the_remediator_that_polls_healing_fleet_says_so(caplog):
+    # Healer.from_config(tel.config, tel), as the README's self-healing section has it, polled
+    # nothing: an alert firing in healing.fleet's Alertmanager left its agent's breaker closed, silently.
+    config = fleet_config(alertmanager=FleetAlertmanagerConfig(urls=(closed_port_url(),)))
+    caplog.set_level(logging.WARNING, logger="agent_exporter.healing.healer")
+    Healer.from_config(config)
+    assert [r.getMessage() for r in caplog.records] == [
+        "healing.fleet names sources this Healer does not poll: pass it "
+        "remediator=AlertRemediator(config, telemetry).start() to act on them"]
+    caplog.clear()
+    Healer.from_config(config, remediator=AlertRemediator(config))
+    Healer.from_config(Config())
+    assert caplog.records == []
+
+
 def test_unreachable_sources_keep_breakers_and_show_in_agents_and_metrics():
     config = fleet_config(alertmanager=FleetAlertmanagerConfig(urls=(closed_port_url(),), interval_seconds=3600),
                           prometheus=FleetPrometheusConfig(url=closed_port_url(), interval_seconds=3600),

@@ -34,6 +34,7 @@ run is still recorded).  Orchestrator code keeps calling `run()` either way.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -46,6 +47,8 @@ from .breaker import OPEN, CircuitBreakers, CircuitOpenError
 from .fallback import FallbackChain
 from .retry import RetryPolicy
 from .selector import AdaptiveSelector
+
+_log = logging.getLogger(__name__)
 
 
 def error_type(exc: BaseException) -> str:
@@ -101,6 +104,11 @@ class Healer:
         """From a Config; shares the breakers and selector of `remediator` (AlertRemediator) when given,
         so alert-driven changes and /v1/agents act on the same state."""
         healing = config.healing
+        fleet = healing.fleet
+        if remediator is None and healing.enabled and (fleet.alertmanager.urls or fleet.prometheus.url):
+            # The fleet's pollers belong to a remediator: without one the keys would be silently unheeded.
+            _log.warning("healing.fleet names sources this Healer does not poll: pass it "
+                         "remediator=AlertRemediator(config, telemetry).start() to act on them")
         if remediator is not None:
             kwargs.setdefault("breakers", remediator.breakers)
             kwargs.setdefault("selector", remediator.selector)
