@@ -282,6 +282,22 @@ def test_exported_weights_follow_a_breaker_change_at_once():
         telemetry.shutdown()
 
 
+def test_an_agent_dropped_from_a_tasks_candidates_is_exported_with_weight_0():
+    telemetry = Telemetry(Config())
+    try:
+        remediator = AlertRemediator(Config(), telemetry)
+        healer = Healer.from_config(Config(), telemetry, remediator=remediator)
+        healer.run("coding", ("coder", "coder-lite"), lambda agent: agent)
+        for _ in range(11):
+            healer.run("coding", ("coder-lite", "coder-mini"), lambda agent: agent)
+        # coder kept its last weight (0.5): the task's weights summed to 1.5.
+        text = telemetry.store.render().decode()
+        assert value_of(text, catalog.SELECTOR_WEIGHT.name, task="coding", agent="coder") == 0.0
+        assert remediator.agents_status()["agents"]["coder"]["selector_weight"] == {"coding": 0.0}
+    finally:
+        telemetry.shutdown()
+
+
 def test_weights_are_exported_from_the_first_choice_whatever_the_cadence():
     weights = {}
 

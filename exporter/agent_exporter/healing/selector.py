@@ -188,8 +188,13 @@ class AdaptiveSelector:
         return {agent: n / self.weight_draws for agent, n in wins.items()}
 
     def publish(self, task: str) -> dict[str, float]:
-        """Compute the weights of `task`, export them, and remember them for agents_status()."""
+        """Compute the weights of `task`, export them, and remember them for agents_status().
+
+        An agent exported before that is no longer among the task's candidates gets 0, not the
+        weight it had when it was one."""
         weights = self.weights(task)
+        dropped = self._published.get(task, {}).keys() - weights.keys()
+        weights.update(dict.fromkeys(sorted(dropped), 0.0))
         self._published[task] = weights
         if self.telemetry is not None:
             for agent, weight in weights.items():
