@@ -262,12 +262,77 @@ def test_selector_skips_agents_whose_breaker_is_open_and_exports_weights():
     assert selector.published()["coding"] == published
 
 
+def test_exported_weights_follow_a_breaker_change_at_once():
+    telemetry = Telemetry(Config())
+    try:
+        remediator = AlertRemediator(Config(), telemetry)
+        healer = Healer.from_config(Config(), telemetry, remediator=remediator)
+        for _ in range(3):
+            healer.run("coding", ("coder", "coder-lite"), lambda agent: agent)
+        remediator.breakers.force_open("coder", "OrchestratorAgentHighErrorRatio")
+        # No task has chosen since: the gauge and /v1/agents said 0.5 for an agent that got nothing.
+        weight = catalog.SELECTOR_WEIGHT.name
+        text = telemetry.store.render().decode()
+        assert value_of(text, weight, task="coding", agent="coder") == 0.0
+        assert value_of(text, weight, task="coding", agent="coder-lite") == 1.0
+        assert remediator.agents_status()["agents"]["coder"]["selector_weight"] == {"coding": 0.0}
+        remediator.breakers.release("coder", "resolved")
+        assert value_of(telemetry.store.render().decode(), weight, task="coding", agent="coder") > 0
+    finally:
+        telemetry.shutdown()
+
+
+def test_an_agent_dropped_from_a_tasks_candidates_is_exported_with_weight_0():
+    telemetry = Telemetry(Config())
+    try:
+        remediator = AlertRemediator(Config(), telemetry)
+        healer = Healer.from_config(Config(), telemetry, remediator=remediator)
+        healer.run("coding", ("coder", "coder-lite"), lambda agent: agent)
+        for _ in range(11):
+            healer.run("coding", ("coder-lite", "coder-mini"), lambda agent: agent)
+        # coder kept its last weight (0.5): the task's weights summed to 1.5.
+        text = telemetry.store.render().decode()
+        assert value_of(text, catalog.SELECTOR_WEIGHT.name, task="coding", agent="coder") == 0.0
+        assert remediator.agents_status()["agents"]["coder"]["selector_weight"] == {"coding": 0.0}
+    finally:
+        telemetry.shutdown()
+
+
+def test_weights_are_exported_from_the_first_choice_whatever_the_cadence():
+    weights = {}
+
+    class FakeTelemetry:
+        def set_selector_weight(self, task, agent, weight):
+            weights[(task, agent)] = weight
+
+    selector = AdaptiveSelector(rng=random.Random(0), telemetry=FakeTelemetry(), publish_every=1)
+    selector.choose("coding", ("a", "b"))
+    assert set(weights) == {("coding", "a"), ("coding", "b")}
+    with pytest.raises(ValueError):
+        AdaptiveSelector(publish_every=0)
+
+
 def test_selector_decays_old_evidence():
     selector = AdaptiveSelector(decay=0.5, rng=random.Random(0))
     selector.observe("t", "a", False)
     selector.observe("t", "b", True)
     assert selector.evidence("t", "a") == (0.0, 0.5)
     assert selector.evidence("t", "b") == (1.0, 0.0)
+
+
+def test_selector_treats_measurements_that_are_no_numbers_as_unknown():
+    nan = float("nan")
+    selector = AdaptiveSelector(rng=random.Random(0))
+    # A NaN evaluation score (an evaluator averaging nothing) made the evidence NaN for good, and
+    # random.betavariate(nan, ...) never returns: choose() hung with the selector's lock held.
+    selector.observe("coding", "coder", True, 1.0, 0.01, score=nan)
+    assert selector.evidence("coding", "coder") == (1.0, 0.0)
+    # A NaN cost made every draw of its agent NaN, never the best: it never got a task again.
+    for _ in range(10):
+        selector.observe("coding", "coder", True, 1.0, 0.01)
+        selector.observe("coding", "coder-lite", True, 1.0, nan)
+    selector.choose("coding", ("coder", "coder-lite"))
+    assert selector.weights("coding")["coder-lite"] > 0.2
 
 
 # -- healer -------------------------------------------------------------------------------
@@ -654,3 +719,17 @@ def test_a_breaker_opened_by_its_own_errors_is_not_a_last_resort():
         breaker.record_failure()
     with pytest.raises(CircuitOpenError):
         healer.run("coding", ("coder",), lambda agent: "never")
+
+
+def test_a_last_resort_is_no_fallback_from_the_agent_to_itself():
+    telemetry = Telemetry(Config())
+    try:
+        remediator = AlertRemediator(Config(), telemetry)
+        healer = Healer.from_config(Config(), telemetry, remediator=remediator)
+        for agent in ("coder", "coder-lite"):
+            remediator.breakers.force_open(agent, "alert firing")
+        assert healer.run("coding", ("coder", "coder-lite"), lambda agent: agent) in ("coder", "coder-lite")
+        # The task ran on its first choice, the last resort: nothing was handed on.
+        assert value_of(telemetry.store.render().decode(), catalog.FALLBACKS.name) is None
+    finally:
+        telemetry.shutdown()

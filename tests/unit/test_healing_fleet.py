@@ -271,6 +271,18 @@ def test_the_poller_backs_off_exponentially_and_says_when_a_source_goes_and_come
                                "last_error": None, "interval_seconds": 5}
 
 
+def test_the_poller_keeps_backing_off_however_long_a_source_is_down():
+    # 1100 failed polls: at healing.fleet's defaults (backoff_max 60 s) about 18 hours of an
+    # Alertmanager down.  delay() overflowed at 1025 and the exception ended the poller's thread.
+    def refused():
+        raise OSError("connection refused")
+
+    poller = Poller("alertmanager", refused, interval=10.0, jitter=0, backoff_max=60.0)   # floats, as configured
+    for _ in range(1100):
+        poller.poll_once()
+    assert poller.delay() == 60
+
+
 def test_poller_jitter_stays_within_its_bounds_and_never_backs_off_below_the_interval():
     poller = Poller("alertmanager", lambda: None, interval=10, jitter=0.2, backoff_max=4, rng=random.Random(3))
     assert all(8 <= poller.delay() <= 12 for _ in range(200))
@@ -441,6 +453,21 @@ def test_no_fleet_without_urls_and_one_poller_per_source():
     disabled = Config(healing=HealingConfig(enabled=False, fleet=FleetConfig(
         prometheus=FleetPrometheusConfig(url="http://127.0.0.1:9"))))
     assert AlertRemediator(disabled).fleet is None
+
+
+def test_a_healer_without_the_remediator_that_polls_healing_fleet_says_so(caplog):
+    # Healer.from_config(tel.config, tel), as the README's self-healing section has it, polled
+    # nothing: an alert firing in healing.fleet's Alertmanager left its agent's breaker closed, silently.
+    config = fleet_config(alertmanager=FleetAlertmanagerConfig(urls=(closed_port_url(),)))
+    caplog.set_level(logging.WARNING, logger="agent_exporter.healing.healer")
+    Healer.from_config(config)
+    assert [r.getMessage() for r in caplog.records] == [
+        "healing.fleet names sources this Healer does not poll: pass it "
+        "remediator=AlertRemediator(config, telemetry).start() to act on them"]
+    caplog.clear()
+    Healer.from_config(config, remediator=AlertRemediator(config))
+    Healer.from_config(Config())
+    assert caplog.records == []
 
 
 def test_unreachable_sources_keep_breakers_and_show_in_agents_and_metrics():

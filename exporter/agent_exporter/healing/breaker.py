@@ -4,6 +4,12 @@ closed --(error ratio >= threshold over the window, with at least min_calls call
 open --(cool-down elapsed)--> half_open --(all probes succeed)--> closed
 half_open --(a probe fails)--> open
 force_open() holds a breaker open (alert-driven remediation) until release() closes it.
+
+acquire() admits a call and returns its permit; the outcome recorded with that
+permit counts as a probe only if the call was admitted as one in the current
+half-open round (a call admitted before the breaker opened says nothing about
+the agent now), and cancel(permit) hands back a probe whose call ended without
+an outcome (the task's own error, a cancellation), so another call may probe.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 
 # listener(agent, old_state, new_state, reason)
 StateListener = Callable[[str, str, str, str], None]
+
+
+class Permit:
+    """One admitted call (see CircuitBreaker.acquire); compared by identity."""
+    __slots__ = ()
 
 
 class CircuitOpenError(Exception):
@@ -52,6 +63,7 @@ class CircuitBreaker:
         self._errors = 0
         self._probes_started = 0
         self._probes_succeeded = 0
+        self._probes: set[Permit] = set()      # permits of this half-open round's probes in flight
         self.forced = False
         # Why it last changed state: error_ratio, cooldown, probes, probe_failed, or an alert.
         self.reason = ""
@@ -69,24 +81,39 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May the agent be called now?  In half-open, each True reserves one probe."""
+        return self.acquire() is not None
+
+    def acquire(self) -> Permit | None:
+        """Like allow(): None when the agent may not be called, else the call's permit, for
+        record_success(permit)/record_failure(permit), or cancel(permit) when it has no outcome."""
         changes = []
         with self._lock:
             self._advance(changes)
             if self._state == CLOSED:
-                allowed = True
+                permit = Permit()
             elif self._state == HALF_OPEN and self._probes_started < self.half_open_probes:
                 self._probes_started += 1
-                allowed = True
+                permit = Permit()
+                self._probes.add(permit)
             else:
-                allowed = False
+                permit = None
         self._notify(changes)
-        return allowed
+        return permit
 
-    def record_success(self) -> None:
-        self._record(failed=False)
+    def record_success(self, permit: Permit | None = None) -> None:
+        """A call succeeded; without its permit, in half-open it counts as a probe."""
+        self._record(failed=False, permit=permit)
 
-    def record_failure(self) -> None:
-        self._record(failed=True)
+    def record_failure(self, permit: Permit | None = None) -> None:
+        """A call failed; without its permit, in half-open it counts as a probe."""
+        self._record(failed=True, permit=permit)
+
+    def cancel(self, permit: Permit | None) -> None:
+        """The call of `permit` ended without an outcome: its probe, if any, goes to another call."""
+        with self._lock:
+            if permit in self._probes:
+                self._probes.discard(permit)
+                self._probes_started -= 1
 
     def force_open(self, reason: str = "forced") -> None:
         """Hold the breaker open (no cool-down, no probes) until release()."""
@@ -120,7 +147,7 @@ class CircuitBreaker:
 
     # -- internals (called with the lock held) ------------------------------
 
-    def _record(self, failed: bool) -> None:
+    def _record(self, failed: bool, permit: Permit | None) -> None:
         changes = []
         with self._lock:
             now = self.clock()
@@ -128,13 +155,15 @@ class CircuitBreaker:
             self._errors += failed
             self._prune(now)
             self._advance(changes)
+            probe = permit is None or permit in self._probes
+            self._probes.discard(permit)
             # While forced open, outcomes still count in the window, but the state holds.
             if not self.forced:
                 if self._state == CLOSED:
                     calls = len(self._calls)
                     if calls >= self.min_calls and self._errors / calls >= self.error_ratio_threshold:
                         self._transition(OPEN, "error_ratio", changes)
-                elif self._state == HALF_OPEN:
+                elif self._state == HALF_OPEN and probe:
                     if failed:
                         self._transition(OPEN, "probe_failed", changes)
                     else:
@@ -163,6 +192,7 @@ class CircuitBreaker:
             self._opened_at = self.clock()
         if state == HALF_OPEN:
             self._probes_started = self._probes_succeeded = 0
+        self._probes.clear()                # a new state: earlier probes are no longer probes
         if state != old:
             self._state = state
             changes.append((old, state, reason))

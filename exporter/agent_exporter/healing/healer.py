@@ -10,8 +10,9 @@ the other candidates).  Each agent gets up to `max_attempts` attempts while its
 breaker allows, with backoff between them; a retryable failure on the last one
 falls back to the next agent.  A non-retryable error propagates at once and is
 held against neither breaker nor selector (it is the task's fault, not the
-agent's).  When every attempt fails, the last error propagates; when no breaker
-let a call through, CircuitOpenError.
+agent's); nor is a run interrupted mid-call (a cancelled await): either way a
+half-open probe it held goes to the next call.  When every attempt fails, the
+last error propagates; when no breaker let a call through, CircuitOpenError.
 
 Every retry and fallback is one typed event (events.Retry, events.Fallback)
 recorded through the telemetry (orchestrator_retries_total,
@@ -33,8 +34,10 @@ run is still recorded).  Orchestrator code keeps calling `run()` either way.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 
 from opentelemetry import trace
 
@@ -44,6 +47,8 @@ from .breaker import OPEN, CircuitBreakers, CircuitOpenError
 from .fallback import FallbackChain
 from .retry import RetryPolicy
 from .selector import AdaptiveSelector
+
+_log = logging.getLogger(__name__)
 
 
 def error_type(exc: BaseException) -> str:
@@ -99,6 +104,11 @@ class Healer:
         """From a Config; shares the breakers and selector of `remediator` (AlertRemediator) when given,
         so alert-driven changes and /v1/agents act on the same state."""
         healing = config.healing
+        fleet = healing.fleet
+        if remediator is None and healing.enabled and (fleet.alertmanager.urls or fleet.prometheus.url):
+            # The fleet's pollers belong to a remediator: without one the keys would be silently unheeded.
+            _log.warning("healing.fleet names sources this Healer does not poll: pass it "
+                         "remediator=AlertRemediator(config, telemetry).start() to act on them")
         if remediator is not None:
             kwargs.setdefault("breakers", remediator.breakers)
             kwargs.setdefault("selector", remediator.selector)
@@ -122,23 +132,25 @@ class Healer:
                 return self.run(task_type, candidates, fn)
         if not self.enabled:
             return fn(_first(task_type, candidates))
-        plan = self._plan(task_type, candidates)
-        step = next(plan)
-        while True:
-            kind, value, span = step
-            if kind == "sleep":
-                self.policy.sleep(value)
-                step = plan.send(None)
-                continue
-            try:
-                with _current(span):
-                    outcome = (True, fn(value))
-            except Exception as exc:  # noqa: BLE001 - the plan decides what a failure means
-                outcome = (False, exc)
-            try:
-                step = plan.send(outcome)
-            except StopIteration as done:
-                return done.value
+        # closing(): an interrupted run (KeyboardInterrupt, a cancelled await) ends the plan at once,
+        # which hands back the breaker's probe of the attempt in flight.
+        with closing(self._plan(task_type, candidates)) as plan:
+            step = next(plan)
+            while True:
+                kind, value, span = step
+                if kind == "sleep":
+                    self.policy.sleep(value)
+                    step = plan.send(None)
+                    continue
+                try:
+                    with _current(span):
+                        outcome = (True, fn(value))
+                except Exception as exc:  # noqa: BLE001 - the plan decides what a failure means
+                    outcome = (False, exc)
+                try:
+                    step = plan.send(outcome)
+                except StopIteration as done:
+                    return done.value
 
     async def run_async(self, task_type: str, candidates: Sequence[str], fn, *, workflow: str | None = None):
         """Like run(), for `async def fn(agent)`; backoff waits with the policy's async_sleep."""
@@ -147,23 +159,23 @@ class Healer:
                 return await self.run_async(task_type, candidates, fn)
         if not self.enabled:
             return await fn(_first(task_type, candidates))
-        plan = self._plan(task_type, candidates)
-        step = next(plan)
-        while True:
-            kind, value, span = step
-            if kind == "sleep":
-                await self.policy.async_sleep(value)
-                step = plan.send(None)
-                continue
-            try:
-                with _current(span):
-                    outcome = (True, await fn(value))
-            except Exception as exc:  # noqa: BLE001
-                outcome = (False, exc)
-            try:
-                step = plan.send(outcome)
-            except StopIteration as done:
-                return done.value
+        with closing(self._plan(task_type, candidates)) as plan:     # as in run()
+            step = next(plan)
+            while True:
+                kind, value, span = step
+                if kind == "sleep":
+                    await self.policy.async_sleep(value)
+                    step = plan.send(None)
+                    continue
+                try:
+                    with _current(span):
+                        outcome = (True, await fn(value))
+                except Exception as exc:  # noqa: BLE001
+                    outcome = (False, exc)
+                try:
+                    step = plan.send(outcome)
+                except StopIteration as done:
+                    return done.value
 
     # -- the policy, as a generator shared by both entry points -------------------
     #
@@ -201,12 +213,13 @@ class Healer:
                 breaker = self.breakers.get(agent)
                 called = False
                 for attempt in range(1, (1 if last_resort else policy.max_attempts) + 1):
-                    if not (last_resort or breaker.allow()):
+                    permit = None if last_resort else breaker.acquire()
+                    if permit is None and not last_resort:
                         break
                     called = anything_called = True
                     if attempt > 1:
                         self._retry(run_span, agent, attempt, last_error)
-                    elif previous is not None:      # a hand-off is recorded when the work is taken on
+                    elif previous not in (None, agent):     # a hand-off is recorded when the work is taken on
                         self._fallback(run_span, previous, agent, reason)
                     links = [trace.Link(first_attempt)] if first_attempt is not None else []
                     span = self.tracer.start_span(
@@ -215,11 +228,17 @@ class Healer:
                     if first_attempt is None:
                         first_attempt = span.get_span_context()
                     started = self.clock()
-                    ok, value = yield ("call", agent, span)
+                    try:
+                        ok, value = yield ("call", agent, span)
+                    except GeneratorExit:       # the run was interrupted: no outcome to hold against the agent
+                        breaker.cancel(permit)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
+                        span.end()
+                        raise
                     latency = self.clock() - started
                     if ok:
                         span.end()
-                        breaker.record_success()
+                        breaker.record_success(permit)
                         self._observe(task_type, agent, True, latency, value)
                         run_span.set_attribute("gen_ai.agent.name", agent)
                         return value
@@ -227,8 +246,9 @@ class Healer:
                     span.set_status(trace.Status(trace.StatusCode.ERROR, error_type(value)))
                     span.end()
                     if not policy.is_retryable(value):
+                        breaker.cancel(permit)
                         raise value
-                    breaker.record_failure()
+                    breaker.record_failure(permit)
                     self._observe(task_type, agent, False, latency, value)
                     last_error = value
                     if attempt < policy.max_attempts and breaker.state != OPEN:
@@ -241,7 +261,8 @@ class Healer:
                 raise last_error
             raise CircuitOpenError(order)
         except BaseException as exc:
-            run_span.set_status(trace.Status(trace.StatusCode.ERROR, error_type(exc)))
+            kind = "cancelled" if isinstance(exc, GeneratorExit) else error_type(exc)
+            run_span.set_status(trace.Status(trace.StatusCode.ERROR, kind))
             raise
         finally:
             run_span.end()

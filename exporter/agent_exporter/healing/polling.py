@@ -90,7 +90,9 @@ class Poller:
         """The wait before the next poll."""
         base = self.interval
         if self.failures:
-            base = max(self.interval, min(self.backoff_max, self.interval * 2 ** (self.failures - 1)))
+            # Capped doublings: 2**n is no float past n = 1023, and the wait is backoff_max long before.
+            doublings = min(self.failures - 1, 1000)
+            base = max(self.interval, min(self.backoff_max, self.interval * 2.0 ** doublings))
         return base * self._rng.uniform(1 - self.jitter, 1 + self.jitter)
 
     def start(self, *, poll_first: bool = True) -> "Poller":

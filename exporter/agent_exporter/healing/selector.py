@@ -8,7 +8,8 @@ To choose, each available agent draws a success probability from its posterior
 and pays a penalty for its recent latency and cost relative to the other
 candidates; the highest score wins.  Agents whose breaker is open are skipped.
 The selection probability of each agent (estimated by drawing, with a separate
-generator) is exported as orchestrator_selector_weight{task, agent}.
+generator) is exported as orchestrator_selector_weight{task, agent}, every few
+choices and whenever the breaker of one of the task's candidates changes state.
 
 Quality: a success may carry the evaluation score of its answer (0..1); with
 `quality_weight` q it counts as 1 - q * (1 - score) of a success and the rest
@@ -24,6 +25,7 @@ means of the two weighted alike.  clear_fleet() returns to local learning.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Mapping, Sequence
@@ -62,7 +64,8 @@ class AdaptiveSelector:
     averages; `fleet_weight` and `local_weight`: the blend with set_fleet()'s
     statistics.  `rng` seeds the choices; `breakers` (CircuitBreakers) makes
     open agents unavailable; `telemetry` receives the weights every
-    `publish_every` choices of a task.
+    `publish_every` choices of a task (from the first) and when a candidate's
+    breaker changes state.
     """
 
     def __init__(self, *, decay: float = 0.97, latency_weight: float = 0.2, cost_weight: float = 0.1,
@@ -73,6 +76,8 @@ class AdaptiveSelector:
             raise ValueError("decay must be in (0, 1]")
         if not 0 <= quality_weight <= 1:
             raise ValueError("quality_weight must be in [0, 1]")
+        if publish_every < 1:
+            raise ValueError("publish_every must be at least 1")
         self.decay = decay
         self.latency_weight = latency_weight
         self.cost_weight = cost_weight
@@ -92,6 +97,8 @@ class AdaptiveSelector:
         self._chosen: dict[str, int] = {}
         self._published: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+        if breakers is not None:
+            breakers.add_listener(self._breaker_changed)
 
     @classmethod
     def from_config(cls, healing, **kwargs) -> "AdaptiveSelector":
@@ -131,16 +138,20 @@ class AdaptiveSelector:
             evidence = self._evidence.setdefault(task, {})
             choice = self._draw(evidence, available, self.rng)
             self._chosen[task] = chosen = self._chosen.get(task, 0) + 1
-        if self.telemetry is not None and chosen % self.publish_every == 1:
+        if self.telemetry is not None and (chosen - 1) % self.publish_every == 0:
             self.publish(task)
         return choice
 
     def observe(self, task: str, agent: str, success: bool, latency_seconds: float | None = None,
                 cost_usd: float | None = None, score: float | None = None) -> None:
-        """One outcome of `agent` on a task of type `task`; `score` is its answer's evaluation (0..1)."""
+        """One outcome of `agent` on a task of type `task`; `score` is its answer's evaluation (0..1).
+
+        A score, latency or cost that is no number (NaN; for latency and cost also infinite or
+        negative) is taken as unknown: one would spoil the agent's evidence for good."""
         credit = 1.0 if success else 0.0
-        if success and score is not None:
+        if success and score is not None and not math.isnan(score):
             credit -= self.quality_weight * (1.0 - min(max(score, 0.0), 1.0))
+        latency_seconds, cost_usd = _measured(latency_seconds), _measured(cost_usd)
         with self._lock:
             evidence = self._evidence.setdefault(task, {})
             for other in evidence.values():
@@ -177,8 +188,13 @@ class AdaptiveSelector:
         return {agent: n / self.weight_draws for agent, n in wins.items()}
 
     def publish(self, task: str) -> dict[str, float]:
-        """Compute the weights of `task`, export them, and remember them for agents_status()."""
+        """Compute the weights of `task`, export them, and remember them for agents_status().
+
+        An agent exported before that is no longer among the task's candidates gets 0, not the
+        weight it had when it was one."""
         weights = self.weights(task)
+        dropped = self._published.get(task, {}).keys() - weights.keys()
+        weights.update(dict.fromkeys(sorted(dropped), 0.0))
         self._published[task] = weights
         if self.telemetry is not None:
             for agent, weight in weights.items():
@@ -198,6 +214,14 @@ class AdaptiveSelector:
         return mine.successes, mine.failures
 
     # -- internals --------------------------------------------------------------
+
+    def _breaker_changed(self, agent: str, old: str, new: str, reason: str) -> None:
+        """An agent opened or came back: the exported weights of its tasks say so now, not choices later."""
+        if self.telemetry is None:
+            return
+        for task, candidates in list(self._candidates.items()):
+            if agent in candidates:
+                self.publish(task)
 
     def _available(self, candidates: tuple[str, ...]) -> tuple[str, ...]:
         """The candidates whose breaker is not open."""
@@ -248,6 +272,11 @@ def _blend(local: float | None, local_n: float, fleet: float | None, fleet_n: fl
     if local is None or local_n <= 0:
         return fleet
     return (local * local_n + fleet * fleet_n) / (local_n + fleet_n)
+
+
+def _measured(value: float | None) -> float | None:
+    """A latency or cost the averages can take, else None."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 def _smooth(previous: float | None, value: float, alpha: float) -> float:

@@ -1,0 +1,119 @@
+"""Half-open probes: only a probe's outcome decides, and a probe that ends without one is handed back."""
+
+import asyncio
+import threading
+
+import pytest
+
+from agent_exporter.healing import CircuitBreakers, Healer, RetryPolicy
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class AgentDown(Exception):
+    pass
+
+
+class BadTask(Exception):
+    """The task's own fault: not retried, not held against the agent."""
+
+
+def half_open_healer():
+    """A Healer whose one agent's breaker (one probe, 10 s cool-down) is half-open; and its clock."""
+    clock = Clock()
+    breakers = CircuitBreakers(min_calls=2, error_ratio=0.5, cooldown_seconds=10, half_open_probes=1, clock=clock)
+    policy = RetryPolicy(1, retryable=AgentDown, sleep=lambda seconds: None)
+    healer = Healer(policy=policy, breakers=breakers, clock=clock)
+    for _ in range(2):
+        breakers.get("coder").record_failure()
+    clock.now = 10.0
+    assert breakers.get("coder").state == "half_open"
+    return healer, clock
+
+
+def test_a_probe_ended_by_a_non_retryable_error_goes_to_the_next_call():
+    healer, clock = half_open_healer()
+
+    def bad_task(agent):
+        raise BadTask("the prompt is malformed")
+
+    with pytest.raises(BadTask):
+        healer.run("coding", ("coder",), bad_task)
+    clock.now = 1000.0
+    # The probe was handed back: the next task probes the agent, and its success closes the breaker.
+    assert healer.run("coding", ("coder",), lambda agent: "done") == "done"
+    assert healer.breakers.get("coder").state == "closed"
+
+
+def test_a_probe_whose_await_is_cancelled_goes_to_the_next_call():
+    healer, _ = half_open_healer()
+
+    async def scenario():
+        entered = asyncio.Event()
+
+        async def hangs(agent):
+            entered.set()
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(healer.run_async("coding", ("coder",), hangs))
+        await entered.wait()
+        task.cancel()           # e.g. asyncio.wait_for's timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def answers(agent):
+            return "done"
+
+        return await healer.run_async("coding", ("coder",), answers)
+
+    assert asyncio.run(scenario()) == "done"
+    assert healer.breakers.get("coder").state == "closed"
+
+
+def test_a_call_admitted_before_the_breaker_opened_is_not_a_probe():
+    clock = Clock()
+    breakers = CircuitBreakers(min_calls=2, error_ratio=0.5, cooldown_seconds=10, half_open_probes=1, clock=clock)
+    healer = Healer(policy=RetryPolicy(1, retryable=AgentDown), breakers=breakers, clock=clock)
+    breaker = breakers.get("coder")
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_success(agent):
+        started.set()
+        finish.wait(10)
+        return "late answer"
+
+    slow = threading.Thread(target=healer.run, args=("coding", ("coder",), slow_success))
+    slow.start()
+    started.wait(10)
+    for _ in range(2):                  # meanwhile the agent fails: the breaker opens, then cools down
+        breaker.record_failure()
+    clock.now = 10.0
+    assert breaker.state == "half_open"
+    finish.set()
+    slow.join(10)
+    # That success was of a call made while closed: the breaker waits for its probe.
+    assert breaker.state == "half_open"
+
+    def down(agent):
+        raise AgentDown(agent)
+
+    with pytest.raises(AgentDown):
+        healer.run("coding", ("coder",), down)
+    assert breaker.state == "open" and breaker.reason == "probe_failed"
+
+
+def test_an_outcome_without_a_permit_still_counts_as_a_probe():
+    clock = Clock()
+    breaker = CircuitBreakers(min_calls=2, cooldown_seconds=10, half_open_probes=1, clock=clock).get("coder")
+    for _ in range(2):
+        breaker.record_failure()
+    clock.now = 10.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed"
