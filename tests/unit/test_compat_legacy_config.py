@@ -14,44 +14,7 @@ from agent_exporter.compat.alerting import get_alerting_system
 from agent_exporter.compat.metrics_collector import get_metrics_collector
 from agent_exporter.config import Config
 
-# Where the legacy package kept its config, relative to the working directory.
-LEGACY_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
-# The seed's observability_config.yaml (tracing, metrics, logging), at the path the legacy package used.
-LEGACY_YAML = """
-observability:
-  enabled: true
-  tracing:
-    enabled: true
-    backend: opentelemetry
-    export_to_console: true  # For development
-    export_to_otlp: false    # Set true when you have OTLP collector
-    otlp_endpoint: "http://localhost:4317"
-    trace_all_agents: true
-    trace_state_transitions: true
-    trace_tool_calls: true
-    trace_errors: true
-    sampling_rate: 1.0
-  metrics:
-    enabled: true
-    collection_interval: 60  # seconds
-  logging:
-    level: INFO
-    include_traces: true
-    format: json
-"""
-
-# The seed's alerting section, and where its Alertmanager is.
-SEED_ALERTING_YAML = """
-  alerting:
-    enabled: true
-    channels:
-      - log
-    conditions:
-      - "error_rate > 5%"
-      - "latency_p95 > 10000"  # 10 seconds
-      - "cost_per_day > 100"
-    alertmanager_url: "http://alertmanager:9093/"
-"""
+from legacy_config import LEGACY_CONFIG_FILE, LEGACY_YAML
 
 # A legacy application, as the seed writes it (imports changed).
 LEGACY_APPLICATION = """
@@ -69,7 +32,7 @@ with tracer.tracer.start_as_current_span("orchestrator.execute_request") as span
 def test_a_legacy_application_prints_its_spans_as_its_config_says(tmp_path):
     config = tmp_path / LEGACY_CONFIG_FILE
     config.parent.mkdir(parents=True)
-    config.write_text(LEGACY_YAML.replace("enabled: true\n  tracing", "service_name: magnus\n  tracing"))
+    config.write_text(LEGACY_YAML.replace("observability:\n", "observability:\n  service_name: magnus\n", 1))
     # A process of its own: OpenTelemetry's global provider is set once per process, and the
     # console exporter writes to the stdout the process started with (spans flushed at exit).
     run = subprocess.run([sys.executable, "-c", LEGACY_APPLICATION], cwd=tmp_path, capture_output=True, text=True,
@@ -114,7 +77,8 @@ def test_an_unreadable_legacy_config_means_the_defaults_loudly(legacy_process, c
 
 
 def test_the_legacy_alerting_reads_the_same_file(legacy_process):
-    legacy_process.write_text(LEGACY_YAML + SEED_ALERTING_YAML)
+    # The seed's alerting section, and where its Alertmanager is.
+    legacy_process.write_text(LEGACY_YAML + '    alertmanager_url: "http://alertmanager:9093/"\n')
     system = get_alerting_system()
     assert system.config == get_metrics_collector().telemetry.config
     assert system.config.alerting.channels == ("log",)
