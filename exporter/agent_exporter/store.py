@@ -17,7 +17,7 @@ import time
 import weakref
 from bisect import bisect_left
 from operator import attrgetter
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from . import catalog, events
 from .config import Config, MetricsConfig
@@ -178,6 +178,7 @@ class SeriesStore:
         cfg = metrics_config or MetricsConfig()
         self._lock = threading.Lock()
         _stores.add(self)
+        self._refreshers: list[weakref.WeakMethod] = []
         self._extra_labels = tuple(cfg.extra_labels)
         bounds = {
             catalog.AGENT_EXECUTION_DURATION: cfg.execution_buckets,
@@ -463,8 +464,27 @@ class SeriesStore:
 
     # -- reading -----------------------------------------------------------
 
+    def refresh_on_scrape(self, method: Callable[[], object]) -> None:
+        """Call `method` before each snapshot (every scrape), for state that changes with time alone.
+
+        An open circuit breaker is half-open once its cool-down has passed, but says so only when
+        asked: with no calls to ask, its gauge would stay open and page.  Held weakly: a
+        registration keeps nothing alive.
+        """
+        with self._lock:
+            self._refreshers.append(weakref.WeakMethod(method))
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self._refreshers = [ref for ref in self._refreshers if ref() is not None]
+            methods = [ref() for ref in self._refreshers]
+        for method in methods:      # outside the lock: they record what changed
+            if method is not None:
+                method()
+
     def snapshot(self) -> list:
         """A consistent copy of every family, taken under the lock; rendering happens outside it."""
+        self._refresh()
         with self._lock:
             overflow = self._overflow
             for family in self._families.values():

@@ -742,6 +742,11 @@ class Telemetry:
     def set_circuit_state(self, agent: str, state: str) -> None:
         self.record({"type": "circuit_state", "agent": agent, "state": state})
 
+    def refresh_on_scrape(self, method: Callable[[], object]) -> None:
+        """Call `method` (held weakly) before each scrape: for state that changes with time alone,
+        such as a circuit breaker past its cool-down (SeriesStore.refresh_on_scrape)."""
+        self.store.refresh_on_scrape(method)
+
     def _span_for(self, event):
         """Emit the span (or span event) of an event; give it the span's trace ids if it had none."""
         span = self.spans.event_span(event)

@@ -2,7 +2,10 @@
 
 import asyncio
 import copy
+import gc
 import random
+import threading
+import weakref
 
 import pytest
 from opentelemetry import trace
@@ -193,6 +196,9 @@ def test_breakers_registry_reports_states_to_telemetry():
         def set_circuit_state(self, agent, state):
             recorded.append((agent, state))
 
+        def refresh_on_scrape(self, method):
+            pass
+
     clock = Clock()
     breakers = CircuitBreakers.from_config(HealingConfig(breaker_min_calls=2), clock=clock,
                                            telemetry=FakeTelemetry())
@@ -204,6 +210,63 @@ def test_breakers_registry_reports_states_to_telemetry():
     assert recorded == [("coder", "closed"), ("coder", "open")]
     assert seen == [("coder", "open")]
     assert [b.agent for b in breakers] == ["coder"]
+
+
+def test_a_scrape_finds_a_breaker_past_its_cool_down_half_open_without_a_call():
+    # With no traffic nothing asks an open breaker for its state: its gauge stayed at open, and
+    # OrchestratorCircuitBreakerOpen fired all night for an agent that would take the next call.
+    clock = Clock()
+    tel = Telemetry(Config())
+    breakers = CircuitBreakers.from_config(HealingConfig(breaker_min_calls=2, breaker_cooldown_seconds=30),
+                                           clock=clock, telemetry=tel)
+    seen = []
+    breakers.add_listener(lambda agent, old, new, reason: seen.append((agent, new, reason)))
+    breakers.get("coder").record_failure()
+    breakers.get("coder").record_failure()
+    gauge = catalog.CIRCUIT_BREAKER_STATE.name
+    assert value_of(tel.render().decode(), gauge, agent="coder") == catalog.CIRCUIT_STATE_VALUES["open"]
+    clock.now += 29
+    assert value_of(tel.render().decode(), gauge, agent="coder") == catalog.CIRCUIT_STATE_VALUES["open"]
+    clock.now += 1
+    assert value_of(tel.render().decode(), gauge, agent="coder") == catalog.CIRCUIT_STATE_VALUES["half_open"]
+    assert seen == [("coder", "open", "error_ratio"), ("coder", "half_open", "cooldown")]
+
+
+def test_breakers_are_not_kept_alive_by_the_telemetry_they_report_to():
+    tel = Telemetry(Config())
+    breakers = CircuitBreakers.from_config(HealingConfig(), telemetry=tel)
+    breakers.get("coder")
+    gone = weakref.ref(breakers)
+    del breakers
+    gc.collect()
+    assert gone() is None
+    tel.render()                 # a scrape after they are gone has nothing to refresh, and fails nothing
+
+
+def test_a_breaker_changed_while_it_is_made_keeps_the_change_on_its_gauge():
+    # Another thread opening the breaker as it is made: its "open" must not be overwritten by the
+    # "closed" the new breaker's gauge starts with.
+    class Telemetry:
+        def __init__(self):
+            self.gauge = {}
+            self.opener = None
+
+        def refresh_on_scrape(self, method):
+            pass
+
+        def set_circuit_state(self, agent, state):
+            if self.opener is None:
+                self.opener = threading.Thread(target=breakers.force_open, args=(agent, "alert"))
+                self.opener.start()
+                self.opener.join(1)     # bounded: where the breaker is not yet visible, it waits for us
+            self.gauge[agent] = state
+
+    telemetry = Telemetry()
+    breakers = CircuitBreakers.from_config(HealingConfig(), telemetry=telemetry)
+    breakers.get("coder")
+    telemetry.opener.join(10)
+    assert breakers.get("coder").state == "open"
+    assert telemetry.gauge == {"coder": "open"}
 
 
 # -- adaptive selector ------------------------------------------------------------------------
@@ -683,6 +746,9 @@ def test_fallback_is_recorded_only_to_an_agent_that_takes_the_work():
             recorded.append(event)
 
         def set_circuit_state(self, agent, state):
+            pass
+
+        def refresh_on_scrape(self, method):
             pass
 
     healer, _ = make_healer(telemetry=FakeTelemetry(), max_attempts=1,

@@ -221,6 +221,8 @@ class CircuitBreakers:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._listeners: list[StateListener] = []
         self._lock = threading.Lock()
+        if telemetry is not None:
+            telemetry.refresh_on_scrape(self.advance)
 
     @classmethod
     def from_config(cls, healing, **kwargs) -> "CircuitBreakers":
@@ -239,12 +241,11 @@ class CircuitBreakers:
             breaker = self._breakers.get(agent)
             if breaker is None:
                 breaker = CircuitBreaker(agent, clock=self.clock, listener=self._changed, **self._settings)
+                if self.telemetry is not None:
+                    # The gauge exists from the first call, set before another thread can change
+                    # the breaker (and its gauge) and be overwritten.
+                    self.telemetry.set_circuit_state(agent, CLOSED)
                 self._breakers[agent] = breaker
-                created = True
-            else:
-                created = False
-        if created and self.telemetry is not None:
-            self.telemetry.set_circuit_state(agent, CLOSED)     # the gauge exists from the first call
         return breaker
 
     def __contains__(self, agent: str) -> bool:
@@ -252,6 +253,12 @@ class CircuitBreakers:
 
     def __iter__(self):
         return iter(list(self._breakers.values()))
+
+    def advance(self) -> None:
+        """Bring every breaker up to its clock: one open past its cool-down becomes half-open (and
+        says so to the telemetry and listeners) though no call came to find out."""
+        for breaker in self:
+            breaker.state       # reading the state advances it
 
     def agent_count(self) -> int:     # not __len__: an empty registry must stay truthy for `breakers or ...`
         return len(self._breakers)
