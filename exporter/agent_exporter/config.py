@@ -224,6 +224,9 @@ class AlertingConfig(Section):
     # Labels the alerts keep apart (e.g. environment, cluster) when one Prometheus
     # scrapes several deployments; the recording rules aggregate by them too.
     group_labels: tuple[LabelName, ...] = ()
+    # This deployment's values of group_labels (environment: production): its self-healing acts
+    # only on the alerts that carry them and learns from its own deployment's statistics.
+    deployment_labels: dict[LabelName, LabelValue] = {}
     # Alerts whose firing opens the named agent's circuit breaker (self-healing).
     remediation_alerts: tuple[AlertName, ...] = ("OrchestratorAgentHighErrorRatio",)
 
@@ -234,6 +237,10 @@ class AlertingConfig(Section):
                 raise Invalid(f"group_labels[{i}]", f"{label!r} is a label the rules already use; "
                                                     "expected a deployment label such as environment or cluster")
         _unique(self.group_labels, "group_labels")
+        for label in self.deployment_labels:
+            if label not in self.group_labels:
+                raise Invalid(f"deployment_labels.{label}", f"{label!r} is not one of group_labels, "
+                                                            "the only labels the alerts and recording rules keep")
 
 
 class ServerConfig(Section):

@@ -53,11 +53,12 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def post_alert(am_url: str, *, ends_in: timedelta, agent: str = FAILING, alertname: str = ALERT) -> None:
+def post_alert(am_url: str, *, ends_in: timedelta, agent: str = FAILING, alertname: str = ALERT,
+               **labels: str) -> None:
     """What Prometheus sends: the alert with an end a little ahead (or past, once resolved)."""
     now = datetime.now(timezone.utc)
     post_json(am_url + "/api/v2/alerts", [{
-        "labels": {"alertname": alertname, "agent": agent, "severity": "critical"},
+        "labels": {"alertname": alertname, "agent": agent, "severity": "critical", **labels},
         "annotations": {"summary": "failing"}, "startsAt": iso(now - timedelta(minutes=1)),
         "endsAt": iso(now + ends_in)}])
 
@@ -143,6 +144,22 @@ def test_a_resolved_alert_closes_the_breaker(alertmanagers):
     post_alert(first.url, ends_in=timedelta(seconds=-1))       # Prometheus's resolved notice
     assert alerts.poll_once() and not remediator.breakers.get(FAILING).forced
     assert remediator.breakers.get(FAILING).reason == "resolved:" + ALERT
+
+
+def test_a_deployment_polls_only_its_own_alerts(alertmanagers):
+    first, _ = alertmanagers
+
+    def replica(environment):
+        return AlertRemediator(Config(
+            alerting=AlertingConfig(group_labels=("environment",), deployment_labels={"environment": environment}),
+            healing=HealingConfig(fleet=FleetConfig(
+                alertmanager=FleetAlertmanagerConfig(urls=(first.url,), interval_seconds=3600)))))
+
+    production, staging = replica("production"), replica("staging")
+    post_alert(first.url, ends_in=timedelta(minutes=5), environment="staging")
+    assert poller(production, "alertmanager").poll_once() and poller(staging, "alertmanager").poll_once()
+    assert FAILING not in production.breakers
+    assert staging.breakers.get(FAILING).forced
 
 
 # -- statistics from Prometheus ------------------------------------------------------------------------
@@ -243,3 +260,14 @@ def test_a_new_replica_routes_away_from_the_failing_agent_from_the_statistics_al
         assert remediator.agents_status()["fleet"]["prometheus"]["up"] is True
     finally:
         remediator.stop()
+
+
+def test_a_deployment_learns_nothing_from_another_deployments_series(prometheus_with_an_incident):
+    # The incident's series carry no environment: a production replica's queries select none of them.
+    config = Config(
+        alerting=AlertingConfig(group_labels=("environment",), deployment_labels={"environment": "production"}),
+        healing=HealingConfig(fleet=FleetConfig(
+            prometheus=FleetPrometheusConfig(url=prometheus_with_an_incident.url, interval_seconds=3600))))
+    remediator = AlertRemediator(config)
+    assert poller(remediator, "prometheus").poll_once()         # the queries are valid PromQL
+    assert remediator.selector.fleet() == {}

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import catalog, tracing
 from agent_exporter.config import (
-    AlertingConfig, Config, FleetAlertmanagerConfig, FleetConfig, FleetPrometheusConfig, HealingConfig,
-    HTTPAuthConfig, SelectorConfig)
+    AlertingConfig, Config, ConfigError, FleetAlertmanagerConfig, FleetConfig, FleetPrometheusConfig, HealingConfig,
+    HTTPAuthConfig, SelectorConfig, parse_config)
 from agent_exporter.healing import AdaptiveSelector, AlertRemediator, FleetStats, Healer, RetryPolicy
 from agent_exporter.healing.alertmanager import alerts_filter, decode_api_alerts
 from agent_exporter.healing.api_client import APIClient, SourceUnavailable
@@ -199,6 +199,41 @@ def test_a_poll_opens_and_closes_breakers_like_the_webhook():
     assert rem.sync_alerts(polled(api_alert()), clock.now) == {"opened": [], "closed": []}
     assert rem.sync_alerts(polled(), clock.now) == {"opened": [], "closed": ["coder"]}
     assert changes == [("coder", "closed", "open", ALERT), ("coder", "open", "closed", "resolved:" + ALERT)]
+
+
+def test_a_deployment_acts_only_on_its_own_alerts():
+    # One Prometheus and Alertmanager for staging and production (alerting.group_labels): a staging
+    # alert must not open production's breaker, whether it comes by webhook or by poll.
+    config = Config(alerting=AlertingConfig(remediation_alerts=(ALERT,), group_labels=("environment",),
+                                            deployment_labels={"environment": "production"}))
+    rem = AlertRemediator(config, clock=Clock())
+    staging, production = notification("firing", "f1", "coder"), notification("firing", "f2", "planner")
+    staging["alerts"][0]["labels"]["environment"] = "staging"
+    production["alerts"][0]["labels"]["environment"] = "production"
+    assert rem.handle_webhook(staging) == {"status": "ok", "alerts": 1, "opened": [], "closed": [], "ignored": 1}
+    assert rem.handle_webhook(production)["opened"] == ["planner"]
+    unlabelled = api_alert("tester", "f3")
+    assert rem.sync_alerts(polled(unlabelled, {**api_alert("reviewer", "f4"), "labels": {
+        **api_alert()["labels"], "agent": "reviewer", "environment": "production"}}), 0.0)["opened"] == ["reviewer"]
+    assert "coder" not in rem.breakers and "tester" not in rem.breakers
+
+
+def test_deployment_labels_must_be_group_labels():
+    with pytest.raises(ConfigError, match=r"observability\.alerting\.deployment_labels\.environment: "
+                                          r"'environment' is not one of group_labels"):
+        parse_config({"observability": {"alerting": {"deployment_labels": {"environment": "production"}}}})
+
+
+def test_a_deployments_statistics_are_its_own_series():
+    queries = Queries.over("1m", {"environment": "production", "cluster": "eu-1"})
+    assert queries.success == ('1 - avg by (agent) (agent:orchestrator_agent_errors:ratio_rate1m'
+                               '{cluster="eu-1", environment="production"})')
+    assert queries.latency == ('avg by (agent) (agent_quantile:orchestrator_agent_execution_duration_seconds:'
+                               'histogram_quantile1m{quantile="0.5", cluster="eu-1", environment="production"})')
+    assert queries.cost == (
+        'sum by (agent) (rate(orchestrator_llm_cost_usd_total{cluster="eu-1", environment="production"}[1m])) / '
+        'sum by (agent) (rate(orchestrator_agent_executions_total{cluster="eu-1", environment="production"}[1m]))')
+    assert Queries.over("1m", {}) == Queries.over("1m")
 
 
 def test_whichever_source_comes_first_acts_and_nothing_acts_twice():

@@ -13,7 +13,7 @@ member answers, the remediator keeps what it had.
 
 from __future__ import annotations
 
-from .alertmanager import alerts_filter, decode_api_alerts
+from .alertmanager import alerts_filter, decode_api_alerts, label_matchers
 from .api_client import APIClient
 
 ALERTS_PATH = "/api/v2/alerts"
@@ -25,8 +25,9 @@ class AlertmanagerAlerts:
     def __init__(self, client: APIClient, remediator):
         self.client = client
         self.remediator = remediator
-        self.params = [("filter", alerts_filter(remediator.remediation_alerts)), ("active", "true"),
-                       ("silenced", "false"), ("inhibited", "false")]
+        self.params = [("filter", alerts_filter(remediator.remediation_alerts)),
+                       *(("filter", matcher) for matcher in label_matchers(remediator.deployment_labels)),
+                       ("active", "true"), ("silenced", "false"), ("inhibited", "false")]
 
     def __call__(self) -> None:
         sent_at = self.remediator.clock()

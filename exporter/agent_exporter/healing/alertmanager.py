@@ -108,3 +108,9 @@ def decode_api_alerts(body: bytes) -> list[APIAlert]:
 def alerts_filter(alert_names) -> str:
     """The API's `filter` matcher selecting these alert names (Alertmanager anchors the regex)."""
     return 'alertname=~"' + "|".join(re.escape(name) for name in sorted(alert_names)) + '"'
+
+
+def label_matchers(labels: dict[str, str]) -> list[str]:
+    """Equality matchers for these labels, as Alertmanager's filters and PromQL selectors write
+    them (config.LabelValue holds no quote, backslash or newline to escape)."""
+    return [f'{name}="{value}"' for name, value in sorted(labels.items())]

@@ -51,7 +51,8 @@ class Fleet:
         if fleet.prometheus.url:
             client = APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth,
                                key_path=f"{key}.prometheus", timeout=fleet.timeout_seconds)
-            stats = PrometheusStats(client, remediator.selector, fleet.prometheus.window)
+            stats = PrometheusStats(client, remediator.selector, fleet.prometheus.window,
+                                    config.alerting.deployment_labels)
             pollers.append(Poller("prometheus", stats, interval=fleet.prometheus.interval_seconds,
                                   on_failure=stats.unavailable, on_result=source_up("prometheus"), **timing))
         return cls(pollers)

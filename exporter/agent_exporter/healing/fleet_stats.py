@@ -30,10 +30,12 @@ from typing import NamedTuple
 import msgspec
 
 from ..render.series import AGENT_SLI, COST, EXECUTIONS, latency_quantile_rule
+from .alertmanager import label_matchers
 from .api_client import APIClient
 from .selector import FleetStats
 
 QUERY_PATH = "/api/v1/query"
+MEDIAN = 'quantile="0.5"'
 
 
 class Queries(NamedTuple):
@@ -43,10 +45,17 @@ class Queries(NamedTuple):
     cost: str
 
     @classmethod
-    def over(cls, window: str) -> "Queries":
-        return cls(success=f"1 - avg by (agent) ({AGENT_SLI.error_ratio_rule(window)})",
-                   latency=f'avg by (agent) ({latency_quantile_rule(window)}{{quantile="0.5"}})',
-                   cost=f"sum by (agent) (rate({COST}[{window}])) / sum by (agent) (rate({EXECUTIONS}[{window}]))")
+    def over(cls, window: str, deployment_labels: dict[str, str] | None = None) -> "Queries":
+        """The queries over `window`, of this deployment's series (alerting.deployment_labels)."""
+        matchers = label_matchers(deployment_labels or {})
+
+        def selector(name: str, *more: str) -> str:
+            return f"{name}{{{', '.join((*more, *matchers))}}}" if more or matchers else name
+
+        return cls(success=f"1 - avg by (agent) ({selector(AGENT_SLI.error_ratio_rule(window))})",
+                   latency=f"avg by (agent) ({selector(latency_quantile_rule(window), MEDIAN)})",
+                   cost=f"sum by (agent) (rate({selector(COST)}[{window}])) / "
+                        f"sum by (agent) (rate({selector(EXECUTIONS)}[{window}]))")
 
 
 class _Sample(msgspec.Struct, frozen=True):
@@ -87,10 +96,10 @@ def _per_agent(body: bytes, query: str) -> dict[str, float]:
 class PrometheusStats:
     """One refresh of the selector's fleet statistics from Prometheus."""
 
-    def __init__(self, client: APIClient, selector, window: str):
+    def __init__(self, client: APIClient, selector, window: str, deployment_labels: dict[str, str] | None = None):
         self.client = client
         self.selector = selector
-        self.queries = Queries.over(window)
+        self.queries = Queries.over(window, deployment_labels)
 
     def fetch(self) -> dict[str, FleetStats]:
         success, latency, cost = (

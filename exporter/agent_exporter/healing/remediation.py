@@ -59,6 +59,7 @@ class AlertRemediator:
                  selector: AdaptiveSelector | None = None, on_change: ChangeCallback | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.remediation_alerts = frozenset(config.alerting.remediation_alerts)
+        self.deployment_labels = dict(config.alerting.deployment_labels)
         self.breakers = breakers or CircuitBreakers.from_config(config.healing, telemetry=telemetry)
         self.selector = selector or AdaptiveSelector.from_config(config.healing, breakers=self.breakers,
                                                                  telemetry=telemetry)
@@ -141,9 +142,11 @@ class AlertRemediator:
     # -- internals (with the lock held) --------------------------------------------
 
     def _agent(self, labels: dict) -> str | None:
-        """The agent a remediation alert names, or None for any other alert."""
+        """The agent a remediation alert of this deployment names, or None for any other alert."""
         if labels["alertname"] not in self.remediation_alerts:
             return None
+        if any(labels.get(name) != value for name, value in self.deployment_labels.items()):
+            return None         # another deployment's (alerting.deployment_labels)
         return labels.get("agent") or None
 
     def _trackable(self, agent: str) -> bool:
