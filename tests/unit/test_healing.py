@@ -732,6 +732,12 @@ def test_simulation_meets_the_claims():
         assert policy in table
 
 
+def test_a_run_too_short_to_see_the_shift_says_so():
+    lines = format_table(run_simulation(seeds=1, tasks=40)).splitlines()
+    assert lines[-1] == "selector: traffic did not move off the failing agent within the run (try more --tasks)"
+    assert "None" not in "\n".join(lines)
+
+
 def test_simulation_is_deterministic():
     assert run_simulation(seeds=1, tasks=400) == run_simulation(seeds=1, tasks=400)
 

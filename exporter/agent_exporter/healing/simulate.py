@@ -280,9 +280,13 @@ def format_table(result: dict) -> str:
                      f"{row['cost_per_task_usd']:>12.4f}")
     selector = result["selector"]
     lines.append("")
-    lines.append(f"selector: traffic off the failing agent within {selector['tasks_to_shift']} tasks, "
-                 f"{selector['share_on_failing_after_shift']:.1%} on it afterwards, "
-                 f"back within {selector['tasks_to_return']} tasks of recovery")
+    if selector["tasks_to_shift"] is None:      # in the worst seed: a run too short to see it
+        lines.append("selector: traffic did not move off the failing agent within the run (try more --tasks)")
+    else:
+        back = ("not back by the end of the run" if selector["tasks_to_return"] is None
+                else f"back within {selector['tasks_to_return']} tasks of recovery")
+        lines.append(f"selector: traffic off the failing agent within {selector['tasks_to_shift']} tasks, "
+                     f"{selector['share_on_failing_after_shift']:.1%} on it afterwards, {back}")
     return "\n".join(lines)
 
 
