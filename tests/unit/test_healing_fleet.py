@@ -218,6 +218,14 @@ def test_a_deployment_acts_only_on_its_own_alerts():
     assert "coder" not in rem.breakers and "tester" not in rem.breakers
 
 
+def test_with_healing_off_alerts_open_no_breaker():
+    rem = AlertRemediator(Config(healing=HealingConfig(enabled=False), alerting=AlertingConfig(
+        remediation_alerts=(ALERT,))), clock=Clock())
+    assert rem.handle_webhook(notification("firing"))["opened"] == []
+    assert rem.sync_alerts(polled(api_alert("planner", "f2")), 0.0)["opened"] == []
+    assert rem.breakers.agent_count() == 0
+
+
 def test_deployment_labels_must_be_group_labels():
     with pytest.raises(ConfigError, match=r"observability\.alerting\.deployment_labels\.environment: "
                                           r"'environment' is not one of group_labels"):

@@ -60,6 +60,9 @@ class AlertRemediator:
                  clock: Callable[[], float] = time.monotonic):
         self.remediation_alerts = frozenset(config.alerting.remediation_alerts)
         self.deployment_labels = dict(config.alerting.deployment_labels)
+        # healing.enabled: false, and the Healer calls its first candidate whatever the breakers say:
+        # alerts open none, so /v1/agents does not report a remediation that does not happen.
+        self.enabled = config.healing.enabled
         self.breakers = breakers or CircuitBreakers.from_config(config.healing, telemetry=telemetry)
         self.selector = selector or AdaptiveSelector.from_config(config.healing, breakers=self.breakers,
                                                                  telemetry=telemetry)
@@ -143,7 +146,7 @@ class AlertRemediator:
 
     def _agent(self, labels: dict) -> str | None:
         """The agent a remediation alert of this deployment names, or None for any other alert."""
-        if labels["alertname"] not in self.remediation_alerts:
+        if not self.enabled or labels["alertname"] not in self.remediation_alerts:
             return None
         if any(labels.get(name) != value for name, value in self.deployment_labels.items()):
             return None         # another deployment's (alerting.deployment_labels)
