@@ -96,7 +96,9 @@ def _checked(field: str, value, type_):
 def _name(field: str, value) -> str:
     if type(value) is str and 0 < len(value) <= events.MAX_NAME_LENGTH and value.isascii():
         return value
-    value = _checked(field, value, events.Name)
+    # A str subclass (a str-valued Enum of states or agents) is its characters, as JSON sends it:
+    # its __str__ would make State.PLANNING a label of its own beside the posted "planning".
+    value = str.__str__(_checked(field, value, events.Name))
     try:
         value.encode("utf-8")       # Python strings may hold lone surrogates; exposition is UTF-8
     except UnicodeEncodeError:

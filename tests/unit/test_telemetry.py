@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import enum
 import inspect
 import logging
 import math
@@ -122,6 +123,30 @@ def test_given_cost_wins_and_unpriced_or_missing_usage_is_unknown_not_free(tel):
     assert ((COST, frozenset({"agent": "coder", "model": "llama-local"}.items()))) not in samples(tel)
     assert value(tel, UNKNOWN, agent="coder") == 1
     assert value(tel, UNKNOWN, agent="idle") == 1
+
+
+def test_str_valued_enums_are_their_values_as_json_sends_them(tel):
+    # States and agents are often a `class State(str, Enum)`: since 3.11 their str() is
+    # "State.PLANNING", which made series of their own beside those of the posted events.
+    class State(str, enum.Enum):
+        PLANNING = "planning"
+        CODING = "coding"
+
+    class Agent(str, enum.Enum):
+        PLANNER = "planner"
+
+    tel.state_transition(State.PLANNING, State.CODING, workflow="feature")
+    tel.record({"type": "state_transition", "from_state": "planning", "to_state": "coding", "workflow": "feature"})
+    with tel.agent_execution(Agent.PLANNER):
+        with tel.tool_call("web_search", agent=Agent.PLANNER):
+            pass
+    with tel.agent_execution("planner"):
+        pass
+    assert value(tel, TRANSITIONS, workflow="feature", from_state="planning", to_state="coding") == 2
+    assert value(tel, EXECUTIONS, agent="planner", status="success") == 2
+    assert {labels for name, labels in samples(tel) if name == TOOL_CALLS} == {
+        frozenset({("tool", "web_search"), ("status", "success")})}
+    assert "State." not in tel.render().decode() and "Agent." not in tel.render().decode()
 
 
 def test_tool_calls_know_their_agent_and_transitions_count(tel, spans):
