@@ -6,11 +6,19 @@ body that is not an ExportTraceServiceRequest is INVALID_ARGUMENT, rejected
 spans come back as a partial success.  grpcio handles compression and the
 message size limit (`server.max_body_bytes`).  Plaintext only: listen on
 loopback, or put TLS in front (an OpenTelemetry Collector, a proxy).
+
+The server is grpcio's asyncio one, on an event loop of its own: a request
+arrives on the loop, and only a whole one takes a worker thread to be mapped.
+(grpcio's threaded server gave each call a worker before its request had
+arrived, so a few clients that start a call and send nothing held every
+worker, and every other call waited for them.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import threading
 from concurrent import futures
 
 import grpc
@@ -22,12 +30,26 @@ WORKERS = 4
 class GrpcReceiverHandle:
     """A running gRPC receiver: `port` it listens on, `stop()` to end it."""
 
-    def __init__(self, server: grpc.Server, port: int):
+    def __init__(self, server: grpc.aio.Server, port: int, loop: asyncio.AbstractEventLoop,
+                 loop_thread: threading.Thread, workers: futures.ThreadPoolExecutor):
         self._server = server
         self.port = port
+        self._loop = loop
+        self._loop_thread = loop_thread
+        self._workers = workers
 
     def stop(self, grace: float = 1.0) -> None:
-        self._server.stop(grace).wait()
+        """Refuse new calls, give those under way `grace` seconds, then end the loop and the workers
+        (a mapping under way finishes first, so that nothing is recorded after the receiver closes)."""
+        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
+        _end_loop(self._loop, self._loop_thread)
+        self._workers.shutdown(wait=True)
+
+
+def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
 
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
@@ -48,18 +70,32 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
         except invalid as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="otlp-grpc"),
-                         options=[("grpc.max_receive_message_length", max_message_bytes),
-                                  ("grpc.so_reuseport", 0)])   # a taken port is an error, not shared
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
+        # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
+        server = grpc.aio.server(workers, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            port, reason = 0, str(exc)
+        else:
+            reason = "the address is taken or not local"
+        if not port:
+            raise OSError(f"otlp.grpc_listen_address: cannot listen on {address}: {reason}")
+        await server.start()
+        return server, port
+
+    workers = futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="otlp-grpc")
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, name="otlp-grpc-loop", daemon=True)
+    loop_thread.start()
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        port, reason = 0, str(exc)
-    else:
-        reason = "the address is taken or not local"
-    if not port:
-        raise OSError(f"otlp.grpc_listen_address: cannot listen on {address}: {reason}")
-    server.start()
-    return GrpcReceiverHandle(server, port)
+        server, port = asyncio.run_coroutine_threadsafe(serve(workers), loop).result()
+    except BaseException:
+        _end_loop(loop, loop_thread)
+        workers.shutdown(wait=False)
+        raise
+    return GrpcReceiverHandle(server, port, loop, loop_thread, workers)
