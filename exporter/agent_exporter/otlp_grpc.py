@@ -52,19 +52,36 @@ def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None
     loop.close()
 
 
+class _BearerToken(grpc.aio.ServerInterceptor):
+    """Calls without `authorization: Bearer <token>` end UNAUTHENTICATED before their request is read.
+
+    The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+        # Request-streaming, so that grpcio does not wait for the request before the call is refused.
+        self._deny = grpc.stream_unary_rpc_method_handler(self._abort)
+
+    @staticmethod
+    async def _abort(requests, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+
+    async def intercept_service(self, continuation, handler_call_details):
+        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        scheme, _, credentials = sent.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token):
+            return await continuation(handler_call_details)
+        return self._deny
+
+
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one).
 
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
-    expected = f"Bearer {bearer_token}".encode() if bearer_token else None
 
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
-        if expected is not None:
-            sent = dict(context.invocation_metadata()).get("authorization", "").encode()
-            if not hmac.compare_digest(sent, expected):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
         try:
             return receiver.export_serialized(data).SerializeToString()
         except invalid as exc:
@@ -72,7 +89,8 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        server = grpc.aio.server(workers, options=[
+        interceptors = [_BearerToken(bearer_token)] if bearer_token else None
+        server = grpc.aio.server(workers, interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(

@@ -108,6 +108,18 @@ def test_bearer_token_is_required_when_set(tel):
         receiver.close()
 
 
+def test_bearer_scheme_is_case_insensitive_as_over_http(tel):
+    receiver = OTLPReceiver(tel)
+    handle = receiver.start_grpc("127.0.0.1:0", bearer_token="s3cret")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            TraceServiceStub(channel).Export(request(agent_span(1)), metadata=(("authorization", "bearer s3cret"),),
+                                             timeout=10)
+    finally:
+        receiver.close()
+    assert spans_counted(tel) == {"mapped": 1}
+
+
 class StalledCalls:
     """Export calls that start and never send their request (no deadline): `count` of them, on
     connections of their own, until `release()`.  They are under way once their channels are ready
@@ -145,6 +157,18 @@ def test_calls_that_never_send_their_request_hold_up_no_other_call(tel, served):
         stalled.release()
     assert response == ExportTraceServiceResponse()
     assert spans_counted(tel) == {"mapped": 1}
+
+
+def test_call_without_the_token_is_refused_before_its_request_arrives(tel):
+    receiver = OTLPReceiver(tel)
+    handle = receiver.start_grpc("127.0.0.1:0", bearer_token="s3cret")
+    stalled = StalledCalls(handle.port, 1, metadata=(("authorization", "Bearer wrong"),))
+    try:
+        (call,) = stalled.calls
+        assert call.exception(timeout=10).code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        stalled.release()
+        receiver.close()
 
 
 @pytest.mark.parametrize("compression", [grpc.Compression.NoCompression, grpc.Compression.Gzip])
