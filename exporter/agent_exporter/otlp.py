@@ -48,6 +48,7 @@ import threading
 import time
 from collections import OrderedDict
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
@@ -946,9 +947,10 @@ class _Forwarder:
         headers = dict(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
-            target = tracing.otlp_endpoint.split("://", 1)[-1].rstrip("/")
-            self._channel = (grpc.insecure_channel(target) if tracing.otlp_endpoint.startswith("http://")
-                             else grpc.secure_channel(target, grpc.ssl_channel_credentials()))
+            # HOST:PORT of the URL, any path aside, as the SDK's OTLP/gRPC exporter (the exporter's own traces) takes it.
+            endpoint = urlsplit(tracing.otlp_endpoint)
+            self._channel = (grpc.insecure_channel(endpoint.netloc) if endpoint.scheme == "http"
+                             else grpc.secure_channel(endpoint.netloc, grpc.ssl_channel_credentials()))
             call = self._channel.unary_unary(GRPC_EXPORT_METHOD)   # bytes in, bytes out
             metadata = [(key.lower(), value) for key, value in headers.items()]
             self._send = lambda data: call(data, timeout=self._timeout, metadata=metadata)

@@ -84,6 +84,22 @@ def test_received_spans_reach_the_backend_unchanged(protocol):
     assert executions(tel) == 1
 
 
+@pytest.mark.parametrize("path", ["/", "/v1/traces"])
+def test_grpc_endpoint_with_a_path_forwards_to_its_host_and_port(path):
+    """As the SDK's OTLP/gRPC exporter does with the same tracing.otlp_endpoint (the exporter's own traces)."""
+    with GrpcReceiver() as backend:
+        config = forwarding(backend.endpoint + path, "grpc")
+        tel = Telemetry(config)
+        receiver = OTLPReceiver(tel, config)
+        try:
+            receiver.export(request(agent_span(1, "planner")))
+        finally:
+            receiver.close()
+            tel.shutdown()
+        assert [s.span_id for s in backend.wait_for_spans(1)] == [(1).to_bytes(8, "big").hex()]
+    assert receiver.forwarder.spans == {"sent": 1, "dropped": 0, "failed": 0}
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_dead_backend_fails_forwarding_not_ingestion(protocol, caplog):
     port = stack.free_port()
