@@ -25,6 +25,8 @@ import grpc
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 WORKERS = 4
+# grpcio takes channel arguments as C ints; a protobuf message is below 2 GiB anyway.
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class GrpcReceiverHandle:
@@ -76,7 +78,8 @@ class _BearerToken(grpc.aio.ServerInterceptor):
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None) -> GrpcReceiverHandle:
-    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one).
+    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one), taking
+    messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
@@ -91,7 +94,7 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
         interceptors = [_BearerToken(bearer_token)] if bearer_token else None
         server = grpc.aio.server(workers, interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", min(max_message_bytes, MAX_MESSAGE_BYTES)),
             ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))

@@ -190,6 +190,17 @@ def test_request_over_the_size_limit_is_resource_exhausted(tel, compression):
     assert spans_counted(tel) == {"mapped": 1}
 
 
+def test_size_limit_beyond_what_grpc_takes_is_grpcs_own(tel):
+    receiver = OTLPReceiver(tel, Config(server=ServerConfig(max_body_bytes=4 * 2**30)))
+    try:
+        handle = receiver.start_grpc("127.0.0.1:0")
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            TraceServiceStub(channel).Export(request(agent_span(1)), timeout=10)
+    finally:
+        receiver.close()
+    assert spans_counted(tel) == {"mapped": 1}
+
+
 def test_unknown_method_is_unimplemented(served):
     _, channel = served
     with pytest.raises(grpc.RpcError) as info:
