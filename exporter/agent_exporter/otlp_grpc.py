@@ -54,6 +54,12 @@ def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None
     loop.close()
 
 
+def bind_address(address: str) -> str:
+    """The address grpcio binds for a listen address: :PORT is every interface, as for the HTTP service
+    (server.parse_listen_address); grpcio takes no empty host."""
+    return "0.0.0.0" + address if address.startswith(":") else address
+
+
 class _BearerToken(grpc.aio.ServerInterceptor):
     """Calls without `authorization: Bearer <token>` end UNAUTHENTICATED before their request is read.
 
@@ -78,8 +84,8 @@ class _BearerToken(grpc.aio.ServerInterceptor):
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None) -> GrpcReceiverHandle:
-    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one), taking
-    messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
+    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
+    picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
@@ -99,7 +105,7 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_insecure_port(bind_address(address))
         except RuntimeError as exc:
             port, reason = 0, str(exc)
         else:

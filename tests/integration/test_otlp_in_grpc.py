@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from agent_exporter import catalog, otlp_grpc
 from agent_exporter.config import Config, OTLPConfig, ServerConfig
 from agent_exporter.otlp import GRPC_EXPORT_METHOD, OTLPReceiver
+from agent_exporter.server import parse_listen_address
 from agent_exporter.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -213,6 +214,13 @@ def test_close_ends_the_receivers_threads(tel, served):
     TraceServiceStub(channel).Export(request(agent_span(1)), timeout=10)
     receiver.close()
     assert [t.name for t in threading.enumerate() if t.name.startswith("otlp-grpc")] == []
+
+
+@pytest.mark.parametrize("address", [":4317", "127.0.0.1:4317", "[::1]:4317", "localhost:4317"])
+def test_listen_address_means_what_it_means_over_http(address):
+    """Checked on the address grpcio binds: tests listen on loopback only."""
+    host, port = parse_listen_address(address)
+    assert otlp_grpc.bind_address(address) in (f"{host}:{port}", f"[{host}]:{port}")
 
 
 def test_listen_address_from_config_and_errors(tel):
