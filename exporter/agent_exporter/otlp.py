@@ -48,6 +48,7 @@ import threading
 import time
 from collections import OrderedDict
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
@@ -946,9 +947,10 @@ class _Forwarder:
         headers = dict(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
-            target = tracing.otlp_endpoint.split("://", 1)[-1].rstrip("/")
-            self._channel = (grpc.insecure_channel(target) if tracing.otlp_endpoint.startswith("http://")
-                             else grpc.secure_channel(target, grpc.ssl_channel_credentials()))
+            # HOST:PORT of the URL, any path aside, as the SDK's OTLP/gRPC exporter (the exporter's own traces) takes it.
+            endpoint = urlsplit(tracing.otlp_endpoint)
+            self._channel = (grpc.insecure_channel(endpoint.netloc) if endpoint.scheme == "http"
+                             else grpc.secure_channel(endpoint.netloc, grpc.ssl_channel_credentials()))
             call = self._channel.unary_unary(GRPC_EXPORT_METHOD)   # bytes in, bytes out
             metadata = [(key.lower(), value) for key, value in headers.items()]
             self._send = lambda data: call(data, timeout=self._timeout, metadata=metadata)
@@ -968,10 +970,16 @@ class _Forwarder:
         except queue.Full:
             self._count("dropped", spans)
 
-    def _count(self, outcome: str, spans: int) -> None:
+    def _count(self, outcome: str, spans: int, *, in_flight: bool = False) -> bool:
+        """Count `spans` as `outcome`, unless close() gave up on the sending thread (then False).  For the
+        request `in_flight`, it is no longer so in the same step, as close() reads both under the lock."""
         with self._count_lock:
-            if not self._abandoned:
-                self.spans[outcome] += spans
+            if in_flight:
+                self._in_flight = 0
+            if self._abandoned:
+                return False
+            self.spans[outcome] += spans
+            return True
 
     def _run(self) -> None:
         failing = False     # log when forwarding starts failing and when it recovers, not per request
@@ -981,16 +989,14 @@ class _Forwarder:
             try:
                 self._send(data)
             except Exception as exc:  # noqa: BLE001 - any backend fault: drop, count, carry on
-                self._count("failed", spans)
-                if not failing:
+                # Abandoned by close(), the call fails as its channel closes: not the backend's doing.
+                if self._count("failed", spans, in_flight=True) and not failing:
                     _log.warning("forwarding spans to the tracing backend fails (dropping them): %s", _one_line(exc))
                 failing = True
             else:
-                self._count("sent", spans)
-                if failing:
+                if self._count("sent", spans, in_flight=True) and failing:
                     _log.info("forwarding spans to the tracing backend works again")
                 failing = False
-            self._in_flight = 0
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued, for at most `timeout` seconds (default: the backend timeout + 1 s, at most
@@ -1004,15 +1010,21 @@ class _Forwarder:
             pass
         self._thread.join(max(deadline - time.monotonic(), 0))
         if self._thread.is_alive():
-            with self._count_lock:
-                abandoned = self._in_flight
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        abandoned += item[1]
-                self.spans["dropped"] += abandoned
-                self._abandoned = True      # the sending thread, stuck, counts nothing more
+            self._abandon()
         self._channel.close()
+
+    def _abandon(self) -> None:
+        """The sending thread is stuck on the backend: what it holds and what is queued count as dropped,
+        and it stops, counting nothing more, once its call returns."""
+        with self._count_lock:
+            abandoned = self._in_flight
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    abandoned += item[1]
+            self.spans["dropped"] += abandoned
+            self._abandoned = True
+            self._queue.put_nowait(None)    # the stop, taken out with the rest

@@ -6,60 +6,123 @@ body that is not an ExportTraceServiceRequest is INVALID_ARGUMENT, rejected
 spans come back as a partial success.  grpcio handles compression and the
 message size limit (`server.max_body_bytes`).  Plaintext only: listen on
 loopback, or put TLS in front (an OpenTelemetry Collector, a proxy).
+
+The server is grpcio's asyncio one, on an event loop of its own: a request
+arrives on the loop, and only a whole one takes a worker thread to be mapped.
+(grpcio's threaded server gave each call a worker before its request had
+arrived, so a few clients that start a call and send nothing held every
+worker, and every other call waited for them.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import threading
 from concurrent import futures
 
 import grpc
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 WORKERS = 4
+# grpcio takes channel arguments as C ints; a protobuf message is below 2 GiB anyway.
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class GrpcReceiverHandle:
     """A running gRPC receiver: `port` it listens on, `stop()` to end it."""
 
-    def __init__(self, server: grpc.Server, port: int):
+    def __init__(self, server: grpc.aio.Server, port: int, loop: asyncio.AbstractEventLoop,
+                 loop_thread: threading.Thread, workers: futures.ThreadPoolExecutor):
         self._server = server
         self.port = port
+        self._loop = loop
+        self._loop_thread = loop_thread
+        self._workers = workers
 
     def stop(self, grace: float = 1.0) -> None:
-        self._server.stop(grace).wait()
+        """Refuse new calls, give those under way `grace` seconds, then end the loop and the workers
+        (a mapping under way finishes first, so that nothing is recorded after the receiver closes)."""
+        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
+        _end_loop(self._loop, self._loop_thread)
+        self._workers.shutdown(wait=True)
+
+
+def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
+def bind_address(address: str) -> str:
+    """The address grpcio binds for a listen address: :PORT is every interface, as for the HTTP service
+    (server.parse_listen_address); grpcio takes no empty host."""
+    return "0.0.0.0" + address if address.startswith(":") else address
+
+
+class _BearerToken(grpc.aio.ServerInterceptor):
+    """Calls without `authorization: Bearer <token>` end UNAUTHENTICATED before their request is read.
+
+    The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+        # Request-streaming, so that grpcio does not wait for the request before the call is refused.
+        self._deny = grpc.stream_unary_rpc_method_handler(self._abort)
+
+    @staticmethod
+    async def _abort(requests, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+
+    async def intercept_service(self, continuation, handler_call_details):
+        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        scheme, _, credentials = sent.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token):
+            return await continuation(handler_call_details)
+        return self._deny
 
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None) -> GrpcReceiverHandle:
-    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT; port 0 picks a free one).
+    """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
+    picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
-    expected = f"Bearer {bearer_token}".encode() if bearer_token else None
 
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
-        if expected is not None:
-            sent = dict(context.invocation_metadata()).get("authorization", "").encode()
-            if not hmac.compare_digest(sent, expected):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
         try:
             return receiver.export_serialized(data).SerializeToString()
         except invalid as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="otlp-grpc"),
-                         options=[("grpc.max_receive_message_length", max_message_bytes),
-                                  ("grpc.so_reuseport", 0)])   # a taken port is an error, not shared
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
+        # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
+        interceptors = [_BearerToken(bearer_token)] if bearer_token else None
+        server = grpc.aio.server(workers, interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", min(max_message_bytes, MAX_MESSAGE_BYTES)),
+            ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+        try:
+            port = server.add_insecure_port(bind_address(address))
+        except RuntimeError as exc:
+            port, reason = 0, str(exc)
+        else:
+            reason = "the address is taken or not local"
+        if not port:
+            raise OSError(f"otlp.grpc_listen_address: cannot listen on {address}: {reason}")
+        await server.start()
+        return server, port
+
+    workers = futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="otlp-grpc")
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, name="otlp-grpc-loop", daemon=True)
+    loop_thread.start()
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        port, reason = 0, str(exc)
-    else:
-        reason = "the address is taken or not local"
-    if not port:
-        raise OSError(f"otlp.grpc_listen_address: cannot listen on {address}: {reason}")
-    server.start()
-    return GrpcReceiverHandle(server, port)
+        server, port = asyncio.run_coroutine_threadsafe(serve(workers), loop).result()
+    except BaseException:
+        _end_loop(loop, loop_thread)
+        workers.shutdown(wait=False)
+        raise
+    return GrpcReceiverHandle(server, port, loop, loop_thread, workers)

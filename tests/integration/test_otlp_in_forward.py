@@ -84,6 +84,22 @@ def test_received_spans_reach_the_backend_unchanged(protocol):
     assert executions(tel) == 1
 
 
+@pytest.mark.parametrize("path", ["/", "/v1/traces"])
+def test_grpc_endpoint_with_a_path_forwards_to_its_host_and_port(path):
+    """As the SDK's OTLP/gRPC exporter does with the same tracing.otlp_endpoint (the exporter's own traces)."""
+    with GrpcReceiver() as backend:
+        config = forwarding(backend.endpoint + path, "grpc")
+        tel = Telemetry(config)
+        receiver = OTLPReceiver(tel, config)
+        try:
+            receiver.export(request(agent_span(1, "planner")))
+        finally:
+            receiver.close()
+            tel.shutdown()
+        assert [s.span_id for s in backend.wait_for_spans(1)] == [(1).to_bytes(8, "big").hex()]
+    assert receiver.forwarder.spans == {"sent": 1, "dropped": 0, "failed": 0}
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_dead_backend_fails_forwarding_not_ingestion(protocol, caplog):
     port = stack.free_port()
@@ -128,3 +144,26 @@ def test_stuck_backend_never_holds_up_ingestion():
         tel.shutdown()
     spans = receiver.forwarder.spans
     assert spans["sent"] == 0 and spans["dropped"] + spans["failed"] == 20
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_close_gives_up_on_a_stuck_backend_and_its_thread_then_ends_quietly(protocol, caplog):
+    backend = StuckBackend()
+    config = forwarding(f"http://127.0.0.1:{backend.port}", protocol, timeout=3600.0, queue_size=2)
+    tel = Telemetry(config)
+    before = set(threading.enumerate())
+    receiver = OTLPReceiver(tel, config)
+    (sending,) = [t for t in threading.enumerate() if t not in before and t.name == "otlp-forward"]
+    try:
+        for i in range(1, 6):
+            receiver.export(request(agent_span(i, "planner")))
+        receiver.close()            # bounded: gives up on the call in flight
+        assert receiver.forwarder.spans == {"sent": 0, "dropped": 5, "failed": 0}
+    finally:
+        backend.stop()              # the abandoned call returns
+        tel.shutdown()
+    sending.join(10)
+    assert not sending.is_alive(), "the forwarding thread outlived its backend"
+    assert receiver.forwarder.spans == {"sent": 0, "dropped": 5, "failed": 0}
+    # Its call failed as close() gave it up (gRPC: CANCELLED, "Channel closed!"): that is not the backend failing.
+    assert [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp"] == []
