@@ -85,7 +85,7 @@ def cmd_serve(args) -> int:
         service = Service.from_config(telemetry, web_config=web_config, remediator=remediator, otlp=receiver)
         grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
         if grpc_address:
-            grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token)
+            grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token, basic_auth=service.basic_auth)
             log.info("OTLP/gRPC receiver listening on %s (port %d)", grpc_address, grpc.port)
         if remediator is not None:
             remediator.start()        # healing.fleet's pollers, when configured

@@ -60,33 +60,43 @@ def bind_address(address: str) -> str:
     return "0.0.0.0" + address if address.startswith(":") else address
 
 
-class _BearerToken(grpc.aio.ServerInterceptor):
-    """Calls without `authorization: Bearer <token>` end UNAUTHENTICATED before their request is read.
+class _Authorization(grpc.aio.ServerInterceptor):
+    """Calls without the credentials the HTTP service asks of /v1/traces end UNAUTHENTICATED before
+    their request is read: `authorization: Bearer <token>` when a bearer token is set, `Basic
+    <user:password>` when the web config has basic_auth_users; either one when both are.
 
     The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
 
-    def __init__(self, token: str):
-        self._token = token.encode()
+    def __init__(self, token: str | None, basic_auth):
+        self._token = token.encode() if token else None
+        self._basic_auth = basic_auth
         # Request-streaming, so that grpcio does not wait for the request before the call is refused.
         self._deny = grpc.stream_unary_rpc_method_handler(self._abort)
 
     @staticmethod
     async def _abort(requests, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "valid credentials are required")
 
     async def intercept_service(self, continuation, handler_call_details):
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         scheme, _, credentials = sent.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token):
+        scheme = scheme.lower()
+        if self._token is not None and scheme == "bearer" and hmac.compare_digest(
+                credentials.strip().encode(), self._token):
+            return await continuation(handler_call_details)
+        # bcrypt takes tens of milliseconds on purpose: off the event loop.
+        if self._basic_auth is not None and scheme == "basic" and await asyncio.get_running_loop().run_in_executor(
+                None, self._basic_auth.check_credentials, credentials):
             return await continuation(handler_call_details)
         return self._deny
 
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
-                        bearer_token: str | None = None) -> GrpcReceiverHandle:
+                        bearer_token: str | None = None, basic_auth=None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
+    `bearer_token` and `basic_auth` (a webconfig.BasicAuth) guard it as they guard /v1/traces.
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
 
@@ -98,7 +108,7 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        interceptors = [_BearerToken(bearer_token)] if bearer_token else None
+        interceptors = [_Authorization(bearer_token, basic_auth)] if bearer_token or basic_auth else None
         server = grpc.aio.server(workers, interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", min(max_message_bytes, MAX_MESSAGE_BYTES)),
             ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared

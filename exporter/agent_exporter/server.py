@@ -37,8 +37,6 @@ idle keep-alive connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import html
 import logging
 import socket
@@ -384,15 +382,9 @@ class ExporterApp:
         raise HTTPError(HTTPStatus.UNAUTHORIZED, "Unauthorized", headers=((b"www-authenticate", challenge),))
 
     async def _basic_ok(self, credentials: str) -> bool:
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8", "surrogateescape")
-        except (binascii.Error, ValueError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(None, self.service.basic_auth.check, user, password)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.service.basic_auth.check_credentials, credentials)
 
     # -- bodies --------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ and `curve_preferences` cannot be set.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -324,6 +326,15 @@ class BasicAuth:
 
     def __bool__(self) -> bool:
         return bool(self._users)
+
+    def check_credentials(self, credentials: str) -> bool:
+        """The credentials of an `Authorization: Basic <credentials>` header (base64 of user:password)."""
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8", "surrogateescape")
+        except (binascii.Error, ValueError):
+            return False
+        user, sep, password = decoded.partition(":")
+        return bool(sep) and self.check(user, password)
 
     def check(self, user: str, password: str) -> bool:
         hashed = self._users.get(user)

@@ -1,18 +1,23 @@
 """The OTLP/gRPC receiver over a real channel: answers and span counts for good and bad requests,
 the bearer token, the message size limit, calls that never send their request, and the listen address."""
 
+import base64
 import gzip
+import subprocess
+import sys
 import threading
 
+import bcrypt
 import grpc
 import pytest
+import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from otlp_spans import agent_span, request, span
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import catalog, otlp_grpc
+from agent_exporter import catalog, otlp_grpc, stack
 from agent_exporter.config import Config, OTLPConfig, ServerConfig
 from agent_exporter.otlp import GRPC_EXPORT_METHOD, OTLPReceiver
 from agent_exporter.server import parse_listen_address
@@ -107,6 +112,37 @@ def test_bearer_token_is_required_when_set(tel):
             assert spans_counted(tel) == {"mapped": 1}
     finally:
         receiver.close()
+
+
+def test_serve_guards_grpc_with_the_web_configs_basic_auth_as_it_guards_http(tmp_path):
+    # With basic_auth_users in the web config, /v1/traces answered 401 without credentials while
+    # the gRPC receiver beside it took every call.
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    grpc_port, http_port = stack.free_port(), stack.free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{http_port}",
+         f"--web.config.file={web_config}", f"--otlp.grpc-listen-address=127.0.0.1:{grpc_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = TraceServiceStub(channel)
+            wrong = "Basic " + base64.b64encode(b"alice:wrong").decode()
+            for metadata in ((), (("authorization", wrong),)):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Export(request(agent_span(1)), metadata=metadata, timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            right = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+            assert stub.Export(request(agent_span(1)), metadata=(("authorization", right),),
+                               timeout=10) == ExportTraceServiceResponse()
+        metrics = requests.get(f"http://127.0.0.1:{http_port}/metrics", auth=("alice", "s3cret"), timeout=10)
+        assert {s.labels["outcome"]: s.value for family in parse_text(metrics.text) for s in family.samples
+                if s.name == catalog.EXPORTER_OTLP_SPANS.name} == {"mapped": 1}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_bearer_scheme_is_case_insensitive_as_over_http(tel):
