@@ -2,6 +2,8 @@
 
     from agent_exporter.compat.tracer import get_tracer
     from agent_exporter.compat.metrics_collector import get_metrics_collector
+    from agent_exporter.compat.alerting import get_alerting_system
+    from agent_exporter.compat.dashboard_generator import generate_dashboard
 
 The legacy API is made of process-wide singletons, so the shims share one
 `Telemetry`: the package's only global, created on first use from the legacy
