@@ -71,8 +71,10 @@ def test_an_alertmanager_that_never_answers_never_holds_up_the_caller():
 def test_check_conditions_points_at_the_rules(caplog):
     system = AlertingSystem(config=config_for("http://127.0.0.1:9", conditions=("error_rate > 5%",)))
     with caplog.at_level(logging.WARNING):
-        assert system.check_conditions({"success_rate": 0.5}) == []
-    assert "Prometheus alert rules" in caplog.text
+        for _ in range(3):      # as a legacy orchestrator calls it, after every execution
+            assert system.check_conditions({"success_rate": 0.5}) == []
+    told = [record for record in caplog.records if "Prometheus alert rules" in record.getMessage()]
+    assert len(told) == 1
 
 
 def test_alert_names_are_camel_case_with_the_prefix():

@@ -64,6 +64,7 @@ class AlertingSystem:
         self.alertmanager_url = self.config.alerting.alertmanager_url.rstrip("/")
         # Legacy code appended its own callables here; they still get every alert.
         self.handlers: list[Callable[[Alert], None]] = []
+        self._told_about_conditions = False
         self._start_afresh()
         if hasattr(os, "register_at_fork"):    # not on Windows, which does not fork
             # A forked child (a multiprocessing worker) inherits the queue but not the sending thread,
@@ -154,6 +155,10 @@ class AlertingSystem:
 
     def check_conditions(self, metrics: dict[str, Any]) -> list:
         """Conditions are Prometheus alert rules now (`agent-exporter render`); nothing is evaluated here."""
+        # Legacy orchestrators call this after every execution: say it once, not per call.
+        if self._told_about_conditions:
+            return []
+        self._told_about_conditions = True
         _log.warning("check_conditions() no longer evaluates %s: the conditions are Prometheus alert rules "
                      "rendered from the same config (prometheus/rules/orchestrator.alerts.yml)",
                      list(self.config.alerting.conditions))
