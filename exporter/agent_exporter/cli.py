@@ -43,14 +43,18 @@ def _error(message: str) -> int:
 
 
 def _stop_on_signals() -> threading.Event:
-    """An Event set by SIGTERM or SIGINT (Ctrl-C)."""
+    """An Event set by SIGTERM, SIGINT (Ctrl-C) or SIGHUP (the terminal closed).
+
+    The processes the demo starts run in sessions of their own (stack.ManagedProcess), so
+    these signals reach the demo alone, and it stops what it started."""
     stop = threading.Event()
 
     def handler(signum, frame):
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):     # Windows has no SIGHUP
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
     return stop
 
 
