@@ -169,6 +169,10 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
         interceptors = [_Authorization(bearer_token, basic_auth)] if bearer_token or basic_auth else None
+        # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
+        # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see
+        # the module), and grpc core drops a connection whose TLS handshake stalls after 120 s
+        # (grpc.server_handshake_timeout_ms).
         server = grpc.aio.server(workers, interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", min(max_message_bytes, MAX_MESSAGE_BYTES)),
             ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
