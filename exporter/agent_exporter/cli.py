@@ -89,8 +89,14 @@ def cmd_serve(args) -> int:
         service = Service.from_config(telemetry, web_config=web_config, remediator=remediator, otlp=receiver)
         grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
         if grpc_address:
-            grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token, basic_auth=service.basic_auth)
-            log.info("OTLP/gRPC receiver listening on %s (port %d)", grpc_address, grpc.port)
+            # The web config's TLS secures the gRPC port too: credentials never cross it in clear.
+            try:
+                grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token,
+                                           basic_auth=service.basic_auth, tls=service.web_config.tls)
+            except (OSError, ValueError) as exc:
+                return _error(f"cannot serve OTLP/gRPC on {grpc_address}: {exc}")
+            log.info("OTLP/gRPC receiver listening on %s (port %d, TLS %s)", grpc_address, grpc.port,
+                     "enabled" if service.web_config.tls is not None else "disabled")
         if remediator is not None:
             remediator.start()        # healing.fleet's pollers, when configured
         tls = "enabled" if service.web_config.tls is not None else "disabled"

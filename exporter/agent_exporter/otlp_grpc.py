@@ -4,8 +4,19 @@ Requests reach the handler as the bytes received (no deserializer), so gRPC
 and OTLP/HTTP share one decoding path (`OTLPReceiver.export_serialized`): a
 body that is not an ExportTraceServiceRequest is INVALID_ARGUMENT, rejected
 spans come back as a partial success.  grpcio handles compression and the
-message size limit (`server.max_body_bytes`).  Plaintext only: listen on
-loopback, or put TLS in front (an OpenTelemetry Collector, a proxy).
+message size limit (`server.max_body_bytes`).
+
+TLS comes from the web config's tls_server_config, as on the HTTP service:
+the same certificate and key, read once at startup (the HTTP service does not
+reload them either).  grpcio's ssl_server_credentials can enforce less than
+Python's ssl module: grpc core negotiates TLS 1.2 to 1.3 with its own cipher
+list, and either asks for no client certificate or requires one that the
+client CAs verify.  A setting it cannot enforce (another min_version or
+max_version, cipher_suites, VerifyClientCertIfGiven, client certificates
+verified against the system roots) makes the receiver refuse to start, naming
+the key, rather than take credentials over a weaker connection than the
+config promises.  client_allowed_sans is checked on each call, from the SANs
+grpc core puts in the call's auth context.
 
 The server is grpcio's asyncio one, on an event loop of its own: a request
 arrives on the loop, and only a whole one takes a worker thread to be mapped.
@@ -22,6 +33,8 @@ import threading
 from concurrent import futures
 
 import grpc
+
+from .webconfig import TLSServerConfig, WebConfigError, pem_credentials
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 WORKERS = 4
@@ -60,6 +73,46 @@ def bind_address(address: str) -> str:
     return "0.0.0.0" + address if address.startswith(":") else address
 
 
+# What grpc core negotiates for ssl_server_credentials (grpc_ssl_server_config: TLS 1.2 to 1.3).
+GRPC_TLS_VERSIONS = {"min_version": "TLS12", "max_version": "TLS13"}
+# The auth context properties grpc core fills from the client certificate's SANs (grpc_security_constants.h),
+# the kinds webconfig.peer_sans reads on the HTTP side.
+_SAN_PROPERTIES = ("peer_dns", "peer_ip", "peer_email", "peer_uri")
+
+
+def server_credentials(tls: TLSServerConfig) -> grpc.ServerCredentials:
+    """grpcio's credentials for a web config's tls_server_config; WebConfigError naming the key for a
+    setting grpcio cannot enforce."""
+
+    def refused(key: str, reason: str) -> WebConfigError:
+        return WebConfigError(f"tls_server_config.{key}", f"the OTLP/gRPC receiver cannot enforce this: {reason}; "
+                                                          "change it or leave otlp.grpc_listen_address unset")
+
+    for key, version in GRPC_TLS_VERSIONS.items():
+        if getattr(tls, key) != version:
+            raise refused(key, f"grpc core negotiates TLS 1.2 to 1.3 and cannot be limited, so {key} must be {version}")
+    if tls.cipher_suites:
+        raise refused("cipher_suites", "grpc core uses its own cipher suites")
+    # prefer_server_cipher_suites is not refused: Go has ignored it since 1.18, so exporter-toolkit's
+    # own servers do not enforce it either.
+    if tls.client_auth_type == "VerifyClientCertIfGiven":
+        # cygrpc's server_credentials_ssl asks for no certificate unless one is required.
+        raise refused("client_auth_type", "grpcio either asks for no client certificate or requires one "
+                                          "(RequireAndVerifyClientCert)")
+    cert, key, client_ca = pem_credentials(tls)
+    if tls.client_auth_type != "RequireAndVerifyClientCert":
+        return grpc.ssl_server_credentials([(key, cert)])
+    if client_ca is None:
+        raise refused("client_ca_file", "grpcio verifies client certificates against the CAs given to it, not "
+                                        "the system roots: set client_ca_file or client_ca")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+
+def peer_sans(auth_context: dict) -> list[str]:
+    """DNS names, IPs, e-mail addresses and URIs of the client certificate of a call (context.auth_context())."""
+    return [value.decode("utf-8", "replace") for name in _SAN_PROPERTIES for value in auth_context.get(name, ())]
+
+
 class _Authorization(grpc.aio.ServerInterceptor):
     """Calls without the credentials the HTTP service asks of /v1/traces end UNAUTHENTICATED before
     their request is read: `authorization: Bearer <token>` when a bearer token is set, `Basic
@@ -92,15 +145,22 @@ class _Authorization(grpc.aio.ServerInterceptor):
 
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
-                        bearer_token: str | None = None, basic_auth=None) -> GrpcReceiverHandle:
+                        bearer_token: str | None = None, basic_auth=None,
+                        tls: TLSServerConfig | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
-    `bearer_token` and `basic_auth` (a webconfig.BasicAuth) guard it as they guard /v1/traces.
+    `bearer_token` and `basic_auth` (a webconfig.BasicAuth) guard it as they guard /v1/traces; with `tls`
+    (the web config's tls_server_config) it serves TLS only, or raises WebConfigError (see the module).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
+    credentials = server_credentials(tls) if tls is not None else None
+    allowed_sans = frozenset(tls.client_allowed_sans) if tls is not None else frozenset()
 
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
+        # The HTTP service drops such a connection after its handshake; grpcio gives no hook there.
+        if allowed_sans and allowed_sans.isdisjoint(peer_sans(context.auth_context())):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "the client certificate has no allowed SAN")
         try:
             return receiver.export_serialized(data).SerializeToString()
         except invalid as exc:
@@ -109,13 +169,18 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
         interceptors = [_Authorization(bearer_token, basic_auth)] if bearer_token or basic_auth else None
+        # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
+        # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see
+        # the module), and grpc core drops a connection whose TLS handshake stalls after 120 s
+        # (grpc.server_handshake_timeout_ms).
         server = grpc.aio.server(workers, interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", min(max_message_bytes, MAX_MESSAGE_BYTES)),
             ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
         try:
-            port = server.add_insecure_port(bind_address(address))
+            port = (server.add_secure_port(bind_address(address), credentials) if credentials is not None
+                    else server.add_insecure_port(bind_address(address)))
         except RuntimeError as exc:
             port, reason = 0, str(exc)
         else:

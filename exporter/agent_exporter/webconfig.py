@@ -296,6 +296,26 @@ def ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
     return context
 
 
+def pem_credentials(tls: TLSServerConfig) -> tuple[bytes, bytes, bytes | None]:
+    """The certificate chain, the private key and the client CAs (None when none are set) as PEM, read
+    from their files or given inline: what a TLS stack that takes PEM rather than an SSLContext needs
+    (grpcio's).  Errors name the key path, as ssl_context's do."""
+    path = "tls_server_config"
+
+    def pem(inline: str, file: str, key: str) -> bytes | None:
+        if inline:
+            return inline.encode()
+        if not file:
+            return None
+        try:
+            return Path(file).read_bytes()
+        except OSError as exc:
+            raise WebConfigError(f"{path}.{key}", f"cannot read {file}: {exc.strerror}") from None
+
+    return (pem(tls.cert, tls.cert_file, "cert_file"), pem(tls.key, tls.key_file, "key_file"),
+            pem(tls.client_ca, tls.client_ca_file, "client_ca_file"))
+
+
 def peer_sans(certificate: dict) -> list[str]:
     """DNS names, IPs, e-mail addresses and URIs of a peer certificate (ssl.getpeercert())."""
     return [value for kind, value in certificate.get("subjectAltName", ())

@@ -1,19 +1,33 @@
 """The OTLP/gRPC receiver over a real channel: answers and span counts for good and bad requests,
-the bearer token, the message size limit, calls that never send their request, and the listen address."""
+the bearer token, the web config's TLS, the message size limit, calls that never send their request,
+and the listen address."""
 
 import base64
+import datetime
 import gzip
+import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import bcrypt
 import grpc
 import pytest
 import requests
+from certificates import self_signed
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from otlp_spans import agent_span, request, span
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -276,3 +290,166 @@ def test_listen_address_from_config_and_errors(tel):
     finally:
         receiver.close()
     assert spans_counted(tel) == {"mapped": 1}
+
+
+# -- TLS from the web config, through `agent-exporter serve` ---------------------------------------
+
+def client_certificate(directory: Path, issuer: tuple[Path, Path], san: str) -> tuple[bytes, bytes]:
+    """(certificate, key) PEM of a client named `san` (a DNS SAN), signed by `issuer` (cert, key paths)."""
+    issuer_cert = x509.load_pem_x509_certificate(issuer[0].read_bytes())
+    issuer_key = serialization.load_pem_private_key(issuer[1].read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, san)]))
+            .issuer_name(issuer_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+            .sign(issuer_key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+class Serve:
+    """`agent-exporter serve` with `web_config` (YAML) and an OTLP/gRPC port, its stderr in a file."""
+
+    def __init__(self, directory: Path, web_config: str):
+        (directory / "web.yml").write_text(web_config)
+        self.grpc_port, self.http_port = stack.free_port(), stack.free_port()
+        self._stderr_path = directory / "stderr.log"
+        with self._stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{self.http_port}",
+                 f"--web.config.file={directory / 'web.yml'}",
+                 f"--otlp.grpc-listen-address=127.0.0.1:{self.grpc_port}"],
+                stdout=subprocess.DEVNULL, stderr=stderr)
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_path.read_text()
+
+    def wait_listening(self) -> "Serve":
+        """Until the HTTP port takes connections (serve opens the gRPC port before it)."""
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}: {self.stderr}")
+            socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
+            return True
+        stack.wait_for(listening, timeout=30, interval=0.1, what="serve not listening")
+        return self
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def sdk_spans() -> list:
+    """Two finished GenAI agent spans from the OpenTelemetry SDK, as an instrumented application makes them."""
+    finished = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    tracer = provider.get_tracer("test")
+    for agent in ("planner", "coder"):
+        with tracer.start_as_current_span(f"invoke_agent {agent}", attributes={
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}):
+            pass
+    provider.shutdown()
+    return list(finished.get_finished_spans())
+
+
+def export_with_the_sdk(port: int, credentials: grpc.ChannelCredentials) -> SpanExportResult:
+    exporter = OTLPSpanExporter(endpoint=f"https://localhost:{port}", credentials=credentials, timeout=10)
+    try:
+        return exporter.export(sdk_spans())
+    finally:
+        exporter.shutdown()
+
+
+def refused(channel: grpc.Channel) -> grpc.StatusCode | None:
+    """The status of an Export over `channel`, None when it is taken."""
+    with channel:
+        try:
+            TraceServiceStub(channel).Export(request(agent_span(1)), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return None
+
+
+def scraped_spans(serve: Serve, **tls) -> dict:
+    metrics = requests.get(f"https://127.0.0.1:{serve.http_port}/metrics", timeout=10, **tls)
+    metrics.raise_for_status()
+    return {s.labels["outcome"]: s.value for family in parse_text(metrics.text) for s in family.samples
+            if s.name == catalog.EXPORTER_OTLP_SPANS.name}
+
+
+@pytest.mark.parametrize("given", ["files", "inline"])
+def test_serve_secures_grpc_with_the_web_configs_tls(tmp_path, given):
+    # The gRPC port was plaintext whatever the web config said: a bearer token or a password crossed it in clear.
+    cert_path, key_path = self_signed(tmp_path)
+    if given == "files":
+        tls = "  cert_file: server.crt\n  key_file: server.key\n"
+    else:
+        indent = lambda pem: "".join(f"    {line}\n" for line in pem.read_text().splitlines())
+        tls = f"  cert: |\n{indent(cert_path)}  key: |\n{indent(key_path)}"
+    serve = Serve(tmp_path, "tls_server_config:\n" + tls).wait_listening()
+    try:
+        trusted = grpc.ssl_channel_credentials(root_certificates=cert_path.read_bytes())
+        assert export_with_the_sdk(serve.grpc_port, trusted) == SpanExportResult.SUCCESS
+        assert refused(grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}")) == grpc.StatusCode.UNAVAILABLE
+        (tmp_path / "other").mkdir()
+        other_cert, _ = self_signed(tmp_path / "other")
+        untrusted = grpc.ssl_channel_credentials(root_certificates=other_cert.read_bytes())
+        assert refused(grpc.secure_channel(f"localhost:{serve.grpc_port}", untrusted)) == grpc.StatusCode.UNAVAILABLE
+        assert scraped_spans(serve, verify=str(cert_path)) == {"mapped": 2}
+    finally:
+        serve.stop()
+
+
+def test_serve_requires_a_client_certificate_from_the_client_ca_with_an_allowed_san(tmp_path):
+    ca = self_signed(tmp_path)          # the server's certificate is its own CA, and the clients'
+    (tmp_path / "other").mkdir()
+    other_ca = self_signed(tmp_path / "other")
+    serve = Serve(tmp_path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: server.crt\n"
+                            "  client_allowed_sans: [collector.example]\n").wait_listening()
+    roots = ca[0].read_bytes()
+
+    def channel(client: tuple[bytes, bytes] | None = None) -> grpc.Channel:
+        cert, key = client or (None, None)
+        return grpc.secure_channel(f"localhost:{serve.grpc_port}", grpc.ssl_channel_credentials(
+            root_certificates=roots, private_key=key, certificate_chain=cert))
+
+    try:
+        assert refused(channel()) == grpc.StatusCode.UNAVAILABLE            # no certificate: no handshake
+        assert refused(channel(client_certificate(tmp_path, other_ca, "collector.example"))) == \
+            grpc.StatusCode.UNAVAILABLE                                     # signed by another CA
+        assert refused(channel(client_certificate(tmp_path, ca, "intruder.example"))) == \
+            grpc.StatusCode.PERMISSION_DENIED                               # the CA's, without an allowed SAN
+        cert, key = client_certificate(tmp_path, ca, "collector.example")
+        assert export_with_the_sdk(serve.grpc_port, grpc.ssl_channel_credentials(
+            root_certificates=roots, private_key=key, certificate_chain=cert)) == SpanExportResult.SUCCESS
+        (tmp_path / "client.crt").write_bytes(cert)
+        (tmp_path / "client.key").write_bytes(key)
+        assert scraped_spans(serve, verify=str(ca[0]),
+                             cert=(str(tmp_path / "client.crt"), str(tmp_path / "client.key"))) == {"mapped": 2}
+    finally:
+        serve.stop()
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("min_version: TLS13", "tls_server_config.min_version"),
+    ("max_version: TLS12", "tls_server_config.max_version"),
+    ("cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]", "tls_server_config.cipher_suites"),
+    ("client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: server.crt", "tls_server_config.client_auth_type"),
+    ("client_auth_type: RequireAndVerifyClientCert", "tls_server_config.client_ca_file"),   # the system roots
+])
+def test_serve_refuses_a_tls_setting_grpc_cannot_enforce(tmp_path, setting, key):
+    """The HTTP service could enforce it; serving gRPC with a weaker connection than the config says is refused."""
+    self_signed(tmp_path)
+    serve = Serve(tmp_path, f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  {setting}\n")
+    try:
+        assert serve.process.wait(timeout=30) == 1
+    finally:
+        if serve.process.poll() is None:
+            serve.stop()
+    assert f"cannot serve OTLP/gRPC on 127.0.0.1:{serve.grpc_port}: {key}:" in serve.stderr
