@@ -10,15 +10,15 @@ stop.  The demo stops them itself, in order.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from process_output import lines_of, until
 
 pytestmark = pytest.mark.integration
 
@@ -61,21 +61,10 @@ def test_a_terminal_signal_stops_the_fleet_and_its_stack_promptly(signum):
         [sys.executable, "-m", "agent_exporter", "demo", "--stack", "--replicas=2", "--duration=120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
     output: list[str] = []
     started: set[int] = set()
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            assert line is not None, "the demo ended before its replicas ran:\n" + "\n".join(output)
+        for line in until(lines_of(process.stdout), time.monotonic() + 90):
             output.append(line)
             if line.startswith("[replica 2] [demo] t="):    # the fleet runs: every process is up
                 break

@@ -10,14 +10,14 @@ duration.  The longest test of the suite (about 200 s).
 from __future__ import annotations
 
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+
+from process_output import lines_of, until
 
 pytestmark = pytest.mark.integration
 
@@ -31,25 +31,9 @@ def test_the_incident_alert_fires_and_resolves_in_slack_and_email():
         [sys.executable, "-m", "agent_exporter", "demo", "--stack", f"--duration={DURATION}",
          "--web.listen-address=127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    output: list[str] = []
     deadline = time.monotonic() + DURATION + 60
     try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            output.append(line)
+        output = list(until(lines_of(process.stdout), deadline))
         exit_code = process.wait(timeout=max(deadline - time.monotonic(), 1))
     finally:
         if process.poll() is None:

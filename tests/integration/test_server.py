@@ -33,6 +33,7 @@ from agent_exporter.webconfig import load_web_config
 from alertmanager_webhook import notification
 from certificates import self_signed
 from exporters import running_exporter
+from process_output import lines_of, until
 
 PLANNER_OK = {"type": "agent_execution", "agent": "planner", "status": "success", "duration_seconds": 1.5,
               "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.0045}
@@ -571,26 +572,10 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
 
 # -- the serve command ---------------------------------------------------------------------
 
-def _stderr_lines(process) -> queue.Queue:
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in process.stderr:
-            lines.put(line)
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
 def _wait_for_line(lines: queue.Queue, needle: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-        except queue.Empty:
-            break
-        if needle in line:
-            return line
-    raise AssertionError(f"no log line containing {needle!r}")
+    line = next((line for line in until(lines, time.monotonic() + timeout) if needle in line), None)
+    assert line is not None, f"no log line containing {needle!r}"
+    return line
 
 
 def test_sigterm_finishes_the_in_flight_request_and_exits_0():
@@ -598,7 +583,7 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0():
         [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        lines = _stderr_lines(process)
+        lines = lines_of(process.stderr)
         port = int(re.search(r"Listening on http://127\.0\.0\.1:(\d+)", _wait_for_line(lines, "Listening on")).group(1))
         body = json.dumps([PLANNER_OK, TOOL_OK]).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
