@@ -21,13 +21,7 @@ from agent_exporter.healing import (
     RetryPolicy, format_table, run_simulation)
 from agent_exporter.telemetry import Telemetry
 
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from clocks import Clock
 
 
 class Flaky(Exception):

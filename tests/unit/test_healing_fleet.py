@@ -29,17 +29,11 @@ from agent_exporter.healing.simulate import format_quality_table, run_quality_si
 from agent_exporter.healing.simulate_fleet import format_fleet_table, run_fleet_simulation
 from agent_exporter.server import Service, start_server
 from agent_exporter.telemetry import Telemetry
+
+from clocks import Clock
 from loopback import LoopbackServer, QuietHandler
 
 ALERT = "OrchestratorAgentHighErrorRatio"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 # -- the selector: quality and the fleet's statistics -----------------------------------------------
@@ -186,7 +180,7 @@ def make_remediator(**kwargs):
     changes = []
     config = Config(healing=HealingConfig(fallbacks={"coder": ("coder-lite",)}),
                     alerting=AlertingConfig(remediation_alerts=(ALERT,)))
-    clock = Clock()
+    clock = Clock(100.0)
     rem = AlertRemediator(config, clock=clock, on_change=lambda *change: changes.append(change), **kwargs)
     return rem, clock, changes
 
@@ -206,7 +200,7 @@ def test_a_deployment_acts_only_on_its_own_alerts():
     # alert must not open production's breaker, whether it comes by webhook or by poll.
     config = Config(alerting=AlertingConfig(remediation_alerts=(ALERT,), group_labels=("environment",),
                                             deployment_labels={"environment": "production"}))
-    rem = AlertRemediator(config, clock=Clock())
+    rem = AlertRemediator(config, clock=Clock(100.0))
     staging, production = notification("firing", "f1", "coder"), notification("firing", "f2", "planner")
     staging["alerts"][0]["labels"]["environment"] = "staging"
     production["alerts"][0]["labels"]["environment"] = "production"
@@ -220,7 +214,7 @@ def test_a_deployment_acts_only_on_its_own_alerts():
 
 def test_with_healing_off_alerts_open_no_breaker():
     rem = AlertRemediator(Config(healing=HealingConfig(enabled=False), alerting=AlertingConfig(
-        remediation_alerts=(ALERT,))), clock=Clock())
+        remediation_alerts=(ALERT,))), clock=Clock(100.0))
     assert rem.handle_webhook(notification("firing"))["opened"] == []
     assert rem.sync_alerts(polled(api_alert("planner", "f2")), 0.0)["opened"] == []
     assert rem.breakers.agent_count() == 0

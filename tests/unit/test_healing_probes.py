@@ -7,13 +7,7 @@ import pytest
 
 from agent_exporter.healing import CircuitBreakers, Healer, RetryPolicy
 
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from clocks import Clock
 
 
 class AgentDown(Exception):
