@@ -8,6 +8,10 @@ with an invalid item falls back to item-by-item decoding to report each index.
 Legacy records, as the old JSON metrics collector wrote them (`agent_name`,
 `duration_ms`, `success`, `tokens_used`, `cost`, `timestamp`), decode to
 `AgentExecution`.
+
+json_schema() is the published schema (schemas/events.v1.schema.json, rewritten with
+`python -m agent_exporter.events > schemas/events.v1.schema.json`); it says exactly what the
+decoder accepts, and tests/unit/test_event_schema_parity.py holds the two to that.
 """
 
 from __future__ import annotations
@@ -33,7 +37,12 @@ MAX_TIMESTAMP = 1e11       # the year 5138, in Unix seconds
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMESTAMP)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+# JSON Schema's integer is any number with a zero fraction, so 1.0 and 1e3 are counts too: encoders
+# that write every number as a float (Python's json.dumps(1.0)) are not refused.  The JSON decoders
+# take only integer literals in C; an item that fails on a float count alone is decoded again with
+# its integral floats made ints (_with_integral_counts), off the common path.
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS, description=(
+    "An integer; written with a zero fraction (1.0, 1e3) it is the same integer."))]
 Usd = Annotated[float, msgspec.Meta(ge=0, le=MAX_USD)]
 Score = Annotated[float, msgspec.Meta(ge=0, le=1)]
 RequestId = Annotated[str, msgspec.Meta(max_length=256)]
@@ -45,6 +54,28 @@ TraceId = Annotated[str, msgspec.Meta(min_length=32, max_length=32,
 SpanId = Annotated[str, msgspec.Meta(min_length=16, max_length=16,
                                      extra_json_schema={"pattern": "^[0-9a-fA-F]{16}$"})]
 _HEX = re.compile("[0-9a-fA-F]*")
+
+
+def _iso_time_pattern() -> str:
+    """The ISO 8601 times a legacy record's `timestamp` may be: a real calendar date between
+    1971 and 5137 (so every offset and the local time zone keep it within 0..MAX_TIMESTAMP),
+    an optional time to the microsecond and an optional UTC offset.  Each string it matches,
+    datetime.fromisoformat reads.  ECMA 262 and Python read it alike: [0-9], not \\d, and
+    `(?!\\n)$`, since Python's $ also matches before a final newline."""
+    year = "(?:197[1-9]|19[89][0-9]|[2-4][0-9]{3}|50[0-9]{2}|51[0-2][0-9]|513[0-7])"
+    month_day = ("(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+                 "|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)")
+    leap_year = ("(?:197[26]|198[048]|199[26]|[2-4][0-9](?:0[48]|[2468][048]|[13579][26])"
+                 "|(?:2[048]|3[26]|4[048])00|50(?:0[48]|[2468][048]|[13579][26])"
+                 "|51(?:0[48]|1[26]|2[048])|513[26])")
+    time = "[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\\.[0-9]{1,6})?)?"
+    offset = "(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+    return f"^(?:{year}-{month_day}|{leap_year}-02-29)(?:{time}{offset}?)?(?!\\n)$"
+
+
+ISO_TIME_PATTERN = _iso_time_pattern()
+_ISO_TIME = re.compile(ISO_TIME_PATTERN)
+
 Status = Literal["success", "error"]
 CircuitStateValue = Literal["closed", "half_open", "open"]
 
@@ -155,13 +186,50 @@ Event = Union[AgentExecution, ToolCall, StateTransition, Retry, Fallback, Circui
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}
 
 
-class _LegacyRecord(msgspec.Struct, frozen=True):
+class LegacyRecord(msgspec.Struct, frozen=True):
+    """A record of the old JSON metrics collector, without `type`: an agent_execution."""
     agent_name: Name
     duration_ms: Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS * 1000)]
     success: bool
     tokens_used: Count = 0
     cost: Usd = 0.0
-    timestamp: str | Timestamp | None = None
+    # The pattern is checked in _from_legacy, which names the form rather than quoting the regex.
+    timestamp: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": ISO_TIME_PATTERN, "description": (
+        "ISO 8601, as datetime.isoformat() writes it; without an offset, the exporter's local time.")}
+    )] | Timestamp | None = None
+
+
+def _int_fields(cls) -> frozenset[str]:
+    """The fields of `cls` that hold an int (alone or in a union with None)."""
+    ints = set()
+    for field in msgspec.inspect.type_info(cls).fields:
+        types = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        types = [t.type if isinstance(t, msgspec.inspect.Metadata) else t for t in types]
+        if any(isinstance(t, msgspec.inspect.IntType) for t in types):
+            ints.add(field.encode_name)
+    return frozenset(ints)
+
+
+_INT_FIELDS = {cls: _int_fields(cls) for cls in (*Event.__args__, LegacyRecord)}
+
+
+def _with_integral_counts(obj: dict, cls) -> dict | None:
+    """`obj` with the integral floats (1.0, 1e3) of `cls`'s int fields made ints; None if it has none."""
+    fields = _INT_FIELDS[cls]
+    counts = {key: int(value) for key, value in obj.items()
+              if key in fields and type(value) is float and value.is_integer()}
+    return {**obj, **counts} if counts else None
+
+
+def _convert(obj: dict, cls):
+    """`obj` as a `cls`, its counts allowed to be written as integral floats."""
+    try:
+        return msgspec.convert(obj, cls)
+    except msgspec.ValidationError as exc:
+        counts = _with_integral_counts(obj, cls) if "got `float`" in str(exc) else None
+        if counts is None:
+            raise
+    return msgspec.convert(counts, cls)
 
 
 class EventError(ValueError):
@@ -244,17 +312,16 @@ def _check_utf8(event) -> None:
 
 def _from_legacy(obj: dict) -> AgentExecution:
     try:
-        record = msgspec.convert(obj, _LegacyRecord)
+        record = _convert(obj, LegacyRecord)
     except msgspec.ValidationError as exc:
         raise _event_error(exc) from None
     timestamp = record.timestamp
     if isinstance(timestamp, str):
-        try:
-            timestamp = datetime.fromisoformat(timestamp).timestamp()
-        except (ValueError, OverflowError):
-            raise EventError("timestamp", "invalid_value", "not an ISO 8601 timestamp") from None
-        if not 0 <= timestamp <= MAX_TIMESTAMP:
-            raise EventError("timestamp", "invalid_value", f"expected a time between 1970 and {MAX_TIMESTAMP:g}")
+        # Every time the pattern admits, fromisoformat reads, and within 0..MAX_TIMESTAMP.
+        if _ISO_TIME.search(timestamp) is None:
+            raise EventError("timestamp", "invalid_value",
+                             "not an ISO 8601 time from 1971 to 5137 (YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|±HH:MM])")
+        timestamp = datetime.fromisoformat(timestamp).timestamp()
     # The old collector defaulted tokens_used=0 and cost=0.0 when the caller
     # knew neither: that is unknown usage, never a free execution.
     usage_known = record.tokens_used > 0 or record.cost > 0
@@ -273,27 +340,31 @@ def is_legacy_record(obj) -> bool:
     return isinstance(obj, dict) and "type" not in obj and "agent_name" in obj
 
 
+def _decode_object(obj: dict) -> Event:
+    """One event from a dict: a typed event or a legacy record (ids not yet checked)."""
+    if is_legacy_record(obj):
+        return _from_legacy(obj)
+    kind = obj.get("type")
+    if kind is None:
+        raise EventError("type", "missing_field", "required field is missing")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise EventError("type", "unknown_type",
+                         f"unknown event type {kind!r}; known types: {', '.join(EVENT_TYPES)}")
+    # Converting to the one class is ~15x faster than to the tagged union.
+    try:
+        return _convert(obj, cls)
+    except msgspec.ValidationError as exc:
+        raise _event_error(exc) from None
+
+
 def decode(obj) -> Event:
     """Validate one event given as a dict (or pass an already decoded event through)."""
     if isinstance(obj, _Event):
         return obj
     if not isinstance(obj, dict):
         raise EventError("", "not_an_object", "an event must be a JSON object")
-    if is_legacy_record(obj):
-        event = _from_legacy(obj)
-    else:
-        kind = obj.get("type")
-        if kind is None:
-            raise EventError("type", "missing_field", "required field is missing")
-        cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            raise EventError("type", "unknown_type",
-                             f"unknown event type {kind!r}; known types: {', '.join(EVENT_TYPES)}")
-        # Converting to the one class is ~15x faster than to the tagged union.
-        try:
-            event = msgspec.convert(obj, cls)
-        except msgspec.ValidationError as exc:
-            raise _event_error(exc) from None
+    event = _decode_object(obj)
     _check_utf8(event)
     error = _id_error(event)
     if error is not None:
@@ -357,12 +428,13 @@ def _decode_ndjson(body: bytes) -> Batch:
                 obj = _any_decoder.decode(line)
             except MALFORMED_JSON:
                 obj = None
-            if is_legacy_record(obj):
+            # A legacy record, or an event whose counts may be integral floats: decoded from the dict.
+            if is_legacy_record(obj) or (isinstance(obj, dict) and "got `float`" in str(exc)):
                 try:
-                    events.append(_from_legacy(obj))
+                    events.append(_decode_object(obj))
                     indexes.append(index)
-                except EventError as legacy_exc:
-                    rejected.append(Rejection(index, legacy_exc.reason, str(legacy_exc)))
+                except EventError as item_exc:
+                    rejected.append(Rejection(index, item_exc.reason, str(item_exc)))
             else:
                 error = _event_error(exc)
                 rejected.append(Rejection(index, error.reason, str(error)))
@@ -420,13 +492,33 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
 
 
 def json_schema() -> dict:
-    """JSON Schema of schema v1, for orchestrators in other languages (schemas/events.v1.schema.json)."""
-    (schema,), components = msgspec.json.schema_components([Event], ref_template="#/$defs/{name}")
+    """JSON Schema of schema v1, for orchestrators in other languages (schemas/events.v1.schema.json).
+
+    It admits exactly the events the decoder accepts.  msgspec's OpenAPI `discriminator` is left
+    out: it is no JSON Schema keyword, and validators in strict mode (Ajv's default) refuse a
+    schema with an unknown keyword.  `type`'s const in each kind selects it all the same."""
+    (typed, _), components = msgspec.json.schema_components([Event, LegacyRecord], ref_template="#/$defs/{name}")
+    # A legacy record is one without `type` (is_legacy_record): with it, it is a typed event.
+    components["LegacyRecord"]["not"] = {"required": ["type"]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://agent-exporter.dev/schemas/events.v1.schema.json",
         "title": "agent-exporter event (schema v1)",
-        "description": "One orchestrator event; `type` selects the kind. Unknown fields are ignored.",
-        **schema,
+        "description": (
+            "One orchestrator event; `type` selects the kind, and an object without `type` but with "
+            "`agent_name` is a legacy collector record (an agent_execution). Unknown fields are ignored. "
+            "Counts are integers, which may be written with a zero fraction (1.0)."),
+        "anyOf": [*typed["anyOf"], {"$ref": "#/$defs/LegacyRecord"}],
         "$defs": components,
     }
+
+
+def json_schema_text() -> str:
+    """The published file's text: json_schema() with sorted keys, two-space indents, a final newline."""
+    import json
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":      # python -m agent_exporter.events > schemas/events.v1.schema.json
+    import sys
+    sys.stdout.write(json_schema_text())
