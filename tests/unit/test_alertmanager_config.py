@@ -69,6 +69,8 @@ ROUTING_MATRIX = [
     ({"alertname": "OrchestratorUsageUnknown", "severity": "warning", "agent": "coder"}, [am.LOG, am.SLACK]),
     ({"alertname": "OrchestratorSeriesOverflow", "severity": "warning", "job": "agent-exporter",
       "instance": "exporter:9464", "metric": "orchestrator_tool_calls_total"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorSpansNotForwarded", "severity": "warning", "job": "agent-exporter",
+      "instance": "exporter:9464"}, [am.LOG, am.SLACK]),
     ({"alertname": "OrchestratorFleetSourceDown", "severity": "warning", "job": "agent-exporter",
       "instance": "exporter:9464", "source": "prometheus"}, [am.LOG, am.SLACK]),
     ({"alertname": "SomethingInformational", "severity": "info"}, [am.LOG, am.NULL]),
