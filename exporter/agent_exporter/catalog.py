@@ -141,13 +141,18 @@ EXPORTER_HTTP_REQUESTS = _spec(
 EXPORTER_OTLP_SPANS = _spec(
     "exporter_otlp_spans_total", COUNTER,
     "OTLP spans received: mapped to events, ignored (no GenAI meaning) or rejected.", ("outcome",), fixed=True)
+EXPORTER_OTLP_FORWARDED_SPANS = _spec(
+    "exporter_otlp_forwarded_spans_total", COUNTER,
+    "OTLP spans passed on to the tracing backend (otlp.forward_spans): sent (the backend took them), "
+    "dropped (the forwarding queue was full, or still held them at shutdown) or failed (the backend "
+    "refused them or could not be reached).", ("outcome",), fixed=True)
 
 CATALOG: tuple[MetricSpec, ...] = (
     AGENT_EXECUTIONS, AGENT_EXECUTION_DURATION, AGENT_ERRORS, LLM_TOKENS, LLM_TIME_TO_FIRST_TOKEN,
     LLM_COST, USAGE_UNKNOWN, TOOL_CALLS, TOOL_CALL_DURATION, STATE_TRANSITIONS, WORKFLOW_RUNS,
     WORKFLOW_DURATION, EVALUATION_SCORE, RETRIES, FALLBACKS, CIRCUIT_BREAKER_STATE, SELECTOR_WEIGHT,
     FLEET_SOURCE_UP, COST_BUDGET, EXPORTER_EVENTS, EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW,
-    EXPORTER_BUILD_INFO, EXPORTER_HTTP_REQUESTS, EXPORTER_OTLP_SPANS,
+    EXPORTER_BUILD_INFO, EXPORTER_HTTP_REQUESTS, EXPORTER_OTLP_SPANS, EXPORTER_OTLP_FORWARDED_SPANS,
 )
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
 

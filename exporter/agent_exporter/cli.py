@@ -258,7 +258,8 @@ def describe_config(config, path: str | None) -> str:
         f"  job={a.job} group_labels={','.join(a.group_labels) or 'none'} min_events={a.min_events}",
         f"  thresholds: error_ratio > {t.error_ratio:.2%}, latency p95 > {_seconds(t.latency_p95_seconds)}, "
         f"cost per day > ${t.cost_per_day_usd:g}, tool error_ratio > {t.tool_error_ratio:.2%}, "
-        f"circuit open > {_seconds(t.circuit_open_seconds)}, rejected events > {t.rejected_events_ratio:.2%}",
+        f"circuit open > {_seconds(t.circuit_open_seconds)}, rejected events > {t.rejected_events_ratio:.2%}, "
+        f"spans not forwarded > {t.unforwarded_spans_ratio:.2%}",
     ]
     if a.conditions:
         lines.append("  legacy conditions: " + "; ".join(a.conditions))

@@ -143,6 +143,7 @@ class Thresholds(Section):
     tool_error_ratio: Ratio = 0.10
     circuit_open_seconds: Positive = 300.0    # breaker open longer than this alerts
     rejected_events_ratio: Ratio = 0.01
+    unforwarded_spans_ratio: Ratio = 0.10     # spans otlp.forward_spans dropped or failed to send
     time_to_first_token_p95_seconds: Positive = 5.0
     evaluation_score_floor: Ratio = 0.7       # an agent's mean quality score below this alerts
 

@@ -652,7 +652,8 @@ class OTLPReceiver:
         self._telemetry = telemetry
         self._lock = threading.Lock()
         self._buffer = _AttributionBuffer(config.otlp.attribution_wait_seconds, config.otlp.max_buffered_spans)
-        self.forwarder = _Forwarder(config.tracing, config.otlp.forward_queue_size) if config.otlp.forward_spans else None
+        self.forwarder = (_Forwarder(config.tracing, config.otlp.forward_queue_size, telemetry.store)
+                          if config.otlp.forward_spans else None)
         self._grpc_servers = []
         self._closed = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="otlp-attribution", daemon=True)
@@ -923,6 +924,7 @@ def _encode(message, media: str) -> bytes:
 
 GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CLOSE_SECONDS = 5.0         # the longest close() waits for the backend to take what is queued
+FORWARD_OUTCOMES = ("sent", "dropped", "failed")
 
 
 def _one_line(exc: Exception) -> str:
@@ -938,14 +940,17 @@ class _Forwarder:
 
     A bounded queue and one sending thread: when the backend is slow or down,
     the queue fills and further requests are dropped, never waited for.
-    `spans` counts forwarded spans by outcome: sent, dropped (queue full) and
-    failed (the backend did not take them).
+    Forwarded spans are counted by outcome in `store`'s
+    orchestrator_exporter_otlp_forwarded_spans_total: sent, dropped (queue full, or
+    still held when close() gave up) and failed (the backend did not take them).
     """
 
-    def __init__(self, tracing, queue_size: int):
+    def __init__(self, tracing, queue_size: int, store):
         self._timeout = tracing.otlp_timeout_seconds
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.spans = {"sent": 0, "dropped": 0, "failed": 0}
+        self._store = store
+        for outcome in FORWARD_OUTCOMES:      # at 0 from the start, so that rate() sees the first drop
+            store.count_forwarded_spans(outcome, 0)
         self._count_lock = threading.Lock()
         self._in_flight = 0             # spans of the request being sent
         self._abandoned = False
@@ -983,7 +988,7 @@ class _Forwarder:
                 self._in_flight = 0
             if self._abandoned:
                 return False
-            self.spans[outcome] += spans
+            self._store.count_forwarded_spans(outcome, spans)
             return True
 
     def _run(self) -> None:
@@ -1030,6 +1035,7 @@ class _Forwarder:
                     break
                 if item is not None:
                     abandoned += item[1]
-            self.spans["dropped"] += abandoned
+            if abandoned:
+                self._store.count_forwarded_spans("dropped", abandoned)
             self._abandoned = True
             self._queue.put_nowait(None)    # the stop, taken out with the rest

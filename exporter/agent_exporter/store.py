@@ -221,6 +221,7 @@ class SeriesStore:
         self._overflow: _Scalars = f[catalog.EXPORTER_SERIES_OVERFLOW.name]
         self._http_requests: _Scalars = f[catalog.EXPORTER_HTTP_REQUESTS.name]
         self._otlp_spans: _Scalars = f[catalog.EXPORTER_OTLP_SPANS.name]
+        self._forwarded_spans: _Scalars = f[catalog.EXPORTER_OTLP_FORWARDED_SPANS.name]
         # The fields that decide an agent execution's series, read in one C call; the tuple
         # of them (model and extras as given, unset or not) is the key of _execution_series.
         self._execution_key = attrgetter("agent", "status", "model", *self._extra_labels)
@@ -286,6 +287,12 @@ class SeriesStore:
     def count_otlp_spans(self, outcome: str, n: int = 1) -> None:
         with self._lock:
             self._add(self._otlp_spans, (outcome,), n)
+
+    def count_forwarded_spans(self, outcome: str, n: int = 1) -> None:
+        """Spans forwarded to the tracing backend by `outcome` (sent, dropped, failed); `n=0` makes the
+        series exist at 0, so that rate() sees the first one."""
+        with self._lock:
+            self._add(self._forwarded_spans, (outcome,), n)
 
     def set_circuit_state(self, agent: str, state: str) -> None:
         self.apply(events.CircuitState(agent=agent, state=state))

@@ -11,7 +11,8 @@ environment (target labels), and evaluates the rendered rules:
   as environment `production`, that covers from the first second what the demo
   shows only sometimes or later: every event type including workflow runs that
   fail, time to first token, quality scores, features, every circuit state,
-  selector weights, rejected events and series overflow.
+  selector weights, rejected events, series overflow, and OTLP spans, which it
+  forwards to a tracing backend (otlp.forward_spans).
 
 Once the recording rules have data, every panel query (stat and table panels
 included) and every variable query, with the variables substituted as Grafana
@@ -31,7 +32,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from otlp_receiver import HttpReceiver
 
 from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config, parse_config
@@ -196,14 +199,20 @@ def rendered(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exporter():
-    telemetry = Telemetry(CONFIG)
-    handle = start_server(Service(telemetry, otlp=OTLPReceiver(telemetry, CONFIG)), "127.0.0.1:0")
-    try:
-        with Workload(telemetry, handle.url):
-            yield handle
-    finally:
-        handle.stop()
-        telemetry.shutdown()
+    # The OTLP spans it receives go on to a tracing backend that takes them all.
+    with HttpReceiver() as backend:
+        config = replace(CONFIG, otlp=replace(CONFIG.otlp, forward_spans=True),
+                         tracing=replace(CONFIG.tracing, otlp_endpoint=backend.endpoint, otlp_protocol="http/protobuf"))
+        telemetry = Telemetry(config)
+        receiver = OTLPReceiver(telemetry, config)
+        handle = start_server(Service(telemetry, otlp=receiver), "127.0.0.1:0")
+        try:
+            with Workload(telemetry, handle.url):
+                yield handle
+        finally:
+            handle.stop()
+            receiver.close()
+            telemetry.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,12 @@ def executions(tel) -> float:
                if s.name == catalog.AGENT_EXECUTIONS.name)
 
 
+def forwarded(tel) -> dict[str, float]:
+    """orchestrator_exporter_otlp_forwarded_spans_total by outcome, as /metrics exposes it."""
+    return {s.labels["outcome"]: s.value for family in parse_text(tel.render().decode()) for s in family.samples
+            if s.name == catalog.EXPORTER_OTLP_FORWARDED_SPANS.name}
+
+
 class StuckBackend:
     """Accepts connections on loopback and never answers."""
 
@@ -80,7 +86,7 @@ def test_received_spans_reach_the_backend_unchanged(protocol):
             tel.shutdown()
         received = backend.wait_for_spans(4)
     assert received == spans_of(sent) + spans_of(request(span(4, {"db.system": "postgresql"})))
-    assert receiver.forwarder.spans == {"sent": 4, "dropped": 0, "failed": 0}
+    assert forwarded(tel) == {"sent": 4, "dropped": 0, "failed": 0}
     assert executions(tel) == 1
 
 
@@ -97,7 +103,7 @@ def test_grpc_endpoint_with_a_path_forwards_to_its_host_and_port(path):
             receiver.close()
             tel.shutdown()
         assert [s.span_id for s in backend.wait_for_spans(1)] == [(1).to_bytes(8, "big").hex()]
-    assert receiver.forwarder.spans == {"sent": 1, "dropped": 0, "failed": 0}
+    assert forwarded(tel) == {"sent": 1, "dropped": 0, "failed": 0}
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -114,7 +120,7 @@ def test_dead_backend_fails_forwarding_not_ingestion(protocol, caplog):
         receiver.close()
         tel.shutdown()
     assert executions(tel) == 5
-    assert receiver.forwarder.spans == {"sent": 0, "dropped": 0, "failed": 5}
+    assert forwarded(tel) == {"sent": 0, "dropped": 0, "failed": 5}
     # Logged once, when forwarding starts failing, on one line that says why.
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp"]
     assert warning.startswith("forwarding spans to the tracing backend fails (dropping them): ")
@@ -137,12 +143,12 @@ def test_stuck_backend_never_holds_up_ingestion():
         assert not exporting.is_alive(), "export waited for the stuck backend"
         assert executions(tel) == 20
         # One request in flight, at most two queued: the rest were dropped.
-        assert receiver.forwarder.spans["dropped"] >= 17
+        assert forwarded(tel)["dropped"] >= 17
     finally:
         backend.stop()          # the request in flight fails; the queued ones fail fast
         receiver.close()
         tel.shutdown()
-    spans = receiver.forwarder.spans
+    spans = forwarded(tel)
     assert spans["sent"] == 0 and spans["dropped"] + spans["failed"] == 20
 
 
@@ -158,12 +164,32 @@ def test_close_gives_up_on_a_stuck_backend_and_its_thread_then_ends_quietly(prot
         for i in range(1, 6):
             receiver.export(request(agent_span(i, "planner")))
         receiver.close()            # bounded: gives up on the call in flight
-        assert receiver.forwarder.spans == {"sent": 0, "dropped": 5, "failed": 0}
+        assert forwarded(tel) == {"sent": 0, "dropped": 5, "failed": 0}
     finally:
         backend.stop()              # the abandoned call returns
         tel.shutdown()
     sending.join(10)
     assert not sending.is_alive(), "the forwarding thread outlived its backend"
-    assert receiver.forwarder.spans == {"sent": 0, "dropped": 5, "failed": 0}
+    assert forwarded(tel) == {"sent": 0, "dropped": 5, "failed": 0}
     # Its call failed as close() gave it up (gRPC: CANCELLED, "Channel closed!"): that is not the backend failing.
     assert [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp"] == []
+
+
+def test_forwarded_spans_are_exposed_at_0_from_the_start_and_only_while_forwarding():
+    """Every outcome exists before the first span, so rate() sees the first drop or failure."""
+    config = forwarding(f"http://127.0.0.1:{stack.free_port()}", "http/protobuf")
+    tel = Telemetry(config)
+    receiver = OTLPReceiver(tel, config)
+    try:
+        assert forwarded(tel) == {"sent": 0, "dropped": 0, "failed": 0}
+    finally:
+        receiver.close()
+        tel.shutdown()
+    tel = Telemetry(Config())
+    receiver = OTLPReceiver(tel)
+    try:
+        receiver.export(request(agent_span(1, "planner")))
+        assert forwarded(tel) == {}
+    finally:
+        receiver.close()
+        tel.shutdown()

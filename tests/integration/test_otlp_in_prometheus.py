@@ -2,8 +2,8 @@
 
 An application built on the OpenTelemetry SDK writes GenAI spans (a workflow of agents, their
 chat calls and tools, one agent failing) and exports them over OTLP/HTTP to the exporter's
-service (POST /v1/traces); a real Prometheus scrapes the same service every second and
-evaluates the rules.  Every recording rule and every committed dashboard query over the
+service (POST /v1/traces), which forwards them to a tracing backend; a real Prometheus
+scrapes the same service every second and evaluates the rules.  Every recording rule and every committed dashboard query over the
 metrics that spans feed returns data, the error-ratio alert fires for the failing agent, and
 the latency exemplars are trace ids the application generated.
 """
@@ -22,10 +22,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from otlp_receiver import HttpReceiver
 from test_dashboard_queries import query_until_data, substitute, variable_values
 
 from agent_exporter import catalog, stack
-from agent_exporter.config import AlertingConfig, Config, MetricsConfig, ModelPrice, OTLPConfig
+from agent_exporter.config import AlertingConfig, Config, MetricsConfig, ModelPrice, OTLPConfig, TracingConfig
 from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.render import prometheus as render_prometheus
 from agent_exporter.render import rules
@@ -106,19 +107,22 @@ class Application:
 
 @pytest.fixture(scope="module")
 def fed_exporter():
-    """The exporter's HTTP service with OTLP in, and the application exporting to it."""
-    config = Config(metrics=MetricsConfig(prices={"gpt-4o": ModelPrice(input=2.5, output=10.0)}),
-                    otlp=OTLPConfig(attribution_wait_seconds=2.0))
-    telemetry = Telemetry(config)
-    receiver = OTLPReceiver(telemetry, config)
-    service = start_server(Service(telemetry, otlp=receiver), "127.0.0.1:0")
-    try:
-        with Application(f"{service.url}/v1/traces") as app:
-            yield service, app
-    finally:
-        service.stop()
-        receiver.close()
-        telemetry.shutdown()
+    """The exporter's HTTP service with OTLP in, forwarding to a tracing backend, and the application
+    exporting to it."""
+    with HttpReceiver() as backend:
+        config = Config(metrics=MetricsConfig(prices={"gpt-4o": ModelPrice(input=2.5, output=10.0)}),
+                        tracing=TracingConfig(otlp_endpoint=backend.endpoint, otlp_protocol="http/protobuf"),
+                        otlp=OTLPConfig(attribution_wait_seconds=2.0, forward_spans=True))
+        telemetry = Telemetry(config)
+        receiver = OTLPReceiver(telemetry, config)
+        service = start_server(Service(telemetry, otlp=receiver), "127.0.0.1:0")
+        try:
+            with Application(f"{service.url}/v1/traces") as app:
+                yield service, app
+        finally:
+            service.stop()
+            receiver.close()
+            telemetry.shutdown()
 
 
 @pytest.fixture(scope="module")

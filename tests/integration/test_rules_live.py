@@ -1,6 +1,7 @@
 """A real Prometheus runs the rendered rules against the exporter's HTTP service, fed
-with events over POST /v1/events: every recording rule returns data, and the alerts
-see what the events describe."""
+with events over POST /v1/events and spans over POST /v1/traces (forwarded to a tracing
+backend that is down): every recording rule returns data, and the alerts see what the
+events describe and the spans the backend never got."""
 
 import json
 import random
@@ -8,9 +9,11 @@ import threading
 import urllib.request
 
 import pytest
+from otlp_spans import request, span
 
 from agent_exporter import Telemetry, stack
-from agent_exporter.config import Config
+from agent_exporter.config import Config, OTLPConfig, TracingConfig
+from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.render import prometheus, rules, series
 from agent_exporter.render.common import sli_windows
 from agent_exporter.server import Service, start_server
@@ -48,16 +51,24 @@ def batch(rng: random.Random) -> bytes:
 
 def feed(url: str, stop: threading.Event) -> None:
     rng = random.Random(7)
+    # Spans of no GenAI meaning (counted as ignored, no event): only their forwarding shows.
+    traces = request(span(1, {"http.route": "/orders"}), span(2, {"http.route": "/orders"})).SerializeToString()
     while not stop.wait(0.25):
-        request = urllib.request.Request(url + "/v1/events", data=batch(rng), method="POST",
-                                         headers={"Content-Type": "application/x-ndjson"})
-        urllib.request.urlopen(request, timeout=10).close()
+        for path, body, media in (("/v1/events", batch(rng), "application/x-ndjson"),
+                                  ("/v1/traces", traces, "application/x-protobuf")):
+            post = urllib.request.Request(url + path, data=body, method="POST", headers={"Content-Type": media})
+            urllib.request.urlopen(post, timeout=10).close()
 
 
 @pytest.fixture
 def fed_exporter():
-    telemetry = Telemetry(Config())
-    handle = start_server(Service(telemetry), "127.0.0.1:0")
+    # Received spans are forwarded to a tracing backend nothing listens for: every one fails.
+    config = Config(tracing=TracingConfig(otlp_endpoint=f"http://127.0.0.1:{stack.free_port()}",
+                                          otlp_protocol="http/protobuf", otlp_timeout_seconds=2.0),
+                    otlp=OTLPConfig(forward_spans=True))
+    telemetry = Telemetry(config)
+    receiver = OTLPReceiver(telemetry, config)
+    handle = start_server(Service(telemetry, otlp=receiver), "127.0.0.1:0")
     stop = threading.Event()
     feeder = threading.Thread(target=feed, args=(handle.url, stop), daemon=True)
     feeder.start()
@@ -65,6 +76,7 @@ def fed_exporter():
     stop.set()
     feeder.join(timeout=10)
     handle.stop()
+    receiver.close()
     telemetry.shutdown()
 
 
@@ -119,7 +131,8 @@ def test_rendered_rules_evaluate_on_a_fed_exporter(tmp_path, fed_exporter):
                     ("OrchestratorTimeToFirstTokenSlow", "coder", "pending"),
                     ("OrchestratorAgentQualityLow", "coder", "pending"),
                     ("OrchestratorCircuitBreakerOpen", "coder", "pending"),
-                    ("OrchestratorEventsRejected", None, "pending")}
+                    ("OrchestratorEventsRejected", None, "pending"),
+                    ("OrchestratorSpansNotForwarded", None, "pending")}
         alerts = api.wait_until("ALERTS", lambda rows: expected <= states(rows), timeout=30)
         assert not any(subject in ("planner", "feature") for _, subject, _ in states(alerts)), alerts
         assert all(rule.get("health") == "ok" for g in api.rules() for rule in g["rules"]), api.rules()

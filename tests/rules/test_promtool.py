@@ -66,7 +66,8 @@ def test_every_rendered_file_says_it_is_generated(tmp_path):
 OTHER = parse_config({"observability": {
     "alerting": {
         "conditions": ["error_rate > 10%", "latency_p95 > 30s", "cost_per_day > 500"],
-        "thresholds": {"tool_error_ratio": 0.25, "circuit_open_seconds": 600, "rejected_events_ratio": 0.05},
+        "thresholds": {"tool_error_ratio": 0.25, "circuit_open_seconds": 600, "rejected_events_ratio": 0.05,
+                       "unforwarded_spans_ratio": 0.35},
         "slo": {"objective": 0.995},
         "workflow_slo": {"objective": 0.98},
         "rate_window": "10m",
@@ -78,7 +79,8 @@ def test_another_config_renders_rules_whose_rendered_tests_pass(tmp_path):
     prometheus.render_prometheus(OTHER, tmp_path)
     alerts = (tmp_path / "prometheus" / "rules" / "orchestrator.alerts.yml").read_text()
     for number in ("> 0.1\n", "> 30\n", "> 500\n", "(14.4 * (1 - 0.995))", "(6 * (1 - 0.995))",
-                   "(3 * (1 - 0.995))", "(14.4 * (1 - 0.98))", "> 0.25\n", "for: 10m", "for: 2m", "[10m]", "> 0.05\n"):
+                   "(3 * (1 - 0.995))", "(14.4 * (1 - 0.98))", "> 0.25\n", "for: 10m", "for: 2m", "[10m]", "> 0.05\n",
+                   "> 0.35\n", "(threshold 35%)"):
         assert number in alerts, number
     assert "0.99)" not in alerts and "> 100\n" not in alerts
     assert_ok(promtool("check", "rules", *map(str, (tmp_path / "prometheus" / "rules").glob("*.yml"))))
@@ -153,7 +155,7 @@ def test_budgets_per_feature_render_one_alert_each_over_the_feature_label():
 def test_ratio_alerts_require_the_minimum_number_of_events():
     alerts = {r["alert"]: r["expr"] for g in rules.alert_rules(SCOPED) for r in g["rules"]}
     for name in ("OrchestratorAgentHighErrorRatio", "OrchestratorToolHighErrorRatio", "OrchestratorEventsRejected",
-                 "OrchestratorAgentQualityLow"):
+                 "OrchestratorSpansNotForwarded", "OrchestratorAgentQualityLow"):
         assert alerts[name].endswith(" >= 4"), name
     for name in ("OrchestratorAgentErrorBudgetBurnFast", "OrchestratorAgentErrorBudgetBurnSlow",
                  "OrchestratorWorkflowErrorBudgetBurnFast", "OrchestratorWorkflowErrorBudgetBurnSlow"):
@@ -216,7 +218,13 @@ def test_the_exporters_failure_modes_have_warnings():
     assert alerts["OrchestratorUsageUnknown"]["expr"] == (
         'sum by (environment, agent) (increase(orchestrator_usage_unknown_total{job="orchestrator"}[5m])) > 0')
     assert alerts["OrchestratorFleetSourceDown"]["expr"] == 'orchestrator_fleet_source_up{job="orchestrator"} == 0'
-    for name in ("OrchestratorSeriesOverflow", "OrchestratorUsageUnknown", "OrchestratorFleetSourceDown"):
+    forwarded = "orchestrator_exporter_otlp_forwarded_spans_total"
+    assert alerts["OrchestratorSpansNotForwarded"]["expr"] == (
+        f'sum by (environment, job, instance) (rate({forwarded}{{job="orchestrator", outcome=~"dropped|failed"}}[5m]))'
+        f'\n/\nsum by (environment, job, instance) (rate({forwarded}{{job="orchestrator"}}[5m]))\n> 0.1\nand\n'
+        f'sum by (environment, job, instance) (increase({forwarded}{{job="orchestrator"}}[5m])) >= 4')
+    for name in ("OrchestratorSeriesOverflow", "OrchestratorUsageUnknown", "OrchestratorFleetSourceDown",
+                 "OrchestratorSpansNotForwarded"):
         assert alerts[name]["labels"] == {"severity": "warning"}, name
 
 

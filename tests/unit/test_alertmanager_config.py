@@ -69,6 +69,8 @@ ROUTING_MATRIX = [
     ({"alertname": "OrchestratorUsageUnknown", "severity": "warning", "agent": "coder"}, [am.LOG, am.SLACK]),
     ({"alertname": "OrchestratorSeriesOverflow", "severity": "warning", "job": "agent-exporter",
       "instance": "exporter:9464", "metric": "orchestrator_tool_calls_total"}, [am.LOG, am.SLACK]),
+    ({"alertname": "OrchestratorSpansNotForwarded", "severity": "warning", "job": "agent-exporter",
+      "instance": "exporter:9464"}, [am.LOG, am.SLACK]),
     ({"alertname": "OrchestratorFleetSourceDown", "severity": "warning", "job": "agent-exporter",
       "instance": "exporter:9464", "source": "prometheus"}, [am.LOG, am.SLACK]),
     ({"alertname": "SomethingInformational", "severity": "info"}, [am.LOG, am.NULL]),
@@ -330,6 +332,7 @@ def test_grouping_labels_group_and_inhibit_apart():
     assert absent["target_matchers"] == ['alertname="OrchestratorMetricsAbsent"', 'environment=""', 'cluster=""']
     assert absent["equal"] == ["job"]
     assert absent_here["equal"] == ["job", "environment", "cluster"]
+    assert rejected["target_matchers"] == ['alertname=~"OrchestratorEventsRejected|OrchestratorSpansNotForwarded"']
     assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
 
 

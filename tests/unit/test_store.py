@@ -209,6 +209,8 @@ def test_the_exporters_own_metrics_are_never_folded():
         store.count_http_request(handler, code)
     store.count_otlp_spans("mapped")
     store.count_otlp_spans("ignored")
+    store.count_forwarded_spans("sent", 3)
+    store.count_forwarded_spans("dropped", 0)
     store.set_fleet_source_up("alertmanager", True)
     store.set_fleet_source_up("prometheus", False)
     assert value(store, "orchestrator_exporter_events_total", type="agent_execution") == 3
@@ -217,6 +219,8 @@ def test_the_exporters_own_metrics_are_never_folded():
     assert value(store, "orchestrator_exporter_http_requests_total", handler="/v1/events", code="400") == 1
     assert value(store, "orchestrator_exporter_http_requests_total", handler="/metrics", code="200") == 1
     assert value(store, "orchestrator_exporter_otlp_spans_total", outcome="ignored") == 1
+    assert value(store, "orchestrator_exporter_otlp_forwarded_spans_total", outcome="sent") == 3
+    assert value(store, "orchestrator_exporter_otlp_forwarded_spans_total", outcome="dropped") == 0
     assert value(store, "orchestrator_cost_budget_usd", period="month") == 2000
     assert value(store, "orchestrator_fleet_source_up", source="prometheus") == 0
     assert value(store, "orchestrator_exporter_series_overflow_total",

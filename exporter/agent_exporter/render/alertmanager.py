@@ -204,7 +204,8 @@ def alertmanager_config(config: Config) -> dict:
             *_critical_inhibits_warning(grouping, remediation),
             *_down_inhibits_absent(grouping),
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
-             "target_matchers": ['alertname="OrchestratorEventsRejected"'],
+             # Their ratios read the last samples of a stopped exporter: the page says it already.
+             "target_matchers": ['alertname=~"OrchestratorEventsRejected|OrchestratorSpansNotForwarded"'],
              "equal": ["job", "instance", *grouping]},
         ],
         "receivers": receivers,

@@ -32,7 +32,7 @@ import yaml
 from .. import catalog
 from ..config import Config
 from ..durations import prometheus_duration
-from .common import DASHBOARD_UIDS, long_windows, scrape_interval, sli_windows
+from .common import DASHBOARD_UIDS, long_windows, percent, scrape_interval, sli_windows
 from .common import number as num
 from .panels import (
     bargauge, dashboard, datasource_variable, heatmap, lower_limit, override, query, query_variable, row, stat,
@@ -661,6 +661,15 @@ def exporter_health(config: Config) -> dict:
                    "GenAI spans mapped to events, spans with no GenAI meaning ignored, and spans "
                    "rejected, per second (POST /v1/traces and the OTLP/gRPC receiver).",
                    [query(f"sum by (outcome) ({q.rate(catalog.EXPORTER_OTLP_SPANS.name)})", "{{outcome}}")],
+                   unit="ops", min=0, stack=True),
+        timeseries("OTLP spans forwarded by outcome",
+                   "Received spans passed on to the tracing backend (otlp.forward_spans) per second: sent, "
+                   "dropped (the forwarding queue was full: the backend is slow or stuck) and failed (the "
+                   "backend refused them or could not be reached). With more than "
+                   f"{percent(t.unforwarded_spans_ratio)} of them dropped or failed, OrchestratorSpansNotForwarded "
+                   "fires. Empty without forwarding.",
+                   [query(f"sum by (outcome) ({q.rate(catalog.EXPORTER_OTLP_FORWARDED_SPANS.name)})",
+                          "{{outcome}}")],
                    unit="ops", min=0, stack=True),
         timeseries("Scrape duration", "Time Prometheus takes to scrape each exporter.",
                    [query(f"max by (instance) ({q.raw('scrape_duration_seconds')})",

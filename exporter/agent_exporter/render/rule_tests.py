@@ -28,8 +28,8 @@ from .common import (
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
-    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, OVERFLOW, REJECTED, SLI,
-    TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
+    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, OVERFLOW, REJECTED,
+    SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
     WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
 
@@ -711,6 +711,48 @@ def _exporter_tests(c: _Cases) -> list:
                        lambda per_step: events(None, per_step), target, 1)
 
 
+def _forwarding_tests(c: _Cases) -> list:
+    """Spans forwarded to the tracing backend (otlp.forward_spans) that were dropped or failed."""
+    name = "OrchestratorSpansNotForwarded"
+    target = {"job": c.job, "instance": INSTANCE}
+    threshold = c.config.alerting.thresholds.unforwarded_spans_ratio
+    window = prometheus_seconds(c.config.alerting.rate_window)
+    bad, good = _fire_ratio(threshold, c.minimum, int(window // c.step))
+    over_bad, over_good = _over_ratio(threshold)
+    under_bad, under_good = _under_ratio(threshold)
+    fires_at = _firing_after(c.step, c.pending(name), c.step)
+    late = max(fires_at, window) + 10 * c.step
+    reset_at = int(late // c.step) - int(window // c.step) // 2 - 2
+
+    def spans(sent, dropped, failed, reset=None, **where):
+        # Every outcome from the start, as the exporter exposes them (at 0 until the first).
+        return [c.series(FORWARDED_SPANS, _counter(n, reset), outcome=outcome, **where)
+                for outcome, n in (("sent", sent), ("dropped", dropped), ("failed", failed))]
+
+    # Spans sent without loss by the same instance name in a second environment: summed with
+    # the breach, they would bring the ratio under the threshold.
+    elsewhere = spans(100 * (over_bad + over_good), 0, 0, env=1) if c.group_labels else []
+    return [
+        {"name": f"{name} fires at the right time just above the threshold, dropped and failed together",
+         "input_series": spans(over_good, over_bad // 2, over_bad - over_bad // 2) + elsewhere,
+         "alert_rule_test": [
+             _check(name, fires_at - c.step),
+             _check(name, fires_at, [c.expected(name, target, over_bad / (over_bad + over_good))])]},
+        {"name": f"{name} fires when every span is dropped (a stuck backend)",
+         "input_series": spans(0, 2 * c.minimum, 0),
+         "alert_rule_test": [_check(name, fires_at, [c.expected(name, target, 1)])]},
+        {"name": f"{name} stays quiet just under the threshold, without traffic, and for another job",
+         "input_series": spans(under_good, under_bad, 0) + spans(0, 0, 0, instance="idle:9464")
+         + spans(over_good, 0, over_bad, job=c.other_job),
+         "alert_rule_test": [_check(name, late)]},
+        {"name": f"{name} across a counter reset",
+         "input_series": spans(good, 0, bad, reset_at) + spans(under_good, under_bad, 0, reset_at,
+                                                              instance="calm:9464"),
+         "alert_rule_test": [_check(name, late, [c.expected(name, target, bad / (bad + good))])]},
+    ] + _minimum_tests(c, name, c.config.alerting.rate_window, "spans",
+                       lambda per_step: spans(0, 0, per_step), target, 1)
+
+
 def _failure_mode_tests(c: _Cases) -> list:
     """The exporter's own failure modes: series folded into __overflow__, spend it cannot
     count, fleet sources it cannot poll."""
@@ -921,6 +963,7 @@ def rule_tests(config: Config, recording_groups: list[dict], alert_groups: list[
             + _ratio_tests(c, "OrchestratorToolHighErrorRatio", TOOL_CALLS, "tool", t.tool_error_ratio, "calls")
             + _circuit_tests(c)
             + _exporter_tests(c)
+            + _forwarding_tests(c)
             + _failure_mode_tests(c)
         )
         day_tests = (

@@ -21,11 +21,11 @@ from .common import (
     long_windows, number, percent, sli_windows)
 from .series import (
     AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
-    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, OVERFLOW, QUANTILES, REJECTED, SLI,
-    TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
-    TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
-    WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, Scope, cost_forecast,
-    latency_quantile_rule)
+    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, NOT_FORWARDED,
+    OVERFLOW, QUANTILES, REJECTED, SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE,
+    TOOL_CALLS, TOOL_DURATION, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN,
+    WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, Scope,
+    cost_forecast, latency_quantile_rule)
 
 # -- expressions ---------------------------------------------------------------------
 
@@ -312,6 +312,17 @@ def alert_rules(config: Config) -> list[dict]:
               "{{ $value | humanizePercentage }} of the events sent to {{ $labels.instance }} were rejected "
               f"over the last {w} (threshold {percent(t.rejected_events_ratio)}): some orchestrator "
               "sends malformed events, and what they describe is missing from the metrics.",
+              "exporter", for_=pending),
+        alert("OrchestratorSpansNotForwarded",
+              f"{scope.sum(_rate(scope, FORWARDED_SPANS, w, NOT_FORWARDED), *instance)}\n/\n"
+              f"{scope.sum(_rate(scope, FORWARDED_SPANS, w), *instance)}\n"
+              f"> {number(t.unforwarded_spans_ratio)}\n"
+              f"and\n{scope.sum(_increase(scope, FORWARDED_SPANS, w), *instance)} >= {minimum}",
+              "warning", "agent-exporter {{ $labels.instance }} loses the spans it forwards.",
+              "{{ $value | humanizePercentage }} of the spans {{ $labels.instance }} forwards to the tracing "
+              f"backend (otlp.forward_spans) were dropped or failed over the last {w} (threshold "
+              f"{percent(t.unforwarded_spans_ratio)}): the backend is slow, down or refusing them, and those "
+              "traces are missing from it.",
               "exporter", for_=pending),
         alert("OrchestratorSeriesOverflow",
               f"{scope.sum(_increase(scope, OVERFLOW, w), *instance, 'metric')} > 0", "warning",

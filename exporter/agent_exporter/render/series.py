@@ -29,8 +29,10 @@ BUILD_INFO = catalog.EXPORTER_BUILD_INFO.name
 OVERFLOW = catalog.EXPORTER_SERIES_OVERFLOW.name
 USAGE_UNKNOWN = catalog.USAGE_UNKNOWN.name
 FLEET_SOURCE_UP = catalog.FLEET_SOURCE_UP.name
+FORWARDED_SPANS = catalog.EXPORTER_OTLP_FORWARDED_SPANS.name
 
 ERROR = 'status="error"'
+NOT_FORWARDED = 'outcome=~"dropped|failed"'     # forwarded spans the backend never got
 
 EXECUTION_RATE_RULE = f"agent:{catalog.AGENT_EXECUTIONS.family}:rate5m"
 # The agent latency quantiles are recorded over the dashboards' window and over the fleet statistics'.
