@@ -995,7 +995,12 @@ class _Forwarder:
         failing = False     # log when forwarding starts failing and when it recovers, not per request
         while (item := self._queue.get()) is not None:
             data, spans = item
-            self._in_flight = spans
+            # Under the lock: a close() giving up between the get() and here would count neither.
+            with self._count_lock:
+                if self._abandoned:
+                    self._store.count_forwarded_spans("dropped", spans)
+                    continue
+                self._in_flight = spans
             try:
                 self._send(data)
             except Exception as exc:  # noqa: BLE001 - any backend fault: drop, count, carry on
