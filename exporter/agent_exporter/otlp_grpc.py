@@ -6,7 +6,9 @@ body that is not an ExportTraceServiceRequest is INVALID_ARGUMENT, rejected
 spans come back as a partial success.  grpcio handles compression and the
 message size limit (`server.max_body_bytes`).
 
-TLS comes from the web config's tls_server_config, as on the HTTP service:
+The web config guards it as it guards /v1/traces: credentials and the rate
+limit (one token bucket with the HTTP service) before the request is read,
+and TLS from its tls_server_config, as on the HTTP service:
 the same certificate and key, read once at startup (the HTTP service does not
 reload them either).  grpcio's ssl_server_credentials can enforce less than
 Python's ssl module: grpc core negotiates TLS 1.2 to 1.3 with its own cipher
@@ -113,24 +115,36 @@ def peer_sans(auth_context: dict) -> list[str]:
     return [value.decode("utf-8", "replace") for name in _SAN_PROPERTIES for value in auth_context.get(name, ())]
 
 
-class _Authorization(grpc.aio.ServerInterceptor):
-    """Calls without the credentials the HTTP service asks of /v1/traces end UNAUTHENTICATED before
-    their request is read: `authorization: Bearer <token>` when a bearer token is set, `Basic
-    <user:password>` when the web config has basic_auth_users; either one when both are.
+class _Admission(grpc.aio.ServerInterceptor):
+    """What the HTTP service checks of a request before reading it, in the same order, for calls that
+    end before their request is read: the web config's rate limit (RESOURCE_EXHAUSTED, as HTTP's 429),
+    one token bucket for both listeners; then the credentials /v1/traces asks for (UNAUTHENTICATED):
+    `authorization: Bearer <token>` when a bearer token is set, `Basic <user:password>` when the web
+    config has basic_auth_users, either one when both are.
 
     The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
 
-    def __init__(self, token: str | None, basic_auth):
+    def __init__(self, token: str | None, basic_auth, rate_limiter):
         self._token = token.encode() if token else None
         self._basic_auth = basic_auth
+        self._rate_limiter = rate_limiter
         # Request-streaming, so that grpcio does not wait for the request before the call is refused.
-        self._deny = grpc.stream_unary_rpc_method_handler(self._abort)
+        self._unauthenticated = grpc.stream_unary_rpc_method_handler(self._refuse(
+            grpc.StatusCode.UNAUTHENTICATED, "valid credentials are required"))
+        self._exhausted = grpc.stream_unary_rpc_method_handler(self._refuse(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded"))
 
     @staticmethod
-    async def _abort(requests, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "valid credentials are required")
+    def _refuse(code: grpc.StatusCode, message: str):
+        async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(code, message)
+        return refuse
 
     async def intercept_service(self, continuation, handler_call_details):
+        if self._rate_limiter is not None and not self._rate_limiter.allow():
+            return self._exhausted
+        if self._token is None and self._basic_auth is None:
+            return await continuation(handler_call_details)
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         scheme, _, credentials = sent.partition(" ")
         scheme = scheme.lower()
@@ -141,16 +155,17 @@ class _Authorization(grpc.aio.ServerInterceptor):
         if self._basic_auth is not None and scheme == "basic" and await asyncio.get_running_loop().run_in_executor(
                 None, self._basic_auth.check_credentials, credentials):
             return await continuation(handler_call_details)
-        return self._deny
+        return self._unauthenticated
 
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
-                        bearer_token: str | None = None, basic_auth=None,
+                        bearer_token: str | None = None, basic_auth=None, rate_limiter=None,
                         tls: TLSServerConfig | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
-    `bearer_token` and `basic_auth` (a webconfig.BasicAuth) guard it as they guard /v1/traces; with `tls`
+    `bearer_token`, `basic_auth` (a webconfig.BasicAuth) and `rate_limiter` (the HTTP service's
+    webconfig.RateLimiter, shared) guard it as they guard /v1/traces; with `tls`
     (the web config's tls_server_config) it serves TLS only, or raises WebConfigError (see the module).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
@@ -168,7 +183,8 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        interceptors = [_Authorization(bearer_token, basic_auth)] if bearer_token or basic_auth else None
+        interceptors = ([_Admission(bearer_token, basic_auth, rate_limiter)]
+                        if bearer_token or basic_auth or rate_limiter is not None else None)
         # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
         # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see
         # the module), and grpc core drops a connection whose TLS handshake stalls after 120 s

@@ -159,6 +159,31 @@ def test_serve_guards_grpc_with_the_web_configs_basic_auth_as_it_guards_http(tmp
         process.wait(timeout=30)
 
 
+def test_serve_applies_the_web_configs_rate_limit_to_grpc_and_http_alike(tmp_path):
+    # One token bucket for the exporter, as exporter-toolkit's rate_limit is for its server: a burst of 2
+    # refilled once an hour.  The gRPC receiver took every call whatever the limit said.
+    web_config = tmp_path / "web.yml"
+    web_config.write_text("rate_limit:\n  interval: 1h\n  burst: 2\n")
+    grpc_port, http_port = stack.free_port(), stack.free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{http_port}",
+         f"--web.config.file={web_config}", f"--otlp.grpc-listen-address=127.0.0.1:{grpc_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = TraceServiceStub(channel)
+            assert stub.Export(request(agent_span(1)), timeout=10) == ExportTraceServiceResponse()   # token 1
+            assert requests.get(f"http://127.0.0.1:{http_port}/-/healthy", timeout=10).status_code == 200  # 2
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(request(agent_span(2)), timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert requests.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).status_code == 429
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_bearer_scheme_is_case_insensitive_as_over_http(tel):
     receiver = OTLPReceiver(tel)
     handle = receiver.start_grpc("127.0.0.1:0", bearer_token="s3cret")
