@@ -89,11 +89,11 @@ def cmd_serve(args) -> int:
         service = Service.from_config(telemetry, web_config=web_config, remediator=remediator, otlp=receiver)
         grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
         if grpc_address:
-            # The web config (TLS, credentials, rate limit) guards the gRPC port as it guards HTTP.
+            # Guarded as HTTP is (TLS, credentials, rate limit), and refusing new calls once HTTP drains.
             try:
                 grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token,
                                            basic_auth=service.basic_auth, rate_limiter=service.rate_limiter,
-                                           tls=service.web_config.tls)
+                                           draining=lambda: service.draining, tls=service.web_config.tls)
             except (OSError, ValueError) as exc:
                 return _error(f"cannot serve OTLP/gRPC on {grpc_address}: {exc}")
             log.info("OTLP/gRPC receiver listening on %s (port %d, TLS %s)", grpc_address, grpc.port,

@@ -696,12 +696,13 @@ class OTLPReceiver:
         return 200, media, _encode(response, media)
 
     def start_grpc(self, address: str | None = None, *, bearer_token: str | None = None, basic_auth=None,
-                   rate_limiter=None, tls=None):
+                   rate_limiter=None, draining=None, tls=None):
         """The OTLP/gRPC TraceService on `address` (default otlp.grpc_listen_address); a handle with
         .port and .stop().  With `bearer_token`, calls may send `authorization: Bearer <token>`, with
         `basic_auth` (the web config's webconfig.BasicAuth) `Basic <user:password>`; with either, they must.
         With `rate_limiter` (the HTTP service's webconfig.RateLimiter) calls beyond it are RESOURCE_EXHAUSTED,
-        counted against the same bucket as HTTP requests.  With `tls` (the web config's webconfig.TLSServerConfig) it serves TLS only; a setting grpcio cannot
+        counted against the same bucket as HTTP requests; while `draining()` is true, new calls are
+        UNAVAILABLE.  With `tls` (the web config's webconfig.TLSServerConfig) it serves TLS only; a setting grpcio cannot
         enforce is a webconfig.WebConfigError naming the key."""
         from .otlp_grpc import start_grpc_receiver
         address = self.config.otlp.grpc_listen_address if address is None else address
@@ -709,7 +710,8 @@ class OTLPReceiver:
             raise ValueError("otlp.grpc_listen_address: no address to listen on")
         handle = start_grpc_receiver(self, address, invalid=OTLPDecodeError,
                                      max_message_bytes=self.config.server.max_body_bytes, bearer_token=bearer_token,
-                                     basic_auth=basic_auth, rate_limiter=rate_limiter, tls=tls)
+                                     basic_auth=basic_auth, rate_limiter=rate_limiter,
+                                     draining=draining, tls=tls)
         self._grpc_servers.append(handle)
         return handle
 

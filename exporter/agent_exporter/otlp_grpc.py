@@ -8,6 +8,7 @@ message size limit (`server.max_body_bytes`).
 
 The web config guards it as it guards /v1/traces: credentials and the rate
 limit (one token bucket with the HTTP service) before the request is read,
+and new calls are UNAVAILABLE once the HTTP service drains;
 and TLS from its tls_server_config, as on the HTTP service:
 the same certificate and key, read once at startup (the HTTP service does not
 reload them either).  grpcio's ssl_server_credentials can enforce less than
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -117,22 +119,27 @@ def peer_sans(auth_context: dict) -> list[str]:
 
 class _Admission(grpc.aio.ServerInterceptor):
     """What the HTTP service checks of a request before reading it, in the same order, for calls that
-    end before their request is read: the web config's rate limit (RESOURCE_EXHAUSTED, as HTTP's 429),
-    one token bucket for both listeners; then the credentials /v1/traces asks for (UNAUTHENTICATED):
+    end before their request is read: whether the service drains (UNAVAILABLE, which OTLP clients retry,
+    elsewhere or later, as a load balancer sends them elsewhere once readiness is 503); the web config's
+    rate limit (RESOURCE_EXHAUSTED, as HTTP's 429), one token bucket for both listeners; then the
+    credentials /v1/traces asks for (UNAUTHENTICATED):
     `authorization: Bearer <token>` when a bearer token is set, `Basic <user:password>` when the web
     config has basic_auth_users, either one when both are.
 
     The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
 
-    def __init__(self, token: str | None, basic_auth, rate_limiter):
+    def __init__(self, token: str | None, basic_auth, rate_limiter, draining):
         self._token = token.encode() if token else None
         self._basic_auth = basic_auth
         self._rate_limiter = rate_limiter
+        self._draining = draining
         # Request-streaming, so that grpcio does not wait for the request before the call is refused.
         self._unauthenticated = grpc.stream_unary_rpc_method_handler(self._refuse(
             grpc.StatusCode.UNAUTHENTICATED, "valid credentials are required"))
         self._exhausted = grpc.stream_unary_rpc_method_handler(self._refuse(
             grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded"))
+        self._unavailable = grpc.stream_unary_rpc_method_handler(self._refuse(
+            grpc.StatusCode.UNAVAILABLE, "the exporter is shutting down"))
 
     @staticmethod
     def _refuse(code: grpc.StatusCode, message: str):
@@ -141,6 +148,8 @@ class _Admission(grpc.aio.ServerInterceptor):
         return refuse
 
     async def intercept_service(self, continuation, handler_call_details):
+        if self._draining is not None and self._draining():
+            return self._unavailable
         if self._rate_limiter is not None and not self._rate_limiter.allow():
             return self._exhausted
         if self._token is None and self._basic_auth is None:
@@ -160,12 +169,14 @@ class _Admission(grpc.aio.ServerInterceptor):
 
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None, basic_auth=None, rate_limiter=None,
+                        draining: Callable[[], bool] | None = None,
                         tls: TLSServerConfig | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
     `bearer_token`, `basic_auth` (a webconfig.BasicAuth) and `rate_limiter` (the HTTP service's
-    webconfig.RateLimiter, shared) guard it as they guard /v1/traces; with `tls`
+    webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is true (the
+    HTTP service's graceful drain) new calls are UNAVAILABLE; with `tls`
     (the web config's tls_server_config) it serves TLS only, or raises WebConfigError (see the module).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
@@ -183,8 +194,8 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        interceptors = ([_Admission(bearer_token, basic_auth, rate_limiter)]
-                        if bearer_token or basic_auth or rate_limiter is not None else None)
+        guarded = bearer_token or basic_auth or rate_limiter is not None or draining is not None
+        interceptors = [_Admission(bearer_token, basic_auth, rate_limiter, draining)] if guarded else None
         # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
         # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see
         # the module), and grpc core drops a connection whose TLS handshake stalls after 120 s

@@ -5,10 +5,14 @@ and the listen address."""
 import base64
 import datetime
 import gzip
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import bcrypt
@@ -29,6 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from otlp_spans import agent_span, request, span
+from process_output import lines_of, until
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_exporter import catalog, otlp_grpc, stack
@@ -182,6 +187,40 @@ def test_serve_applies_the_web_configs_rate_limit_to_grpc_and_http_alike(tmp_pat
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_grpc_refuses_new_calls_while_serve_drains(tmp_path):
+    # SIGTERM turns readiness 503 and HTTP stops accepting; the gRPC receiver took calls until the drain
+    # ended.  UNAVAILABLE is what OTLP exporters retry, so the spans go to another replica or come back.
+    grpc_port = stack.free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0",
+         f"--otlp.grpc-listen-address=127.0.0.1:{grpc_port}"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = lines_of(process.stderr)
+        listening = next(line for line in until(lines, time.monotonic() + 30) if "Listening on" in line)
+        http_port = int(re.search(r"Listening on http://127\.0\.0\.1:(\d+)", listening).group(1))
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, \
+                socket.create_connection(("127.0.0.1", http_port), timeout=30) as sock:
+            stub = TraceServiceStub(channel)
+            assert stub.Export(request(agent_span(1)), timeout=10) == ExportTraceServiceResponse()
+            # An HTTP request in flight holds the drain open ("100 Continue": the server is inside it).
+            sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100 ")
+            process.send_signal(signal.SIGTERM)
+            assert any("waiting for 1 in-flight request" in line for line in until(lines, time.monotonic() + 30))
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(request(agent_span(2)), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            sock.sendall(b"[]")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 ")
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_bearer_scheme_is_case_insensitive_as_over_http(tel):
