@@ -133,19 +133,46 @@ def test_bearer_token_is_required_when_set(tel):
         receiver.close()
 
 
+class Serve:
+    """`agent-exporter serve` with `web_config` (YAML) and an OTLP/gRPC port, its stderr in a file."""
+
+    def __init__(self, directory: Path, web_config: str):
+        (directory / "web.yml").write_text(web_config)
+        self.grpc_port, self.http_port = stack.free_port(), stack.free_port()
+        self._stderr_path = directory / "stderr.log"
+        with self._stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{self.http_port}",
+                 f"--web.config.file={directory / 'web.yml'}",
+                 f"--otlp.grpc-listen-address=127.0.0.1:{self.grpc_port}"],
+                stdout=subprocess.DEVNULL, stderr=stderr)
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_path.read_text()
+
+    def wait_listening(self) -> "Serve":
+        """Until the HTTP port takes connections (serve opens the gRPC port before it)."""
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}: {self.stderr}")
+            socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
+            return True
+        stack.wait_for(listening, timeout=30, interval=0.1, what="serve not listening")
+        return self
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 def test_serve_guards_grpc_with_the_web_configs_basic_auth_as_it_guards_http(tmp_path):
     # With basic_auth_users in the web config, /v1/traces answered 401 without credentials while
     # the gRPC receiver beside it took every call.
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
-    web_config = tmp_path / "web.yml"
-    web_config.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
-    grpc_port, http_port = stack.free_port(), stack.free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{http_port}",
-         f"--web.config.file={web_config}", f"--otlp.grpc-listen-address=127.0.0.1:{grpc_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = Serve(tmp_path, f"basic_auth_users:\n  alice: '{hashed}'\n")
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             stub = TraceServiceStub(channel)
             wrong = "Basic " + base64.b64encode(b"alice:wrong").decode()
@@ -156,37 +183,30 @@ def test_serve_guards_grpc_with_the_web_configs_basic_auth_as_it_guards_http(tmp
             right = "Basic " + base64.b64encode(b"alice:s3cret").decode()
             assert stub.Export(request(agent_span(1)), metadata=(("authorization", right),),
                                timeout=10) == ExportTraceServiceResponse()
-        metrics = requests.get(f"http://127.0.0.1:{http_port}/metrics", auth=("alice", "s3cret"), timeout=10)
+        metrics = requests.get(f"http://127.0.0.1:{serve.http_port}/metrics", auth=("alice", "s3cret"), timeout=10)
         assert {s.labels["outcome"]: s.value for family in parse_text(metrics.text) for s in family.samples
                 if s.name == catalog.EXPORTER_OTLP_SPANS.name} == {"mapped": 1}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        serve.stop()
 
 
 def test_serve_applies_the_web_configs_rate_limit_to_grpc_and_http_alike(tmp_path):
     # One token bucket for the exporter, as exporter-toolkit's rate_limit is for its server: a burst of 2
     # refilled once an hour.  The gRPC receiver took every call whatever the limit said.
-    web_config = tmp_path / "web.yml"
-    web_config.write_text("rate_limit:\n  interval: 1h\n  burst: 2\n")
-    grpc_port, http_port = stack.free_port(), stack.free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{http_port}",
-         f"--web.config.file={web_config}", f"--otlp.grpc-listen-address=127.0.0.1:{grpc_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = Serve(tmp_path, "rate_limit:\n  interval: 1h\n  burst: 2\n")
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             stub = TraceServiceStub(channel)
             assert stub.Export(request(agent_span(1)), timeout=10) == ExportTraceServiceResponse()   # token 1
-            assert requests.get(f"http://127.0.0.1:{http_port}/-/healthy", timeout=10).status_code == 200  # 2
+            assert requests.get(f"http://127.0.0.1:{serve.http_port}/-/healthy",
+                                timeout=10).status_code == 200      # token 2
             with pytest.raises(grpc.RpcError) as info:
                 stub.Export(request(agent_span(2)), timeout=10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert requests.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).status_code == 429
+        assert requests.get(f"http://127.0.0.1:{serve.http_port}/metrics", timeout=10).status_code == 429
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        serve.stop()
 
 
 def test_grpc_refuses_new_calls_while_serve_drains(tmp_path):
@@ -372,39 +392,6 @@ def client_certificate(directory: Path, issuer: tuple[Path, Path], san: str) -> 
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()))
-
-
-class Serve:
-    """`agent-exporter serve` with `web_config` (YAML) and an OTLP/gRPC port, its stderr in a file."""
-
-    def __init__(self, directory: Path, web_config: str):
-        (directory / "web.yml").write_text(web_config)
-        self.grpc_port, self.http_port = stack.free_port(), stack.free_port()
-        self._stderr_path = directory / "stderr.log"
-        with self._stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent_exporter", "serve", f"--web.listen-address=127.0.0.1:{self.http_port}",
-                 f"--web.config.file={directory / 'web.yml'}",
-                 f"--otlp.grpc-listen-address=127.0.0.1:{self.grpc_port}"],
-                stdout=subprocess.DEVNULL, stderr=stderr)
-
-    @property
-    def stderr(self) -> str:
-        return self._stderr_path.read_text()
-
-    def wait_listening(self) -> "Serve":
-        """Until the HTTP port takes connections (serve opens the gRPC port before it)."""
-        def listening() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited with {self.process.returncode}: {self.stderr}")
-            socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
-            return True
-        stack.wait_for(listening, timeout=30, interval=0.1, what="serve not listening")
-        return self
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def sdk_spans() -> list:
