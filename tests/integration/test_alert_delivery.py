@@ -211,7 +211,7 @@ def test_error_alert_reaches_slack_email_and_remediation_then_resolves(make_pipe
         resolved_email = stack.wait_for(lambda: [m for m in smtp.messages if m["Subject"] == RESOLVED], timeout=30,
                                         what="the resolved email")[0]
         assert ">RESOLVED<" in resolved_email.get_body(("html",)).get_content()
-        stack.wait_for(lambda: ("coder", "closed", "resolved:" + ALERT) in running.breaker_changes, timeout=30,
+        stack.wait_for(lambda: ("coder", "half_open", "resolved:" + ALERT) in running.breaker_changes, timeout=30,
                        what="the breaker to be released")
     # One firing and one resolved message for the group, not a stream of repeats.
     assert running.slack_titles().count(FIRING) == 1

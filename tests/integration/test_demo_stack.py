@@ -53,10 +53,12 @@ def test_the_incident_alert_fires_and_resolves_in_slack_and_email():
     email_resolved = first(rf"^\[email\] .*subject=\[RESOLVED\] {ALERT} .*{AGENT}")
     assert slack_resolved > slack_firing
     assert email_resolved > email_firing
-    # The alert drove the healing layer: the webhook opened the breaker, the resolution closed it.
+    # The alert drove the healing layer: the webhook opened the breaker, the resolution released it to
+    # half-open, and its probe calls, the agent having recovered, closed it.
     opened = first(rf"^\[healing\] {AGENT}: circuit closed -> open \({ALERT}\)")
-    closed = first(rf"^\[healing\] {AGENT}: circuit open -> closed \(resolved:{ALERT}\)")
-    assert closed > opened
+    released = first(rf"^\[healing\] {AGENT}: circuit open -> half_open \(resolved:{ALERT}\)")
+    closed = first(rf"^\[healing\] {AGENT}: circuit half_open -> closed \(probes\)")
+    assert opened < released < closed
     first(rf"^\[healing\] coding: traffic moved from {AGENT} to ")
     # The outage of a tool both coders need fails tasks whichever agent does them: the workflow
     # (task) success objective pages, and the tool's alert names the cause.

@@ -128,12 +128,12 @@ def test_alerts_polled_from_any_member_open_and_close_breakers(alertmanagers):
             "comment": "remediation paused"})
         stack.wait_for(lambda: alerts.poll_once() and not remediator.breakers.get(FAILING).forced,
                        timeout=POLL_TIMEOUT, what="the silence did not reach the first member")
-        assert changes[-1] == (FAILING, "closed", "resolved:" + ALERT)
+        assert changes[-1] == (FAILING, "half_open", "resolved:" + ALERT)
     finally:
         remediator.stop()
 
 
-def test_a_resolved_alert_closes_the_breaker(alertmanagers):
+def test_a_resolved_alert_releases_the_breaker(alertmanagers):
     first, _ = alertmanagers
     config = Config(healing=HealingConfig(fleet=FleetConfig(
         alertmanager=FleetAlertmanagerConfig(urls=(first.url,), interval_seconds=3600))))

@@ -179,8 +179,23 @@ def test_forced_open_ignores_cooldown_until_released():
     clock.now = 1000.0
     assert b.state == "open" and not b.allow()
     b.release("resolved")
-    assert not b.forced and b.state == "closed" and b.allow()
-    assert changes == [("closed", "open"), ("open", "closed")]
+    assert not b.forced and b.state == "half_open" and b.reason == "resolved"
+    for _ in range(3):          # half_open_probes
+        b.record_success(b.acquire())
+    assert b.state == "closed" and b.allow()
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_a_released_breaker_whose_probe_fails_opens_again():
+    # An alert can resolve only because the held agent got no calls to fail: its resolution says
+    # nothing of the agent, so the first call after it probes, and a failing one reopens the breaker.
+    clock = Clock()
+    b, changes = breaker(clock)
+    b.force_open("OrchestratorAgentHighErrorRatio")
+    b.release("resolved")
+    b.record_failure(b.acquire())
+    assert b.state == "open" and b.reason == "probe_failed"
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "open")]
 
 
 def test_breakers_registry_reports_states_to_telemetry():
@@ -621,21 +636,21 @@ def remediator(**kwargs):
     return AlertRemediator(config, **kwargs)
 
 
-def test_firing_alert_opens_the_breaker_and_resolution_closes_it():
+def test_firing_alert_opens_the_breaker_and_resolution_lets_it_probe():
     changes = []
     rem = remediator(on_change=lambda agent, old, new, reason: changes.append((agent, new, reason)))
     summary = rem.handle_webhook(payload(alert()))
-    assert summary["opened"] == ["coder"] and summary["closed"] == []
+    assert summary["opened"] == ["coder"] and summary["released"] == []
     status = rem.agents_status()["agents"]["coder"]
     assert status["circuit_state"] == "open" and status["forced"] is True
     assert status["alerts"] == ["OrchestratorAgentHighErrorRatio"]
     assert rem.agents_status()["agents"]["coder-lite"]["circuit_state"] == "closed"
     summary = rem.handle_webhook(payload(alert("resolved"), status="resolved"))
-    assert summary["closed"] == ["coder"]
+    assert summary["released"] == ["coder"]
     status = rem.agents_status()["agents"]["coder"]
-    assert status["circuit_state"] == "closed" and status["forced"] is False
+    assert status["circuit_state"] == "half_open" and status["forced"] is False
     assert changes == [("coder", "open", "OrchestratorAgentHighErrorRatio"),
-                       ("coder", "closed", "resolved:OrchestratorAgentHighErrorRatio")]
+                       ("coder", "half_open", "resolved:OrchestratorAgentHighErrorRatio")]
 
 
 def test_agent_stays_open_while_any_of_its_alerts_fires():
@@ -644,7 +659,7 @@ def test_agent_stays_open_while_any_of_its_alerts_fires():
     rem.handle_webhook(payload(alert("resolved", fingerprint="f1"), status="resolved"))
     assert rem.breakers.get("coder").state == "open"
     rem.handle_webhook(payload(alert("resolved", fingerprint="f2"), status="resolved"))
-    assert rem.breakers.get("coder").state == "closed"
+    assert rem.breakers.get("coder").state == "half_open"
 
 
 def test_alerts_not_for_remediation_change_nothing():
@@ -665,7 +680,7 @@ def test_alerts_about_more_agents_than_max_series_are_ignored_and_logged(caplog)
     # the agents it tracks still act: a2 resolves, a0 fires again from another alert
     summary = rem.handle_webhook(payload(alert("resolved", agent="a2", fingerprint="f2"),
                                          alert(agent="a0", fingerprint="g0"), alert(agent="a9", fingerprint="f9")))
-    assert summary["closed"] == ["a2"] and summary["ignored"] == 1
+    assert summary["released"] == ["a2"] and summary["ignored"] == 1
     assert rem.breakers.get("a0").state == "open" and "a9" not in rem.breakers
 
 

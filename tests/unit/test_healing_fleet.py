@@ -188,11 +188,11 @@ def make_remediator(**kwargs):
 def test_a_poll_opens_and_closes_breakers_like_the_webhook():
     rem, clock, changes = make_remediator()
     assert rem.sync_alerts(polled(api_alert(), api_alert("other", "f9", "OrchestratorAgentSlow")), clock.now) \
-        == {"opened": ["coder"], "closed": []}
+        == {"opened": ["coder"], "released": []}
     assert rem.breakers.get("coder").forced and "other" not in rem.breakers
-    assert rem.sync_alerts(polled(api_alert()), clock.now) == {"opened": [], "closed": []}
-    assert rem.sync_alerts(polled(), clock.now) == {"opened": [], "closed": ["coder"]}
-    assert changes == [("coder", "closed", "open", ALERT), ("coder", "open", "closed", "resolved:" + ALERT)]
+    assert rem.sync_alerts(polled(api_alert()), clock.now) == {"opened": [], "released": []}
+    assert rem.sync_alerts(polled(), clock.now) == {"opened": [], "released": ["coder"]}
+    assert changes == [("coder", "closed", "open", ALERT), ("coder", "open", "half_open", "resolved:" + ALERT)]
 
 
 def test_a_deployment_acts_only_on_its_own_alerts():
@@ -204,7 +204,7 @@ def test_a_deployment_acts_only_on_its_own_alerts():
     staging, production = notification("firing", "f1", "coder"), notification("firing", "f2", "planner")
     staging["alerts"][0]["labels"]["environment"] = "staging"
     production["alerts"][0]["labels"]["environment"] = "production"
-    assert rem.handle_webhook(staging) == {"status": "ok", "alerts": 1, "opened": [], "closed": [], "ignored": 1}
+    assert rem.handle_webhook(staging) == {"status": "ok", "alerts": 1, "opened": [], "released": [], "ignored": 1}
     assert rem.handle_webhook(production)["opened"] == ["planner"]
     unlabelled = api_alert("tester", "f3")
     assert rem.sync_alerts(polled(unlabelled, {**api_alert("reviewer", "f4"), "labels": {
@@ -245,8 +245,8 @@ def test_whichever_source_comes_first_acts_and_nothing_acts_twice():
     assert rem.sync_alerts(polled(api_alert()), clock.now)["opened"] == []         # the poll finds it done
     assert rem.handle_webhook(notification("firing"))["opened"] == []             # a repeated notification
     clock.now += 1
-    assert rem.sync_alerts(polled(), clock.now)["closed"] == ["coder"]            # the poll saw it resolve first
-    assert rem.handle_webhook(notification("resolved"))["closed"] == []
+    assert rem.sync_alerts(polled(), clock.now)["released"] == ["coder"]            # the poll saw it resolve first
+    assert rem.handle_webhook(notification("resolved"))["released"] == []
     assert len(changes) == 2
 
 
@@ -255,7 +255,7 @@ def test_a_poll_sent_before_a_webhook_does_not_undo_it():
     sent = clock.now
     clock.now += 1
     rem.handle_webhook(notification("firing"))              # arrives while the poll is in flight
-    assert rem.sync_alerts(polled(), sent)["closed"] == []  # the poll's answer predates it
+    assert rem.sync_alerts(polled(), sent)["released"] == []  # the poll's answer predates it
     assert rem.breakers.get("coder").forced
     clock.now += 1
     rem.handle_webhook(notification("resolved"))

@@ -21,7 +21,7 @@ def breaker_gauge(url, agent):
     return None
 
 
-def test_webhook_opens_and_closes_the_breaker_the_healer_uses():
+def test_webhook_opens_the_breaker_the_healer_uses_and_its_resolution_lets_it_probe():
     config = Config(healing=HealingConfig(fallbacks={"coder": ("coder-lite",)}))
     telemetry = Telemetry(config)
     remediator = AlertRemediator(config, telemetry)
@@ -46,11 +46,16 @@ def test_webhook_opens_and_closes_the_breaker_the_healer_uses():
             assert requests.get(handle.url + "/v1/agents", timeout=10).json()["agents"]["coder"][
                 "circuit_state"] == "open"
 
-            closed = requests.post(handle.url + "/v1/alertmanager", json=notification("resolved"), timeout=10)
-            assert closed.status_code == 200 and closed.json()["closed"] == ["coder"]
+            released = requests.post(handle.url + "/v1/alertmanager", json=notification("resolved"), timeout=10)
+            assert released.status_code == 200 and released.json()["released"] == ["coder"]
+            assert requests.get(handle.url + "/v1/agents", timeout=10).json()["agents"]["coder"][
+                "circuit_state"] == "half_open"
+            assert breaker_gauge(handle.url, "coder") == catalog.CIRCUIT_STATE_VALUES["half_open"]
+            # the healer's calls probe the agent; once they succeed it is closed
+            for _ in range(config.healing.breaker_half_open_probes):
+                assert healer.run("coding", ("coder",), lambda agent: agent) == "coder"
             assert requests.get(handle.url + "/v1/agents", timeout=10).json()["agents"]["coder"][
                 "circuit_state"] == "closed"
             assert breaker_gauge(handle.url, "coder") == catalog.CIRCUIT_STATE_VALUES["closed"]
-            assert healer.run("coding", ("coder",), lambda agent: agent) == "coder"
     finally:
         telemetry.shutdown()

@@ -3,7 +3,9 @@
 closed --(error ratio >= threshold over the window, with at least min_calls calls)--> open
 open --(cool-down elapsed)--> half_open --(all probes succeed)--> closed
 half_open --(a probe fails)--> open
-force_open() holds a breaker open (alert-driven remediation) until release() closes it.
+force_open() holds a breaker open (alert-driven remediation) until release() makes it half-open:
+its probes decide, as after a cool-down (an alert can resolve only because the held agent got
+no calls, so its resolution says nothing of the agent's health).
 
 acquire() admits a call and returns its permit; the outcome recorded with that
 permit counts as a probe only if the call was admitted as one in the current
@@ -124,7 +126,7 @@ class CircuitBreaker:
         self._notify(changes)
 
     def release(self, reason: str = "released") -> None:
-        """End a force_open(): the breaker closes with a fresh window."""
+        """End a force_open(): the breaker goes half-open with a fresh window, and its probes decide."""
         changes = []
         with self._lock:
             if not self.forced:
@@ -132,7 +134,7 @@ class CircuitBreaker:
             self.forced = False
             self._calls.clear()
             self._errors = 0
-            self._transition(CLOSED, reason, changes)
+            self._transition(HALF_OPEN, reason, changes)
         self._notify(changes)
 
     def window(self) -> tuple[int, int]:

@@ -1,8 +1,10 @@
-"""Alert-driven remediation: remediation alerts open and close agents' breakers.
+"""Alert-driven remediation: remediation alerts open agents' breakers and release them.
 
 A firing alert whose name is in `alerting.remediation_alerts` and that carries
 an `agent` label force-opens that agent's breaker; when it resolves (same
-fingerprint) the breaker is released.  An agent stays open while any of its
+fingerprint) the breaker is released to half-open, and its probe calls decide
+whether it closes (the alert may have resolved only because the held agent got
+no calls).  An agent stays open while any of its
 remediation alerts fires.  Two sources say which alerts fire:
 
 * Alertmanager's webhook (POST /v1/alertmanager, handle_webhook): it reaches
@@ -94,7 +96,7 @@ class AlertRemediator:
     def handle_webhook(self, payload) -> dict:
         """Act on one webhook notification; returns what it did."""
         alerts = decode_webhook(payload).alerts
-        opened, closed, ignored, untracked = [], [], 0, 0
+        opened, released, ignored, untracked = [], [], 0, 0
         with self._lock:
             now = self.clock()
             for alert in alerts:
@@ -109,13 +111,13 @@ class AlertRemediator:
                     if self._fire(agent, alert.fingerprint, labels["alertname"]):
                         opened.append(agent)
                 elif self._resolve(agent, alert.fingerprint, labels["alertname"]):
-                    closed.append(agent)
+                    released.append(agent)
                 else:
                     ignored += 1
         if untracked:
             _log.warning("ignored %d remediation alert(s) about new agents: %d agents already have breakers "
                          "(metrics.max_series)", untracked, self.max_agents)
-        return {"status": "ok", "alerts": len(alerts), "opened": opened, "closed": closed,
+        return {"status": "ok", "alerts": len(alerts), "opened": opened, "released": released,
                 "ignored": ignored}
 
     def sync_alerts(self, alerts: Iterable[APIAlert], sent_at: float) -> dict:
@@ -127,7 +129,7 @@ class AlertRemediator:
             agent = self._agent(alert.labels)
             if agent is not None and self._trackable(agent):
                 firing[alert.fingerprint] = (agent, alert.labels["alertname"])
-        opened, closed = [], []
+        opened, released = [], []
         with self._lock:
             newer = {fp for fp, at in self._webhook_at.items() if at > sent_at}
             for fingerprint, (agent, alertname) in firing.items():
@@ -137,10 +139,10 @@ class AlertRemediator:
                 for fingerprint, alertname in list(fingerprints.items()):
                     if fingerprint not in firing and fingerprint not in newer \
                             and self._resolve(agent, fingerprint, alertname):
-                        closed.append(agent)
+                        released.append(agent)
             # What webhooks said before this poll was sent, the poll knows too.
             self._webhook_at = {fp: at for fp, at in self._webhook_at.items() if fp in newer}
-        return {"opened": opened, "closed": closed}
+        return {"opened": opened, "released": released}
 
     # -- internals (with the lock held) --------------------------------------------
 
@@ -167,7 +169,7 @@ class AlertRemediator:
         return True
 
     def _resolve(self, agent: str, fingerprint: str, alertname: str) -> bool:
-        """Record a resolved alert; True when it closed the agent's breaker."""
+        """Record a resolved alert; True when it released the agent's breaker (to half-open: probes decide)."""
         firing = self._firing.get(agent, {})
         if firing.pop(fingerprint, None) is None or firing:
             return False
