@@ -466,7 +466,7 @@ class RecordingRemediator:
 
     def handle_webhook(self, payload):
         self.payloads.append(payload)          # decoded and validated by the server
-        return {"opened": ["coder"], "closed": []}
+        return {"opened": ["coder"], "released": []}
 
     def agents_status(self):
         return {"agents": {"coder": {"circuit_state": "open"}}}
@@ -478,7 +478,7 @@ def test_alertmanager_webhook_and_agents():
     with start_server(Service(telemetry, remediator=remediator), "127.0.0.1:0") as handle:
         good = requests.post(handle.url + "/v1/alertmanager", json=_webhook("firing", "coder"), timeout=10)
         assert good.status_code == 200
-        assert good.json() == {"opened": ["coder"], "closed": []}
+        assert good.json() == {"opened": ["coder"], "released": []}
         # The server validates the payload before any remediator sees it.
         bad = requests.post(handle.url + "/v1/alertmanager", json=[1, 2], timeout=10)
         assert bad.status_code == 400
@@ -632,8 +632,9 @@ def test_the_real_remediator_behind_the_webhook():
                              timeout=10).json()["opened"] == ["coder"]
         assert state("coder") == "open"
         assert value(handle.url, catalog.CIRCUIT_BREAKER_STATE.name, agent="coder") == 2
-        requests.post(handle.url + "/v1/alertmanager", json=_webhook("resolved", "coder"), timeout=10)
-        assert state("coder") == "closed"
+        assert requests.post(handle.url + "/v1/alertmanager", json=_webhook("resolved", "coder"),
+                             timeout=10).json()["released"] == ["coder"]
+        assert state("coder") == "half_open"        # its probe calls decide whether it closes
 
 
 def test_the_bearer_token_comes_from_the_environment_or_the_file(tmp_path, monkeypatch):
