@@ -33,6 +33,9 @@ MAX_TOKENS = 2**53
 MAX_SECONDS = 1e9          # about 31 years
 MAX_USD = 1e9
 MAX_TIMESTAMP = 1e11       # the year 5138, in Unix seconds
+# A retry's attempt number goes into a span event: OTLP encodes it as an int64, and one value
+# beyond that fails the export of the whole batch of spans it is in.
+MAX_ATTEMPT = 2**31 - 1
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
@@ -146,7 +149,7 @@ class StateTransition(_Event, tag="state_transition"):
 
 class Retry(_Event, tag="retry"):
     agent: Name
-    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPT)]
     error_type: Name | None = None
 
 

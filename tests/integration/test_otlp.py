@@ -130,6 +130,29 @@ def test_ingested_events_join_the_orchestrators_trace(receiver):
         "orchestrator.state.from": "review", "orchestrator.state.to": "done", "orchestrator.workflow": "pr"})]
 
 
+def test_the_largest_numbers_accepted_reach_the_receiver_and_larger_ones_are_refused(receiver):
+    # OTLP holds an int64: one attribute beyond it fails the export of every span in its batch.
+    protocol, rx = receiver
+    tel = otlp_telemetry(rx.endpoint, protocol)
+    try:
+        with tel.agent_execution("coder", model="gpt-4o") as run:
+            run.usage(input_tokens=events.MAX_TOKENS, output_tokens=events.MAX_TOKENS)
+            tel.record({"type": "retry", "agent": "coder", "attempt": events.MAX_ATTEMPT})
+            with pytest.raises(ValueError, match="attempt"):
+                tel.record({"type": "retry", "agent": "coder", "attempt": 2**63})
+        with tel.agent_execution("planner"):
+            pass
+    finally:
+        tel.shutdown()
+
+    rx.wait_for_spans(2)
+    coder = rx.by_name("invoke_agent coder")
+    assert coder.attributes["gen_ai.usage.input_tokens"] == events.MAX_TOKENS
+    assert coder.events == [(tracing.RETRY_EVENT, {"gen_ai.agent.name": "coder",
+                                                   tracing.ATTEMPT: events.MAX_ATTEMPT})]
+    assert rx.by_name("invoke_agent planner")
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_dead_endpoint_neither_raises_nor_loses_metrics(protocol):
     tel = otlp_telemetry(f"http://127.0.0.1:{stack.free_port()}", protocol,

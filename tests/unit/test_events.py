@@ -87,6 +87,7 @@ INVALID = [
     (with_(EXECUTION, cost_usd=1e300), "cost_usd", "invalid_value"),
     (with_(EXECUTION, timestamp=1e300), "timestamp", "invalid_value"),
     (with_(EXECUTION, time_to_first_token_seconds=-1), "time_to_first_token_seconds", "invalid_value"),
+    ({"type": "retry", "agent": "a", "attempt": 2**63}, "attempt", "invalid_value"),
     ({"type": "evaluation", "agent": "a", "evaluator": "e", "score": 1.01}, "score", "invalid_value"),
     ({"type": "workflow_run", "workflow": "w", "status": "done", "duration_seconds": 1}, "status",
      "invalid_value"),
