@@ -37,6 +37,16 @@ EVALUATION_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
 # every token processed.  `unsplit` holds legacy totals with no input/output split.
 TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning", "unsplit")
 
+# The label values of the exporter's own counters.  Their series are there at 0 from the start:
+# a series that first appears at 1 shows no increase to rate(), so the first rejection or drop
+# would be missed by the alerts.
+REJECTION_REASONS: tuple[str, ...] = (
+    "missing_field", "invalid_type", "invalid_value", "unknown_type", "not_an_object", "invalid_json",  # an event
+    "invalid_body", "body_too_large", "unsupported_media_type")                                      # a request
+OTLP_SPAN_OUTCOMES: tuple[str, ...] = ("mapped", "ignored", "rejected")
+FORWARDED_SPAN_OUTCOMES: tuple[str, ...] = ("sent", "dropped", "failed")
+NOT_FORWARDED_OUTCOMES: tuple[str, ...] = ("dropped", "failed")      # spans the tracing backend never got
+
 # Label values a series folds into once its metric reaches max_series.
 OVERFLOW_VALUE = "__overflow__"
 

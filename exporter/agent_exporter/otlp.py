@@ -57,7 +57,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse)
 
-from . import events, usage
+from . import catalog, events, usage
 from .config import Config
 from .tracing import otlp_http_endpoint
 
@@ -650,6 +650,8 @@ class OTLPReceiver:
     def __init__(self, telemetry, config: Config | None = None):
         self.config = config = config or telemetry.config
         self._telemetry = telemetry
+        for outcome in catalog.OTLP_SPAN_OUTCOMES:
+            telemetry.store.count_otlp_spans(outcome, 0)
         self._lock = threading.Lock()
         self._buffer = _AttributionBuffer(config.otlp.attribution_wait_seconds, config.otlp.max_buffered_spans)
         self.forwarder = (_Forwarder(config.tracing, config.otlp.forward_queue_size, telemetry.store)
@@ -927,7 +929,6 @@ def _encode(message, media: str) -> bytes:
 
 GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CLOSE_SECONDS = 5.0         # the longest close() waits for the backend to take what is queued
-FORWARD_OUTCOMES = ("sent", "dropped", "failed")
 
 
 def _one_line(exc: Exception) -> str:
@@ -952,7 +953,7 @@ class _Forwarder:
         self._timeout = tracing.otlp_timeout_seconds
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._store = store
-        for outcome in FORWARD_OUTCOMES:      # at 0 from the start, so that rate() sees the first drop
+        for outcome in catalog.FORWARDED_SPAN_OUTCOMES:
             store.count_forwarded_spans(outcome, 0)
         self._count_lock = threading.Lock()
         self._in_flight = 0             # spans of the request being sent

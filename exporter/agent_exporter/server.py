@@ -48,7 +48,7 @@ from http import HTTPStatus
 
 import msgspec
 
-from . import events, exposition
+from . import catalog, events, exposition
 from .credentials import BEARER_TOKEN_ENV, read_secret
 from .version import __version__
 from .webconfig import BasicAuth, RateLimiter, WebConfig, allowed_peer, constant_time_equal, ssl_context
@@ -150,6 +150,9 @@ class Service:
         self.log_alerts = log_alerts
         self.otlp = otlp
         self.ingest = ingest
+        if ingest or otlp is not None:
+            for reason in catalog.REJECTION_REASONS:
+                self.store.count_rejected(reason, 0)
         self.draining = False
         self.in_flight = 0
 

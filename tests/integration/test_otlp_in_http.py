@@ -47,7 +47,7 @@ class Served:
 
     def spans_counted(self) -> dict:
         return {dict(labels)["outcome"]: v for (name, labels), v in self.samples().items()
-                if name == catalog.EXPORTER_OTLP_SPANS.name}
+                if name == catalog.EXPORTER_OTLP_SPANS.name and v}
 
     def close(self):
         self.handle.stop()

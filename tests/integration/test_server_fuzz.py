@@ -71,7 +71,11 @@ def check_exact(server, response, before: float) -> None:
     accepted = answer.get("accepted", 0)
     if response.status_code != 200:
         assert accepted == 0 and answer.get("error")
-    assert accepted_events(scrape(server.url)) - before == accepted
+    metrics = scrape(server.url)
+    assert accepted_events(metrics) - before == accepted
+    # Every reason is one the catalog names, each there from the start (at 0) for rate() to see.
+    assert {dict(labels)["reason"] for name, labels in metrics
+            if name == catalog.EXPORTER_EVENTS_REJECTED.name} == set(catalog.REJECTION_REASONS)
 
 
 # -- mutations of a valid body --------------------------------------------------------------------

@@ -51,7 +51,7 @@ def executions(tel) -> dict:
 
 def spans_counted(tel) -> dict:
     return {dict(labels)["outcome"]: v for (name, labels), v in samples(tel).items()
-            if name == catalog.EXPORTER_OTLP_SPANS.name}
+            if name == catalog.EXPORTER_OTLP_SPANS.name and v}
 
 
 def exemplar_trace_ids(tel, metric: str) -> set:
@@ -75,6 +75,12 @@ def rx(tel):
     receiver = receiver_for(tel, attribution_wait_seconds=3600)
     yield receiver
     receiver.close()
+
+
+def test_every_span_outcome_is_exposed_at_0_before_the_first_span(tel, rx):
+    # A series that first appears at 1 shows no increase to rate(): the first rejected span would be missed.
+    assert {dict(labels)["outcome"]: v for (name, labels), v in samples(tel).items()
+            if name == catalog.EXPORTER_OTLP_SPANS.name} == {"mapped": 0, "ignored": 0, "rejected": 0}
 
 
 # -- agent spans, with every token type ---------------------------------------------------

@@ -32,7 +32,7 @@ FLEET_SOURCE_UP = catalog.FLEET_SOURCE_UP.name
 FORWARDED_SPANS = catalog.EXPORTER_OTLP_FORWARDED_SPANS.name
 
 ERROR = 'status="error"'
-NOT_FORWARDED = 'outcome=~"dropped|failed"'     # forwarded spans the backend never got
+NOT_FORWARDED = f'outcome=~"{"|".join(catalog.NOT_FORWARDED_OUTCOMES)}"'
 
 EXECUTION_RATE_RULE = f"agent:{catalog.AGENT_EXECUTIONS.family}:rate5m"
 # The agent latency quantiles are recorded over the dashboards' window and over the fleet statistics'.
