@@ -73,12 +73,12 @@ def cmd_serve(args) -> int:
     from .otlp import OTLPReceiver
     from .server import Service, serve
     from .telemetry import Telemetry
-    from .webconfig import WebConfigError, load_web_config
+    from .webconfig import WatchedWebConfig, WebConfigError
 
     log = logging.getLogger("agent_exporter.serve")
     try:
         config = _load_config(args)
-        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        web_config = WatchedWebConfig(args.web_config_file) if args.web_config_file else None
     except (ConfigError, WebConfigError) as exc:
         return _error(str(exc))
     address = args.listen_address or config.server.listen_address
@@ -87,20 +87,20 @@ def cmd_serve(args) -> int:
     receiver = OTLPReceiver(telemetry, config)
     try:
         service = Service.from_config(telemetry, web_config=web_config, remediator=remediator, otlp=receiver)
+        tls = "enabled" if service.web_config.initial.config.tls is not None else "disabled"
         grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
         if grpc_address:
-            # Guarded as HTTP is (TLS, credentials, rate limit), and refusing new calls once HTTP drains.
+            # Guarded as HTTP is (TLS, credentials, rate limit), and refusing new calls once HTTP drains;
+            # `tls` takes the whole web config, re-read as it changes (otlp_grpc.start_grpc_receiver).
             try:
                 grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token,
                                            basic_auth=service.basic_auth, rate_limiter=service.rate_limiter,
-                                           draining=lambda: service.draining, tls=service.web_config.tls)
+                                           draining=lambda: service.draining, tls=web_config)
             except (OSError, ValueError) as exc:
                 return _error(f"cannot serve OTLP/gRPC on {grpc_address}: {exc}")
-            log.info("OTLP/gRPC receiver listening on %s (port %d, TLS %s)", grpc_address, grpc.port,
-                     "enabled" if service.web_config.tls is not None else "disabled")
+            log.info("OTLP/gRPC receiver listening on %s (port %d, TLS %s)", grpc_address, grpc.port, tls)
         if remediator is not None:
             remediator.start()        # healing.fleet's pollers, when configured
-        tls = "enabled" if service.web_config.tls is not None else "disabled"
         # uvicorn handles SIGTERM and SIGINT while serving, then raises the signal again:
         # this handler makes that a normal exit, after the graceful drain.
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -9,17 +9,27 @@ message size limit (`server.max_body_bytes`).
 The web config guards it as it guards /v1/traces: credentials and the rate
 limit (one token bucket with the HTTP service) before the request is read,
 and new calls are UNAVAILABLE once the HTTP service drains;
-and TLS from its tls_server_config, as on the HTTP service:
-the same certificate and key, read once at startup (the HTTP service does not
-reload them either).  grpcio's ssl_server_credentials can enforce less than
-Python's ssl module: grpc core negotiates TLS 1.2 to 1.3 with its own cipher
-list, and either asks for no client certificate or requires one that the
-client CAs verify.  A setting it cannot enforce (another min_version or
-max_version, cipher_suites, VerifyClientCertIfGiven, client certificates
-verified against the system roots) makes the receiver refuse to start, naming
-the key, rather than take credentials over a weaker connection than the
-config promises.  client_allowed_sans is checked on each call, from the SANs
-grpc core puts in the call's auth context.
+and TLS from its tls_server_config, as on the HTTP service.  The web config is
+read as it is now (webconfig.WatchedWebConfig), as the HTTP service reads it:
+basic_auth_users and client_allowed_sans on each call, and the certificate,
+key and client CAs on each new connection, through grpcio's
+dynamic_ssl_server_credentials, whose fetcher grpc core calls before each
+handshake (returning None keeps the certificates it has).
+
+grpcio's credentials can enforce less than Python's ssl module: grpc core
+negotiates TLS 1.2 to 1.3 with its own cipher list, and either asks for no
+client certificate or requires one that the client CAs verify, which is
+chosen when the server starts.  A setting it cannot enforce (another
+min_version or max_version, cipher_suites, VerifyClientCertIfGiven, client
+certificates verified against the system roots) makes the receiver refuse to
+start, naming the key, rather than take credentials over a weaker connection
+than the config promises.  When a reload brings one in (or changes
+client_auth_type), or the file becomes invalid, the receiver fails closed:
+grpc core cannot refuse a handshake from the fetcher (an error keeps the old
+certificates too), so every call is UNAVAILABLE, which OTLP exporters retry,
+until the file is fixed; the reason is logged at error level once per change.
+client_allowed_sans is checked on each call, from the SANs grpc core puts in
+the call's auth context.
 
 The server is grpcio's asyncio one, on an event loop of its own: a request
 arrives on the loop, and only a whole one takes a worker thread to be mapped.
@@ -32,13 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 from collections.abc import Callable
 from concurrent import futures
 
 import grpc
 
-from .webconfig import TLSServerConfig, WebConfigError, pem_credentials
+from .webconfig import BasicAuth, LoadedWebConfig, TLSServerConfig, WatchedWebConfig, WebConfigError
+
+_log = logging.getLogger(__name__)
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 WORKERS = 4
@@ -84,9 +97,10 @@ GRPC_TLS_VERSIONS = {"min_version": "TLS12", "max_version": "TLS13"}
 _SAN_PROPERTIES = ("peer_dns", "peer_ip", "peer_email", "peer_uri")
 
 
-def server_credentials(tls: TLSServerConfig) -> grpc.ServerCredentials:
-    """grpcio's credentials for a web config's tls_server_config; WebConfigError naming the key for a
-    setting grpcio cannot enforce."""
+def _unenforceable(loaded: LoadedWebConfig, at_start: TLSServerConfig) -> WebConfigError | None:
+    """Why grpcio cannot serve the TLS `loaded` asks for, when it started with `at_start` (see the module);
+    None when it can."""
+    tls = loaded.config.tls
 
     def refused(key: str, reason: str) -> WebConfigError:
         return WebConfigError(f"tls_server_config.{key}", f"the OTLP/gRPC receiver cannot enforce this: {reason}; "
@@ -94,22 +108,94 @@ def server_credentials(tls: TLSServerConfig) -> grpc.ServerCredentials:
 
     for key, version in GRPC_TLS_VERSIONS.items():
         if getattr(tls, key) != version:
-            raise refused(key, f"grpc core negotiates TLS 1.2 to 1.3 and cannot be limited, so {key} must be {version}")
+            return refused(key, f"grpc core negotiates TLS 1.2 to 1.3 and cannot be limited, so {key} must be {version}")
     if tls.cipher_suites:
-        raise refused("cipher_suites", "grpc core uses its own cipher suites")
+        return refused("cipher_suites", "grpc core uses its own cipher suites")
     # prefer_server_cipher_suites is not refused: Go has ignored it since 1.18, so exporter-toolkit's
     # own servers do not enforce it either.
     if tls.client_auth_type == "VerifyClientCertIfGiven":
         # cygrpc's server_credentials_ssl asks for no certificate unless one is required.
-        raise refused("client_auth_type", "grpcio either asks for no client certificate or requires one "
-                                          "(RequireAndVerifyClientCert)")
-    cert, key, client_ca = pem_credentials(tls)
-    if tls.client_auth_type != "RequireAndVerifyClientCert":
-        return grpc.ssl_server_credentials([(key, cert)])
-    if client_ca is None:
-        raise refused("client_ca_file", "grpcio verifies client certificates against the CAs given to it, not "
-                                        "the system roots: set client_ca_file or client_ca")
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+        return refused("client_auth_type", "grpcio either asks for no client certificate or requires one "
+                                           "(RequireAndVerifyClientCert)")
+    if tls.client_auth_type == "RequireAndVerifyClientCert" and loaded.tls_files.client_ca is None:
+        return refused("client_ca_file", "grpcio verifies client certificates against the CAs given to it, not "
+                                         "the system roots: set client_ca_file or client_ca")
+    if tls.client_auth_type != at_start.client_auth_type:
+        return refused("client_auth_type", f"grpcio sets whether it requires a client certificate when it starts "
+                                           f"({at_start.client_auth_type} then); restart to change it")
+    return None
+
+
+class _EnforceableWebConfig:
+    """The web config as the receiver may use it: the current one, unless it is invalid or grpcio cannot
+    enforce its TLS settings; then WebConfigError, the reason logged once per change of the file."""
+
+    def __init__(self, web_config: WatchedWebConfig):
+        self._web_config = web_config
+        self.tls_at_start = web_config.initial.config.tls
+        self._lock = threading.Lock()
+        self._checked = web_config.initial
+        self._refusal = self._refusal_of(web_config.initial)
+        if self._refusal is not None:
+            raise self._refusal
+
+    def current(self) -> LoadedWebConfig:
+        loaded = self._web_config.current()
+        with self._lock:
+            if loaded is not self._checked:
+                self._checked, self._refusal = loaded, self._refusal_of(loaded)
+                if self._refusal is not None:
+                    _log.error("the web config %s: %s; OTLP/gRPC calls are refused until it changes",
+                               self._web_config.path, self._refusal)
+            if self._refusal is not None:
+                raise WebConfigError("", str(self._refusal))
+        return loaded
+
+    def _refusal_of(self, loaded: LoadedWebConfig) -> WebConfigError | None:
+        return _unenforceable(loaded, self.tls_at_start) if self.tls_at_start is not None else None
+
+
+def _certificate_configuration(loaded: LoadedWebConfig) -> grpc.ServerCertificateConfiguration:
+    files = loaded.tls_files
+    return grpc.ssl_server_certificate_configuration([(files.key, files.cert)], root_certificates=files.client_ca)
+
+
+class _CertificateFetcher:
+    """grpcio's certificate_configuration_fetcher: grpc core calls it before each new connection's handshake.
+    It answers the certificates of a config not handed over yet, or None (keep those it has): also while
+    the config is refused, as grpc core would keep them anyway (the calls are refused instead)."""
+
+    def __init__(self, web_config: _EnforceableWebConfig, initial: LoadedWebConfig):
+        self._web_config = web_config
+        self._given = initial
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            loaded = self._web_config.current()
+        except WebConfigError:
+            return None
+        if loaded is self._given:
+            return None
+        self._given = loaded
+        return _certificate_configuration(loaded)
+
+
+def server_credentials(web_config: _EnforceableWebConfig, initial: LoadedWebConfig) -> grpc.ServerCredentials:
+    """grpcio's credentials for the web config's TLS, re-read for each new connection."""
+    return grpc.dynamic_ssl_server_credentials(
+        _certificate_configuration(initial), _CertificateFetcher(web_config, initial),
+        require_client_authentication=initial.config.tls.client_auth_type == "RequireAndVerifyClientCert")
+
+
+def _allowed_peer(web_config: _EnforceableWebConfig, context: grpc.ServicerContext) -> bool:
+    """Whether the call's client certificate has a SAN client_allowed_sans lists (when it lists any);
+    not while the web config is refused (the interceptor has refused the call already, unless the file
+    changed since)."""
+    try:
+        allowed = web_config.current().config.tls.client_allowed_sans
+    except WebConfigError:
+        return False
+    return not allowed or not set(allowed).isdisjoint(peer_sans(context.auth_context()))
 
 
 def peer_sans(auth_context: dict) -> list[str]:
@@ -124,13 +210,17 @@ class _Admission(grpc.aio.ServerInterceptor):
     rate limit (RESOURCE_EXHAUSTED, as HTTP's 429), one token bucket for both listeners; then the
     credentials /v1/traces asks for (UNAUTHENTICATED):
     `authorization: Bearer <token>` when a bearer token is set, `Basic <user:password>` when the web
-    config has basic_auth_users, either one when both are.
+    config has basic_auth_users, either one when both are.  Between the drain and the rate limit, as
+    exporter-toolkit reads its file before its limiter: while the web config is refused (see the
+    module), UNAVAILABLE.
 
     The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
 
-    def __init__(self, token: str | None, basic_auth, rate_limiter, draining):
+    def __init__(self, token: str | None, basic_auth: BasicAuth, web_config: _EnforceableWebConfig | None,
+                 rate_limiter, draining):
         self._token = token.encode() if token else None
         self._basic_auth = basic_auth
+        self._web_config = web_config
         self._rate_limiter = rate_limiter
         self._draining = draining
         # Request-streaming, so that grpcio does not wait for the request before the call is refused.
@@ -140,6 +230,8 @@ class _Admission(grpc.aio.ServerInterceptor):
             grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded"))
         self._unavailable = grpc.stream_unary_rpc_method_handler(self._refuse(
             grpc.StatusCode.UNAVAILABLE, "the exporter is shutting down"))
+        self._misconfigured = grpc.stream_unary_rpc_method_handler(self._refuse(
+            grpc.StatusCode.UNAVAILABLE, "the exporter's web config is invalid; see the exporter's log"))
 
     @staticmethod
     def _refuse(code: grpc.StatusCode, message: str):
@@ -150,9 +242,13 @@ class _Admission(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         if self._draining is not None and self._draining():
             return self._unavailable
+        try:
+            users = self._web_config.current().config.basic_auth_users if self._web_config is not None else {}
+        except WebConfigError:
+            return self._misconfigured
         if self._rate_limiter is not None and not self._rate_limiter.allow():
             return self._exhausted
-        if self._token is None and self._basic_auth is None:
+        if self._token is None and not users:
             return await continuation(handler_call_details)
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         scheme, _, credentials = sent.partition(" ")
@@ -161,8 +257,8 @@ class _Admission(grpc.aio.ServerInterceptor):
                 credentials.strip().encode(), self._token):
             return await continuation(handler_call_details)
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
-        if self._basic_auth is not None and scheme == "basic" and await asyncio.get_running_loop().run_in_executor(
-                None, self._basic_auth.check_credentials, credentials):
+        if users and scheme == "basic" and await asyncio.get_running_loop().run_in_executor(
+                None, self._basic_auth.check_credentials, users, credentials):
             return await continuation(handler_call_details)
         return self._unauthenticated
 
@@ -170,22 +266,27 @@ class _Admission(grpc.aio.ServerInterceptor):
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None, basic_auth=None, rate_limiter=None,
                         draining: Callable[[], bool] | None = None,
-                        tls: TLSServerConfig | None = None) -> GrpcReceiverHandle:
+                        tls: WatchedWebConfig | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
-    `bearer_token`, `basic_auth` (a webconfig.BasicAuth) and `rate_limiter` (the HTTP service's
-    webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is true (the
-    HTTP service's graceful drain) new calls are UNAVAILABLE; with `tls`
-    (the web config's tls_server_config) it serves TLS only, or raises WebConfigError (see the module).
+    `tls` is the web config (a webconfig.WatchedWebConfig, re-read as it changes; the name is the one
+    otlp.OTLPReceiver.start_grpc passes it by): its basic_auth_users, checked by `basic_auth` (the HTTP
+    service's webconfig.BasicAuth, one cache for both), `bearer_token` and `rate_limiter` (the HTTP
+    service's webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is
+    true (the HTTP service's graceful drain) new calls are UNAVAILABLE; when its tls_server_config is
+    set at start it serves TLS only, or raises WebConfigError (see the module).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
-    credentials = server_credentials(tls) if tls is not None else None
-    allowed_sans = frozenset(tls.client_allowed_sans) if tls is not None else frozenset()
+    web_config = _EnforceableWebConfig(tls) if tls is not None else None
+    serves_tls = web_config is not None and web_config.tls_at_start is not None
+    credentials = server_credentials(web_config, tls.initial) if serves_tls else None
+    # client_allowed_sans needs RequireAndVerifyClientCert, which a reload cannot change here (see the module).
+    checks_sans = serves_tls and web_config.tls_at_start.client_auth_type == "RequireAndVerifyClientCert"
 
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
-        # The HTTP service drops such a connection after its handshake; grpcio gives no hook there.
-        if allowed_sans and allowed_sans.isdisjoint(peer_sans(context.auth_context())):
+        # On each call, with the config of the moment: grpcio gives no hook at the handshake.
+        if checks_sans and not _allowed_peer(web_config, context):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "the client certificate has no allowed SAN")
         try:
             return receiver.export_serialized(data).SerializeToString()
@@ -194,8 +295,9 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        guarded = bearer_token or basic_auth or rate_limiter is not None or draining is not None
-        interceptors = [_Admission(bearer_token, basic_auth, rate_limiter, draining)] if guarded else None
+        guarded = bearer_token or web_config is not None or rate_limiter is not None or draining is not None
+        interceptors = [_Admission(bearer_token, basic_auth or BasicAuth(), web_config, rate_limiter,
+                                   draining)] if guarded else None
         # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
         # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see
         # the module), and grpc core drops a connection whose TLS handshake stalls after 120 s

@@ -16,6 +16,12 @@ to an orchestrator's own FastAPI or Starlette server, and `start_server` /
 measurement (BENCHMARKS.md) and because it takes a Python SSLContext, which
 the exporter-toolkit TLS settings need.
 
+The web config is read as it is now (webconfig.WatchedWebConfig) for each
+request (basic_auth_users, the headers, client_allowed_sans) and each new TLS
+connection (certificate, key, client CAs, versions, ciphers, client auth), as
+exporter-toolkit reads it; while the file is invalid a request is a 500 and a
+TLS handshake fails.  The rate limit and whether TLS is on are set at start.
+
 Every request gets an answer: a body that cannot be used is a 4xx naming the
 reason, and an unexpected exception in a handler is a 500 with a JSON body,
 an error-level log line with the traceback, and a count in
@@ -37,9 +43,11 @@ idle keep-alive connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import logging
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -51,7 +59,8 @@ import msgspec
 from . import catalog, events, exposition
 from .credentials import BEARER_TOKEN_ENV, read_secret
 from .version import __version__
-from .webconfig import BasicAuth, RateLimiter, WebConfig, allowed_peer, constant_time_equal, ssl_context
+from .webconfig import (BasicAuth, FixedWebConfig, LoadedWebConfig, RateLimiter, WatchedWebConfig, WebConfigError,
+                        allowed_peer, constant_time_equal)
 
 _log = logging.getLogger(__name__)
 _alert_log = logging.getLogger("agent_exporter.alerts")
@@ -118,6 +127,27 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
+# The key under which the HTTP protocol puts the client certificate (ssl.getpeercert()) in a request's scope.
+PEER_CERTIFICATE = "agent_exporter.peer_certificate"
+
+
+def _check_peer(request: _Request, web_config: LoadedWebConfig) -> None:
+    """client_allowed_sans, checked on each request against the config of the moment, so that a SAN
+    removed from the list also shuts out connections opened before.  A scope without the certificate (an
+    orchestrator's own server, see Telemetry.asgi_app) does not pass the check."""
+    tls = web_config.config.tls
+    if tls is not None and tls.client_allowed_sans and not allowed_peer(tls, request.scope.get(PEER_CERTIFICATE)):
+        raise HTTPError(HTTPStatus.FORBIDDEN, "the client certificate has no allowed SAN")
+
+
+def _configured_headers(web_config: LoadedWebConfig | None) -> list[tuple[bytes, bytes]]:
+    """http_server_config.headers as ASGI headers; none while the web config is invalid."""
+    if web_config is None:
+        return []
+    return [(name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in web_config.config.headers.items()]
+
+
 def read_bearer_token(path: str) -> str | None:
     """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file (credentials.py)."""
     return read_secret(path, "server.bearer_token_file", env=BEARER_TOKEN_ENV)
@@ -134,18 +164,18 @@ class Service:
     """
 
     def __init__(self, telemetry, *, max_body_bytes: int = 10 * 1024 * 1024, bearer_token: str | None = None,
-                 web_config: WebConfig | None = None, remediator=None, log_alerts: bool = False,
+                 web_config: WatchedWebConfig | None = None, remediator=None, log_alerts: bool = False,
                  otlp=None, ingest: bool = True, request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS):
         self.telemetry = telemetry
         self.store = telemetry.store
         self.max_body_bytes = max_body_bytes
         self.request_timeout_seconds = request_timeout_seconds
         self.bearer_token = bearer_token or None
-        self.web_config = web_config = web_config or WebConfig()
-        self.basic_auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
-        self.rate_limiter = RateLimiter(web_config.rate_limit) if web_config.rate_limit.interval_seconds else None
-        self.extra_headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                              for name, value in web_config.headers.items()]
+        self.web_config = web_config or FixedWebConfig()
+        self.basic_auth = BasicAuth()       # one bcrypt cache, whatever the users are now
+        # Built once from the file as it was at start, as exporter-toolkit's Serve builds its limiter.
+        rate_limit = self.web_config.initial.config.rate_limit
+        self.rate_limiter = RateLimiter(rate_limit) if rate_limit.interval_seconds else None
         self.remediator = remediator
         self.log_alerts = log_alerts
         self.otlp = otlp
@@ -157,7 +187,7 @@ class Service:
         self.in_flight = 0
 
     @classmethod
-    def from_config(cls, telemetry, *, web_config: WebConfig | None = None, remediator=None, otlp=None,
+    def from_config(cls, telemetry, *, web_config: WatchedWebConfig | None = None, remediator=None, otlp=None,
                     ingest: bool = True, max_body_bytes: int | None = None,
                     bearer_token: str | None = None) -> "Service":
         """The Service the telemetry's config describes; body limit and bearer token may be overridden."""
@@ -300,9 +330,10 @@ class ExporterApp:
             path = request.path = path[len(root):] or "/"
         routes = self.routes.get(path)
         handler = path if routes is not None else _OTHER
+        web_config = self._web_config()
         service.in_flight += 1
         try:
-            response = await self._respond(request, routes)
+            response = await self._respond(request, routes, web_config)
         except _ClientGone:
             return
         except Exception:  # noqa: BLE001 - any fault becomes a 500, never a dropped connection
@@ -311,7 +342,7 @@ class ExporterApp:
         finally:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
-        headers = [(b"content-type", response.content_type), *response.headers, *service.extra_headers]
+        headers = [(b"content-type", response.content_type), *response.headers, *_configured_headers(web_config)]
         if response.stream is not None and request.method == "HEAD":
             # GET's headers (no length: GET streams); the pieces are not rendered.
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -332,13 +363,25 @@ class ExporterApp:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _respond(self, request: _Request, routes) -> _Response:
+    def _web_config(self) -> LoadedWebConfig | None:
+        """The web config for this request; None while its file is invalid (logged once per change)."""
+        try:
+            return self.service.web_config.current()
+        except WebConfigError:
+            return None
+
+    async def _respond(self, request: _Request, routes, web_config: LoadedWebConfig | None) -> _Response:
         service = self.service
         try:
+            if web_config is None:
+                # exporter-toolkit answers 500 while its file does not parse; the reason is in the log only.
+                raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, "the web config is invalid; see the exporter's log")
+            _check_peer(request, web_config)
             if service.rate_limiter is not None and not service.rate_limiter.allow():
                 raise HTTPError(HTTPStatus.TOO_MANY_REQUESTS, "rate limit exceeded")
-            if service.basic_auth is not None or service.bearer_token is not None:
-                await self._authorize(request)
+            users = web_config.config.basic_auth_users
+            if users or service.bearer_token is not None:
+                await self._authorize(request, users)
             if routes is None:
                 why = self.absent.get(request.path)
                 message = f"no such endpoint: {request.path}" + (f" ({why})" if why else "")
@@ -366,28 +409,28 @@ class ExporterApp:
 
     # -- auth ----------------------------------------------------------------------
 
-    async def _authorize(self, request: _Request) -> None:
-        """Basic auth (web config) guards everything; the bearer token guards /v1/*.
+    async def _authorize(self, request: _Request, users: dict[str, bytes]) -> None:
+        """Basic auth (the web config's `users`) guards everything; the bearer token guards /v1/*.
 
         When both are configured, a /v1/* request may present either one.
         """
         service = self.service
         needs_bearer = service.bearer_token is not None and request.path.startswith("/v1/")
-        if service.basic_auth is None and not needs_bearer:
+        if not users and not needs_bearer:
             return
         scheme, _, credentials = (request.header(b"authorization") or "").partition(" ")
         scheme = scheme.lower()
         if needs_bearer and scheme == "bearer" and constant_time_equal(credentials.strip(), service.bearer_token):
             return
-        if service.basic_auth is not None and scheme == "basic" and await self._basic_ok(credentials):
+        if users and scheme == "basic" and await self._basic_ok(users, credentials):
             return
-        challenge = b"Basic" if service.basic_auth is not None else b"Bearer"
+        challenge = b"Basic" if users else b"Bearer"
         raise HTTPError(HTTPStatus.UNAUTHORIZED, "Unauthorized", headers=((b"www-authenticate", challenge),))
 
-    async def _basic_ok(self, credentials: str) -> bool:
+    async def _basic_ok(self, users: dict[str, bytes], credentials: str) -> bool:
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
         return await asyncio.get_running_loop().run_in_executor(
-            None, self.service.basic_auth.check_credentials, credentials)
+            None, self.service.basic_auth.check_credentials, users, credentials)
 
     # -- bodies --------------------------------------------------------------------
 
@@ -539,24 +582,58 @@ def _uvicorn_config(app: ExporterApp, address: str):
 
     host, port = parse_listen_address(address)
     service = app.service
-    tls = service.web_config.tls
+    tls = service.web_config.initial.config.tls is not None
     config = uvicorn.Config(
-        app, host=host, port=port, http=_protocol_class(tls, service.request_timeout_seconds), loop="uvloop",
+        app, host=host, port=port, http=_protocol_class(service.request_timeout_seconds), loop="uvloop",
         lifespan="on",
         # No proxy headers: the exporter is scraped and posted to directly, and the middleware
         # costs every request.
         log_config=None, access_log=False, server_header=False, date_header=True, proxy_headers=False,
         timeout_keep_alive=IDLE_TIMEOUT_SECONDS, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-        ssl_context_factory=(lambda config, default: ssl_context(tls)) if tls is not None else None)
+        ssl_context_factory=(lambda config, default: _CurrentSSLContext.of(service.web_config)) if tls else None)
     return config
 
 
-def _protocol_class(tls, request_timeout: float):
-    """uvicorn's httptools protocol, with a bound on the time a request takes to arrive, and the
-    exporter-toolkit check of client certificate SANs when configured."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+class _CurrentSSLContext(ssl.SSLContext):
+    """The listener's SSLContext: it wraps each new connection with the SSLContext of the web config as it
+    is at that moment, the counterpart of exporter-toolkit's GetConfigForClient.  uvloop and asyncio start
+    every accepted connection's TLS with `wrap_bio` on this object.
 
-    check_peer = tls is not None and bool(tls.client_allowed_sans)
+    An sni_callback that swaps SSLObject.context would also be called on each handshake, but OpenSSL's
+    SSL_set_SSL_CTX moves only the certificate, key and CA store to the connection: the verify mode,
+    versions and ciphers stay the listener's (tried: a context swapped in that required a client
+    certificate let a client without one through), so a reload could not turn on client certificates."""
+
+    web_config: WatchedWebConfig
+
+    @classmethod
+    def of(cls, web_config: WatchedWebConfig) -> "_CurrentSSLContext":
+        context = cls(ssl.PROTOCOL_TLS_SERVER)
+        context.web_config = web_config
+        return context
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+        try:
+            context = self.web_config.current().ssl_context
+        except WebConfigError:      # logged by current(), once per change of the file
+            context = _refusing_context()
+        return context.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
+@functools.cache
+def _refusing_context() -> ssl.SSLContext:
+    """An SSLContext whose handshakes fail with an internal_error alert, as Go's does when
+    GetConfigForClient returns an error: what a new connection gets while the web config is invalid.
+    OpenSSL calls the server-name callback on every ClientHello, with or without SNI."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sni_callback = lambda ssl_object, server_name, context: ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+    return context
+
+
+def _protocol_class(request_timeout: float):
+    """uvicorn's httptools protocol, with a bound on the time a request takes to arrive, and the client
+    certificate in each request's scope for the client_allowed_sans check (_check_peer)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class Protocol(HttpToolsProtocol):
         """uvicorn (0.54) arms its keep-alive timer only once a response is sent, and has no timeout
@@ -571,14 +648,12 @@ def _protocol_class(tls, request_timeout: float):
         _receiving = True       # a request is incomplete (a new connection awaits its first one)
         _stalled = False        # ... and it was already at the last firing
         _timer = None
+        _peer_certificate = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._timer = self.loop.call_later(request_timeout, self._check_progress)
-            if check_peer and not allowed_peer(tls, transport.get_extra_info("peercert")):
-                _log.warning("refused a client certificate without an allowed SAN from %s",
-                             transport.get_extra_info("peername"))
-                transport.close()
+            self._peer_certificate = transport.get_extra_info("peercert")
 
         def connection_lost(self, exc) -> None:
             if self._timer is not None:
@@ -587,6 +662,7 @@ def _protocol_class(tls, request_timeout: float):
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self.scope[PEER_CERTIFICATE] = self._peer_certificate
             self._receiving = True
 
         def on_message_complete(self) -> None:
@@ -689,7 +765,7 @@ class ServerHandle:
 
     @property
     def tls(self) -> bool:
-        return self.service.web_config.tls is not None
+        return self.service.web_config.initial.config.tls is not None
 
     @property
     def url(self) -> str:
@@ -729,7 +805,7 @@ def serve(service: Service, address: str, on_started=None) -> None:
     async def startup_then_report(sockets=None) -> None:
         await startup(sockets)
         if server.started and on_started is not None:
-            on_started(_url(server.config.host, port, service.web_config.tls is not None))
+            on_started(_url(server.config.host, port, service.web_config.initial.config.tls is not None))
 
     server.startup = startup_then_report
     _QUIET.run(server, sock)

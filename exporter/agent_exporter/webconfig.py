@@ -6,7 +6,17 @@ docs/web-configuration.md): `tls_server_config`, `http_server_config`,
 Structs below by validation.decode: unknown keys and bad values are errors
 naming the key path, and a key left empty takes its default.  Relative file
 names are relative to the config file's directory, as in exporter-toolkit.
-The file is read at startup; restart to apply a change.
+
+The file is re-read when it changes, as exporter-toolkit re-reads it on every
+request and every TLS handshake: `WatchedWebConfig.current()` stats the file
+and the files it names (cert_file, key_file, client_ca_file) and reads them
+all again when any of them changed, so a certificate rotated by cert-manager
+or a user added or revoked applies to the next connection or request.  A file
+that became invalid fails closed until it is fixed (requests get 500, TLS
+handshakes fail), logged at error level once per change.  What
+exporter-toolkit builds once at start is read once here too: the rate limit
+(its token bucket) and whether the server speaks TLS at all (a reload that
+turns TLS on or off is invalid until the next restart).
 
 Where Python's `ssl` module cannot do what Go's crypto/tls does, the option is
 refused with an error rather than silently weakened: client certificates are
@@ -20,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import ssl
 import tempfile
@@ -35,6 +46,8 @@ from msgspec import Meta, field
 
 from . import durations
 from .validation import REDACTED, Invalid, Section, decode
+
+_log = logging.getLogger(__name__)
 
 
 class WebConfigError(ValueError):
@@ -235,72 +248,36 @@ def parse_web_config(document, directory: Path = Path(".")) -> WebConfig:
     )
 
 
-def load_web_config(path) -> WebConfig:
-    """Read and validate a web config file; its TLS files are loaded once to check them."""
-    path = Path(path)
+def read_web_config_file(path: Path) -> WebConfig:
+    """Read and validate a web config file, without its TLS files."""
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise WebConfigError("", f"cannot read web config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise WebConfigError("", f"web config {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise WebConfigError("", f"invalid YAML in {path}: {exc}") from None
-    config = parse_web_config(document, path.parent)
-    if config.tls is not None:
-        ssl_context(config.tls)
-    return config
+    return parse_web_config(document, path.parent)
+
+
+def load_web_config(path) -> WebConfig:
+    """Read and validate a web config file; its TLS files are loaded once to check them."""
+    return LoadedWebConfig(read_web_config_file(Path(path))).config
 
 
 # -- TLS ---------------------------------------------------------------------
 
-def _load_inline_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
-    """load_cert_chain only takes files: write inline PEM to a private temporary file."""
-    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as handle:
-        os.chmod(handle.name, 0o600)
-        handle.write(cert.strip() + "\n" + key.strip() + "\n")
-    try:
-        context.load_cert_chain(handle.name)
-    finally:
-        os.unlink(handle.name)
+class TLSFiles(msgspec.Struct, frozen=True):
+    """The PEM of a tls_server_config, read once for both TLS stacks: Python's ssl and grpcio's."""
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None     # None when no client CAs are set
 
 
-def ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
-    """A server-side SSLContext for the config; errors name the key path."""
-    path = "tls_server_config"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _TLS_VERSIONS[tls.min_version]
-    context.maximum_version = _TLS_VERSIONS[tls.max_version]
-    try:
-        if tls.cert_file and tls.key_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        else:
-            cert = tls.cert or Path(tls.cert_file).read_text()
-            key = tls.key or Path(tls.key_file).read_text()
-            _load_inline_pair(context, cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise WebConfigError(f"{path}.cert_file", f"failed to load the certificate and key: {exc}") from None
-    context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
-    try:
-        if tls.client_ca_file:
-            context.load_verify_locations(cafile=tls.client_ca_file)
-        elif tls.client_ca:
-            context.load_verify_locations(cadata=tls.client_ca)
-        elif context.verify_mode != ssl.CERT_NONE:
-            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)   # Go verifies against the system roots
-    except (OSError, ssl.SSLError) as exc:
-        raise WebConfigError(f"{path}.client_ca_file", f"failed to load the client CA: {exc}") from None
-    if tls.cipher_suites:
-        context.set_ciphers(":".join(_CIPHER_SUITES[name] for name in tls.cipher_suites))
-    if tls.prefer_server_cipher_suites:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.set_alpn_protocols(["http/1.1"])   # what http_server_config.http2: false promises
-    return context
-
-
-def pem_credentials(tls: TLSServerConfig) -> tuple[bytes, bytes, bytes | None]:
-    """The certificate chain, the private key and the client CAs (None when none are set) as PEM, read
-    from their files or given inline: what a TLS stack that takes PEM rather than an SSLContext needs
-    (grpcio's).  Errors name the key path, as ssl_context's do."""
-    path = "tls_server_config"
+def read_tls_files(tls: TLSServerConfig) -> TLSFiles:
+    """The certificate chain, the private key and the client CAs as PEM, from their files or given inline;
+    errors name the key path."""
 
     def pem(inline: str, file: str, key: str) -> bytes | None:
         if inline:
@@ -310,10 +287,50 @@ def pem_credentials(tls: TLSServerConfig) -> tuple[bytes, bytes, bytes | None]:
         try:
             return Path(file).read_bytes()
         except OSError as exc:
-            raise WebConfigError(f"{path}.{key}", f"cannot read {file}: {exc.strerror}") from None
+            raise WebConfigError(f"tls_server_config.{key}", f"cannot read {file}: {exc.strerror}") from None
 
-    return (pem(tls.cert, tls.cert_file, "cert_file"), pem(tls.key, tls.key_file, "key_file"),
-            pem(tls.client_ca, tls.client_ca_file, "client_ca_file"))
+    return TLSFiles(pem(tls.cert, tls.cert_file, "cert_file"), pem(tls.key, tls.key_file, "key_file"),
+                    pem(tls.client_ca, tls.client_ca_file, "client_ca_file"))
+
+
+def _load_pair(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """load_cert_chain only takes files: the PEM goes through a private temporary file."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as handle:
+        os.chmod(handle.name, 0o600)
+        handle.write(cert.strip() + b"\n" + key.strip() + b"\n")
+    try:
+        context.load_cert_chain(handle.name)
+    finally:
+        os.unlink(handle.name)
+
+
+def ssl_context(tls: TLSServerConfig, files: TLSFiles) -> ssl.SSLContext:
+    """A server-side SSLContext for the config and its files (read_tls_files); errors name the key path."""
+    path = "tls_server_config"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _TLS_VERSIONS[tls.min_version]
+    context.maximum_version = _TLS_VERSIONS[tls.max_version]
+    try:
+        _load_pair(context, files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise WebConfigError(f"{path}.cert_file", f"failed to load the certificate and key: {exc}") from None
+    context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
+    try:
+        if files.client_ca is not None:
+            context.load_verify_locations(cadata=files.client_ca.decode("latin-1"))
+        elif context.verify_mode != ssl.CERT_NONE:
+            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)   # Go verifies against the system roots
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise WebConfigError(f"{path}.client_ca_file", f"failed to load the client CA: {exc}") from None
+    try:
+        if tls.cipher_suites:
+            context.set_ciphers(":".join(_CIPHER_SUITES[name] for name in tls.cipher_suites))
+    except ssl.SSLError as exc:     # none of them offered by this OpenSSL
+        raise WebConfigError(f"{path}.cipher_suites", f"cannot use these cipher suites: {exc}") from None
+    if tls.prefer_server_cipher_suites:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_alpn_protocols(["http/1.1"])   # what http_server_config.http2: false promises
+    return context
 
 
 def peer_sans(certificate: dict) -> list[str]:
@@ -328,6 +345,112 @@ def allowed_peer(tls: TLSServerConfig, certificate: dict | None) -> bool:
     return certificate is not None and any(san in tls.client_allowed_sans for san in peer_sans(certificate))
 
 
+# -- the file as it is now ------------------------------------------------------------
+
+class LoadedWebConfig:
+    """A valid web config with its TLS files read and its SSLContext built (which checks that the key
+    matches the certificate): what a request or a TLS handshake uses."""
+
+    __slots__ = ("config", "tls_files", "ssl_context")
+
+    def __init__(self, config: WebConfig):
+        self.config = config
+        self.tls_files = read_tls_files(config.tls) if config.tls is not None else None
+        self.ssl_context = ssl_context(config.tls, self.tls_files) if config.tls is not None else None
+
+
+def _stamps(paths: tuple[Path, ...]) -> tuple:
+    """What tells a file changed, for each path.  stat follows symbolic links, so a Kubernetes secret
+    volume swapping its ..data link shows as a new inode even when the size and mtime are the same."""
+    stamps = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((stat.st_ino, stat.st_dev, stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
+def _named_files(config: WebConfig) -> tuple[Path, ...]:
+    tls = config.tls
+    if tls is None:
+        return ()
+    return tuple(Path(name) for name in (tls.cert_file, tls.key_file, tls.client_ca_file) if name)
+
+
+class WatchedWebConfig:
+    """The web config file at `path` as it is now (see the module).
+
+    `current()` costs a stat of each watched file, no more, so it is called once per request, TLS
+    connection or gRPC call rather than throttled: a change is seen by the very next one, as in
+    exporter-toolkit, which reads the whole file each time.  A file that cannot be read or is invalid
+    at start raises WebConfigError from the constructor (the server does not start)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._watched: tuple[Path, ...] = ()
+        self._stamp: tuple = ()
+        self._error: WebConfigError | None = None
+        self.initial = self._loaded = self._load()
+
+    def current(self) -> LoadedWebConfig:
+        """The config as its files are now; WebConfigError while they are invalid."""
+        with self._lock:
+            if _stamps(self._watched) != self._stamp:
+                self._reload()
+            if self._error is not None:
+                # A new exception each time: one raised again and again would keep every traceback.
+                raise WebConfigError("", f"the web config {self.path} is invalid: {self._error}")
+            return self._loaded
+
+    def _load(self) -> LoadedWebConfig:
+        """Read the file and the files it names.  Each stamp is taken before its file is read, so a change
+        made while reading shows at the next check."""
+        self._watched = (self.path,)
+        self._stamp = _stamps(self._watched)
+        config = read_web_config_file(self.path)
+        named = _named_files(config)
+        self._watched += named
+        self._stamp += _stamps(named)
+        return LoadedWebConfig(config)
+
+    def _reload(self) -> None:
+        try:
+            loaded = self._load()
+            self._require_tls_as_at_start(loaded.config)
+        except WebConfigError as exc:
+            self._error = exc
+            _log.error("the web config %s is invalid, so requests are refused until it is fixed: %s",
+                       self.path, exc)
+            return
+        self._loaded, self._error = loaded, None
+        _log.info("reloaded the web config %s", self.path)
+        if loaded.config.rate_limit != self.initial.config.rate_limit:
+            _log.warning("the web config %s changed rate_limit, which applies at the next restart "
+                         "(as in exporter-toolkit)", self.path)
+
+    def _require_tls_as_at_start(self, config: WebConfig) -> None:
+        # The listener speaks TLS or not from the start; serving plain HTTP where the file asks for TLS,
+        # or the reverse, would be a connection other than the one the file describes.
+        started_with_tls = self.initial.config.tls is not None
+        if (config.tls is not None) != started_with_tls:
+            raise WebConfigError("tls_server_config", f"TLS was {'on' if started_with_tls else 'off'} at start; "
+                                                      "turning it on or off takes a restart")
+
+
+class FixedWebConfig:
+    """No web config file: the defaults (plain HTTP, no users), never re-read."""
+
+    def __init__(self):
+        self.initial = LoadedWebConfig(WebConfig())
+
+    def current(self) -> LoadedWebConfig:
+        return self.initial
+
+
 # -- basic auth ----------------------------------------------------------------
 
 class BasicAuth:
@@ -335,29 +458,27 @@ class BasicAuth:
 
     bcrypt is slow on purpose (tens of ms at cost 10), so each (user, hash,
     password) outcome is cached; the key is a SHA-256 of the three, so no
-    password is kept in memory.  Only one bcrypt runs at a time.
+    password is kept in memory, and a cached outcome stays right when the
+    users change (a new hash is a new key).  Only one bcrypt runs at a time.
+    The users are passed on each check: those of the web config at that moment.
     """
 
-    def __init__(self, users: dict[str, bytes]):
-        self._users = dict(users)
+    def __init__(self):
         self._cache: dict[bytes, bool] = {}
         self._cache_lock = threading.Lock()
         self._bcrypt_lock = threading.Lock()
 
-    def __bool__(self) -> bool:
-        return bool(self._users)
-
-    def check_credentials(self, credentials: str) -> bool:
+    def check_credentials(self, users: dict[str, bytes], credentials: str) -> bool:
         """The credentials of an `Authorization: Basic <credentials>` header (base64 of user:password)."""
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8", "surrogateescape")
         except (binascii.Error, ValueError):
             return False
         user, sep, password = decoded.partition(":")
-        return bool(sep) and self.check(user, password)
+        return bool(sep) and self.check(users, user, password)
 
-    def check(self, user: str, password: str) -> bool:
-        hashed = self._users.get(user)
+    def check(self, users: dict[str, bytes], user: str, password: str) -> bool:
+        hashed = users.get(user)
         known = hashed is not None
         if not known:
             hashed = _FAKE_HASH

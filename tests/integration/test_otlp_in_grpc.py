@@ -3,7 +3,6 @@ the bearer token, the web config's TLS, the message size limit, calls that never
 and the listen address."""
 
 import base64
-import datetime
 import gzip
 import os
 import re
@@ -19,11 +18,7 @@ import bcrypt
 import grpc
 import pytest
 import requests
-from certificates import self_signed
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certificates import client_certificate, self_signed
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
@@ -152,12 +147,12 @@ class Serve:
         return self._stderr_path.read_text()
 
     def wait_listening(self) -> "Serve":
-        """Until the HTTP port takes connections (serve opens the gRPC port before it)."""
+        """Until serve logs that it listens (it opens the gRPC port before HTTP): by then uvicorn handles
+        SIGTERM (the port takes connections a moment before, and a SIGTERM then was ignored)."""
         def listening() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited with {self.process.returncode}: {self.stderr}")
-            socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
-            return True
+            return "Listening on" in self.stderr
         stack.wait_for(listening, timeout=30, interval=0.1, what="serve not listening")
         return self
 
@@ -378,22 +373,6 @@ def test_listen_address_from_config_and_errors(tel):
 
 # -- TLS from the web config, through `agent-exporter serve` ---------------------------------------
 
-def client_certificate(directory: Path, issuer: tuple[Path, Path], san: str) -> tuple[bytes, bytes]:
-    """(certificate, key) PEM of a client named `san` (a DNS SAN), signed by `issuer` (cert, key paths)."""
-    issuer_cert = x509.load_pem_x509_certificate(issuer[0].read_bytes())
-    issuer_key = serialization.load_pem_private_key(issuer[1].read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, san)]))
-            .issuer_name(issuer_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
-            .sign(issuer_key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
-
-
 def sdk_spans() -> list:
     """Two finished GenAI agent spans from the OpenTelemetry SDK, as an instrumented application makes them."""
     finished = InMemorySpanExporter()
@@ -504,3 +483,97 @@ def test_serve_refuses_a_tls_setting_grpc_cannot_enforce(tmp_path, setting, key)
         if serve.process.poll() is None:
             serve.stop()
     assert f"cannot serve OTLP/gRPC on 127.0.0.1:{serve.grpc_port}: {key}:" in serve.stderr
+
+
+# -- the web config re-read as it changes ----------------------------------------------------------
+
+def replace(path: Path, text: str) -> None:
+    """Write `text` to `path` as tools that rotate files do: a new file renamed over the old one."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def trusting(port: int, pem: bytes, **client) -> grpc.Channel:
+    """A new channel that trusts `pem` only, on a connection of its own (no subchannel shared with an
+    earlier channel); `client` is a client certificate (private_key, certificate_chain)."""
+    return grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=pem, **client),
+                               options=(("grpc.use_local_subchannel_pool", 1),))
+
+
+def outcome(channel: grpc.Channel) -> tuple[grpc.StatusCode, str] | None:
+    """The status and message of an Export over `channel`, None when it is taken."""
+    with channel:
+        try:
+            TraceServiceStub(channel).Export(request(agent_span(1)), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+    return None
+
+
+def test_serve_serves_a_rotated_certificate_to_new_grpc_connections(tmp_path):
+    # The certificate was read once at start: one rotated by cert-manager was not served until a restart.
+    cert, key = self_signed(tmp_path)
+    first = cert.read_bytes()
+    serve = Serve(tmp_path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n").wait_listening()
+    try:
+        assert outcome(trusting(serve.grpc_port, first)) is None
+        (tmp_path / "second").mkdir()
+        second_cert, second_key = self_signed(tmp_path / "second")
+        second = second_cert.read_bytes()
+        os.replace(second_key, key)
+        os.replace(second_cert, cert)
+        assert outcome(trusting(serve.grpc_port, second)) is None
+        assert outcome(trusting(serve.grpc_port, first))[0] == grpc.StatusCode.UNAVAILABLE   # no handshake
+        assert serve.process.poll() is None
+    finally:
+        serve.stop()
+
+
+def test_serve_applies_users_added_and_removed_to_grpc_calls(tmp_path):
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    serve = Serve(tmp_path, f"basic_auth_users:\n  alice: '{hashed}'\n").wait_listening()
+    basic = lambda user: (("authorization", "Basic " + base64.b64encode(f"{user}:s3cret".encode()).decode()),)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = TraceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(request(agent_span(1)), metadata=basic("bob"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            replace(tmp_path / "web.yml", f"basic_auth_users:\n  bob: '{hashed}'\n")
+            assert stub.Export(request(agent_span(1)), metadata=basic("bob"), timeout=10) == \
+                ExportTraceServiceResponse()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(request(agent_span(1)), metadata=basic("alice"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        serve.stop()
+
+
+def test_grpc_fails_closed_while_the_web_config_is_invalid_or_asks_what_grpc_cannot_enforce(tmp_path):
+    # grpc core cannot refuse a handshake from its certificate fetcher, so the calls are refused instead:
+    # UNAVAILABLE, which OTLP exporters retry, while HTTPS goes on with what it can enforce.
+    cert, _ = self_signed(tmp_path)
+    pem = cert.read_bytes()
+    tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    serve = Serve(tmp_path, tls).wait_listening()
+    refusal = (grpc.StatusCode.UNAVAILABLE, "the exporter's web config is invalid; see the exporter's log")
+    https = lambda: requests.get(f"https://127.0.0.1:{serve.http_port}/-/healthy", verify=str(cert),
+                                 timeout=10).status_code
+    try:
+        replace(tmp_path / "web.yml", tls + "  min_version: TLS13\n")
+        assert outcome(trusting(serve.grpc_port, pem)) == refusal
+        assert https() == 200
+        replace(tmp_path / "web.yml", tls + "  min_version: [\n")
+        assert outcome(trusting(serve.grpc_port, pem)) == refusal
+        with pytest.raises(requests.exceptions.SSLError):      # new TLS connections are refused
+            https()
+        replace(tmp_path / "web.yml", tls)
+        assert outcome(trusting(serve.grpc_port, pem)) is None
+        assert https() == 200
+        assert serve.process.poll() is None
+    finally:
+        serve.stop()
+    assert serve.stderr.count("tls_server_config.min_version: the OTLP/gRPC receiver cannot enforce this") == 1
+    assert serve.stderr.count("invalid YAML") == 1

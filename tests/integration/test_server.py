@@ -28,7 +28,7 @@ from agent_exporter.config import Config, HealingConfig
 from agent_exporter.healing import AlertRemediator, Healer
 from agent_exporter.healing.alertmanager import decode_webhook
 from agent_exporter.server import Service, serve, start_server
-from agent_exporter.webconfig import load_web_config
+from agent_exporter.webconfig import WatchedWebConfig
 
 from alertmanager_webhook import notification
 from certificates import self_signed
@@ -546,7 +546,7 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
         "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
         f"basic_auth_users:\n  alice: '{hashed}'\n")
     telemetry = Telemetry(Config())
-    service = Service(telemetry, web_config=load_web_config(web_config_path))
+    service = Service(telemetry, web_config=WatchedWebConfig(web_config_path))
     with start_server(service, "127.0.0.1:0") as handle:
         assert handle.url.startswith("https://")
         tls = {"verify": str(cert_path), "timeout": 10}

@@ -1,15 +1,20 @@
-"""The exporter-toolkit web config: parsing with key paths, TLS contexts, cached bcrypt basic auth."""
+"""The exporter-toolkit web config: parsing with key paths, TLS contexts, cached bcrypt basic auth, and
+re-reading the file and the files it names as they change."""
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+from pathlib import Path
 
 import bcrypt
 import pytest
 
 from agent_exporter import webconfig
 from agent_exporter.webconfig import (
-    BasicAuth, RateLimit, RateLimiter, WebConfigError, load_web_config, parse_duration, parse_web_config,
+    BasicAuth, RateLimit, RateLimiter, WatchedWebConfig, WebConfigError, load_web_config, parse_duration,
+    parse_web_config,
 )
 
 from certificates import self_signed
@@ -109,21 +114,22 @@ def test_basic_auth_checks_and_caches(monkeypatch):
         return real_checkpw(password, hashed)
 
     monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting_checkpw)
-    auth = BasicAuth({"alice": HASH.encode()})
-    assert auth.check("alice", "s3cret")
-    assert auth.check("alice", "s3cret")
+    auth, users = BasicAuth(), {"alice": HASH.encode()}
+    assert auth.check(users, "alice", "s3cret")
+    assert auth.check(users, "alice", "s3cret")
     assert len(calls) == 1                        # the second time came from the cache
-    assert not auth.check("alice", "wrong")
-    assert not auth.check("alice", "wrong")
+    assert not auth.check(users, "alice", "wrong")
+    assert not auth.check(users, "alice", "wrong")
     assert len(calls) == 2                        # failures are cached too
-    assert not auth.check("mallory", "s3cret")     # unknown users still cost a bcrypt
+    assert not auth.check(users, "mallory", "s3cret")     # unknown users still cost a bcrypt
     assert len(calls) == 3
+    assert not auth.check({}, "alice", "s3cret")   # a user removed is refused, whatever the cache holds
 
 
 def test_the_cache_is_bounded():
-    auth = BasicAuth({"alice": HASH.encode()})
+    auth = BasicAuth()
     for i in range(150):
-        auth.check("alice", f"guess-{i}")
+        auth.check({"alice": HASH.encode()}, "alice", f"guess-{i}")
     assert len(auth._cache) == 100
 
 
@@ -136,7 +142,7 @@ def test_ssl_context_from_files(tmp_path):
     cert, key = self_signed(tmp_path)
     config = parse_web_config({"tls_server_config": {"cert_file": cert.name, "key_file": key.name,
                                                      "min_version": "TLS13"}}, tmp_path)
-    context = webconfig.ssl_context(config.tls)
+    context = webconfig.ssl_context(config.tls, webconfig.read_tls_files(config.tls))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_3
     assert context.verify_mode == ssl.CERT_NONE
 
@@ -163,7 +169,7 @@ def test_allowed_sans():
 def test_ssl_context_from_inline_pem(tmp_path):
     cert, key = self_signed(tmp_path)
     config = parse_web_config({"tls_server_config": {"cert": cert.read_text(), "key": key.read_text()}})
-    assert isinstance(webconfig.ssl_context(config.tls), ssl.SSLContext)
+    assert isinstance(webconfig.ssl_context(config.tls, webconfig.read_tls_files(config.tls)), ssl.SSLContext)
 
 
 def test_a_password_written_in_place_of_its_hash_is_not_repeated():
@@ -175,3 +181,96 @@ def test_empty_keys_take_their_defaults():
     config = parse_web_config({"tls_server_config": None, "http_server_config": {"http2": None},
                                "rate_limit": {"interval": None}})
     assert (config.tls, config.rate_limit) == (None, RateLimit())
+
+
+# -- re-reading the file as it changes -----------------------------------------------------
+
+def replace(path, text: str) -> None:
+    """Write `text` to `path` as tools that rotate files do: a new file renamed over the old one."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def users_file(tmp_path, *users: str):
+    path = tmp_path / "web.yml"
+    replace(path, "basic_auth_users:\n" + "".join(f"  {user}: '{HASH}'\n" for user in users) if users else "")
+    return path
+
+
+def test_a_user_added_or_removed_is_seen_by_the_next_check(tmp_path):
+    watched = WatchedWebConfig(users_file(tmp_path, "alice"))
+    assert set(watched.current().config.basic_auth_users) == {"alice"}
+    users_file(tmp_path, "alice", "bob")
+    assert set(watched.current().config.basic_auth_users) == {"alice", "bob"}
+    users_file(tmp_path, "bob")
+    assert set(watched.current().config.basic_auth_users) == {"bob"}
+
+
+def test_an_unchanged_file_is_not_read_again(tmp_path):
+    watched = WatchedWebConfig(users_file(tmp_path, "alice"))
+    assert watched.current() is watched.current() is watched.initial
+
+
+def test_an_invalid_file_fails_until_fixed_and_is_logged_once(tmp_path, caplog):
+    path = users_file(tmp_path, "alice")
+    watched = WatchedWebConfig(path)
+    replace(path, "basic_auth_users: [\n")
+    for _ in range(3):
+        with pytest.raises(WebConfigError, match="invalid YAML"):
+            watched.current()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "invalid YAML" in errors[0].getMessage()
+    users_file(tmp_path, "bob")
+    assert set(watched.current().config.basic_auth_users) == {"bob"}
+
+
+def tls_file(tmp_path, **extra) -> Path:
+    path = tmp_path / "web.yml"
+    replace(path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                  + "".join(f"  {key}: {value}\n" for key, value in extra.items()))
+    return path
+
+
+def test_a_certificate_swapped_behind_a_symlink_is_read_again(tmp_path):
+    # A Kubernetes secret volume: server.crt -> ..data/server.crt, and ..data is a link swapped to a new
+    # directory; the name's size and mtime may well stay the same, its inode does not.
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        self_signed(tmp_path / version)
+    os.symlink("v1", tmp_path / "..data")
+    for name in ("server.crt", "server.key"):
+        os.symlink(f"..data/{name}", tmp_path / name)
+    watched = WatchedWebConfig(tls_file(tmp_path))
+    assert watched.current().tls_files.cert == (tmp_path / "v1" / "server.crt").read_bytes()
+    os.symlink("v2", tmp_path / "..data.new")
+    os.replace(tmp_path / "..data.new", tmp_path / "..data")
+    assert watched.current().tls_files.cert == (tmp_path / "v2" / "server.crt").read_bytes()
+
+
+def test_a_key_that_does_not_match_the_certificate_fails_naming_the_key(tmp_path):
+    self_signed(tmp_path)
+    watched = WatchedWebConfig(tls_file(tmp_path))
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed(tmp_path / "other")
+    os.replace(other_key, tmp_path / "server.key")
+    with pytest.raises(WebConfigError, match="tls_server_config.cert_file: failed to load the certificate and key"):
+        watched.current()
+    self_signed(tmp_path)       # a matching pair again
+    assert watched.current().ssl_context is not None
+
+
+def test_turning_tls_off_takes_a_restart(tmp_path):
+    self_signed(tmp_path)
+    watched = WatchedWebConfig(tls_file(tmp_path))
+    replace(tmp_path / "web.yml", "")
+    with pytest.raises(WebConfigError, match="turning it on or off takes a restart"):
+        watched.current()
+
+
+def test_an_invalid_file_at_start_raises(tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n")
+    with pytest.raises(WebConfigError) as info:
+        WatchedWebConfig(path)
+    assert info.value.path == "tls_server_config.cert_file"
