@@ -90,12 +90,11 @@ def cmd_serve(args) -> int:
         tls = "enabled" if service.web_config.initial.config.tls is not None else "disabled"
         grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
         if grpc_address:
-            # Guarded as HTTP is (TLS, credentials, rate limit), and refusing new calls once HTTP drains;
-            # `tls` takes the whole web config, re-read as it changes (otlp_grpc.start_grpc_receiver).
+            # Guarded as HTTP is (TLS, credentials, rate limit), and refusing new calls once HTTP drains.
             try:
                 grpc = receiver.start_grpc(grpc_address, bearer_token=service.bearer_token,
                                            basic_auth=service.basic_auth, rate_limiter=service.rate_limiter,
-                                           draining=lambda: service.draining, tls=web_config)
+                                           draining=lambda: service.draining, web_config=web_config)
             except (OSError, ValueError) as exc:
                 return _error(f"cannot serve OTLP/gRPC on {grpc_address}: {exc}")
             log.info("OTLP/gRPC receiver listening on %s (port %d, TLS %s)", grpc_address, grpc.port, tls)

@@ -698,14 +698,15 @@ class OTLPReceiver:
         return 200, media, _encode(response, media)
 
     def start_grpc(self, address: str | None = None, *, bearer_token: str | None = None, basic_auth=None,
-                   rate_limiter=None, draining=None, tls=None):
+                   rate_limiter=None, draining=None, web_config=None):
         """The OTLP/gRPC TraceService on `address` (default otlp.grpc_listen_address); a handle with
         .port and .stop().  With `bearer_token`, calls may send `authorization: Bearer <token>`, with
         `basic_auth` (the web config's webconfig.BasicAuth) `Basic <user:password>`; with either, they must.
         With `rate_limiter` (the HTTP service's webconfig.RateLimiter) calls beyond it are RESOURCE_EXHAUSTED,
         counted against the same bucket as HTTP requests; while `draining()` is true, new calls are
-        UNAVAILABLE.  With `tls` (the web config's webconfig.TLSServerConfig) it serves TLS only; a setting grpcio cannot
-        enforce is a webconfig.WebConfigError naming the key."""
+        UNAVAILABLE.  `web_config` (a webconfig.WatchedWebConfig, re-read as it changes) adds its users to
+        what `basic_auth` checks and, when it sets tls_server_config, makes it serve TLS only; a setting
+        grpcio cannot enforce is a webconfig.WebConfigError naming the key."""
         from .otlp_grpc import start_grpc_receiver
         address = self.config.otlp.grpc_listen_address if address is None else address
         if not address:
@@ -713,7 +714,7 @@ class OTLPReceiver:
         handle = start_grpc_receiver(self, address, invalid=OTLPDecodeError,
                                      max_message_bytes=self.config.server.max_body_bytes, bearer_token=bearer_token,
                                      basic_auth=basic_auth, rate_limiter=rate_limiter,
-                                     draining=draining, tls=tls)
+                                     draining=draining, web_config=web_config)
         self._grpc_servers.append(handle)
         return handle
 

@@ -266,27 +266,26 @@ class _Admission(grpc.aio.ServerInterceptor):
 def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None, basic_auth=None, rate_limiter=None,
                         draining: Callable[[], bool] | None = None,
-                        tls: WatchedWebConfig | None = None) -> GrpcReceiverHandle:
+                        web_config: WatchedWebConfig | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
-    `tls` is the web config (a webconfig.WatchedWebConfig, re-read as it changes; the name is the one
-    otlp.OTLPReceiver.start_grpc passes it by): its basic_auth_users, checked by `basic_auth` (the HTTP
-    service's webconfig.BasicAuth, one cache for both), `bearer_token` and `rate_limiter` (the HTTP
-    service's webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is
+    `web_config` (a webconfig.WatchedWebConfig, re-read as it changes): its basic_auth_users, checked
+    by `basic_auth` (the HTTP service's webconfig.BasicAuth, one cache for both), `bearer_token` and
+    `rate_limiter` (the HTTP service's webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is
     true (the HTTP service's graceful drain) new calls are UNAVAILABLE; when its tls_server_config is
     set at start it serves TLS only, or raises WebConfigError (see the module).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
-    web_config = _EnforceableWebConfig(tls) if tls is not None else None
-    serves_tls = web_config is not None and web_config.tls_at_start is not None
-    credentials = server_credentials(web_config, tls.initial) if serves_tls else None
+    enforced = _EnforceableWebConfig(web_config) if web_config is not None else None
+    serves_tls = enforced is not None and enforced.tls_at_start is not None
+    credentials = server_credentials(enforced, web_config.initial) if serves_tls else None
     # client_allowed_sans needs RequireAndVerifyClientCert, which a reload cannot change here (see the module).
-    checks_sans = serves_tls and web_config.tls_at_start.client_auth_type == "RequireAndVerifyClientCert"
+    checks_sans = serves_tls and enforced.tls_at_start.client_auth_type == "RequireAndVerifyClientCert"
 
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
         # On each call, with the config of the moment: grpcio gives no hook at the handshake.
-        if checks_sans and not _allowed_peer(web_config, context):
+        if checks_sans and not _allowed_peer(enforced, context):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "the client certificate has no allowed SAN")
         try:
             return receiver.export_serialized(data).SerializeToString()
@@ -296,7 +295,7 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
         guarded = bearer_token or web_config is not None or rate_limiter is not None or draining is not None
-        interceptors = [_Admission(bearer_token, basic_auth or BasicAuth(), web_config, rate_limiter,
+        interceptors = [_Admission(bearer_token, basic_auth or BasicAuth(), enforced, rate_limiter,
                                    draining)] if guarded else None
         # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
         # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see

@@ -140,14 +140,6 @@ def _check_peer(request: _Request, web_config: LoadedWebConfig) -> None:
         raise HTTPError(HTTPStatus.FORBIDDEN, "the client certificate has no allowed SAN")
 
 
-def _configured_headers(web_config: LoadedWebConfig | None) -> list[tuple[bytes, bytes]]:
-    """http_server_config.headers as ASGI headers; none while the web config is invalid."""
-    if web_config is None:
-        return []
-    return [(name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in web_config.config.headers.items()]
-
-
 def read_bearer_token(path: str) -> str | None:
     """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file (credentials.py)."""
     return read_secret(path, "server.bearer_token_file", env=BEARER_TOKEN_ENV)
@@ -342,7 +334,8 @@ class ExporterApp:
         finally:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
-        headers = [(b"content-type", response.content_type), *response.headers, *_configured_headers(web_config)]
+        headers = [(b"content-type", response.content_type), *response.headers,
+                   *(web_config.response_headers if web_config is not None else ())]
         if response.stream is not None and request.method == "HEAD":
             # GET's headers (no length: GET streams); the pieces are not rendered.
             await send({"type": "http.response.start", "status": response.status, "headers": headers})

@@ -349,12 +349,15 @@ def allowed_peer(tls: TLSServerConfig, certificate: dict | None) -> bool:
 
 class LoadedWebConfig:
     """A valid web config with its TLS files read and its SSLContext built (which checks that the key
-    matches the certificate): what a request or a TLS handshake uses."""
+    matches the certificate), and the headers every response carries, encoded once: what a request or a
+    TLS handshake uses."""
 
-    __slots__ = ("config", "tls_files", "ssl_context")
+    __slots__ = ("config", "tls_files", "ssl_context", "response_headers")
 
     def __init__(self, config: WebConfig):
         self.config = config
+        self.response_headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                 for name, value in config.headers.items()]
         self.tls_files = read_tls_files(config.tls) if config.tls is not None else None
         self.ssl_context = ssl_context(config.tls, self.tls_files) if config.tls is not None else None
 
