@@ -148,6 +148,9 @@ EXPORTER_BUILD_INFO = _spec(
 EXPORTER_HTTP_REQUESTS = _spec(
     "exporter_http_requests_total", COUNTER,
     "HTTP requests the exporter answered, by handler and status code.", ("handler", "code"), fixed=True)
+EXPORTER_GRPC_REQUESTS = _spec(
+    "exporter_grpc_requests_total", COUNTER,
+    "OTLP/gRPC calls the exporter answered, by method and gRPC status code.", ("method", "code"), fixed=True)
 EXPORTER_OTLP_SPANS = _spec(
     "exporter_otlp_spans_total", COUNTER,
     "OTLP spans received: mapped to events, ignored (no GenAI meaning) or rejected.", ("outcome",), fixed=True)
@@ -162,7 +165,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     LLM_COST, USAGE_UNKNOWN, TOOL_CALLS, TOOL_CALL_DURATION, STATE_TRANSITIONS, WORKFLOW_RUNS,
     WORKFLOW_DURATION, EVALUATION_SCORE, RETRIES, FALLBACKS, CIRCUIT_BREAKER_STATE, SELECTOR_WEIGHT,
     FLEET_SOURCE_UP, COST_BUDGET, EXPORTER_EVENTS, EXPORTER_EVENTS_REJECTED, EXPORTER_SERIES_OVERFLOW,
-    EXPORTER_BUILD_INFO, EXPORTER_HTTP_REQUESTS, EXPORTER_OTLP_SPANS, EXPORTER_OTLP_FORWARDED_SPANS,
+    EXPORTER_BUILD_INFO, EXPORTER_HTTP_REQUESTS, EXPORTER_GRPC_REQUESTS, EXPORTER_OTLP_SPANS,
+    EXPORTER_OTLP_FORWARDED_SPANS,
 )
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
 

@@ -711,7 +711,7 @@ class OTLPReceiver:
         address = self.config.otlp.grpc_listen_address if address is None else address
         if not address:
             raise ValueError("otlp.grpc_listen_address: no address to listen on")
-        handle = start_grpc_receiver(self, address, invalid=OTLPDecodeError,
+        handle = start_grpc_receiver(self, address, store=self._telemetry.store, invalid=OTLPDecodeError,
                                      max_message_bytes=self.config.server.max_body_bytes, bearer_token=bearer_token,
                                      basic_auth=basic_auth, rate_limiter=rate_limiter,
                                      draining=draining, web_config=web_config)
@@ -928,7 +928,6 @@ def _encode(message, media: str) -> bytes:
 
 # -- pass-through ---------------------------------------------------------------------
 
-GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CLOSE_SECONDS = 5.0         # the longest close() waits for the backend to take what is queued
 
 
@@ -962,11 +961,13 @@ class _Forwarder:
         headers = dict(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
+
+            from .otlp_grpc import EXPORT_METHOD
             # HOST:PORT of the URL, any path aside, as the SDK's OTLP/gRPC exporter (the exporter's own traces) takes it.
             endpoint = urlsplit(tracing.otlp_endpoint)
             self._channel = (grpc.insecure_channel(endpoint.netloc) if endpoint.scheme == "http"
                              else grpc.secure_channel(endpoint.netloc, grpc.ssl_channel_credentials()))
-            call = self._channel.unary_unary(GRPC_EXPORT_METHOD)   # bytes in, bytes out
+            call = self._channel.unary_unary(EXPORT_METHOD)   # bytes in, bytes out
             metadata = [(key.lower(), value) for key, value in headers.items()]
             self._send = lambda data: call(data, timeout=self._timeout, metadata=metadata)
         else:

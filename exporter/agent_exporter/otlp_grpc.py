@@ -45,6 +45,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 from concurrent import futures
 
 import grpc
@@ -54,6 +55,9 @@ from .webconfig import BasicAuth, LoadedWebConfig, TLSServerConfig, WatchedWebCo
 _log = logging.getLogger(__name__)
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+EXPORT_METHOD = f"/{SERVICE}/Export"
+# The `method` label of a call to any other method: a client names whatever method it likes.
+OTHER_METHOD = "other"
 WORKERS = 4
 # grpcio takes channel arguments as C ints; a protobuf message is below 2 GiB anyway.
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -217,29 +221,33 @@ class _Admission(grpc.aio.ServerInterceptor):
     The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
 
     def __init__(self, token: str | None, basic_auth: BasicAuth, web_config: _EnforceableWebConfig | None,
-                 rate_limiter, draining):
+                 rate_limiter, draining, count: Callable[[str, str], None]):
         self._token = token.encode() if token else None
         self._basic_auth = basic_auth
         self._web_config = web_config
         self._rate_limiter = rate_limiter
         self._draining = draining
-        # Request-streaming, so that grpcio does not wait for the request before the call is refused.
-        self._unauthenticated = grpc.stream_unary_rpc_method_handler(self._refuse(
-            grpc.StatusCode.UNAUTHENTICATED, "valid credentials are required"))
-        self._exhausted = grpc.stream_unary_rpc_method_handler(self._refuse(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded"))
-        self._unavailable = grpc.stream_unary_rpc_method_handler(self._refuse(
-            grpc.StatusCode.UNAVAILABLE, "the exporter is shutting down"))
-        self._misconfigured = grpc.stream_unary_rpc_method_handler(self._refuse(
-            grpc.StatusCode.UNAVAILABLE, "the exporter's web config is invalid; see the exporter's log"))
-
-    @staticmethod
-    def _refuse(code: grpc.StatusCode, message: str):
-        async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(code, message)
-        return refuse
+        self._count = count
+        self._unauthenticated = _Refusal(grpc.StatusCode.UNAUTHENTICATED, "valid credentials are required")
+        self._exhausted = _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
+        self._unavailable = _Refusal(grpc.StatusCode.UNAVAILABLE, "the exporter is shutting down")
+        self._misconfigured = _Refusal(grpc.StatusCode.UNAVAILABLE,
+                                       "the exporter's web config is invalid; see the exporter's log")
 
     async def intercept_service(self, continuation, handler_call_details):
+        """The call's handler, or one that refuses it; every refusal is counted here, an answered call by
+        its handler."""
+        method = handler_call_details.method if handler_call_details.method == EXPORT_METHOD else OTHER_METHOD
+        refusal = await self._refusal(handler_call_details)
+        if refusal is not None:
+            self._count(method, refusal.code.name)
+            return refusal.handler
+        handler = await continuation(handler_call_details)
+        if handler is None:     # no such method: grpcio answers UNIMPLEMENTED
+            self._count(method, grpc.StatusCode.UNIMPLEMENTED.name)
+        return handler
+
+    async def _refusal(self, handler_call_details) -> _Refusal | None:
         if self._draining is not None and self._draining():
             return self._unavailable
         try:
@@ -249,21 +257,32 @@ class _Admission(grpc.aio.ServerInterceptor):
         if self._rate_limiter is not None and not self._rate_limiter.allow():
             return self._exhausted
         if self._token is None and not users:
-            return await continuation(handler_call_details)
+            return None
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         scheme, _, credentials = sent.partition(" ")
         scheme = scheme.lower()
         if self._token is not None and scheme == "bearer" and hmac.compare_digest(
                 credentials.strip().encode(), self._token):
-            return await continuation(handler_call_details)
+            return None
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
         if users and scheme == "basic" and await asyncio.get_running_loop().run_in_executor(
                 None, self._basic_auth.check_credentials, users, credentials):
-            return await continuation(handler_call_details)
+            return None
         return self._unauthenticated
 
 
-def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max_message_bytes: int,
+class _Refusal:
+    """A call refused before its request is read: its status code and the handler that answers it."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(code, message)
+        self.code = code
+        # Request-streaming, so that grpcio does not wait for the request before the call is refused.
+        self.handler = grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def start_grpc_receiver(receiver, address: str, *, store, invalid: type[Exception], max_message_bytes: int,
                         bearer_token: str | None = None, basic_auth=None, rate_limiter=None,
                         draining: Callable[[], bool] | None = None,
                         web_config: WatchedWebConfig | None = None) -> GrpcReceiverHandle:
@@ -275,6 +294,9 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
     `rate_limiter` (the HTTP service's webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is
     true (the HTTP service's graceful drain) new calls are UNAVAILABLE; when its tls_server_config is
     set at start it serves TLS only, or raises WebConfigError (see the module).
+    Every call it answers is counted in `store`'s orchestrator_exporter_grpc_requests_total by method
+    and status code, but those grpc core ends before they reach the server's code (a message over the
+    size limit, a failed handshake).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
     enforced = _EnforceableWebConfig(web_config) if web_config is not None else None
@@ -286,22 +308,30 @@ def start_grpc_receiver(receiver, address: str, *, invalid: type[Exception], max
     def export(data: bytes, context: grpc.ServicerContext) -> bytes:
         # On each call, with the config of the moment: grpcio gives no hook at the handshake.
         if checks_sans and not _allowed_peer(enforced, context):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "the client certificate has no allowed SAN")
+            answer(context, grpc.StatusCode.PERMISSION_DENIED, "the client certificate has no allowed SAN")
         try:
-            return receiver.export_serialized(data).SerializeToString()
+            response = receiver.export_serialized(data).SerializeToString()
         except invalid as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            answer(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:  # noqa: BLE001 - a fault is an INTERNAL answer, logged and counted, as HTTP's 500
+            _log.error("%s failed", EXPORT_METHOD, exc_info=True)
+            answer(context, grpc.StatusCode.INTERNAL, "internal error; see the exporter's log")
+        store.count_grpc_request(EXPORT_METHOD, grpc.StatusCode.OK.name)
+        return response
+
+    def answer(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+        store.count_grpc_request(EXPORT_METHOD, code.name)
+        context.abort(code, message)
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        guarded = bearer_token or web_config is not None or rate_limiter is not None or draining is not None
-        interceptors = [_Admission(bearer_token, basic_auth or BasicAuth(), enforced, rate_limiter,
-                                   draining)] if guarded else None
+        admission = _Admission(bearer_token, basic_auth or BasicAuth(), enforced, rate_limiter, draining,
+                               store.count_grpc_request)
         # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
         # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see
         # the module), and grpc core drops a connection whose TLS handshake stalls after 120 s
         # (grpc.server_handshake_timeout_ms).
-        server = grpc.aio.server(workers, interceptors=interceptors, options=[
+        server = grpc.aio.server(workers, interceptors=[admission], options=[
             ("grpc.max_receive_message_length", min(max_message_bytes, MAX_MESSAGE_BYTES)),
             ("grpc.so_reuseport", 0)])      # a taken port is an error, not shared
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(

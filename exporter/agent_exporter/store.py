@@ -220,6 +220,7 @@ class SeriesStore:
         self._rejected: _Scalars = f[catalog.EXPORTER_EVENTS_REJECTED.name]
         self._overflow: _Scalars = f[catalog.EXPORTER_SERIES_OVERFLOW.name]
         self._http_requests: _Scalars = f[catalog.EXPORTER_HTTP_REQUESTS.name]
+        self._grpc_requests: _Scalars = f[catalog.EXPORTER_GRPC_REQUESTS.name]
         self._otlp_spans: _Scalars = f[catalog.EXPORTER_OTLP_SPANS.name]
         self._forwarded_spans: _Scalars = f[catalog.EXPORTER_OTLP_FORWARDED_SPANS.name]
         # The fields that decide an agent execution's series, read in one C call; the tuple
@@ -283,6 +284,10 @@ class SeriesStore:
     def count_http_request(self, handler: str, code: int) -> None:
         with self._lock:
             self._add(self._http_requests, (handler, str(code)), 1)
+
+    def count_grpc_request(self, method: str, code: str) -> None:
+        with self._lock:
+            self._add(self._grpc_requests, (method, code), 1)
 
     def count_otlp_spans(self, outcome: str, n: int = 1) -> None:
         with self._lock:

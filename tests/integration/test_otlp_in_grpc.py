@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent_exporter import catalog, otlp_grpc, stack
 from agent_exporter.config import Config, OTLPConfig, ServerConfig
-from agent_exporter.otlp import GRPC_EXPORT_METHOD, OTLPReceiver
+from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.server import parse_listen_address
 from agent_exporter.telemetry import Telemetry
 
@@ -79,7 +79,7 @@ def test_genai_spans_are_mapped(tel, served):
 
 def test_malformed_body_is_invalid_argument_and_counts_nothing(tel, served):
     _, channel = served
-    export_bytes = channel.unary_unary(GRPC_EXPORT_METHOD)     # sends the bytes as they are
+    export_bytes = channel.unary_unary(otlp_grpc.EXPORT_METHOD)     # sends the bytes as they are
     with pytest.raises(grpc.RpcError) as info:
         export_bytes(b"\x0a\x05\xff\xff", timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -126,6 +126,60 @@ def test_bearer_token_is_required_when_set(tel):
             assert spans_counted(tel) == {"mapped": 1}
     finally:
         receiver.close()
+
+
+def calls_counted(tel) -> dict:
+    return {(s.labels["method"], s.labels["code"]): s.value
+            for family in parse_text(tel.render().decode()) for s in family.samples
+            if s.name == catalog.EXPORTER_GRPC_REQUESTS.name}
+
+
+class FaultyReceiver(OTLPReceiver):
+    def export_serialized(self, data):
+        raise RuntimeError("a bug in the mapping")
+
+
+def test_every_answered_call_is_counted_by_method_and_code(tel, caplog):
+    # As orchestrator_exporter_http_requests_total counts HTTP: refusals, faults and unknown methods too.
+    draining = False
+    receiver = OTLPReceiver(tel)
+    handle = receiver.start_grpc("127.0.0.1:0", bearer_token="s3cret", draining=lambda: draining)
+    faulty = FaultyReceiver(tel)
+    faulty_handle = faulty.start_grpc("127.0.0.1:0")
+    token = (("authorization", "Bearer s3cret"),)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = TraceServiceStub(channel)
+            stub.Export(request(agent_span(1)), metadata=token, timeout=10)
+            stub.Export(ExportTraceServiceRequest(), metadata=token, timeout=10)
+            calls = [lambda: stub.Export(request(agent_span(1)), timeout=10),
+                     lambda: channel.unary_unary(otlp_grpc.EXPORT_METHOD)(b"\x0a\x05\xff\xff", metadata=token,
+                                                                          timeout=10),
+                     lambda: channel.unary_unary("/no.such.Service/Call")(b"", metadata=token, timeout=10)]
+            codes = []
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                codes.append(info.value.code())
+            draining = True
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(request(agent_span(1)), metadata=token, timeout=10)
+            codes.append(info.value.code())
+        with grpc.insecure_channel(f"127.0.0.1:{faulty_handle.port}") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                TraceServiceStub(channel).Export(request(agent_span(1)), timeout=10)
+            codes.append(info.value.code())
+            assert "internal error" in info.value.details()
+    finally:
+        receiver.close()
+        faulty.close()
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
+                     grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL]
+    export = otlp_grpc.EXPORT_METHOD
+    assert calls_counted(tel) == {(export, "OK"): 2, (export, "UNAUTHENTICATED"): 1, (export, "INVALID_ARGUMENT"): 1,
+                                  ("other", "UNIMPLEMENTED"): 1, (export, "UNAVAILABLE"): 1, (export, "INTERNAL"): 1}
+    faults = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert [r.exc_info[0] for r in faults] == [RuntimeError]
 
 
 class Serve:
@@ -262,7 +316,7 @@ class StalledCalls:
                           for _ in range(count)]
         for channel in self._channels:
             grpc.channel_ready_future(channel).result(timeout=10)
-        self.calls = [channel.stream_unary(GRPC_EXPORT_METHOD).future(self._never(), metadata=metadata)
+        self.calls = [channel.stream_unary(otlp_grpc.EXPORT_METHOD).future(self._never(), metadata=metadata)
                       for channel in self._channels]
         for _ in range(count):
             assert self._asked.acquire(timeout=10), "a call did not start"
@@ -310,7 +364,7 @@ def test_request_over_the_size_limit_is_resource_exhausted(tel, compression):
     assert len(over) > 10_000 > len(gzip.compress(over))       # over the limit only once decompressed
     try:
         with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
-            export_bytes = channel.unary_unary(GRPC_EXPORT_METHOD)
+            export_bytes = channel.unary_unary(otlp_grpc.EXPORT_METHOD)
             with pytest.raises(grpc.RpcError) as info:
                 export_bytes(over, timeout=10, compression=compression)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -657,6 +657,13 @@ def exporter_health(config: Config) -> dict:
                    [query(f"sum by (handler, code) ({q.rate(catalog.EXPORTER_HTTP_REQUESTS.name)})",
                           "{{handler}} {{code}}")],
                    unit="reqps", min=0),
+        timeseries("OTLP/gRPC calls by code",
+                   "Calls the OTLP/gRPC receiver (otlp.grpc_listen_address) answered per second, by gRPC "
+                   "status code: UNAUTHENTICATED and RESOURCE_EXHAUSTED are refused credentials and the "
+                   "rate limit, INTERNAL a fault in the exporter, logged with its traceback. Empty without "
+                   "the gRPC receiver.",
+                   [query(f"sum by (code) ({q.rate(catalog.EXPORTER_GRPC_REQUESTS.name)})", "{{code}}")],
+                   unit="reqps", min=0),
         timeseries("OTLP spans received by outcome",
                    "GenAI spans mapped to events, spans with no GenAI meaning ignored, and spans "
                    "rejected, per second (POST /v1/traces and the OTLP/gRPC receiver).",
