@@ -19,7 +19,9 @@ threshold crossing is placed between two steps, never on one.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 from ..config import Config, SLOConfig
 from ..durations import prometheus_duration, prometheus_seconds
@@ -177,14 +179,68 @@ def _minimum_tests(c: _Cases, name: str, window: str, what: str, make, labels: d
 # -- agents and tools ----------------------------------------------------------------
 
 
-def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float, what: str) -> list:
+class _Split(NamedTuple):
+    """Events per step of a ratio alert's series: `bad` of `bad + good` count against it."""
+    bad: int
+    good: int
+
+    @property
+    def ratio(self) -> float:
+        return self.bad / (self.bad + self.good)
+
+
+@dataclass(frozen=True)
+class _RatioPlan:
+    """The per-step splits and the evaluation times of a ratio alert's tests over the rate window."""
+    over: _Split        # just above the threshold
+    under: _Split       # just under it
+    fire: _Split        # clearly above it, with the minimum count even in a window a restart cut short
+    fires_at: int       # when a breach from the second sample on has been true for the alert's `for:`
+    late: float         # past `fires_at` and a full window
+    reset_at: int       # a restart's sample, inside the window that ends at `late`
+
+
+def _ratio_plan(c: _Cases, name: str, threshold: float) -> _RatioPlan:
     window = prometheus_seconds(c.config.alerting.rate_window)
-    over_e, over_s = _over_ratio(threshold)
-    under_e, under_s = _under_ratio(threshold)
-    fire_e, fire_s = _fire_ratio(threshold, c.minimum, int(window // c.step))
-    fires_at = _firing_after(c.step, c.pending(name), c.step)     # true from the second sample on
+    fires_at = _firing_after(c.step, c.pending(name), c.step)
     late = max(fires_at, window) + 10 * c.step
-    reset_at = int(late // c.step) - int(window // c.step) // 2 - 2
+    return _RatioPlan(
+        over=_Split(*_over_ratio(threshold)), under=_Split(*_under_ratio(threshold)),
+        fire=_Split(*_fire_ratio(threshold, c.minimum, int(window // c.step))),
+        fires_at=fires_at, late=late, reset_at=int(late // c.step) - int(window // c.step) // 2 - 2)
+
+
+def _ratio_alert_tests(c: _Cases, name: str, plan: _RatioPlan, found: dict, what: str, *, above: list,
+                       quiet: list, across_reset: list, few, few_found: dict | None = None,
+                       every_bad: tuple[str, list] | None = None, above_detail: str = "") -> list:
+    """The standard cases of the ratio alert `name`, which reports `found`, from each case's input
+    series, made from `plan`'s splits: `above` at `plan.over`; `every_bad` (what happens, and its
+    series) nothing but bad events; `quiet` at `plan.under`, without traffic, and another job's
+    breach; `across_reset` a breach at `plan.fire` and a series at `plan.under`, both restarting at
+    `plan.reset_at`.  `few(per_step)` gives the series of both sides of the minimum, `what` its events,
+    and `few_found` the alert's labels on them if not `found`."""
+    tests = [
+        {"name": f"{name} fires at the right time just above the threshold{above_detail}",
+         "input_series": above,
+         "alert_rule_test": [_check(name, plan.fires_at - c.step),
+                             _check(name, plan.fires_at, [c.expected(name, found, plan.over.ratio)])]},
+    ]
+    if every_bad:
+        happens, series = every_bad
+        tests.append({"name": f"{name} fires when {happens}", "input_series": series,
+                      "alert_rule_test": [_check(name, plan.fires_at, [c.expected(name, found, 1)])]})
+    return tests + [
+        {"name": f"{name} stays quiet just under the threshold, without traffic, and for another job",
+         "input_series": quiet,
+         "alert_rule_test": [_check(name, plan.late)]},
+        {"name": f"{name} across a counter reset",
+         "input_series": across_reset,
+         "alert_rule_test": [_check(name, plan.late, [c.expected(name, found, plan.fire.ratio)])]},
+    ] + _minimum_tests(c, name, c.config.alerting.rate_window, what, few, few_found or found, 1)
+
+
+def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float, what: str) -> list:
+    plan = _ratio_plan(c, name, threshold)
 
     def pair(value_label, errors, successes, reset=None, **where):
         return [c.series(metric, _counter(errors, reset), **{label: value_label}, status="error", **where),
@@ -192,27 +248,16 @@ def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float
 
     # Healthy traffic of the same name in a second environment: summed with the breach,
     # it would bring the ratio under the threshold.
-    elsewhere = pair("breach", 0, 100 * (over_e + over_s), env=1) if c.group_labels else []
-    return [
-        {"name": f"{name} fires at the right time just above the threshold",
-         "input_series": pair("breach", over_e, over_s) + elsewhere,
-         "alert_rule_test": [
-             _check(name, fires_at - c.step),
-             _check(name, fires_at, [c.expected(name, {label: "breach"}, over_e / (over_e + over_s))])]},
-        {"name": f"{name} stays quiet just under the threshold, without traffic, and for another job",
-         "input_series": pair("under", under_e, under_s) + [
-             c.series(metric, f"0x{SAMPLES}", **{label: "idle"}, status="success"),
-             c.series(metric, f"0x{SAMPLES}", **{label: "idle"}, status="error")]
-         + pair("breach", over_e, over_s, job=c.other_job),
-         "alert_rule_test": [_check(name, late)]},
-        {"name": f"{name} across a counter reset",
-         "input_series": pair("breach", fire_e, fire_s, reset_at) + pair("under", under_e, under_s, reset_at),
-         "alert_rule_test": [
-             _check(name, late, [c.expected(name, {label: "breach"}, fire_e / (fire_e + fire_s))])]},
-    ] + _minimum_tests(
-        c, name, c.config.alerting.rate_window, what,
-        lambda per_step: [c.series(metric, _counter(per_step), **{label: "few"}, status="error")],
-        {label: "few"}, 1.0)
+    elsewhere = pair("breach", 0, 100 * sum(plan.over), env=1) if c.group_labels else []
+    idle = [c.series(metric, f"0x{SAMPLES}", **{label: "idle"}, status="success"),
+            c.series(metric, f"0x{SAMPLES}", **{label: "idle"}, status="error")]
+    return _ratio_alert_tests(
+        c, name, plan, {label: "breach"}, what,
+        above=pair("breach", *plan.over) + elsewhere,
+        quiet=pair("under", *plan.under) + idle + pair("breach", *plan.over, job=c.other_job),
+        across_reset=pair("breach", *plan.fire, plan.reset_at) + pair("under", *plan.under, plan.reset_at),
+        few=lambda per_step: [c.series(metric, _counter(per_step), **{label: "few"}, status="error")],
+        few_found={label: "few"})
 
 
 def _histogram(c: _Cases, metric: str, bounds, per_bucket: dict[int, float], reset_at=None, **labels) -> list:
@@ -651,14 +696,8 @@ def _exporter_tests(c: _Cases) -> list:
     down_at = _firing_after(2 * c.step, c.pending(down), c.step)      # down from the third sample on
     absent_at = _firing_after(0, c.pending(absent), c.step)
     gone_at = _firing_after(21 * c.step, c.pending(absent), c.step)
-    threshold = c.config.alerting.thresholds.rejected_events_ratio
-    window = prometheus_seconds(c.config.alerting.rate_window)
-    bad, good = _fire_ratio(threshold, c.minimum, int(window // c.step))
-    over_bad, over_good = _over_ratio(threshold)
-    under_bad, under_good = _under_ratio(threshold)
-    fires_at = _firing_after(c.step, c.pending(rejected), c.step)
-    late = max(fires_at, window) + 10 * c.step
-    reset_at = int(late // c.step) - int(window // c.step) // 2 - 2
+    plan = _ratio_plan(c, rejected, c.config.alerting.thresholds.rejected_events_ratio)
+    over, under, fire = plan.over, plan.under, plan.fire
 
     def events(accepted, refused, reset=None, **where):
         found = [c.series(REJECTED, _counter(refused, reset), reason="invalid_value", **where)]
@@ -691,38 +730,23 @@ def _exporter_tests(c: _Cases) -> list:
                           c.series(BUILD_INFO, f"1x{SAMPLES}", env=1, version="1.0.0")],
          "alert_rule_test": [_check(absent, gone_at - c.step),
                              _check(absent, gone_at, [c.expected(absent, {"job": c.job}, 1)])]},
-    ] if c.group_labels else []) + [
-        {"name": f"{rejected} fires at the right time just above the threshold",
-         "input_series": events(over_good, over_bad),
-         "alert_rule_test": [
-             _check(rejected, fires_at - c.step),
-             _check(rejected, fires_at, [c.expected(rejected, target, over_bad / (over_bad + over_good))])]},
-        {"name": f"{rejected} fires when every event is rejected",
-         "input_series": events(None, 2 * c.minimum),
-         "alert_rule_test": [_check(rejected, fires_at, [c.expected(rejected, target, 1)])]},
-        {"name": f"{rejected} stays quiet just under the threshold, without traffic, and for another job",
-         "input_series": events(under_good, under_bad) + events(0, 0, instance="idle:9464")
-         + events(over_good, over_bad, job=c.other_job),
-         "alert_rule_test": [_check(rejected, late)]},
-        {"name": f"{rejected} across a counter reset",
-         "input_series": events(good, bad, reset_at) + events(under_good, under_bad, reset_at, instance="calm:9464"),
-         "alert_rule_test": [_check(rejected, late, [c.expected(rejected, target, bad / (bad + good))])]},
-    ] + _minimum_tests(c, rejected, c.config.alerting.rate_window, "events",
-                       lambda per_step: events(None, per_step), target, 1)
+    ] if c.group_labels else []) + _ratio_alert_tests(
+        c, rejected, plan, target, "events",
+        above=events(over.good, over.bad),
+        every_bad=("every event is rejected", events(None, 2 * c.minimum)),
+        quiet=events(under.good, under.bad) + events(0, 0, instance="idle:9464")
+        + events(over.good, over.bad, job=c.other_job),
+        across_reset=events(fire.good, fire.bad, plan.reset_at)
+        + events(under.good, under.bad, plan.reset_at, instance="calm:9464"),
+        few=lambda per_step: events(None, per_step))
 
 
 def _forwarding_tests(c: _Cases) -> list:
     """Spans forwarded to the tracing backend (otlp.forward_spans) that were dropped or failed."""
     name = "OrchestratorSpansNotForwarded"
     target = {"job": c.job, "instance": INSTANCE}
-    threshold = c.config.alerting.thresholds.unforwarded_spans_ratio
-    window = prometheus_seconds(c.config.alerting.rate_window)
-    bad, good = _fire_ratio(threshold, c.minimum, int(window // c.step))
-    over_bad, over_good = _over_ratio(threshold)
-    under_bad, under_good = _under_ratio(threshold)
-    fires_at = _firing_after(c.step, c.pending(name), c.step)
-    late = max(fires_at, window) + 10 * c.step
-    reset_at = int(late // c.step) - int(window // c.step) // 2 - 2
+    plan = _ratio_plan(c, name, c.config.alerting.thresholds.unforwarded_spans_ratio)
+    over, under, fire = plan.over, plan.under, plan.fire
 
     def spans(sent, dropped, failed, reset=None, **where):
         # Every outcome from the start, as the exporter exposes them (at 0 until the first).
@@ -731,26 +755,18 @@ def _forwarding_tests(c: _Cases) -> list:
 
     # Spans sent without loss by the same instance name in a second environment: summed with
     # the breach, they would bring the ratio under the threshold.
-    elsewhere = spans(100 * (over_bad + over_good), 0, 0, env=1) if c.group_labels else []
-    return [
-        {"name": f"{name} fires at the right time just above the threshold, dropped and failed together",
-         "input_series": spans(over_good, over_bad // 2, over_bad - over_bad // 2) + elsewhere,
-         "alert_rule_test": [
-             _check(name, fires_at - c.step),
-             _check(name, fires_at, [c.expected(name, target, over_bad / (over_bad + over_good))])]},
-        {"name": f"{name} fires when every span is dropped (a stuck backend)",
-         "input_series": spans(0, 2 * c.minimum, 0),
-         "alert_rule_test": [_check(name, fires_at, [c.expected(name, target, 1)])]},
-        {"name": f"{name} stays quiet just under the threshold, without traffic, and for another job",
-         "input_series": spans(under_good, under_bad, 0) + spans(0, 0, 0, instance="idle:9464")
-         + spans(over_good, 0, over_bad, job=c.other_job),
-         "alert_rule_test": [_check(name, late)]},
-        {"name": f"{name} across a counter reset",
-         "input_series": spans(good, 0, bad, reset_at) + spans(under_good, under_bad, 0, reset_at,
-                                                              instance="calm:9464"),
-         "alert_rule_test": [_check(name, late, [c.expected(name, target, bad / (bad + good))])]},
-    ] + _minimum_tests(c, name, c.config.alerting.rate_window, "spans",
-                       lambda per_step: spans(0, 0, per_step), target, 1)
+    elsewhere = spans(100 * sum(over), 0, 0, env=1) if c.group_labels else []
+    # Both outcomes count against the ratio: the cases split the bad spans between them.
+    return _ratio_alert_tests(
+        c, name, plan, target, "spans",
+        above=spans(over.good, over.bad // 2, over.bad - over.bad // 2) + elsewhere,
+        above_detail=", dropped and failed together",
+        every_bad=("every span is dropped (a stuck backend)", spans(0, 2 * c.minimum, 0)),
+        quiet=spans(under.good, under.bad, 0) + spans(0, 0, 0, instance="idle:9464")
+        + spans(over.good, 0, over.bad, job=c.other_job),
+        across_reset=spans(fire.good, 0, fire.bad, plan.reset_at)
+        + spans(under.good, under.bad, 0, plan.reset_at, instance="calm:9464"),
+        few=lambda per_step: spans(0, 0, per_step))
 
 
 def _failure_mode_tests(c: _Cases) -> list:
