@@ -40,11 +40,12 @@ RULES_CONFIG = Config(alerting=AlertingConfig(evaluation_interval="1s", rate_win
 pytestmark = pytest.mark.integration
 
 # What GenAI spans never carry: the orchestrator's own state machine, self-healing, evaluations,
-# and the event-ingest health of /v1/events.
+# and the event-ingest health of /v1/events; nor spans sent over OTLP/HTTP, as here, the gRPC
+# receiver's calls (tests/integration/test_dashboard_queries.py feeds that panel).
 UNFED = tuple(spec.name.removesuffix("_total") for spec in (
     catalog.STATE_TRANSITIONS, catalog.RETRIES, catalog.FALLBACKS, catalog.CIRCUIT_BREAKER_STATE,
     catalog.SELECTOR_WEIGHT, catalog.FLEET_SOURCE_UP, catalog.EVALUATION_SCORE, catalog.EXPORTER_EVENTS_REJECTED,
-    catalog.EXPORTER_SERIES_OVERFLOW))
+    catalog.EXPORTER_SERIES_OVERFLOW, catalog.EXPORTER_GRPC_REQUESTS))
 
 
 def fed_by_spans(expr: str) -> bool:
