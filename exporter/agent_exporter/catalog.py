@@ -44,8 +44,8 @@ REJECTION_REASONS: tuple[str, ...] = (
     "missing_field", "invalid_type", "invalid_value", "unknown_type", "not_an_object", "invalid_json",  # an event
     "invalid_body", "body_too_large", "unsupported_media_type")                                      # a request
 OTLP_SPAN_OUTCOMES: tuple[str, ...] = ("mapped", "ignored", "rejected")
-FORWARDED_SPAN_OUTCOMES: tuple[str, ...] = ("sent", "dropped", "failed")
 NOT_FORWARDED_OUTCOMES: tuple[str, ...] = ("dropped", "failed")      # spans the tracing backend never got
+FORWARDED_SPAN_OUTCOMES: tuple[str, ...] = ("sent", *NOT_FORWARDED_OUTCOMES)
 
 # Label values a series folds into once its metric reaches max_series.
 OVERFLOW_VALUE = "__overflow__"
