@@ -99,6 +99,7 @@ RETRY_EVENT = "orchestrator.retry"
 FALLBACK_EVENT = "orchestrator.fallback"
 CIRCUIT_STATE_EVENT = "orchestrator.circuit_state"
 ATTEMPT = "orchestrator.attempt"
+PROBE = "orchestrator.probe"            # a healer's attempt admitted as a half-open breaker probe
 FROM_AGENT = "orchestrator.from_agent"
 TO_AGENT = "orchestrator.to_agent"
 REASON = "orchestrator.reason"

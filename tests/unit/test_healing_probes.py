@@ -4,7 +4,11 @@ import asyncio
 import threading
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agent_exporter import tracing
 from agent_exporter.healing import CircuitBreakers, Healer, RetryPolicy
 
 from clocks import Clock
@@ -111,3 +115,15 @@ def test_an_outcome_without_a_permit_still_counts_as_a_probe():
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state == "closed"
+
+
+def test_an_attempt_admitted_as_a_probe_says_so_on_its_span():
+    healer, clock = half_open_healer()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    healer.tracer = provider.get_tracer("test")
+    healer.run("coding", ("coder",), lambda agent: "done")      # the probe: it closes the breaker
+    healer.run("coding", ("coder",), lambda agent: "done")      # an ordinary call
+    attempts = [dict(s.attributes) for s in exporter.get_finished_spans() if s.name == "attempt coder"]
+    assert [a.get(tracing.PROBE) for a in attempts] == [True, None]

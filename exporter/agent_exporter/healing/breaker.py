@@ -28,8 +28,12 @@ StateListener = Callable[[str, str, str, str], None]
 
 
 class Permit:
-    """One admitted call (see CircuitBreaker.acquire); compared by identity."""
-    __slots__ = ()
+    """One admitted call (see CircuitBreaker.acquire); compared by identity.  `probe`: admitted
+    as one of a half-open round's probes."""
+    __slots__ = ("probe",)
+
+    def __init__(self, probe: bool = False):
+        self.probe = probe
 
 
 class CircuitOpenError(Exception):
@@ -95,7 +99,7 @@ class CircuitBreaker:
                 permit = Permit()
             elif self._state == HALF_OPEN and self._probes_started < self.half_open_probes:
                 self._probes_started += 1
-                permit = Permit()
+                permit = Permit(probe=True)
                 self._probes.add(permit)
             else:
                 permit = None

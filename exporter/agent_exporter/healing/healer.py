@@ -20,7 +20,9 @@ orchestrator_fallbacks_total) while the run's span is current, so the
 `orchestrator.retry`/`orchestrator.fallback` span event tracing.py makes of it
 lands on that span.  Spans: one `heal {task}` span per run, one
 `attempt {agent}` child span per attempt, each retry's span linked to the first
-attempt's.  Without a tracer provider the OpenTelemetry API makes these no-ops.
+attempt's; an attempt admitted as a half-open probe carries `orchestrator.probe=true`,
+so a trace tells the breaker's probes from the selector's choices.  Without a tracer
+provider the OpenTelemetry API makes these no-ops.
 
 `run(..., workflow="name")` records the whole task as one workflow run
 (orchestrator_workflow_runs_total, an invoke_workflow span around the heal
@@ -42,7 +44,7 @@ from contextlib import closing
 from opentelemetry import trace
 
 from .. import events
-from ..tracing import GenAITracer
+from ..tracing import ATTEMPT, GEN_AI_AGENT_NAME, PROBE, GenAITracer
 from .breaker import OPEN, CircuitBreakers, CircuitOpenError
 from .fallback import FallbackChain
 from .retry import RetryPolicy
@@ -222,9 +224,12 @@ class Healer:
                     elif previous not in (None, agent):     # a hand-off is recorded when the work is taken on
                         self._fallback(run_span, previous, agent, reason)
                     links = [trace.Link(first_attempt)] if first_attempt is not None else []
+                    attributes = {GEN_AI_AGENT_NAME: agent, ATTEMPT: attempt}
+                    if permit is not None and permit.probe:
+                        attributes[PROBE] = True
                     span = self.tracer.start_span(
                         f"attempt {agent}", context=trace.set_span_in_context(run_span), links=links,
-                        attributes={"gen_ai.agent.name": agent, "orchestrator.attempt": attempt})
+                        attributes=attributes)
                     if first_attempt is None:
                         first_attempt = span.get_span_context()
                     started = self.clock()
@@ -240,7 +245,7 @@ class Healer:
                         span.end()
                         breaker.record_success(permit)
                         self._observe(task_type, agent, True, latency, value)
-                        run_span.set_attribute("gen_ai.agent.name", agent)
+                        run_span.set_attribute(GEN_AI_AGENT_NAME, agent)
                         return value
                     span.record_exception(value)
                     span.set_status(trace.Status(trace.StatusCode.ERROR, error_type(value)))
