@@ -113,6 +113,8 @@ def _optional_name(field: str, value) -> str | None:
 def _count(field: str, value) -> int:
     if type(value) is int and 0 <= value <= events.MAX_TOKENS:
         return value
+    if type(value) is float and value.is_integer():
+        value = int(value)          # 1200.0, as the event schema takes it (a usage field parsed as a float)
     return _checked(field, value, events.Count)
 
 

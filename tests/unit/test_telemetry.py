@@ -600,6 +600,8 @@ def test_invalid_arguments_raise_value_error_naming_the_field_and_record_nothing
 @pytest.mark.parametrize("usage, field", [
     ({"input_tokens": -1}, "input_tokens"),
     ({"output_tokens": 1.5}, "output_tokens"),
+    ({"reasoning_tokens": math.nan}, "reasoning_tokens"),
+    ({"input_tokens": 1e300}, "input_tokens"),
     ({"cost_usd": math.inf}, "cost_usd"),
     ({"input_tokens": 10, "cost_usd": "free"}, "cost_usd"),
 ])
@@ -613,6 +615,16 @@ def test_invalid_usage_raises_and_adds_nothing(tel, usage, field):
             run.set_model("")
     assert (run.input_tokens, run.output_tokens, run.cost_usd, run.model) == (1, 1, None, "gpt-4o")
     assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="input") == 1
+
+
+def test_usage_takes_integral_float_counts_as_the_event_schema_does(tel):
+    # A usage object parsed from JSON into floats: 1200.0 is 1200, as tel.record() and /v1/events take it.
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(input_tokens=1200.0, output_tokens=3e2, cache_read_tokens=0.0, reasoning_tokens=5.0)
+    assert (run.input_tokens, run.output_tokens, run.cache_read_tokens, run.reasoning_tokens) == (1200, 300, 0, 5)
+    assert all(type(n) is int for n in (run.input_tokens, run.output_tokens, run.cache_read_tokens))
+    assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="input") == 1200
+    assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="reasoning") == 5
 
 
 # -- telemetry faults ---------------------------------------------------------------------
