@@ -33,9 +33,11 @@ WORKFLOW_BUCKETS: tuple[float, ...] = (
 )
 EVALUATION_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-# The disjoint token types of orchestrator_llm_tokens_total: a sum over `type` is
-# every token processed.  `unsplit` holds legacy totals with no input/output split.
-TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning", "unsplit")
+# The disjoint token types of orchestrator_llm_tokens_total: a sum over `type` is every token
+# processed.  Each split type counts an event's `{type}_tokens`; `unsplit` holds totals that do not
+# say how they split (legacy records, spans with only a total).
+SPLIT_TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cache_read", "cache_write", "reasoning")
+UNSPLIT_TOKEN_TYPE = "unsplit"
 
 # The label values of the exporter's own counters.  Their series are there at 0 from the start:
 # a series that first appears at 1 shows no increase to rate(), so the first rejection or drop

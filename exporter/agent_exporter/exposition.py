@@ -125,16 +125,6 @@ def chunks(snapshot: list, openmetrics: bool = False) -> Iterator[bytes]:
         yield EOF
 
 
-def render_text(snapshot: list) -> bytes:
-    """Prometheus text format 0.0.4."""
-    return b"".join(chunks(snapshot, openmetrics=False))
-
-
-def render_openmetrics(snapshot: list) -> bytes:
-    """OpenMetrics 1.0 text, with trace_id exemplars on histogram buckets."""
-    return b"".join(chunks(snapshot, openmetrics=True))
-
-
 def _weights(header: str) -> dict[str, float]:
     """Each value an Accept or Accept-Encoding header lists (lower-cased, parameters dropped) -> its
     q-value (RFC 9110, 12.4.2), the highest where it is listed twice; a q that is not in [0, 1] is 0."""

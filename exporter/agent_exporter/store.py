@@ -28,9 +28,8 @@ _MISSING = ""          # label value for an unset extra label (Prometheus treats
 _UNKNOWN_MODEL = "unknown"
 _DEFAULT_WORKFLOW = "default"
 
-# Token types in the order of _ExecutionSeries' token slots.
-_TOKEN_FIELDS = (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_tokens"),
-                 ("cache_write", "cache_write_tokens"), ("reasoning", "reasoning_tokens"))
+# (token type, event field) in the order of _ExecutionSeries' token slots.
+_TOKEN_FIELDS = tuple((kind, f"{kind}_tokens") for kind in catalog.SPLIT_TOKEN_TYPES)
 
 
 class _Family:
@@ -433,7 +432,7 @@ class SeriesStore:
                         i = self._series_slot(series, position, tokens, (agent, model, kind) + self._extras(e))
                     values[i] += count
         elif e.total_tokens is not None and e.input_tokens is None and e.output_tokens is None:
-            self._add(tokens, (agent, model, "unsplit") + self._extras(e), e.total_tokens)
+            self._add(tokens, (agent, model, catalog.UNSPLIT_TOKEN_TYPE) + self._extras(e), e.total_tokens)
         if e.time_to_first_token_seconds is not None:
             i = series[4]
             if i < 0:

@@ -63,7 +63,6 @@ INSTRUMENTATION_NAME = "agent_exporter"
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
-GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
 # In the conventions input_tokens includes the cache reads and writes, and
 # output_tokens the reasoning; our event fields are disjoint, so spans carry sums.
 GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
