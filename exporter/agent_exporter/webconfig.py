@@ -9,12 +9,13 @@ names are relative to the config file's directory, as in exporter-toolkit.
 
 The file is re-read when it changes, as exporter-toolkit re-reads it on every
 request and every TLS handshake: `WatchedWebConfig.current()` stats the file
-and the files it names (cert_file, key_file, client_ca_file) and reads them
-all again when any of them changed, so a certificate rotated by cert-manager
-or a user added or revoked applies to the next connection or request.  A file
-that became invalid fails closed until it is fixed (requests get 500, TLS
-handshakes fail), logged at error level once per change.  What
-exporter-toolkit builds once at start is read once here too: the rate limit
+and the files it names (cert_file, key_file, client_ca_file), compares their
+contents too while a modification time is too recent to tell two writes
+apart, and reads them all again when any of them changed, so a certificate
+rotated by cert-manager or a user added or revoked applies to the next
+connection or request.  A file that became invalid fails closed until it is
+fixed (requests get 500, TLS handshakes fail), logged at error level once per
+change.  What exporter-toolkit builds once at start is read once here too: the rate limit
 (its token bucket) and whether the server speaks TLS at all (a reload that
 turns TLS on or off is invalid until the next restart).
 
@@ -376,6 +377,31 @@ def _stamps(paths: tuple[Path, ...]) -> tuple:
     return tuple(stamps)
 
 
+# File systems stamp modification times from a coarse clock (a jiffy; a second on some, two on FAT),
+# so two writes of the same size within one tick leave the same stamp.  As git does for its index, a
+# stamp that recent is not trusted alone: the contents are compared too, until a check made once
+# that long has passed since the newest stamp.
+_RACY_NS = 2_000_000_000
+
+
+def _digests(paths: tuple[Path, ...]) -> tuple:
+    """A SHA-256 of each file's contents (None for one that cannot be read): no key material is kept."""
+    digests = []
+    for path in paths:
+        try:
+            digests.append(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            digests.append(None)
+    return tuple(digests)
+
+
+def _trusted_from(stamps: tuple, checked_at_ns: int) -> int | None:
+    """From when the stamps alone can be trusted; None when they already were at `checked_at_ns`
+    (the time taken before the contents were read)."""
+    newest = max((stamp[2] for stamp in stamps if stamp is not None), default=0)
+    return None if checked_at_ns >= newest + _RACY_NS else newest + _RACY_NS
+
+
 def _named_files(config: WebConfig) -> tuple[Path, ...]:
     tls = config.tls
     if tls is None:
@@ -386,9 +412,10 @@ def _named_files(config: WebConfig) -> tuple[Path, ...]:
 class WatchedWebConfig:
     """The web config file at `path` as it is now (see the module).
 
-    `current()` costs a stat of each watched file, no more, so it is called once per request, TLS
-    connection or gRPC call rather than throttled: a change is seen by the very next one, as in
-    exporter-toolkit, which reads the whole file each time.  A file that cannot be read or is invalid
+    `current()` costs a stat of each watched file, no more (for 2 s after a change, also a read and
+    a hash of each: see _RACY_NS), so it is called once per request, TLS connection or gRPC call
+    rather than throttled: a change is seen by the very next one, as in exporter-toolkit, which
+    reads the whole file each time.  A file that cannot be read or is invalid
     at start raises WebConfigError from the constructor (the server does not start)."""
 
     def __init__(self, path):
@@ -396,28 +423,44 @@ class WatchedWebConfig:
         self._lock = threading.Lock()
         self._watched: tuple[Path, ...] = ()
         self._stamp: tuple = ()
+        self._digests: tuple = ()
+        self._trusted_from_ns: int | None = None      # until then, the contents are compared too
         self._error: WebConfigError | None = None
         self.initial = self._loaded = self._load()
 
     def current(self) -> LoadedWebConfig:
         """The config as its files are now; WebConfigError while they are invalid."""
         with self._lock:
-            if _stamps(self._watched) != self._stamp:
+            if _stamps(self._watched) != self._stamp or self._changed_under_the_same_stamp():
                 self._reload()
             if self._error is not None:
                 # A new exception each time: one raised again and again would keep every traceback.
                 raise WebConfigError("", f"the web config {self.path} is invalid: {self._error}")
             return self._loaded
 
+    def _changed_under_the_same_stamp(self) -> bool:
+        if self._trusted_from_ns is None:
+            return False
+        now = time.time_ns()
+        changed = _digests(self._watched) != self._digests
+        if not changed and now >= self._trusted_from_ns:
+            self._trusted_from_ns = None
+        return changed
+
     def _load(self) -> LoadedWebConfig:
-        """Read the file and the files it names.  Each stamp is taken before its file is read, so a change
-        made while reading shows at the next check."""
+        """Read the file and the files it names.  Each stamp and digest is taken before its file is read,
+        so a change made while reading shows at the next check."""
+        started = time.time_ns()
         self._watched = (self.path,)
         self._stamp = _stamps(self._watched)
+        self._digests = _digests(self._watched)
+        self._trusted_from_ns = _trusted_from(self._stamp, started)
         config = read_web_config_file(self.path)
         named = _named_files(config)
         self._watched += named
         self._stamp += _stamps(named)
+        self._digests += _digests(named)
+        self._trusted_from_ns = _trusted_from(self._stamp, started)
         return LoadedWebConfig(config)
 
     def _reload(self) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
+from types import SimpleNamespace
 
 import bcrypt
 import pytest
@@ -212,6 +213,32 @@ def test_a_user_added_or_removed_is_seen_by_the_next_check(tmp_path):
 def test_an_unchanged_file_is_not_read_again(tmp_path):
     watched = WatchedWebConfig(users_file(tmp_path, "alice"))
     assert watched.current() is watched.current() is watched.initial
+
+
+def test_a_file_rewritten_in_place_within_one_timestamp_tick_is_read_again(tmp_path):
+    path = users_file(tmp_path, "alice")
+    watched = WatchedWebConfig(path)
+    before = os.stat(path)
+    path.write_text(path.read_text().replace("alice", "carol"))         # in place, the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))         # within the same tick
+    assert os.stat(path).st_ino == before.st_ino
+    assert set(watched.current().config.basic_auth_users) == {"carol"}
+
+
+def test_the_contents_are_compared_only_while_the_newest_stamp_is_recent(tmp_path, monkeypatch):
+    path = users_file(tmp_path, "alice")
+    watched = WatchedWebConfig(path)
+    reads = []
+    digests = webconfig._digests
+    monkeypatch.setattr(webconfig, "_digests", lambda paths: reads.append(paths) or digests(paths))
+    watched.current()
+    assert reads == [(path,)]
+    settled = os.stat(path).st_mtime_ns + webconfig._RACY_NS
+    monkeypatch.setattr(webconfig, "time", SimpleNamespace(time_ns=lambda: settled))
+    watched.current()           # compared once more, after the tick: from now on the stamps suffice
+    reads.clear()
+    assert watched.current() is watched.initial
+    assert reads == []
 
 
 def test_an_invalid_file_fails_until_fixed_and_is_logged_once(tmp_path, caplog):
