@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     def config_flag(p, help_text="observability YAML (default: built-in defaults)", required=False):
         p.add_argument("--config.file", dest="config_file", metavar="FILE", help=help_text, required=required)
 
-    serve = commands.add_parser("serve", help="run the exporter: /metrics, /v1/events, /v1/alertmanager")
+    serve = commands.add_parser("serve",
+                                help="run the exporter: /metrics, /v1/events, OTLP /v1/traces, /v1/alertmanager")
     config_flag(serve)
     serve.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
                        help="address to listen on (default: server.listen_address, 127.0.0.1:9464)")
@@ -401,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render)
 
     replay = commands.add_parser("replay", help="send a JSONL event log or a legacy metrics JSON to an exporter")
-    replay.add_argument("file", metavar="FILE")
+    replay.add_argument("file", metavar="FILE", help="JSONL events, a JSON array of events, or a legacy metrics JSON")
     replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464")
     replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
     replay.add_argument("--bearer-token-file", metavar="FILE",
