@@ -190,24 +190,34 @@ class _Split(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _RatioPlan:
-    """The per-step splits and the evaluation times of a ratio alert's tests over the rate window."""
-    over: _Split        # just above the threshold
-    under: _Split       # just under it
-    fire: _Split        # clearly above it, with the minimum count even in a window a restart cut short
+class _Timing:
+    """The evaluation times of an alert's tests over the rate window."""
     fires_at: int       # when a breach from the second sample on has been true for the alert's `for:`
     late: float         # past `fires_at` and a full window
     reset_at: int       # a restart's sample, inside the window that ends at `late`
 
 
-def _ratio_plan(c: _Cases, name: str, threshold: float) -> _RatioPlan:
+def _timing(c: _Cases, name: str) -> _Timing:
     window = prometheus_seconds(c.config.alerting.rate_window)
     fires_at = _firing_after(c.step, c.pending(name), c.step)
     late = max(fires_at, window) + 10 * c.step
+    return _Timing(fires_at, late, int(late // c.step) - int(window // c.step) // 2 - 2)
+
+
+@dataclass(frozen=True)
+class _RatioPlan:
+    """The per-step splits and the timing of a ratio alert's tests."""
+    over: _Split        # just above the threshold
+    under: _Split       # just under it
+    fire: _Split        # clearly above it, with the minimum count even in a window a restart cut short
+    timing: _Timing
+
+
+def _ratio_plan(c: _Cases, name: str, threshold: float) -> _RatioPlan:
+    window = prometheus_seconds(c.config.alerting.rate_window)
     return _RatioPlan(
         over=_Split(*_over_ratio(threshold)), under=_Split(*_under_ratio(threshold)),
-        fire=_Split(*_fire_ratio(threshold, c.minimum, int(window // c.step))),
-        fires_at=fires_at, late=late, reset_at=int(late // c.step) - int(window // c.step) // 2 - 2)
+        fire=_Split(*_fire_ratio(threshold, c.minimum, int(window // c.step))), timing=_timing(c, name))
 
 
 def _ratio_alert_tests(c: _Cases, name: str, plan: _RatioPlan, found: dict, what: str, *, above: list,
@@ -217,25 +227,26 @@ def _ratio_alert_tests(c: _Cases, name: str, plan: _RatioPlan, found: dict, what
     series, made from `plan`'s splits: `above` at `plan.over`; `every_bad` (what happens, and its
     series) nothing but bad events; `quiet` at `plan.under`, without traffic, and another job's
     breach; `across_reset` a breach at `plan.fire` and a series at `plan.under`, both restarting at
-    `plan.reset_at`.  `few(per_step)` gives the series of both sides of the minimum, `what` its events,
-    and `few_found` the alert's labels on them if not `found`."""
+    `plan.timing.reset_at`.  `few(per_step)` gives the series of both sides of the minimum, `what`
+    its events, and `few_found` the alert's labels on them if not `found`."""
+    timing = plan.timing
     tests = [
         {"name": f"{name} fires at the right time just above the threshold{above_detail}",
          "input_series": above,
-         "alert_rule_test": [_check(name, plan.fires_at - c.step),
-                             _check(name, plan.fires_at, [c.expected(name, found, plan.over.ratio)])]},
+         "alert_rule_test": [_check(name, timing.fires_at - c.step),
+                             _check(name, timing.fires_at, [c.expected(name, found, plan.over.ratio)])]},
     ]
     if every_bad:
         happens, series = every_bad
         tests.append({"name": f"{name} fires when {happens}", "input_series": series,
-                      "alert_rule_test": [_check(name, plan.fires_at, [c.expected(name, found, 1)])]})
+                      "alert_rule_test": [_check(name, timing.fires_at, [c.expected(name, found, 1)])]})
     return tests + [
         {"name": f"{name} stays quiet just under the threshold, without traffic, and for another job",
          "input_series": quiet,
-         "alert_rule_test": [_check(name, plan.late)]},
+         "alert_rule_test": [_check(name, timing.late)]},
         {"name": f"{name} across a counter reset",
          "input_series": across_reset,
-         "alert_rule_test": [_check(name, plan.late, [c.expected(name, found, plan.fire.ratio)])]},
+         "alert_rule_test": [_check(name, timing.late, [c.expected(name, found, plan.fire.ratio)])]},
     ] + _minimum_tests(c, name, c.config.alerting.rate_window, what, few, few_found or found, 1)
 
 
@@ -255,7 +266,8 @@ def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float
         c, name, plan, {label: "breach"}, what,
         above=pair("breach", *plan.over) + elsewhere,
         quiet=pair("under", *plan.under) + idle + pair("breach", *plan.over, job=c.other_job),
-        across_reset=pair("breach", *plan.fire, plan.reset_at) + pair("under", *plan.under, plan.reset_at),
+        across_reset=(pair("breach", *plan.fire, plan.timing.reset_at)
+                      + pair("under", *plan.under, plan.timing.reset_at)),
         few=lambda per_step: [c.series(metric, _counter(per_step), **{label: "few"}, status="error")],
         few_found={label: "few"})
 
@@ -295,27 +307,24 @@ def _latency_tests(c: _Cases, name: str, metric: str, bounds, threshold: float, 
     slow_p95 = bounds[slow - 1] + 0.95 * (bounds[slow] - bounds[slow - 1])
     # Everything in the highest bucket that ends at or below the threshold: p95 is just under it.
     under = {max(i for i, b in enumerate(bounds) if b <= threshold): 1000}
-    window = prometheus_seconds(c.config.alerting.rate_window)
-    fires_at = _firing_after(c.step, c.pending(name), c.step)
-    late = max(fires_at, window) + 10 * c.step
-    reset_at = int(late // c.step) - int(window // c.step) // 2 - 2
+    timing = _timing(c, name)
     # Many fast observations of the same agent in a second environment: summed with the
     # breach, they would bring the p95 into the first bucket.
     elsewhere = _histogram(c, metric, bounds, {0: 100 * 1000}, env=1, agent="breach", **fixed) if c.group_labels else []
     return [
         {"name": f"{name} fires at the right time just above the threshold",
          "input_series": _histogram(c, metric, bounds, over, agent="breach", **fixed) + elsewhere,
-         "alert_rule_test": [_check(name, fires_at - c.step),
-                             _check(name, fires_at, [c.expected(name, {"agent": "breach", **fixed}, p95)])]},
+         "alert_rule_test": [_check(name, timing.fires_at - c.step),
+                             _check(name, timing.fires_at, [c.expected(name, {"agent": "breach", **fixed}, p95)])]},
         {"name": f"{name} stays quiet just under the threshold, without traffic, and for another job",
          "input_series": _histogram(c, metric, bounds, under, agent="under", **fixed)
          + _histogram(c, metric, bounds, {}, agent="idle", **fixed)
          + _histogram(c, metric, bounds, over, job=c.other_job, agent="breach", **fixed),
-         "alert_rule_test": [_check(name, late)]},
+         "alert_rule_test": [_check(name, timing.late)]},
         {"name": f"{name} across a counter reset",
-         "input_series": _histogram(c, metric, bounds, over, reset_at, agent="breach", **fixed)
-         + _histogram(c, metric, bounds, under, reset_at, agent="under", **fixed),
-         "alert_rule_test": [_check(name, late, [c.expected(name, {"agent": "breach", **fixed}, p95)])]},
+         "input_series": _histogram(c, metric, bounds, over, timing.reset_at, agent="breach", **fixed)
+         + _histogram(c, metric, bounds, under, timing.reset_at, agent="under", **fixed),
+         "alert_rule_test": [_check(name, timing.late, [c.expected(name, {"agent": "breach", **fixed}, p95)])]},
     ] + _minimum_tests(
         c, name, c.config.alerting.rate_window, "observations",
         lambda per_step: _histogram(c, metric, bounds, {slow: per_step}, agent="few", **fixed),
@@ -736,8 +745,8 @@ def _exporter_tests(c: _Cases) -> list:
         every_bad=("every event is rejected", events(None, 2 * c.minimum)),
         quiet=events(under.good, under.bad) + events(0, 0, instance="idle:9464")
         + events(over.good, over.bad, job=c.other_job),
-        across_reset=events(fire.good, fire.bad, plan.reset_at)
-        + events(under.good, under.bad, plan.reset_at, instance="calm:9464"),
+        across_reset=events(fire.good, fire.bad, plan.timing.reset_at)
+        + events(under.good, under.bad, plan.timing.reset_at, instance="calm:9464"),
         few=lambda per_step: events(None, per_step))
 
 
@@ -764,8 +773,8 @@ def _forwarding_tests(c: _Cases) -> list:
         every_bad=("every span is dropped (a stuck backend)", spans(0, 2 * c.minimum, 0)),
         quiet=spans(under.good, under.bad, 0) + spans(0, 0, 0, instance="idle:9464")
         + spans(over.good, 0, over.bad, job=c.other_job),
-        across_reset=spans(fire.good, 0, fire.bad, plan.reset_at)
-        + spans(under.good, under.bad, 0, plan.reset_at, instance="calm:9464"),
+        across_reset=spans(fire.good, 0, fire.bad, plan.timing.reset_at)
+        + spans(under.good, under.bad, 0, plan.timing.reset_at, instance="calm:9464"),
         few=lambda per_step: spans(0, 0, per_step))
 
 
