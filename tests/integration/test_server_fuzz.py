@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import Telemetry, catalog, events
 from agent_exporter.config import Config
+from agent_exporter.healing import AlertRemediator
 from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.server import Service, start_server
 
@@ -165,7 +166,8 @@ def test_bodies_that_used_to_drop_the_connection_get_a_400_with_the_reason(serve
 # -- deep nesting on every POST endpoint: a 400 naming it, never a 5xx -------------------------------
 
 WEBHOOK = {"version": "4", "receiver": "log", "status": "firing", "alerts": [
-    {"status": "firing", "labels": {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "info"},
+    {"status": "firing", "labels": {"alertname": "OrchestratorAgentHighErrorRatio", "severity": "info",
+                                    "agent": "planner"},
      "annotations": {}, "startsAt": "2025-01-15T10:30:00Z", "endsAt": "0001-01-01T00:00:00Z",
      "fingerprint": "c0ffee"}]}
 # A valid JSON body of each POST endpoint; each is a JSON object.
@@ -178,10 +180,12 @@ VALID_BODIES = {
 
 @pytest.fixture(scope="module")
 def every_endpoint():
-    """A server with every POST endpoint: /v1/events, /v1/traces (OTLP in), /v1/alertmanager (log channel)."""
+    """A server with every POST endpoint: /v1/events, /v1/traces (OTLP in), /v1/alertmanager (the log
+    channel and remediation)."""
     telemetry = Telemetry(Config())
     receiver = OTLPReceiver(telemetry)
-    handle = start_server(Service(telemetry, otlp=receiver, log_alerts=True), "127.0.0.1:0")
+    remediator = AlertRemediator(telemetry.config, telemetry)
+    handle = start_server(Service(telemetry, otlp=receiver, log_alerts=True, remediator=remediator), "127.0.0.1:0")
     yield handle
     handle.stop()
     receiver.close()
@@ -231,6 +235,21 @@ def test_deep_nesting_never_makes_a_5xx_on_any_post_endpoint(every_endpoint, pat
     assert response.status_code < 500, (response.status_code, response.text[:200])
     if depth > 10_000:          # past any recursion limit: refused (the reason may come first: a wrong type)
         _deep_answer_is_a_400(path, response)
+
+
+@SETTINGS
+@given(mutate=st.lists(mutations, min_size=1, max_size=3), gzipped=st.booleans())
+def test_mutated_alertmanager_webhooks_get_a_200_or_a_400_saying_why(every_endpoint, mutate, gzipped):
+    body = VALID_BODIES["/v1/alertmanager"]
+    for mutation in mutate:
+        body = mutation(body)
+    headers = {"Content-Type": "application/json"}
+    if gzipped:
+        body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+    response = requests.post(every_endpoint.url + "/v1/alertmanager", data=body, headers=headers, timeout=30)
+    assert response.status_code in (200, 400), (response.status_code, response.text[:200])
+    if response.status_code == 400:
+        assert response.json()["error"]
 
 
 def test_truncated_gzip_is_a_400(server):
