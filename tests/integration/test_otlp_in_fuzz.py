@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
+from byte_mutations import flip, insert, truncate
 from otlp_spans import agent_span, request, span
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,26 +91,10 @@ def check_counts(url: str, receiver, before: dict, waiting_before: int, accepted
 
 # -- mutations of a valid request ---------------------------------------------------------------
 
-def _truncate(body: bytes, at: int) -> bytes:
-    return body[: at % (len(body) + 1)]
-
-
-def _flip(body: bytes, at: int, bit: int) -> bytes:
-    if not body:
-        return body
-    at %= len(body)
-    return body[:at] + bytes([body[at] ^ (1 << bit)]) + body[at + 1:]
-
-
-def _insert(body: bytes, at: int, junk: bytes) -> bytes:
-    at %= len(body) + 1
-    return body[:at] + junk + body[at:]
-
-
 mutations = st.one_of(
-    st.integers(0, 10_000).map(lambda at: lambda b: _truncate(b, at)),
-    st.tuples(st.integers(0, 10_000), st.integers(0, 7)).map(lambda m: lambda b: _flip(b, *m)),
-    st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=8)).map(lambda m: lambda b: _insert(b, *m)),
+    st.integers(0, 10_000).map(lambda at: lambda b: truncate(b, at)),
+    st.tuples(st.integers(0, 10_000), st.integers(0, 7)).map(lambda m: lambda b: flip(b, *m)),
+    st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=8)).map(lambda m: lambda b: insert(b, *m)),
     st.binary(max_size=64).map(lambda junk: lambda b: b + junk),
 )
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from google.protobuf import json_format
 from google.rpc import status_pb2
 from hypothesis import strategies as st
+from byte_mutations import flip, insert, truncate
 from otlp_spans import agent_span, request
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -84,28 +85,11 @@ def check_exact(server, response, before: float) -> None:
 VALID_JSON = json.dumps(VALID_BATCH).encode()
 VALID_NDJSON = b"\n".join(json.dumps(e).encode() for e in VALID_BATCH)
 
-
-def _truncate(body: bytes, at: int) -> bytes:
-    return body[: at % (len(body) + 1)]
-
-
-def _flip(body: bytes, at: int, bit: int) -> bytes:
-    if not body:        # truncated to nothing by an earlier mutation
-        return body
-    at %= len(body)
-    return body[:at] + bytes([body[at] ^ (1 << bit)]) + body[at + 1:]
-
-
-def _insert(body: bytes, at: int, junk: bytes) -> bytes:
-    at %= len(body) + 1
-    return body[:at] + junk + body[at:]
-
-
 INVALID_UTF8 = st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"])
 mutations = st.one_of(
-    st.tuples(st.just("truncate"), st.integers(0, 10_000)).map(lambda m: lambda b: _truncate(b, m[1])),
-    st.tuples(st.integers(0, 10_000), st.integers(0, 7)).map(lambda m: lambda b: _flip(b, *m)),
-    st.tuples(st.integers(0, 10_000), INVALID_UTF8).map(lambda m: lambda b: _insert(b, *m)),
+    st.integers(0, 10_000).map(lambda at: lambda b: truncate(b, at)),
+    st.tuples(st.integers(0, 10_000), st.integers(0, 7)).map(lambda m: lambda b: flip(b, *m)),
+    st.tuples(st.integers(0, 10_000), INVALID_UTF8).map(lambda m: lambda b: insert(b, *m)),
     st.integers(1, 100_000).map(lambda depth: lambda b: b"[" * depth + b + b"]" * depth),
     st.integers(1, 100_000).map(lambda depth: lambda b: b'{"a":' * depth + b + b"}" * depth),
     st.just(lambda b: b"\xef\xbb\xbf" + b),
