@@ -380,7 +380,8 @@ def _stamps(paths: tuple[Path, ...]) -> tuple:
 # File systems stamp modification times from a coarse clock (a jiffy; a second on some, two on FAT),
 # so two writes of the same size within one tick leave the same stamp.  As git does for its index, a
 # stamp that recent is not trusted alone: the contents are compared too, until a check made once
-# that long has passed since the newest stamp.
+# that long has passed since the newest stamp.  (A stamp ahead of the clock, from skew, is trusted
+# until the clock comes that close to it.)
 _RACY_NS = 2_000_000_000
 
 
@@ -442,6 +443,8 @@ class WatchedWebConfig:
         if self._trusted_from_ns is None:
             return False
         now = time.time_ns()
+        if now < self._trusted_from_ns - 2 * _RACY_NS:
+            return False        # a write now would stamp an earlier time than the newest stamp
         changed = _digests(self._watched) != self._digests
         if not changed and now >= self._trusted_from_ns:
             self._trusted_from_ns = None

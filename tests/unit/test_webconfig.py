@@ -241,6 +241,21 @@ def test_the_contents_are_compared_only_while_the_newest_stamp_is_recent(tmp_pat
     assert reads == []
 
 
+def test_a_stamp_ahead_of_the_clock_is_compared_only_once_the_clock_reaches_it(tmp_path, monkeypatch):
+    path = users_file(tmp_path, "alice")
+    future = os.stat(path).st_mtime_ns + 3600 * 10**9           # a file copied from a machine an hour ahead
+    os.utime(path, ns=(future, future))
+    watched = WatchedWebConfig(path)
+    reads = []
+    digests = webconfig._digests
+    monkeypatch.setattr(webconfig, "_digests", lambda paths: reads.append(paths) or digests(paths))
+    watched.current()
+    assert reads == []
+    monkeypatch.setattr(webconfig, "time", SimpleNamespace(time_ns=lambda: future))
+    watched.current()
+    assert reads == [(path,)]
+
+
 def test_an_invalid_file_fails_until_fixed_and_is_logged_once(tmp_path, caplog):
     path = users_file(tmp_path, "alice")
     watched = WatchedWebConfig(path)
