@@ -45,8 +45,8 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
-from typing import NoReturn
 from concurrent import futures
+from typing import NoReturn
 
 import grpc
 
