@@ -1,7 +1,8 @@
 """The local stack on loopback, for the demo and the tests: Prometheus, Alertmanager, sinks, replicas.
 
 Everything started here listens on 127.0.0.1, logs into its work directory,
-and is stopped by its own PID (SIGTERM, then SIGKILL after a deadline).
+and is stopped by its own PID (SIGTERM, then SIGKILL after a deadline), or
+with SIGTERM from the kernel if the process that started it is killed outright.
 start_stack() brings up what `agent-exporter demo --stack` shows: the rules and
 routes rendered from the config with short windows, Alertmanager (clustered
 when more than one), Prometheus scraping the orchestrator replicas, and local
@@ -84,6 +85,19 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
     return process.returncode
 
 
+def _with_parent_death_signal(args: list[str]) -> list[str]:
+    """`args` run so that the process gets SIGTERM when the one that started it dies.
+
+    A process killed outright (SIGKILL, the OOM killer) cannot stop what it started, which would go
+    on holding its port.  util-linux's setpriv (Linux) sets the parent-death signal and execs the
+    binary, so the PID stays the binary's.  The kernel sends the signal when the *thread* that
+    started the process ends: start them from one that outlives them (the main thread, as the demo
+    and the tests do).  Without setpriv, the process runs as given.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
+
+
 class ManagedProcess:
     """A started binary: its URL, PID and log; `stop()` (or leaving the `with`) ends it, `restart()`
     starts it again with the same arguments (its port and data stay)."""
@@ -101,8 +115,9 @@ class ManagedProcess:
         # A session of its own: Ctrl-C in a terminal signals only the process that started this one,
         # which stops what it started in order.  (Signalled together, a clustered Alertmanager whose
         # peer is already gone spends 10 s trying to leave the cluster before it exits.)
-        self._process = subprocess.Popen(self._args, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self._env, start_new_session=True)
+        self._process = subprocess.Popen(_with_parent_death_signal(self._args), stdout=self._log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
+                                         start_new_session=True)
         self.pid = self._process.pid
 
     def restart(self, timeout: float = 30.0) -> "ManagedProcess":

@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -110,3 +113,37 @@ def test_a_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
         stack.start_alertmanager(tmp_path, ALERTMANAGER_CONFIG)
     with pytest.raises(stack.StackError, match="prometheus not found on PATH"):
         stack.start_prometheus(tmp_path, "")
+
+
+def _exited(pid: int) -> bool:
+    """Whether `pid` is gone or a zombie (an orphan's reaper may not have collected it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_what_a_killed_process_started_stops_with_it(tmp_path):
+    # A parent that starts Prometheus, says its PID and port, and waits to be killed.
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent_exporter import stack\n"
+        "process = stack.start_prometheus(Path(sys.argv[1]), 'global:\\n  scrape_interval: 1s\\n')\n"
+        "print(process.pid, process.url.rsplit(':', 1)[1], flush=True)\n"
+        "sys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        pid, port = map(int, parent.stdout.readline().split())
+        assert not _exited(pid)
+        parent.kill()
+        parent.wait(10)
+        stack.wait_for(lambda: _exited(pid), timeout=15, interval=0.1, what="Prometheus stopped with its parent")
+        stack.wait_for(lambda: port_is_free(port), timeout=5, interval=0.1, what="its port free")
+    finally:
+        stack.stop_process(parent)
+        if pid is not None and not _exited(pid):
+            os.kill(pid, signal.SIGKILL)       # left running: the failure above says so
