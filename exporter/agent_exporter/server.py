@@ -82,7 +82,7 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 class HTTPError(Exception):
-    """An error answer; `reason` (when set) is counted as rejected events."""
+    """An error answer; `reason` (when set) is what /v1/events counts it as among rejected events."""
 
     def __init__(self, status: HTTPStatus, message: str, *, reason: str | None = None, headers=()):
         super().__init__(message)
@@ -172,7 +172,7 @@ class Service:
         self.log_alerts = log_alerts
         self.otlp = otlp
         self.ingest = ingest
-        if ingest or otlp is not None:
+        if ingest:
             for reason in catalog.REJECTION_REASONS:
                 self.store.count_rejected(reason, 0)
         self.draining = False
@@ -385,8 +385,6 @@ class ExporterApp:
                                 headers=((b"allow", ", ".join(routes).encode()),))
             return await handler(request)
         except HTTPError as err:
-            if err.reason is not None:
-                service.store.count_rejected(err.reason)
             response = self._error(request.path, err.status, err.message)
             response.headers += err.headers
             if b"100-continue" in (request.headers.get(b"expect") or b"").lower() and err.status >= 400:
@@ -495,6 +493,16 @@ class ExporterApp:
         return _Response(HTTPStatus.OK, b"", content_type.encode(), headers, stream=iter(pieces))
 
     async def _post_events(self, request: _Request) -> _Response:
+        # A refused request counts among rejected events (a body of OTLP spans or an Alertmanager
+        # webhook does not: those are not events).
+        try:
+            return await self._accept_events(request)
+        except HTTPError as err:
+            if err.reason is not None:
+                self.service.store.count_rejected(err.reason)
+            raise
+
+    async def _accept_events(self, request: _Request) -> _Response:
         service = self.service
         content_type = request.header(b"content-type")
         if events.body_format(content_type) is None:

@@ -27,6 +27,7 @@ from agent_exporter import Telemetry, catalog, stack
 from agent_exporter.config import Config, HealingConfig
 from agent_exporter.healing import AlertRemediator, Healer
 from agent_exporter.healing.alertmanager import decode_webhook
+from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.server import Service, serve, start_server
 from agent_exporter.webconfig import WatchedWebConfig
 
@@ -150,6 +151,30 @@ def test_a_gzip_bomb_is_cut_at_the_limit(server):
     response = post_events(server.url, bomb, **{"Content-Encoding": "gzip"})
     assert response.status_code == 413
     assert value(server.url, catalog.EXPORTER_EVENTS_REJECTED.name, reason="body_too_large") == 1
+
+
+def test_only_refused_event_requests_count_as_rejected_events():
+    # OTLP spans and Alertmanager webhooks are not events: refusing them must not feed
+    # OrchestratorEventsRejected, whose ratio is of the events sent.
+    telemetry = Telemetry(Config(healing=HealingConfig(enabled=True)))
+    service = Service(telemetry, otlp=OTLPReceiver(telemetry), remediator=AlertRemediator(telemetry.config, telemetry),
+                      max_body_bytes=1000)
+    with start_server(service, "127.0.0.1:0") as handle:
+        oversize = b"x" * 3000
+        for path, content_type in (("/v1/traces", "application/x-protobuf"),
+                                   ("/v1/alertmanager", "application/json")):
+            response = requests.post(handle.url + path, data=oversize, headers={"Content-Type": content_type},
+                                     timeout=10)
+            assert response.status_code == 413, path
+        response = requests.post(handle.url + "/v1/traces", data=b"x", timeout=10,
+                                 headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "br"})
+        assert response.status_code == 415
+        rejected = {reason: value(handle.url, catalog.EXPORTER_EVENTS_REJECTED.name, reason=reason)
+                    for reason in catalog.REJECTION_REASONS}
+        assert set(rejected.values()) == {0}
+        assert post_events(handle.url, oversize).status_code == 413
+        assert value(handle.url, catalog.EXPORTER_EVENTS_REJECTED.name, reason="body_too_large") == 1
+    telemetry.shutdown()
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"42", b'"text"', b""])
