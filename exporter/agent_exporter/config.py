@@ -45,7 +45,8 @@ OptionalURL = Annotated[str, Meta(pattern=f"^$|^{_URL}", description='an http(s)
 Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", description="an email address")]
 Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
                                description="a Prometheus duration such as 30s, 5m or 1h")]
-_HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):\d{1,5}$"
+# The port 0..65535: grpcio binds the remainder of a larger one.
+_HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):(\d{1,4}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])$"
 HostPort = Annotated[str, Meta(pattern=f"^{_HOST_PORT}", description="HOST:PORT")]
 OptionalHostPort = Annotated[str, Meta(pattern=f"^$|^{_HOST_PORT}", description='HOST:PORT, or "" for off')]
 AlertName = Annotated[str, Meta(pattern=r"^[A-Z][A-Za-z0-9]*$", description="an alert name in CamelCase")]

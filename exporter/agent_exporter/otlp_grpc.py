@@ -50,6 +50,7 @@ from typing import NoReturn
 
 import grpc
 
+from .server import parse_listen_address
 from .webconfig import BasicAuth, LoadedWebConfig, TLSServerConfig, WatchedWebConfig, WebConfigError
 
 _log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def _end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None
 
 def bind_address(address: str) -> str:
     """The address grpcio binds for a listen address: :PORT is every interface, as for the HTTP service
-    (server.parse_listen_address); grpcio takes no empty host."""
+    (server.parse_listen_address, which also refuses a port past 65535: grpcio would bind its
+    remainder); grpcio takes no empty host."""
+    parse_listen_address(address)
     return "0.0.0.0" + address if address.startswith(":") else address
 
 

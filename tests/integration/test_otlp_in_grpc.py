@@ -406,6 +406,12 @@ def test_listen_address_means_what_it_means_over_http(address):
     assert otlp_grpc.bind_address(address) in (f"{host}:{port}", f"[{host}]:{port}")
 
 
+def test_a_port_past_65535_is_refused_not_wrapped_around():
+    # grpcio would bind 127.0.0.1:19228 for this one.
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        otlp_grpc.bind_address("127.0.0.1:84764")
+
+
 def test_listen_address_from_config_and_errors(tel):
     off = OTLPReceiver(tel)
     try:

@@ -97,6 +97,7 @@ BAD = [
     ({"alerting": {"evaluation_interval": "soon"}}, "observability.alerting.evaluation_interval", "duration"),
     ({"alerting": {"remediation_alerts": ["high error ratio"]}}, "observability.alerting.remediation_alerts[0]", "CamelCase"),
     ({"server": {"listen_address": "9464"}}, "observability.server.listen_address", "HOST:PORT"),
+    ({"server": {"listen_address": "127.0.0.1:65536"}}, "observability.server.listen_address", "HOST:PORT"),
     ({"healing": {"breaker_error_ratio": 0}}, "observability.healing.breaker_error_ratio", "ratio"),
     ({"healing": {"fallbacks": {"coder": ["coder"]}}}, "observability.healing.fallbacks.coder[0]", "another agent"),
     ({"healing": {"fallbacks": {"coder": "coder-b"}}}, "observability.healing.fallbacks.coder", "list"),
@@ -319,6 +320,7 @@ def test_otlp_section_defaults_and_example():
 
 OTLP_BAD = [
     ({"grpc_listen_address": "4317"}, "observability.otlp.grpc_listen_address", "HOST:PORT"),
+    ({"grpc_listen_address": "127.0.0.1:84764"}, "observability.otlp.grpc_listen_address", "HOST:PORT"),
     ({"forward_spans": "yes"}, "observability.otlp.forward_spans", "true or false"),
     ({"forward_queue_size": 0}, "observability.otlp.forward_queue_size", "positive"),
     ({"attribution_wait_seconds": -1}, "observability.otlp.attribution_wait_seconds", "positive"),
