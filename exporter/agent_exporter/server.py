@@ -6,7 +6,8 @@
     POST /v1/traces         OTLP/HTTP traces (protobuf or JSON), when an OTLP receiver is given
     POST /v1/alertmanager   Alertmanager webhook: self-healing, and the `log` alert channel
     GET  /v1/agents         per-agent health as JSON
-    GET  /-/healthy         liveness; GET /-/ready: readiness (503 while shutting down)
+    GET  /-/healthy         liveness; GET /-/ready: readiness (503 once shutting down, to a
+                            request on a connection already open: new ones are refused)
 
 HEAD is answered on every GET endpoint, as GET without the body.
 
@@ -46,6 +47,7 @@ import asyncio
 import functools
 import html
 import logging
+import signal
 import socket
 import ssl
 import threading
@@ -794,9 +796,11 @@ def start_embedded(telemetry, address: str, remediator=None) -> ServerHandle:
 
 
 def serve(service: Service, address: str, on_started=None) -> None:
-    """Serve in the calling (main) thread until SIGTERM or SIGINT, then drain gracefully.
+    """Serve in the calling (main) thread until SIGTERM, SIGINT or SIGHUP, then drain gracefully.
 
-    `on_started(url)` is called once the socket listens.  Raises OSError when it cannot listen.
+    uvicorn, which handles the first two, raises SIGTERM or SIGINT again once drained; SIGHUP (its
+    terminal closed) is taken as SIGTERM, rather than ending the process with requests unanswered and
+    spans unsent.  `on_started(url)` is called once the socket listens.  Raises OSError when it cannot listen.
     """
     sock = _listen(address)
     port = sock.getsockname()[1]
@@ -809,7 +813,14 @@ def serve(service: Service, address: str, on_started=None) -> None:
             on_started(_url(server.config.host, port, service.web_config.initial.config.tls is not None))
 
     server.startup = startup_then_report
-    _QUIET.run(server, sock)
+    hangup = getattr(signal, "SIGHUP", None)       # Windows has none
+    if hangup:
+        previous = signal.signal(hangup, lambda signum, frame: server.handle_exit(signal.SIGTERM, frame))
+    try:
+        _QUIET.run(server, sock)
+    finally:
+        if hangup:
+            signal.signal(hangup, previous)
     if not server.started:
         raise OSError(f"cannot serve on {address}")
     _log.info("server stopped (%d request(s) unfinished)", service.in_flight)

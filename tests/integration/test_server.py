@@ -603,7 +603,8 @@ def _wait_for_line(lines: queue.Queue, needle: str, timeout: float = 30) -> str:
     return line
 
 
-def test_sigterm_finishes_the_in_flight_request_and_exits_0():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_finishes_the_in_flight_request_and_exits_0(signum):
     process = subprocess.Popen(
         [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -616,7 +617,7 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0():
             sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
             assert sock.recv(4096).startswith(b"HTTP/1.1 100 ")
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             _wait_for_line(lines, "waiting for 1 in-flight request")
             sock.sendall(body)
             answer = b""
@@ -628,6 +629,7 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0():
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"accepted": 2, "rejected": []}
         assert process.wait(timeout=30) == 0
+        _wait_for_line(lines, "bye")
     finally:
         if process.poll() is None:
             process.kill()
