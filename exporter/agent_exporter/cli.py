@@ -37,6 +37,23 @@ def _load_config(args):
     return config
 
 
+def _read_secrets(config) -> None:
+    """Read the secret files the service reads at start (ValueError naming the key), so that `check`
+    fails where `serve` would, and `serve` says so before it starts anything."""
+    from .healing.api_client import APIClient
+    from .server import read_bearer_token
+    read_bearer_token(config.server.bearer_token_file)
+    fleet = config.healing.fleet
+    if config.healing.enabled:
+        key = "observability.healing.fleet"
+        if fleet.alertmanager.urls:
+            APIClient(fleet.alertmanager.urls, auth=fleet.alertmanager.auth, key_path=f"{key}.alertmanager",
+                      timeout=fleet.timeout_seconds)
+        if fleet.prometheus.url:
+            APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth, key_path=f"{key}.prometheus",
+                      timeout=fleet.timeout_seconds)
+
+
 def _error(message: str) -> int:
     print(f"agent-exporter: {message}", file=sys.stderr)
     return 1
@@ -79,7 +96,8 @@ def cmd_serve(args) -> int:
     try:
         config = _load_config(args)
         web_config = WatchedWebConfig(args.web_config_file) if args.web_config_file else None
-    except (ConfigError, WebConfigError) as exc:
+        _read_secrets(config)
+    except (ConfigError, WebConfigError, ValueError) as exc:
         return _error(str(exc))
     address = args.listen_address or config.server.listen_address
     telemetry = Telemetry(config)
@@ -178,7 +196,8 @@ def cmd_check(args) -> int:
     try:
         config = _load_config(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
-    except (ConfigError, WebConfigError) as exc:
+        _read_secrets(config)
+    except (ConfigError, WebConfigError, ValueError) as exc:
         return _error(str(exc))
     sys.stdout.write(describe_config(config, args.config_file))
     if web_config is not None:

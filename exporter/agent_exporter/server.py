@@ -144,7 +144,7 @@ def _check_peer(request: _Request, web_config: LoadedWebConfig) -> None:
 
 def read_bearer_token(path: str) -> str | None:
     """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file (credentials.py)."""
-    return read_secret(path, "server.bearer_token_file", env=BEARER_TOKEN_ENV)
+    return read_secret(path, "observability.server.bearer_token_file", env=BEARER_TOKEN_ENV)
 
 
 class Service:

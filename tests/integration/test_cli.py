@@ -101,18 +101,20 @@ def test_check_prints_what_it_understood(tmp_path, capsys):
 
 
 def test_check_prints_every_section(tmp_path, capsys):
-    out = checked(tmp_path, capsys, LEGACY_CONFIG + """\
+    token = tmp_path / "am"
+    token.write_text("s3cret\n")
+    out = checked(tmp_path, capsys, LEGACY_CONFIG + f"""\
   otlp:
     grpc_listen_address: 127.0.0.1:4317
   healing:
-    selector: {decay: 0.9}
+    selector: {{decay: 0.9}}
     fleet:
-      alertmanager: {urls: [http://alertmanager:9093], auth: {bearer_token_file: /run/secrets/am}}
+      alertmanager: {{urls: [http://alertmanager:9093], auth: {{bearer_token_file: {token}}}}}
 """)
     assert "logging: level=INFO format=json include_traces=on otlp=off" in out
     assert "otlp: grpc_listen_address=127.0.0.1:4317 forward_spans=off" in out
     assert "selector: decay=0.9 latency_weight=0.2" in out
-    assert "fleet alertmanager: http://alertmanager:9093 every 10s, bearer token from /run/secrets/am" in out
+    assert f"fleet alertmanager: http://alertmanager:9093 every 10s, bearer token from {token}" in out
     assert "fleet prometheus: off" in out
 
 
@@ -143,6 +145,22 @@ def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):
     path.write_text(LEGACY_CONFIG.replace("collection_interval: 60", "colection_interval: 60"))
     assert main(["check", "--config.file", str(path)]) == 1
     assert "observability.metrics.colection_interval" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section,key", [
+    ("server: {bearer_token_file: MISSING}", "observability.server.bearer_token_file"),
+    ("healing: {fleet: {prometheus: {url: 'http://127.0.0.1:9', auth: {username: u, password_file: MISSING}}}}",
+     "observability.healing.fleet.prometheus.auth.password_file"),
+])
+def test_check_and_serve_refuse_a_secret_file_serve_cannot_read(tmp_path, capsys, monkeypatch, section, key):
+    # As promtool checks the credentials files a config names: `check` fails where `serve` would.
+    monkeypatch.delenv("AGENT_EXPORTER_BEARER_TOKEN", raising=False)
+    path = tmp_path / "observability.yaml"
+    path.write_text("observability:\n  " + section.replace("MISSING", str(tmp_path / "missing")) + "\n")
+    assert main(["check", "--config.file", str(path)]) == 1
+    assert capsys.readouterr().err == f"agent-exporter: {key}: cannot read {tmp_path / 'missing'}: No such file or directory\n"
+    assert main(["serve", "--config.file", str(path), "--web.listen-address", "127.0.0.1:0"]) == 1
+    assert capsys.readouterr().err == f"agent-exporter: {key}: cannot read {tmp_path / 'missing'}: No such file or directory\n"
 
 
 def test_check_a_web_config(tmp_path, capsys):
