@@ -168,8 +168,11 @@ def cmd_render(args) -> int:
         config = _load_config(args)
     except ConfigError as exc:
         return _error(str(exc))
-    out = Path(args.out)
-    for path in render_all(config, out):
+    try:
+        paths = render_all(config, Path(args.out))
+    except OSError as exc:
+        return _error(f"cannot write to {args.out}: {exc}")
+    for path in paths:
         print(path)
     return 0
 

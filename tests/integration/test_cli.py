@@ -183,6 +183,14 @@ def test_render_writes_the_three_trees(tmp_path, capsys):
         assert any(out.joinpath(tree).rglob("*")), tree
 
 
+def test_render_to_a_place_it_cannot_write_is_one_line_naming_it(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert main(["render", "--out", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"agent-exporter: cannot write to {taken}: ") and err.count("\n") == 1
+
+
 # -- replay ----------------------------------------------------------------------
 
 def test_replay_of_a_legacy_metrics_file_keeps_the_totals(tmp_path, exporter, capsys):
