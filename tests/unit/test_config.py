@@ -392,3 +392,53 @@ def test_sections_built_in_code_are_checked_too():
         MetricsConfig(execution_buckets=(2.0, 1.0))
     with pytest.raises(ValueError, match="alerting.thresholds.latency_p95_seconds"):
         replace(Config(), metrics=MetricsConfig(execution_buckets=(0.1, 1.0)))
+
+
+def _key_paths(struct_type, prefix=()):
+    """Every key of a config Struct type, as paths; a map (prices, fallbacks) is one key, and the
+    legacy secret keys (refused when set) are left out."""
+    import msgspec
+    for field in msgspec.structs.fields(struct_type):
+        path = prefix + (field.encode_name,)
+        if field.default is None:
+            continue
+        if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+            yield from _key_paths(field.type, path)
+        else:
+            yield path
+
+
+def _example_keys() -> dict[tuple, list[str]]:
+    """Each key path of the example -> its line and the comment lines just above it."""
+    text = (ROOT / "examples" / "observability.yaml").read_text()
+    lines = text.splitlines()
+    found = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                line = key.start_mark.line
+                above = line
+                while above > 0 and lines[above - 1].lstrip().startswith("#"):
+                    above -= 1
+                found[path + (key.value,)] = lines[above:line + 1]
+                walk(value, path + (key.value,))
+
+    walk(yaml.compose(text).value[0][1], ())
+    return found
+
+
+def test_the_example_config_has_every_key_and_says_where_it_is_not_the_default():
+    import msgspec
+    example = _example_keys()
+    assert [".".join(path) for path in _key_paths(Config) if path not in example] == []
+    loaded = msgspec.to_builtins(load_config(ROOT / "examples" / "observability.yaml"))
+    defaults = msgspec.to_builtins(Config())
+    not_said = []
+    for path in _key_paths(Config):
+        value, default = loaded, defaults
+        for key in path:
+            value, default = value[key], default[key]
+        if value != default and not any("default" in line.partition("#")[2].lower() for line in example[path]):
+            not_said.append(".".join(path))
+    assert not_said == []
