@@ -100,6 +100,12 @@ def cmd_serve(args) -> int:
     except (ConfigError, WebConfigError, ValueError) as exc:
         return _error(str(exc))
     address = args.listen_address or config.server.listen_address
+    # Said at start: otherwise the service answers 200 and shows nothing, with no hint why.
+    if not config.enabled:
+        log.warning("observability.enabled is false: events are accepted and dropped, and /metrics is empty")
+    elif not config.metrics.enabled:
+        log.warning("observability.metrics.enabled is false: events are accepted, and /metrics serves none "
+                    "of the catalog's metrics")
     telemetry = Telemetry(config)
     remediator = build_remediator(config, telemetry)
     receiver = OTLPReceiver(telemetry, config)

@@ -636,6 +636,26 @@ def test_a_stop_signal_finishes_the_in_flight_request_and_exits_0(signum):
             process.wait()
 
 
+@pytest.mark.parametrize("section,says", [("enabled: false", "observability.enabled is false"),
+                                          ("metrics: {enabled: false}", "observability.metrics.enabled is false")])
+def test_serve_says_at_start_that_it_records_nothing(tmp_path, section, says):
+    config = tmp_path / "observability.yaml"
+    config.write_text(f"observability:\n  {section}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0", f"--config.file={config}"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = lines_of(process.stderr)
+        assert '"level":"warning"' in _wait_for_line(lines, says)
+        _wait_for_line(lines, "Listening on")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _webhook(status: str, agent: str) -> dict:
     alert = {"status": status, "labels": {"alertname": "OrchestratorAgentHighErrorRatio", "agent": agent,
                                           "severity": "critical"},
