@@ -75,7 +75,8 @@ _perf_counter = time.perf_counter
 _now = time.time
 # The key trace.get_current_span() reads from the current context, found through the public
 # API: reading it directly saves three calls per run (bench/bench_record.py).
-_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
+_INVALID_SPAN = trace.INVALID_SPAN
+_SPAN_KEY = next(iter(trace.set_span_in_context(_INVALID_SPAN, otel_context.Context())))
 _current_context = otel_context.get_current
 
 _LABEL_SETS_LIMIT = 10_000
@@ -248,6 +249,13 @@ class _Scope(Generic[_Handle]):
         return run_sync
 
 
+def _traced(span: trace.Span | None) -> trace.Span | None:
+    """The span a scope makes current: none when it was not traced (tracing.trace_all_agents or
+    trace_tool_calls off, or a fault), so that what runs inside keeps the caller's span as its
+    parent rather than starting traces of its own."""
+    return None if span is _INVALID_SPAN else span
+
+
 def _attach(span: trace.Span) -> Token[otel_context.Context]:
     """Make `span` the current span for the body; returns the token to detach it."""
     return otel_context.attach(trace.set_span_in_context(span))
@@ -308,9 +316,11 @@ class AgentRun(_Scope["AgentRun"]):
         tel = self._telemetry
         if tel._tracing:
             labels = self._labels
-            self.span = span = tel.spans.start_agent(labels.agent, model=labels.model, feature=labels.feature,
-                                                     priority=labels.priority, request_id=self.request_id)
-            self._context_token = _attach(span)
+            span = tel.spans.start_agent(labels.agent, model=labels.model, feature=labels.feature,
+                                         priority=labels.priority, request_id=self.request_id)
+            if span is not _INVALID_SPAN:       # see _traced()
+                self.span = span
+                self._context_token = _attach(span)
         self._run_token = _current_run.set(self)
         self.started = _perf_counter()
         return self
@@ -479,7 +489,7 @@ class _ToolScope(_TimedScope[ToolRun]):
         agent = self.agent
         if agent is None and (current := _current_run.get()) is not None:
             agent = current.agent   # resolved on entry: a decorator is created outside any run
-        span = tel.spans.start_tool(self.tool, agent=agent) if tel._tracing else None
+        span = _traced(tel.spans.start_tool(self.tool, agent=agent)) if tel._tracing else None
         return ToolRun(self.tool, agent, span), span, _current_tool.set(self.tool)
 
     def _end(self, run: ToolRun, duration: float, exc: BaseException | None) -> None:
@@ -507,7 +517,7 @@ class _WorkflowScope(_TimedScope[WorkflowRun]):
 
     def _begin(self) -> tuple[WorkflowRun, trace.Span | None, Token[str | None]]:
         tel = self._telemetry
-        span = tel.spans.start_workflow(self.workflow, request_id=self.request_id) if tel._tracing else None
+        span = _traced(tel.spans.start_workflow(self.workflow, request_id=self.request_id)) if tel._tracing else None
         return WorkflowRun(self.workflow, self.request_id, span), span, _current_workflow.set(self.workflow)
 
     def _end(self, run: WorkflowRun, duration: float, exc: BaseException | None) -> None:

@@ -565,6 +565,26 @@ def test_switched_off_span_kinds_still_count(spans):
     assert exemplar.labels == {"trace_id": f"{agent.context.trace_id:032x}"}
 
 
+@pytest.mark.parametrize("switched_off", ["trace_tool_calls", "trace_all_agents"])
+def test_what_runs_inside_an_untraced_scope_keeps_the_nearest_traced_parent(spans, switched_off):
+    provider, exporter = spans
+    tel = Telemetry(Config(tracing=TracingConfig(**{switched_off: False})), tracer_provider=provider)
+    with tel.workflow("feature"):
+        with tel.agent_execution("outer"):
+            with tel.tool_call("delegate"):
+                with tel.agent_execution("inner"):
+                    pass
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    assert len({s.context.trace_id for s in by_name.values()}) == 1
+    parent = {name: next((p.name for p in by_name.values() if s.parent and p.context.span_id == s.parent.span_id),
+                         None) for name, s in by_name.items()}
+    if switched_off == "trace_tool_calls":
+        assert parent == {"invoke_workflow feature": None, "invoke_agent outer": "invoke_workflow feature",
+                          "invoke_agent inner": "invoke_agent outer"}
+    else:
+        assert parent == {"invoke_workflow feature": None, "execute_tool delegate": "invoke_workflow feature"}
+
+
 # -- invalid arguments ----------------------------------------------------------------
 
 
