@@ -63,6 +63,7 @@ INSTRUMENTATION_NAME = "agent_exporter"
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
 # In the conventions input_tokens includes the cache reads and writes, and
 # output_tokens the reasoning; our event fields are disjoint, so spans carry sums.
 GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
@@ -327,8 +328,8 @@ class GenAITracer:
 
     def end_agent(self, span: trace.Span, e: events.AgentExecution, *,
                   exception: BaseException | None = None, end_time: int | None = None) -> None:
-        """End an agent span with what its execution event says (usage, cost, outcome); the model
-        is the one start_agent() was given (a run that names another sets it with set_model())."""
+        """End an agent span with what its execution event says (usage, cost, outcome); the models
+        are set where they are known (start_agent(), set_model())."""
         try:
             if not span.is_recording():
                 return
@@ -358,8 +359,8 @@ class GenAITracer:
 
     @_guarded()
     def set_model(self, span: trace.Span, model: str) -> None:
-        """The model a running agent span reports, when it names another than it started with."""
-        span.set_attribute(GEN_AI_REQUEST_MODEL, model)
+        """The model that answered, on a running agent span (the one asked for stays gen_ai.request.model)."""
+        span.set_attribute(GEN_AI_RESPONSE_MODEL, model)
 
     @_guarded(default=trace.INVALID_SPAN)
     def start_tool(self, tool: str, *, agent: str | None = None, arguments: str | None = None,
