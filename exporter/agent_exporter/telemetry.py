@@ -12,7 +12,8 @@
 
 `workflow`, `agent_execution` and `tool_call` work as `with`, `async with` and
 as decorators of sync and async functions and generators (a generator's run is
-its whole iteration; a consumer breaking off early ends it as a success); an
+its whole iteration, current only while the generator runs; a consumer breaking
+off early ends it as a success); an
 exception inside records status `error` with `error_type` = the exception's
 class name, then propagates.  The
 current run and workflow live in contextvars (`Telemetry.current_run()`), so
@@ -39,8 +40,7 @@ import functools
 import inspect
 import logging
 import time
-from contextlib import aclosing
-from contextvars import ContextVar, Token
+from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import (
     TYPE_CHECKING, Annotated, Any, Callable, Generic, Iterable, Iterator, Literal, ParamSpec, TypeVar, cast,
@@ -206,27 +206,72 @@ class _Scope(Generic[_Handle]):
     def __call__(self, func: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
         """`func` run inside a fresh scope per call; the wrapper has the same signature and kind."""
         # A generator's run is its whole iteration, not the call that creates it.  A consumer that
-        # stops early closes it (GeneratorExit), which __exit__ records as a success.
+        # stops early closes it (GeneratorExit), which __exit__ records as a success.  Its run is
+        # current only while it runs: each step is taken in a Context of its own, copied at its
+        # first step, so that generators iterated side by side (zip) or closed out of order never
+        # leave one's run current in the consumer, and the consumer's code between two steps is
+        # not part of the run.  What the consumer sends or throws in reaches `func`, as with
+        # `yield from`.
         if inspect.isasyncgenfunction(func):
             @functools.wraps(func)
             async def run_async_generator(*args, **kwargs):
-                # What `yield from` does for generators, which has no async form: what the consumer
-                # sends or throws in reaches `func`, so a decorated async generator behaves as a bare one.
-                async with self._fresh(), aclosing(func(*args, **kwargs)) as items:
+                context = copy_context()
+                scope = self._fresh()
+                context.run(scope.__enter__)
+                items = func(*args, **kwargs)
+                try:
                     try:
-                        item = await items.asend(None)
+                        step = _InContext(context, items.asend(None))
                         while True:
+                            item = await step
                             try:
                                 sent = yield item
                             except GeneratorExit:
-                                raise           # aclosing() closes `func`'s generator
+                                raise
                             except BaseException as thrown:  # noqa: BLE001 - `func` decides what it handles
-                                item = await items.athrow(thrown)
+                                step = _InContext(context, items.athrow(thrown))
                             else:
-                                item = await items.asend(sent)
+                                step = _InContext(context, items.asend(sent))
                     except StopAsyncIteration:
-                        return
+                        pass
+                    finally:
+                        await _InContext(context, items.aclose())
+                except BaseException as exc:
+                    context.run(scope.__exit__, type(exc), exc, exc.__traceback__)
+                    raise
+                context.run(scope.__exit__, None, None, None)
             return run_async_generator
+
+        if inspect.isgeneratorfunction(func):
+            @functools.wraps(func)
+            def run_generator(*args, **kwargs):
+                context = copy_context()
+                scope = self._fresh()
+                context.run(scope.__enter__)
+                items = func(*args, **kwargs)
+                try:
+                    try:
+                        step, value = items.send, None
+                        while True:
+                            try:
+                                item = context.run(step, value)
+                            except StopIteration as stop:
+                                result = stop.value
+                                break
+                            try:
+                                value, step = (yield item), items.send
+                            except GeneratorExit:
+                                raise
+                            except BaseException as thrown:  # noqa: BLE001 - `func` decides what it handles
+                                value, step = thrown, items.throw
+                    finally:
+                        context.run(items.close)
+                except BaseException as exc:
+                    context.run(scope.__exit__, type(exc), exc, exc.__traceback__)
+                    raise
+                context.run(scope.__exit__, None, None, None)
+                return result
+            return run_generator
 
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
@@ -235,18 +280,35 @@ class _Scope(Generic[_Handle]):
                     return await func(*args, **kwargs)
             return cast("Callable[_Params, _Result]", run_async)     # _Result is func's coroutine type
 
-        if inspect.isgeneratorfunction(func):
-            @functools.wraps(func)
-            def run_generator(*args, **kwargs):
-                with self._fresh():
-                    return (yield from func(*args, **kwargs))
-            return run_generator
-
         @functools.wraps(func)
         def run_sync(*args, **kwargs):
             with self._fresh():
                 return func(*args, **kwargs)
         return run_sync
+
+
+class _InContext:
+    """An awaitable whose every step runs in `context` (a decorated async generator's)."""
+
+    __slots__ = ("_context", "_awaitable")
+
+    def __init__(self, context: Context, awaitable):
+        self._context = context
+        self._awaitable = awaitable
+
+    def __await__(self):
+        steps = self._awaitable.__await__()
+        run = self._context.run
+        step, value = steps.send, None
+        while True:
+            try:
+                signal = run(step, value)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                value, step = (yield signal), steps.send
+            except BaseException as thrown:  # noqa: BLE001 - cancellation goes on into the step awaited
+                value, step = thrown, steps.throw
 
 
 def _traced(span: trace.Span | None) -> trace.Span | None:

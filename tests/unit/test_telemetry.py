@@ -421,6 +421,56 @@ def test_a_decorated_generator_takes_what_its_consumer_sends_and_throws(tel):
     assert value(tel, ERRORS, agent="async-conversation", error_type="KeyError") == 1
 
 
+def test_decorated_generators_side_by_side_leave_their_consumer_as_it_was(tel, spans):
+    @tel.workflow("ingest")
+    def read_rows():
+        yield from range(3)
+
+    @tel.agent_execution("scorer")
+    def scores():
+        yield from (0.1, 0.2, 0.3, 0.4)
+
+    with tel.agent_execution("consumer"):
+        consumer = Telemetry.current_run()
+        for _row, _score in zip(read_rows(), scores()):       # read_rows ends first; scores is left open
+            # Between two steps the consumer's code is its own, not a generator's run.
+            assert Telemetry.current_run() is consumer
+            tel.state_transition("row", "scored")
+        assert Telemetry.current_run() is consumer
+    assert Telemetry.current_run() is None
+    tel.state_transition("idle", "done")                      # outside any workflow
+    assert value(tel, TRANSITIONS, workflow="default", from_state="row", to_state="scored") == 3
+    assert value(tel, TRANSITIONS, workflow="default", from_state="idle", to_state="done") == 1
+    # A run started afterwards is a trace of its own, not a child of a generator's span.
+    with tel.agent_execution("later"):
+        pass
+    later = finished(spans[1], "invoke_agent later")
+    assert later.parent is None
+
+    @tel.agent_execution("first")
+    async def first():
+        for i in range(3):
+            yield i
+
+    @tel.agent_execution("second")
+    async def second():
+        for i in range(3):
+            yield i
+
+    async def main():
+        one, two = first(), second()
+        await anext(one)
+        await anext(two)
+        await one.aclose()                                    # closed in the order they started
+        current = Telemetry.current_run()
+        await two.aclose()
+        return current, Telemetry.current_run()
+
+    assert asyncio.run(main()) == (None, None)
+    assert value(tel, EXECUTIONS, agent="first", status="success") == 1
+    assert value(tel, EXECUTIONS, agent="second", status="success") == 1
+
+
 def test_runs_in_an_async_generator_its_consumer_leaves_are_recorded(tel, spans, caplog):
     # The event loop finalizes an abandoned async generator in a task of its own, in another
     # Context than the one its scopes were entered in.
