@@ -432,7 +432,7 @@ def test_decorated_generators_side_by_side_leave_their_consumer_as_it_was(tel, s
 
     with tel.agent_execution("consumer"):
         consumer = Telemetry.current_run()
-        for _row, _score in zip(read_rows(), scores()):       # read_rows ends first; scores is left open
+        for _row, _score in zip(read_rows(), scores(), strict=False):    # read_rows ends first; scores is left open
             # Between two steps the consumer's code is its own, not a generator's run.
             assert Telemetry.current_run() is consumer
             tel.state_transition("row", "scored")
