@@ -211,8 +211,11 @@ class _Scope(Generic[_Handle]):
         # first step, so that generators iterated side by side (zip) or closed out of order never
         # leave one's run current in the consumer, and the consumer's code between two steps is
         # not part of the run.  What the consumer sends or throws in reaches `func`, as with
-        # `yield from`.
-        if inspect.isasyncgenfunction(func):
+        # `yield from`.  A callable object is decorated as its __call__ is (an agent class with
+        # `async def __call__`), a partial as the function it binds.
+        routine = inspect.isroutine(func) or isinstance(func, functools.partial)
+        kind = func if routine else getattr(func, "__call__", func)
+        if inspect.isasyncgenfunction(kind):
             @functools.wraps(func)
             async def run_async_generator(*args, **kwargs):
                 context = copy_context()
@@ -242,7 +245,7 @@ class _Scope(Generic[_Handle]):
                 context.run(scope.__exit__, None, None, None)
             return run_async_generator
 
-        if inspect.isgeneratorfunction(func):
+        if inspect.isgeneratorfunction(kind):
             @functools.wraps(func)
             def run_generator(*args, **kwargs):
                 context = copy_context()
@@ -273,7 +276,7 @@ class _Scope(Generic[_Handle]):
                 return result
             return run_generator
 
-        if inspect.iscoroutinefunction(func):
+        if inspect.iscoroutinefunction(kind):
             @functools.wraps(func)
             async def run_async(*args, **kwargs):
                 async with self._fresh():

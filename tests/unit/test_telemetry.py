@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -419,6 +420,38 @@ def test_a_decorated_generator_takes_what_its_consumer_sends_and_throws(tel):
     assert value(tel, EXECUTIONS, agent="conversation", status="success") == 1
     assert value(tel, EXECUTIONS, agent="async-conversation", status="success") == 1
     assert value(tel, ERRORS, agent="async-conversation", error_type="KeyError") == 1
+
+
+def test_callable_objects_and_partials_are_decorated_as_what_they_call(tel):
+    class Planner:
+        async def __call__(self, task):
+            await asyncio.sleep(0.05)
+            raise RuntimeError(task)
+
+    class Pages:
+        def __call__(self):
+            yield from (1, 2)
+
+    async def fetch(url, timeout):
+        await asyncio.sleep(0.05)
+        return url
+
+    planner = tel.agent_execution("planner")(Planner())
+    fetch_one = tel.tool_call("fetch")(functools.partial(fetch, timeout=1))
+    pages = tel.workflow("pages")(Pages())
+
+    async def main():
+        with pytest.raises(RuntimeError):
+            await planner("plan")
+        return await fetch_one("https://example.com")
+
+    assert asyncio.run(main()) == "https://example.com"
+    assert list(pages()) == [1, 2]
+    # Recorded when the coroutine ends, not when the call returns it.
+    assert value(tel, ERRORS, agent="planner", error_type="RuntimeError") == 1
+    assert value(tel, catalog.AGENT_EXECUTION_DURATION.name + "_sum", agent="planner") >= 0.05
+    assert value(tel, catalog.TOOL_CALL_DURATION.name + "_sum", tool="fetch") >= 0.05
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="pages", status="success") == 1
 
 
 def test_decorated_generators_side_by_side_leave_their_consumer_as_it_was(tel, spans):
