@@ -71,6 +71,17 @@ def test_legacy_api_and_legacy_record_form_produce_the_same_series(tmp_path):
     assert value(via_api, catalog.USAGE_UNKNOWN.name, agent="reviewer") == 1
 
 
+def test_success_is_taken_as_the_legacy_collector_took_it(tmp_path):
+    # It tested `if success:`: callers passed 1 and 0 (a database row's column) as well as bools.
+    telemetry = Telemetry()
+    collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=telemetry)
+    collector.record_agent_execution("planner", 100.0, 1)
+    collector.record_agent_execution("planner", 100.0, 0)
+    assert value(telemetry, catalog.AGENT_EXECUTIONS.name, agent="planner", status="success") == 1
+    assert value(telemetry, catalog.AGENT_EXECUTIONS.name, agent="planner", status="error") == 1
+    assert [r["success"] for r in collector.metrics["agent_executions"]] == [True, False]
+
+
 def test_summary_keeps_the_legacy_keys_and_values(tmp_path):
     collector = MetricsCollector(storage_dir=str(tmp_path), telemetry=Telemetry())
     assert collector.get_summary() == {"message": "No metrics collected yet"}

@@ -59,7 +59,9 @@ class MetricsCollector:
             "timestamp": datetime.now().isoformat(),
             "agent_name": agent_name,
             "duration_ms": duration_ms,
-            "success": success,
+            # The legacy collector tested `if success:`, so callers passed 1/0 (database rows) too;
+            # the record keeps a bool, as `agent-exporter replay` reads saved files.
+            "success": bool(success),
             "tokens_used": tokens_used,
             "cost": cost,
         }
