@@ -59,9 +59,10 @@ class MetricsCollector:
             "timestamp": datetime.now().isoformat(),
             "agent_name": agent_name,
             "duration_ms": duration_ms,
-            # The legacy collector tested `if success:`, so callers passed 1/0 (database rows) too;
-            # the record keeps a bool, as `agent-exporter replay` reads saved files.
-            "success": bool(success),
+            # The legacy collector tested `if success:`, so callers passed 1 and 0 (a database row's
+            # column) too; the record keeps a bool, as `agent-exporter replay` reads saved files.
+            # Anything else ("yes", None) is a caller's bug, refused.
+            "success": bool(success) if type(success) is int and success in (0, 1) else success,
             "tokens_used": tokens_used,
             "cost": cost,
         }
