@@ -6,11 +6,12 @@ import re
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 from agent_exporter import compat
 from agent_exporter.compat import alerting, metrics_collector, tracer
-from agent_exporter.compat.alerting import get_alerting_system
+from agent_exporter.compat.alerting import Alert, get_alerting_system
 from agent_exporter.compat.metrics_collector import get_metrics_collector
 from agent_exporter.config import Config
 
@@ -69,17 +70,44 @@ def test_the_legacy_config_can_turn_the_metrics_off(legacy_process):
 
 
 def test_an_unreadable_legacy_config_means_the_defaults_loudly(legacy_process, caplog):
-    legacy_process.write_text(LEGACY_YAML.replace("sampling_rate: 1.0", "sampling_rate: 2"))
+    legacy_process.write_text("observability: [not, a, mapping]\n")
     with caplog.at_level(logging.WARNING):
         collector = get_metrics_collector()       # no exception the legacy collector did not raise
     assert collector.telemetry.config == Config()
-    assert "observability.tracing.sampling_rate" in caplog.text
+    assert "using defaults: observability: expected a mapping" in caplog.text
+
+
+def test_a_legacy_key_that_does_not_validate_takes_its_default_and_the_rest_applies(legacy_process, caplog):
+    # The legacy file says to fill in the Slack webhook URL, which is refused in a config (secrets go
+    # in files): that key alone is dropped, and what the file turns off stays off.
+    legacy_process.write_text(
+        LEGACY_YAML.replace("sampling_rate: 1.0", "sampling_rate: 2")
+        .replace("  tracing:\n    enabled: true", "  tracing:\n    enabled: false")
+        .replace("  alerting:\n    enabled: true", "  alerting:\n    enabled: false")
+        .replace("    collection_interval: 60  # seconds\n",
+                 "    collection_interval: 60  # seconds\n    prices:\n      gpt-4.1: {input: -1, output: 8}\n"
+                 "      o3: {input: 2, output: 8}\n")
+        + '    slack:\n      webhook_url: "https://hooks.slack.com/services/T000/B000/XXXX"\n')
+    with caplog.at_level(logging.WARNING):
+        config = compat.load_legacy_config(legacy_process)
+        system = get_alerting_system()
+    assert (config.tracing.enabled, config.alerting.enabled, config.tracing.sampling_rate) == (False, False, 1.0)
+    assert set(config.metrics.prices) == {"o3"}
+    assert config.alerting.channels == ("log",)
+    assert system.send_alert(Alert("critical", "x", "y")) is False
+    dropped = [r.getMessage() for r in caplog.records if "takes its default" in r.getMessage()]
+    assert len(dropped) == 4 * 2          # each key named (the price, then its model), by both readers
+    assert all("hooks.slack.com" not in line for line in caplog.text.splitlines())
+    assert any("observability.metrics.prices.gpt-4.1.input" in line for line in dropped)
 
 
 def test_the_legacy_alerting_reads_the_same_file(legacy_process):
     # The seed's alerting section, and where its Alertmanager is.
     legacy_process.write_text(LEGACY_YAML + '    alertmanager_url: "http://alertmanager:9093/"\n')
     system = get_alerting_system()
-    assert system.config == get_metrics_collector().telemetry.config
-    assert system.config.alerting.channels == ("log",)
+    # As in the legacy package, its config is the alerting section as a dict.
+    assert system.config == msgspec.json.decode(msgspec.json.encode(get_metrics_collector().telemetry.config.alerting))
+    assert system.config["channels"] == ["log"]
     assert system.alertmanager_url == "http://alertmanager:9093"
+    system.config["enabled"] = False                # legacy code turned alerting off this way
+    assert system.send_alert(Alert("critical", "x", "y")) is False

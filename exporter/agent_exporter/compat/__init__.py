@@ -19,11 +19,14 @@ Telemetry to the shims before first use:
 from __future__ import annotations
 
 import logging
+import re
 import threading
+from pathlib import Path
 
 import msgspec
+import yaml
 
-from ..config import Config, ConfigError, load_config, parse_config
+from ..config import Config, ConfigError, parse_config
 from ..telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
@@ -34,12 +37,41 @@ DEFAULT_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.y
 
 
 def load_legacy_config(path=DEFAULT_CONFIG_FILE) -> Config:
-    """The config at `path`; as the legacy package did, a missing or unreadable file means the defaults, loudly."""
+    """The config at `path`, read as the legacy package read it: a missing or unreadable file means
+    the defaults, and a key that does not validate takes its default, each loudly; the rest of the
+    file applies (a file that turns tracing or alerting off never has it turned back on)."""
     try:
-        return load_config(path)
-    except ConfigError as exc:
-        _log.warning("could not load the observability config, using defaults: %s", exc)
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        _log.warning("could not load the observability config %s, using defaults: %s", path, exc)
         return Config()
+    while True:     # bounded: each turn takes a key out of the document
+        try:
+            return parse_config(document)
+        except ConfigError as exc:
+            if not _remove(document, exc.path):
+                _log.warning("could not load the observability config %s, using defaults: %s", path, exc)
+                return Config()
+            _log.warning("observability config %s: %s; that key takes its default", path, exc)
+
+
+def _remove(document, path: str) -> bool:
+    """Take the key a ConfigError's `path` names out of `document` (a list, whole); whether it was there."""
+    parts = re.sub(r"\[\d+\]", "", path).split(".")
+    if len(parts) < 2:
+        return False        # the document itself is wrong: nothing of it can be kept
+    node, i = document, 0
+    while isinstance(node, dict):
+        # The longest key first: map keys such as model names hold dots.
+        key = next((".".join(parts[i:j]) for j in range(len(parts), i, -1) if ".".join(parts[i:j]) in node), None)
+        if key is None:
+            return False
+        i += key.count(".") + 1
+        if i == len(parts):
+            del node[key]
+            return True
+        node = node[key]
+    return False
 
 
 def default_telemetry(service_name: str | None = None) -> Telemetry:

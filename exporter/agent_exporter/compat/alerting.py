@@ -24,6 +24,8 @@ import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import msgspec
+
 from ..config import Config
 from . import DEFAULT_CONFIG_FILE, load_legacy_config
 
@@ -60,8 +62,11 @@ class AlertingSystem:
     """Sends legacy alerts to Alertmanager (and to the log when the `log` channel is on)."""
 
     def __init__(self, config_file: str = DEFAULT_CONFIG_FILE, *, config: Config | None = None):
-        self.config = config if config is not None else load_legacy_config(config_file)
-        self.alertmanager_url = self.config.alerting.alertmanager_url.rstrip("/")
+        alerting = (config if config is not None else load_legacy_config(config_file)).alerting
+        # The legacy attribute: the config's alerting section as a dict.  It is read on every alert,
+        # as it was, so legacy code that sets `config["enabled"] = False` still turns alerting off.
+        self.config: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(alerting))    # lists, as YAML gave
+        self.alertmanager_url = alerting.alertmanager_url.rstrip("/")
         # Legacy code appended its own callables here; they still get every alert.
         self.handlers: list[Callable[[Alert], None]] = []
         self._told_about_conditions = False
@@ -86,10 +91,9 @@ class AlertingSystem:
         """Deliver `alert`: to the log and the handlers now, to Alertmanager from the sending thread.
         Returns whether it was queued for Alertmanager (not with alerting off or the queue full).
         Never raises, never waits for Alertmanager."""
-        alerting = self.config.alerting
-        if not alerting.enabled:
+        if not self.config.get("enabled", True):
             return False
-        if "log" in alerting.channels:
+        if "log" in self.config.get("channels", ()):
             severity = str(alert.severity)      # legacy alerts carry any object; the legacy log line printed it
             _log.log(_LEVELS.get(severity, logging.WARNING),
                      "ALERT [%s] %s: %s", severity.upper(), alert.title, alert.message)
@@ -161,7 +165,7 @@ class AlertingSystem:
         self._told_about_conditions = True
         _log.warning("check_conditions() no longer evaluates %s: the conditions are Prometheus alert rules "
                      "rendered from the same config (prometheus/rules/orchestrator.alerts.yml)",
-                     list(self.config.alerting.conditions))
+                     list(self.config.get("conditions", ())))
         return []
 
 
