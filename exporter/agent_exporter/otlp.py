@@ -483,6 +483,10 @@ def _merged(execution: events.AgentExecution, calls: list[_Call], prices) -> eve
     for call in calls[1:]:
         tokens = _add(tokens, call.tokens)
         models.add(call.model)
+    if tokens[5] is not None and any(count is not None for count in tokens[:5]):
+        # Some calls say how their tokens split and some give a total only: together they are a
+        # total (type="unsplit"), every token counted once, and their cost unknown, not the split part's.
+        tokens = (None, None, None, None, None, sum(count for count in tokens if count is not None))
     ttft = execution.time_to_first_token_seconds
     if ttft is None:
         first = min((call for call in calls if call.ttft is not None), key=lambda call: call.start, default=None)

@@ -394,6 +394,18 @@ def test_agent_whose_calls_used_several_models_has_model_unknown_and_the_summed_
     assert value(tel, catalog.USAGE_UNKNOWN.name, agent="router") == 0
 
 
+@pytest.mark.parametrize("second_model", ["o3", "gpt-4o"], ids=["one model", "two models"])
+def test_calls_split_and_total_only_make_one_unsplit_total_and_an_unknown_cost(tel, rx, second_model):
+    total_only = span(3, {"gen_ai.operation.name": "chat", "gen_ai.request.model": second_model,
+                          "llm.usage.total_tokens": 5000}, parent=1, name="chat", seconds=0.5)
+    rx.export(request(chat_span(2, parent=1, model="o3", input_tokens=1000, output_tokens=300), total_only,
+                      agent_span(1, "mixer")))
+    model = "o3" if second_model == "o3" else "unknown"
+    assert tokens(tel, "mixer", model) == {"unsplit": 6300}
+    assert value(tel, catalog.LLM_COST.name, agent="mixer", model=model) == 0
+    assert value(tel, catalog.USAGE_UNKNOWN.name, agent="mixer") == 1
+
+
 def test_several_models_one_without_a_price_is_unknown_usage_never_zero(tel, rx):
     rx.export(request(chat_span(2, parent=1, model="gpt-4o"), chat_span(3, parent=1, model="mystery-model"),
                       agent_span(1, "router")))
