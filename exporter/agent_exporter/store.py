@@ -263,18 +263,25 @@ class SeriesStore:
             self._events.values[self._event_type_index[cls]] += 1
 
     def apply_batch(self, batch: Iterable) -> None:
-        """Apply decoded events under a single lock acquisition."""
+        """Apply decoded events under a single lock acquisition; TypeError at the first item that
+        is not one (the events before it are applied and counted)."""
         appliers = self._appliers
         per_type = dict.fromkeys(appliers, 0)
         with self._lock:
-            for event in batch:
-                cls = type(event)
-                appliers[cls](event)
-                per_type[cls] += 1
-            values, index = self._events.values, self._event_type_index
-            for cls, n in per_type.items():
-                if n:
-                    values[index[cls]] += n
+            try:
+                for event in batch:
+                    cls = type(event)
+                    try:
+                        apply = appliers[cls]
+                    except KeyError:
+                        raise TypeError(f"expected a decoded event (events.decode), got {cls.__name__}") from None
+                    apply(event)
+                    per_type[cls] += 1
+            finally:
+                values, index = self._events.values, self._event_type_index
+                for cls, n in per_type.items():
+                    if n:
+                        values[index[cls]] += n
 
     def count_rejected(self, reason: str, n: int = 1) -> None:
         with self._lock:

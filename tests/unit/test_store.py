@@ -94,6 +94,14 @@ def test_every_event_type_lands_in_its_metrics(store):
     assert ("orchestrator_usage_unknown_total", frozenset({"agent": "planner"}.items())) not in got
 
 
+def test_a_batch_with_an_item_that_is_not_an_event_stops_there_with_its_counts_consistent(store):
+    retry = events.decode({"type": "retry", "agent": "x", "attempt": 1})
+    with pytest.raises(TypeError, match="expected a decoded event .*, got dict"):
+        store.apply_batch([retry, retry, {"type": "retry", "agent": "y", "attempt": 1}, retry])
+    assert value(store, catalog.RETRIES.name, agent="x", error_type="unknown") == 2
+    assert value(store, catalog.EXPORTER_EVENTS.name, type="retry") == 2
+
+
 def test_usage_unknown_is_counted_never_priced_at_zero(store):
     feed(store,
          {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1},
