@@ -40,6 +40,7 @@ import functools
 import inspect
 import logging
 import time
+import warnings
 from contextvars import Context, ContextVar, Token, copy_context
 from types import TracebackType
 from typing import (
@@ -314,6 +315,13 @@ class _InContext:
                 value, step = thrown, steps.throw
 
 
+def _too_late(method: str, run: "AgentRun") -> None:
+    # Recorded already: what the call says would be lost silently.  A RuntimeWarning, shown
+    # once per call site as Python's warnings are, rather than an exception into the caller.
+    warnings.warn(f"run.{method}() after the run of {run.agent!r} ended: not recorded", RuntimeWarning,
+                  stacklevel=3)
+
+
 def _traced(span: trace.Span | None) -> trace.Span | None:
     """The span a scope makes current: none when it was not traced (tracing.trace_all_agents or
     trace_tool_calls off, or a fault), so that what runs inside keeps the caller's span as its
@@ -459,6 +467,8 @@ class AgentRun(_Scope["AgentRun"]):
                 cache_write_tokens = _count("cache_write_tokens", cache_write_tokens)
             if reasoning_tokens is not None:
                 reasoning_tokens = _count("reasoning_tokens", reasoning_tokens)
+        if self._finished:
+            return _too_late("usage", self)
         if input_tokens is not None:
             self.input_tokens = input_tokens if self.input_tokens is None else self.input_tokens + input_tokens
         if output_tokens is not None:
@@ -475,12 +485,17 @@ class AgentRun(_Scope["AgentRun"]):
 
     def set_model(self, model: str) -> None:
         """The model that actually answered, when it differs from the one asked for."""
-        self.model = model = _name("model", model)
+        model = _name("model", model)
+        if self._finished:
+            return _too_late("set_model", self)
+        self.model = model
         if self.span is not None and self._run_token is not None:     # a span still running
             self._telemetry.spans.set_model(self.span, model)
 
     def first_token(self) -> None:
         """Mark the first streamed token; the first call of a run counts."""
+        if self._finished:
+            return _too_late("first_token", self)
         if self.first_token_at is None:
             self.first_token_at = _perf_counter()
 

@@ -108,10 +108,24 @@ def test_set_model_names_the_model_that_answered_on_the_running_span(tel, spans)
 def test_set_model_after_the_run_leaves_its_ended_span_alone(tel, spans, caplog):
     with tel.agent_execution("planner", model="gpt-4o") as run:
         pass
-    run.set_model("gpt-4o-mini")
+    with pytest.warns(RuntimeWarning, match=r"run.set_model\(\) after the run of 'planner' ended: not recorded"):
+        run.set_model("gpt-4o-mini")
     assert finished(spans[1], "invoke_agent planner").attributes["gen_ai.request.model"] == "gpt-4o"
     assert "gen_ai.response.model" not in finished(spans[1], "invoke_agent planner").attributes
     assert "ended span" not in caplog.text
+
+
+def test_usage_reported_after_the_run_ended_is_a_warning_not_a_silent_loss(tel):
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        pass
+    with pytest.warns(RuntimeWarning, match=r"run.usage\(\) after the run of 'planner' ended: not recorded"):
+        run.usage(input_tokens=5)
+    with pytest.warns(RuntimeWarning, match=r"run.first_token\(\)"):
+        run.first_token()
+    with pytest.raises(ValueError):         # a bad argument is still refused first
+        run.usage(input_tokens=-1)
+    assert value(tel, UNKNOWN, agent="planner") == 1
+    assert (TOKENS, frozenset({"agent": "planner", "model": "gpt-4o", "type": "input"}.items())) not in samples(tel)
 
 
 def test_given_cost_wins_and_unpriced_or_missing_usage_is_unknown_not_free(tel):
