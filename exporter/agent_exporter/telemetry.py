@@ -219,11 +219,8 @@ class _Scope(Generic[_Handle]):
         if inspect.isasyncgenfunction(kind):
             @functools.wraps(func)
             async def run_async_generator(*args, **kwargs):
-                context = copy_context()
-                scope = self._fresh()
-                context.run(scope.__enter__)
-                items = func(*args, **kwargs)
-                try:
+                with _InOwnContext(self._fresh()) as context:
+                    items = func(*args, **kwargs)
                     try:
                         step = _InContext(context, items.asend(None))
                         while True:
@@ -240,28 +237,20 @@ class _Scope(Generic[_Handle]):
                         pass
                     finally:
                         await _InContext(context, items.aclose())
-                except BaseException as exc:
-                    context.run(scope.__exit__, type(exc), exc, exc.__traceback__)
-                    raise
-                context.run(scope.__exit__, None, None, None)
             return run_async_generator
 
         if inspect.isgeneratorfunction(kind):
             @functools.wraps(func)
             def run_generator(*args, **kwargs):
-                context = copy_context()
-                scope = self._fresh()
-                context.run(scope.__enter__)
-                items = func(*args, **kwargs)
-                try:
+                with _InOwnContext(self._fresh()) as context:
+                    items = func(*args, **kwargs)
                     try:
                         step, value = items.send, None
                         while True:
                             try:
                                 item = context.run(step, value)
                             except StopIteration as stop:
-                                result = stop.value
-                                break
+                                return stop.value
                             try:
                                 value, step = (yield item), items.send
                             except GeneratorExit:
@@ -270,11 +259,6 @@ class _Scope(Generic[_Handle]):
                                 value, step = thrown, items.throw
                     finally:
                         context.run(items.close)
-                except BaseException as exc:
-                    context.run(scope.__exit__, type(exc), exc, exc.__traceback__)
-                    raise
-                context.run(scope.__exit__, None, None, None)
-                return result
             return run_generator
 
         if inspect.iscoroutinefunction(kind):
@@ -289,6 +273,25 @@ class _Scope(Generic[_Handle]):
             with self._fresh():
                 return func(*args, **kwargs)
         return run_sync
+
+
+class _InOwnContext:
+    """A fresh scope entered and exited in a copy of the current Context: a decorated generator's
+    (`with` gives the Context, in which each of its steps runs)."""
+
+    __slots__ = ("_context", "_scope")
+
+    def __init__(self, scope: _Scope):
+        self._context = copy_context()
+        self._scope = scope
+
+    def __enter__(self) -> Context:
+        self._context.run(self._scope.__enter__)
+        return self._context
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        return self._context.run(self._scope.__exit__, exc_type, exc, tb)
 
 
 class _InContext:
