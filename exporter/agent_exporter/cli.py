@@ -40,18 +40,11 @@ def _load_config(args):
 def _read_secrets(config) -> None:
     """Read the secret files the service reads at start (ValueError naming the key), so that `check`
     fails where `serve` would, and `serve` says so before it starts anything."""
-    from .healing.api_client import APIClient
+    from .healing.fleet import fleet_clients
     from .server import read_bearer_token
     read_bearer_token(config.server.bearer_token_file)
-    fleet = config.healing.fleet
     if config.healing.enabled:
-        key = "observability.healing.fleet"
-        if fleet.alertmanager.urls:
-            APIClient(fleet.alertmanager.urls, auth=fleet.alertmanager.auth, key_path=f"{key}.alertmanager",
-                      timeout=fleet.timeout_seconds)
-        if fleet.prometheus.url:
-            APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth, key_path=f"{key}.prometheus",
-                      timeout=fleet.timeout_seconds)
+        fleet_clients(config)
 
 
 def _error(message: str) -> int:

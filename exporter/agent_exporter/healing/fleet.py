@@ -20,6 +20,21 @@ from .api_client import APIClient
 from .fleet_stats import PrometheusStats
 from .polling import Poller
 
+def fleet_clients(config) -> tuple[APIClient | None, APIClient | None]:
+    """The API clients of healing.fleet's Alertmanager and Prometheus, None where unset.  Their secret
+    files are read here, so an unreadable one is a ValueError naming its key (`check` asks too)."""
+    fleet = config.healing.fleet
+    key = "observability.healing.fleet"
+    alertmanager = prometheus = None
+    if fleet.alertmanager.urls:
+        alertmanager = APIClient(fleet.alertmanager.urls, auth=fleet.alertmanager.auth,
+                                 key_path=f"{key}.alertmanager", timeout=fleet.timeout_seconds)
+    if fleet.prometheus.url:
+        prometheus = APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth,
+                               key_path=f"{key}.prometheus", timeout=fleet.timeout_seconds)
+    return alertmanager, prometheus
+
+
 class Fleet:
     """The fleet's pollers of one replica; made by AlertRemediator from the config."""
 
@@ -32,7 +47,6 @@ class Fleet:
         fleet = config.healing.fleet
         if not config.healing.enabled or not (fleet.alertmanager.urls or fleet.prometheus.url):
             return None
-        key = "observability.healing.fleet"
         timing = dict(jitter=fleet.jitter, backoff_max=fleet.backoff_max_seconds)
 
         def source_up(name: str):
@@ -42,16 +56,13 @@ class Fleet:
             return lambda ok: telemetry.store.set_fleet_source_up(name, ok)
 
         pollers = []
-        if fleet.alertmanager.urls:
-            client = APIClient(fleet.alertmanager.urls, auth=fleet.alertmanager.auth,
-                               key_path=f"{key}.alertmanager", timeout=fleet.timeout_seconds)
-            pollers.append(Poller("alertmanager", AlertmanagerAlerts(client, remediator),
+        alertmanager, prometheus = fleet_clients(config)
+        if alertmanager is not None:
+            pollers.append(Poller("alertmanager", AlertmanagerAlerts(alertmanager, remediator),
                                   interval=fleet.alertmanager.interval_seconds, on_result=source_up("alertmanager"),
                                   **timing))
-        if fleet.prometheus.url:
-            client = APIClient([fleet.prometheus.url], auth=fleet.prometheus.auth,
-                               key_path=f"{key}.prometheus", timeout=fleet.timeout_seconds)
-            stats = PrometheusStats(client, remediator.selector, fleet.prometheus.window,
+        if prometheus is not None:
+            stats = PrometheusStats(prometheus, remediator.selector, fleet.prometheus.window,
                                     config.alerting.deployment_labels)
             pollers.append(Poller("prometheus", stats, interval=fleet.prometheus.interval_seconds,
                                   on_failure=stats.unavailable, on_result=source_up("prometheus"), **timing))
