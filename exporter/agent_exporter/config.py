@@ -468,14 +468,18 @@ def parse_config(mapping) -> Config:
 
 def load_config(path) -> Config:
     """Read and validate a YAML config file; errors name the file and the key path."""
+    return parse_config(read_document(path))
+
+
+def read_document(path):
+    """The YAML document of a config file, not yet validated (ConfigError naming the file)."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read the config: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"invalid YAML: {exc}") from None
-    return parse_config(document)
 
 
 def default_config() -> Config:

@@ -21,12 +21,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from pathlib import Path
 
 import msgspec
-import yaml
 
-from ..config import Config, ConfigError, parse_config
+from ..config import Config, ConfigError, parse_config, read_document
 from ..telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
@@ -41,9 +39,9 @@ def load_legacy_config(path=DEFAULT_CONFIG_FILE) -> Config:
     the defaults, and a key that does not validate takes its default, each loudly; the rest of the
     file applies (a file that turns tracing or alerting off never has it turned back on)."""
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        _log.warning("could not load the observability config %s, using defaults: %s", path, exc)
+        document = read_document(path)
+    except ConfigError as exc:
+        _log.warning("could not load the observability config, using defaults: %s", exc)
         return Config()
     while True:     # bounded: each turn takes a key out of the document
         try:
