@@ -291,11 +291,11 @@ def describe_config(config, path: str | None) -> str:
             + "; ticket " + ", ".join(f"{long}/{short} x{factor:g}" for long, short, factor in slo.ticket_windows))
     fleet = h.fleet
     lines += [
-        f"  budget: ${a.budget.day_usd:g}/day ${a.budget.month_usd:g}/month owners={','.join(a.budget.owners) or 'none'}"
+        f"  budget: ${a.budget.day_usd:g}/day ${a.budget.month_usd:g}/month owners={','.join(a.budget.owners) or 'the on-call (email.to_addresses)'}"
         + ("; per feature: " + ", ".join(f"{feature} ${usd:g}/day" for feature, usd in a.budget.per_feature.items())
            if a.budget.per_feature else ""),
         f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
-        f"to={','.join(a.email.to_addresses) or 'none'}",
+        f"to={','.join(a.email.to_addresses)}",
         f"  slack: channel={a.slack.channel} webhook_url_file={a.slack.webhook_url_file}",
         f"  alertmanager: {a.alertmanager_url}; remediation alerts: " + (
             f"{','.join(a.remediation_alerts)} -> {a.exporter_url}/v1/alertmanager"

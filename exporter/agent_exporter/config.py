@@ -159,7 +159,7 @@ class SLOConfig(Section):
 class BudgetConfig(Section):
     day_usd: NonNegative = 100.0
     month_usd: NonNegative = 2000.0
-    owners: tuple[Email, ...] = ()            # email addresses of the budget owners
+    owners: tuple[Email, ...] = ()            # email addresses of the budget owners; none: the on-call's
     # USD a day per value of the `feature` label (needs metrics.extra_labels: [feature]).
     per_feature: dict[LabelValue, NonNegative] = {}
 
@@ -170,7 +170,7 @@ class EmailConfig(Section):
     smtp_server: NonEmpty = "mailpit"
     smtp_port: Annotated[int, Meta(gt=0, lt=65536, description="a TCP port")] = 1025
     from_address: Email = "alerts@example.com"
-    to_addresses: tuple[Email, ...] = ()
+    to_addresses: tuple[Email, ...] = ("oncall@example.com",)     # the on-call
     username: str = ""
     password_file: str = ""                   # never the password itself
     require_tls: bool = False
@@ -234,6 +234,9 @@ class AlertingConfig(Section):
 
     def __post_init__(self):
         _unique(self.channels, "channels")
+        if "email" in self.channels and not self.email.to_addresses:
+            raise Invalid("email.to_addresses", "empty; the email channel needs at least one address "
+                                                "(or leave email out of channels)")
         for i, label in enumerate(self.group_labels):
             if label in _RULE_LABELS:
                 raise Invalid(f"group_labels[{i}]", f"{label!r} is a label the rules already use; "

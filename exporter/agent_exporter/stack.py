@@ -273,7 +273,6 @@ def stack_config(config: Config, *, exporter_url: str, alertmanager_url: str, sl
             exporter_url=exporter_url,
             slack=replace(alerting.slack, webhook_url_file=str(slack_url_file)),
             email=replace(alerting.email, smtp_server="127.0.0.1", smtp_port=smtp_port,
-                          to_addresses=alerting.email.to_addresses or ("oncall@example.com",),
                           username="", password_file="", require_tls=False),
         ),
     )

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_exporter import Telemetry, __version__, catalog
@@ -138,6 +139,17 @@ observability:
     assert "forward_spans=on -> http://jaeger:4317 (grpc) (queue 64)" in out
     assert "remediation alerts: none (healing disabled)\n" in out
     assert "healing: disabled\n" in out
+
+
+def test_check_prints_the_addresses_render_mails(tmp_path, capsys):
+    out = checked(tmp_path, capsys, "observability: {}\n")
+    assert " to=oncall@example.com\n" in out
+    assert "owners=the on-call (email.to_addresses)" in out
+    rendered = tmp_path / "rendered"
+    assert main(["render", "--config.file", str(tmp_path / "observability.yaml"), "--out", str(rendered)]) == 0
+    mailed = {config["to"] for receiver in yaml.safe_load((rendered / "alertmanager" / "alertmanager.yml").read_text())
+              ["receivers"] for config in receiver.get("email_configs", [])}
+    assert mailed == {"oncall@example.com"}
 
 
 def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):

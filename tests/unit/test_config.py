@@ -84,6 +84,8 @@ BAD = [
     ({"alerting": {"slo": {"page_windows": [["1h", "5min", 14.4]]}}}, "observability.alerting.slo.page_windows[0][1]", "duration"),
     ({"alerting": {"channels": ["pager"]}}, "observability.alerting.channels[0]", "slack"),
     ({"alerting": {"email": {"to_addresses": ["nobody"]}}}, "observability.alerting.email.to_addresses[0]", "email"),
+    # Alertmanager would refuse an email receiver with no recipient; a placeholder would mail nobody real.
+    ({"alerting": {"email": {"to_addresses": []}}}, "observability.alerting.email.to_addresses", "at least one"),
     ({"alerting": {"email": {"password": "hunter2"}}}, "observability.alerting.email.password", "password_file"),
     ({"alerting": {"slack": {"webhook_url": "https://hooks.slack.com/services/T/B/X"}}},
      "observability.alerting.slack.webhook_url", "webhook_url_file"),

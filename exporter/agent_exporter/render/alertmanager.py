@@ -92,7 +92,7 @@ _ROLES = {
 def _receiver(config: Config, roles: list[str]) -> dict:
     """A receiver named after what it does: slack, email (the on-call), budget (the owners)."""
     alerting = config.alerting
-    oncall = alerting.email.to_addresses or ("oncall@example.com",)
+    oncall = alerting.email.to_addresses
     owners = alerting.budget.owners or oncall
     receiver = {"name": "-".join(roles)}
     if "slack" in roles:
