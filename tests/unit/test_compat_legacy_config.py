@@ -44,6 +44,19 @@ def test_a_legacy_application_prints_its_spans_as_its_config_says(tmp_path):
     assert {span["resource"]["attributes"]["service.name"] for span in printed} == {"magnus"}
 
 
+@pytest.mark.parametrize("set_in_file", [False, True])
+def test_legacy_spans_keep_the_legacy_service_unless_the_file_names_one(legacy_process, set_in_file):
+    # The legacy tracer's resource: Jaeger searches by service.name keep finding its traces.
+    text = LEGACY_YAML.replace("export_to_console: true", "export_to_console: false")
+    if set_in_file:
+        text = text.replace("observability:\n", "observability:\n  service_name: magnus\n", 1)
+    legacy_process.write_text(text)
+    resource = tracer.get_tracer().provider.resource.attributes
+    expected = ("magnus", compat.LEGACY_SERVICE["service_version"]) if set_in_file else (
+        "magnus-orchestrator", "2.0")
+    assert (resource["service.name"], resource["service.version"]) == expected
+
+
 @pytest.fixture
 def legacy_process(tmp_path, monkeypatch):
     """No legacy singletons yet, the working directory a legacy application's.  Returns where its
@@ -73,7 +86,7 @@ def test_an_unreadable_legacy_config_means_the_defaults_loudly(legacy_process, c
     legacy_process.write_text("observability: [not, a, mapping]\n")
     with caplog.at_level(logging.WARNING):
         collector = get_metrics_collector()       # no exception the legacy collector did not raise
-    assert collector.telemetry.config == Config()
+    assert collector.telemetry.config == Config(**compat.LEGACY_SERVICE)
     assert "using defaults: observability: expected a mapping" in caplog.text
 
 

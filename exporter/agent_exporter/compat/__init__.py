@@ -32,24 +32,30 @@ _lock = threading.Lock()
 _default: Telemetry | None = None
 
 DEFAULT_CONFIG_FILE = ".claude/orchestrator/observability/observability_config.yaml"
+# The resource the legacy tracer gave its spans: traces keep being found under the old service name.
+LEGACY_SERVICE = {"service_name": "magnus-orchestrator", "service_version": "2.0"}
 
 
 def load_legacy_config(path=DEFAULT_CONFIG_FILE) -> Config:
     """The config at `path`, read as the legacy package read it: a missing or unreadable file means
     the defaults, and a key that does not validate takes its default, each loudly; the rest of the
-    file applies (a file that turns tracing or alerting off never has it turned back on)."""
+    file applies (a file that turns tracing or alerting off never has it turned back on).  The service
+    is named as the legacy tracer named it (LEGACY_SERVICE) unless the file names it."""
     try:
         document = read_document(path)
     except ConfigError as exc:
         _log.warning("could not load the observability config, using defaults: %s", exc)
-        return Config()
+        return Config(**LEGACY_SERVICE)
+    if isinstance(document, dict) and isinstance(document.get("observability"), dict):
+        for key, value in LEGACY_SERVICE.items():
+            document["observability"].setdefault(key, value)
     while True:     # bounded: each turn takes a key out of the document
         try:
             return parse_config(document)
         except ConfigError as exc:
             if not _remove(document, exc.path):
                 _log.warning("could not load the observability config %s, using defaults: %s", path, exc)
-                return Config()
+                return Config(**LEGACY_SERVICE)
             _log.warning("observability config %s: %s; that key takes its default", path, exc)
 
 
@@ -99,4 +105,4 @@ def set_default_telemetry(telemetry: Telemetry) -> None:
         _default = telemetry
 
 
-__all__ = ["DEFAULT_CONFIG_FILE", "default_telemetry", "load_legacy_config", "set_default_telemetry"]
+__all__ = ["DEFAULT_CONFIG_FILE", "LEGACY_SERVICE", "default_telemetry", "load_legacy_config", "set_default_telemetry"]
