@@ -110,6 +110,17 @@ def test_a_scoped_config_renders_rules_whose_rendered_tests_pass(tmp_path):
     assert_rule_tests_pass(tmp_path / "prometheus")
 
 
+def test_the_rendered_scrape_target_carries_the_deployment_labels(tmp_path):
+    # Else no alert carries them, and a remediator that wants them ignores every alert.
+    config = parse_config({"observability": {"alerting": {
+        "group_labels": ["environment"], "deployment_labels": {"environment": "production"}}}})
+    prometheus.render_prometheus(config, tmp_path)
+    document = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+    exporters = next(job for job in document["scrape_configs"] if job["job_name"] == "agent-exporter")
+    assert exporters["static_configs"] == [{"targets": ["agent-exporter:9464"], "labels": {"environment": "production"}}]
+    assert_ok(promtool("check", "config", str(tmp_path / "prometheus" / "prometheus.yml")))
+
+
 def test_with_alerting_off_only_the_recording_rules_are_rendered_and_tested(tmp_path):
     config = parse_config({"observability": {"alerting": {"enabled": False}}})
     prometheus.render_prometheus(config, tmp_path)

@@ -303,7 +303,7 @@ def test_exporter_image_runs_unprivileged_and_checks_its_health(services):
     build = services["agent-exporter"]["build"]
     assert build["context"] == "."
     dockerfile = (REPO / build["dockerfile"]).read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11-slim-bookworm$", dockerfile, re.M)     # the tested Debian release
     (user,) = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert user not in ("root", "0")
     port = flag(services["agent-exporter"], "web.listen-address").rsplit(":", 1)[1]

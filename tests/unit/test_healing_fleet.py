@@ -212,6 +212,23 @@ def test_a_deployment_acts_only_on_its_own_alerts():
     assert "coder" not in rem.breakers and "tester" not in rem.breakers
 
 
+def test_an_alert_without_the_deployment_label_is_ignored_with_a_warning_once(caplog):
+    # Not another deployment's: its Prometheus does not label the targets, so every alert would be ignored.
+    config = Config(alerting=AlertingConfig(remediation_alerts=(ALERT,), group_labels=("environment",),
+                                            deployment_labels={"environment": "production"}))
+    rem = AlertRemediator(config, clock=Clock(100.0))
+    staging = notification("firing", "f1", "coder")
+    staging["alerts"][0]["labels"]["environment"] = "staging"
+    with caplog.at_level(logging.WARNING):
+        assert rem.handle_webhook(staging)["ignored"] == 1
+        assert caplog.records == []
+        for fingerprint in ("f2", "f3"):
+            assert rem.handle_webhook(notification("firing", fingerprint, "planner"))["ignored"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring remediation alerts without the 'environment' label: alerting.deployment_labels wants "
+        "environment='production'; give the exporters' scrape targets that label"]
+
+
 def test_with_healing_off_alerts_open_no_breaker():
     rem = AlertRemediator(Config(healing=HealingConfig(enabled=False), alerting=AlertingConfig(
         remediation_alerts=(ALERT,))), clock=Clock(100.0))

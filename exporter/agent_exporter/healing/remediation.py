@@ -76,6 +76,7 @@ class AlertRemediator:
         self.max_agents = config.metrics.max_series
         self._firing: dict[str, dict[str, str]] = {}      # agent -> fingerprint -> alertname
         self._webhook_at: dict[str, float] = {}           # fingerprint -> when a webhook last spoke of it
+        self._unlabelled: set[str] = set()                # deployment labels an alert came without (warned)
         self._lock = threading.Lock()
         self.fleet = Fleet.from_config(config, self, telemetry)   # None without healing.fleet URLs
 
@@ -150,8 +151,16 @@ class AlertRemediator:
         """The agent a remediation alert of this deployment names, or None for any other alert."""
         if not self.enabled or labels["alertname"] not in self.remediation_alerts:
             return None
-        if any(labels.get(name) != value for name, value in self.deployment_labels.items()):
-            return None         # another deployment's (alerting.deployment_labels)
+        for name, value in self.deployment_labels.items():
+            label = labels.get(name)
+            if label is None and name not in self._unlabelled:
+                # Not another deployment's alert: this Prometheus does not label its targets so, and
+                # without a word self-healing would ignore every alert.
+                self._unlabelled.add(name)
+                _log.warning("ignoring remediation alerts without the %r label: alerting.deployment_labels "
+                             "wants %s=%r; give the exporters' scrape targets that label", name, name, value)
+            if label != value:
+                return None         # another deployment's (alerting.deployment_labels)
         return labels.get("agent") or None
 
     def _trackable(self, agent: str) -> bool:

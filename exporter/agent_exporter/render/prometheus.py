@@ -69,9 +69,12 @@ def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().j
 
 
 def stack_prometheus_config(config: Config) -> str:
-    """The compose stack's prometheus.yml (prometheus/prometheus.yml)."""
+    """The compose stack's prometheus.yml (prometheus/prometheus.yml).  The exporter's target carries
+    alerting.deployment_labels, so this deployment's alerts carry them and its self-healing acts on them."""
+    deployment = dict(config.alerting.deployment_labels)
     return prometheus_config(
         [STACK_EXPORTER], job=config.alerting.job,
+        exporter_labels={STACK_EXPORTER: deployment} if deployment else None,
         alertmanagers=[STACK_ALERTMANAGER] if config.alerting.enabled else [], rule_files=RULE_FILES,
         scrape_interval=scrape_interval(config), evaluation_interval=config.alerting.evaluation_interval,
         scrape_self=STACK_PROMETHEUS, max_exemplars=100_000)
