@@ -50,7 +50,7 @@ def main() -> None:
     slack.start()
     (work / "slack_url").write_text(slack.url)
     base = Config()
-    config = replace(base, alerting=replace(
+    config = replace(base, metrics=replace(base.metrics, collection_interval=1.0), alerting=replace(
         base.alerting, rate_window="10s", alert_for="0s", remediation_alerts=(), channels=("slack",),
         slack=replace(base.alerting.slack, webhook_url_file=str(work / "slack_url"))))
     tel = Telemetry()

@@ -343,6 +343,8 @@ class HealingConfig(Section):
 
 
 ROOT_KEY = "observability"
+# render scrapes at metrics.collection_interval, at most this: the legacy 60 s would leave alerts late.
+MAX_SCRAPE_INTERVAL_SECONDS = 15
 
 
 class Config(Section):
@@ -372,6 +374,22 @@ class Config(Section):
                 raise Invalid(f"alerting.thresholds.{threshold}",
                               f"{value!r} is not within {ROOT_KEY}.metrics.{buckets} (from {bounds[0]!r} "
                               f"to below {bounds[-1]!r}), where a p95 can be measured against it")
+        # Prometheus scrapes at its own phase, not the rules': a window of fewer than four scrapes often
+        # holds one sample, and rate() over it is empty, so an alert on it never fires.
+        scrape = min(self.metrics.collection_interval, MAX_SCRAPE_INTERVAL_SECONDS)
+        alerting, slos = self.alerting, (self.alerting.slo, self.alerting.workflow_slo)
+        windows = [("alerting.rate_window", alerting.rate_window),
+                   ("alerting.evaluation_window", alerting.evaluation_window),
+                   ("healing.fleet.prometheus.window", self.healing.fleet.prometheus.window)]
+        windows += [(f"alerting.{name}.{kind}[{i}]", short)
+                    for name, slo in (("slo", slos[0]), ("workflow_slo", slos[1]))
+                    for kind in ("page_windows", "ticket_windows")
+                    for i, (_, short, _) in enumerate(getattr(slo, kind))]
+        for key, window in windows:
+            if durations.prometheus_seconds(window) < 4 * scrape:
+                raise Invalid(key, f"{window} is under four scrapes at the scrape interval render writes "
+                                   f"({scrape:g}s: {ROOT_KEY}.metrics.collection_interval, at most "
+                                   f"{MAX_SCRAPE_INTERVAL_SECONDS}s); rate() over it is often empty")
 
 
 # -- loading -----------------------------------------------------------------

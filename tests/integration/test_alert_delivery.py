@@ -75,7 +75,7 @@ class Pipeline:
         (self.tmp_path / "slack_url").write_text(self.slack.url)
         base = Config()
         port = stack.free_port()
-        config = replace(base, alerting=replace(
+        config = replace(base, metrics=replace(base.metrics, collection_interval=1.0), alerting=replace(
             base.alerting, rate_window="10s", alert_for="1s", exporter_url=f"http://127.0.0.1:{port}",
             email=replace(base.alerting.email, smtp_server="127.0.0.1", smtp_port=self.smtp.port,
                           to_addresses=("oncall@example.com",)),

@@ -35,7 +35,8 @@ from agent_exporter.telemetry import Telemetry
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
 # The committed rules' thresholds, with windows short enough for a test.
-RULES_CONFIG = Config(alerting=AlertingConfig(evaluation_interval="1s", rate_window="10s", alert_for="1s"))
+RULES_CONFIG = Config(metrics=MetricsConfig(collection_interval=1.0),      # scraped every second
+                      alerting=AlertingConfig(evaluation_interval="1s", rate_window="10s", alert_for="1s"))
 
 pytestmark = pytest.mark.integration
 

@@ -86,6 +86,13 @@ BAD = [
     ({"alerting": {"email": {"to_addresses": ["nobody"]}}}, "observability.alerting.email.to_addresses[0]", "email"),
     # Alertmanager would refuse an email receiver with no recipient; a placeholder would mail nobody real.
     ({"alerting": {"email": {"to_addresses": []}}}, "observability.alerting.email.to_addresses", "at least one"),
+    # rate() needs two samples; Prometheus scrapes out of step with the rules, so four scrapes, at render's 15s.
+    ({"alerting": {"rate_window": "45s"}}, "observability.alerting.rate_window", "under four scrapes"),
+    ({"alerting": {"evaluation_window": "20s"}}, "observability.alerting.evaluation_window", "under four scrapes"),
+    ({"alerting": {"slo": {"page_windows": [["1h", "30s", 14.4]]}}}, "observability.alerting.slo.page_windows[0]",
+     "under four scrapes"),
+    ({"healing": {"fleet": {"prometheus": {"window": "30s"}}}}, "observability.healing.fleet.prometheus.window",
+     "under four scrapes"),
     ({"alerting": {"email": {"password": "hunter2"}}}, "observability.alerting.email.password", "password_file"),
     ({"alerting": {"slack": {"webhook_url": "https://hooks.slack.com/services/T/B/X"}}},
      "observability.alerting.slack.webhook_url", "webhook_url_file"),
@@ -174,6 +181,11 @@ def test_alerting_keys_load():
     assert alerting.workflow_slo.page_windows == (("1h", "5m", 14.4),)
     assert alerting.slo == Config().alerting.slo
     assert alerting.budget.per_feature == {"login": 20.0, "search": 35.5}
+
+
+def test_a_shorter_scrape_interval_allows_shorter_windows():
+    config = parse_config({"observability": {"metrics": {"collection_interval": 5}, "alerting": {"rate_window": "20s"}}})
+    assert config.alerting.rate_window == "20s"
 
 
 def test_the_example_config_documents_the_alerting_keys():
