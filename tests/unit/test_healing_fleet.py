@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import threading
+import time
 
 import pytest
 import requests
@@ -391,6 +392,34 @@ def test_any_member_answers_and_the_one_that_did_is_asked_first_next_time(tmp_pa
         assert path == "/api/v2/alerts?filter=alertname%3D~%22A%22&active=true"
         assert headers["Authorization"] == "Bearer s3cret"
         assert client.urls[client._first] == live.url
+
+
+class Dripping(LoopbackServer):
+    """Answers with headers at once, then its body a byte every 0.1 s (a stuck proxy); stops when left."""
+
+    def __init__(self, length=200):
+        class Handler(QuietHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                try:
+                    for _ in range(length):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:
+                    pass
+
+        super().__init__(Handler)
+
+
+def test_a_member_that_answers_a_byte_at_a_time_fails_within_the_timeout_and_the_next_is_asked():
+    with Dripping() as dripping, Recorder(body=b"[2]") as live:
+        client = APIClient([dripping.url, live.url], auth=HTTPAuthConfig(), key_path="k", timeout=0.5)
+        assert client.get("/api/v2/alerts") == b"[2]"       # the whole drip would take 20 s
+        with pytest.raises(SourceUnavailable, match=r"no whole answer within 0\.5s"):
+            APIClient([dripping.url], auth=HTTPAuthConfig(), key_path="k", timeout=0.5).get("/api/v2/alerts")
 
 
 def test_every_member_that_answers_is_heard(tmp_path):

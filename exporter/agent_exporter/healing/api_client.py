@@ -10,6 +10,7 @@ on every request so rotated secrets are picked up.
 from __future__ import annotations
 
 import base64
+import time
 import http.client
 import urllib.error
 import urllib.parse
@@ -23,11 +24,17 @@ class SourceUnavailable(Exception):
     """No member answered; the message names each member and why."""
 
 
+# Alertmanager's remediation alerts and Prometheus's per-agent statistics are small; anything this big is not them.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+_READ_SIZE = 64 * 1024
+
+
 class APIClient:
     """GET `path` from the first member of `urls` that answers 2xx; the body as bytes.
 
     `auth` is a config.HTTPAuthConfig, `key_path` its place in the config (for
-    errors); `timeout` bounds each request.
+    errors); `timeout` bounds each request: its connection, its headers and, from its start, its
+    whole answer (checked between reads, so a request ends within twice `timeout`).
     """
 
     def __init__(self, urls: Sequence[str], *, auth, key_path: str, timeout: float):
@@ -89,9 +96,19 @@ class APIClient:
 
     def _fetch(self, url: str, path: str, query: str, headers: dict) -> bytes:
         request = urllib.request.Request(f"{url}{path}?{query}" if query else url + path, headers=headers)
+        # urlopen's timeout bounds each socket operation, not the answer: a member that sends a byte
+        # a second would hold the poller (and start()) forever while its source still looked up.
+        deadline = time.monotonic() + self.timeout
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
+                body = bytearray()
+                while chunk := response.read1(_READ_SIZE):
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise _Failed(f"{url}: an answer over {MAX_ANSWER_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise _Failed(f"{url}: no whole answer within {self.timeout:g}s")
+                return bytes(body)
         except urllib.error.HTTPError as exc:
             raise _Failed(f"{url}: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
