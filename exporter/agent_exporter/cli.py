@@ -295,7 +295,7 @@ def describe_config(config, path: str | None) -> str:
         + ("; per feature: " + ", ".join(f"{feature} ${usd:g}/day" for feature, usd in a.budget.per_feature.items())
            if a.budget.per_feature else ""),
         f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
-        f"to={','.join(a.email.to_addresses)}",
+        f"to={','.join(a.email.to_addresses) or 'none'}",  # none is allowed without the email channel
         f"  slack: channel={a.slack.channel} webhook_url_file={a.slack.webhook_url_file}",
         f"  alertmanager: {a.alertmanager_url}; remediation alerts: " + (
             f"{','.join(a.remediation_alerts)} -> {a.exporter_url}/v1/alertmanager"
