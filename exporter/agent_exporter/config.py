@@ -108,6 +108,10 @@ class TracingConfig(Section):
     capture_content: bool = False            # prompts/completions never leave unless asked
 
 
+# render scrapes at metrics.collection_interval, at most this: the legacy 60 s would leave alerts late.
+MAX_SCRAPE_INTERVAL_SECONDS = 15
+
+
 class MetricsConfig(Section):
     enabled: bool = True
     collection_interval: Positive = 60.0      # legacy key; the scrape interval hint for render
@@ -127,6 +131,11 @@ class MetricsConfig(Section):
                     raise Invalid(f"{key}[{i}]",
                                   f"bounds must increase strictly, {bounds[i]!r} follows {bounds[i - 1]!r}")
         _unique(self.extra_labels, "extra_labels")
+
+    @property
+    def scrape_interval_seconds(self) -> float:
+        """How often the Prometheus that render configures scrapes the exporter."""
+        return min(self.collection_interval, MAX_SCRAPE_INTERVAL_SECONDS)
 
 
 class LoggingConfig(Section):
@@ -343,8 +352,6 @@ class HealingConfig(Section):
 
 
 ROOT_KEY = "observability"
-# render scrapes at metrics.collection_interval, at most this: the legacy 60 s would leave alerts late.
-MAX_SCRAPE_INTERVAL_SECONDS = 15
 
 
 class Config(Section):
@@ -376,15 +383,14 @@ class Config(Section):
                               f"to below {bounds[-1]!r}), where a p95 can be measured against it")
         # Prometheus scrapes at its own phase, not the rules': a window of fewer than four scrapes often
         # holds one sample, and rate() over it is empty, so an alert on it never fires.
-        scrape = min(self.metrics.collection_interval, MAX_SCRAPE_INTERVAL_SECONDS)
-        alerting, slos = self.alerting, (self.alerting.slo, self.alerting.workflow_slo)
-        windows = [("alerting.rate_window", alerting.rate_window),
-                   ("alerting.evaluation_window", alerting.evaluation_window),
+        scrape = self.metrics.scrape_interval_seconds
+        windows = [("alerting.rate_window", self.alerting.rate_window),
+                   ("alerting.evaluation_window", self.alerting.evaluation_window),
                    ("healing.fleet.prometheus.window", self.healing.fleet.prometheus.window)]
-        windows += [(f"alerting.{name}.{kind}[{i}]", short)
-                    for name, slo in (("slo", slos[0]), ("workflow_slo", slos[1]))
-                    for kind in ("page_windows", "ticket_windows")
-                    for i, (_, short, _) in enumerate(getattr(slo, kind))]
+        for slo in ("slo", "workflow_slo"):
+            for kind in ("page_windows", "ticket_windows"):
+                pairs = getattr(getattr(self.alerting, slo), kind)
+                windows += [(f"alerting.{slo}.{kind}[{i}]", short) for i, (_, short, _) in enumerate(pairs)]
         for key, window in windows:
             if durations.prometheus_seconds(window) < 4 * scrape:
                 raise Invalid(key, f"{window} is under four scrapes at the scrape interval render writes "

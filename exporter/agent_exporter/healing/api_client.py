@@ -10,8 +10,8 @@ on every request so rotated secrets are picked up.
 from __future__ import annotations
 
 import base64
-import time
 import http.client
+import time
 import urllib.error
 import urllib.parse
 import urllib.request

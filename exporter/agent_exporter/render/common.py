@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import yaml
 
-from ..config import MAX_SCRAPE_INTERVAL_SECONDS, Config, SLOConfig
+from ..config import Config, SLOConfig
 from ..durations import prometheus_duration, prometheus_seconds
 from .series import DASHBOARD_LATENCY_WINDOW
 
@@ -36,7 +36,7 @@ def scrape_interval(config: Config) -> str:
     """How often Prometheus scrapes the exporter: the legacy collection interval, at most 15 s.
 
     prometheus.yml scrapes at it and Grafana's datasource takes it as its smallest step."""
-    return prometheus_duration(min(config.metrics.collection_interval, MAX_SCRAPE_INTERVAL_SECONDS))
+    return prometheus_duration(config.metrics.scrape_interval_seconds)
 
 
 # -- SLOs --------------------------------------------------------------------------
