@@ -323,6 +323,7 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
             {"alertname": slow, "severity": "warning", "agent": "coder", "slo": "agent-success"},
             {"alertname": "OrchestratorAgentSlow", "severity": "warning", "agent": "coder"},
             {"alertname": slow, "severity": "warning", "agent": "tester", "slo": "agent-success"},
+            {"alertname": ALERT, "severity": "critical", "agent": "tester"},
             {"alertname": wfast, "severity": "critical", "workflow": "feature", "slo": "workflow-success"},
             {"alertname": wslow, "severity": "warning", "workflow": "feature", "slo": "workflow-success"},
             {"alertname": wslow, "severity": "warning", "workflow": "hotfix", "slo": "workflow-success"},
@@ -339,8 +340,10 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
         wait_for_states(alertmanager, {
             (fast, "coder", "critical"): ACTIVE,
             (slow, "coder", "warning"): suppressed_by(fast),                          # fast burn hides slow burn
-            ("OrchestratorAgentSlow", "coder", "warning"): suppressed_by(fast),       # same agent, paged already
-            (slow, "tester", "warning"): ACTIVE,                                      # another agent
+            # Another problem of the same agent: the page about its errors says nothing of its latency.
+            ("OrchestratorAgentSlow", "coder", "warning"): ACTIVE,
+            (slow, "tester", "warning"): ACTIVE,          # another agent; its page is another alert
+            (ALERT, "tester", "critical"): ACTIVE,
             (wfast, "feature", "critical"): ACTIVE,
             (wslow, "feature", "warning"): suppressed_by(wfast),
             (wslow, "hotfix", "warning"): ACTIVE,                                     # another workflow
@@ -364,9 +367,12 @@ def test_inhibition_keeps_the_grouping_labels_apart(tmp_path):
     with start_rendered_alertmanager(tmp_path, config) as alertmanager:
         post_alerts(
             alertmanager,
-            {"alertname": fast, "severity": "critical", "agent": "coder", "environment": "production"},
-            {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "production"},
-            {"alertname": slow, "severity": "warning", "agent": "coder", "environment": "staging"},
+            {"alertname": fast, "severity": "critical", "agent": "coder", "slo": "agent-success",
+             "environment": "production"},
+            {"alertname": slow, "severity": "warning", "agent": "coder", "slo": "agent-success",
+             "environment": "production"},
+            {"alertname": slow, "severity": "warning", "agent": "coder", "slo": "agent-success",
+             "environment": "staging"},
             {"alertname": "OrchestratorExporterDown", "severity": "critical", "job": "agent-exporter",
              "instance": "a:9464", "environment": "production"},
             {"alertname": "OrchestratorMetricsAbsent", "severity": "warning", "job": "agent-exporter",

@@ -13,8 +13,8 @@ apart by the payload's `receiver`; both send the exporter's bearer token
 (`server.bearer_token_file`) when it has one.  With `alerting.enabled: false` Prometheus
 sends no alerts, and this config routes everything to nobody.
 
-Critical inhibits warning about the same agent, workflow, tool or spend; an exporter that is down
-inhibits the alerts that need its metrics.  Grouping and inhibition keep the
+Critical inhibits the warning version of the same alert about the same agent, workflow or
+spend; an exporter that is down inhibits the alerts that need its metrics.  Grouping and inhibition keep the
 configured grouping labels apart.  Secrets are referenced by file, never written here.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..config import Config
 from .common import HEADER, dump_yaml
+from .series import AGENT_SLI, WORKFLOW_SLI
 
 TEMPLATE_NAME = "orchestrator.tmpl"
 
@@ -114,29 +115,21 @@ def _people(config: Config) -> dict[str, dict]:
             for kind, roles in _ROLES.items()}
 
 
-# What an alert is about: the label naming it (the agent, workflow or tool), or, for the
-# cost alerts, which carry none of those, their category.
-SCOPES = ("agent", "workflow", "tool")
-
-
 def _critical_inhibits_warning(grouping: list[str], remediation: tuple[str, ...]) -> list[dict]:
-    """A critical alert suppresses the warnings about the same thing: the same agent,
-    workflow or tool (OrchestratorAgentErrorBudgetBurnFast suppresses ...BurnSlow and
-    OrchestratorAgentSlow of that agent), or the same spend, in the same deployment.
+    """A critical alert suppresses the warning version of the same alert about the same
+    thing, in the same deployment: a fast error-budget burn of an agent or workflow hides
+    its slow burn, the day's spend over budget hides the forecast of it.  Every alert name
+    has one severity, so the pairs share a label instead of a name (`slo`, `category`).
 
-    Every alert name has one severity, so `alertname` cannot be among the equal labels.
-    Both sides must carry the scope label: labels missing on both count as equal, and
-    an unscoped critical alert (OrchestratorExporterDown) would otherwise suppress every
-    unscoped warning.  Criticals never inhibit one another: an inhibited alert reaches no
-    receiver, the remediation webhook included, and which alerts remediate is configured
-    (`alerting.remediation_alerts`); for the same reason no remediation alert (about
-    an agent: it opens that agent's breaker) is a target."""
+    A page about one problem hides no warning about another: OrchestratorAgentSlow of an
+    agent that burns its budget fast still reaches people.  No remediation alert (about an
+    agent) is a target: an inhibited alert reaches no receiver, the remediation webhook included."""
     spared = [f'alertname!~"{"|".join(remediation)}"'] if remediation else []
-    rules = [{"source_matchers": ['severity="critical"', f'{label}=~".+"'],
-              "target_matchers": ['severity="warning"', f'{label}=~".+"', *(spared if label == "agent" else [])],
-              "equal": [*grouping, label]} for label in SCOPES]
-    # The day's spend over budget makes the forecast of it moot; a feature's own budget
-    # (the feature label, absent on the daily alerts) is another thing.
+    rules = [{"source_matchers": ['severity="critical"', f'slo="{sli.slo_label}"'],
+              "target_matchers": ['severity="warning"', f'slo="{sli.slo_label}"',
+                                  *(spared if sli is AGENT_SLI else [])],
+              "equal": [*grouping, sli.label]} for sli in (AGENT_SLI, WORKFLOW_SLI)]
+    # A feature's own budget (the feature label, absent on the daily alerts) is another thing.
     rules.append({"source_matchers": ['severity="critical"', 'category="cost"'],
                   "target_matchers": ['severity="warning"', 'category="cost"'],
                   "equal": [*grouping, "feature"]})
