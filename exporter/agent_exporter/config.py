@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -217,7 +218,9 @@ class AlertingConfig(Section):
     email: EmailConfig = field(default_factory=EmailConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     alertmanager_url: URL = "http://localhost:9093"
-    exporter_url: URL = "http://agent-exporter:9464"   # where Alertmanager posts remediation webhooks
+    # Where the monitoring stack reaches the exporter: Alertmanager posts its webhooks there,
+    # and the rendered prometheus.yml scrapes its /metrics there (scheme, host, port, mount path).
+    exporter_url: URL = "http://agent-exporter:9464"
     runbook_url: URL = "https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md"
     grafana_url: URL = "http://localhost:3000"
     evaluation_interval: Duration = "30s"
@@ -243,6 +246,10 @@ class AlertingConfig(Section):
 
     def __post_init__(self):
         _unique(self.channels, "channels")
+        try:
+            urlsplit(self.exporter_url).port     # render scrapes the exporter there
+        except ValueError as e:
+            raise Invalid("exporter_url", str(e)) from None
         if "email" in self.channels and not self.email.to_addresses:
             raise Invalid("email.to_addresses", "empty; the email channel needs at least one address "
                                                 "(or leave email out of channels)")

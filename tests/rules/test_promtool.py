@@ -319,6 +319,20 @@ def test_the_prometheus_yml_builder_takes_targets_labels_alertmanagers_rule_file
         prometheus.prometheus_config(["127.0.0.1:9464"], exporter_labels={"127.0.0.1:1": {"a": "b"}})
 
 
+def test_the_rendered_prometheus_yml_scrapes_the_exporter_where_alertmanager_reaches_it(tmp_path):
+    """alerting.exporter_url names the exporter for the whole stack: behind TLS under a mount
+    path, Prometheus scrapes it there, as Alertmanager posts its webhooks there."""
+    config = parse_config({"observability": {"alerting": {"exporter_url": "https://orchestrator.internal/telemetry/"}}})
+    (scrape, _) = yaml.safe_load(prometheus.stack_prometheus_config(config))["scrape_configs"]
+    assert scrape == {"job_name": "agent-exporter", "scheme": "https", "metrics_path": "/telemetry/metrics",
+                      "static_configs": [{"targets": ["orchestrator.internal:443"]}]}
+    (tmp_path / "prometheus.yml").write_text(prometheus.stack_prometheus_config(config))
+    assert_ok(promtool("check", "config", str(tmp_path / "prometheus.yml")))
+    config = parse_config({"observability": {"alerting": {"exporter_url": "http://[::1]:9500"}}})
+    (scrape, _) = yaml.safe_load(prometheus.stack_prometheus_config(config))["scrape_configs"]
+    assert scrape == {"job_name": "agent-exporter", "static_configs": [{"targets": ["[::1]:9500"]}]}
+
+
 def test_the_rendered_prometheus_yml_scrapes_the_configured_job():
     document = yaml.safe_load(prometheus.stack_prometheus_config(SCOPED))
     assert [job["job_name"] for job in document["scrape_configs"]] == ["orchestrator", "prometheus"]

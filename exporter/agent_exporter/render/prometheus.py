@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..config import AlertingConfig, Config
 from .common import HEADER, dump_yaml, scrape_interval
@@ -22,8 +23,8 @@ EXEMPLARS_NOTE = """\
 # Rule files are relative to this file.
 """
 
-# Where the compose stack's services listen (docker-compose.yml).
-STACK_EXPORTER = "agent-exporter:9464"
+# Where the compose stack's Alertmanager and Prometheus listen (docker-compose.yml); the
+# exporter is where alerting.exporter_url says, agent-exporter:9464 in the stack.
 STACK_ALERTMANAGER = "alertmanager:9093"
 STACK_PROMETHEUS = "localhost:9090"
 RULE_FILES = ("rules/*.rules.yml", "rules/*.alerts.yml")
@@ -33,13 +34,15 @@ def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().j
                       exporter_labels: Mapping[str, Mapping[str, str]] | None = None,
                       alertmanagers: Sequence[str] = (), rule_files: Sequence[str] = (),
                       scrape_interval: str = "15s", evaluation_interval: str = "30s",
-                      scrape_self: str | None = None, max_exemplars: int | None = None) -> str:
+                      scrape_self: str | None = None, max_exemplars: int | None = None,
+                      scheme: str = "http", metrics_path: str = "/metrics") -> str:
     """prometheus.yml: scrape `exporters` (host:port) as `job`, evaluate `rule_files`
     (paths or globs, relative to the file), send alerts to `alertmanagers`.
 
     `exporter_labels` gives target labels per exporter (the grouping labels, say
     environment); `scrape_self` a Prometheus to scrape as job `prometheus`;
-    `max_exemplars` sizes the exemplar store.
+    `max_exemplars` sizes the exemplar store; `scheme` and `metrics_path` say how
+    the exporters serve /metrics (behind TLS, under a mount path).
     """
     labels = exporter_labels or {}
     unknown = set(labels) - set(exporters)
@@ -62,22 +65,33 @@ def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().j
         document["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     if rule_files:
         document["rule_files"] = list(rule_files)
-    document["scrape_configs"] = [{"job_name": job, "static_configs": static_configs}]
+    scrape: dict = {"job_name": job}
+    if scheme != "http":
+        scrape["scheme"] = scheme
+    if metrics_path != "/metrics":
+        scrape["metrics_path"] = metrics_path
+    document["scrape_configs"] = [{**scrape, "static_configs": static_configs}]
     if scrape_self:
         document["scrape_configs"].append({"job_name": "prometheus", "static_configs": [{"targets": [scrape_self]}]})
     return dump_yaml(document)
 
 
 def stack_prometheus_config(config: Config) -> str:
-    """The compose stack's prometheus.yml (prometheus/prometheus.yml).  The exporter's target carries
-    alerting.deployment_labels, so this deployment's alerts carry them and its self-healing acts on them."""
+    """The compose stack's prometheus.yml (prometheus/prometheus.yml).  It scrapes the exporter
+    where Alertmanager reaches it (alerting.exporter_url: host, port, scheme, mount path), and the
+    target carries alerting.deployment_labels, so this deployment's alerts carry them and its
+    self-healing acts on them."""
+    url = urlsplit(config.alerting.exporter_url)
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    exporter = f"{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
     deployment = dict(config.alerting.deployment_labels)
     return prometheus_config(
-        [STACK_EXPORTER], job=config.alerting.job,
-        exporter_labels={STACK_EXPORTER: deployment} if deployment else None,
+        [exporter], job=config.alerting.job,
+        exporter_labels={exporter: deployment} if deployment else None,
         alertmanagers=[STACK_ALERTMANAGER] if config.alerting.enabled else [], rule_files=RULE_FILES,
         scrape_interval=scrape_interval(config), evaluation_interval=config.alerting.evaluation_interval,
-        scrape_self=STACK_PROMETHEUS, max_exemplars=100_000)
+        scrape_self=STACK_PROMETHEUS, max_exemplars=100_000,
+        scheme=url.scheme, metrics_path=url.path.rstrip("/") + "/metrics")
 
 
 def render_prometheus(config: Config, out_dir: Path) -> list[Path]:
