@@ -135,6 +135,26 @@ def test_every_dashboard_has_its_fixed_uid(boards):
         assert board["schemaVersion"] == grafana.SCHEMA_VERSION
 
 
+def test_every_alert_links_a_dashboard_with_the_variables_it_sets(boards, config):
+    """An alert's dashboard_url opens its dashboard on the alert's agent and deployment: each
+    var-<name> it sets is a variable of that dashboard, set from the label of that name."""
+    linked = {}
+    for group in rules.alert_rules(config):
+        for rule in group["rules"]:
+            url = rule["annotations"]["dashboard_url"]
+            uid, _, query = url.removeprefix(f"{config.alerting.grafana_url}/d/").partition("?")
+            variables = {v["name"] for v in boards[uid]["templating"]["list"]}
+            pairs = dict(pair.split("=", 1) for pair in query.split("&")) if query else {}
+            for name, value in pairs.items():
+                assert name.startswith("var-") and name[4:] in variables, (rule["alert"], name)
+                assert value == f"{{{{ $labels.{name[4:]} }}}}", (rule["alert"], value)
+            linked[rule["alert"]] = set(pairs)
+    deployment = {f"var-{label}" for label in config.alerting.group_labels}
+    assert linked["OrchestratorAgentSlow"] == {"var-agent", *deployment}
+    assert linked["OrchestratorDailyCostOverBudget"] == deployment
+    assert linked["OrchestratorMetricsAbsent"] == set()      # absent() may carry no deployment label
+
+
 def test_no_import_placeholders(tmp_path):
     dashboards.render_grafana(Config(), tmp_path)
     for path in (tmp_path / "grafana").rglob("*"):
@@ -399,8 +419,14 @@ def test_new_signal_panels_take_their_thresholds_from_the_config(tmp_path):
               for o in features["fieldConfig"]["overrides"]}
     assert limits == {"login": 20, "search": 35}
     # Without budgets per feature there is no such panel.
-    assert not [p for p in render(Config(), tmp_path / "default")[dashboards.COST_UID]["panels"]
-                if "against its budget" in p["title"]]
+    default = render(Config(), tmp_path / "default")[dashboards.COST_UID]
+    assert not [p for p in default["panels"] if "against its budget" in p["title"]]
+    # Spend is split by each extra label the series carry, and by no label they lack.
+    spread = {p["title"]: p["targets"][0]["legendFormat"] for board in (boards[dashboards.COST_UID], default)
+              for p in board["panels"] if p["title"].startswith("Spend per hour by ")}
+    assert spread == {"Spend per hour by agent": "{{agent}}", "Spend per hour by model": "{{model}}",
+                      "Spend per hour by feature": "{{feature}}"}
+    assert [p["gridPos"]["w"] for p in default["panels"] if p["title"].startswith("Spend per hour by ")] == [12, 12]
 
 
 def selectors(expr: str) -> list[tuple[str, str]]:

@@ -381,7 +381,7 @@ def agent_detail(config: Config) -> dict:
                    [query(f"sum by (model, type) ({q.rate(catalog.LLM_TOKENS.name)})",
                           "{{model}} {{type}}")],
                    unit="short", min=0, stack=True, w=8),
-        timeseries("Spend by model", "LLM spend of $agent in US dollars per hour.",
+        timeseries("Spend per hour by model", "LLM spend of $agent in US dollars per hour.",
                    [query(f"sum by (model) ({q.rate(catalog.LLM_COST.name)}) * 3600",
                           "{{model}}")],
                    unit="currencyUSD", min=0, stack=True, w=8),
@@ -451,20 +451,13 @@ def cost(config: Config) -> dict:
             unit="currencyUSD",
             overrides=[override(feature, thresholds=upper_limit(usd, warn=0.8 * usd))
                        for feature, usd in budget.per_feature.items()], w=24))
+    # By agent, by model, and by each of metrics.extra_labels the series carry (feature, priority).
+    spread = ("agent", "model", *config.metrics.extra_labels)
     panels += [
         row("Where the money goes"),
-        timeseries("Spend by agent", "LLM spend in US dollars per hour, by agent.",
-                   [query(per_hour("agent"), "{{agent}}")],
-                   unit="currencyUSD", min=0, stack=True, w=8),
-        timeseries("Spend by model", "LLM spend in US dollars per hour, by model.",
-                   [query(per_hour("model"), "{{model}}")],
-                   unit="currencyUSD", min=0, stack=True, w=8),
-        timeseries("Spend by feature",
-                   "LLM spend in US dollars per hour, by feature. The feature label exists "
-                   "only when metrics.extra_labels includes it; otherwise this is one series "
-                   "with an empty feature.",
-                   [query(per_hour("feature"), "{{feature}}")],
-                   unit="currencyUSD", min=0, stack=True, w=8),
+        *[timeseries(f"Spend per hour by {label}", f"LLM spend in US dollars per hour, by {label}.",
+                     [query(per_hour(label), f"{{{{{label}}}}}")],
+                     unit="currencyUSD", min=0, stack=True, w=24 // len(spread)) for label in spread],
         bargauge("Spend by agent, last 24 h", "Rolling 24-hour spend per agent.",
                  query(f"sum by (agent) ({q.increase(C.name, window='1d')})", "{{agent}}", instant=True),
                  unit="currencyUSD"),

@@ -119,8 +119,13 @@ class _Alerts:
         self.config = config
 
     def __call__(self, name: str, expr: str, severity: str, summary: str, description: str, dashboard: str, *,
-                 for_: str | None = None, labels: dict | None = None, dashboard_query: str = "") -> dict:
+                 for_: str | None = None, labels: dict | None = None, dashboard_vars: tuple[str, ...] = (),
+                 in_deployment: bool = True) -> dict:
+        """`dashboard_vars`: the alert's labels the linked dashboard selects (agent); the grouping
+        labels (environment, ...) too, unless the alert may lack them (`in_deployment=False`)."""
         alerting = self.config.alerting
+        selected = (*dashboard_vars, *(alerting.group_labels if in_deployment else ()))
+        query = "&".join(f"var-{label}={{{{ $labels.{label} }}}}" for label in selected)
         rule = {"alert": name, "expr": expr}
         if for_:
             rule["for"] = for_
@@ -129,7 +134,8 @@ class _Alerts:
             "summary": summary,
             "description": description,
             "runbook_url": f"{alerting.runbook_url}#{name.lower()}",
-            "dashboard_url": f"{alerting.grafana_url.rstrip('/')}/d/{DASHBOARD_UIDS[dashboard]}{dashboard_query}",
+            "dashboard_url": f"{alerting.grafana_url.rstrip('/')}/d/{DASHBOARD_UIDS[dashboard]}"
+                             + (f"?{query}" if query else ""),
         }
         return rule
 
@@ -145,7 +151,7 @@ def _burn_expr(sli: SLI, slo: SLOConfig, pairs, minimum: int) -> str:
 
 
 def _burn_alerts(config: Config, alert: _Alerts, sli: SLI, slo: SLOConfig, *, kind: str, events: str,
-                 dashboard: str, dashboard_query: str = "") -> list[dict]:
+                 dashboard: str, dashboard_vars: tuple[str, ...] = ()) -> list[dict]:
     """Multi-window multi-burn-rate alerts on `slo`: a page (Fast) and a ticket (Slow)."""
     objective, error_budget = percent(slo.objective), percent(1 - slo.objective)
     subject = f"{{{{ $labels.{sli.label} }}}}"
@@ -166,7 +172,7 @@ def _burn_alerts(config: Config, alert: _Alerts, sli: SLI, slo: SLOConfig, *, ki
             rules.append(alert(
                 f"Orchestrator{kind}ErrorBudgetBurn{speed}", _burn_expr(sli, slo, pairs, config.alerting.min_events),
                 severity, f"{kind} {subject} {summary}.", description(pairs), dashboard,
-                labels={"slo": sli.slo_label}, dashboard_query=dashboard_query))
+                labels={"slo": sli.slo_label}, dashboard_vars=dashboard_vars))
     return rules
 
 
@@ -191,7 +197,7 @@ def alert_rules(config: Config) -> list[dict]:
     scope = Scope.of(config)
     alert = _Alerts(config)
     w, pending, minimum = a.rate_window, a.alert_for, a.min_events
-    agent_dash = "?var-agent={{ $labels.agent }}"
+    agent_dash = ("agent",)
 
     agents = [
         alert("OrchestratorAgentHighErrorRatio",
@@ -200,14 +206,14 @@ def alert_rules(config: Config) -> list[dict]:
               "critical", "Agent {{ $labels.agent }} fails too often.",
               "{{ $value | humanizePercentage }} of {{ $labels.agent }}'s executions failed over the last "
               f"{w} (threshold {percent(t.error_ratio)}).",
-              "agent", for_=pending, dashboard_query=agent_dash),
+              "agent", for_=pending, dashboard_vars=agent_dash),
         alert("OrchestratorAgentSlow",
               f"{_p95(scope, DURATION, w, 'agent')}\n> {number(t.latency_p95_seconds)}\n"
               f"and\n{_count(scope, DURATION + '_count', w, 'agent')} >= {minimum}",
               "warning", "Agent {{ $labels.agent }} is slow.",
               "p95 latency of {{ $labels.agent }} is {{ $value | humanizeDuration }} over the last "
               f"{w} (threshold {number(t.latency_p95_seconds)}s).",
-              "agent", for_=pending, dashboard_query=agent_dash),
+              "agent", for_=pending, dashboard_vars=agent_dash),
         alert("OrchestratorTimeToFirstTokenSlow",
               f"{_p95(scope, TIME_TO_FIRST_TOKEN, w, 'agent', 'model')}\n> {number(t.time_to_first_token_p95_seconds)}\n"
               f"and\n{_count(scope, TIME_TO_FIRST_TOKEN + '_count', w, 'agent', 'model')} >= {minimum}",
@@ -215,10 +221,10 @@ def alert_rules(config: Config) -> list[dict]:
               "p95 time to the first token of {{ $labels.agent }} on {{ $labels.model }} is "
               "{{ $value | humanizeDuration }} over the last "
               f"{w} (threshold {number(t.time_to_first_token_p95_seconds)}s).",
-              "agent", for_=pending, dashboard_query=agent_dash),
+              "agent", for_=pending, dashboard_vars=agent_dash),
     ]
     agents += _burn_alerts(config, alert, AGENT_SLI, a.slo, kind="Agent", events="executions",
-                           dashboard="agent", dashboard_query=agent_dash)
+                           dashboard="agent", dashboard_vars=agent_dash)
     score_sum = _rate(scope, EVALUATION_SCORE + "_sum", a.evaluation_window)
     score_count = _rate(scope, EVALUATION_SCORE + "_count", a.evaluation_window)
     agents.append(alert(
@@ -303,7 +309,7 @@ def alert_rules(config: Config) -> list[dict]:
               + (f" (in the deployment its {', '.join(scope.group_labels)} label names, which reported over "
                  "the last day)" if scope.group_labels else "")
               + ": the target is missing from the scrape configuration or is not an agent-exporter.",
-              "exporter", for_="10m"),
+              "exporter", for_="10m", in_deployment=False),   # absent() carries the job alone
         alert("OrchestratorEventsRejected",
               f"{scope.sum(_rate(scope, REJECTED, w), *instance)}\n/\n{scope.sum(f'rate({posted}[{w}])', *instance)}\n"
               f"> {number(t.rejected_events_ratio)}\n"
