@@ -276,6 +276,17 @@ def test_low_objectives_render_rules_whose_rendered_tests_pass(objective, tmp_pa
     assert_rule_tests_pass(tmp_path / "prometheus")
 
 
+def test_recording_rules_are_named_after_the_metric_they_read():
+    """level:metric:operations, as the Prometheus docs and the mixins name them: the metric is
+    the one the expression reads (a ratio of executions is not named after the errors counter)."""
+    for config in (Config(), SCOPED):
+        for group in rules.recording_rules(config):
+            for rule in group["rules"]:
+                level, metric, operations = rule["record"].split(":")
+                read = set(re.findall(r"\b(orchestrator_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\{", rule["expr"]))
+                assert read == {metric}, (rule["record"], read)
+
+
 def test_rules_never_match_a_specific_le_value():
     for config in (Config(), SCOPED):
         text = common.dump_yaml({"groups": rules.recording_rules(config) + rules.alert_rules(config)})

@@ -317,8 +317,8 @@ def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
     boards = render(Config(alerting=AlertingConfig(slo=slo)), tmp_path)
     burn = panel(boards[dashboards.AGENT_UID], "Error budget burn rate (all instances)")
     assert [t["expr"] for t in burn["targets"]] == [
-        'agent:orchestrator_agent_errors:ratio_rate1h{agent="$agent"} / 0.005',
-        'agent:orchestrator_agent_errors:ratio_rate3d{agent="$agent"} / 0.005',
+        'agent:orchestrator_agent_executions:error_ratio_rate1h{agent="$agent"} / 0.005',
+        'agent:orchestrator_agent_executions:error_ratio_rate3d{agent="$agent"} / 0.005',
     ]
 
 

@@ -246,7 +246,7 @@ def test_deployment_labels_must_be_group_labels():
 
 def test_a_deployments_statistics_are_its_own_series():
     queries = Queries.over("1m", {"environment": "production", "cluster": "eu-1"})
-    assert queries.success == ('1 - avg by (agent) (agent:orchestrator_agent_errors:ratio_rate1m'
+    assert queries.success == ('1 - avg by (agent) (agent:orchestrator_agent_executions:error_ratio_rate1m'
                                '{cluster="eu-1", environment="production"})')
     assert queries.latency == ('avg by (agent) (agent_quantile:orchestrator_agent_execution_duration_seconds:'
                                'histogram_quantile1m{quantile="0.5", cluster="eu-1", environment="production"})')
@@ -506,18 +506,18 @@ def test_the_fleet_window_names_the_rules_the_queries_read_and_the_rules_render(
     from agent_exporter.render.rules import recording_rules
     config = Config(healing=HealingConfig(fleet=FleetConfig(prometheus=FleetPrometheusConfig(window="2m"))))
     queries = Queries.over(config.healing.fleet.prometheus.window)
-    assert queries.success == "1 - avg by (agent) (agent:orchestrator_agent_errors:ratio_rate2m)"
+    assert queries.success == "1 - avg by (agent) (agent:orchestrator_agent_executions:error_ratio_rate2m)"
     assert queries.latency == ('avg by (agent) (agent_quantile:orchestrator_agent_execution_duration_seconds'
                                ':histogram_quantile2m{quantile="0.5"})')
     assert "rate(orchestrator_agent_executions_total[2m])" in queries.cost
     rules = {rule["record"]: rule["expr"] for group in recording_rules(config) for rule in group["rules"]}
-    assert "[2m]" in rules["agent:orchestrator_agent_errors:ratio_rate2m"]
+    assert "[2m]" in rules["agent:orchestrator_agent_executions:error_ratio_rate2m"]
     assert "[2m]" in rules["agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile2m"]
     # the alerts' windows and the dashboards' 5m quantiles stay, and no other window is added
-    assert "agent:orchestrator_agent_errors:ratio_rate5m" in rules
+    assert "agent:orchestrator_agent_executions:error_ratio_rate5m" in rules
     assert "agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile5m" in rules
     defaults = {rule["record"] for group in recording_rules(Config()) for rule in group["rules"]}
-    assert set(rules) - defaults == {"agent:orchestrator_agent_errors:ratio_rate2m",
+    assert set(rules) - defaults == {"agent:orchestrator_agent_executions:error_ratio_rate2m",
                                      "agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile2m"}
 
 

@@ -4,7 +4,7 @@ Three instant queries over the shipped recording rules (render/rules.py), all
 on healing.fleet.prometheus.window (1m by default, for which the rules are
 rendered beside the alerts' windows):
 
-  success ratio   1 - agent:orchestrator_agent_errors:ratio_rate1m
+  success ratio   1 - agent:orchestrator_agent_executions:error_ratio_rate1m
   latency         agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile1m
                   {quantile="0.5"}
   cost per call   rate(orchestrator_llm_cost_usd_total[1m]) / rate(orchestrator_agent_executions_total[1m])

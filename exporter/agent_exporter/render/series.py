@@ -91,7 +91,7 @@ class SLI:
         return f"{self.label}-success"
 
 
-AGENT_SLI = SLI("agent", EXECUTIONS, f"agent:{catalog.AGENT_ERRORS.family}:ratio_rate",
+AGENT_SLI = SLI("agent", EXECUTIONS, f"agent:{catalog.AGENT_EXECUTIONS.family}:error_ratio_rate",
                 f"agent:{catalog.AGENT_EXECUTIONS.family}:increase")
 WORKFLOW_SLI = SLI("workflow", WORKFLOW_RUNS, f"workflow:{catalog.WORKFLOW_RUNS.family}:error_ratio_rate",
                    f"workflow:{catalog.WORKFLOW_RUNS.family}:increase")
