@@ -7,7 +7,8 @@ through the API the README documents, against prometheus_client and the OpenTele
 Baselines in the same run: prometheus_client with `.labels()` on every call (what one
 writes without this project), with cached children, and the OpenTelemetry SDK metrics
 API.  Ours: the context manager, `async with`, the decorator, and `Telemetry.record(dict)`,
-with tracing off; then, with tracing on, what the API adds beyond the OpenTelemetry SDK's
+with tracing off, and for scale the floor of this API's shape in Python (a bare context
+manager that checks nothing); then, with tracing on, what the API adds beyond the OpenTelemetry SDK's
 own span (the same span, attributes and context handling, written by hand), beside that
 span followed by the untraced recording: what doing both costs with no glue between them.
 
@@ -18,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextvars
 import inspect
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from opentelemetry import trace
@@ -119,6 +123,58 @@ def api_calls(tel: Telemetry):
     return context_manager, decorated, async_with, record_dict
 
 
+def floor_of_this_api():
+    """The least a Python context manager recording these five series can do, for scale: the
+    current run in a contextvar, two clock reads, a lock and five additions (the duration into
+    its bucket by bisect).  No check of names or numbers, no exemplar, no event, no overflow."""
+    current = contextvars.ContextVar("run")
+    lock = threading.Lock()
+    bounds = catalog.EXECUTION_BUCKETS
+    series: dict[tuple[str, str], list] = {}
+
+    class Run:
+        __slots__ = ("values", "token", "started", "input_tokens", "output_tokens", "cost_usd")
+
+        def __init__(self, values):
+            self.values = values
+            self.input_tokens = self.output_tokens = 0
+            self.cost_usd = 0.0
+
+        def __enter__(self):
+            self.token = current.set(self)
+            self.started = time.perf_counter()
+            return self
+
+        def usage(self, input_tokens=0, output_tokens=0, cost_usd=0.0):
+            self.input_tokens += input_tokens
+            self.output_tokens += output_tokens
+            self.cost_usd += cost_usd
+
+        def __exit__(self, *exc):
+            elapsed = time.perf_counter() - self.started
+            current.reset(self.token)
+            executions, buckets, totals = self.values
+            lock.acquire()
+            executions[0] += 1
+            buckets[bisect.bisect_left(bounds, elapsed)] += 1
+            totals[0] += elapsed
+            totals[1] += self.input_tokens
+            totals[2] += self.output_tokens
+            totals[3] += self.cost_usd
+            lock.release()
+
+    def agent_execution(agent, model):
+        values = series.get((agent, model))
+        if values is None:
+            values = series[agent, model] = ([0], [0] * (len(bounds) + 1), [0.0] * 4)
+        return Run(values)
+
+    def context_manager():
+        with agent_execution("planner", model="gpt-4o") as run:
+            run.usage(input_tokens=100, output_tokens=50, cost_usd=0.001)
+    return context_manager
+
+
 def per_call_async_us(coroutine_function, calls: int) -> float:
     """Like per_call_us for `async with`: the calls run inside one event loop, as in an async orchestrator."""
     async def loop_of(n):
@@ -163,6 +219,7 @@ def variants(simple_span_processor: bool = False) -> tuple[dict, TracerProvider]
         "async with tel.agent_execution()": async_with,
         "@tel.agent_execution() decorator": decorated,
         "tel.record(dict)": record_dict,
+        "floor: a bare context manager, no checks": floor_of_this_api(),
         "traced: OpenTelemetry SDK span alone": sdk_span_alone,
         "traced: SDK span, then the untraced recording": span_then_recording,
         "traced: with tel.agent_execution() + run.usage()": api_calls(Telemetry(tracer_provider=provider))[0],
@@ -230,7 +287,7 @@ def main() -> None:
     calls, provider = variants(args.simple_span_processor)
     timed = ("prometheus_client .labels()", "prometheus_client cached children", "OpenTelemetry SDK metrics API",
              "with tel.agent_execution() + run.usage()", "async with tel.agent_execution()",
-             "@tel.agent_execution() decorator", "tel.record(dict)")
+             "@tel.agent_execution() decorator", "tel.record(dict)", "floor: a bare context manager, no checks")
     results = {name: (per_call_async_us(calls[name], CALLS) if inspect.iscoroutinefunction(calls[name])
                       else per_call_us(calls[name], CALLS // 4 if "OpenTelemetry" in name else CALLS))
                for name in timed}
