@@ -419,13 +419,12 @@ def _parse_condition(text: str, path: str) -> tuple[str, float]:
                                 "'latency_p95 > 10000' (ms), 'cost_per_day > 100'")
     metric, value, unit = match["metric"], float(match["value"]), match["unit"]
     if metric == "error_rate":
-        if unit == "%":
-            value /= 100
-        elif unit is not None or value > 1:
-            raise ConfigError(path, f"error_rate takes a percentage ('5%') or a ratio ('0.05'), got {text!r}")
-        if not 0 < value < 1:
-            raise ConfigError(path, f"expected a ratio between 0 and 1 (exclusive), got {value!r}")
-        return "error_ratio", value
+        # A percentage with or without its sign: the legacy evaluator divided by 100 either way.
+        if unit not in (None, "%"):
+            raise ConfigError(path, f"error_rate takes a percentage ('5%' or '5'), got {text!r}")
+        if not 0 < value < 100:
+            raise ConfigError(path, f"expected a percentage between 0 and 100 (exclusive), got {value!r}")
+        return "error_ratio", value / 100
     if metric == "latency_p95":
         if unit == "%":
             raise ConfigError(path, f"latency_p95 takes milliseconds, or an explicit unit ms or s, got {text!r}")

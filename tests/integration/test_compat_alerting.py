@@ -51,6 +51,12 @@ def test_send_alert_never_raises_and_honours_enabled(tmp_path, caplog):
     assert system.flush(10)
     assert f"could not send alert 't' to Alertmanager at {dead}" in caplog.text
     assert AlertingSystem(config=config_for(dead, enabled=False)).send_alert(Alert("warning", "t", "m")) is False
+    # The top-level switch turns the legacy alerts off with everything else.
+    off = AlertingSystem(config=replace(config_for(dead, channels=("log",)), enabled=False))
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        assert off.send_alert(Alert("warning", "quiet", "m")) is False
+    assert "quiet" not in caplog.text
 
 
 def test_an_alertmanager_that_never_answers_never_holds_up_the_caller():

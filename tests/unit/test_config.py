@@ -31,7 +31,9 @@ def test_legacy_config_loads_with_its_thresholds(tmp_path):
 
 @pytest.mark.parametrize("condition,field,value", [
     ("error_rate > 5%", "error_ratio", 0.05),
-    ("error_rate > 0.02", "error_ratio", 0.02),
+    # The legacy evaluator read the number as a percentage, with or without its sign.
+    ("error_rate > 5", "error_ratio", 0.05),
+    ("error_rate > 0.5", "error_ratio", 0.005),
     ("error_rate>12.5%", "error_ratio", 0.125),
     ("latency_p95 > 10000", "latency_p95_seconds", 10.0),
     ("latency_p95 > 2500ms", "latency_p95_seconds", 2.5),
@@ -97,7 +99,8 @@ BAD = [
     ({"alerting": {"slack": {"webhook_url": "https://hooks.slack.com/services/T/B/X"}}},
      "observability.alerting.slack.webhook_url", "webhook_url_file"),
     ({"alerting": {"conditions": ["error_rate > lots"]}}, "observability.alerting.conditions[0]", "cannot read"),
-    ({"alerting": {"conditions": ["error_rate > 5"]}}, "observability.alerting.conditions[0]", "percentage"),
+    ({"alerting": {"conditions": ["error_rate > 5ms"]}}, "observability.alerting.conditions[0]", "percentage"),
+    ({"alerting": {"conditions": ["error_rate > 100%"]}}, "observability.alerting.conditions[0]", "between 0 and 100"),
     ({"alerting": {"conditions": ["throughput > 5"]}}, "observability.alerting.conditions[0]", "unknown condition"),
     ({"alerting": {"conditions": ["error_rate > 5%"], "thresholds": {"error_ratio": 0.1}}},
      "observability.alerting.conditions[0]", "observability.alerting.thresholds.error_ratio"),

@@ -9,11 +9,13 @@ The legacy API is made of process-wide singletons, so the shims share one
 `Telemetry`: the package's only global, created on first use from the legacy
 config file (DEFAULT_CONFIG_FILE, relative to the working directory, where the
 legacy alerting read it too), or the defaults when there is none.  An
-application that wants another config, exporters or /metrics server hands its
-Telemetry to the shims before first use:
+application that wants another config path, exporters or /metrics server hands its
+Telemetry to the shims before first use, its config read as theirs is (lenient, with
+the legacy tracer's resource):
 
-    tel = Telemetry.from_config("observability.yaml")
+    tel = Telemetry(agent_exporter.compat.load_legacy_config("observability_config.yaml"))
     agent_exporter.compat.set_default_telemetry(tel)
+    tel.serve("0.0.0.0:9464")
 """
 
 from __future__ import annotations

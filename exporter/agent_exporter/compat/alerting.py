@@ -62,7 +62,9 @@ class AlertingSystem:
     """Sends legacy alerts to Alertmanager (and to the log when the `log` channel is on)."""
 
     def __init__(self, config_file: str = DEFAULT_CONFIG_FILE, *, config: Config | None = None):
-        alerting = (config if config is not None else load_legacy_config(config_file)).alerting
+        config = config if config is not None else load_legacy_config(config_file)
+        alerting = config.alerting
+        self._telemetry_enabled = config.enabled     # `enabled: false` turns everything off, alerts too
         # The legacy attribute: the config's alerting section as a dict.  It is read on every alert,
         # as it was, so legacy code that sets `config["enabled"] = False` still turns alerting off.
         self.config: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(alerting))    # lists, as YAML gave
@@ -91,7 +93,7 @@ class AlertingSystem:
         """Deliver `alert`: to the log and the handlers now, to Alertmanager from the sending thread.
         Returns whether it was queued for Alertmanager (not with alerting off or the queue full).
         Never raises, never waits for Alertmanager."""
-        if not self.config.get("enabled", True):
+        if not (self._telemetry_enabled and self.config.get("enabled", True)):
             return False
         if "log" in self.config.get("channels", ()):
             severity = str(alert.severity)      # legacy alerts carry any object; the legacy log line printed it
