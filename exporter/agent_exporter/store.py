@@ -17,7 +17,7 @@ import time
 import weakref
 from bisect import bisect_left
 from operator import attrgetter
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, get_args
 
 from . import catalog, events
 from .config import Config, MetricsConfig
@@ -27,6 +27,7 @@ from .version import __version__
 _MISSING = ""          # label value for an unset extra label (Prometheus treats "" as absent)
 _UNKNOWN_MODEL = "unknown"
 _DEFAULT_WORKFLOW = "default"
+STATUSES: tuple[str, ...] = get_args(events.Status)     # success, error
 
 # (token type, event field) in the order of _ExecutionSeries' token slots.
 _TOKEN_FIELDS = tuple((kind, f"{kind}_tokens") for kind in catalog.SPLIT_TOKEN_TYPES)
@@ -39,7 +40,7 @@ class _Family:
     """
 
     __slots__ = ("spec", "label_names", "index", "label_values", "label_texts",
-                 "max_series", "overflow_count", "overflow_index")
+                 "max_series", "overflow_count", "overflow_index", "status_at")
 
     def __init__(self, spec: catalog.MetricSpec, label_names: tuple[str, ...], max_series: int):
         self.spec = spec
@@ -50,6 +51,11 @@ class _Family:
         self.max_series = max_series
         self.overflow_count = 0
         self.overflow_index = -1
+        # A counter by outcome has its label set under every status from the first event on, at 0
+        # ("avoid missing metrics"): a series born at 1 shows rate() no increase, so an agent's
+        # first error would be invisible to the error-ratio alerts.
+        self.status_at = label_names.index("status") if spec.type == catalog.COUNTER and "status" in label_names \
+            else -1
 
     def _new_series(self, key: tuple) -> int:
         i = len(self.label_values)
@@ -63,14 +69,23 @@ class _Family:
     def slot(self, key: tuple) -> int:
         """The series index for a label set not in `index` yet (callers try `index` first)."""
         if len(self.index) < self.max_series:
-            return self._new_series(key)
+            i = self._new_series(key)
+            if self.status_at >= 0:
+                at = self.status_at
+                for status in STATUSES:
+                    sibling = key[:at] + (status,) + key[at + 1:]
+                    if sibling not in self.index and len(self.index) < self.max_series:
+                        self._new_series(sibling)
+            return i
         # Folded label sets are not remembered: an unbounded stream of new
         # names must not grow memory, so each folded observation comes here.
         self.overflow_count += 1
         if self.overflow_index < 0:
+            # One series per label set on the page: label values spelled __overflow__ are that
+            # series, whether they came before the fold or after (they are not counted as folded).
             overflow_key = (catalog.OVERFLOW_VALUE,) * len(self.label_names)
-            self.overflow_index = self._new_series(overflow_key)
-            del self.index[overflow_key]  # a real label set spelled __overflow__ must not alias it
+            i = self.index.get(overflow_key)
+            self.overflow_index = self._new_series(overflow_key) if i is None else i
         return self.overflow_index
 
 
@@ -113,8 +128,12 @@ class _Histograms(_Family):
         self.sums.append(0.0)
         self.exemplars.append(None)
 
-    def observe(self, i: int, value: float, trace_id: str | None, timestamp: float | None) -> None:
-        """Count `value` in series `i`; a trace id becomes the exemplar of its bucket (the latest wins)."""
+    def observe(self, i: int, value: float, trace_id: str | None) -> None:
+        """Count `value` in series `i`; a trace id becomes the exemplar of its bucket (the latest wins).
+
+        The exemplar is stamped when it is recorded, not with the event's own time: Prometheus keeps
+        a series' exemplars in time order, and one late, replayed or future-dated event would otherwise
+        have every later exemplar of its bucket refused."""
         b = bisect_left(self.bounds, value)  # first bound >= value: Prometheus' `le` semantics
         self.counts[i][b] += 1
         self.sums[i] += value
@@ -122,7 +141,7 @@ class _Histograms(_Family):
             slots = self.exemplars[i]
             if slots is None:
                 slots = self.exemplars[i] = [None] * (len(self.bounds) + 1)
-            slots[b] = (trace_id, value, time.time() if timestamp is None else timestamp)
+            slots[b] = (trace_id, value, time.time())
 
     def snapshot(self) -> "HistogramSnapshot":
         return HistogramSnapshot(
@@ -336,11 +355,11 @@ class SeriesStore:
             i = family.slot(key)
         family.values[i] = value
 
-    def _observe(self, family: _Histograms, key: tuple, value: float, trace_id, timestamp) -> None:
+    def _observe(self, family: _Histograms, key: tuple, value: float, trace_id) -> None:
         i = family.index.get(key)
         if i is None:
             i = family.slot(key)
-        family.observe(i, value, trace_id, timestamp)
+        family.observe(i, value, trace_id)
 
     def _extras(self, event) -> tuple:
         if not self._extra_labels:
@@ -409,7 +428,7 @@ class SeriesStore:
             if series is None:
                 series = self._new_execution_series(key, e)
         self._executions.values[series[0]] += 1
-        self._durations.observe(series[1], e.duration_seconds, e.trace_id, e.timestamp)
+        self._durations.observe(series[1], e.duration_seconds, e.trace_id)
         agent = e.agent
         if e.status == "error":
             self._add(self._errors, (agent, e.error_type or "unknown") + self._extras(e), 1)
@@ -444,7 +463,7 @@ class SeriesStore:
             i = series[4]
             if i < 0:
                 i = self._series_slot(series, 4, self._ttft, (agent, model) + self._extras(e))
-            self._ttft.observe(i, e.time_to_first_token_seconds, e.trace_id, e.timestamp)
+            self._ttft.observe(i, e.time_to_first_token_seconds, e.trace_id)
         cost = e.cost_usd
         if cost is None:
             i = series[3]
@@ -459,17 +478,17 @@ class SeriesStore:
 
     def _apply_tool_call(self, e: events.ToolCall) -> None:
         self._add(self._tool_calls, (e.tool, e.status), 1)
-        self._observe(self._tool_durations, (e.tool,), e.duration_seconds, e.trace_id, e.timestamp)
+        self._observe(self._tool_durations, (e.tool,), e.duration_seconds, e.trace_id)
 
     def _apply_state_transition(self, e: events.StateTransition) -> None:
         self._add(self._transitions, (e.workflow or _DEFAULT_WORKFLOW, e.from_state, e.to_state), 1)
 
     def _apply_workflow_run(self, e: events.WorkflowRun) -> None:
         self._add(self._workflow_runs, (e.workflow, e.status), 1)
-        self._observe(self._workflow_durations, (e.workflow,), e.duration_seconds, e.trace_id, e.timestamp)
+        self._observe(self._workflow_durations, (e.workflow,), e.duration_seconds, e.trace_id)
 
     def _apply_evaluation(self, e: events.Evaluation) -> None:
-        self._observe(self._evaluations, (e.agent, e.evaluator), e.score, e.trace_id, None)
+        self._observe(self._evaluations, (e.agent, e.evaluator), e.score, e.trace_id)
 
     def _apply_retry(self, e: events.Retry) -> None:
         self._add(self._retries, (e.agent, e.error_type or "unknown"), 1)
@@ -506,8 +525,10 @@ class SeriesStore:
         with self._lock:
             overflow = self._overflow
             for family in self._families.values():
-                if family.overflow_count:
-                    self._set(overflow, (family.spec.name,), float(family.overflow_count))
+                # Every metric that can fold is on the page from the start, at 0: the alert on
+                # increase() sees a first burst of folds.
+                if family.max_series < sys.maxsize:
+                    self._set(overflow, (family.spec.name,), family.overflow_count)
             return [family.snapshot() for family in self._families.values()]
 
     def render_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:

@@ -2,6 +2,7 @@ import gc
 import multiprocessing
 import subprocess
 import threading
+import time
 import weakref
 
 import pytest
@@ -164,7 +165,8 @@ def test_openmetrics_exemplar_carries_trace_id(store):
     exemplar = exemplars[("orchestrator_agent_execution_duration_seconds_bucket", "1.0")]
     assert exemplar.labels == {"trace_id": TRACE_ID}
     assert exemplar.value == 0.7
-    assert float(exemplar.timestamp) == 1700000000.5
+    # Stamped when recorded, not with the event's own (old) time: Prometheus keeps exemplars in time order.
+    assert abs(float(exemplar.timestamp) - time.time()) < 60
     assert exemplars[("orchestrator_tool_call_duration_seconds_bucket", "0.005")].labels == {"trace_id": TRACE_ID}
     assert len(exemplars) == 2
     assert "trace_id" not in store.render().decode()  # text 0.0.4 has no exemplars
@@ -184,19 +186,55 @@ def test_overflow_folds_new_label_sets_and_counts_them():
              for i in range(20_000)]
     store.apply_batch(batch)
     got = samples(store.render().decode())
-    executions = {dict(labels)["agent"]: v for (name, labels), v in got.items()
+    executions = {(dict(labels)["agent"], dict(labels)["status"]): v for (name, labels), v in got.items()
                   if name == "orchestrator_agent_executions_total"}
+    # 1000 label sets: 500 agents, each under both statuses (error at 0), then the fold.
     assert len(executions) == 1001
-    assert executions["__overflow__"] == 19_000
+    assert {status for _, status in executions} == {"success", "error", "__overflow__"}
+    assert executions["__overflow__", "__overflow__"] == 19_500
     assert sum(executions.values()) == 20_000
     overflow = got[("orchestrator_exporter_series_overflow_total",
                     frozenset({"metric": "orchestrator_agent_executions_total"}.items()))]
-    assert overflow == 19_000
+    assert overflow == 19_500
     assert got[("orchestrator_agent_execution_duration_seconds_count",
                 frozenset({"agent": "__overflow__"}.items()))] == 19_000
     # An agent already tracked keeps its own series after the cap is reached.
     store.apply(events.AgentExecution(agent="agent-5", status="success", duration_seconds=0.1))
     assert value(store, "orchestrator_agent_executions_total", agent="agent-5", status="success") == 2
+
+
+def test_counters_by_outcome_start_every_status_at_zero():
+    """A series born at 1 shows rate() no increase: the first error of an agent, tool or workflow
+    that has only succeeded so far must land on a series Prometheus has already seen at 0."""
+    store = SeriesStore(MetricsConfig(extra_labels=("feature",)))
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 0.1,
+                 "feature": "login"},
+         {"type": "tool_call", "tool": "t", "status": "error", "duration_seconds": 0.1},
+         {"type": "workflow_run", "workflow": "w", "status": "success", "duration_seconds": 1})
+    assert value(store, "orchestrator_agent_executions_total", agent="a", status="error", feature="login") == 0
+    assert value(store, "orchestrator_tool_calls_total", tool="t", status="success") == 0
+    assert value(store, "orchestrator_workflow_runs_total", workflow="w", status="error") == 0
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "error", "duration_seconds": 0.1,
+                 "feature": "login"})
+    assert value(store, "orchestrator_agent_executions_total", agent="a", status="error", feature="login") == 1
+    assert value(store, "orchestrator_agent_executions_total", agent="a", status="success", feature="login") == 1
+
+
+def test_a_label_set_spelled_overflow_before_the_fold_is_the_one_overflow_series():
+    """A page never holds one label set twice, and the cap holds."""
+    store = SeriesStore(MetricsConfig(max_series=5))
+    # On the page at 0 before the first fold, so that increase() sees the first burst.
+    assert value(store, "orchestrator_exporter_series_overflow_total",
+                 metric="orchestrator_circuit_breaker_state") == 0
+    feed(store, {"type": "circuit_state", "agent": "__overflow__", "state": "open"},
+         *({"type": "circuit_state", "agent": f"a{i}", "state": "half_open"} for i in range(1, 8)))
+    text = store.render(openmetrics=True).decode()
+    families = list(parse_openmetrics(text))     # refuses a label set given twice
+    (circuit,) = [f for f in families if f.name == "orchestrator_circuit_breaker_state"]
+    agents = [sample.labels["agent"] for sample in circuit.samples]
+    assert sorted(agents) == ["__overflow__", "a1", "a2", "a3", "a4"]
+    assert value(store, "orchestrator_exporter_series_overflow_total",
+                 metric="orchestrator_circuit_breaker_state") == 3
 
 
 def test_a_label_value_spelled_overflow_does_not_alias_the_overflow_series():
@@ -258,11 +296,13 @@ def test_concurrent_batches_are_counted_exactly_once(store):
     # Every intermediate scrape saw whole events: count == executions, per agent.
     for text in renders[::max(1, len(renders) // 20)]:
         got = samples(text.decode())
+        by_agent: dict[str, float] = {}
         for (name, labels), v in got.items():
             if name == "orchestrator_agent_executions_total":
-                agent = dict(labels)["agent"]
-                assert got[("orchestrator_agent_execution_duration_seconds_count",
-                            frozenset({"agent": agent}.items()))] == v
+                by_agent[dict(labels)["agent"]] = by_agent.get(dict(labels)["agent"], 0) + v
+        for agent, v in by_agent.items():
+            assert got[("orchestrator_agent_execution_duration_seconds_count",
+                        frozenset({"agent": agent}.items()))] == v
 
 
 def test_works_in_a_prometheus_client_registry(store):
@@ -332,6 +372,7 @@ def test_a_restricted_registry_serves_the_catalog_names_asked_for(store):
     asked = ["orchestrator_tool_calls_total", "orchestrator_agent_execution_duration_seconds_count"]
     got = samples(generate_latest(registry.restricted_registry(asked)).decode())
     assert got == {("orchestrator_tool_calls_total", frozenset({"tool": "t", "status": "error"}.items())): 1,
+                   ("orchestrator_tool_calls_total", frozenset({"tool": "t", "status": "success"}.items())): 0,
                    ("orchestrator_agent_execution_duration_seconds_count", frozenset({"agent": "a"}.items())): 1}
 
 

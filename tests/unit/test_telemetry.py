@@ -162,8 +162,9 @@ def test_str_valued_enums_are_their_values_as_json_sends_them(tel):
         pass
     assert value(tel, TRANSITIONS, workflow="feature", from_state="planning", to_state="coding") == 2
     assert value(tel, EXECUTIONS, agent="planner", status="success") == 2
-    assert {labels for name, labels in samples(tel) if name == TOOL_CALLS} == {
-        frozenset({("tool", "web_search"), ("status", "success")})}
+    assert {labels for name, labels in samples(tel) if name == TOOL_CALLS} == {   # error: at 0, from the start
+        frozenset({("tool", "web_search"), ("status", "success")}),
+        frozenset({("tool", "web_search"), ("status", "error")})}
     assert "State." not in tel.render().decode() and "Agent." not in tel.render().decode()
 
 
