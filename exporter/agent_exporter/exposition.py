@@ -149,7 +149,8 @@ def _weights(header: str) -> dict[str, float]:
 def negotiate(accept: str | None) -> tuple[bool, str]:
     """(openmetrics?, content type) for an Accept header: OpenMetrics when it is acceptable (q > 0) and
     weighed at least as high as text/plain; otherwise the text format (the default; wildcards change nothing)."""
-    if accept and "application/openmetrics-text" in accept:      # a scrape that never asks costs a search
+    # A scrape that never asks costs a search; media types are case-insensitive (RFC 9110, 8.3.1).
+    if accept and "application/openmetrics-text" in accept.lower():
         weights = _weights(accept)
         q = weights.get("application/openmetrics-text", 0.0)
         if q > 0.0 and q >= weights.get("text/plain", 0.0):
@@ -158,11 +159,12 @@ def negotiate(accept: str | None) -> tuple[bool, str]:
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
-    """gzip when Accept-Encoding lists it as acceptable (q > 0) and weighs it at least as high as identity."""
+    """gzip when Accept-Encoding lists it (or x-gzip, its equivalent: RFC 9110, 8.4.1.3) as acceptable
+    (q > 0) and weighs it at least as high as identity."""
     if not accept_encoding or "gzip" not in accept_encoding.lower():
         return False
     weights = _weights(accept_encoding)
-    q = weights.get("gzip", 0.0)
+    q = max(weights.get("gzip", 0.0), weights.get("x-gzip", 0.0))
     return q > 0.0 and q >= weights.get("identity", 0.0)
 
 

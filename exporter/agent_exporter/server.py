@@ -302,8 +302,26 @@ class ExporterApp:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._refuse_websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    def _handler(self, scope) -> tuple[str, dict | None]:
+        """The request's path under the mount point, and its routes (None for no endpoint)."""
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        return path, self.routes.get(path)
+
+    async def _refuse_websocket(self, scope, receive, send) -> None:
+        """No endpoint speaks WebSocket: the handshake is refused (the server answers 403), and
+        counted as any request is, without an error in the log."""
+        path, routes = self._handler(scope)
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1008})     # policy violation
+        self.service.store.count_http_request(path if routes is not None else _OTHER, 403)
 
     @staticmethod
     async def _lifespan(receive, send) -> None:
@@ -318,11 +336,8 @@ class ExporterApp:
     async def _http(self, scope, receive, send) -> None:
         service = self.service
         request = _Request(scope, receive)
-        path = request.path
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = request.path = path[len(root):] or "/"
-        routes = self.routes.get(path)
+        path, routes = self._handler(scope)
+        request.path = path
         handler = path if routes is not None else _OTHER
         web_config = self._web_config()
         service.in_flight += 1

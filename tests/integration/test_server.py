@@ -342,6 +342,7 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-
 @pytest.mark.parametrize("accept, openmetrics", [
     (PROMETHEUS_ACCEPT, True),                      # what Prometheus 3 sends by default
     ("application/openmetrics-text", True),
+    ("Application/OpenMetrics-Text; version=1.0.0", True),     # media types are case-insensitive
     ("application/openmetrics-text;q=0, text/plain", False),
     ("application/openmetrics-text; q=0.0", False),
     ("text/plain;q=0.9, application/openmetrics-text;q=0.4", False),
@@ -350,6 +351,7 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-
 @pytest.mark.parametrize("accept_encoding, gzipped", [
     ("gzip", True),
     ("gzip, deflate, br", True),
+    ("x-gzip", True),                               # gzip's equivalent (RFC 9110, 8.4.1.3)
     ("gzip;q=0, identity", False),
     ("identity, gzip;q=0", False),
     ("gzip;q=0.5, identity", False),
@@ -391,6 +393,21 @@ def test_an_http_1_0_client_gets_a_length_not_chunks(server, accept_encoding):
         assert headers["content-encoding"] == "gzip"
         body = gzip.decompress(body)
     assert samples(body.decode())[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
+
+
+def test_a_websocket_handshake_is_refused_and_counted_without_an_error(server, caplog):
+    """No endpoint speaks WebSocket: 403 to the upgrade (not a 500 and an error line any client could
+    write at will), and the exporter goes on serving."""
+    request = (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with caplog.at_level(logging.WARNING), socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert value(server.url, catalog.EXPORTER_HTTP_REQUESTS.name, handler="/metrics", code="403") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_landing_page_and_health(server):
