@@ -54,8 +54,8 @@ class _Family:
         # A counter by outcome has its label set under every status from the first event on, at 0
         # ("avoid missing metrics"): a series born at 1 shows rate() no increase, so an agent's
         # first error would be invisible to the error-ratio alerts.
-        self.status_at = label_names.index("status") if spec.type == catalog.COUNTER and "status" in label_names \
-            else -1
+        by_outcome = spec.type == catalog.COUNTER and "status" in label_names
+        self.status_at = label_names.index("status") if by_outcome else -1
 
     def _new_series(self, key: tuple) -> int:
         i = len(self.label_values)
