@@ -117,8 +117,9 @@ def tokens(metrics, agent, model) -> dict:
 
 
 def executions(metrics) -> dict:
+    """Counted executions by (agent, status); each label set's other status is there at 0 too."""
     return {(dict(labels)["agent"], dict(labels)["status"]): v for (name, labels), (v, _) in metrics.items()
-            if name == catalog.AGENT_EXECUTIONS.name}
+            if name == catalog.AGENT_EXECUTIONS.name and v}
 
 
 def exemplars(metrics, agent) -> set:

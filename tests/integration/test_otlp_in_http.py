@@ -42,8 +42,9 @@ class Served:
         return {(s.name, frozenset(s.labels.items())): s.value for f in parse_text(text) for s in f.samples}
 
     def executions(self) -> dict:
+        """Counted executions by agent (each agent's other status is there at 0 too)."""
         return {dict(labels)["agent"]: v for (name, labels), v in self.samples().items()
-                if name == catalog.AGENT_EXECUTIONS.name}
+                if name == catalog.AGENT_EXECUTIONS.name and v}
 
     def spans_counted(self) -> dict:
         return {dict(labels)["outcome"]: v for (name, labels), v in self.samples().items()
