@@ -69,6 +69,14 @@ def test_the_replicas_config_file_loads_back_into_the_same_config():
     assert config.healing.fleet.prometheus.url == "http://127.0.0.1:9090"
 
 
+def test_the_demo_pages_on_burns_but_files_no_tickets():
+    """A slow burn is a matter of days; the demo's Prometheus holds minutes."""
+    from agent_exporter.render.rules import alert_names
+    names = alert_names(demo_config(Config(), listen_address="127.0.0.1:9464"))
+    assert {"OrchestratorAgentErrorBudgetBurnFast", "OrchestratorWorkflowErrorBudgetBurnFast"} <= set(names)
+    assert not [name for name in names if name.endswith("BurnSlow")]
+
+
 def test_the_demo_records_each_task_as_a_workflow_run_with_typed_events_and_scores():
     config = demo_config(Config(), listen_address="127.0.0.1:9464")
     telemetry = Telemetry(config)

@@ -292,10 +292,15 @@ def demo_config(config: Config, *, listen_address: str) -> Config:
     thresholds = replace(config.alerting.thresholds, cost_per_day_usd=budget.day_usd)
     # Hundreds of events a second: the first seconds' few failures must not read as a burn.
     min_events = max(config.alerting.min_events, 50)
+    # No tickets: a slow burn is a matter of days, and the demo's Prometheus holds minutes, in which
+    # an alternative agent failing 0.5 % of the time reads as burning a 1 % budget on three errors.
+    slo = replace(config.alerting.slo, ticket_windows=())
+    workflow_slo = replace(config.alerting.workflow_slo, ticket_windows=())
     return replace(
         config,
         metrics=replace(config.metrics, prices=prices),
-        alerting=replace(config.alerting, budget=budget, thresholds=thresholds, min_events=min_events),
+        alerting=replace(config.alerting, budget=budget, thresholds=thresholds, min_events=min_events,
+                         slo=slo, workflow_slo=workflow_slo),
         healing=replace(config.healing, fallbacks=fallbacks),
         server=replace(config.server, listen_address=listen_address),
     )
