@@ -246,10 +246,13 @@ class AlertingConfig(Section):
 
     def __post_init__(self):
         _unique(self.channels, "channels")
-        try:
-            urlsplit(self.exporter_url).port     # render scrapes the exporter there
+        try:    # render scrapes the exporter there: host:port
+            exporter = urlsplit(self.exporter_url)
+            exporter.port
         except ValueError as e:
             raise Invalid("exporter_url", str(e)) from None
+        if not exporter.hostname:
+            raise Invalid("exporter_url", f"{self.exporter_url!r} names no host")
         if "email" in self.channels and not self.email.to_addresses:
             raise Invalid("email.to_addresses", "empty; the email channel needs at least one address "
                                                 "(or leave email out of channels)")

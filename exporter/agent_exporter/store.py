@@ -27,7 +27,7 @@ from .version import __version__
 _MISSING = ""          # label value for an unset extra label (Prometheus treats "" as absent)
 _UNKNOWN_MODEL = "unknown"
 _DEFAULT_WORKFLOW = "default"
-STATUSES: tuple[str, ...] = get_args(events.Status)     # success, error
+_STATUSES: tuple[str, ...] = get_args(events.Status)     # success, error
 
 # (token type, event field) in the order of _ExecutionSeries' token slots.
 _TOKEN_FIELDS = tuple((kind, f"{kind}_tokens") for kind in catalog.SPLIT_TOKEN_TYPES)
@@ -72,7 +72,7 @@ class _Family:
             i = self._new_series(key)
             if self.status_at >= 0:
                 at = self.status_at
-                for status in STATUSES:
+                for status in _STATUSES:
                     sibling = key[:at] + (status,) + key[at + 1:]
                     if sibling not in self.index and len(self.index) < self.max_series:
                         self._new_series(sibling)

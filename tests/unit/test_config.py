@@ -206,6 +206,7 @@ BAD_ALERTING = [
     ({"alerting": {"group_labels": ["agent"]}}, "observability.alerting.group_labels[0]", "already use"),
     ({"alerting": {"group_labels": ["cluster", "cluster"]}}, "observability.alerting.group_labels", "duplicate"),
     ({"alerting": {"exporter_url": "http://agent-exporter:metrics"}}, "observability.alerting.exporter_url", "Port"),
+    ({"alerting": {"exporter_url": "http://:9464"}}, "observability.alerting.exporter_url", "no host"),
     ({"alerting": {"min_events": 0}}, "observability.alerting.min_events", "positive"),
     ({"alerting": {"min_events": 2.5}}, "observability.alerting.min_events", "integer"),
     ({"alerting": {"evaluation_window": "an hour"}}, "observability.alerting.evaluation_window", "duration"),
