@@ -37,8 +37,9 @@ reads and drops it), so a client that writes its whole body before reading,
 as most do, sees the answer rather than a reset.
 
 Time is bounded too: a connection whose request has not arrived whole within
-one to two REQUEST_TIMEOUT_SECONDS (a silent one included) is closed, and an
-idle keep-alive connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
+one to two REQUEST_TIMEOUT_SECONDS (a silent one included), or whose response
+could not be written for as long (a client that stopped reading), is closed, and an idle keep-alive
+connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ _alert_log = logging.getLogger("agent_exporter.alerts")
 # Keep-alive connections idle this long are closed (longer than any scrape interval).
 IDLE_TIMEOUT_SECONDS = 75
 # A request (line, headers and body) that has not arrived whole this long after its first byte, or after
-# the connection opened, has its connection closed (in one to two times this: see _protocol_class).
+# the connection opened, or a response its client does not read for this long, has its connection closed
+# (in one to two times this: see _protocol_class).
 REQUEST_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -655,13 +657,15 @@ def _protocol_class(request_timeout: float):
 
     class Protocol(HttpToolsProtocol):
         """uvicorn (0.54) arms its keep-alive timer only once a response is sent, and has no timeout
-        for reading a request: a connection that never completes one (silent from the start, a
-        partial header, a body that stops) stayed open for ever, and enough of them exhaust the file
-        descriptors.  Here each connection has a timer that fires every `request_timeout` seconds and
-        closes the connection when the same request was incomplete at two firings in a row; so an
-        incomplete request (or a silent new connection) lives one to two periods, and Go's
-        http.Server.ReadTimeout is the model.  Between requests uvicorn's keep-alive timeout applies
-        as before.  Per request this costs two attribute writes; the timer is per connection."""
+        for reading a request or writing a response: a connection that never completes a request
+        (silent from the start, a partial header, a body that stops), or whose client stops reading
+        the answer (holding a /metrics rendering), stayed open for ever, and enough of them exhaust
+        the file descriptors.  Here each connection has a timer that fires every `request_timeout`
+        seconds and closes the connection when, at two firings in a row, the same request was
+        incomplete or the response's writing was paused (the client not reading); so either lives
+        one to two periods, and Go's http.Server ReadTimeout and WriteTimeout are the model.
+        Between requests uvicorn's keep-alive timeout applies as before.  Per request this costs
+        three attribute writes; the timer is per connection."""
 
         _receiving = True       # a request is incomplete (a new connection awaits its first one)
         _stalled = False        # ... and it was already at the last firing
@@ -682,6 +686,7 @@ def _protocol_class(request_timeout: float):
             super().on_message_begin()
             self.scope[PEER_CERTIFICATE] = self._peer_certificate
             self._receiving = True
+            self._stalled = False       # a new request: whatever stalled before has moved on
 
         def on_message_complete(self) -> None:
             self._receiving = self._stalled = False
@@ -691,11 +696,17 @@ def _protocol_class(request_timeout: float):
             transport = self.transport
             if transport.is_closing() or transport.get_protocol() is not self:    # closed, or upgraded
                 return
-            if self._stalled:
-                # The handler reading the body, if any, sees a disconnect (server._ClientGone).
-                transport.close()
+            waiting = self._receiving or self.flow.write_paused
+            if waiting and self._stalled:
+                # The handler reading the body or writing the response sees a disconnect
+                # (server._ClientGone, or uvicorn dropping what it sends).  close() would wait to
+                # flush what a client that does not read never takes: abort() drops it.
+                if self.flow.write_paused:
+                    transport.abort()
+                else:
+                    transport.close()
                 return
-            self._stalled = self._receiving
+            self._stalled = waiting
             self._timer = self.loop.call_later(request_timeout, self._check_progress)
 
     return Protocol

@@ -23,7 +23,7 @@ import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import Telemetry, catalog, stack
+from agent_exporter import Telemetry, catalog, events, stack
 from agent_exporter.config import Config, HealingConfig
 from agent_exporter.healing import AlertRemediator, Healer
 from agent_exporter.healing.alertmanager import decode_webhook
@@ -305,6 +305,30 @@ def test_connections_that_never_complete_a_request_are_closed_while_metrics_answ
         kept.request("GET", "/-/healthy")                     # idle all that while, between requests
         assert kept.getresponse().read() == b"Healthy.\n" and kept.sock is kept_socket
         kept.close()
+    telemetry.shutdown()
+
+
+def test_a_scraper_that_stops_reading_is_cut_off_while_others_are_answered():
+    """A client that asks for /metrics and never reads the answer is disconnected once its response
+    has made no way for one to two request timeouts, like a request that stalls on the way in."""
+    timeout = 0.5
+    telemetry = Telemetry(Config())
+    telemetry.record_batch([events.decode({**PLANNER_OK, "agent": f"agent-{n}"}) for n in range(5000)])
+    with start_server(Service(telemetry, request_timeout_seconds=timeout), "127.0.0.1:0") as handle:
+        whole = len(requests.get(handle.url + "/metrics", timeout=10).content)
+        assert whole > 8 * 1024 * 1024       # more than the socket buffers of both ends hold
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.settimeout(10)
+        stuck.connect(("127.0.0.1", handle.port))
+        stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(2 * timeout + 1.0)
+        assert requests.get(handle.url + "/-/healthy", timeout=10).status_code == 200
+        received = 0
+        with stuck:
+            while chunk := stuck.recv(1 << 16):     # the buffered part, then the end (a timeout raises)
+                received += len(chunk)
+        assert 0 < received < whole
     telemetry.shutdown()
 
 
