@@ -224,6 +224,16 @@ class _Request:
         return None if value is None else value.decode("latin-1")
 
 
+def _one_host(request: _Request) -> bool:
+    """Whether the request has one Host header: RFC 9112, 3.2 has a server answer 400 to an HTTP/1.1
+    request without one or with several (uvicorn passes both on)."""
+    if b"host" not in request.headers:
+        return False
+    all_headers = request.scope["headers"]
+    # Headers repeated (the dict kept the last of each) are rare: only then are the Hosts counted.
+    return len(request.headers) == len(all_headers) or sum(name == b"host" for name, _ in all_headers) == 1
+
+
 class _Response:
     """An answer: a whole `body`, or a `stream` of pieces (sent as they come, chunked; whole to HTTP/1.0)."""
 
@@ -389,6 +399,8 @@ class ExporterApp:
                 # exporter-toolkit answers 500 while its file does not parse; the reason is in the log only.
                 raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, "the web config is invalid; see the exporter's log")
             _check_peer(request, web_config)
+            if request.scope["http_version"] == "1.1" and not _one_host(request):
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host header")
             if service.rate_limiter is not None and not service.rate_limiter.allow():
                 raise HTTPError(HTTPStatus.TOO_MANY_REQUESTS, "rate limit exceeded")
             users = web_config.config.basic_auth_users

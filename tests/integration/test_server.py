@@ -434,6 +434,27 @@ def test_a_websocket_handshake_is_refused_and_counted_without_an_error(server, c
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("request_head", [
+    b"GET /metrics HTTP/1.1\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: elsewhere\r\n\r\n",
+], ids=["no Host", "two Hosts"])
+def test_an_http_1_1_request_without_exactly_one_host_is_400(server, request_head):
+    """RFC 9112, 3.2: a server MUST answer 400 to an HTTP/1.1 request lacking Host or with more than
+    one; HTTP/1.0 needs none."""
+    def answer_to(head: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        return answer
+
+    answer = answer_to(request_head)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert answer_to(b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
+    assert value(server.url, catalog.EXPORTER_HTTP_REQUESTS.name, handler="/metrics", code="400") == 1
+
+
 def test_landing_page_and_health(server):
     landing = requests.get(server.url + "/", timeout=10)
     assert landing.headers["Content-Type"].startswith("text/html")
