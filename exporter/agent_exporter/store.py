@@ -400,18 +400,20 @@ class SeriesStore:
             series[position] = i
         return i
 
-    def apply_execution(self, e: events.AgentExecution, cache: list | None = None) -> None:
+    def apply_execution(self, e: events.AgentExecution, cache: list | None = None, *, outcome: bool = True) -> None:
         """Apply one agent execution; `cache`, a [success, error] pair kept by the caller for a
-        label set, is filled in here and saves finding the series next time (the in-process API)."""
+        label set, is filled in here and saves finding the series next time (the in-process API).
+        `outcome=False` for a run interrupted before it had one (cancelled): its usage, cost and
+        time to first token count, and no execution, duration or error."""
         lock = self._lock
         lock.acquire()          # not `with`: a third cheaper, on the API's hottest path
         try:
             if cache is None:
-                self._apply_agent_execution(e)
+                self._apply_agent_execution(e, None, outcome)
             else:
                 by_status = 0 if e.status == "success" else 1
                 series = cache[by_status]
-                self._apply_agent_execution(e, series)
+                self._apply_agent_execution(e, series, outcome)
                 if series is None:
                     # Now remembered if it is a real series set; an __overflow__ one never is.
                     cache[by_status] = self._execution_series.get(self._execution_key(e))
@@ -419,7 +421,8 @@ class SeriesStore:
         finally:
             lock.release()
 
-    def _apply_agent_execution(self, e: events.AgentExecution, series: list[int] | None = None) -> None:
+    def _apply_agent_execution(self, e: events.AgentExecution, series: list[int] | None = None,
+                               outcome: bool = True) -> None:
         # The hottest path, on ingest and in the API (which passes the `series` it keeps): the
         # series are found once per label set, and here is only arithmetic.
         if series is None:
@@ -427,11 +430,12 @@ class SeriesStore:
             series = self._execution_series.get(key)
             if series is None:
                 series = self._new_execution_series(key, e)
-        self._executions.values[series[0]] += 1
-        self._durations.observe(series[1], e.duration_seconds, e.trace_id)
         agent = e.agent
-        if e.status == "error":
-            self._add(self._errors, (agent, e.error_type or "unknown") + self._extras(e), 1)
+        if outcome:
+            self._executions.values[series[0]] += 1
+            self._durations.observe(series[1], e.duration_seconds, e.trace_id)
+            if e.status == "error":
+                self._add(self._errors, (agent, e.error_type or "unknown") + self._extras(e), 1)
         tokens = self._tokens
         values = tokens.values
         model = e.model or _UNKNOWN_MODEL

@@ -133,6 +133,17 @@ def _request_id(value) -> str | None:
     return _checked("request_id", value, events.RequestId)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a scope left by `exc` (not GeneratorExit) was interrupted from outside rather than
+    failed: a BaseException that is no Exception, as asyncio's CancelledError (a hedge lost, a
+    TaskGroup sibling failed, a timeout around the run, shutdown), KeyboardInterrupt, SystemExit.
+    That is no outcome of the agent, tool or workflow, and is not counted as one: an error would
+    page about an agent that never failed, and could open its breaker.  The span ends without an
+    error status, as opentelemetry's use_span() leaves it; an agent run's usage and cost still
+    count, as they were spent.  A timeout inside the run is the run's own TimeoutError: an error."""
+    return not isinstance(exc, Exception)
+
+
 def _error_type(exc: BaseException) -> str:
     return type(exc).__name__[: events.MAX_NAME_LENGTH]
 
@@ -417,8 +428,12 @@ class AgentRun(_Scope["AgentRun"]):
                 otel_context.detach(self._context_token)
         self._run_token = None
         self._finished = True
-        if exc_type is GeneratorExit:
-            exc = None      # a generator closed early: its consumer stopped, the run did not fail
+        outcome = True
+        if exc is not None:
+            if exc_type is GeneratorExit:
+                exc = None      # a generator closed early: its consumer stopped, the run did not fail
+            elif _interrupted(exc):
+                outcome = False
         tel = self._telemetry
         model = self.model
         cost = self.cost_usd
@@ -439,10 +454,10 @@ class AgentRun(_Scope["AgentRun"]):
             None if exc is None else _error_type(exc), labels.feature, labels.priority, self.request_id,
             trace_id, span_id, None)       # no timestamp: the store stamps an exemplar when it keeps one
         if span is not None:
-            tel.spans.end_agent(span, event, exception=exc)
+            tel.spans.end_agent(span, event, exception=exc, outcome=outcome)
         if tel._metrics:
             # The label set caches its series, unless the run reported another model than it named.
-            tel.store.apply_execution(event, labels.series if model == labels.model else None)
+            tel.store.apply_execution(event, labels.series if model == labels.model else None, outcome=outcome)
         return False
 
     def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *,
@@ -552,6 +567,10 @@ class _TimedScope(_Scope[_TimedHandle]):
                 otel_context.detach(context_token)
         if exc_type is GeneratorExit:
             exc = None      # a generator closed early: its consumer stopped, the run did not fail
+        elif exc is not None and _interrupted(exc):
+            if run.span is not None:
+                self._telemetry.spans.end_interrupted(run.span)
+            return False
         self._end(run, duration, exc)
         return False
 

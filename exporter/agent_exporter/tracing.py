@@ -326,10 +326,11 @@ class GenAITracer:
             _fault("GenAITracer.start_agent")
             return trace.INVALID_SPAN
 
-    def end_agent(self, span: trace.Span, e: events.AgentExecution, *,
-                  exception: BaseException | None = None, end_time: int | None = None) -> None:
+    def end_agent(self, span: trace.Span, e: events.AgentExecution, *, exception: BaseException | None = None,
+                  end_time: int | None = None, outcome: bool = True) -> None:
         """End an agent span with what its execution event says (usage, cost, outcome); the models
-        are set where they are known (start_agent(), set_model())."""
+        are set where they are known (start_agent(), set_model()).  `outcome=False`: the run was
+        interrupted (cancelled) before it had one, and the span ends as end_interrupted() ends it."""
         try:
             if not span.is_recording():
                 return
@@ -353,9 +354,18 @@ class GenAITracer:
             if e.cost_usd is not None:
                 attributes[COST_USD] = e.cost_usd
             span.set_attributes(attributes)
-            self._end(span, _error_type(e), exception, end_time)
+            if outcome:
+                self._end(span, _error_type(e), exception, end_time)
+            else:
+                span.end(end_time=end_time)
         except Exception:  # noqa: BLE001
             _fault("GenAITracer.end_agent")
+
+    @_guarded()
+    def end_interrupted(self, span: trace.Span) -> None:
+        """End the span of a tool call or workflow interrupted from outside (cancelled): not an
+        error of its own, so no error status, as opentelemetry's use_span() leaves such a span."""
+        span.end()
 
     @_guarded()
     def set_model(self, span: trace.Span, model: str) -> None:

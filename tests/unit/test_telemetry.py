@@ -273,6 +273,60 @@ def test_exception_records_error_with_its_class_name_then_propagates(tel, spans)
         assert [e.name for e in span.events] == ["exception"]
 
 
+def test_a_run_cancelled_from_outside_is_no_outcome_but_its_usage_counts(tel, spans):
+    """A hedge that lost, the siblings of a failed TaskGroup task, a timeout around the run: the
+    agent did not fail.  No execution, duration or error; the tokens and cost it spent count; the
+    spans end without an error status, as opentelemetry's use_span() leaves them."""
+    async def hedge(agent: str, seconds: float) -> str:
+        async with tel.workflow("answer"), tel.agent_execution(agent, model="gpt-4o") as run:
+            run.usage(input_tokens=100, output_tokens=0)
+            async with tel.tool_call("web_search"):
+                await asyncio.sleep(seconds)
+            run.usage(output_tokens=10)
+            return agent
+
+    async def race() -> str:
+        tasks = [asyncio.create_task(hedge("fast", 0)), asyncio.create_task(hedge("slow", 30))]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return done.pop().result()
+
+    async def timed_out_around_the_run() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await hedge("slow", 30)
+
+    assert asyncio.run(race()) == "fast"
+    asyncio.run(timed_out_around_the_run())
+    metrics = samples(tel)
+    assert metrics[(EXECUTIONS, frozenset({("agent", "fast"), ("status", "success")}))] == 1
+    assert not [key for key, count in metrics.items() if count and ("agent", "slow") in key[1]
+                and key[0] in (EXECUTIONS, DURATION + "_count", ERRORS)]
+    assert value(tel, TOKENS, agent="slow", model="gpt-4o", type="input") == 200      # spent all the same
+    assert value(tel, COST, agent="slow", model="gpt-4o") == pytest.approx(2 * 100 * 2.5e-6)
+    assert value(tel, TOOL_CALLS, tool="web_search", status="success") == 1
+    assert metrics.get((TOOL_CALLS, frozenset({("tool", "web_search"), ("status", "error")})), 0) == 0
+    assert value(tel, catalog.WORKFLOW_RUNS.name, workflow="answer", status="success") == 1
+    assert metrics.get((catalog.WORKFLOW_RUNS.name, frozenset({("workflow", "answer"), ("status", "error")})), 0) == 0
+    ended = spans[1].get_finished_spans()
+    assert len(ended) == 9 and {s.status.status_code for s in ended} == {StatusCode.UNSET}
+    assert not [s for s in ended if "error.type" in s.attributes or s.events]
+
+
+def test_a_timeout_inside_the_run_is_the_runs_error(tel):
+    async def bounded() -> None:
+        async with tel.agent_execution("slow"):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(30)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(bounded())
+    assert value(tel, EXECUTIONS, agent="slow", status="error") == 1
+    assert value(tel, ERRORS, agent="slow", error_type="TimeoutError") == 1
+
+
 # -- async and decorators -----------------------------------------------------------
 
 
