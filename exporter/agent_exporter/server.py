@@ -814,6 +814,7 @@ class ServerHandle:
 
     def stop(self, timeout: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), then return."""
+        self._server.config.timeout_graceful_shutdown = timeout    # read by uvicorn when it shuts down
         self._server.handle_exit(None, None)
         self._thread.join(timeout + 5)
 

@@ -479,6 +479,22 @@ def test_embedded_server_serves_metrics_but_no_ingest():
         telemetry.shutdown()
 
 
+def test_stop_waits_for_requests_in_flight_no_longer_than_its_timeout():
+    """Then uvicorn cancels what is left, answers it 500 and says so in an error line."""
+    telemetry = Telemetry(Config())
+    handle = start_server(Service(telemetry), "127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", handle.port), timeout=10) as slow:
+        slow.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n[")         # in flight: the rest of the body never comes
+        time.sleep(0.2)
+        asked = time.monotonic()
+        handle.stop(timeout=1.0)
+        assert 1.0 <= time.monotonic() - asked < 3.0
+        assert not handle._thread.is_alive()
+        assert slow.recv(1024).startswith(b"HTTP/1.1 500 ")       # answered, not left waiting
+    telemetry.shutdown()
+
+
 def test_embedded_server_takes_alertmanagers_webhook_for_the_healer_in_its_process():
     # An orchestrator running its Healer in process has no `agent-exporter serve` to receive the
     # webhook that opens a breaker: its embedded server does, given the healer's remediator.
