@@ -149,6 +149,23 @@ def read_bearer_token(path: str) -> str | None:
     return read_secret(path, "observability.server.bearer_token_file", env=BEARER_TOKEN_ENV)
 
 
+def _positive(name: str, value, kind):
+    if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < float("inf"):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return value
+
+
+def _bearer_token(token: str | None) -> str | None:
+    """The token as given, or ValueError: an empty one would let every request in, and one with
+    surrounding whitespace or a control character could never match an Authorization header."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or token != token.strip() or not token.isprintable():
+        raise ValueError("bearer_token: expected a non-empty string without surrounding whitespace "
+                         "or control characters (None for no token)")
+    return token
+
+
 class Service:
     """What the HTTP layer serves: a Telemetry, its auth settings, and the optional endpoints.
 
@@ -164,9 +181,9 @@ class Service:
                  otlp=None, ingest: bool = True, request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS):
         self.telemetry = telemetry
         self.store = telemetry.store
-        self.max_body_bytes = max_body_bytes
-        self.request_timeout_seconds = request_timeout_seconds
-        self.bearer_token = bearer_token or None
+        self.max_body_bytes = _positive("max_body_bytes", max_body_bytes, int)
+        self.request_timeout_seconds = _positive("request_timeout_seconds", request_timeout_seconds, (int, float))
+        self.bearer_token = _bearer_token(bearer_token)
         self.web_config = web_config or FixedWebConfig()
         self.basic_auth = BasicAuth()       # one bcrypt cache, whatever the users are now
         # Built once from the file as it was at start, as exporter-toolkit's Serve builds its limiter.
@@ -188,8 +205,10 @@ class Service:
                     bearer_token: str | None = None) -> "Service":
         """The Service the telemetry's config describes; body limit and bearer token may be overridden."""
         config = telemetry.config
-        return cls(telemetry, max_body_bytes=max_body_bytes or config.server.max_body_bytes,
-                   bearer_token=bearer_token or read_bearer_token(config.server.bearer_token_file),
+        return cls(telemetry,
+                   max_body_bytes=config.server.max_body_bytes if max_body_bytes is None else max_body_bytes,
+                   bearer_token=read_bearer_token(config.server.bearer_token_file) if bearer_token is None
+                   else bearer_token,
                    web_config=web_config, remediator=remediator, log_alerts="log" in config.alerting.channels,
                    otlp=otlp, ingest=ingest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import requests
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,3 +66,20 @@ def test_asgi_app_serves_metrics_ingest_and_healing_under_a_prefix():
         server.should_exit = True
         thread.join(10)
         tel.shutdown()
+
+
+@pytest.mark.parametrize("arguments, field", [
+    ({"bearer_token": ""}, "bearer_token"),             # an unset variable read as "": never "no auth"
+    ({"bearer_token": " token"}, "bearer_token"),
+    ({"bearer_token": 123}, "bearer_token"),
+    ({"max_body_bytes": 0}, "max_body_bytes"),
+    ({"max_body_bytes": -1}, "max_body_bytes"),
+    ({"max_body_bytes": 1.5}, "max_body_bytes"),
+    ({"max_body_bytes": "10"}, "max_body_bytes"),
+    ({"max_body_bytes": True}, "max_body_bytes"),
+])
+def test_asgi_app_refuses_arguments_it_could_not_act_on(arguments, field):
+    tel = Telemetry(Config())
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        tel.asgi_app(**arguments)
+    tel.shutdown()
