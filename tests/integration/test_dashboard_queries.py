@@ -105,7 +105,9 @@ def workload(n: int) -> list[dict]:
                        "duration_seconds": 1.0})  # no usage: counted as unknown, never $0
         events.append({"type": "retry", "agent": agent, "attempt": 2, "error_type": "Timeout"})
     events += [
-        {"type": "agent_execution", "agent": RELIABLE_AGENT, "status": "success", "duration_seconds": 0.5},
+        # Priced, without the extra label (feature): a cost series without it.
+        {"type": "agent_execution", "agent": RELIABLE_AGENT, "status": "success", "duration_seconds": 0.5,
+         "cost_usd": 0.001},
         {"type": "tool_call", "tool": "web_search", "status": "success",
          "duration_seconds": 0.3, "trace_id": trace},
         {"type": "tool_call", "tool": "web_search", "status": "error", "duration_seconds": 2.0},
@@ -286,15 +288,20 @@ def label_values(api: stack.PrometheusAPI, definition: str) -> list[str]:
     return sorted(row["metric"][label] for row in api.query(f"count by ({label}) ({selector})"))
 
 
-def variable_values(api: stack.PrometheusAPI, board: dict) -> dict[str, str]:
-    """Resolve the dashboard's variables in order, as Grafana does on load."""
+def variable_values(api: stack.PrometheusAPI, board: dict, **picked: str) -> dict[str, str]:
+    """Resolve the dashboard's variables in order, as Grafana does on load: "All" where offered,
+    else the first value, or the one `picked` for it."""
     values = {"__rate_interval": RATE_INTERVAL, "__range": RANGE}
     for variable in board["templating"]["list"]:
         if variable["type"] != "query":
             continue
         found = label_values(api, substitute(variable["definition"], values))
         assert found, f"{board['uid']}: variable {variable['name']} has no values"
-        values[variable["name"]] = variable["allValue"] if variable["includeAll"] else found[0]
+        if variable["includeAll"]:
+            values[variable["name"]] = variable["allValue"]
+        else:
+            values[variable["name"]] = picked.get(variable["name"], found[0])
+            assert values[variable["name"]] in found, (board["uid"], variable["name"], found)
     return values
 
 
@@ -330,6 +337,25 @@ def test_every_panel_query_returns_series(api, boards):
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
+def test_every_series_a_panel_draws_has_the_labels_its_legend_names(api, boards):
+    """No blank legend: spend of executions sent without an extra label, a series without it,
+    is drawn under a name too."""
+    blank, checked = [], set()
+    for uid, board in sorted(boards.items()):
+        values = variable_values(api, board)
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                legend_labels = re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", ""))
+                if not legend_labels:
+                    continue
+                for row in query_until_data(api, substitute(target["expr"], values)):
+                    checked.add(panel["title"])
+                    if missing := [label for label in legend_labels if not row["metric"].get(label)]:
+                        blank.append(f"{uid} / {panel['title']}: {row['metric']} lacks {missing}")
+    assert "Spend per hour by feature" in checked
+    assert not blank, "\n".join(blank)
+
+
 def test_the_alert_panels_show_this_projects_alerts_only(api, boards):
     overview = boards[dashboards.OVERVIEW_UID]
     values = variable_values(api, overview)
@@ -348,20 +374,22 @@ def test_the_alert_panels_show_this_projects_alerts_only(api, boards):
 def test_stats_meant_to_show_zero_show_it_for_an_exporter_without_such_events(api, boards):
     """A stat whose query falls back to `vector(0)` shows 0, not No data, for every instance,
     including the demo's, which never rejects an event."""
-    checked, empty = 0, []
+    checked, empty = set(), []
     for uid, board in sorted(boards.items()):
-        values = variable_values(api, board)
-        (instance,) = [v for v in board["templating"]["list"] if v["name"] == "instance"]
-        instances = label_values(api, substitute(instance["definition"], values))
-        for panel in board["panels"]:
-            if panel["type"] != "stat" or "or vector(0)" not in panel["targets"][0]["expr"]:
-                continue
-            for instance in instances:
-                expr = substitute(panel["targets"][0]["expr"], {**values, "instance": instance})
-                checked += 1
-                if not query_until_data(api, expr, timeout=5):
-                    empty.append(f"{uid} / {panel['title']} for {instance}: {expr}")
-    assert checked >= 4
+        for environment in ENVIRONMENTS.values():
+            values = variable_values(api, board, environment=environment)
+            (instance,) = [v for v in board["templating"]["list"] if v["name"] == "instance"]
+            instances = label_values(api, substitute(instance["definition"], values))
+            for panel in board["panels"]:
+                if panel["type"] != "stat" or "or vector(0)" not in panel["targets"][0]["expr"]:
+                    continue
+                for instance in instances:
+                    expr = substitute(panel["targets"][0]["expr"], {**values, "instance": instance})
+                    checked.add((panel["title"], instance))
+                    if not query_until_data(api, expr, timeout=5):
+                        empty.append(f"{uid} / {panel['title']} for {instance}: {expr}")
+    assert {title for title, _ in checked} >= {"Alerts firing", "Rejected events", "Exporters down"}
+    assert len({instance for _, instance in checked}) == len(ENVIRONMENTS)
     assert not empty, "stats without data:\n" + "\n".join(empty)
 
 

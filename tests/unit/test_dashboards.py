@@ -17,7 +17,7 @@ import pytest
 import yaml
 from msgspec.structs import replace
 
-from agent_exporter import catalog
+from agent_exporter import catalog, durations
 from agent_exporter.config import (
     AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds, parse_config)
 from agent_exporter.render import common, dashboards, panels as grafana, prometheus, rules, series
@@ -35,7 +35,10 @@ FIXED_WINDOWS = frozenset({"30d", "1d", "1h"})
 
 def alert_windows(config: Config) -> set[str]:
     """The windows of the alerts whose threshold a panel draws, which it reads over them too."""
-    return {config.alerting.rate_window, series.DASHBOARD_LATENCY_WINDOW, common.sli_windows(config.alerting.workflow_slo)[0]}
+    return {config.alerting.rate_window, series.DASHBOARD_LATENCY_WINDOW, config.alerting.evaluation_window,
+            common.sli_windows(config.alerting.workflow_slo)[0],
+            durations.prometheus_duration(max(config.healing.breaker_window_seconds,
+                                              4 * config.metrics.scrape_interval_seconds))}
 # Every optional panel and variable on: a custom job, a grouping label, budgets per feature.
 SCOPED = parse_config({"observability": {
     "metrics": {"extra_labels": ["feature"]},
@@ -147,7 +150,7 @@ def test_every_alert_links_a_dashboard_with_the_variables_it_sets(boards, config
             pairs = dict(pair.split("=", 1) for pair in query.split("&")) if query else {}
             for name, value in pairs.items():
                 assert name.startswith("var-") and name[4:] in variables, (rule["alert"], name)
-                assert value == f"{{{{ $labels.{name[4:]} }}}}", (rule["alert"], value)
+                assert value == f"{{{{ $labels.{name[4:]} | urlquery }}}}", (rule["alert"], value)
             linked[rule["alert"]] = set(pairs)
     deployment = {f"var-{label}" for label in config.alerting.group_labels}
     assert linked["OrchestratorAgentSlow"] == {"var-agent", *deployment}
@@ -180,7 +183,7 @@ def test_every_panel_has_a_unit_a_description_and_the_datasource_variable(boards
 
 def test_every_dashboard_has_the_datasource_grouping_and_instance_variables(boards, config):
     """The job is the config's (alerting.job), so it is no variable any more; each grouping
-    label is one, "All" taking series without it too, and narrows the instances."""
+    label is one, selecting one deployment (as the alerts see one), and narrows the instances."""
     build_info = catalog.EXPORTER_BUILD_INFO.name
     job = f'job="{config.alerting.job}"'
     for board in boards.values():
@@ -191,8 +194,8 @@ def test_every_dashboard_has_the_datasource_grouping_and_instance_variables(boar
         narrowed = [job]
         for label in config.alerting.group_labels:
             assert variables[label]["definition"] == f"label_values({build_info}{{{', '.join(narrowed)}}}, {label})"
-            assert variables[label]["allValue"] == ".*"
-            narrowed.append(f'{label}=~"${label}"')
+            assert not variables[label]["includeAll"] and not variables[label]["multi"]
+            narrowed.append(f'{label}="${label}"')
         assert variables["instance"]["definition"] == f"label_values({build_info}{{{', '.join(narrowed)}}}, instance)"
         assert variables["instance"]["allValue"] == ".+"
     agent = {v["name"]: v for v in boards[dashboards.AGENT_UID]["templating"]["list"]}["agent"]
@@ -211,7 +214,7 @@ def test_every_query_names_only_catalog_metrics_recording_rules_or_builtins(boar
 def test_raw_metric_selectors_name_the_job_and_follow_the_variables(boards, recorded_names, config):
     scoped = catalog.sample_names() | {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
     scope = dashboards.Queries(config).scope
-    groups = [f'{label}=~"${label}"' for label in config.alerting.group_labels]
+    groups = [f'{label}="${label}"' for label in config.alerting.group_labels]
     assert scope.startswith(f'job="{config.alerting.job}", instance=~"$instance"')
     for board in boards.values():
         for expr in exprs(board):
@@ -311,6 +314,16 @@ def test_threshold_lines_are_drawn_where_a_limit_is_set(boards):
             assert (style != "off") == (len(steps) > 1), p["title"]
 
 
+def test_a_panel_drawing_a_threshold_reads_rates_over_a_window_that_threshold_is_held_to(boards, config):
+    """The line is crossed where the alert fires: not over Grafana's $__rate_interval, which follows
+    the zoom, while the alert reads its own window."""
+    for board in boards.values():
+        for p in panels(board):
+            if p["type"] == "timeseries" and len(p["fieldConfig"]["defaults"]["thresholds"]["steps"]) > 1:
+                for target in p["targets"]:
+                    assert "$__rate_interval" not in target["expr"], (board["uid"], p["title"])
+
+
 def test_slo_burn_panel_covers_the_configured_windows(tmp_path):
     slo = replace(Config().alerting.slo, objective=0.995,
                   page_windows=(("1h", "5m", 14.4),), ticket_windows=(("3d", "6h", 1.0),))
@@ -346,8 +359,9 @@ def test_overview_keeps_the_legacy_cards_and_agent_table(boards, config):
     assert link.startswith(f"/d/{dashboards.AGENT_UID}?var-agent=${{__value.raw}}")
     alerts = panel(overview, "Firing alerts")
     assert alerts["type"] == "table"
-    # This project's alerts only, in the selected deployment: a shared Prometheus holds everybody's.
-    scope = "".join(f'{label}=~"${label}", ' for label in config.alerting.group_labels)
+    # This project's alerts only, in the selected deployment (and those about none, as MetricsAbsent):
+    # a shared Prometheus holds everybody's.
+    scope = "".join(f'{label}=~"${label}|", ' for label in config.alerting.group_labels)
     expected = f'ALERTS{{{scope}alertname=~"Orchestrator.+", alertstate="firing", instance=~"$instance|"}}'
     assert alerts["targets"][0]["expr"] == expected
     assert panel(overview, "Alerts firing")["targets"][0]["expr"] == f"count({expected}) or vector(0)"

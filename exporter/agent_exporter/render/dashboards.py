@@ -18,7 +18,8 @@ model sees only its data:
   windows of up to days and the daily spend forecast against the budget.  Those
   panels say "(all instances)" in their title.
 
-All follow a variable per grouping label (environment, cluster, ...), if any.
+All follow a variable per grouping label (environment, cluster, ...), if any: one
+deployment at a time, as the alerts see it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Queries:
     def __init__(self, config: Config, filters: dict[str, str] | None = None):
         self.config = config
         self.group_labels = config.alerting.group_labels
-        groups = tuple(f'{label}=~"${label}"' for label in self.group_labels)
+        groups = tuple(f'{label}="${label}"' for label in self.group_labels)
         self.job = f'job="{config.alerting.job}"'
         self.scope = ", ".join((self.job, 'instance=~"$instance"', *groups))
         self.recorded_scope = groups
@@ -128,16 +129,19 @@ class Queries:
                           self.rate(counter, *matchers, window=window), by)
 
     def variables(self) -> list[dict]:
-        """The data source, a variable per grouping label ("All" takes series without it
-        too), then the instances of the job in them."""
+        """The data source, a variable per grouping label, then the instances of the job in them.
+
+        A grouping label's variable selects one value, as kubernetes-mixin's `cluster` does: the
+        alerts, budgets and SLOs hold per deployment, and a view summing deployments would show
+        figures (a day's spend against the budget line, an error ratio) that no alert compares."""
         build_info = catalog.EXPORTER_BUILD_INFO.name
         found = [datasource_variable()]
         narrowed = [self.job]
         for label in self.group_labels:
             found.append(query_variable(label, label.replace("_", " ").capitalize(),
                                         f"label_values({build_info}{{{', '.join(narrowed)}}}, {label})",
-                                        all_value=".*"))
-            narrowed.append(f'{label}=~"${label}"')
+                                        include_all=False))
+            narrowed.append(f'{label}="${label}"')
         found.append(query_variable("instance", "Instance",
                                     f"label_values({build_info}{{{', '.join(narrowed)}}}, instance)"))
         return found
@@ -185,14 +189,17 @@ def overview(config: Config) -> dict:
     total_runs = f"sum({runs})"
     # This project's alerts only (every one is named Orchestrator...): a shared Prometheus holds
     # everybody's.  Those about one exporter carry its instance and follow the variable; the
-    # others aggregate job and instance away and are shown for every instance (`|`: no label).
-    firing = q.recorded("ALERTS", f'alertname=~"{ALERT_PREFIX}.+"', 'alertstate="firing"',
-                        'instance=~"$instance|"')
+    # others aggregate job and instance away and are shown for every instance (`|`: no label),
+    # as OrchestratorMetricsAbsent, about no one deployment, is shown in each.
+    deployment = [f'{label}=~"${label}|"' for label in q.group_labels]
+    matchers = (*deployment, f'alertname=~"{ALERT_PREFIX}.+"', 'alertstate="firing"', 'instance=~"$instance|"')
+    firing = f"ALERTS{{{', '.join(matchers)}}}"
     tasks = f"sum({q.increase(W.name)})"
     task_objective = a.workflow_slo.objective
     task_window = sli_windows(a.workflow_slo)[0]
-    mean_score = (f"sum by (agent, evaluator) ({q.rate(S.name + '_sum')}) / "
-                  f"sum by (agent, evaluator) ({q.rate(S.name + '_count')})")
+    # Over the quality alert's window, as the panel draws its floor.
+    mean_score = (f"sum by (agent, evaluator) ({q.rate(S.name + '_sum', window=a.evaluation_window)}) / "
+                  f"sum by (agent, evaluator) ({q.rate(S.name + '_count', window=a.evaluation_window)})")
     spend_day = f"sum({q.increase(C.name, window='1d')})"
     panels = [
         # Tasks first: whether the orchestrator's work gets done, end to end.
@@ -301,9 +308,9 @@ def overview(config: Config) -> dict:
               order=("alertname", "severity"), overrides=[], w=12),
         row("Quality"),
         timeseries("Mean evaluation score by agent and evaluator",
-                   "Mean quality score (0 to 1) of the agents' answers, per evaluator; the line is "
-                   f"the floor of the quality alert ({num(t.evaluation_score_floor)}), which reads it over "
-                   f"{a.evaluation_window}.",
+                   f"Mean quality score (0 to 1) of the agents' answers over {a.evaluation_window}, per "
+                   f"evaluator; the line is the floor of the quality alert ({num(t.evaluation_score_floor)}), "
+                   "which reads the same window.",
                    [query(mean_score, "{{agent}} {{evaluator}}")],
                    unit="percentunit", thresholds=lower_limit(t.evaluation_score_floor), min=0, max=1, w=12),
         timeseries("Evaluations by evaluator", "Quality evaluations recorded per second, by agent and evaluator.",
@@ -348,9 +355,9 @@ def agent_detail(config: Config) -> dict:
                    [query(f"sum by (status) ({q.rate(E.name)})", "{{status}}")],
                    unit="ops", min=0, stack=True, w=8),
         timeseries("Error ratio",
-                   f"Share of failed executions of $agent; the line is the alert threshold "
-                   f"({num(t.error_ratio)}).",
-                   [query(q.error_ratio(E.name, "agent"), "error ratio")],
+                   f"Share of failed executions of $agent over {config.alerting.rate_window}, the alert's "
+                   f"window; the line is the alert threshold ({num(t.error_ratio)}).",
+                   [query(q.error_ratio(E.name, "agent", window=config.alerting.rate_window), "error ratio")],
                    unit="percentunit", limit=t.error_ratio, min=0, w=8),
         timeseries("Errors by type", "Failed executions of $agent per second, by error type.",
                    [query(f"sum by (error_type) ({q.rate(catalog.AGENT_ERRORS.name)})",
@@ -363,9 +370,11 @@ def agent_detail(config: Config) -> dict:
                       heatmap=True, exemplar=True),
                 unit="s", w=12),
         timeseries("Latency p50 / p95 / p99",
-                   f"Execution wall-time quantiles of $agent; the line is the p95 alert "
-                   f"threshold ({num(t.latency_p95_seconds)} s). Exemplars link to traces.",
-                   [query(q.bucket_quantile(quantile, D.name, "le"), p, exemplar=True)
+                   f"Execution wall-time quantiles of $agent over {config.alerting.rate_window}, the "
+                   f"alert's window; the line is the p95 alert threshold ({num(t.latency_p95_seconds)} s). "
+                   "Exemplars link to traces.",
+                   [query(q.bucket_quantile(quantile, D.name, "le", window=config.alerting.rate_window), p,
+                          exemplar=True)
                     for quantile, p in QUANTILES],
                    unit="s", limit=t.latency_p95_seconds, min=0, w=12, h=9),
         timeseries("Time to first token p50 / p95 / p99 by model",
@@ -411,7 +420,11 @@ def cost(config: Config) -> dict:
     forecast = f"sum({cost_forecast(recorded_day)})"
 
     def per_hour(by: str) -> str:
-        return f"sum by ({by}) ({q.rate(C.name)}) * 3600"
+        spend = f"sum by ({by}) ({q.rate(C.name)}) * 3600"
+        if by in config.metrics.extra_labels:
+            # Spend of executions sent without the label is a series without it: named, not blank.
+            return f'label_replace({spend}, "{by}", "(none)", "{by}", "")'
+        return spend
 
     panels = [
         row("Budget"),
@@ -560,6 +573,8 @@ def healing(config: Config) -> dict:
     breaker = catalog.CIRCUIT_BREAKER_STATE.name
     states = catalog.CIRCUIT_STATE_VALUES
     colors = {"closed": "green", "half_open": "yellow", "open": "red"}
+    # The breakers' own window, as the panel draws their threshold; a rate needs two scrapes in it.
+    breaker_window = prometheus_duration(max(h.breaker_window_seconds, 4 * config.metrics.scrape_interval_seconds))
     panels = [
         row("Circuit breakers"),
         stat("Open circuit breakers", "Agents whose circuit breaker is open now.",
@@ -572,10 +587,10 @@ def healing(config: Config) -> dict:
                        mappings=[value_mapping(v, s.replace("_", "-"), colors[s])
                                  for s, v in states.items()], w=18),
         timeseries("Error ratio against the breaker threshold",
-                   "Share of failed executions per agent; breakers open at "
+                   f"Share of failed executions per agent over {breaker_window}; breakers open at "
                    f"{num(h.breaker_error_ratio)} over {num(h.breaker_window_seconds)} s "
                    f"(with at least {h.breaker_min_calls} calls).",
-                   [query(q.error_ratio(E.name, "agent"), "{{agent}}")],
+                   [query(q.error_ratio(E.name, "agent", window=breaker_window), "{{agent}}")],
                    unit="percentunit", limit=h.breaker_error_ratio, min=0, w=24),
         row("Retries and fallbacks"),
         timeseries("Retries by agent and error type", "Retried executions per second.",
@@ -593,13 +608,16 @@ def healing(config: Config) -> dict:
                    unit="ops", min=0, w=8),
         row("Adaptive selection"),
         timeseries("Selector weights",
-                   "Share of each task type the adaptive selector gives each agent.",
+                   "Share of each task type the adaptive selector gives each agent. Empty unless the "
+                   "orchestrator's own /metrics (Telemetry.serve, with its Healer) is scraped: the "
+                   "selector lives in its process, and no event carries its weights.",
                    [query(f"max by (task, agent) ({q.raw(catalog.SELECTOR_WEIGHT.name)})",
                           "{{task}}: {{agent}}")],
                    unit="percentunit", min=0, max=1, w=16),
         timeseries("Fleet sources up",
                    "Per replica, whether its last poll of Alertmanager's alerts and of Prometheus's "
-                   "statistics succeeded (healing.fleet); 0: the replica keeps its breakers and learns alone.",
+                   "statistics succeeded (healing.fleet); 0: the replica keeps its breakers and learns alone. "
+                   "Empty without healing.fleet.",
                    [query(f"min by (instance, source) ({q.raw(catalog.FLEET_SOURCE_UP.name)})",
                           "{{instance}} {{source}}")],
                    unit="none", thresholds=lower_limit(1), min=0, max=1, w=8),
@@ -614,8 +632,10 @@ def exporter_health(config: Config) -> dict:
     q = Queries(config)
     ev, rej = catalog.EXPORTER_EVENTS.name, catalog.EXPORTER_EVENTS_REJECTED.name
     panels = [
-        stat("Exporters up", "Exporter targets Prometheus scraped successfully last time.",
-             query(f"sum({q.raw('up')})", instant=True), unit="none", decimals=0, w=6),
+        stat("Exporters down", "Exporter targets whose last scrape failed; red from one, as "
+             "OrchestratorExporterDown fires for each.",
+             query(f"count({q.raw('up')} == 0) or vector(0)", instant=True), unit="none", decimals=0,
+             thresholds=upper_limit(1), w=6),
         stat("Rejected events",
              "Share of events rejected over the selected time range; the alert threshold is "
              f"{num(t.rejected_events_ratio)}.",

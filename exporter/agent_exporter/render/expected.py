@@ -1,7 +1,7 @@
 """Values as Prometheus computes them, for the rendered rule tests' expectations.
 
 The annotations' Go templates (`humanizePercentage`, `humanizeDuration`,
-`printf`), a ratio of counter increases over a window, and `predict_linear`:
+`printf`, `urlquery`), a ratio of counter increases over a window, and `predict_linear`:
 each written the way Prometheus 2.42 does it, for the exact inputs the tests use.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from urllib.parse import quote_plus
 
 
 def go_float(value: float) -> str:
@@ -36,21 +37,24 @@ def humanize_duration(value: float) -> str:
     return f"{go_float(value * 1000)}ms"
 
 
-_TEMPLATE = re.compile(r"\{\{\s*(\$labels\.(\w+)|\$value(\s*\|\s*(\w+)(\s+\"([^\"]*)\")?)?)\s*\}\}")
+_TEMPLATE = re.compile(r"\{\{\s*(?:\$labels\.(?P<label>\w+)(?P<urlquery>\s*\|\s*urlquery)?"
+                       r"|\$value(?:\s*\|\s*(?P<function>\w+)(?:\s+\"(?P<format>[^\"]*)\")?)?)\s*\}\}")
 
 
 def expand(template: str, labels: dict, value: float | None) -> str:
     """The few Go-template forms our annotations use, as Prometheus expands them."""
     def substitute(match):
-        if match.group(2):
-            return labels.get(match.group(2), "")
-        function = match.group(4)
+        if match["label"]:
+            text = labels.get(match["label"], "")
+            # Go's url.QueryEscape leaves letters, digits and -_.~ as they are, as quote_plus does.
+            return quote_plus(text, safe="") if match["urlquery"] else text
+        function = match["function"]
         if function == "humanizePercentage":
             return humanize_percentage(value)
         if function == "humanizeDuration":
             return humanize_duration(value)
         if function == "printf":
-            return match.group(6) % value
+            return match["format"] % value
         return go_float(value)
     return _TEMPLATE.sub(substitute, template)
 

@@ -270,9 +270,9 @@ def datasource_variable() -> dict:
     }
 
 
-def query_variable(name: str, label: str, expr: str, *, include_all: bool = True, all_value: str = ".+") -> dict:
-    """A variable from `label_values(...)`; "All" matches every value (`.+`), or also
-    series without the label (`.*`)."""
+def query_variable(name: str, label: str, expr: str, *, include_all: bool = True) -> dict:
+    """A variable from `label_values(...)`: several values or "All" (every value, `.+`), or with
+    `include_all=False` one value."""
     variable = {
         "current": {}, "datasource": DATASOURCE, "definition": expr, "hide": 0,
         "includeAll": include_all, "label": label, "multi": include_all, "name": name,
@@ -281,7 +281,7 @@ def query_variable(name: str, label: str, expr: str, *, include_all: bool = True
         "refresh": 2, "regex": "", "skipUrlSync": False, "sort": 1, "type": "query",
     }
     if include_all:
-        variable["allValue"] = all_value
+        variable["allValue"] = ".+"
     return variable
 
 

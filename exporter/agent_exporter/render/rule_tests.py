@@ -37,6 +37,8 @@ from .series import (
 
 INSTANCE = "exporter:9464"
 ENVIRONMENTS = ("production", "staging")   # the values of the grouping labels, if any
+# The agent or tool of the minimum-traffic cases: a name a URL must escape (the alerts' dashboard_url).
+FEW = "few & far #2+"
 SAMPLES = 1600     # samples per input series: past the last evaluation of every test
 DAY = 86400
 # A per-step increment that is not a binary fraction adds up to a hair under a whole
@@ -268,8 +270,8 @@ def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float
         quiet=pair("under", *plan.under) + idle + pair("breach", *plan.over, job=c.other_job),
         across_reset=(pair("breach", *plan.fire, plan.timing.reset_at)
                       + pair("under", *plan.under, plan.timing.reset_at)),
-        few=lambda per_step: [c.series(metric, _counter(per_step), **{label: "few"}, status="error")],
-        few_found={label: "few"})
+        few=lambda per_step: [c.series(metric, _counter(per_step), **{label: FEW}, status="error")],
+        few_found={label: FEW})
 
 
 def _histogram(c: _Cases, metric: str, bounds, per_bucket: dict[int, float], reset_at=None, **labels) -> list:
@@ -327,8 +329,8 @@ def _latency_tests(c: _Cases, name: str, metric: str, bounds, threshold: float, 
          "alert_rule_test": [_check(name, timing.late, [c.expected(name, {"agent": "breach", **fixed}, p95)])]},
     ] + _minimum_tests(
         c, name, c.config.alerting.rate_window, "observations",
-        lambda per_step: _histogram(c, metric, bounds, {slow: per_step}, agent="few", **fixed),
-        {"agent": "few", **fixed}, slow_p95)
+        lambda per_step: _histogram(c, metric, bounds, {slow: per_step}, agent=FEW, **fixed),
+        {"agent": FEW, **fixed}, slow_p95)
 
 
 def _quality_tests(c: _Cases) -> list:

@@ -125,7 +125,8 @@ class _Alerts:
         labels (environment, ...) too, unless the alert may lack them (`in_deployment=False`)."""
         alerting = self.config.alerting
         selected = (*dashboard_vars, *(alerting.group_labels if in_deployment else ()))
-        query = "&".join(f"var-{label}={{{{ $labels.{label} }}}}" for label in selected)
+        # urlquery: a label value may hold &, #, + or spaces, any of which would cut the link short.
+        query = "&".join(f"var-{label}={{{{ $labels.{label} | urlquery }}}}" for label in selected)
         rule = {"alert": name, "expr": expr}
         if for_:
             rule["for"] = for_
