@@ -1,8 +1,6 @@
-"""The installed distribution's version, in a module of its own so that no module imports the package."""
+"""The version, in a module of its own so that no module imports the package for it.
 
-from importlib.metadata import PackageNotFoundError, version
+pyproject.toml reads it from here (setuptools' dynamic `attr`), so the installed distribution's
+metadata says the same; a constant, not importlib.metadata, keeps `import agent_exporter` cheap."""
 
-try:
-    __version__ = version("agent-exporter")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0"
+__version__ = "0.1.0"
