@@ -127,6 +127,14 @@ def _number(field: str, value, type_, upper: float) -> float:
     return _checked(field, value, type_)
 
 
+def _total(field: str, total, upper: float):
+    """A run's total of several usage() calls, or a ValueError naming `field`: one call's bound
+    holds for the sum (a token count a float counter holds exactly, a finite cost)."""
+    if total > upper:
+        raise events.EventError(field, "invalid_value", f"the run's total, {total}, is over {upper:.17g}")
+    return total
+
+
 def _request_id(value) -> str | None:
     if value is None or (type(value) is str and len(value) <= 256):
         return value
@@ -487,19 +495,36 @@ class AgentRun(_Scope["AgentRun"]):
                 reasoning_tokens = _count("reasoning_tokens", reasoning_tokens)
         if self._finished:
             return _too_late("usage", self)
+        # A later call adds to the run's totals, which are held to the same bounds, still before
+        # anything is added.
+        if input_tokens is not None and self.input_tokens is not None:
+            input_tokens = _total("input_tokens", self.input_tokens + input_tokens, _MAX_TOKENS)
+        if output_tokens is not None and self.output_tokens is not None:
+            output_tokens = _total("output_tokens", self.output_tokens + output_tokens, _MAX_TOKENS)
+        if cost_usd is not None and self.cost_usd is not None:
+            cost_usd = _total("cost_usd", self.cost_usd + cost_usd, _MAX_USD)
+        if cached:
+            if cache_read_tokens is not None and self.cache_read_tokens is not None:
+                cache_read_tokens = _total("cache_read_tokens", self.cache_read_tokens + cache_read_tokens,
+                                           _MAX_TOKENS)
+            if cache_write_tokens is not None and self.cache_write_tokens is not None:
+                cache_write_tokens = _total("cache_write_tokens", self.cache_write_tokens + cache_write_tokens,
+                                            _MAX_TOKENS)
+            if reasoning_tokens is not None and self.reasoning_tokens is not None:
+                reasoning_tokens = _total("reasoning_tokens", self.reasoning_tokens + reasoning_tokens, _MAX_TOKENS)
         if input_tokens is not None:
-            self.input_tokens = input_tokens if self.input_tokens is None else self.input_tokens + input_tokens
+            self.input_tokens = input_tokens
         if output_tokens is not None:
-            self.output_tokens = output_tokens if self.output_tokens is None else self.output_tokens + output_tokens
+            self.output_tokens = output_tokens
         if cost_usd is not None:
-            self.cost_usd = cost_usd if self.cost_usd is None else self.cost_usd + cost_usd
+            self.cost_usd = cost_usd
         if cached:
             if cache_read_tokens is not None:
-                self.cache_read_tokens = (self.cache_read_tokens or 0) + cache_read_tokens
+                self.cache_read_tokens = cache_read_tokens
             if cache_write_tokens is not None:
-                self.cache_write_tokens = (self.cache_write_tokens or 0) + cache_write_tokens
+                self.cache_write_tokens = cache_write_tokens
             if reasoning_tokens is not None:
-                self.reasoning_tokens = (self.reasoning_tokens or 0) + reasoning_tokens
+                self.reasoning_tokens = reasoning_tokens
 
     def set_model(self, model: str) -> None:
         """The model that actually answered, when it differs from the one asked for."""

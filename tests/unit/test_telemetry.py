@@ -792,6 +792,20 @@ def test_invalid_usage_raises_and_adds_nothing(tel, usage, field):
     assert value(tel, TOKENS, agent="planner", model="gpt-4o", type="input") == 1
 
 
+@pytest.mark.parametrize("field, limit", [
+    ("input_tokens", events.MAX_TOKENS), ("output_tokens", events.MAX_TOKENS),
+    ("cache_read_tokens", events.MAX_TOKENS), ("reasoning_tokens", events.MAX_TOKENS), ("cost_usd", events.MAX_USD),
+])
+def test_the_totals_of_several_usage_calls_are_held_to_one_calls_bounds(tel, field, limit):
+    other = "input_tokens" if field != "input_tokens" else "output_tokens"
+    with tel.agent_execution("planner", model="gpt-4o") as run:
+        run.usage(**{field: limit})
+        with pytest.raises(ValueError) as raised:
+            run.usage(**{field: limit, other: 5})
+        assert raised.value.field == field and "total" in str(raised.value)
+    assert getattr(run, field) == limit and getattr(run, other) is None     # the refused call added nothing
+
+
 def test_usage_takes_integral_float_counts_as_the_event_schema_does(tel):
     # A usage object parsed from JSON into floats: 1200.0 is 1200, as tel.record() and /v1/events take it.
     with tel.agent_execution("planner", model="gpt-4o") as run:
