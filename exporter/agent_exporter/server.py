@@ -55,7 +55,9 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from http import HTTPStatus
+from typing import TypeVar
 
 import msgspec
 
@@ -66,6 +68,7 @@ from .webconfig import (BasicAuth, FixedWebConfig, LoadedWebConfig, RateLimiter,
                         allowed_peer, constant_time_equal)
 
 _log = logging.getLogger(__name__)
+_Processed = TypeVar("_Processed")
 _alert_log = logging.getLogger("agent_exporter.alerts")
 
 # Keep-alive connections idle this long are closed (longer than any scrape interval).
@@ -268,6 +271,9 @@ class _Response:
 
 # The pieces of a streamed answer are gathered up to this size before each is sent.
 STREAM_PIECE_BYTES = 256 * 1024
+# A plain request body under this size is decoded in the event loop (a few milliseconds at most:
+# cheaper there than a thread's round trip); a larger or gzip one in a worker thread.
+INLINE_BODY_BYTES = 256 * 1024
 
 
 def _next_piece(pieces) -> bytes:
@@ -475,11 +481,14 @@ class ExporterApp:
 
     # -- bodies --------------------------------------------------------------------
 
-    async def _read_body(self, request: _Request, *, gzip_allowed: bool = True) -> bytes:
-        """The whole request body, decompressed, within the limit (HTTPError 413/415/400 otherwise)."""
+    async def _with_body(self, request: _Request, process: Callable[[bytes], _Processed]) -> _Processed:
+        """`process` applied to the request's whole body, decompressed and within the limit (HTTPError
+        413/415/400 otherwise): in the event loop for a small plain body, the common case, and in a
+        worker thread for a large or gzip one, whose decoding would otherwise hold the loop (the
+        orchestrator's own, when the app is mounted) for as long as it takes."""
         limit = self.service.max_body_bytes
         encoding = (request.header(b"content-encoding") or "identity").strip().lower()
-        if encoding not in ("identity", "gzip", "x-gzip") or (encoding != "identity" and not gzip_allowed):
+        if encoding not in ("identity", "gzip", "x-gzip"):
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                             f"unsupported Content-Encoding {encoding!r}: send gzip or identity",
                             reason="unsupported_media_type")
@@ -503,14 +512,11 @@ class ExporterApp:
                 break
         body = b"".join(chunks)
         if encoding == "identity":
-            return body
-        try:
-            return gunzip_bounded(body, limit)
-        except OverflowError:
-            raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            f"decompressed body is over the limit of {limit} bytes", reason="body_too_large") from None
-        except zlib.error as exc:
-            raise HTTPError(HTTPStatus.BAD_REQUEST, f"invalid gzip body: {exc}", reason="invalid_body") from None
+            if size < INLINE_BODY_BYTES:
+                return process(body)
+            return await asyncio.get_running_loop().run_in_executor(None, process, body)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: process(_gunzipped(body, limit)))
 
     # -- endpoints -------------------------------------------------------------------
 
@@ -553,13 +559,15 @@ class ExporterApp:
             raise
 
     async def _accept_events(self, request: _Request) -> _Response:
-        service = self.service
         content_type = request.header(b"content-type")
         if events.body_format(content_type) is None:
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                             f"unsupported Content-Type {content_type!r}: send application/json "
                             "or application/x-ndjson", reason="unsupported_media_type")
-        body = await self._read_body(request)
+        return await self._with_body(request, functools.partial(self._ingest, content_type))
+
+    def _ingest(self, content_type: str, body: bytes) -> _Response:
+        service = self.service
         try:
             batch = events.decode_body(body, content_type)
         except events.BodyError as exc:
@@ -581,22 +589,18 @@ class ExporterApp:
 
     async def _post_traces(self, request: _Request) -> _Response:
         content_type = request.header(b"content-type") or ""
-        body = await self._read_body(request)
-        status, answer_type, answer = self.service.otlp.handle_http(body, content_type)
+        status, answer_type, answer = await self._with_body(
+            request, functools.partial(self.service.otlp.handle_http, content_type=content_type))
         return _Response(status, answer, answer_type.encode())
 
     async def _post_alertmanager(self, request: _Request) -> _Response:
-        from .healing.alertmanager import decode_webhook
         from .render.alertmanager import LOG
 
         service = self.service
         content_type = request.header(b"content-type") or ""
         if content_type.split(";", 1)[0].strip().lower() != "application/json":
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the webhook payload as application/json")
-        try:
-            payload = decode_webhook(await self._read_body(request))
-        except ValueError as exc:
-            raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        payload = await self._with_body(request, _webhook_payload)
         # The `log` channel's receiver; remediation notifications (the same alerts) are not logged twice.
         if service.log_alerts and payload.receiver == LOG:
             for alert in payload.alerts:
@@ -608,6 +612,24 @@ class ExporterApp:
 
     async def _agents(self, request: _Request) -> _Response:
         return _Response(HTTPStatus.OK, _encode_json(self.service.remediator.agents_status()), _JSON)
+
+
+def _webhook_payload(body: bytes):
+    from .healing.alertmanager import decode_webhook
+    try:
+        return decode_webhook(body)
+    except ValueError as exc:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
+def _gunzipped(body: bytes, limit: int) -> bytes:
+    try:
+        return gunzip_bounded(body, limit)
+    except OverflowError:
+        raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        f"decompressed body is over the limit of {limit} bytes", reason="body_too_large") from None
+    except zlib.error as exc:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"invalid gzip body: {exc}", reason="invalid_body") from None
 
 
 _ALERT_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,

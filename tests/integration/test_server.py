@@ -28,6 +28,7 @@ from agent_exporter.config import Config, HealingConfig
 from agent_exporter.healing import AlertRemediator, Healer
 from agent_exporter.healing.alertmanager import decode_webhook
 from agent_exporter.otlp import OTLPReceiver
+from agent_exporter import server as server_module
 from agent_exporter.server import Service, serve, start_server
 from agent_exporter.webconfig import WatchedWebConfig
 
@@ -477,6 +478,28 @@ def test_embedded_server_serves_metrics_but_no_ingest():
     finally:
         handle.stop()
         telemetry.shutdown()
+
+
+def test_large_and_gzip_bodies_are_decoded_off_the_event_loop(server, monkeypatch):
+    """Decoding a batch of megabytes holds the thread doing it for a while: not the event loop, which
+    serves every other request (the orchestrator's own, when the app is mounted in its server)."""
+    decoded_in = []
+    decode_body = events.decode_body
+
+    def spy(body, content_type):
+        decoded_in.append(threading.current_thread().name)
+        return decode_body(body, content_type)
+
+    monkeypatch.setattr(events, "decode_body", spy)
+    big = json.dumps([TOOL_OK] * 5000).encode()
+    assert len(big) > server_module.INLINE_BODY_BYTES
+    assert post_events(server.url, [TOOL_OK]).status_code == 200
+    assert post_events(server.url, big).json()["accepted"] == 5000
+    assert post_events(server.url, gzip.compress(json.dumps([TOOL_OK]).encode()),
+                       **{"Content-Encoding": "gzip"}).json()["accepted"] == 1
+    small, large, gzipped = decoded_in
+    assert small == "agent-exporter-http" != large and gzipped != "agent-exporter-http"
+    assert value(server.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 5002
 
 
 def test_stop_waits_for_requests_in_flight_no_longer_than_its_timeout():
