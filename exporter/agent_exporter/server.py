@@ -105,6 +105,8 @@ class _ClientGone(Exception):
 
 def parse_listen_address(address: str) -> tuple[str, int]:
     """HOST:PORT, [IPv6]:PORT or :PORT (all interfaces) -> (host, port)."""
+    if not isinstance(address, str):
+        raise ValueError(f"listen address {address!r}: expected a HOST:PORT string, as '127.0.0.1:9464'")
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"listen address {address!r}: expected HOST:PORT")

@@ -732,6 +732,9 @@ class Telemetry:
                  registry: CollectorRegistry | None = None, tracer_provider=None,
                  otel_metrics: bool = False, global_meter_provider: bool = False,
                  global_tracer_provider: bool = False):
+        if config is not None and not isinstance(config, Config):
+            raise ValueError(f"config: expected a Config (config.load_config(path), config.parse_config(mapping) "
+                             f"or Telemetry.from_config(path)), got {type(config).__name__}")
         self.config = config = config or Config()
         self.enabled = config.enabled
         self._metrics = config.enabled and config.metrics.enabled

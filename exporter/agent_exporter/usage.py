@@ -35,11 +35,17 @@ def _get(source, *path):
     return source
 
 
-def _less(total: int | None, part: int | None) -> int | None:
-    """`total` without `part`, never below 0 (a provider's rounding must not make it negative)."""
-    if total is None:
-        return None
-    return max(total - (part or 0), 0)
+def _is_count(value) -> bool:
+    return type(value) in (int, float) and value >= 0 and float(value).is_integer()
+
+
+def _less(total, part):
+    """`total` without `part`, never below 0 (a provider's rounding must not make it negative).
+    What is not a count (a string, a negative number) is passed on as it is, for run.usage() to
+    refuse naming its field, rather than turned into a plausible number here."""
+    if part is None or not (_is_count(total) and _is_count(part)):
+        return total
+    return max(total - part, 0)
 
 
 def _present(**counts) -> dict[str, int]:
@@ -71,7 +77,10 @@ def from_anthropic(usage) -> dict[str, int]:
 def from_semconv(input_tokens: int | None, output_tokens: int | None, *, cache_read: int | None = None,
                  cache_creation: int | None = None, reasoning: int | None = None) -> dict[str, int]:
     """The GenAI conventions' usage attributes, whose input includes the cache and output the reasoning."""
-    cache = None if cache_read is None and cache_creation is None else (cache_read or 0) + (cache_creation or 0)
+    cache = None
+    if (cache_read is not None or cache_creation is not None) and all(
+            count is None or _is_count(count) for count in (cache_read, cache_creation)):
+        cache = (cache_read or 0) + (cache_creation or 0)
     return _present(input_tokens=_less(input_tokens, cache), cache_read_tokens=cache_read,
                     cache_write_tokens=cache_creation, output_tokens=_less(output_tokens, reasoning),
                     reasoning_tokens=reasoning)

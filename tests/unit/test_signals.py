@@ -143,6 +143,23 @@ def test_semconv_usage_subtracts_the_cache_and_the_reasoning():
     assert usage.from_semconv(10, None) == {"input_tokens": 10}
 
 
+@pytest.mark.parametrize("mapped, field", [
+    (lambda: usage.from_openai({"prompt_tokens": -5, "completion_tokens": 1}), "input_tokens"),
+    (lambda: usage.from_openai({"prompt_tokens": "5", "completion_tokens": 1}), "input_tokens"),
+    (lambda: usage.from_openai({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": "2"}}),
+     "cache_read_tokens"),
+    (lambda: usage.from_semconv("5", 3), "input_tokens"),
+    (lambda: usage.from_semconv(5, 3, cache_read="2"), "cache_read_tokens"),
+])
+def test_a_providers_usage_that_is_not_counts_is_refused_naming_its_field(tel, mapped, field):
+    """Not made into a plausible number (a negative count into 0) nor a TypeError naming nothing."""
+    with tel.agent_execution("coder") as run:
+        with pytest.raises(ValueError) as raised:
+            run.usage(**mapped())
+        assert raised.value.field == field
+    assert run.input_tokens is None
+
+
 def test_openai_responses_api_names():
     assert usage.from_openai({"input_tokens": 300, "output_tokens": 50,
                               "input_tokens_details": {"cached_tokens": 100},

@@ -806,6 +806,15 @@ def test_the_totals_of_several_usage_calls_are_held_to_one_calls_bounds(tel, fie
     assert getattr(run, field) == limit and getattr(run, other) is None     # the refused call added nothing
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: Telemetry(config={"metrics": {"enabled": False}}), "^config: expected a Config"),
+    (lambda: Telemetry().serve(9464), "^listen address 9464: expected a HOST:PORT string"),
+])
+def test_a_wrong_kind_of_argument_is_a_value_error_saying_what_is_expected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
 def test_usage_takes_integral_float_counts_as_the_event_schema_does(tel):
     # A usage object parsed from JSON into floats: 1200.0 is 1200, as tel.record() and /v1/events take it.
     with tel.agent_execution("planner", model="gpt-4o") as run:
