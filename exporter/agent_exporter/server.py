@@ -831,7 +831,7 @@ class ServerHandle:
             sock = _listen(address)
         except OSError as exc:
             raise OSError(f"cannot serve on {address}: {exc}") from exc
-        self.port = sock.getsockname()[1]
+        self.port: int = sock.getsockname()[1]
         self._server = _make_server(app, address)      # off the main thread, uvicorn leaves signals alone
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(sock,), name="agent-exporter-http", daemon=True)

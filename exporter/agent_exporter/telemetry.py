@@ -59,8 +59,12 @@ from .store import SeriesStore
 from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of, shutdown_within
 
 if TYPE_CHECKING:
+    import os
+
+    from opentelemetry.sdk.metrics import MeterProvider
+
     from .healing import AlertRemediator
-    from .server import ExporterApp
+    from .server import ExporterApp, ServerHandle
 
 _log = logging.getLogger(__name__)
 
@@ -729,7 +733,7 @@ class Telemetry:
     """
 
     def __init__(self, config: Config | None = None, *, store: SeriesStore | None = None,
-                 registry: CollectorRegistry | None = None, tracer_provider=None,
+                 registry: CollectorRegistry | None = None, tracer_provider: trace.TracerProvider | None = None,
                  otel_metrics: bool = False, global_meter_provider: bool = False,
                  global_tracer_provider: bool = False):
         if config is not None and not isinstance(config, Config):
@@ -769,7 +773,7 @@ class Telemetry:
         self._closed = False
 
     @classmethod
-    def from_config(cls, path, **kwargs) -> "Telemetry":
+    def from_config(cls, path: "str | os.PathLike[str]", **kwargs: Any) -> "Telemetry":
         from .config import load_config
         return cls(load_config(path), **kwargs)
 
@@ -781,7 +785,7 @@ class Telemetry:
         return self.spans.tracer
 
     @property
-    def meter_provider(self):
+    def meter_provider(self) -> "MeterProvider | None":
         """The OpenTelemetry MeterProvider feeding /metrics, or None without otel_metrics."""
         return self._metrics_bridge.meter_provider if self._metrics_bridge else None
 
@@ -953,7 +957,8 @@ class Telemetry:
         return ExporterApp(Service.from_config(self, remediator=remediator, ingest=ingest,
                                                max_body_bytes=max_body_bytes, bearer_token=bearer_token))
 
-    def serve(self, address: str | None = None, *, remediator: AlertRemediator | None = None):
+    def serve(self, address: str | None = None, *,
+              remediator: AlertRemediator | None = None) -> "ServerHandle | _NotServing":
         """Embedded /metrics, /-/healthy, /-/ready on `address` (default server.listen_address),
         and with the `remediator` your Healer uses, Alertmanager's webhook and /v1/agents (see asgi_app).
 
@@ -982,12 +987,13 @@ class Telemetry:
 
 class _NotServing:
     """What serve() returns when the config disables telemetry."""
-    url = port = None
+    url: str | None = None
+    port: int | None = None
 
     def stop(self, timeout: float | None = None) -> None:
         pass
 
-    def __enter__(self):
+    def __enter__(self) -> "_NotServing":
         return self
 
     def __exit__(self, *exc) -> None:

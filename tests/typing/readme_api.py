@@ -7,12 +7,21 @@ from typing import Any, assert_type
 
 import agent_exporter
 from agent_exporter import Telemetry, usage
+from agent_exporter.config import Config
+from agent_exporter.healing import Healer
 from agent_exporter.telemetry import AgentRun, ToolRun, WorkflowRun
 
 tel = Telemetry()
 tel.no_such_method()        # type: ignore[attr-defined]   # an error only if Telemetry is not Any
 agent_exporter.NoSuchName   # type: ignore[attr-defined]   # the lazy __getattr__ does not hide typos
 assert_type(Telemetry.from_config("observability.yaml"), Telemetry)
+handle = tel.serve("127.0.0.1:9464")
+assert_type(handle.port, int | None)
+assert_type(handle.url, str | None)
+handle.stpo()               # type: ignore[union-attr]     # a typo in a method of the handle is an error
+healer = Healer.from_config(Config(), tel)
+assert_type(healer.run("coding", ("coder", "coder-lite"), lambda agent: len(agent)), int)
+healer.run("coding", ("coder",), 42)   # type: ignore[arg-type]
 
 
 @tel.agent_execution("planner", model="gpt-4o")
@@ -58,6 +67,8 @@ plan("x", tries=2)          # type: ignore[call-arg]
 
 async def main() -> None:
     assert_type(await code("abc"), int)
+    assert_type(await healer.run_async("coding", ("coder",), code), int)
+    await healer.run_async("coding", ("coder",), plan)   # type: ignore[arg-type]   # not awaitable
     async with tel.agent_execution("async_agent") as arun:
         assert_type(arun, AgentRun)
         arun.usage(input_tokens=1, output_tokens=2)

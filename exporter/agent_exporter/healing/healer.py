@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
+from typing import TypeVar
 
 from opentelemetry import trace
 
@@ -51,6 +52,7 @@ from .retry import RetryPolicy
 from .selector import AdaptiveSelector
 
 _log = logging.getLogger(__name__)
+_Result = TypeVar("_Result")
 
 
 def error_type(exc: BaseException) -> str:
@@ -124,8 +126,8 @@ class Healer:
 
     # -- entry points -------------------------------------------------------------
 
-    def run(self, task_type: str, candidates: Sequence[str], fn: Callable[[str], object], *,
-            workflow: str | None = None):
+    def run(self, task_type: str, candidates: Sequence[str], fn: Callable[[str], _Result], *,
+            workflow: str | None = None) -> _Result:
         """Run `fn(agent)` for one task of type `task_type`; returns its result.
 
         With `workflow`, the task is recorded as one run of that workflow."""
@@ -154,7 +156,8 @@ class Healer:
                 except StopIteration as done:
                     return done.value
 
-    async def run_async(self, task_type: str, candidates: Sequence[str], fn, *, workflow: str | None = None):
+    async def run_async(self, task_type: str, candidates: Sequence[str], fn: Callable[[str], Awaitable[_Result]], *,
+                        workflow: str | None = None) -> _Result:
         """Like run(), for `async def fn(agent)`; backoff waits with the policy's async_sleep."""
         if workflow is not None:
             async with self._workflow(workflow):
