@@ -400,7 +400,7 @@ class SeriesStore:
             series[position] = i
         return i
 
-    def apply_execution(self, e: events.AgentExecution, cache: list | None = None, *, outcome: bool = True) -> None:
+    def apply_execution(self, e: events.AgentExecution, cache: list | None = None, outcome: bool = True) -> None:
         """Apply one agent execution; `cache`, a [success, error] pair kept by the caller for a
         label set, is filled in here and saves finding the series next time (the in-process API).
         `outcome=False` for a run interrupted before it had one (cancelled): its usage, cost and

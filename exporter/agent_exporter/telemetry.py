@@ -469,7 +469,7 @@ class AgentRun(_Scope["AgentRun"]):
             tel.spans.end_agent(span, event, exception=exc, outcome=outcome)
         if tel._metrics:
             # The label set caches its series, unless the run reported another model than it named.
-            tel.store.apply_execution(event, labels.series if model == labels.model else None, outcome=outcome)
+            tel.store.apply_execution(event, labels.series if model == labels.model else None, outcome)
         return False
 
     def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *,
