@@ -717,13 +717,16 @@ def _protocol_class(request_timeout: float):
         the answer (holding a /metrics rendering), stayed open for ever, and enough of them exhaust
         the file descriptors.  Here each connection has a timer that fires every `request_timeout`
         seconds and closes the connection when, at two firings in a row, the same request was
-        incomplete or the response's writing was paused (the client not reading); so either lives
-        one to two periods, and Go's http.Server ReadTimeout and WriteTimeout are the model.
-        Between requests uvicorn's keep-alive timeout applies as before.  Per request this costs
-        three attribute writes; the timer is per connection."""
+        incomplete or the response's writing was paused with nothing sent since the firing before
+        (the client took nothing); so either lives one to two periods, and Go's http.Server
+        ReadTimeout and WriteTimeout are the model, though a client that reads, however slowly, is
+        not cut off.  Between requests uvicorn's keep-alive timeout applies as before.  Per request
+        this costs three attribute writes; the timer is per connection."""
 
         _receiving = True       # a request is incomplete (a new connection awaits its first one)
-        _stalled = False        # ... and it was already at the last firing
+        _drained = False        # the response's writing resumed since the last firing: the client reads
+        _buffered = 0           # bytes waiting to be sent at the last firing
+        _stalled = False        # a request incomplete, or a response's writing blocked, at the last firing
         _timer = None
         _peer_certificate = None
 
@@ -747,11 +750,23 @@ def _protocol_class(request_timeout: float):
             self._receiving = self._stalled = False
             super().on_message_complete()
 
+        def resume_writing(self) -> None:
+            self._drained = True
+            super().resume_writing()
+
         def _check_progress(self) -> None:
             transport = self.transport
-            if transport.is_closing() or transport.get_protocol() is not self:    # closed, or upgraded
+            if transport.get_protocol() is not self:        # upgraded
                 return
-            waiting = self._receiving or self.flow.write_paused
+            if transport.is_closing() and not transport.get_write_buffer_size():
+                return      # closed, or closing with everything sent (an HTTP/1.0 answer, written whole)
+            blocked = False         # paused since the last firing, and the client took nothing of what waits
+            if self.flow.write_paused:
+                buffered = transport.get_write_buffer_size()
+                blocked = not self._drained and buffered >= self._buffered
+                self._buffered = buffered
+            self._drained = False
+            waiting = self._receiving or blocked
             if waiting and self._stalled:
                 # The handler reading the body or writing the response sees a disconnect
                 # (server._ClientGone, or uvicorn dropping what it sends).  close() would wait to

@@ -309,28 +309,56 @@ def test_connections_that_never_complete_a_request_are_closed_while_metrics_answ
     telemetry.shutdown()
 
 
-def test_a_scraper_that_stops_reading_is_cut_off_while_others_are_answered():
-    """A client that asks for /metrics and never reads the answer is disconnected once its response
-    has made no way for one to two request timeouts, like a request that stalls on the way in."""
-    timeout = 0.5
+@pytest.fixture(scope="module")
+def big_metrics():
+    """A server with a /metrics of over 8 MB, more than the socket buffers of both ends hold, whose
+    connections time out after 0.5 s of no progress; and the size of that /metrics."""
     telemetry = Telemetry(Config())
     telemetry.record_batch([events.decode({**PLANNER_OK, "agent": f"agent-{n}"}) for n in range(5000)])
-    with start_server(Service(telemetry, request_timeout_seconds=timeout), "127.0.0.1:0") as handle:
+    with start_server(Service(telemetry, request_timeout_seconds=0.5), "127.0.0.1:0") as handle:
         whole = len(requests.get(handle.url + "/metrics", timeout=10).content)
-        assert whole > 8 * 1024 * 1024       # more than the socket buffers of both ends hold
-        stuck = socket.socket()
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.settimeout(10)
-        stuck.connect(("127.0.0.1", handle.port))
-        stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(2 * timeout + 1.0)
-        assert requests.get(handle.url + "/-/healthy", timeout=10).status_code == 200
-        received = 0
-        with stuck:
-            while chunk := stuck.recv(1 << 16):     # the buffered part, then the end (a timeout raises)
-                received += len(chunk)
-        assert 0 < received < whole
+        assert whole > 8 * 1024 * 1024
+        yield handle, whole
     telemetry.shutdown()
+
+
+def _ask_for_metrics(handle, version: str, receive_buffer: int = 4096) -> socket.socket:
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    client.settimeout(10)
+    client.connect(("127.0.0.1", handle.port))
+    client.sendall(f"GET /metrics HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    return client
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_a_scraper_that_stops_reading_is_cut_off_while_others_are_answered(big_metrics, version):
+    """A client that asks for /metrics and never reads the answer is disconnected once its response
+    has made no way for one to two request timeouts, like a request that stalls on the way in (an
+    HTTP/1.0 answer, written whole and then closed, included)."""
+    handle, whole = big_metrics
+    stuck = _ask_for_metrics(handle, version)
+    time.sleep(2 * 0.5 + 1.0)
+    assert requests.get(handle.url + "/-/healthy", timeout=10).status_code == 200
+    received = 0
+    with stuck:
+        while chunk := stuck.recv(1 << 16):     # the buffered part, then the end (a timeout raises)
+            received += len(chunk)
+    assert 0 < received < whole
+
+
+def test_a_scraper_that_reads_slowly_gets_the_whole_answer(big_metrics):
+    """Slower than the server writes, so its writing is paused at nearly every firing of the timer,
+    but always taking some: it is not cut off."""
+    handle, whole = big_metrics
+    received = b""
+    with _ask_for_metrics(handle, "1.1", receive_buffer=1 << 16) as slow:
+        while chunk := slow.recv(1 << 16):
+            received += chunk
+            if received.endswith(b"\r\n0\r\n\r\n"):      # the last chunk of a chunked answer
+                break
+            time.sleep(0.02)                                # 3 MB/s at most
+    assert received.endswith(b"\r\n0\r\n\r\n") and len(received) > whole
 
 
 def test_metrics_in_openmetrics_with_exemplars_and_gzip(server):
