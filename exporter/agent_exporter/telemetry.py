@@ -36,6 +36,7 @@ bucket in Grafana links to the trace.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -152,8 +153,20 @@ def _interrupted(exc: BaseException) -> bool:
     That is no outcome of the agent, tool or workflow, and is not counted as one: an error would
     page about an agent that never failed, and could open its breaker.  The span ends without an
     error status, as opentelemetry's use_span() leaves it; an agent run's usage and cost still
-    count, as they were spent.  A timeout inside the run is the run's own TimeoutError: an error."""
-    return not isinstance(exc, Exception)
+    count, as they were spent.  A timeout inside the run is the run's own TimeoutError: an error.
+
+    A CancelledError counts as such only while the task running the scope is being cancelled: one
+    from an awaited future somebody else cancelled (a job an executor dropped at its shutdown) is
+    the run's failure."""
+    if isinstance(exc, Exception):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:        # no running event loop: no task is being cancelled
+            return False
+        return task is not None and task.cancelling() > 0
+    return True
 
 
 def _error_type(exc: BaseException) -> str:

@@ -315,6 +315,20 @@ def test_a_run_cancelled_from_outside_is_no_outcome_but_its_usage_counts(tel, sp
     assert not [s for s in ended if "error.type" in s.attributes or s.events]
 
 
+def test_a_cancelled_future_the_run_awaited_is_the_runs_error(tel):
+    """A CancelledError while nobody cancels the run's task (a job its executor dropped): a failure."""
+    async def waits_for_a_dropped_job() -> None:
+        job = asyncio.get_running_loop().create_future()
+        job.cancel()
+        async with tel.agent_execution("coder"):
+            await job
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(waits_for_a_dropped_job())
+    assert value(tel, EXECUTIONS, agent="coder", status="error") == 1
+    assert value(tel, ERRORS, agent="coder", error_type="CancelledError") == 1
+
+
 def test_a_timeout_inside_the_run_is_the_runs_error(tel):
     async def bounded() -> None:
         async with tel.agent_execution("slow"):
