@@ -127,3 +127,29 @@ def test_an_attempt_admitted_as_a_probe_says_so_on_its_span():
     healer.run("coding", ("coder",), lambda agent: "done")      # an ordinary call
     attempts = [dict(s.attributes) for s in exporter.get_finished_spans() if s.name == "attempt coder"]
     assert [a.get(tracing.PROBE) for a in attempts] == [True, None]
+
+
+def test_a_cancelled_run_ends_its_spans_without_an_error_status():
+    """A lost hedge is no failure of the agent: its heal and attempt spans end as the agent run's own
+    span does (telemetry: no outcome), not as errors a trace view or tail sampler would flag."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    healer = Healer(tracer=provider.get_tracer("test"))
+
+    async def scenario():
+        entered = asyncio.Event()
+
+        async def hangs(agent):
+            entered.set()
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(healer.run_async("coding", ("coder",), hangs))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    ended = exporter.get_finished_spans()
+    assert len(ended) == 2 and {span.status.status_code.name for span in ended} == {"UNSET"}

@@ -240,8 +240,7 @@ class Healer:
                         ok, value = yield ("call", agent, span)
                     except GeneratorExit:       # the run was interrupted: no outcome to hold against the agent
                         breaker.cancel(permit)
-                        span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
-                        span.end()
+                        span.end()              # no error status, as the agent run's own span (telemetry._interrupted)
                         raise
                     latency = self.clock() - started
                     if ok:
@@ -268,9 +267,10 @@ class Healer:
             if last_error is not None:
                 raise last_error
             raise CircuitOpenError(order)
+        except GeneratorExit:       # interrupted: no outcome, no error status (as the attempt's span)
+            raise
         except BaseException as exc:
-            kind = "cancelled" if isinstance(exc, GeneratorExit) else error_type(exc)
-            run_span.set_status(trace.Status(trace.StatusCode.ERROR, kind))
+            run_span.set_status(trace.Status(trace.StatusCode.ERROR, error_type(exc)))
             raise
         finally:
             run_span.end()
