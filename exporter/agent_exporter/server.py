@@ -162,12 +162,14 @@ def _positive(name: str, value, kind):
 
 def _bearer_token(token: str | None) -> str | None:
     """The token as given, or ValueError: an empty one would let every request in, and one with
-    surrounding whitespace or a control character could never match an Authorization header."""
+    surrounding whitespace, a control character or a non-ASCII character (headers are read as
+    latin-1, clients send UTF-8) could never match an Authorization header."""
     if token is None:
         return None
-    if not isinstance(token, str) or not token or token != token.strip() or not token.isprintable():
-        raise ValueError("bearer_token: expected a non-empty string without surrounding whitespace "
-                         "or control characters (None for no token)")
+    if not isinstance(token, str) or not token or token != token.strip() or not token.isprintable() \
+            or not token.isascii():
+        raise ValueError("bearer_token: expected a non-empty string of printable ASCII without surrounding "
+                         "whitespace, as an Authorization header carries it (None for no token)")
     return token
 
 

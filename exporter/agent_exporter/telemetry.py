@@ -981,7 +981,7 @@ class Telemetry:
         if not self.enabled:
             return _NotServing()
         from .server import start_embedded
-        return start_embedded(self, address or self.config.server.listen_address, remediator)
+        return start_embedded(self, self.config.server.listen_address if address is None else address, remediator)
 
     def shutdown(self) -> None:
         """Flush and stop the span exporters and the metrics bridge this Telemetry owns."""

@@ -72,6 +72,7 @@ def test_asgi_app_serves_metrics_ingest_and_healing_under_a_prefix():
     ({"bearer_token": ""}, "bearer_token"),             # an unset variable read as "": never "no auth"
     ({"bearer_token": " token"}, "bearer_token"),
     ({"bearer_token": 123}, "bearer_token"),
+    ({"bearer_token": "sécret"}, "bearer_token"),       # sent as UTF-8, read as latin-1: never a match
     ({"max_body_bytes": 0}, "max_body_bytes"),
     ({"max_body_bytes": -1}, "max_body_bytes"),
     ({"max_body_bytes": 1.5}, "max_body_bytes"),

@@ -823,6 +823,7 @@ def test_the_totals_of_several_usage_calls_are_held_to_one_calls_bounds(tel, fie
 @pytest.mark.parametrize("make, message", [
     (lambda: Telemetry(config={"metrics": {"enabled": False}}), "^config: expected a Config"),
     (lambda: Telemetry().serve(9464), "^listen address 9464: expected a HOST:PORT string"),
+    (lambda: Telemetry().serve(0), "^listen address 0: expected a HOST:PORT string"),     # not the default
 ])
 def test_a_wrong_kind_of_argument_is_a_value_error_saying_what_is_expected(make, message):
     with pytest.raises(ValueError, match=message):
