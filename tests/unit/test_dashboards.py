@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from agent_exporter import catalog, durations
 from agent_exporter.config import (
     AlertingConfig, BudgetConfig, Config, HealingConfig, MetricsConfig, Thresholds, parse_config)
 from agent_exporter.render import common, dashboards, panels as grafana, prometheus, rules, series
+from agent_exporter.render.expected import expand
 
 from binaries import binary
 
@@ -139,23 +141,28 @@ def test_every_dashboard_has_its_fixed_uid(boards):
 
 
 def test_every_alert_links_a_dashboard_with_the_variables_it_sets(boards, config):
-    """An alert's dashboard_url opens its dashboard on the alert's agent and deployment: each
-    var-<name> it sets is a variable of that dashboard, set from the label of that name."""
-    linked = {}
+    """An alert's dashboard_url, as Prometheus expands it, opens its dashboard on the alert's agent
+    and deployment: each var-<name> it sets is a variable of that dashboard, set to the value of the
+    alert's label of that name, whatever characters it holds."""
+    labels = {name: f"{name} & #2+ x" for name in ("agent", "tool", "workflow", *config.alerting.group_labels)}
+    linked, linked_without_deployment = {}, {}
     for group in rules.alert_rules(config):
         for rule in group["rules"]:
-            url = rule["annotations"]["dashboard_url"]
-            uid, _, query = url.removeprefix(f"{config.alerting.grafana_url}/d/").partition("?")
-            variables = {v["name"] for v in boards[uid]["templating"]["list"]}
-            pairs = dict(pair.split("=", 1) for pair in query.split("&")) if query else {}
-            for name, value in pairs.items():
-                assert name.startswith("var-") and name[4:] in variables, (rule["alert"], name)
-                assert value == f"{{{{ $labels.{name[4:]} | urlquery }}}}", (rule["alert"], value)
-            linked[rule["alert"]] = set(pairs)
+            for carried, found in ((labels, linked), ({"agent": labels["agent"]}, linked_without_deployment)):
+                url = expand(rule["annotations"]["dashboard_url"], carried, 1.0)
+                uid, _, query = url.removeprefix(f"{config.alerting.grafana_url}/d/").partition("?")
+                variables = {v["name"] for v in boards[uid]["templating"]["list"]}
+                pairs = parse_qs(query)      # as a browser reads it (an empty field, as in "?&", is no field)
+                for name, values in pairs.items():
+                    assert name.startswith("var-") and name[4:] in variables, (rule["alert"], name)
+                    assert values == [carried[name[4:]]], (rule["alert"], name, values)
+                found[rule["alert"]] = set(pairs)
     deployment = {f"var-{label}" for label in config.alerting.group_labels}
     assert linked["OrchestratorAgentSlow"] == {"var-agent", *deployment}
     assert linked["OrchestratorDailyCostOverBudget"] == deployment
-    assert linked["OrchestratorMetricsAbsent"] == set()      # absent() may carry no deployment label
+    # absent() of a whole job carries no deployment label; absent in one deployment carries its own.
+    assert linked["OrchestratorMetricsAbsent"] == deployment
+    assert linked_without_deployment["OrchestratorMetricsAbsent"] == set()
 
 
 def test_no_import_placeholders(tmp_path):

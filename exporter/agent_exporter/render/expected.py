@@ -1,7 +1,7 @@
 """Values as Prometheus computes them, for the rendered rule tests' expectations.
 
 The annotations' Go templates (`humanizePercentage`, `humanizeDuration`,
-`printf`, `urlquery`), a ratio of counter increases over a window, and `predict_linear`:
+`printf`, `urlquery`, `with`), a ratio of counter increases over a window, and `predict_linear`:
 each written the way Prometheus 2.42 does it, for the exact inputs the tests use.
 """
 
@@ -41,8 +41,17 @@ _TEMPLATE = re.compile(r"\{\{\s*(?:\$labels\.(?P<label>\w+)(?P<urlquery>\s*\|\s*
                        r"|\$value(?:\s*\|\s*(?P<function>\w+)(?:\s+\"(?P<format>[^\"]*)\")?)?)\s*\}\}")
 
 
+_WITH_LABEL = re.compile(r"\{\{\s*with \$labels\.(?P<label>\w+)\s*\}\}(?P<body>.*?)\{\{\s*end\s*\}\}")
+
+
 def expand(template: str, labels: dict, value: float | None) -> str:
     """The few Go-template forms our annotations use, as Prometheus expands them."""
+    def with_label(match):      # {{ with $labels.x }}...{{ . | urlquery }}...{{ end }}: only if x is set
+        text = labels.get(match["label"], "")
+        return match["body"].replace("{{ . | urlquery }}", quote_plus(text, safe="")) if text else ""
+
+    template = _WITH_LABEL.sub(with_label, template)
+
     def substitute(match):
         if match["label"]:
             text = labels.get(match["label"], "")

@@ -127,6 +127,9 @@ class _Alerts:
         selected = (*dashboard_vars, *(alerting.group_labels if in_deployment else ()))
         # urlquery: a label value may hold &, #, + or spaces, any of which would cut the link short.
         query = "&".join(f"var-{label}={{{{ $labels.{label} | urlquery }}}}" for label in selected)
+        if not in_deployment:       # each grouping label the alert carries, if it carries it
+            query += "".join(f"{{{{ with $labels.{label} }}}}&var-{label}={{{{ . | urlquery }}}}{{{{ end }}}}"
+                             for label in alerting.group_labels)
         rule = {"alert": name, "expr": expr}
         if for_:
             rule["for"] = for_
