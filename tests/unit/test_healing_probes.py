@@ -49,21 +49,26 @@ def test_a_probe_ended_by_a_non_retryable_error_goes_to_the_next_call():
     assert healer.breakers.get("coder").state == "closed"
 
 
+async def cancel_in_flight(healer: Healer) -> None:
+    """A task's run cancelled while its agent's call awaits (a lost hedge, asyncio.wait_for's timeout)."""
+    entered = asyncio.Event()
+
+    async def hangs(agent):
+        entered.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(healer.run_async("coding", ("coder",), hangs))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_a_probe_whose_await_is_cancelled_goes_to_the_next_call():
     healer, _ = half_open_healer()
 
     async def scenario():
-        entered = asyncio.Event()
-
-        async def hangs(agent):
-            entered.set()
-            await asyncio.Event().wait()
-
-        task = asyncio.create_task(healer.run_async("coding", ("coder",), hangs))
-        await entered.wait()
-        task.cancel()           # e.g. asyncio.wait_for's timeout
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_in_flight(healer)
 
         async def answers(agent):
             return "done"
@@ -136,20 +141,6 @@ def test_a_cancelled_run_ends_its_spans_without_an_error_status():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     healer = Healer(tracer=provider.get_tracer("test"))
-
-    async def scenario():
-        entered = asyncio.Event()
-
-        async def hangs(agent):
-            entered.set()
-            await asyncio.Event().wait()
-
-        task = asyncio.create_task(healer.run_async("coding", ("coder",), hangs))
-        await entered.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    asyncio.run(cancel_in_flight(healer))
     ended = exporter.get_finished_spans()
     assert len(ended) == 2 and {span.status.status_code.name for span in ended} == {"UNSET"}
