@@ -723,7 +723,7 @@ def _protocol_class(request_timeout: float):
         (the client took nothing); so either lives one to two periods, and Go's http.Server
         ReadTimeout and WriteTimeout are the model, though a client that reads, however slowly, is
         not cut off.  Between requests uvicorn's keep-alive timeout applies as before.  Per request
-        this costs three attribute writes; the timer is per connection."""
+        this costs four attribute writes; the timer is per connection."""
 
         _receiving = True       # a request is incomplete (a new connection awaits its first one)
         _drained = False        # the response's writing resumed since the last firing: the client reads
