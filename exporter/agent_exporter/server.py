@@ -56,6 +56,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TypeVar
 
@@ -69,6 +70,7 @@ from .webconfig import (BasicAuth, FixedWebConfig, LoadedWebConfig, RateLimiter,
 
 _log = logging.getLogger(__name__)
 _Processed = TypeVar("_Processed")
+_Result = TypeVar("_Result")
 _alert_log = logging.getLogger("agent_exporter.alerts")
 
 # Keep-alive connections idle this long are closed (longer than any scrape interval).
@@ -278,6 +280,10 @@ STREAM_PIECE_BYTES = 256 * 1024
 # A plain request body under this size is decoded in the event loop (a few milliseconds at most:
 # cheaper there than a thread's round trip); a larger or gzip one in a worker thread.
 INLINE_BODY_BYTES = 256 * 1024
+# The app's own threads for rendering scrapes, bcrypt and large bodies.  Not the loop's default
+# executor: mounted in an orchestrator, that one also runs the orchestrator's asyncio.to_thread()
+# calls (blocking LLM clients among them), and a scrape queued behind those would time out.
+WORKER_THREADS = 4
 
 
 def _next_piece(pieces) -> bytes:
@@ -307,6 +313,15 @@ class ExporterApp:
         self.service = service
         self.routes = self._routes()
         self.absent = self._absent()
+        # Threads start on first use; idle ones end when the app is collected or closed.
+        self._workers = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="agent-exporter-worker")
+
+    def close(self) -> None:
+        """Ends the worker threads once their jobs are done (a server that served this app has stopped)."""
+        self._workers.shutdown(wait=False)
+
+    async def _off_loop(self, fn: Callable[..., _Result], *args) -> _Result:
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
 
     def _routes(self) -> dict:
         """path -> {method: handler}."""
@@ -401,7 +416,7 @@ class ExporterApp:
             return
         if response.stream is not None and scope["http_version"] == "1.0":
             # HTTP/1.0 has no chunked coding (RFC 9112, 7.1): the whole body, with its length.
-            response.body = await asyncio.get_running_loop().run_in_executor(None, b"".join, response.stream)
+            response.body = await self._off_loop(b"".join, response.stream)
             response.stream = None
         if response.stream is None:
             headers.append((b"content-length", str(len(response.body)).encode()))
@@ -409,8 +424,7 @@ class ExporterApp:
             await send({"type": "http.response.body", "body": response.body})
             return
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        loop = asyncio.get_running_loop()
-        while piece := await loop.run_in_executor(None, _next_piece, response.stream):
+        while piece := await self._off_loop(_next_piece, response.stream):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
@@ -480,8 +494,7 @@ class ExporterApp:
 
     async def _basic_ok(self, users: dict[str, bytes], credentials: str) -> bool:
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.service.basic_auth.check_credentials, users, credentials)
+        return await self._off_loop(self.service.basic_auth.check_credentials, users, credentials)
 
     # -- bodies --------------------------------------------------------------------
 
@@ -518,9 +531,8 @@ class ExporterApp:
         if encoding == "identity":
             if size < INLINE_BODY_BYTES:
                 return process(body)
-            return await asyncio.get_running_loop().run_in_executor(None, process, body)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: process(_gunzipped(body, limit)))
+            return await self._off_loop(process, body)
+        return await self._off_loop(lambda: process(_gunzipped(body, limit)))
 
     # -- endpoints -------------------------------------------------------------------
 
@@ -544,8 +556,7 @@ class ExporterApp:
         openmetrics, content_type = exposition.negotiate(request.header(b"accept"))
         # Streamed: a large store is rendered and sent piece by piece, off the event loop (so ingest
         # goes on) and never whole in memory.  The snapshot is taken here, so the scrape is consistent.
-        pieces = await asyncio.get_running_loop().run_in_executor(
-            None, self.service.telemetry.render_chunks, openmetrics)
+        pieces = await self._off_loop(self.service.telemetry.render_chunks, openmetrics)
         headers = [(b"vary", b"Accept, Accept-Encoding")]
         if exposition.accepts_gzip(request.header(b"accept-encoding")):
             pieces = exposition.gzipped(pieces)
@@ -877,6 +888,7 @@ class ServerHandle:
         self._server.config.timeout_graceful_shutdown = timeout    # read by uvicorn when it shuts down
         self._server.handle_exit(None, None)
         self._thread.join(timeout + 5)
+        self.app.close()
 
     def __enter__(self) -> "ServerHandle":
         return self
@@ -903,7 +915,8 @@ def serve(service: Service, address: str, on_started=None) -> None:
     """
     sock = _listen(address)
     port = sock.getsockname()[1]
-    server = _make_server(ExporterApp(service), address)
+    app = ExporterApp(service)
+    server = _make_server(app, address)
     startup = server.startup
 
     async def startup_then_report(sockets=None) -> None:
@@ -918,6 +931,7 @@ def serve(service: Service, address: str, on_started=None) -> None:
     try:
         _QUIET.run(server, sock)
     finally:
+        app.close()
         if hangup:
             signal.signal(hangup, previous)
     if not server.started:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -84,3 +87,48 @@ def test_asgi_app_refuses_arguments_it_could_not_act_on(arguments, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         tel.asgi_app(**arguments)
     tel.shutdown()
+
+
+def test_asgi_app_answers_while_the_orchestrators_threads_are_all_busy():
+    """Blocking work the orchestrator hands to asyncio.to_thread() (a synchronous LLM client) fills the
+    loop's default executor; a scrape and a large batch still get their answers."""
+    tel = Telemetry(Config())
+    calling, released = threading.Event(), threading.Event()
+
+    def blocking_client():
+        calling.set()
+        released.wait(60)
+
+    @contextlib.asynccontextmanager
+    async def one_default_thread(app):
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        yield
+
+    async def call_model(request):
+        await asyncio.to_thread(blocking_client)
+        return JSONResponse({"answered": True})
+
+    app = Starlette(routes=[Route("/call", call_model, methods=["POST"]), Mount("/telemetry", app=tel.asgi_app())],
+                    lifespan=one_default_thread)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    stack.wait_for(lambda: server.started, timeout=30, interval=0.01, what="uvicorn started")
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    with ThreadPoolExecutor(1) as client:
+        busy = client.submit(requests.post, url + "/call", timeout=70)
+        try:
+            assert calling.wait(30)       # the default executor's one thread is taken
+            batch = [{"type": "tool_call", "tool": "web_search", "status": "success", "duration_seconds": 0.25}] * 3000
+            posted = requests.post(url + "/telemetry/v1/events", json=batch, timeout=10)
+            assert posted.json()["accepted"] == 3000      # over INLINE_BODY_BYTES: decoded in a thread
+            metrics = requests.get(url + "/telemetry/metrics", timeout=10)
+            assert f'{catalog.TOOL_CALLS.name}{{tool="web_search",status="success"}} 3000.0' in metrics.text
+            assert not busy.done()
+        finally:
+            released.set()
+            assert busy.result().json() == {"answered": True}
+            server.should_exit = True
+            thread.join(10)
+            tel.shutdown()
+

@@ -493,6 +493,7 @@ def test_landing_page_and_health(server):
 
 
 def test_embedded_server_serves_metrics_but_no_ingest():
+    before = set(threading.enumerate())
     telemetry = Telemetry(Config())
     handle = telemetry.serve("127.0.0.1:0")
     try:
@@ -503,9 +504,13 @@ def test_embedded_server_serves_metrics_but_no_ingest():
         assert refused.json() == {"error": "no such endpoint: /v1/events (events are taken by `agent-exporter serve` "
                                            "or Telemetry.asgi_app(), not by Telemetry.serve())"}
         assert requests.get(handle.url + "/v1/agents", timeout=10).status_code == 404
+        assert any(t.name.startswith("agent-exporter-worker") for t in set(threading.enumerate()) - before)
     finally:
         handle.stop()
         telemetry.shutdown()
+    # The scrapes were rendered in the app's own threads, which end with the server.
+    stack.wait_for(lambda: set(threading.enumerate()) <= before, timeout=10, interval=0.01,
+                   what="the server's threads ended")
 
 
 def test_large_and_gzip_bodies_are_decoded_off_the_event_loop(server, monkeypatch):
@@ -526,7 +531,8 @@ def test_large_and_gzip_bodies_are_decoded_off_the_event_loop(server, monkeypatc
     assert post_events(server.url, gzip.compress(json.dumps([TOOL_OK]).encode()),
                        **{"Content-Encoding": "gzip"}).json()["accepted"] == 1
     small, large, gzipped = decoded_in
-    assert small == "agent-exporter-http" != large and gzipped != "agent-exporter-http"
+    assert small == "agent-exporter-http"
+    assert large.startswith("agent-exporter-worker") and gzipped.startswith("agent-exporter-worker")
     assert value(server.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 5002
 
 
