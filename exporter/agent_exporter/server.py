@@ -175,6 +175,16 @@ def _bearer_token(token: str | None) -> str | None:
     return token
 
 
+def _remediator(remediator):
+    if remediator is None:
+        return None
+    from .healing import AlertRemediator
+    if not isinstance(remediator, AlertRemediator):
+        raise ValueError(f"remediator: expected the Healer's healing.AlertRemediator (or None), "
+                         f"not {type(remediator).__name__}")
+    return remediator
+
+
 class Service:
     """What the HTTP layer serves: a Telemetry, its auth settings, and the optional endpoints.
 
@@ -198,7 +208,7 @@ class Service:
         # Built once from the file as it was at start, as exporter-toolkit's Serve builds its limiter.
         rate_limit = self.web_config.initial.config.rate_limit
         self.rate_limiter = RateLimiter(rate_limit) if rate_limit.interval_seconds else None
-        self.remediator = remediator
+        self.remediator = _remediator(remediator)
         self.log_alerts = log_alerts
         self.otlp = otlp
         self.ingest = ingest

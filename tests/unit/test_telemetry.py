@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from agent_exporter import catalog, events, tracing
 from agent_exporter.config import Config, MetricsConfig, ModelPrice, TracingConfig
 from agent_exporter.telemetry import Telemetry
+from agent_exporter.healing import Healer
 
 PRICES = {"gpt-4o": ModelPrice(input=2.5, output=10.0)}
 ORCHESTRATOR_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -824,6 +825,9 @@ def test_the_totals_of_several_usage_calls_are_held_to_one_calls_bounds(tel, fie
     (lambda: Telemetry(config={"metrics": {"enabled": False}}), "^config: expected a Config"),
     (lambda: Telemetry().serve(9464), "^listen address 9464: expected a HOST:PORT string"),
     (lambda: Telemetry().serve(0), "^listen address 0: expected a HOST:PORT string"),     # not the default
+    (lambda: Telemetry().serve("127.0.0.1:0", remediator=Healer()), "^remediator: expected the Healer's "
+     "healing.AlertRemediator"),                        # a 500 on every /v1/agents and webhook otherwise
+    (lambda: Telemetry().asgi_app(remediator=1), "^remediator: expected"),
 ])
 def test_a_wrong_kind_of_argument_is_a_value_error_saying_what_is_expected(make, message):
     with pytest.raises(ValueError, match=message):
