@@ -50,6 +50,8 @@ Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
 _HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):(\d{1,4}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])$"
 HostPort = Annotated[str, Meta(pattern=f"^{_HOST_PORT}", description="HOST:PORT")]
 OptionalHostPort = Annotated[str, Meta(pattern=f"^$|^{_HOST_PORT}", description='HOST:PORT, or "" for off')]
+# An error_type value as exceptions name it (a class name, perhaps dotted), matched literally in PromQL.
+ErrorType = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", description="an error type name")]
 AlertName = Annotated[str, Meta(pattern=r"^[A-Z][A-Za-z0-9]*$", description="an alert name in CamelCase")]
 LabelName = Annotated[str, Meta(pattern=r"^(?!__)[a-zA-Z_][a-zA-Z0-9_]*$", description="a Prometheus label name")]
 # A label value the rules write inside a PromQL string: no quoting needed.
@@ -243,6 +245,11 @@ class AlertingConfig(Section):
     deployment_labels: dict[LabelName, LabelValue] = {}
     # Alerts whose firing opens the named agent's circuit breaker (self-healing).
     remediation_alerts: tuple[AlertName, ...] = ("OrchestratorAgentHighErrorRatio",)
+    # error_type values that are the task's own fault (a bad input), not the agent's: the agent
+    # error ratio, its SLO, their alerts and dashboards, and so remediation and the fleet's
+    # statistics, leave them out.  They still count in agent_executions_total{status="error"}
+    # and agent_errors_total.
+    task_error_types: tuple[ErrorType, ...] = ()
 
     def __post_init__(self):
         _unique(self.channels, "channels")
@@ -261,6 +268,7 @@ class AlertingConfig(Section):
                 raise Invalid(f"group_labels[{i}]", f"{label!r} is a label the rules already use; "
                                                     "expected a deployment label such as environment or cluster")
         _unique(self.group_labels, "group_labels")
+        _unique(self.task_error_types, "task_error_types")
         for label in self.deployment_labels:
             if label not in self.group_labels:
                 raise Invalid(f"deployment_labels.{label}", f"{label!r} is not one of group_labels, "

@@ -53,10 +53,13 @@ FEATURES = ("login", "search")
 RELIABLE_AGENT = "summarizer"
 # max_series is small so a burst of one-off tool names overflows the tool metrics.
 MAX_SERIES = 40
+# The first agent also fails on a bad input each round: the task's own fault, not the agent's.
+TASK_ERROR = "BadInput"
 CONFIG = parse_config({"observability": {
     "metrics": {"extra_labels": ["feature"], "max_series": MAX_SERIES},
     "alerting": {"evaluation_interval": "1s", "job": "orchestrator", "group_labels": ["environment"],
-                 "budget": {"per_feature": {feature: 20 for feature in FEATURES}}}}})
+                 "budget": {"per_feature": {feature: 20 for feature in FEATURES}},
+                 "task_error_types": [TASK_ERROR]}}})
 ENVIRONMENTS = {"synthetic": "production", "demo": "staging"}
 # Grafana's values for the built-in variables with a 1 s scrape interval.
 RATE_INTERVAL = "15s"
@@ -104,6 +107,8 @@ def workload(n: int) -> list[dict]:
         events.append({"type": "agent_execution", "agent": agent, "status": "success",
                        "duration_seconds": 1.0})  # no usage: counted as unknown, never $0
         events.append({"type": "retry", "agent": agent, "attempt": 2, "error_type": "Timeout"})
+    events.append({"type": "agent_execution", "agent": AGENTS[0], "status": "error", "duration_seconds": 0.1,
+                   "error_type": TASK_ERROR})
     events += [
         # Priced, without the extra label (feature): a cost series without it.
         {"type": "agent_execution", "agent": RELIABLE_AGENT, "status": "success", "duration_seconds": 0.5,
@@ -497,3 +502,19 @@ def test_ratio_panels_show_0_for_an_agent_without_errors_or_retries(api, boards)
             row["metric"].get("agent") == RELIABLE_AGENT for row in rows))
         ratios = [float(row["value"][1]) for row in rows if row["metric"].get("agent") == RELIABLE_AGENT]
         assert ratios == [0.0], f"{uid} / {title}: {expr} gives {rows}"
+
+
+def test_error_ratio_panels_leave_the_tasks_own_faults_out(api, boards):
+    """Each round the first agent runs six times: four successes (two of them over OTLP), a Timeout
+    (its own failure) and a BadInput (the task's, alerting.task_error_types): 1/6 of its executions
+    failed on its account, as the alerts count, not 2/6; the second agent's 1 in 3."""
+    for uid, title in ((dashboards.OVERVIEW_UID, "Error ratio by agent"), (dashboards.AGENT_UID, "Error ratio"),
+                       (dashboards.HEALING_UID, "Error ratio against the breaker threshold")):
+        board = boards[uid]
+        (panel,) = [p for p in board["panels"] if p["title"] == title]
+        for agent, expected in ((AGENTS[0], 1 / 6), (AGENTS[1], 1 / 3)):
+            expr = substitute(panel["targets"][0]["expr"], {**variable_values(api, board), "agent": agent})
+            rows = query_until_data(api, expr, until=lambda rows: any(
+                row["metric"].get("agent") == agent for row in rows))
+            ratios = [float(row["value"][1]) for row in rows if row["metric"].get("agent") == agent]
+            assert ratios == [pytest.approx(expected, rel=1e-3)], (uid, title, agent, rows)

@@ -88,7 +88,7 @@ def test_another_config_renders_rules_whose_rendered_tests_pass(tmp_path):
 
 
 # Every optional part of the rules on: a custom job, two environments kept apart,
-# budgets per feature, and other minimum, windows and floors than the defaults.
+# budgets per feature, task error types, and other minimum, windows and floors than the defaults.
 SCOPED = parse_config({"observability": {
     "metrics": {"extra_labels": ["feature"]},
     "alerting": {
@@ -99,6 +99,7 @@ SCOPED = parse_config({"observability": {
         "thresholds": {"time_to_first_token_p95_seconds": 2, "evaluation_score_floor": 0.8},
         "workflow_slo": {"objective": 0.95},
         "budget": {"per_feature": {"login": 20, "search": 35}},
+        "task_error_types": ["BadInput", "app.errors.InvalidPrompt"],     # a dotted name, as exceptions give
     }}})
 
 def test_a_scoped_config_renders_rules_whose_rendered_tests_pass(tmp_path):

@@ -41,11 +41,13 @@ def alert_windows(config: Config) -> set[str]:
             common.sli_windows(config.alerting.workflow_slo)[0],
             durations.prometheus_duration(max(config.healing.breaker_window_seconds,
                                               4 * config.metrics.scrape_interval_seconds))}
-# Every optional panel and variable on: a custom job, a grouping label, budgets per feature.
+# Every optional panel, variable and query on: a custom job, a grouping label, budgets per
+# feature, task error types.
 SCOPED = parse_config({"observability": {
     "metrics": {"extra_labels": ["feature"]},
     "alerting": {"job": "orchestrator", "group_labels": ["environment"],
-                 "budget": {"per_feature": {"login": 20, "search": 35}}}}})
+                 "budget": {"per_feature": {"login": 20, "search": 35}},
+                 "task_error_types": ["BadInput", "app.errors.InvalidPrompt"]}}})
 
 PROMQL_WORDS = frozenset({
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool",

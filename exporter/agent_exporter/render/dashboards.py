@@ -40,7 +40,8 @@ from .panels import (
     state_timeline, table, timeseries, upper_limit, value_mapping)
 from .series import QUANTILES as RECORDED_QUANTILES
 from .series import (
-    AGENT_SLI, COST_1D_RULE, DASHBOARD_LATENCY_WINDOW, FORECAST_HORIZON_SECONDS, WORKFLOW_SLI, cost_forecast)
+    AGENT_ERRORS, AGENT_SLI, COST_1D_RULE, DASHBOARD_LATENCY_WINDOW, EXECUTIONS, FORECAST_HORIZON_SECONDS,
+    WORKFLOW_SLI, cost_forecast, task_error_matcher, without_task_faults)
 
 # Datasource uids (fixed) and where the compose stack serves them.
 PROMETHEUS_UID = "prometheus"
@@ -127,6 +128,17 @@ class Queries:
         """Failed over all per `by`."""
         return self.ratio(self.rate(counter, ERROR, *matchers, window=window),
                           self.rate(counter, *matchers, window=window), by)
+
+    def agent_error_ratio(self, by: str, window: str) -> str:
+        """Failed agent executions over all per `by`, as the alerts count them: less those that
+        failed with one of alerting.task_error_types."""
+        task_error_types = self.config.alerting.task_error_types
+        if not task_error_types:
+            return self.error_ratio(EXECUTIONS, by, window=window)
+        total = f"sum by ({by})" if by else "sum"
+        failed = f"{total} ({self.rate(EXECUTIONS, ERROR, window=window)})"
+        task_faults = f"{total} ({self.rate(AGENT_ERRORS, task_error_matcher(task_error_types), window=window)})"
+        return self.ratio(without_task_faults(failed, task_faults), self.rate(EXECUTIONS, window=window), by)
 
     def variables(self) -> list[dict]:
         """The data source, a variable per grouping label, then the instances of the job in them.
@@ -281,7 +293,7 @@ def overview(config: Config) -> dict:
         timeseries("Error ratio by agent",
                    f"Share of failed executions over {a.rate_window}; the line is the alert "
                    f"threshold ({num(t.error_ratio)}).",
-                   [query(q.error_ratio(E.name, "agent", window=a.rate_window), "{{agent}}")],
+                   [query(q.agent_error_ratio("agent", a.rate_window), "{{agent}}")],
                    unit="percentunit", limit=t.error_ratio, min=0),
         timeseries("Latency p50 / p95 / p99 by agent",
                    f"Execution wall-time quantiles over {a.rate_window}; the line is the p95 "
@@ -357,7 +369,7 @@ def agent_detail(config: Config) -> dict:
         timeseries("Error ratio",
                    f"Share of failed executions of $agent over {config.alerting.rate_window}, the alert's "
                    f"window; the line is the alert threshold ({num(t.error_ratio)}).",
-                   [query(q.error_ratio(E.name, "agent", window=config.alerting.rate_window), "error ratio")],
+                   [query(q.agent_error_ratio("agent", config.alerting.rate_window), "error ratio")],
                    unit="percentunit", limit=t.error_ratio, min=0, w=8),
         timeseries("Errors by type", "Failed executions of $agent per second, by error type.",
                    [query(f"sum by (error_type) ({q.rate(catalog.AGENT_ERRORS.name)})",
@@ -590,7 +602,7 @@ def healing(config: Config) -> dict:
                    f"Share of failed executions per agent over {breaker_window}; breakers open at "
                    f"{num(h.breaker_error_ratio)} over {num(h.breaker_window_seconds)} s "
                    f"(with at least {h.breaker_min_calls} calls).",
-                   [query(q.error_ratio(E.name, "agent", window=breaker_window), "{{agent}}")],
+                   [query(q.agent_error_ratio("agent", breaker_window), "{{agent}}")],
                    unit="percentunit", limit=h.breaker_error_ratio, min=0, w=24),
         row("Retries and fallbacks"),
         timeseries("Retries by agent and error type", "Retried executions per second.",

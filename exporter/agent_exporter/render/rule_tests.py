@@ -29,7 +29,7 @@ from .common import (
     agent_error_ratio_windows, burn_rate_pairs, latency_quantile_windows, long_windows, number, sli_windows)
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
-    AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
+    AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
     EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, OVERFLOW, REJECTED,
     SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
     TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
@@ -264,10 +264,17 @@ def _ratio_tests(c: _Cases, name: str, metric: str, label: str, threshold: float
     elsewhere = pair("breach", 0, 100 * sum(plan.over), env=1) if c.group_labels else []
     idle = [c.series(metric, f"0x{SAMPLES}", **{label: "idle"}, status="success"),
             c.series(metric, f"0x{SAMPLES}", **{label: "idle"}, status="error")]
+    # An agent whose failures are all the task's own fault (alerting.task_error_types).
+    task_faults = []
+    if metric == EXECUTIONS and c.config.alerting.task_error_types:
+        task_faults = pair("bad_input", *plan.over) + [
+            c.series(AGENT_ERRORS, _counter(plan.over.bad), agent="bad_input",
+                     error_type=c.config.alerting.task_error_types[-1])]
     return _ratio_alert_tests(
         c, name, plan, {label: "breach"}, what,
         above=pair("breach", *plan.over) + elsewhere,
-        quiet=pair("under", *plan.under) + idle + pair("breach", *plan.over, job=c.other_job),
+        quiet=(pair("under", *plan.under) + idle + pair("breach", *plan.over, job=c.other_job)
+               + task_faults),
         across_reset=(pair("breach", *plan.fire, plan.timing.reset_at)
                       + pair("under", *plan.under, plan.timing.reset_at)),
         few=lambda per_step: [c.series(metric, _counter(per_step), **{label: FEW}, status="error")],
@@ -863,8 +870,12 @@ def _recording_tests(c: _Cases) -> list:
     def count(per_minute, window):
         return per_minute * min(prometheus_seconds(window), hours * 3600) / 60
 
-    # Planner: 4.5 successes and 1.5 errors a minute; in the second environment, 2 successes.
-    checks = [_rounded(AGENT_SLI.error_ratio_rule(w), at, rows("agent", {"coder": 0, "planner": 0.25},
+    # Planner: 4.5 successes and 1.5 errors a minute, 0.5 of them the task's own fault when
+    # alerting.task_error_types names one (those are no failures of the agent); in the second
+    # environment, 2 successes.
+    task_error_types = alerting.task_error_types
+    planner_ratio = 1 / 6 if task_error_types else 0.25
+    checks = [_rounded(AGENT_SLI.error_ratio_rule(w), at, rows("agent", {"coder": 0, "planner": planner_ratio},
                                                                    {"planner": 0}))
               for w in agent_error_ratio_windows(c.config)]
     checks += [_rounded(AGENT_SLI.count_rule(w), at, rows("agent", {"coder": count(3, w), "idle": 0,
@@ -905,6 +916,11 @@ def _recording_tests(c: _Cases) -> list:
         c.series(EXECUTIONS, _counter(3), agent="coder", status="success"),
         c.series(EXECUTIONS, f"0x{SAMPLES}", agent="idle", status="success"),
         c.series(EXECUTIONS, _counter(100), agent="coder", status="error", job=c.other_job),
+        c.series(AGENT_ERRORS, _counter(1), agent="planner", error_type="AgentDown"),
+        c.series(AGENT_ERRORS, _counter(0.5), agent="planner", error_type=(task_error_types or ("BadInput",))[-1]),
+        c.series(AGENT_ERRORS, _counter(100), agent="coder", error_type="AgentDown", job=c.other_job),
+        *(c.series(AGENT_ERRORS, _counter(100), agent="planner", error_type=t, job=c.other_job)
+          for t in task_error_types),
         c.series(WORKFLOW_RUNS, _counter(2.7), workflow="feature", status="success"),
         c.series(WORKFLOW_RUNS, _counter(0.3), workflow="feature", status="error"),
         c.series(WORKFLOW_RUNS, _counter(1), workflow="hotfix", status="success"),

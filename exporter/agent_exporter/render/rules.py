@@ -20,12 +20,12 @@ from .common import (
     DASHBOARD_UIDS, HEADER, agent_error_ratio_windows, burn_rate_pairs, dump_yaml, latency_quantile_windows,
     long_windows, number, percent, sli_windows)
 from .series import (
-    AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
+    AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
     EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, NOT_FORWARDED,
     OVERFLOW, QUANTILES, REJECTED, SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE,
     TOOL_CALLS, TOOL_DURATION, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN,
     WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, Scope,
-    cost_forecast, latency_quantile_rule)
+    cost_forecast, latency_quantile_rule, task_error_matcher, without_task_faults)
 
 # -- expressions ---------------------------------------------------------------------
 
@@ -38,11 +38,15 @@ def _increase(scope: Scope, metric: str, window: str, *matchers: str) -> str:
     return f"increase({scope.select(metric, *matchers)}[{window}])"
 
 
-def _error_ratio(scope: Scope, counter: str, label: str, window: str) -> str:
+def _error_ratio(scope: Scope, counter: str, label: str, window: str, task_error_types: tuple[str, ...] = ()) -> str:
     """`counter`'s error ratio per `label` over `window`: 0 (not absent) for series
-    without errors, absent without traffic."""
+    without errors, absent without traffic.  Agent executions failed with one of
+    `task_error_types` (alerting.task_error_types) are no failures of the agent."""
     total = scope.sum(_rate(scope, counter, window), label)
     failed = scope.sum(_rate(scope, counter, window, ERROR), label)
+    if task_error_types:
+        task_faults = scope.sum(_rate(scope, AGENT_ERRORS, window, task_error_matcher(task_error_types)), label)
+        failed = without_task_faults(failed, task_faults)
     return f"(\n  {failed}\n  or\n  {total} * 0\n)\n/\n({total} > 0)"
 
 
@@ -66,10 +70,12 @@ def _quantile_rules(scope: Scope, record: str, metric: str, *labels: str, window
             for q in QUANTILES]
 
 
-def _sli_rules(scope: Scope, sli: SLI, slo: SLOConfig, ratio_windows: list[str]) -> list[dict]:
+def _sli_rules(scope: Scope, sli: SLI, slo: SLOConfig, ratio_windows: list[str],
+               task_error_types: tuple[str, ...] = ()) -> list[dict]:
     """The SLI's error ratio over every window in `ratio_windows` (those its alerts read, and more),
     and its event count over every long window (the alerts' minimum)."""
-    return ([{"record": sli.error_ratio_rule(w), "expr": _error_ratio(scope, sli.counter, sli.label, w)}
+    return ([{"record": sli.error_ratio_rule(w),
+              "expr": _error_ratio(scope, sli.counter, sli.label, w, task_error_types)}
              for w in ratio_windows]
             + [{"record": sli.count_rule(w), "expr": _count(scope, sli.counter, w, sli.label)}
                for w in long_windows(slo)])
@@ -102,7 +108,8 @@ def recording_rules(config: Config) -> list[dict]:
     return [
         {"name": "orchestrator.agents.rules", "rules": agent_rules},
         {"name": "orchestrator.slo.rules",
-         "rules": _sli_rules(scope, AGENT_SLI, alerting.slo, agent_error_ratio_windows(config))},
+         "rules": _sli_rules(scope, AGENT_SLI, alerting.slo, agent_error_ratio_windows(config),
+                             alerting.task_error_types)},
         {"name": "orchestrator.workflows.rules", "rules": workflow_rules},
         {"name": "orchestrator.tools.rules", "rules": tool_rules},
         {"name": "orchestrator.usage.rules", "rules": usage_rules},
@@ -205,7 +212,7 @@ def alert_rules(config: Config) -> list[dict]:
 
     agents = [
         alert("OrchestratorAgentHighErrorRatio",
-              f"{_error_ratio(scope, EXECUTIONS, 'agent', w)}\n> {number(t.error_ratio)}\n"
+              f"{_error_ratio(scope, EXECUTIONS, 'agent', w, a.task_error_types)}\n> {number(t.error_ratio)}\n"
               f"and\n{_count(scope, EXECUTIONS, w, 'agent')} >= {minimum}",
               "critical", "Agent {{ $labels.agent }} fails too often.",
               "{{ $value | humanizePercentage }} of {{ $labels.agent }}'s executions failed over the last "

@@ -13,6 +13,7 @@ from .. import catalog
 from ..config import Config
 
 EXECUTIONS = catalog.AGENT_EXECUTIONS.name
+AGENT_ERRORS = catalog.AGENT_ERRORS.name
 DURATION = catalog.AGENT_EXECUTION_DURATION.name
 TIME_TO_FIRST_TOKEN = catalog.LLM_TIME_TO_FIRST_TOKEN.name
 TOOL_CALLS = catalog.TOOL_CALLS.name
@@ -33,6 +34,20 @@ FORWARDED_SPANS = catalog.EXPORTER_OTLP_FORWARDED_SPANS.name
 
 ERROR = 'status="error"'
 NOT_FORWARDED = f'outcome=~"{"|".join(catalog.NOT_FORWARDED_OUTCOMES)}"'
+
+
+def task_error_matcher(error_types: tuple[str, ...]) -> str:
+    """The matcher of alerting.task_error_types on agent_errors_total (a dot in a name matches a dot)."""
+    return 'error_type=~"' + "|".join(t.replace(".", "\\\\.") for t in error_types) + '"'
+
+
+def without_task_faults(failed: str, task_faults: str) -> str:
+    """The failures per series of `failed` (summed, with status="error"), less the task's own faults
+    (`task_faults`, agent_errors_total of alerting.task_error_types summed by the same labels; where
+    an agent has none, nothing is taken away).  Each task fault is also one of the failures, so the
+    difference is the agent's own; clamp_min: the two rates are extrapolated apart."""
+    return f"clamp_min(\n  {failed}\n  -\n  ({task_faults} or {failed} * 0),\n  0)"
+
 
 EXECUTION_RATE_RULE = f"agent:{catalog.AGENT_EXECUTIONS.family}:rate5m"
 # The agent latency quantiles are recorded over the dashboards' window and over the fleet statistics'.
