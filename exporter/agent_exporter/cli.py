@@ -47,6 +47,29 @@ def _read_secrets(config) -> None:
         fleet_clients(config)
 
 
+def _check_forwarding(config, http_address: str, grpc_address: str) -> None:
+    """ValueError when otlp.forward_spans would send the spans to this exporter's own receiver
+    (tracing.otlp_endpoint left at its default, localhost:4317, beside a gRPC receiver on 4317):
+    each span would come back in to be mapped and forwarded again, without end."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from .server import parse_listen_address
+    tracing = config.tracing
+    own = grpc_address if tracing.otlp_protocol == "grpc" else http_address
+    if not config.otlp.forward_spans or not own:
+        return
+    endpoint = urlsplit(tracing.otlp_endpoint)
+    host, port = parse_listen_address(own)
+    target_port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    local = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", socket.gethostname().lower()}
+    target = (endpoint.hostname or "").lower()
+    if target_port == port and (target == host.lower() or (target in local and host.lower() in local)):
+        raise ValueError(f"otlp.forward_spans: tracing.otlp_endpoint {tracing.otlp_endpoint} is this exporter's "
+                         f"own OTLP receiver ({own}): every span would come back in and be counted again "
+                         "without end; point tracing.otlp_endpoint at your tracing backend")
+
+
 def _error(message: str) -> int:
     print(f"agent-exporter: {message}", file=sys.stderr)
     return 1
@@ -90,9 +113,11 @@ def cmd_serve(args) -> int:
         config = _load_config(args)
         web_config = WatchedWebConfig(args.web_config_file) if args.web_config_file else None
         _read_secrets(config)
+        address = args.listen_address or config.server.listen_address
+        grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
+        _check_forwarding(config, address, grpc_address)
     except (ConfigError, WebConfigError, ValueError) as exc:
         return _error(str(exc))
-    address = args.listen_address or config.server.listen_address
     # Said at start: otherwise the service answers 200 and shows nothing, with no hint why.
     if not config.enabled:
         log.warning("observability.enabled is false: events are accepted and dropped, and /metrics is empty")
@@ -105,7 +130,6 @@ def cmd_serve(args) -> int:
     try:
         service = Service.from_config(telemetry, web_config=web_config, remediator=remediator, otlp=receiver)
         tls = "enabled" if service.web_config.initial.config.tls is not None else "disabled"
-        grpc_address = args.otlp_grpc_listen_address or config.otlp.grpc_listen_address
         if grpc_address:
             # Guarded as HTTP is (TLS, credentials, rate limit), and refusing new calls once HTTP drains.
             try:
@@ -199,6 +223,7 @@ def cmd_check(args) -> int:
         config = _load_config(args)
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         _read_secrets(config)
+        _check_forwarding(config, config.server.listen_address, config.otlp.grpc_listen_address)
     except (ConfigError, WebConfigError, ValueError) as exc:
         return _error(str(exc))
     sys.stdout.write(describe_config(config, args.config_file))

@@ -175,6 +175,34 @@ def test_check_and_serve_refuse_a_secret_file_serve_cannot_read(tmp_path, capsys
     assert capsys.readouterr().err == f"agent-exporter: {key}: cannot read {tmp_path / 'missing'}: No such file or directory\n"
 
 
+@pytest.mark.parametrize("otlp, tracing, flags", [
+    # The default endpoint, localhost:4317 over gRPC, beside a gRPC receiver on 4317.
+    ({"grpc_listen_address": "0.0.0.0:4317"}, {}, []),
+    ({}, {}, ["--otlp.grpc-listen-address", "127.0.0.1:4317"]),
+    ({}, {"otlp_protocol": "http/protobuf", "otlp_endpoint": "http://127.0.0.1:9464"}, []),
+])
+def test_check_and_serve_refuse_to_forward_spans_to_their_own_receiver(tmp_path, capsys, otlp, tracing, flags):
+    """Each forwarded span would come back in, be counted and forwarded again, without end."""
+    path = tmp_path / "observability.yaml"
+    path.write_text(yaml.safe_dump({"observability": {"otlp": {"forward_spans": True, **otlp}, "tracing": tracing,
+                                                      "server": {"listen_address": "127.0.0.1:9464"}}}))
+    if not flags:
+        assert main(["check", "--config.file", str(path)]) == 1
+        assert "is this exporter's own OTLP receiver" in capsys.readouterr().err
+    assert main(["serve", "--config.file", str(path), *flags]) == 1
+    assert capsys.readouterr().err.startswith("agent-exporter: otlp.forward_spans: tracing.otlp_endpoint ")
+
+
+def test_spans_may_be_forwarded_to_another_port_or_host(tmp_path, capsys):
+    path = tmp_path / "observability.yaml"
+    for endpoint in ("http://127.0.0.1:14317", "http://jaeger:4317"):
+        path.write_text(yaml.safe_dump({"observability": {
+            "otlp": {"forward_spans": True, "grpc_listen_address": "0.0.0.0:4317"},
+            "tracing": {"otlp_endpoint": endpoint}}}))
+        assert main(["check", "--config.file", str(path)]) == 0, capsys.readouterr().err
+        assert f"forward_spans=on -> {endpoint} (grpc)" in capsys.readouterr().out
+
+
 def test_check_a_web_config(tmp_path, capsys):
     config = tmp_path / "observability.yaml"
     config.write_text(LEGACY_CONFIG)
