@@ -287,9 +287,11 @@ class OTLPConfig(Section):
     # Received spans forwarded unchanged to tracing.otlp_endpoint (tracing.otlp_protocol).
     forward_spans: bool = False
     forward_queue_size: PositiveInt = 64      # export requests waiting to be forwarded; past it, dropped
-    # How long an inference span waits for its enclosing agent span before it counts
-    # as an execution of its own; above the SDK's 5 s export interval.
-    attribution_wait_seconds: Positive = 10.0
+    # How long an inference span waits for its enclosing agent span, which arrives when the agent
+    # ends, before it counts as an execution of its own: seconds without any span of its trace
+    # arriving (so a long agent run that goes on calling models is waited for); well above the
+    # SDK's 5 s export interval and an agent's longest pause between calls.
+    attribution_wait_seconds: Positive = 30.0
     max_buffered_spans: PositiveInt = 100_000  # spans held for attribution, over all traces
 
 

@@ -528,12 +528,14 @@ class _Pending:
 
 
 class _AttributionBuffer:
-    """Bounded: at most `max_spans` calls and links over all traces, each trace for at most `wait` seconds.
+    """Bounded: at most `max_spans` calls and links over all traces, each trace until `wait` seconds
+    have passed without a span of it arriving.
 
-    Traces stay in the order they started waiting, which is their deadline
-    order; the oldest go first, on expiry or when the bound is reached, and
-    their calls fall back to executions of their own.  Callers hold the
-    receiver's lock.
+    An agent's span arrives when the agent ends, which may be minutes after its first call: as
+    long as the trace goes on sending spans, its calls wait for it.  Traces stay in the order a
+    span of theirs last arrived, which is their deadline order; the oldest go first, on expiry or
+    when the bound is reached, and their calls fall back to executions of their own.  Callers hold
+    the receiver's lock.
     """
 
     def __init__(self, wait: float, max_spans: int):
@@ -548,9 +550,9 @@ class _AttributionBuffer:
     def update(self, trace_id: bytes, pending: _Pending, old_size: int, now: float) -> list[_Call]:
         """Account for `pending` after its calls were re-checked; returns the calls evicted to stay in bounds."""
         if pending.calls:
-            if trace_id not in self._traces:
-                pending.deadline = now + self.wait
-                self._traces[trace_id] = pending
+            pending.deadline = now + self.wait
+            self._traces[trace_id] = pending
+            self._traces.move_to_end(trace_id)
             self.size += pending.size() - old_size
         elif self._traces.pop(trace_id, None) is not None:
             self.size -= old_size

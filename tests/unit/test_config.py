@@ -327,7 +327,7 @@ def test_bad_fleet_and_selector_values_name_the_key_path(section, path, words):
 def test_otlp_section_defaults_and_example():
     otlp = Config().otlp
     assert (otlp.grpc_listen_address, otlp.forward_spans) == ("", False)
-    assert otlp.attribution_wait_seconds == 10.0 and otlp.max_buffered_spans == 100_000
+    assert otlp.attribution_wait_seconds == 30.0 and otlp.max_buffered_spans == 100_000
     assert load_config(ROOT / "examples" / "observability.yaml").otlp == otlp
     config = parse_config({"observability": {"otlp": {
         "grpc_listen_address": "127.0.0.1:4317", "forward_spans": True, "forward_queue_size": 8,

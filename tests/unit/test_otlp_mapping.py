@@ -6,6 +6,7 @@ test; tests/integration/test_otlp_in*.py feed spans of real instrumentation libr
 """
 
 import json
+import time
 
 import pytest
 from google.protobuf import json_format
@@ -422,6 +423,25 @@ def test_calls_whose_agent_never_arrives_fall_back_after_the_wait(tel):
         stack.wait_for(lambda: executions(tel), timeout=10, interval=0.05, what="the execution after the wait")
         assert executions(tel) == {("svc", "success"): 1}
         assert tokens(tel, "svc", "gpt-4o") == {"input": 10, "output": 1}
+        assert rx.waiting_spans == 0
+    finally:
+        rx.close()
+
+
+def test_calls_wait_for_their_agent_while_its_trace_goes_on_sending_spans(tel):
+    """A long agent run: its first call arrives, then another before the wait is over, then the
+    agent's span after the first call's wait would have ended.  Both calls are the agent's."""
+    wait = 2.0
+    rx = receiver_for(tel, attribution_wait_seconds=wait)
+    try:
+        rx.export(request(chat_span(2, parent=1, input_tokens=10, output_tokens=1)))
+        time.sleep(0.6 * wait)
+        rx.export(request(chat_span(3, parent=1, input_tokens=20, output_tokens=2)))
+        time.sleep(0.7 * wait)        # the first call's wait, counted from its arrival, is over
+        assert executions(tel) == {}
+        rx.export(request(agent_span(1, "researcher")))
+        assert executions(tel) == {("researcher", "success"): 1}
+        assert tokens(tel, "researcher", "gpt-4o") == {"input": 30, "output": 3}
         assert rx.waiting_spans == 0
     finally:
         rx.close()
