@@ -183,6 +183,16 @@ def rendered_test_names(config: Config) -> list[str]:
     return [t["name"] for doc in rendered_tests(config).values() for t in doc["tests"]]
 
 
+@pytest.mark.parametrize("alert_for", ["0s", "1s"])
+def test_a_short_for_renders_series_promtool_parses(alert_for):
+    """`for: 0s` fires at once (no failure is shorter than it); the tests render no negative repeat
+    count (`0x-1`), which promtool refuses with every test of the file."""
+    config = parse_config({"observability": {"alerting": {"alert_for": alert_for}}})
+    values = [series["values"] for doc in rendered_tests(config).values() for test in doc["tests"]
+              for series in test.get("input_series", [])]
+    assert values and not [v for v in values if re.search(r"x-", v)]
+
+
 def test_every_alert_has_each_kind_of_case():
     names = rendered_test_names(SCOPED)
     for alert in rules.alert_names(SCOPED):
