@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="send a JSONL event log or a legacy metrics JSON to an exporter")
     replay.add_argument("file", metavar="FILE", help="JSONL events, a JSON array of events, or a legacy metrics JSON")
-    replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464")
+    replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464; "
+                        "http://USER:PASSWORD@HOST:PORT for the web config's basic auth (not printed)")
     replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
     replay.add_argument("--bearer-token-file", metavar="FILE",
                         help="token for /v1/* (AGENT_EXPORTER_BEARER_TOKEN in the environment wins over it)")

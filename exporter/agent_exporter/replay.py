@@ -212,7 +212,7 @@ class _Client:
     def __init__(self, url: str, *, bearer_token: str | None, ca_file: str | None, timeout: float):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ReplayError(f"--url {url!r}: expected http(s)://HOST:PORT")
+            raise ReplayError(f"--url {redacted(url)!r}: expected http(s)://HOST:PORT")
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
         self._timeout = timeout
         self._context = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
@@ -315,9 +315,17 @@ def replay(path, url: str, *, batch_size: int = 1000, bearer_token: str | None =
     return summary
 
 
+def redacted(url: str) -> str:
+    """`url` with the password of its user:password@ (basic auth) shown as ***, for output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
 def format_summary(summary: ReplaySummary, url: str, *, show: int = 10) -> str:
     out = io.StringIO()
-    out.write(f"replayed {summary.sent:,} events ({summary.source}) to {url} in {summary.requests:,} "
+    out.write(f"replayed {summary.sent:,} events ({summary.source}) to {redacted(url)} in {summary.requests:,} "
               f"request(s): {summary.accepted:,} accepted, {len(summary.rejected):,} rejected\n")
     for rejection in summary.rejected[:show]:
         out.write(f"  {rejection.where}: {rejection.error}\n")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bcrypt
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,6 +16,7 @@ from agent_exporter import Telemetry, __version__, catalog
 from agent_exporter.cli import main
 from agent_exporter.config import Config
 from agent_exporter.server import Service, start_server
+from agent_exporter.webconfig import WatchedWebConfig
 
 from exporters import running_exporter
 
@@ -312,6 +314,21 @@ def test_replay_with_a_bearer_token(tmp_path, capsys):
         token = tmp_path / "token"
         token.write_text("s3cret\n")
         assert main(["replay", str(path), "--url", handle.url, "--bearer-token-file", str(token)]) == 0
+
+
+def test_replay_with_basic_auth_in_the_url_never_prints_the_password(tmp_path, capsys):
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, web_config=WatchedWebConfig(web)), "127.0.0.1:0") as handle:
+        path = tmp_path / "events.jsonl"
+        path.write_text(json.dumps({"type": "retry", "agent": "coder", "attempt": 2}) + "\n")
+        url = handle.url.replace("http://", "http://alice:s3cret@")
+        assert main(["replay", str(path), "--url", url]) == 0
+        out = capsys.readouterr().out
+        assert "to http://alice:***@127.0.0.1:" in out and "s3cret" not in out
+    telemetry.shutdown()
 
 
 # -- simulate ----------------------------------------------------------------------
