@@ -217,6 +217,7 @@ class Service:
                 self.store.count_rejected(reason, 0)
         self.draining = False
         self.in_flight = 0
+        self.cancelled = 0          # requests the server cancelled unanswered (at the end of the shutdown grace)
 
     @classmethod
     def from_config(cls, telemetry, *, web_config: WatchedWebConfig | None = None, remediator=None, otlp=None,
@@ -411,6 +412,9 @@ class ExporterApp:
             response = await self._respond(request, routes, web_config)
         except _ClientGone:
             return
+        except asyncio.CancelledError:
+            service.cancelled += 1
+            raise
         except Exception:  # noqa: BLE001 - any fault becomes a 500, never a dropped connection
             _log.error("%s %s failed", request.method, path, exc_info=True)
             response = self._error(path, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the exporter's log")
@@ -946,7 +950,7 @@ def serve(service: Service, address: str, on_started=None) -> None:
             signal.signal(hangup, previous)
     if not server.started:
         raise OSError(f"cannot serve on {address}")
-    _log.info("server stopped (%d request(s) unfinished)", service.in_flight)
+    _log.info("server stopped (%d request(s) unfinished)", service.cancelled + service.in_flight)
 
 
 def _url(host: str, port: int, tls: bool) -> str:
