@@ -23,7 +23,7 @@ def _configure_logging(config, args) -> None:
 
     from . import logs
     if args.log_level is not None:
-        config = replace(config, logging=replace(config.logging, level=args.log_level.upper()))
+        config = replace(config, logging=replace(config.logging, level=_LOG_LEVELS[args.log_level]))
     if args.stop_log_export is not None:
         args.stop_log_export()
     args.stop_log_export = logs.configure(config)
@@ -393,18 +393,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# --log.level's values, as Prometheus spells them (any case), and the config's names for them.
+_LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+
+
+def _log_level_flag(parser, default) -> None:
+    parser.add_argument("--log.level", dest="log_level", default=default, type=str.lower, choices=tuple(_LOG_LEVELS),
+                        help="log level (default: the config's logging.level); the format is logging.format")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-exporter",
         description="Prometheus/OpenTelemetry exporter for AI agent orchestrators.")
     parser.add_argument("--version", action="version", version=f"agent-exporter {__version__}")
-    parser.add_argument("--log.level", dest="log_level", default=None,
-                        choices=("debug", "info", "warning", "error"),
-                        help="log level (default: the config's logging.level); the format is logging.format")
+    _log_level_flag(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_flag(p, help_text="observability YAML (default: built-in defaults)", required=False):
         p.add_argument("--config.file", dest="config_file", metavar="FILE", help=help_text, required=required)
+        # Also after the command, where Prometheus's own binaries take it (SUPPRESS: given before it, it stays).
+        _log_level_flag(p, argparse.SUPPRESS)
 
     serve = commands.add_parser("serve",
                                 help="run the exporter: /metrics, /v1/events, OTLP /v1/traces, /v1/alertmanager")

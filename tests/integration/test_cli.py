@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_spans_may_be_forwarded_to_another_port_or_host(tmp_path, capsys):
             "tracing": {"otlp_endpoint": endpoint}}}))
         assert main(["check", "--config.file", str(path)]) == 0, capsys.readouterr().err
         assert f"forward_spans=on -> {endpoint} (grpc)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("before, after, level", [
+    (["--log.level", "debug"], [], logging.DEBUG),
+    ([], ["--log.level", "DEBUG"], logging.DEBUG),       # after the command, any case, as Prometheus takes it
+    ([], ["--log.level", "warn"], logging.WARNING),
+])
+def test_the_log_level_flag_before_or_after_the_command(tmp_path, capsys, before, after, level):
+    path = tmp_path / "observability.yaml"
+    path.write_text("observability:\n  logging: {level: ERROR}\n")
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    try:
+        assert main([*before, "check", "--config.file", str(path), *after]) == 0
+        assert root.level == level
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
 
 
 def test_check_a_web_config(tmp_path, capsys):
