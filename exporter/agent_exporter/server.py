@@ -176,10 +176,10 @@ def _bearer_token(token: str | None) -> str | None:
 
 
 def _remediator(remediator):
-    if remediator is None:
-        return None
-    from .healing import AlertRemediator
-    if not isinstance(remediator, AlertRemediator):
+    """The remediator the webhook and /v1/agents call: healing.AlertRemediator, or any object with
+    its two methods."""
+    if remediator is not None and not all(callable(getattr(remediator, method, None))
+                                          for method in ("handle_webhook", "agents_status")):
         raise ValueError(f"remediator: expected the Healer's healing.AlertRemediator (or None), "
                          f"not {type(remediator).__name__}")
     return remediator
