@@ -51,7 +51,7 @@ from typing import (
 import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from . import events, exposition
 from .config import Config
@@ -681,8 +681,8 @@ class _OTelMetricsBridge:
 
     PrometheusMetricReader registers its collector into the registry it is
     given (here a private one, never prometheus_client's global REGISTRY);
-    `Telemetry.render()` appends that registry to the store's text, and the
-    bridge itself is a collector in `Telemetry.registry`.  Scope labels and
+    the bridge itself is a collector, which `Telemetry.render()` appends to the
+    store's text and `Telemetry.registry` holds.  Scope labels and
     target_info are off, so names and labels look like any other exporter's.
     Every instrument is capped at `metrics.max_series` attribute sets, like the
     store; past it the SDK folds into one `otel_metric_overflow="true"` series.
@@ -713,13 +713,6 @@ class _OTelMetricsBridge:
 
     def collect(self):
         return self.registry.collect()
-
-    def render(self, openmetrics: bool) -> bytes:
-        if openmetrics:
-            from prometheus_client.openmetrics.exposition import generate_latest
-        else:
-            from prometheus_client.exposition import generate_latest
-        return generate_latest(self.registry)
 
     def shutdown(self) -> None:
         self.meter_provider.shutdown()
@@ -779,10 +772,19 @@ class Telemetry:
         self._event_spans = tracer_provider is not None and (
             self._owned_tracer_provider is None or tracing.export_to_console or tracing.export_to_otlp)
 
+        # Served after the store's series: what prometheus_client's default registry serves for any
+        # process (process_* CPU, memory and file descriptors, python_* GC and version), and the
+        # OpenTelemetry metrics bridge.
+        self._appended = CollectorRegistry(auto_describe=False)
+        if self._metrics:
+            for runtime_collector in (ProcessCollector, PlatformCollector, GCCollector):
+                runtime_collector(registry=self._appended)
         self._metrics_bridge = None
         if config.enabled and (otel_metrics or global_meter_provider):
             self._metrics_bridge = _OTelMetricsBridge(config, set_global=global_meter_provider)
             self.registry.register(self._metrics_bridge)
+            self._appended.register(self._metrics_bridge)
+        self._appending = self._metrics or self._metrics_bridge is not None
         self._closed = False
 
     @classmethod
@@ -929,20 +931,25 @@ class Telemetry:
     # -- exposition and lifecycle -----------------------------------------
 
     def render_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
-        """The /metrics body in chunks: the store's series, then OpenTelemetry metrics if bridged."""
+        """The /metrics body in chunks: the store's series, then the process's and the bridged
+        OpenTelemetry metrics."""
         if not self._metrics:
             chunks: Iterator[bytes] = iter([exposition.EOF] if openmetrics else [])
         else:
             chunks = self.store.render_chunks(openmetrics)
-        if self._metrics_bridge is None:
+        if not self._appending:
             return chunks
-        return self._with_bridge(chunks, openmetrics)
+        return self._with_appended(chunks, openmetrics)
 
-    def _with_bridge(self, chunks: Iterator[bytes], openmetrics: bool) -> Iterator[bytes]:
+    def _with_appended(self, chunks: Iterator[bytes], openmetrics: bool) -> Iterator[bytes]:
         for chunk in chunks:
-            if chunk is not exposition.EOF:          # one EOF, at the very end (the bridge writes it)
+            if chunk is not exposition.EOF:          # one EOF, at the very end (generate_latest writes it)
                 yield chunk
-        yield self._metrics_bridge.render(openmetrics)
+        if openmetrics:
+            from prometheus_client.openmetrics.exposition import generate_latest
+        else:
+            from prometheus_client.exposition import generate_latest
+        yield generate_latest(self._appended)
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The /metrics body."""

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Series Prometheus itself writes that panels may query.
 BUILTINS = frozenset({"up", "ALERTS", "scrape_duration_seconds", "scrape_samples_scraped"})
+# prometheus_client's process metrics, which the exporter serves beside the catalog's.
+PROCESS = frozenset({"process_resident_memory_bytes", "process_cpu_seconds_total"})
 # Fixed windows a panel may use instead of Grafana's: the monthly budget needs 30 days,
 # the daily budgets one day (what their alerts read), the last hour's spend an hour.
 FIXED_WINDOWS = frozenset({"30d", "1d", "1h"})
@@ -212,7 +214,7 @@ def test_every_dashboard_has_the_datasource_grouping_and_instance_variables(boar
 
 
 def test_every_query_names_only_catalog_metrics_recording_rules_or_builtins(boards, recorded_names):
-    known = catalog.sample_names() | recorded_names | BUILTINS
+    known = catalog.sample_names() | recorded_names | BUILTINS | PROCESS
     for board in boards.values():
         for expr in exprs(board):
             assert series_names(expr), expr
@@ -221,7 +223,7 @@ def test_every_query_names_only_catalog_metrics_recording_rules_or_builtins(boar
 
 
 def test_raw_metric_selectors_name_the_job_and_follow_the_variables(boards, recorded_names, config):
-    scoped = catalog.sample_names() | {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+    scoped = catalog.sample_names() | PROCESS | {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
     scope = dashboards.Queries(config).scope
     groups = [f'{label}="${label}"' for label in config.alerting.group_labels]
     assert scope.startswith(f'job="{config.alerting.job}", instance=~"$instance"')

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent_exporter import catalog, events, tracing
 from agent_exporter.config import Config, MetricsConfig, ModelPrice, TracingConfig
-from agent_exporter.telemetry import Telemetry
 from agent_exporter.healing import Healer
+from agent_exporter.telemetry import Telemetry
 
 PRICES = {"gpt-4o": ModelPrice(input=2.5, output=10.0)}
 ORCHESTRATOR_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -34,15 +34,18 @@ TOKENS = catalog.LLM_TOKENS.name
 COST = catalog.LLM_COST.name
 UNKNOWN = catalog.USAGE_UNKNOWN.name
 TOOL_CALLS = catalog.TOOL_CALLS.name
+RUNTIME = ("process_", "python_")       # the process's own metrics, as prometheus_client's default registry's
 TOOL_DURATION = catalog.TOOL_CALL_DURATION.name
 TRANSITIONS = catalog.STATE_TRANSITIONS.name
 
 
 def samples(tel: Telemetry, openmetrics: bool = False) -> dict:
-    """{(sample name, frozenset(labels)): value}, parsed by prometheus_client."""
+    """{(sample name, frozenset(labels)): value}, parsed by prometheus_client; the process's own
+    (process_*, python_*), which move between two renders, left out."""
     parse = parse_openmetrics if openmetrics else parse_text
     return {(s.name, frozenset(s.labels.items())): s.value
-            for family in parse(tel.render(openmetrics).decode()) for s in family.samples}
+            for family in parse(tel.render(openmetrics).decode()) if not family.name.startswith(RUNTIME)
+            for s in family.samples}
 
 
 def value(tel: Telemetry, name: str, **labels) -> float:
@@ -779,11 +782,11 @@ def test_what_runs_inside_an_untraced_scope_keeps_the_nearest_traced_parent(span
     (lambda tel: tel.set_selector_weight("", "a", 0.5), "task"),
 ])
 def test_invalid_arguments_raise_value_error_naming_the_field_and_record_nothing(tel, spans, call, field):
-    before = tel.render(True)
+    before = tel.store.render(True)
     with pytest.raises(ValueError) as raised:
         call(tel)
     assert raised.value.field == field
-    assert tel.render(True) == before
+    assert tel.store.render(True) == before
     assert spans[1].get_finished_spans() == ()
 
 
@@ -832,6 +835,20 @@ def test_the_totals_of_several_usage_calls_are_held_to_one_calls_bounds(tel, fie
 def test_a_wrong_kind_of_argument_is_a_value_error_saying_what_is_expected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_metrics_include_the_process_s_own_as_prometheus_client_serves_them(openmetrics):
+    parse = parse_openmetrics if openmetrics else parse_text
+    body = Telemetry().render(openmetrics).decode()
+    names = {family.name for family in parse(body)}
+    assert {"process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds", "python_info",
+            "python_gc_collections"} <= names
+    assert catalog.EXPORTER_EVENTS.name.removesuffix("_total") in names
+    assert body.count("# EOF") == (1 if openmetrics else 0) and (body.endswith("# EOF\n") or not openmetrics)
+    # metrics.enabled: false serves none at all, as enabled: false.
+    for config in (Config(metrics=MetricsConfig(enabled=False)), Config(enabled=False)):
+        assert Telemetry(config).render(openmetrics) == (b"# EOF\n" if openmetrics else b"")
 
 
 def test_usage_takes_integral_float_counts_as_the_event_schema_does(tel):

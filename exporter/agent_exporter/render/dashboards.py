@@ -714,9 +714,17 @@ def exporter_health(config: Config) -> dict:
         timeseries("Up", "1 when the last scrape of the exporter succeeded.",
                    [query(f"max by (instance) ({q.raw('up')})", "{{instance}}")],
                    unit="none", thresholds=lower_limit(1), min=0, max=1),
+        timeseries("Resident memory", "Each exporter process's resident memory (the orchestrator's own, "
+                   "for the embedded server): it grows with the series held, up to metrics.max_series "
+                   "per metric.",
+                   [query(f"max by (instance) ({q.raw('process_resident_memory_bytes')})", "{{instance}}")],
+                   unit="bytes", min=0),
+        timeseries("CPU", "CPU time each exporter process uses per second (1 is one core busy).",
+                   [query(f"max by (instance) ({q.rate('process_cpu_seconds_total')})", "{{instance}}")],
+                   unit="percentunit", min=0),
     ]
     return dashboard(EXPORTER_UID, "Orchestrator / Exporter health",
-                     "The exporter itself: ingest, rejections, series overflow, scrapes.",
+                     "The exporter itself: ingest, rejections, series overflow, scrapes, memory and CPU.",
                      panels, q.variables())
 
 
