@@ -334,7 +334,8 @@ def test_grouping_labels_group_and_inhibit_apart():
     assert absent["target_matchers"] == ['alertname="OrchestratorMetricsAbsent"', 'environment=""', 'cluster=""']
     assert absent["equal"] == ["job"]
     assert absent_here["equal"] == ["job", "environment", "cluster"]
-    assert rejected["target_matchers"] == ['alertname=~"OrchestratorEventsRejected|OrchestratorSpansNotForwarded"']
+    assert rejected["target_matchers"] == [
+        'alertname=~"OrchestratorEventsRejected|OrchestratorSpansRejected|OrchestratorSpansNotForwarded"']
     assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
 
 

@@ -198,7 +198,8 @@ def alertmanager_config(config: Config) -> dict:
             *_down_inhibits_absent(grouping),
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
              # Their ratios read the last samples of a stopped exporter: the page says it already.
-             "target_matchers": ['alertname=~"OrchestratorEventsRejected|OrchestratorSpansNotForwarded"'],
+             "target_matchers": ['alertname=~"OrchestratorEventsRejected|OrchestratorSpansRejected|'
+                                 'OrchestratorSpansNotForwarded"'],
              "equal": ["job", "instance", *grouping]},
         ],
         "receivers": receivers,

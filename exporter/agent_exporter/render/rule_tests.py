@@ -30,9 +30,9 @@ from .common import (
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
     AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
-    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, OVERFLOW, REJECTED,
-    SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION,
-    TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
+    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, OTLP_SPANS,
+    OVERFLOW, REJECTED, SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS,
+    TOOL_DURATION, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
     WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
 
 INSTANCE = "exporter:9464"
@@ -787,6 +787,32 @@ def _forwarding_tests(c: _Cases) -> list:
         few=lambda per_step: spans(0, 0, per_step))
 
 
+def _span_rejection_tests(c: _Cases) -> list:
+    """GenAI spans received over OTLP that the mapping rejected (partial success)."""
+    name = "OrchestratorSpansRejected"
+    target = {"job": c.job, "instance": INSTANCE}
+    plan = _ratio_plan(c, name, c.config.alerting.thresholds.rejected_events_ratio)
+    over, under, fire = plan.over, plan.under, plan.fire
+
+    def spans(mapped, rejected, ignored=0, reset=None, **where):
+        # Every outcome from the start, as the exporter exposes them (at 0 until the first).
+        return [c.series(OTLP_SPANS, _counter(n, reset), outcome=outcome, **where)
+                for outcome, n in (("mapped", mapped), ("rejected", rejected), ("ignored", ignored))]
+
+    elsewhere = spans(100 * sum(over), 0, env=1) if c.group_labels else []
+    return _ratio_alert_tests(
+        c, name, plan, target, "spans",
+        # Spans without a GenAI meaning (HTTP, database) are no part of the ratio, however many.
+        above=spans(over.good, over.bad, ignored=1000 * sum(over)) + elsewhere,
+        above_detail=", among many spans of no GenAI meaning",
+        every_bad=("every GenAI span is rejected", spans(0, 2 * c.minimum)),
+        quiet=spans(under.good, under.bad) + spans(0, 0, instance="idle:9464")
+        + spans(over.good, over.bad, job=c.other_job),
+        across_reset=spans(fire.good, fire.bad, 0, plan.timing.reset_at)
+        + spans(under.good, under.bad, 0, plan.timing.reset_at, instance="calm:9464"),
+        few=lambda per_step: spans(0, per_step))
+
+
 def _failure_mode_tests(c: _Cases) -> list:
     """The exporter's own failure modes: series folded into __overflow__, spend it cannot
     count, fleet sources it cannot poll."""
@@ -1009,6 +1035,7 @@ def rule_tests(config: Config, recording_groups: list[dict], alert_groups: list[
             + _circuit_tests(c)
             + _exporter_tests(c)
             + _forwarding_tests(c)
+            + _span_rejection_tests(c)
             + _failure_mode_tests(c)
         )
         day_tests = (

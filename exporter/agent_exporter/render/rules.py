@@ -20,12 +20,12 @@ from .common import (
     DASHBOARD_UIDS, HEADER, agent_error_ratio_windows, burn_rate_pairs, dump_yaml, latency_quantile_windows,
     long_windows, number, percent, sli_windows)
 from .series import (
-    AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE, EVENTS,
-    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, NOT_FORWARDED,
-    OVERFLOW, QUANTILES, REJECTED, SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE,
-    TOOL_CALLS, TOOL_DURATION, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN,
-    WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, Scope,
-    cost_forecast, latency_quantile_rule, task_error_matcher, without_task_faults)
+    AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE,
+    EVENTS, EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, GENAI_SPANS,
+    NOT_FORWARDED, OTLP_SPANS, OVERFLOW, QUANTILES, REJECTED, SLI, SPAN_REJECTED, TIME_TO_FIRST_TOKEN,
+    TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION, TOOL_ERROR_RATIO_RULE,
+    TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE,
+    WORKFLOW_RUNS, WORKFLOW_SLI, Scope, cost_forecast, latency_quantile_rule, task_error_matcher, without_task_faults)
 
 # -- expressions ---------------------------------------------------------------------
 
@@ -329,6 +329,16 @@ def alert_rules(config: Config) -> list[dict]:
               "{{ $value | humanizePercentage }} of the events sent to {{ $labels.instance }} were rejected "
               f"over the last {w} (threshold {percent(t.rejected_events_ratio)}): some orchestrator "
               "sends malformed events, and what they describe is missing from the metrics.",
+              "exporter", for_=pending),
+        alert("OrchestratorSpansRejected",
+              f"{scope.sum(_rate(scope, OTLP_SPANS, w, SPAN_REJECTED), *instance)}\n/\n"
+              f"{scope.sum(_rate(scope, OTLP_SPANS, w, GENAI_SPANS), *instance)}\n"
+              f"> {number(t.rejected_events_ratio)}\n"
+              f"and\n{scope.sum(_increase(scope, OTLP_SPANS, w, GENAI_SPANS), *instance)} >= {minimum}",
+              "warning", "agent-exporter {{ $labels.instance }} rejects OTLP spans.",
+              "{{ $value | humanizePercentage }} of the GenAI spans sent to {{ $labels.instance }} over OTLP were "
+              f"rejected over the last {w} (threshold {percent(t.rejected_events_ratio)}): an instrumentation "
+              "sends values the mapping refuses, and what those spans describe is missing from the metrics.",
               "exporter", for_=pending),
         alert("OrchestratorSpansNotForwarded",
               f"{scope.sum(_rate(scope, FORWARDED_SPANS, w, NOT_FORWARDED), *instance)}\n/\n"

@@ -31,9 +31,13 @@ OVERFLOW = catalog.EXPORTER_SERIES_OVERFLOW.name
 USAGE_UNKNOWN = catalog.USAGE_UNKNOWN.name
 FLEET_SOURCE_UP = catalog.FLEET_SOURCE_UP.name
 FORWARDED_SPANS = catalog.EXPORTER_OTLP_FORWARDED_SPANS.name
+OTLP_SPANS = catalog.EXPORTER_OTLP_SPANS.name
 
 ERROR = 'status="error"'
 NOT_FORWARDED = f'outcome=~"{"|".join(catalog.NOT_FORWARDED_OUTCOMES)}"'
+# Received spans with a GenAI meaning: mapped to events, or rejected (the ignored ones have none).
+GENAI_SPANS = 'outcome=~"mapped|rejected"'
+SPAN_REJECTED = 'outcome="rejected"'
 
 
 def task_error_matcher(error_types: tuple[str, ...]) -> str:
