@@ -932,6 +932,17 @@ def _encode(message, media: str) -> bytes:
     return message.SerializeToString()
 
 
+# google.rpc.Code of an HTTP refusal, for its Status body.
+_STATUS_CODES = {401: 16, 429: 8, 500: 13, 503: 14}     # UNAUTHENTICATED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE
+
+
+def error_body(status: int, message: str, content_type: str | None) -> tuple[str, bytes]:
+    """The body of an HTTP refusal of an export request (auth, size, encoding), as OTLP/HTTP answers
+    every 4xx and 5xx: a google.rpc.Status, in the request's encoding (protobuf unless it sent JSON)."""
+    media = JSON if (content_type or "").split(";", 1)[0].strip().lower() == JSON else PROTOBUF
+    return media, _encode(status_pb2.Status(code=_STATUS_CODES.get(status, _INVALID_ARGUMENT), message=message), media)
+
+
 # -- pass-through ---------------------------------------------------------------------
 
 CLOSE_SECONDS = 5.0         # the longest close() waits for the backend to take what is queued

@@ -417,7 +417,7 @@ class ExporterApp:
             raise
         except Exception:  # noqa: BLE001 - any fault becomes a 500, never a dropped connection
             _log.error("%s %s failed", request.method, path, exc_info=True)
-            response = self._error(path, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the exporter's log")
+            response = self._error(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the exporter's log")
         finally:
             service.in_flight -= 1
         service.store.count_http_request(handler, response.status)
@@ -473,15 +473,19 @@ class ExporterApp:
                                 headers=((b"allow", ", ".join(routes).encode()),))
             return await handler(request)
         except HTTPError as err:
-            response = self._error(request.path, err.status, err.message)
+            response = self._error(request, err.status, err.message)
             response.headers += err.headers
             if b"100-continue" in (request.headers.get(b"expect") or b"").lower() and err.status >= 400:
                 # The client waits for "100 Continue" before its body, which will not come.
                 response.headers.append((b"connection", b"close"))
             return response
 
-    @staticmethod
-    def _error(path: str, status: HTTPStatus, message: str) -> _Response:
+    def _error(self, request: _Request, status: HTTPStatus, message: str) -> _Response:
+        path = request.path
+        if path == "/v1/traces" and self.service.otlp is not None:
+            from .otlp import error_body        # already loaded: the service has an OTLP receiver
+            content_type, body = error_body(status, message, request.header(b"content-type"))
+            return _Response(status, body, content_type.encode())
         if path.startswith("/v1/"):
             return _Response(status, _encode_json({"error": message}), _JSON)
         return _Response(status, (message + "\n").encode(), _TEXT)

@@ -96,6 +96,29 @@ def test_other_content_type_is_415(served):
     assert reply.status_code == 415
 
 
+def test_every_refusal_is_a_status_in_the_request_s_encoding():
+    """OTLP/HTTP answers every 4xx and 5xx with a google.rpc.Status, encoded as the request was."""
+    served = Served(bearer_token="s3cret", max_body_bytes=1000)
+    try:
+        body = request(agent_span(1)).SerializeToString()
+        bearer = {"Authorization": "Bearer s3cret"}
+        for headers, data, status, code, says in [
+            (PROTOBUF, body, 401, 16, "Unauthorized"),
+            ({**PROTOBUF, **bearer}, b"x" * 2000, 413, 3, "over the limit"),
+            ({**PROTOBUF, **bearer, "Content-Encoding": "gzip"}, b"not gzip", 400, 3, "invalid gzip body"),
+            ({**PROTOBUF, **bearer, "Content-Encoding": "br"}, body, 415, 3, "unsupported Content-Encoding"),
+        ]:
+            reply = served.post(data, headers)
+            assert reply.status_code == status and reply.headers["Content-Type"] == "application/x-protobuf"
+            answer = status_pb2.Status.FromString(reply.content)
+            assert answer.code == code and says in answer.message, (status, answer)
+        reply = served.post(b"{}", {"Content-Type": "application/json"})
+        assert reply.status_code == 401 and reply.headers["Content-Type"] == "application/json"
+        assert reply.json() == {"code": 16, "message": "Unauthorized"}
+    finally:
+        served.close()
+
+
 def test_the_sdk_exporter_with_gzip_and_a_bearer_token():
     served = Served(bearer_token="s3cret")
     try:
