@@ -219,6 +219,8 @@ class AlertingConfig(Section):
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
+    # Where agent_exporter.compat's send_alert() posts, from the orchestrator's process.  The
+    # rendered prometheus.yml sends its alerts to the compose stack's alertmanager:9093.
     alertmanager_url: URL = "http://localhost:9093"
     # Where the monitoring stack reaches the exporter: Alertmanager posts its webhooks there,
     # and the rendered prometheus.yml scrapes its /metrics there (scheme, host, port, mount path).
