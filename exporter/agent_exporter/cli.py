@@ -322,6 +322,9 @@ def describe_config(config, path: str | None) -> str:
         f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
         f"to={','.join(a.email.to_addresses) or 'none'}",  # none is allowed without the email channel
         f"  slack: channel={a.slack.channel} webhook_url_file={a.slack.webhook_url_file}",
+        f"  exporter (scraped, and its webhooks): {a.exporter_url}, "
+        + (f"basic auth as {a.exporter_auth.username}" if a.exporter_auth.username else "no basic auth")
+        + (f", CA {a.exporter_auth.ca_file}" if a.exporter_auth.ca_file else ""),
         f"  alertmanager: {a.alertmanager_url}; remediation alerts: " + (
             f"{','.join(a.remediation_alerts)} -> {a.exporter_url}/v1/alertmanager"
             if h.enabled and a.remediation_alerts else "none" if h.enabled else "none (healing disabled)"),

@@ -207,6 +207,20 @@ _RULE_LABELS = frozenset({
     "alertname", "alertstate", "severity", "slo", "category", *catalog.EXTRA_LABELS})
 
 
+class ExporterAuthConfig(Section):
+    """How Prometheus and Alertmanager reach an exporter behind its web config (alerting.exporter_auth):
+    a user of its basic_auth_users, and the CA of its TLS certificate; the files are read by them."""
+    username: str = ""
+    password_file: str = ""
+    ca_file: str = ""                         # PEM; "" for the system's CAs
+    password: LegacySecret = None
+
+    def __post_init__(self):
+        _refuse_secret(self.password, "password", "password_file (a file holding the password)")
+        if bool(self.username) != bool(self.password_file):
+            raise Invalid("", "basic auth needs both username and password_file")
+
+
 class AlertingConfig(Section):
     enabled: bool = True
     # Which receivers render writes: slack, email, and log (every alert to the exporter's
@@ -225,6 +239,8 @@ class AlertingConfig(Section):
     # Where the monitoring stack reaches the exporter: Alertmanager posts its webhooks there,
     # and the rendered prometheus.yml scrapes its /metrics there (scheme, host, port, mount path).
     exporter_url: URL = "http://agent-exporter:9464"
+    # The credentials and CA they use there, when the exporter's web config asks for them.
+    exporter_auth: ExporterAuthConfig = field(default_factory=ExporterAuthConfig)
     runbook_url: URL = "https://github.com/agent-exporter/agent-exporter/blob/main/docs/runbooks.md"
     grafana_url: URL = "http://localhost:3000"
     evaluation_interval: Duration = "30s"
@@ -262,6 +278,8 @@ class AlertingConfig(Section):
             raise Invalid("exporter_url", str(e)) from None
         if not exporter.hostname:
             raise Invalid("exporter_url", f"{self.exporter_url!r} names no host")
+        if self.exporter_auth.ca_file and exporter.scheme != "https":
+            raise Invalid("exporter_auth.ca_file", "verifies an https exporter; exporter_url is http")
         if "email" in self.channels and not self.email.to_addresses:
             raise Invalid("email.to_addresses", "empty; the email channel needs at least one address "
                                                 "(or leave email out of channels)")

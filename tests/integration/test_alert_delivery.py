@@ -17,6 +17,7 @@ import re
 import threading
 import urllib.request
 
+import bcrypt
 import pytest
 from msgspec.structs import replace
 
@@ -25,9 +26,12 @@ from agent_exporter.config import Config, parse_config
 from agent_exporter.healing import AlertRemediator
 from agent_exporter.render import alertmanager as am
 from agent_exporter.render.common import dump_yaml
-from agent_exporter.render.prometheus import prometheus_config, render_prometheus
+from agent_exporter.render.prometheus import prometheus_config, render_prometheus, stack_prometheus_config
 from agent_exporter.server import Service, start_server
 from agent_exporter.sinks import SlackSink, SMTPSink
+from agent_exporter.webconfig import WatchedWebConfig
+
+from certificates import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -411,6 +415,43 @@ def test_alertmanager_sends_the_exporters_bearer_token_to_its_webhook(tmp_path):
             post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
             stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
                            what="the breaker to open through the authenticated webhook")
+            assert metric(alertmanager, "alertmanager_notification_requests_failed_total",
+                          'integration="webhook"') == 0
+    finally:
+        exporter.stop()
+        telemetry.shutdown()
+
+
+def test_the_rendered_stack_gets_past_the_exporters_tls_and_basic_auth(tmp_path):
+    """The exporter's web config asks for TLS and a user: with alerting.exporter_auth, the rendered
+    prometheus.yml scrapes it and the rendered Alertmanager delivers the remediation webhook."""
+    cert_path, _ = self_signed(tmp_path)
+    hashed = bcrypt.hashpw(b"prometheus-s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                   f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    password = tmp_path / "exporter_password"
+    password.write_text("prometheus-s3cret\n")
+    port = stack.free_port()
+    config = parse_config({"observability": {"alerting": {
+        "channels": ["log"], "exporter_url": f"https://127.0.0.1:{port}",
+        "exporter_auth": {"username": "prometheus", "password_file": str(password), "ca_file": str(cert_path)}}}})
+    telemetry = Telemetry()
+    changes = []
+    remediator = AlertRemediator(config, telemetry, on_change=lambda agent, old, new, reason: changes.append(
+        (agent, new, reason)))
+    exporter = start_server(Service(telemetry, remediator=remediator, web_config=WatchedWebConfig(web)),
+                            f"127.0.0.1:{port}")
+    try:
+        with stack.start_prometheus(tmp_path / "prom", stack_prometheus_config(config)) as prometheus:
+            api = stack.PrometheusAPI(prometheus.url)
+            up = api.wait_until(f'up{{job="{config.alerting.job}"}}', lambda rows: rows and rows[0]["value"][1] == "1",
+                                timeout=30, interval=0.5)
+            assert [row["metric"]["instance"] for row in up] == [f"127.0.0.1:{port}"]
+        with start_rendered_alertmanager(tmp_path, config) as alertmanager:
+            post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
+            stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
+                           what="the breaker to open through the webhook, over TLS with basic auth")
             assert metric(alertmanager, "alertmanager_notification_requests_failed_total",
                           'integration="webhook"') == 0
     finally:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from msgspec.structs import replace
 
-from agent_exporter.config import Config, parse_config
+from agent_exporter.config import Config, ConfigError, parse_config
 from agent_exporter.render import common, prometheus, rules
 from agent_exporter.render.rule_tests import rule_tests
 
@@ -356,6 +356,34 @@ def test_the_rendered_prometheus_yml_scrapes_the_exporter_where_alertmanager_rea
     config = parse_config({"observability": {"alerting": {"exporter_url": "http://[::1]:9500"}}})
     (scrape, _) = yaml.safe_load(prometheus.stack_prometheus_config(config))["scrape_configs"]
     assert scrape == {"job_name": "agent-exporter", "static_configs": [{"targets": ["[::1]:9500"]}]}
+
+
+def test_behind_a_web_config_the_rendered_prometheus_yml_scrapes_as_its_user_trusting_its_ca(tmp_path):
+    password, ca = tmp_path / "exporter_password", tmp_path / "exporter_ca.crt"
+    password.write_text("s3cret\n")
+    ca.write_text("")       # promtool checks the files are there
+    config = parse_config({"observability": {"alerting": {"exporter_url": "https://agent-exporter:9464", "exporter_auth": {
+        "username": "prometheus", "password_file": str(password), "ca_file": str(ca)}}}})
+    (scrape, _) = yaml.safe_load(prometheus.stack_prometheus_config(config))["scrape_configs"]
+    assert scrape["basic_auth"] == {"username": "prometheus", "password_file": str(password)}
+    assert scrape["tls_config"] == {"ca_file": str(ca)}
+    (tmp_path / "prometheus.yml").write_text(prometheus.stack_prometheus_config(config))
+    assert_ok(promtool("check", "config", str(tmp_path / "prometheus.yml")))
+
+
+@pytest.mark.parametrize("auth, key", [
+    ({"username": "prometheus"}, "observability.alerting.exporter_auth"),
+    ({"password_file": "/p"}, "observability.alerting.exporter_auth"),
+    ({"password": "inline"}, "observability.alerting.exporter_auth.password"),
+])
+def test_exporter_auth_refuses_half_a_user_and_an_inline_password(auth, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_config({"observability": {"alerting": {"exporter_auth": auth}}})
+
+
+def test_a_ca_for_an_http_exporter_is_refused():
+    with pytest.raises(ConfigError, match=r"observability\.alerting\.exporter_auth\.ca_file: verifies an https"):
+        parse_config({"observability": {"alerting": {"exporter_auth": {"ca_file": "/ca.crt"}}}})
 
 
 def test_the_rendered_prometheus_yml_scrapes_the_configured_job():

@@ -366,3 +366,24 @@ def test_with_a_bearer_token_the_webhooks_to_the_exporter_send_it(tmp_path):
         assert configs == [{"url": "http://agent-exporter:9464/v1/alertmanager", "send_resolved": True,
                             "http_config": {"authorization": {"type": "Bearer",
                                                               "credentials_file": "/etc/agent-exporter/token"}}}]
+
+
+@pytest.mark.parametrize("token_file, authorization", [
+    ("", {"basic_auth": {"username": "prometheus", "password_file": "/etc/alertmanager/secrets/exporter_password"}}),
+    # Either gets past /v1/*: the bearer token, as before, where there is one.
+    ("/etc/agent-exporter/token", {"authorization": {"type": "Bearer",
+                                                     "credentials_file": "/etc/agent-exporter/token"}}),
+])
+def test_behind_a_web_config_the_webhooks_send_its_user_and_trust_its_ca(tmp_path, token_file, authorization):
+    config = parse_config({"observability": {
+        "server": {"bearer_token_file": token_file},
+        "alerting": {"exporter_url": "https://agent-exporter:9464", "exporter_auth": {
+            "username": "prometheus", "password_file": "/etc/alertmanager/secrets/exporter_password",
+            "ca_file": "/etc/alertmanager/secrets/exporter_ca.crt"}}}})
+    am.render_alertmanager(config, tmp_path)
+    result = amtool("check-config", str(tmp_path / "alertmanager" / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for receiver in am.alertmanager_config(config)["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            assert webhook["http_config"] == {**authorization,
+                                              "tls_config": {"ca_file": "/etc/alertmanager/secrets/exporter_ca.crt"}}

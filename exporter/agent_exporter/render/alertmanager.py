@@ -70,13 +70,22 @@ def _email(config: Config, to: tuple[str, ...]) -> dict:
 
 def _webhook(config: Config) -> dict:
     """A webhook to the exporter's /v1/alertmanager, with the exporter's bearer token when
-    one is configured: without it the exporter answers 401 and self-healing hears nothing.
-    Alertmanager reads the token from the same path (`server.bearer_token_file`) on each
+    one is configured, else the basic auth of alerting.exporter_auth: without them the exporter
+    answers 401 and self-healing hears nothing.  (Either gets past /v1/*; Alertmanager sends
+    one.)  Alertmanager reads the token from the same path (`server.bearer_token_file`) on each
     notification, so the file must be there for Alertmanager too."""
     webhook = {"url": f"{config.alerting.exporter_url.rstrip('/')}/v1/alertmanager", "send_resolved": True}
     token_file = config.server.bearer_token_file
+    auth = config.alerting.exporter_auth
+    http_config: dict = {}
     if token_file:
-        webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": token_file}}
+        http_config["authorization"] = {"type": "Bearer", "credentials_file": token_file}
+    elif auth.username:
+        http_config["basic_auth"] = {"username": auth.username, "password_file": auth.password_file}
+    if auth.ca_file:
+        http_config["tls_config"] = {"ca_file": auth.ca_file}
+    if http_config:
+        webhook["http_config"] = http_config
     return webhook
 
 

@@ -35,14 +35,16 @@ def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().j
                       alertmanagers: Sequence[str] = (), rule_files: Sequence[str] = (),
                       scrape_interval: str = "15s", evaluation_interval: str = "30s",
                       scrape_self: str | None = None, max_exemplars: int | None = None,
-                      scheme: str = "http", metrics_path: str = "/metrics") -> str:
+                      scheme: str = "http", metrics_path: str = "/metrics",
+                      basic_auth: Mapping[str, str] | None = None, ca_file: str = "") -> str:
     """prometheus.yml: scrape `exporters` (host:port) as `job`, evaluate `rule_files`
     (paths or globs, relative to the file), send alerts to `alertmanagers`.
 
     `exporter_labels` gives target labels per exporter (the grouping labels, say
     environment); `scrape_self` a Prometheus to scrape as job `prometheus`;
     `max_exemplars` sizes the exemplar store; `scheme` and `metrics_path` say how
-    the exporters serve /metrics (behind TLS, under a mount path).
+    the exporters serve /metrics (behind TLS, under a mount path), `basic_auth`
+    (username, password_file) and `ca_file` how to get past their web config.
     """
     labels = exporter_labels or {}
     unknown = set(labels) - set(exporters)
@@ -70,6 +72,10 @@ def prometheus_config(exporters: Sequence[str], *, job: str = AlertingConfig().j
         scrape["scheme"] = scheme
     if metrics_path != "/metrics":
         scrape["metrics_path"] = metrics_path
+    if basic_auth:
+        scrape["basic_auth"] = dict(basic_auth)
+    if ca_file:
+        scrape["tls_config"] = {"ca_file": ca_file}
     document["scrape_configs"] = [{**scrape, "static_configs": static_configs}]
     if scrape_self:
         document["scrape_configs"].append({"job_name": "prometheus", "static_configs": [{"targets": [scrape_self]}]})
@@ -82,6 +88,7 @@ def stack_prometheus_config(config: Config) -> str:
     target carries alerting.deployment_labels, so this deployment's alerts carry them and its
     self-healing acts on them."""
     url = urlsplit(config.alerting.exporter_url)
+    auth = config.alerting.exporter_auth
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
     exporter = f"{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
     deployment = dict(config.alerting.deployment_labels)
@@ -91,7 +98,9 @@ def stack_prometheus_config(config: Config) -> str:
         alertmanagers=[STACK_ALERTMANAGER] if config.alerting.enabled else [], rule_files=RULE_FILES,
         scrape_interval=scrape_interval(config), evaluation_interval=config.alerting.evaluation_interval,
         scrape_self=STACK_PROMETHEUS, max_exemplars=100_000,
-        scheme=url.scheme, metrics_path=url.path.rstrip("/") + "/metrics")
+        scheme=url.scheme, metrics_path=url.path.rstrip("/") + "/metrics",
+        basic_auth={"username": auth.username, "password_file": auth.password_file} if auth.username else None,
+        ca_file=auth.ca_file)
 
 
 def render_prometheus(config: Config, out_dir: Path) -> list[Path]:
