@@ -473,6 +473,8 @@ class ExporterApp:
                                 headers=((b"allow", ", ".join(routes).encode()),))
             return await handler(request)
         except HTTPError as err:
+            # The client hears why; the operator can, at debug level (a refused scrape, a bad sender).
+            _log.debug("%s %s answered %d: %s", request.method, request.path, err.status, err.message)
             response = self._error(request, err.status, err.message)
             response.headers += err.headers
             if b"100-continue" in (request.headers.get(b"expect") or b"").lower() and err.status >= 400:

@@ -448,6 +448,16 @@ def test_an_http_1_0_client_gets_a_length_not_chunks(server, accept_encoding):
     assert samples(body.decode())[(catalog.TOOL_CALLS.name, (("status", "success"), ("tool", "web_search")))] == 1
 
 
+def test_each_refusal_is_a_debug_line_saying_why(server, caplog):
+    """An operator who turns debug logging on sees why a sender or a scraper is refused."""
+    with caplog.at_level(logging.DEBUG, logger="agent_exporter.server"):
+        assert post_events(server.url, b"[1,", content_type="application/json").status_code == 400
+        assert requests.delete(server.url + "/metrics", timeout=10).status_code == 405
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent_exporter.server" and r.levelno == logging.DEBUG]
+    assert any(line.startswith("POST /v1/events answered 400: ") for line in lines), lines
+    assert "DELETE /metrics answered 405: DELETE is not allowed on /metrics" in lines
+
+
 def test_a_websocket_handshake_is_refused_and_counted_without_an_error(server, caplog):
     """No endpoint speaks WebSocket: 403 to the upgrade (not a 500 and an error line any client could
     write at will), and the exporter goes on serving."""
