@@ -703,6 +703,14 @@ class OTLPReceiver:
             return 400, media, _encode(status_pb2.Status(code=_INVALID_ARGUMENT, message=str(exc)), media)
         return 200, media, _encode(response, media)
 
+    @staticmethod
+    def error_body(status: int, message: str, content_type: str | None) -> tuple[str, bytes]:
+        """The body of an HTTP refusal of an export request (auth, size, encoding), as OTLP/HTTP answers
+        every 4xx and 5xx: a google.rpc.Status, in the request's encoding (protobuf unless it sent JSON)."""
+        media = JSON if (content_type or "").split(";", 1)[0].strip().lower() == JSON else PROTOBUF
+        status_message = status_pb2.Status(code=_STATUS_CODES.get(status, _INVALID_ARGUMENT), message=message)
+        return media, _encode(status_message, media)
+
     def start_grpc(self, address: str | None = None, *, bearer_token: str | None = None, basic_auth=None,
                    rate_limiter=None, draining=None, web_config=None):
         """The OTLP/gRPC TraceService on `address` (default otlp.grpc_listen_address); a handle with
@@ -934,13 +942,6 @@ def _encode(message, media: str) -> bytes:
 
 # google.rpc.Code of an HTTP refusal, for its Status body.
 _STATUS_CODES = {401: 16, 429: 8, 500: 13, 503: 14}     # UNAUTHENTICATED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE
-
-
-def error_body(status: int, message: str, content_type: str | None) -> tuple[str, bytes]:
-    """The body of an HTTP refusal of an export request (auth, size, encoding), as OTLP/HTTP answers
-    every 4xx and 5xx: a google.rpc.Status, in the request's encoding (protobuf unless it sent JSON)."""
-    media = JSON if (content_type or "").split(";", 1)[0].strip().lower() == JSON else PROTOBUF
-    return media, _encode(status_pb2.Status(code=_STATUS_CODES.get(status, _INVALID_ARGUMENT), message=message), media)
 
 
 # -- pass-through ---------------------------------------------------------------------

@@ -485,8 +485,7 @@ class ExporterApp:
     def _error(self, request: _Request, status: HTTPStatus, message: str) -> _Response:
         path = request.path
         if path == "/v1/traces" and self.service.otlp is not None:
-            from .otlp import error_body        # already loaded: the service has an OTLP receiver
-            content_type, body = error_body(status, message, request.header(b"content-type"))
+            content_type, body = self.service.otlp.error_body(status, message, request.header(b"content-type"))
             return _Response(status, body, content_type.encode())
         if path.startswith("/v1/"):
             return _Response(status, _encode_json({"error": message}), _JSON)
