@@ -297,6 +297,14 @@ INLINE_BODY_BYTES = 256 * 1024
 WORKER_THREADS = 4
 
 
+def _said(response: _Response) -> str:
+    """What a refusal told its client, for a log line: its text, or what it was."""
+    content_type = response.content_type.decode()
+    if content_type.startswith(("application/json", "text/")):
+        return response.body[:300].decode("utf-8", "replace").strip()
+    return f"{len(response.body)} bytes of {content_type}"
+
+
 def _next_piece(pieces) -> bytes:
     """The next STREAM_PIECE_BYTES or so of `pieces` (b"" at the end): produced off the event loop."""
     gathered, size = [], 0
@@ -324,14 +332,18 @@ class ExporterApp:
         self.service = service
         self.routes = self._routes()
         self.absent = self._absent()
-        # Threads start on first use; idle ones end when the app is collected or closed.
-        self._workers = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="agent-exporter-worker")
+        self._workers: ThreadPoolExecutor | None = None     # made on first use, on the event loop's thread
 
     def close(self) -> None:
-        """Ends the worker threads once their jobs are done (a server that served this app has stopped)."""
-        self._workers.shutdown(wait=False)
+        """End the worker threads once their jobs are done: the server stopped, the lifespan ended,
+        or the Telemetry shut down.  Used again, the app starts new ones."""
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False)
 
     async def _off_loop(self, fn: Callable[..., _Result], *args) -> _Result:
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="agent-exporter-worker")
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
 
     def _routes(self) -> dict:
@@ -390,37 +402,44 @@ class ExporterApp:
             await send({"type": "websocket.close", "code": 1008})     # policy violation
         self.service.store.count_http_request(path if routes is not None else _OTHER, 403)
 
-    @staticmethod
-    async def _lifespan(receive, send) -> None:
+    async def _lifespan(self, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope, receive, send) -> None:
         service = self.service
+        service.in_flight += 1          # until the last byte is sent: a scrape still streaming is in flight
+        try:
+            await self._exchange(scope, receive, send)
+        except asyncio.CancelledError:  # the server gave up on it (at the end of the shutdown grace)
+            service.cancelled += 1
+            raise
+        finally:
+            service.in_flight -= 1
+
+    async def _exchange(self, scope, receive, send) -> None:
         request = _Request(scope, receive)
         path, routes = self._handler(scope)
         request.path = path
         handler = path if routes is not None else _OTHER
         web_config = self._web_config()
-        service.in_flight += 1
         try:
             response = await self._respond(request, routes, web_config)
         except _ClientGone:
             return
-        except asyncio.CancelledError:
-            service.cancelled += 1
-            raise
         except Exception:  # noqa: BLE001 - any fault becomes a 500, never a dropped connection
             _log.error("%s %s failed", request.method, path, exc_info=True)
             response = self._error(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the exporter's log")
-        finally:
-            service.in_flight -= 1
-        service.store.count_http_request(handler, response.status)
+        self.service.store.count_http_request(handler, response.status)
+        if response.status >= 400 and _log.isEnabledFor(logging.DEBUG):
+            # The client hears why; the operator can, at debug level (a refused scrape, a bad sender).
+            _log.debug("%s %s answered %d: %s", request.method, path, response.status, _said(response))
         headers = [(b"content-type", response.content_type), *response.headers,
                    *(web_config.response_headers if web_config is not None else ())]
         if response.stream is not None and request.method == "HEAD":
@@ -473,8 +492,6 @@ class ExporterApp:
                                 headers=((b"allow", ", ".join(routes).encode()),))
             return await handler(request)
         except HTTPError as err:
-            # The client hears why; the operator can, at debug level (a refused scrape, a bad sender).
-            _log.debug("%s %s answered %d: %s", request.method, request.path, err.status, err.message)
             response = self._error(request, err.status, err.message)
             response.headers += err.headers
             if b"100-continue" in (request.headers.get(b"expect") or b"").lower() and err.status >= 400:

@@ -785,6 +785,7 @@ class Telemetry:
             self.registry.register(self._metrics_bridge)
             self._appended.register(self._metrics_bridge)
         self._appending = self._metrics or self._metrics_bridge is not None
+        self._apps: list[ExporterApp] = []      # asgi_app()'s, whose worker threads shutdown() ends
         self._closed = False
 
     @classmethod
@@ -974,8 +975,10 @@ class Telemetry:
         `server` section.
         """
         from .server import ExporterApp, Service
-        return ExporterApp(Service.from_config(self, remediator=remediator, ingest=ingest,
-                                               max_body_bytes=max_body_bytes, bearer_token=bearer_token))
+        app = ExporterApp(Service.from_config(self, remediator=remediator, ingest=ingest,
+                                              max_body_bytes=max_body_bytes, bearer_token=bearer_token))
+        self._apps.append(app)
+        return app
 
     def serve(self, address: str | None = None, *,
               remediator: AlertRemediator | None = None) -> "ServerHandle | _NotServing":
@@ -991,10 +994,13 @@ class Telemetry:
         return start_embedded(self, self.config.server.listen_address if address is None else address, remediator)
 
     def shutdown(self) -> None:
-        """Flush and stop the span exporters and the metrics bridge this Telemetry owns."""
+        """Flush and stop the span exporters and the metrics bridge this Telemetry owns, and end
+        the worker threads of the apps asgi_app() made."""
         if self._closed:
             return
         self._closed = True
+        for app in self._apps:
+            app.close()
         if self._owned_tracer_provider is not None:
             # One export's time: a backend that answers takes the queued spans well within it.
             wait = self.config.tracing.otlp_timeout_seconds

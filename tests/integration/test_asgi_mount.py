@@ -92,6 +92,7 @@ def test_asgi_app_refuses_arguments_it_could_not_act_on(arguments, field):
 def test_asgi_app_answers_while_the_orchestrators_threads_are_all_busy():
     """Blocking work the orchestrator hands to asyncio.to_thread() (a synchronous LLM client) fills the
     loop's default executor; a scrape and a large batch still get their answers."""
+    before = set(threading.enumerate())
     tel = Telemetry(Config())
     calling, released = threading.Event(), threading.Event()
 
@@ -131,4 +132,8 @@ def test_asgi_app_answers_while_the_orchestrators_threads_are_all_busy():
             server.should_exit = True
             thread.join(10)
             tel.shutdown()
+    # A mounted app gets no lifespan of its own: the Telemetry's shutdown ends its threads.
+    stack.wait_for(lambda: not [t for t in set(threading.enumerate()) - before
+                                if t.name.startswith("agent-exporter-worker")],
+                   timeout=10, interval=0.01, what="the app's worker threads ended")
 

@@ -564,6 +564,19 @@ def test_stop_waits_for_requests_in_flight_no_longer_than_its_timeout():
     telemetry.shutdown()
 
 
+def test_a_scrape_still_streaming_is_in_flight_and_unfinished_when_cut_off_at_stop():
+    telemetry = Telemetry(Config())
+    telemetry.record_batch([events.decode({**PLANNER_OK, "agent": f"agent-{n}"}) for n in range(5000)])
+    handle = start_server(Service(telemetry), "127.0.0.1:0")
+    with _ask_for_metrics(handle, "1.1") as stalled:        # reads nothing of its 8 MB
+        stack.wait_for(lambda: handle.service.in_flight, timeout=10, interval=0.01, what="the scrape in flight")
+        time.sleep(0.3)
+        assert handle.service.in_flight == 1                # sending, not done
+        handle.stop(timeout=1.0)
+    assert (handle.service.cancelled, handle.service.in_flight) == (1, 0)
+    telemetry.shutdown()
+
+
 def test_embedded_server_takes_alertmanagers_webhook_for_the_healer_in_its_process():
     # An orchestrator running its Healer in process has no `agent-exporter serve` to receive the
     # webhook that opens a breaker: its embedded server does, given the healer's remediator.
