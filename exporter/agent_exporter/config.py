@@ -50,8 +50,6 @@ Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
 _HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):(\d{1,4}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])$"
 HostPort = Annotated[str, Meta(pattern=f"^{_HOST_PORT}", description="HOST:PORT")]
 OptionalHostPort = Annotated[str, Meta(pattern=f"^$|^{_HOST_PORT}", description='HOST:PORT, or "" for off')]
-# An error_type value as exceptions name it (a class name, perhaps dotted), matched literally in PromQL.
-ErrorType = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", description="an error type name")]
 AlertName = Annotated[str, Meta(pattern=r"^[A-Z][A-Za-z0-9]*$", description="an alert name in CamelCase")]
 LabelName = Annotated[str, Meta(pattern=r"^(?!__)[a-zA-Z_][a-zA-Z0-9_]*$", description="a Prometheus label name")]
 # A label value the rules write inside a PromQL string: no quoting needed.
@@ -267,7 +265,7 @@ class AlertingConfig(Section):
     # error ratio, its SLO, their alerts and dashboards, and so remediation and the fleet's
     # statistics, leave them out.  They still count in agent_executions_total{status="error"}
     # and agent_errors_total.
-    task_error_types: tuple[ErrorType, ...] = ()
+    task_error_types: tuple[LabelValue, ...] = ()
 
     def __post_init__(self):
         _unique(self.channels, "channels")

@@ -99,7 +99,8 @@ SCOPED = parse_config({"observability": {
         "thresholds": {"time_to_first_token_p95_seconds": 2, "evaluation_score_floor": 0.8},
         "workflow_slo": {"objective": 0.95},
         "budget": {"per_feature": {"login": 20, "search": 35}},
-        "task_error_types": ["BadInput", "app.errors.InvalidPrompt"],     # a dotted name, as exceptions give
+        # A status code, as OTLP's error.type may be; a name with RE2's metacharacters, matched as written.
+        "task_error_types": ["BadInput", "422", "app.errors.InvalidPrompt (400)"],
     }}})
 
 def test_a_scoped_config_renders_rules_whose_rendered_tests_pass(tmp_path):

@@ -49,7 +49,7 @@ SCOPED = parse_config({"observability": {
     "metrics": {"extra_labels": ["feature"]},
     "alerting": {"job": "orchestrator", "group_labels": ["environment"],
                  "budget": {"per_feature": {"login": 20, "search": 35}},
-                 "task_error_types": ["BadInput", "app.errors.InvalidPrompt"]}}})
+                 "task_error_types": ["BadInput", "422", "app.errors.InvalidPrompt (400)"]}}})
 
 PROMQL_WORDS = frozenset({
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool",

@@ -40,9 +40,14 @@ GENAI_SPANS = 'outcome=~"mapped|rejected"'
 SPAN_REJECTED = 'outcome="rejected"'
 
 
+# RE2's metacharacters, each escaped with a backslash (doubled: it is in a PromQL string).
+_REGEX_ESCAPES = str.maketrans({c: "\\\\" + c for c in ".+*?()|[]{}^$"})
+
+
 def task_error_matcher(error_types: tuple[str, ...]) -> str:
-    """The matcher of alerting.task_error_types on agent_errors_total (a dot in a name matches a dot)."""
-    return 'error_type=~"' + "|".join(t.replace(".", "\\\\.") for t in error_types) + '"'
+    """The matcher of alerting.task_error_types on agent_errors_total, each matched as written
+    (config.LabelValue: no quote or backslash to escape)."""
+    return 'error_type=~"' + "|".join(t.translate(_REGEX_ESCAPES) for t in error_types) + '"'
 
 
 def without_task_faults(failed: str, task_faults: str) -> str:
