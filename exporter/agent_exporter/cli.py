@@ -415,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def config_flag(p, help_text="observability YAML (default: built-in defaults)", required=False):
         p.add_argument("--config.file", dest="config_file", metavar="FILE", help=help_text, required=required)
-        # Also after the command, where Prometheus's own binaries take it (SUPPRESS: given before it, it stays).
+        # Also after the command, where Prometheus's own binaries take it (SUPPRESS: given before it, it stays);
+        # replay, which reads no config, adds it itself.
         _log_level_flag(p, argparse.SUPPRESS)
 
     serve = commands.add_parser("serve",
@@ -468,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="token for /v1/* (AGENT_EXPORTER_BEARER_TOKEN in the environment wins over it)")
     replay.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify an https exporter")
     replay.add_argument("--timeout", type=_positive_float, default=30.0, help="per-request timeout, seconds")
+    _log_level_flag(replay, argparse.SUPPRESS)
     replay.set_defaults(func=cmd_replay)
 
     check = commands.add_parser("check", help="validate a config and print what it means")

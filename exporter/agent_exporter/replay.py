@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -211,9 +211,13 @@ class _Client:
 
     def __init__(self, url: str, *, bearer_token: str | None, ca_file: str | None, timeout: float):
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            port = parts.port
+        except ValueError:          # a port past 65535, or not a number
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise ReplayError(f"--url {redacted(url)!r}: expected http(s)://HOST:PORT")
-        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, port
         self._timeout = timeout
         self._context = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
         self._path = parts.path.rstrip("/") + EVENTS_PATH if parts.path.rstrip("/") != EVENTS_PATH else EVENTS_PATH
@@ -221,7 +225,8 @@ class _Client:
         if bearer_token:
             self._headers["Authorization"] = f"Bearer {bearer_token}"
         elif parts.username is not None:
-            credentials = f"{parts.username}:{parts.password or ''}".encode()
+            # Percent-encoded in the URL, as RFC 3986 wants a user or password holding : @ / # ? or %.
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
         self._connection = None
 

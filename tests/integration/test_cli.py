@@ -337,16 +337,24 @@ def test_replay_with_a_bearer_token(tmp_path, capsys):
 
 def test_replay_with_basic_auth_in_the_url_never_prints_the_password(tmp_path, capsys):
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    special = bcrypt.hashpw(b"p#ss/w@rd", bcrypt.gensalt(rounds=4)).decode()
     web = tmp_path / "web.yml"
-    web.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    web.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n  bob: '{special}'\n")
     telemetry = Telemetry(Config())
     with start_server(Service(telemetry, web_config=WatchedWebConfig(web)), "127.0.0.1:0") as handle:
         path = tmp_path / "events.jsonl"
         path.write_text(json.dumps({"type": "retry", "agent": "coder", "attempt": 2}) + "\n")
         url = handle.url.replace("http://", "http://alice:s3cret@")
-        assert main(["replay", str(path), "--url", url]) == 0
+        assert main(["replay", str(path), "--url", url, "--log.level", "debug"]) == 0
         out = capsys.readouterr().out
         assert "to http://alice:***@127.0.0.1:" in out and "s3cret" not in out
+        assert main(["replay", str(path), "--url", url.replace(":s3cret@", ":s3cret:%23@")]) == 1     # another password
+        assert "401" in capsys.readouterr().err
+        # RFC 3986: a password holding # / @ is percent-encoded, and sent decoded.
+        assert main(["replay", str(path), "--url", handle.url.replace("http://", "http://bob:p%23ss%2Fw%40rd@")]) == 0
+        assert main(["replay", str(path), "--url", "http://alice:x@127.0.0.1:99999"]) == 1
+        assert capsys.readouterr().err == ("agent-exporter: --url 'http://alice:***@127.0.0.1:99999': "
+                                           "expected http(s)://HOST:PORT\n")
     telemetry.shutdown()
 
 
