@@ -198,6 +198,10 @@ def overview(config: Config) -> dict:
     E, D, C = catalog.AGENT_EXECUTIONS, catalog.AGENT_EXECUTION_DURATION, catalog.LLM_COST
     W, WD, S = catalog.WORKFLOW_RUNS, catalog.WORKFLOW_DURATION, catalog.EVALUATION_SCORE
     successes, runs = q.increase(E.name, SUCCESS), q.increase(E.name)
+    # The legacy cards count every failure; the error-ratio panels and the alerts do not count the task's own.
+    task_faults_note = (f" Failures of the task's own ({', '.join(a.task_error_types)}: alerting.task_error_types) "
+                        "count here, as the legacy dashboard counted them; the error-ratio panels and the alerts "
+                        "leave them out." if a.task_error_types else "")
     total_runs = f"sum({runs})"
     # This project's alerts only (every one is named Orchestrator...): a shared Prometheus holds
     # everybody's.  Those about one exporter carry its instance and follow the variable; the
@@ -254,7 +258,7 @@ def overview(config: Config) -> dict:
              query(total_runs, instant=True), unit="short", decimals=0, w=6),
         stat("Success rate",
              "Share of executions that succeeded in the selected time range. "
-             f"Red below {num(1 - t.error_ratio)} (the error-ratio alert threshold).",
+             f"Red below {num(1 - t.error_ratio)} (the error-ratio alert threshold)." + task_faults_note,
              query(q.ratio(successes, runs), instant=True),
              unit="percentunit", thresholds=lower_limit(1 - t.error_ratio), decimals=1, w=6),
         stat("Average latency",
@@ -268,7 +272,7 @@ def overview(config: Config) -> dict:
         table("Agent performance",
               "Per agent over the selected time range: executions, success rate, mean "
               "latency and LLM spend, as the legacy HTML dashboard showed them. "
-              "Click an agent for its detail dashboard.",
+              "Click an agent for its detail dashboard." + task_faults_note,
               [query(f"sum by (agent) ({runs})", instant=True, table=True),
                query(q.ratio(successes, runs, "agent"), instant=True, table=True),
                query(q.ratio(q.increase(D.name + '_sum'), q.increase(D.name + '_count'), "agent"),
