@@ -12,6 +12,7 @@ the group up there before deciding whether to notify, so once that counter has
 moved on twice after the message, two more flushes have come and gone.
 """
 
+import contextlib
 import json
 import re
 import threading
@@ -396,30 +397,39 @@ def test_inhibition_keeps_the_grouping_labels_apart(tmp_path):
         })
 
 
+@contextlib.contextmanager
+def remediating_exporter(config: Config, port: int, **service_options):
+    """An exporter on `port` whose remediator notes each breaker change: the list (agent, state, reason)."""
+    telemetry = Telemetry()
+    changes = []
+    remediator = AlertRemediator(config, telemetry, on_change=lambda agent, old, new, reason: changes.append(
+        (agent, new, reason)))
+    exporter = start_server(Service(telemetry, remediator=remediator, **service_options), f"127.0.0.1:{port}")
+    try:
+        yield changes
+    finally:
+        exporter.stop()
+        telemetry.shutdown()
+
+
+def assert_the_rendered_webhook_opens_the_breaker(tmp_path, config: Config, changes: list, how: str) -> None:
+    with start_rendered_alertmanager(tmp_path, config) as alertmanager:
+        post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
+        stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
+                       what=f"the breaker to open through the webhook, {how}")
+        assert metric(alertmanager, "alertmanager_notification_requests_failed_total", 'integration="webhook"') == 0
+
+
 def test_alertmanager_sends_the_exporters_bearer_token_to_its_webhook(tmp_path):
     """A real Alertmanager delivers a remediation alert to a real exporter that requires its token."""
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    telemetry = Telemetry()
-    changes = []
     port = stack.free_port()
     config = parse_config({"observability": {
         "server": {"bearer_token_file": str(token_file)},
         "alerting": {"channels": ["log"], "exporter_url": f"http://127.0.0.1:{port}"}}})
-    remediator = AlertRemediator(config, telemetry, on_change=lambda agent, old, new, reason: changes.append(
-        (agent, new, reason)))
-    exporter = start_server(Service(telemetry, remediator=remediator, bearer_token="s3cret-token"),
-                            f"127.0.0.1:{port}")
-    try:
-        with start_rendered_alertmanager(tmp_path, config) as alertmanager:
-            post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
-            stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
-                           what="the breaker to open through the authenticated webhook")
-            assert metric(alertmanager, "alertmanager_notification_requests_failed_total",
-                          'integration="webhook"') == 0
-    finally:
-        exporter.stop()
-        telemetry.shutdown()
+    with remediating_exporter(config, port, bearer_token="s3cret-token") as changes:
+        assert_the_rendered_webhook_opens_the_breaker(tmp_path, config, changes, "with the bearer token")
 
 
 def test_the_rendered_stack_gets_past_the_exporters_tls_and_basic_auth(tmp_path):
@@ -436,24 +446,10 @@ def test_the_rendered_stack_gets_past_the_exporters_tls_and_basic_auth(tmp_path)
     config = parse_config({"observability": {"alerting": {
         "channels": ["log"], "exporter_url": f"https://127.0.0.1:{port}",
         "exporter_auth": {"username": "prometheus", "password_file": str(password), "ca_file": str(cert_path)}}}})
-    telemetry = Telemetry()
-    changes = []
-    remediator = AlertRemediator(config, telemetry, on_change=lambda agent, old, new, reason: changes.append(
-        (agent, new, reason)))
-    exporter = start_server(Service(telemetry, remediator=remediator, web_config=WatchedWebConfig(web)),
-                            f"127.0.0.1:{port}")
-    try:
+    with remediating_exporter(config, port, web_config=WatchedWebConfig(web)) as changes:
         with stack.start_prometheus(tmp_path / "prom", stack_prometheus_config(config)) as prometheus:
             api = stack.PrometheusAPI(prometheus.url)
             up = api.wait_until(f'up{{job="{config.alerting.job}"}}', lambda rows: rows and rows[0]["value"][1] == "1",
                                 timeout=30, interval=0.5)
             assert [row["metric"]["instance"] for row in up] == [f"127.0.0.1:{port}"]
-        with start_rendered_alertmanager(tmp_path, config) as alertmanager:
-            post_alerts(alertmanager, {"alertname": ALERT, "severity": "critical", "agent": "coder"})
-            stack.wait_for(lambda: ("coder", "open", ALERT) in changes, timeout=30,
-                           what="the breaker to open through the webhook, over TLS with basic auth")
-            assert metric(alertmanager, "alertmanager_notification_requests_failed_total",
-                          'integration="webhook"') == 0
-    finally:
-        exporter.stop()
-        telemetry.shutdown()
+        assert_the_rendered_webhook_opens_the_breaker(tmp_path, config, changes, "over TLS with basic auth")
