@@ -452,9 +452,12 @@ def test_each_refusal_is_a_debug_line_saying_why(server, caplog):
     """An operator who turns debug logging on sees why a sender or a scraper is refused."""
     with caplog.at_level(logging.DEBUG, logger="agent_exporter.server"):
         assert post_events(server.url, b"[1,", content_type="application/json").status_code == 400
+        assert post_events(server.url, [{"type": "agent_execution", "agent": "planner"}]).status_code == 400
         assert requests.delete(server.url + "/metrics", timeout=10).status_code == 405
     lines = [r.getMessage() for r in caplog.records if r.name == "agent_exporter.server" and r.levelno == logging.DEBUG]
-    assert any(line.startswith("POST /v1/events answered 400: ") for line in lines), lines
+    assert any(line.startswith("POST /v1/events answered 400: ") and "JSON" in line for line in lines), lines
+    # Every event refused: an answer, not an HTTPError, says why.
+    assert any(line.startswith('POST /v1/events answered 400: {"accepted":0,') for line in lines), lines
     assert "DELETE /metrics answered 405: DELETE is not allowed on /metrics" in lines
 
 
