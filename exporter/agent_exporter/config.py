@@ -11,6 +11,7 @@ file for editors (schemas/observability.schema.json).
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -553,6 +554,9 @@ def default_config() -> Config:
 def json_schema() -> dict:
     """JSON Schema of the config file, for editors (schemas/observability.schema.json)."""
     (schema,), components = msgspec.json.schema_components([Config], ref_template="#/$defs/{name}")
+    for component in components.values():      # a class's docstring, indented before msgspec 0.23
+        if "description" in component:
+            component["description"] = inspect.cleandoc(component["description"])
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://agent-exporter.dev/schemas/observability.schema.json",

@@ -401,19 +401,24 @@ def _without_bad_ids(events: list, indexes: list[int], rejected: list[Rejection]
 
 
 # What a decoder raises for bytes that are not JSON: msgspec's DecodeError, and two errors
-# it lets through from Python: a string that is not UTF-8, and nesting deeper than the
-# interpreter's recursion limit.  ValidationError (a DecodeError) is caught before these.
+# msgspec before 0.23 lets through from Python: a string that is not UTF-8, and nesting deeper
+# than the interpreter's recursion limit.  ValidationError (a DecodeError) is caught before these.
 # The webhook and OTLP/JSON decoders use these two names too, so every endpoint says the same.
 MALFORMED_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _BOM = b"\xef\xbb\xbf"
 
 
-def malformed_json_reason(exc: BaseException) -> str:
-    """What is wrong with a body that is not JSON, for the client."""
-    if isinstance(exc, UnicodeDecodeError):
-        return f"invalid JSON: not UTF-8 at byte {exc.start} of a string"
+def malformed_json_reason(exc: BaseException, body: bytes | bytearray | memoryview) -> str:
+    """What is wrong with `body`, which the decoder refused with `exc`, for the client."""
     if isinstance(exc, RecursionError):
         return "invalid JSON: nested too deeply"
+    # msgspec 0.23 says "Invalid UTF-8 encoded string" with no position, and older ones raise
+    # Python's error with a position inside the string: the body itself says where, either way.
+    if isinstance(exc, UnicodeDecodeError) or "UTF-8" in str(exc):
+        try:
+            bytes(body).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"invalid JSON: not UTF-8 at byte {bad.start}"
     return f"invalid JSON: {exc}"
 
 
@@ -442,7 +447,7 @@ def _decode_ndjson(body: bytes) -> Batch:
                 error = _event_error(exc)
                 rejected.append(Rejection(index, error.reason, str(error)))
         except MALFORMED_JSON as exc:
-            rejected.append(Rejection(index, "invalid_json", malformed_json_reason(exc)))
+            rejected.append(Rejection(index, "invalid_json", malformed_json_reason(exc, line)))
         index += 1
     return Batch(_without_bad_ids(events, indexes, rejected), rejected)
 
@@ -482,11 +487,11 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
     except msgspec.ValidationError:
         pass  # some item is invalid, or this is a single object: decode generically below
     except MALFORMED_JSON as exc:
-        raise BodyError(malformed_json_reason(exc)) from None
+        raise BodyError(malformed_json_reason(exc, body)) from None
     try:
         document = _any_decoder.decode(body)
     except MALFORMED_JSON as exc:
-        raise BodyError(malformed_json_reason(exc)) from None
+        raise BodyError(malformed_json_reason(exc, body)) from None
     if isinstance(document, list):
         return _decode_items(document)
     if isinstance(document, dict):

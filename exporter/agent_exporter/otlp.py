@@ -917,7 +917,7 @@ def _json_request(body: bytes) -> bytes:
     try:
         document = msgspec.json.decode(body)
     except events.MALFORMED_JSON as exc:    # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
-        raise OTLPDecodeError(events.malformed_json_reason(exc)) from None
+        raise OTLPDecodeError(events.malformed_json_reason(exc, body)) from None
     if not isinstance(document, dict):
         raise OTLPDecodeError("expected a JSON object (an ExportTraceServiceRequest)")
     for resource_spans in _items(document, "resourceSpans", "resource_spans"):

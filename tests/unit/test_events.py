@@ -3,6 +3,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent_exporter import events
@@ -165,6 +166,21 @@ def test_body_ndjson_counts_lines_and_skips_blank_ones():
 def test_unusable_json_body_raises_body_error(body):
     with pytest.raises(events.BodyError):
         events.decode_body(body)
+
+
+def test_a_string_that_is_not_utf8_is_refused_naming_its_byte_in_the_body_or_line():
+    with pytest.raises(events.BodyError, match=r"^invalid JSON: not UTF-8 at byte 21$"):
+        events.decode_body(b'[{"type": "retry", "a\xc3gent": "x"}]')
+    batch = events.decode_body(json.dumps(EXECUTION).encode() + b'\n{"type": "retry", "agent": "caf\xe9"}', "application/x-ndjson")
+    assert [(r.index, r.error) for r in batch.rejected] == [(1, "invalid JSON: not UTF-8 at byte 31")]
+
+
+@pytest.mark.parametrize("error", [
+    UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"),   # msgspec before 0.23
+    msgspec.DecodeError("Invalid UTF-8 encoded string"),                 # msgspec 0.23: no position
+], ids=["unicode-error", "decode-error"])
+def test_every_msgspec_says_not_utf8_the_same_way(error):
+    assert events.malformed_json_reason(error, b'{"k": "ab\xff"}') == "invalid JSON: not UTF-8 at byte 9"
 
 
 def test_unsupported_content_type():

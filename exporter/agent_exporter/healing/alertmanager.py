@@ -81,7 +81,7 @@ def decode_webhook(payload) -> WebhookPayload:
     except msgspec.ValidationError as exc:
         raise _error(exc, "payload") from None
     except MALFORMED_JSON as exc:       # not JSON, not UTF-8, or nested too deeply: as /v1/events says it
-        raise ValueError(f"payload: {malformed_json_reason(exc)}") from None
+        raise ValueError(f"payload: {malformed_json_reason(exc, payload)}") from None
     if decoded.version != WEBHOOK_VERSION:
         raise ValueError(f"payload.version: unsupported webhook version {decoded.version!r} "
                          f"(expected {WEBHOOK_VERSION!r})")
@@ -98,7 +98,7 @@ def decode_api_alerts(body: bytes) -> list[APIAlert]:
     except msgspec.ValidationError as exc:
         raise _error(exc, "alerts") from None
     except MALFORMED_JSON as exc:
-        raise ValueError(f"alerts: {malformed_json_reason(exc)}") from None
+        raise ValueError(f"alerts: {malformed_json_reason(exc, body)}") from None
     for i, alert in enumerate(alerts):
         if "alertname" not in alert.labels:
             raise ValueError(f"alerts[{i}].labels: missing alertname")
