@@ -36,7 +36,6 @@ bucket in Grafana links to the trace.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -57,7 +56,7 @@ from . import events, exposition
 from .config import Config
 from .pricing import PriceTable
 from .store import SeriesStore
-from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of, shutdown_within
+from .tracing import build_resource, build_tracer_provider, genai_tracer, ids_of, interrupted, shutdown_within
 
 if TYPE_CHECKING:
     import os
@@ -144,29 +143,6 @@ def _request_id(value) -> str | None:
     if value is None or (type(value) is str and len(value) <= 256):
         return value
     return _checked("request_id", value, events.RequestId)
-
-
-def _interrupted(exc: BaseException) -> bool:
-    """Whether a scope left by `exc` (not GeneratorExit) was interrupted from outside rather than
-    failed: a BaseException that is no Exception, as asyncio's CancelledError (a hedge lost, a
-    TaskGroup sibling failed, a timeout around the run, shutdown), KeyboardInterrupt, SystemExit.
-    That is no outcome of the agent, tool or workflow, and is not counted as one: an error would
-    page about an agent that never failed, and could open its breaker.  The span ends without an
-    error status, as opentelemetry's use_span() leaves it; an agent run's usage and cost still
-    count, as they were spent.  A timeout inside the run is the run's own TimeoutError: an error.
-
-    A CancelledError counts as such only while the task running the scope is being cancelled: one
-    from an awaited future somebody else cancelled (a job an executor dropped at its shutdown) is
-    the run's failure."""
-    if isinstance(exc, Exception):
-        return False
-    if isinstance(exc, asyncio.CancelledError):
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:        # no running event loop: no task is being cancelled
-            return False
-        return task is not None and task.cancelling() > 0
-    return True
 
 
 def _error_type(exc: BaseException) -> str:
@@ -457,7 +433,7 @@ class AgentRun(_Scope["AgentRun"]):
         if exc is not None:
             if exc_type is GeneratorExit:
                 exc = None      # a generator closed early: its consumer stopped, the run did not fail
-            elif _interrupted(exc):
+            elif interrupted(exc):
                 outcome = False
         tel = self._telemetry
         model = self.model
@@ -609,7 +585,7 @@ class _TimedScope(_Scope[_TimedHandle]):
                 otel_context.detach(context_token)
         if exc_type is GeneratorExit:
             exc = None      # a generator closed early: its consumer stopped, the run did not fail
-        elif exc is not None and _interrupted(exc):
+        elif exc is not None and interrupted(exc):
             if run.span is not None:
                 self._telemetry.spans.end_interrupted(run.span)
             return False

@@ -33,6 +33,7 @@ raise into the caller.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -261,6 +262,29 @@ def event_times(duration_seconds: float, timestamp: float | None) -> tuple[int, 
     """(start, end) in ns for an event that ended at `timestamp` (or now) after `duration_seconds`."""
     end = time.time_ns() if timestamp is None else int(timestamp * 1e9)
     return end - int(duration_seconds * 1e9), end
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether a scope left by `exc` (not GeneratorExit) was interrupted from outside rather than
+    failed: a BaseException that is no Exception, as asyncio's CancelledError (a hedge lost, a
+    TaskGroup sibling failed, a timeout around the run, shutdown), KeyboardInterrupt, SystemExit.
+    That is no outcome of the agent, tool or workflow, and is not counted as one: an error would
+    page about an agent that never failed, and could open its breaker.  The span ends without an
+    error status, as opentelemetry's use_span() leaves it; an agent run's usage and cost still
+    count, as they were spent.  A timeout inside the run is the run's own TimeoutError: an error.
+
+    A CancelledError counts as such only while the task running the scope is being cancelled: one
+    from an awaited future somebody else cancelled (a job an executor dropped at its shutdown) is
+    the run's failure."""
+    if isinstance(exc, Exception):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:        # no running event loop: no task is being cancelled
+            return False
+        return task is not None and task.cancelling() > 0
+    return True
 
 
 def _fault(method: str) -> None:

@@ -144,3 +144,30 @@ def test_a_cancelled_run_ends_its_spans_without_an_error_status():
     asyncio.run(cancel_in_flight(healer))
     ended = exporter.get_finished_spans()
     assert len(ended) == 2 and {span.status.status_code.name for span in ended} == {"UNSET"}
+
+
+async def awaits_a_job_somebody_else_cancelled(agent):
+    """An agent call whose awaited job its executor dropped: nobody cancelled the run's task."""
+    if agent == "coder":
+        job = asyncio.get_running_loop().create_future()
+        job.cancel()
+        await job
+    return f"done by {agent}"
+
+
+def test_a_future_cancelled_by_somebody_else_is_the_calls_failure_not_an_interruption():
+    """Telemetry counts such a CancelledError as the run's error; the healer sees the same failure:
+    error spans, and a policy that retries it falls back to the next agent."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    healer = Healer(tracer=provider.get_tracer("test"))
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(healer.run_async("coding", ("coder",), awaits_a_job_somebody_else_cancelled))
+    assert {s.name: s.status.status_code.name for s in exporter.get_finished_spans()} == {
+        "attempt coder": "ERROR", "heal coding": "ERROR"}
+
+    policy = RetryPolicy(1, retryable=(AgentDown, asyncio.CancelledError))
+    healer = Healer(policy=policy, tracer=provider.get_tracer("test"))
+    assert asyncio.run(healer.run_async("coding", ("coder", "coder-lite"),
+                                        awaits_a_job_somebody_else_cancelled)) == "done by coder-lite"

@@ -36,6 +36,7 @@ run is still recorded).  Orchestrator code keeps calling `run()` either way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,7 +46,7 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from .. import events
-from ..tracing import ATTEMPT, GEN_AI_AGENT_NAME, PROBE, GenAITracer
+from ..tracing import ATTEMPT, GEN_AI_AGENT_NAME, PROBE, GenAITracer, interrupted
 from .breaker import OPEN, CircuitBreakers, CircuitOpenError
 from .fallback import FallbackChain
 from .retry import RetryPolicy
@@ -177,6 +178,10 @@ class Healer:
                         outcome = (True, await fn(value))
                 except Exception as exc:  # noqa: BLE001
                     outcome = (False, exc)
+                except asyncio.CancelledError as exc:
+                    if interrupted(exc):
+                        raise
+                    outcome = (False, exc)  # a future somebody else cancelled: the call's failure, as telemetry says
                 try:
                     step = plan.send(outcome)
                 except StopIteration as done:
@@ -240,7 +245,7 @@ class Healer:
                         ok, value = yield ("call", agent, span)
                     except GeneratorExit:       # the run was interrupted: no outcome to hold against the agent
                         breaker.cancel(permit)
-                        span.end()              # no error status, as the agent run's own span (telemetry._interrupted)
+                        span.end()              # no error status, as the agent run's own span (tracing.interrupted)
                         raise
                     latency = self.clock() - started
                     if ok:
