@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: deps demo test render bench
+.PHONY: deps demo test render bench lock
 
 deps:
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/install-deps
@@ -26,3 +26,12 @@ render: deps
 
 bench: deps
 	$(BIN)/python bench/run_all.py
+
+## Renew constraints.txt: the newest versions pyproject.toml's ranges allow, in a scratch environment.
+lock: deps
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,demo]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
