@@ -257,7 +257,33 @@ class Rejection(NamedTuple):
 
 class Batch(NamedTuple):
     events: list
-    rejected: list[Rejection]
+    rejected: list[Rejection]           # by index; the first MAX_LISTED_REJECTIONS found
+    rejected_by_reason: dict[str, int]  # every rejected item
+
+
+# A body of a million bad items is answered with this many errors and a count, not a million:
+# each listed error costs a string, and its answer 40 times the body.
+MAX_LISTED_REJECTIONS = 1000
+
+
+class _Rejected:
+    """A batch's rejected items as they are found: all counted, the first ones listed."""
+
+    __slots__ = ("listed", "by_reason")
+
+    def __init__(self) -> None:
+        self.listed: list[Rejection] = []
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, index: int, reason: str, error: object) -> None:
+        """`error`'s message is made (str()) only for an item that is listed."""
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if len(self.listed) < MAX_LISTED_REJECTIONS:
+            self.listed.append(Rejection(index, reason, str(error)))
+
+    def batch(self, events: list) -> Batch:
+        self.listed.sort()
+        return Batch(events, self.listed, self.by_reason)
 
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -376,16 +402,16 @@ def decode(obj) -> Event:
 
 
 def _decode_items(items: list) -> Batch:
-    events, rejected = [], []
+    events, rejected = [], _Rejected()
     for index, item in enumerate(items):
         try:
             events.append(decode(item))
         except EventError as exc:
-            rejected.append(Rejection(index, exc.reason, str(exc)))
-    return Batch(events, rejected)
+            rejected.add(index, exc.reason, exc)
+    return rejected.batch(events)
 
 
-def _without_bad_ids(events: list, indexes: list[int], rejected: list[Rejection]) -> list:
+def _without_bad_ids(events: list, indexes: list[int], rejected: _Rejected) -> list:
     """`events` less those with non-hex ids, which join `rejected` at their item `indexes`."""
     if _ids_are_hex(events):
         return events
@@ -395,8 +421,7 @@ def _without_bad_ids(events: list, indexes: list[int], rejected: list[Rejection]
         if error is None:
             kept.append(event)
         else:
-            rejected.append(Rejection(index, error.reason, str(error)))
-    rejected.sort()
+            rejected.add(index, error.reason, error)
     return kept
 
 
@@ -423,7 +448,7 @@ def malformed_json_reason(exc: BaseException, body: bytes | bytearray | memoryvi
 
 
 def _decode_ndjson(body: bytes) -> Batch:
-    events, rejected, indexes = [], [], []
+    events, rejected, indexes = [], _Rejected(), []
     index = 0
     for line in body.split(b"\n"):
         if not line.strip():
@@ -442,14 +467,14 @@ def _decode_ndjson(body: bytes) -> Batch:
                     events.append(_decode_object(obj))
                     indexes.append(index)
                 except EventError as item_exc:
-                    rejected.append(Rejection(index, item_exc.reason, str(item_exc)))
+                    rejected.add(index, item_exc.reason, item_exc)
             else:
                 error = _event_error(exc)
-                rejected.append(Rejection(index, error.reason, str(error)))
+                rejected.add(index, error.reason, error)
         except MALFORMED_JSON as exc:
-            rejected.append(Rejection(index, "invalid_json", malformed_json_reason(exc, line)))
+            rejected.add(index, "invalid_json", malformed_json_reason(exc, line))
         index += 1
-    return Batch(_without_bad_ids(events, indexes, rejected), rejected)
+    return rejected.batch(_without_bad_ids(events, indexes, rejected))
 
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -483,7 +508,7 @@ def decode_body(body: bytes, content_type: str = "application/json") -> Batch:
     try:
         batch = _batch_decoder.decode(body)
         if _ids_are_hex(batch):
-            return Batch(batch, [])
+            return Batch(batch, [], {})
     except msgspec.ValidationError:
         pass  # some item is invalid, or this is a single object: decode generically below
     except MALFORMED_JSON as exc:

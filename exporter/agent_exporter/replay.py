@@ -285,6 +285,10 @@ def _send(client: _Client, batch: list[_Item], summary: ReplaySummary) -> None:
         summary.accepted += accepted
         for entry in rejected:
             summary.rejected.append(Rejected(batch[entry["index"]].where, entry["error"]))
+        # Past the errors an answer lists, the rest are counted, where unknown in the batch.
+        unlisted = Rejected(f"{batch[0].where} to {batch[-1].where}", "rejected; the exporter lists the first "
+                            f"{len(rejected):,} errors of a request (--batch-size {len(rejected):,} lists them all)")
+        summary.rejected.extend([unlisted] * answer.get("rejected_omitted", 0))
         return
     message = data[:300].decode(errors="replace").strip()
     raise ReplayError(f"exporter answered {status}: {message}")

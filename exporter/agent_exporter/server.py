@@ -54,7 +54,6 @@ import ssl
 import threading
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -625,15 +624,17 @@ class ExporterApp:
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc), reason="invalid_body") from None
         if batch.events:
             service.telemetry.record_batch(batch.events)
-        if batch.rejected:
-            for reason, n in Counter(r.reason for r in batch.rejected).items():
-                service.store.count_rejected(reason, n)
+        for reason, n in batch.rejected_by_reason.items():
+            service.store.count_rejected(reason, n)
         if batch.events and not batch.rejected:
             return _Response(HTTPStatus.OK, b'{"accepted":%d,"rejected":[]}' % len(batch.events), _JSON)
         document = {
             "accepted": len(batch.events),
             "rejected": [{"index": r.index, "reason": r.reason, "error": r.error} for r in batch.rejected],
         }
+        omitted = sum(batch.rejected_by_reason.values()) - len(batch.rejected)
+        if omitted:
+            document["rejected_omitted"] = omitted      # beyond events.MAX_LISTED_REJECTIONS
         if not batch.events:
             document["error"] = "no usable events in the request"
         return _Response(HTTPStatus.OK if batch.events else HTTPStatus.BAD_REQUEST, _encode_json(document), _JSON)

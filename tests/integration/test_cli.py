@@ -313,6 +313,15 @@ def test_replay_of_a_jsonl_log_reports_bad_lines(tmp_path, exporter, capsys):
     assert got[(catalog.EXPORTER_EVENTS_REJECTED.name, (("reason", "missing_field"),))] == 3
 
 
+def test_replay_counts_the_rejections_an_answer_does_not_list(tmp_path, exporter, capsys):
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"type": "agent_execution", "agent": "planner"}) + "\n" + "7\n" * 1499)
+    assert main(["replay", str(path), "--url", exporter.url, "--batch-size", "1500"]) == 1
+    out = capsys.readouterr().out
+    assert "0 accepted, 1,500 rejected" in out
+    assert "line 1: " in out
+
+
 def test_replay_splits_batches_the_exporter_finds_too_large(tmp_path):
     telemetry = Telemetry(Config())
     with start_server(Service(telemetry, max_body_bytes=600), "127.0.0.1:0") as handle:

@@ -194,6 +194,17 @@ def test_a_batch_with_nothing_valid_is_400_with_the_reasons(server):
     assert [r["index"] for r in answer["rejected"]] == [0, 1]
 
 
+def test_a_body_of_millions_of_bad_items_is_answered_with_a_thousand_errors_and_counted_whole(server):
+    bad_items = 3_000_000                    # 6 MB of `1,`: listing every error answered 250 MB
+    response = post_events(server.url, b"[" + b",".join([b"1"] * bad_items) + b"]")
+    assert response.status_code == 400
+    assert len(response.content) < 200_000
+    answer = response.json()
+    assert len(answer["rejected"]) == 1000 and answer["rejected_omitted"] == bad_items - 1000
+    assert sum(value(server.url, catalog.EXPORTER_EVENTS_REJECTED.name, reason=reason)
+               for reason in catalog.REJECTION_REASONS) == bad_items
+
+
 def test_eleven_mib_is_413_and_a_plain_client_sees_it(server):
     response = post_events(server.url, b"[" + b" " * (ELEVEN_MIB - 2) + b"]")
     assert response.status_code == 413

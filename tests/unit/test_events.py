@@ -183,6 +183,18 @@ def test_every_msgspec_says_not_utf8_the_same_way(error):
     assert events.malformed_json_reason(error, b'{"k": "ab\xff"}') == "invalid JSON: not UTF-8 at byte 9"
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_a_batch_lists_the_first_thousand_rejections_and_counts_them_all(content_type):
+    items = [json.dumps(EXECUTION)] + ["1"] * 2500 + [json.dumps({"type": "retry", "agent": "a"})]
+    body = ("[" + ",".join(items) + "]" if content_type == "application/json" else "\n".join(items)).encode()
+    batch = events.decode_body(body, content_type)
+    assert len(batch.events) == 1
+    assert len(batch.rejected) == events.MAX_LISTED_REJECTIONS == 1000
+    assert [r.index for r in batch.rejected] == list(range(1, 1001))
+    reason = batch.rejected[0].reason
+    assert batch.rejected_by_reason == {reason: 2500, "missing_field": 1}
+
+
 def test_unsupported_content_type():
     with pytest.raises(events.BodyError, match="content type"):
         events.decode_body(b"{}", "text/plain")
