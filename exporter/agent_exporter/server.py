@@ -116,24 +116,38 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+# gunzip_bounded's input is fed in slices of this size: zlib copies what follows a member's end
+# (unused_data) at each member, so a body of many tiny members costs a slice per member, not the
+# rest of the body per member (quadratic: 2 MiB of empty members took 8.6 s).
+_GZIP_INPUT_SLICE = 4096
+
+
 def gunzip_bounded(data: bytes, limit: int) -> bytes:
     """Decompress gzip (one or more members) but never past `limit` bytes of output.
 
     Raises OverflowError past the limit, zlib.error for a body that is not whole gzip.
     """
     out = bytearray()
-    while data:
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        pending = data
-        while pending and not inflater.eof:
-            # max_length is >= 1 here (out never exceeds limit), and 0 would mean "unbounded".
-            out += inflater.decompress(pending, limit + 1 - len(out))
-            if len(out) > limit:
-                raise OverflowError
+    body = memoryview(data)
+    position = 0
+    inflater = None                 # the member being inflated
+    pending: bytes | memoryview = b""
+    while pending or position < len(body):
+        if not pending:
+            pending = body[position:position + _GZIP_INPUT_SLICE]
+            position += len(pending)
+        if inflater is None:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        # max_length is >= 1 here (out never exceeds limit), and 0 would mean "unbounded".
+        out += inflater.decompress(pending, limit + 1 - len(out))
+        if len(out) > limit:
+            raise OverflowError
+        if inflater.eof:
+            pending, inflater = inflater.unused_data, None      # the next member's first bytes
+        else:
             pending = inflater.unconsumed_tail
-        if not inflater.eof:
-            raise zlib.error("truncated gzip stream")
-        data = inflater.unused_data
+    if inflater is not None:
+        raise zlib.error("truncated gzip stream")
     return bytes(out)
 
 
