@@ -304,9 +304,11 @@ STREAM_PIECE_BYTES = 256 * 1024
 # A plain request body under this size is decoded in the event loop (a few milliseconds at most:
 # cheaper there than a thread's round trip); a larger or gzip one in a worker thread.
 INLINE_BODY_BYTES = 256 * 1024
-# The app's own threads for rendering scrapes, bcrypt and large bodies.  Not the loop's default
+# The app's own threads for rendering scrapes and large bodies.  Not the loop's default
 # executor: mounted in an orchestrator, that one also runs the orchestrator's asyncio.to_thread()
 # calls (blocking LLM clients among them), and a scrape queued behind those would time out.
+# bcrypt, one run at a time (webconfig.BasicAuth), has a thread of its own: a flood of wrong
+# passwords queues there, not in front of scrapes.
 WORKER_THREADS = 4
 
 
@@ -345,14 +347,17 @@ class ExporterApp:
         self.service = service
         self.routes = self._routes()
         self.absent = self._absent()
-        self._workers: ThreadPoolExecutor | None = None     # made on first use, on the event loop's thread
+        # Made on first use, on the event loop's thread.
+        self._workers: ThreadPoolExecutor | None = None
+        self._bcrypt: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        """End the worker threads once their jobs are done: the server stopped, the lifespan ended,
+        """End the threads once their jobs are done: the server stopped, the lifespan ended,
         or the Telemetry shut down.  Used again, the app starts new ones."""
-        workers, self._workers = self._workers, None
-        if workers is not None:
-            workers.shutdown(wait=False)
+        for pool in (self._workers, self._bcrypt):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._workers = self._bcrypt = None
 
     async def _off_loop(self, fn: Callable[..., _Result], *args) -> _Result:
         if self._workers is None:
@@ -542,8 +547,15 @@ class ExporterApp:
         raise HTTPError(HTTPStatus.UNAUTHORIZED, "Unauthorized", headers=((b"www-authenticate", challenge),))
 
     async def _basic_ok(self, users: dict[str, bytes], credentials: str) -> bool:
+        auth = self.service.basic_auth
+        known = auth.cached_outcome(users, credentials)
+        if known is not None:
+            return known
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
-        return await self._off_loop(self.service.basic_auth.check_credentials, users, credentials)
+        if self._bcrypt is None:
+            self._bcrypt = ThreadPoolExecutor(1, thread_name_prefix="agent-exporter-bcrypt")
+        return await asyncio.get_running_loop().run_in_executor(self._bcrypt, auth.check_credentials, users,
+                                                                credentials)
 
     # -- bodies --------------------------------------------------------------------
 

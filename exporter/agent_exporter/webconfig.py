@@ -519,26 +519,33 @@ class BasicAuth:
 
     def check_credentials(self, users: dict[str, bytes], credentials: str) -> bool:
         """The credentials of an `Authorization: Basic <credentials>` header (base64 of user:password)."""
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8", "surrogateescape")
-        except (binascii.Error, ValueError):
+        parsed = _user_and_password(credentials)
+        return parsed is not None and self.check(users, *parsed)
+
+    def cached_outcome(self, users: dict[str, bytes], credentials: str) -> bool | None:
+        """check_credentials()'s answer when it needs no bcrypt (malformed or cached), else None:
+        for a server to answer known credentials without waiting behind bcrypt runs."""
+        parsed = _user_and_password(credentials)
+        if parsed is None:
             return False
-        user, sep, password = decoded.partition(":")
-        return bool(sep) and self.check(users, user, password)
+        user, password = parsed
+        hashed = users.get(user)
+        with self._cache_lock:
+            cached = self._cache.get(_cache_key(user, hashed or _FAKE_HASH, password))
+        return None if cached is None else hashed is not None and cached
 
     def check(self, users: dict[str, bytes], user: str, password: str) -> bool:
         hashed = users.get(user)
         known = hashed is not None
         if not known:
             hashed = _FAKE_HASH
-        secret = password.encode("utf-8", "surrogateescape")
-        key = hashlib.sha256(b"\0".join((user.encode("utf-8", "surrogateescape"), hashed, secret))).digest()
+        key = _cache_key(user, hashed, password)
         with self._cache_lock:
             cached = self._cache.get(key)
         if cached is None:
             with self._bcrypt_lock:
                 try:
-                    cached = bcrypt.checkpw(secret, hashed)
+                    cached = bcrypt.checkpw(password.encode("utf-8", "surrogateescape"), hashed)
                 except ValueError:
                     cached = False
             with self._cache_lock:
@@ -546,6 +553,21 @@ class BasicAuth:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = cached
         return known and cached
+
+
+def _user_and_password(credentials: str) -> tuple[str, str] | None:
+    """(user, password) of basic auth's base64 credentials; None when they are not that."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8", "surrogateescape")
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def _cache_key(user: str, hashed: bytes, password: str) -> bytes:
+    return hashlib.sha256(b"\0".join((user.encode("utf-8", "surrogateescape"), hashed,
+                                      password.encode("utf-8", "surrogateescape")))).digest()
 
 
 class RateLimiter:

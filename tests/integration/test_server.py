@@ -792,6 +792,32 @@ def test_tls_and_basic_auth_from_a_web_config_file(tmp_path):
             assert conn.selected_alpn_protocol() == "http/1.1"
 
 
+def test_known_credentials_are_answered_while_wrong_passwords_queue_for_bcrypt(tmp_path):
+    """A flood of new wrong passwords waits for bcrypt, one at a time; a scrape whose credentials
+    were checked before must not wait behind it (exporter-toolkit reads its cache first too).
+    Here bcrypt is held up for as long as the test needs: the flood's longest possible wait."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web_config_path = tmp_path / "web.yml"
+    web_config_path.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    telemetry = Telemetry(Config())
+    service = Service(telemetry, web_config=WatchedWebConfig(web_config_path))
+    with start_server(service, "127.0.0.1:0") as handle:
+        assert requests.get(handle.url + "/metrics", auth=("alice", "s3cret"), timeout=10).status_code == 200
+        flood = []
+        with service.basic_auth._bcrypt_lock:
+            for i in range(2 * server_module.WORKER_THREADS):
+                wrong = threading.Thread(target=requests.get, args=(handle.url + "/metrics",),
+                                         kwargs={"auth": ("alice", f"guess-{i}"), "timeout": 30})
+                wrong.start()
+                flood.append(wrong)
+            time.sleep(0.5)                      # the flood reaches the server first
+            scrape = requests.get(handle.url + "/metrics", auth=("alice", "s3cret"), timeout=10)
+            assert scrape.status_code == 200 and catalog.EXPORTER_EVENTS_REJECTED.name in scrape.text
+        for wrong in flood:
+            wrong.join(timeout=30)
+    telemetry.shutdown()
+
+
 # -- the serve command ---------------------------------------------------------------------
 
 def _wait_for_line(lines: queue.Queue, needle: str, timeout: float = 30) -> str:
