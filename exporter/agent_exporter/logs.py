@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -76,11 +77,18 @@ class LogfmtFormatter(_Formatter):
         return " ".join(f"{key}={_logfmt_value(value)}" for key, value in self.fields(record).items())
 
 
+# As go-logfmt (Prometheus's logs) quotes: a value with a space, '=', '"' or a control character
+# is quoted, with every control character escaped, so that no value can start a line of its own.
+_LOGFMT_ESCAPES = {**{c: f"\\u{c:04x}" for c in range(0x20)}, ord("\\"): "\\\\", ord('"'): '\\"',
+                   ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_LOGFMT_QUOTED = re.compile(r'[\x00-\x20="\\]')
+
+
 def _logfmt_value(value) -> str:
     text = value if isinstance(value, str) else str(value)
-    if text and not any(c in text for c in ' ="\\\n'):
+    if text and not _LOGFMT_QUOTED.search(text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + text.translate(_LOGFMT_ESCAPES) + '"'
 
 
 def formatter(config: LoggingConfig) -> logging.Formatter:

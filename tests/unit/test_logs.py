@@ -48,6 +48,18 @@ def test_text_format_is_logfmt_with_the_trace_id(spans):
                         rf"trace_id={run.trace_id} span_id=[0-9a-f]{{16}}", line), line
 
 
+def test_no_control_character_of_a_value_reaches_a_logfmt_line_raw(spans):
+    """An alert's labels come from any client of /v1/alertmanager: a carriage return in one must not
+    rewrite the line on a terminal or split it in a log shipper."""
+    tel = Telemetry(Config(logging=LoggingConfig(format="text")), tracer_provider=spans[0])
+    out = io.StringIO()
+    log = logger_with(tel.log_handler(out))
+    log.warning("alert", extra={"agent": "a\rb", "tab": "x\ty", "bell": "\x07", "plain": "ok"})
+    (line,) = out.getvalue().splitlines()
+    assert not re.search(r"[\x00-\x1f]", line), repr(line)
+    assert ' agent="a\\rb" tab="x\\ty" bell="\\u0007" plain=ok' in line, line
+
+
 def test_include_traces_false_leaves_the_ids_out(spans):
     tel = Telemetry(Config(logging=LoggingConfig(include_traces=False)), tracer_provider=spans[0])
     out = io.StringIO()
