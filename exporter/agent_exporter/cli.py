@@ -99,6 +99,21 @@ def build_remediator(config, telemetry):
     return AlertRemediator(config, telemetry)
 
 
+def _raise_open_files_limit(log: logging.Logger) -> None:
+    """The soft limit of open files up to the hard one, as Go programs (Prometheus, exporters) do at
+    start: each client connection is a file, and the usual soft limit of 1024 runs out under load."""
+    try:
+        import resource
+    except ImportError:                 # not a Unix: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:    # an unlimited hard limit, on some systems
+            log.debug("open files limit stays at %d: %s", soft, exc)
+
+
 # -- commands ------------------------------------------------------------------
 
 def cmd_serve(args) -> int:
@@ -124,6 +139,7 @@ def cmd_serve(args) -> int:
     elif not config.metrics.enabled:
         log.warning("observability.metrics.enabled is false: events are accepted, and /metrics serves none "
                     "of the catalog's metrics")
+    _raise_open_files_limit(log)
     telemetry = Telemetry(config)
     remediator = build_remediator(config, telemetry)
     receiver = OTLPReceiver(telemetry, config)

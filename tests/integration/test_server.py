@@ -9,6 +9,7 @@ import logging
 import os
 import queue
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -857,6 +859,25 @@ def test_a_stop_signal_finishes_the_in_flight_request_and_exits_0(signum):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit():
+    """Each client connection is a file: at a soft limit of 1024, 1100 idle connections refused
+    every scrape.  Go's runtime raises the soft limit at start, so Prometheus's exporters have it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 256, "this test needs a hard limit of open files above 256"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    try:
+        _wait_for_line(lines_of(process.stderr), "Listening on")
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.mark.parametrize("section,says", [("enabled: false", "observability.enabled is false"),
