@@ -34,7 +34,9 @@ is refused once it passes the limit, and a gzip body is decompressed in
 bounded steps so a small bomb cannot expand past the limit either.  The
 connection stays open after a 413 while the client sends the rest (uvicorn
 reads and drops it), so a client that writes its whole body before reading,
-as most do, sees the answer rather than a reset.
+as most do, sees the answer rather than a reset.  A request line and headers past
+MAX_HEADER_BYTES are a 431, and a request the HTTP parser refuses is uvicorn's 400;
+both are counted under handler="other".
 
 Time is bounded too: a connection whose request has not arrived whole within
 one to two REQUEST_TIMEOUT_SECONDS (a silent one included), or whose response
@@ -79,6 +81,8 @@ IDLE_TIMEOUT_SECONDS = 75
 # (in one to two times this: see _protocol_class).
 REQUEST_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 30.0
+# A request's line and headers may take this many bytes (Go's http.Server: 1 MiB); more is a 431.
+MAX_HEADER_BYTES = 1024 * 1024
 
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
@@ -735,7 +739,7 @@ def _uvicorn_config(app: ExporterApp, address: str):
     service = app.service
     tls = service.web_config.initial.config.tls is not None
     config = uvicorn.Config(
-        app, host=host, port=port, http=_protocol_class(service.request_timeout_seconds), loop="uvloop",
+        app, host=host, port=port, http=_protocol_class(service.request_timeout_seconds, service.store), loop="uvloop",
         lifespan="on",
         # No proxy headers: the exporter is scraped and posted to directly, and the middleware
         # costs every request.
@@ -781,9 +785,10 @@ def _refusing_context() -> ssl.SSLContext:
     return context
 
 
-def _protocol_class(request_timeout: float):
-    """uvicorn's httptools protocol, with a bound on the time a request takes to arrive, and the client
-    certificate in each request's scope for the client_allowed_sans check (_check_peer)."""
+def _protocol_class(request_timeout: float, store):
+    """uvicorn's httptools protocol, with bounds on the time a request takes to arrive and on the size
+    of its headers, the client certificate in each request's scope for the client_allowed_sans check
+    (_check_peer), and a count of the requests refused before they reach the app."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class Protocol(HttpToolsProtocol):
@@ -805,6 +810,12 @@ def _protocol_class(request_timeout: float):
         _stalled = False        # a request incomplete, or a response's writing blocked, at the last firing
         _timer = None
         _peer_certificate = None
+        # httptools sets no bound on headers: the bytes received while a request's head is
+        # incomplete are counted, and past MAX_HEADER_BYTES the request is refused (431) as soon
+        # as no response is being written on the connection.
+        _head_bytes = 0
+        _in_head = True
+        _oversized = False
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -824,7 +835,50 @@ def _protocol_class(request_timeout: float):
 
         def on_message_complete(self) -> None:
             self._receiving = self._stalled = False
+            self._in_head = True
             super().on_message_complete()
+
+        def on_headers_complete(self) -> None:
+            self._in_head, self._head_bytes = False, 0
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if self._oversized:
+                return
+            if self._in_head:
+                self._head_bytes += len(data)
+            # Parsed first: a head that ends in this data resets the count (its request is served).
+            super().data_received(data)
+            if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._oversized = True
+                if self.cycle is None or (self.cycle.response_complete and not self.pipeline):
+                    self._refuse_oversized_head()
+                else:                       # refused once the answers in flight are written
+                    self.flow.pause_reading()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._oversized and not self.pipeline and not self.transport.is_closing():
+                self._refuse_oversized_head()
+
+        def _refuse_oversized_head(self) -> None:
+            store.count_http_request(_OTHER, 431)
+            message = b"request header fields too large: at most %d bytes" % MAX_HEADER_BYTES
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                 b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%s" % (len(message), message))
+            # Closed for writing only, and what still comes is read and dropped (data_received), as Go
+            # closes: closing with unread data would send a reset, which can destroy the 431 unread.
+            # The client closes on reading the end, or the request timeout does.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            # A request httptools could not parse: uvicorn answers it, and it is counted like any answer.
+            store.count_http_request(_OTHER, 400)
+            super().send_400_response(msg)
 
         def resume_writing(self) -> None:
             self._drained = True

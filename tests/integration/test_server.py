@@ -295,6 +295,39 @@ def test_unknown_paths_and_methods(server):
     assert response.headers["Allow"] == "POST"
 
 
+def _exchange_raw(port: int, request: bytes) -> bytes:
+    """What the server answers to `request`, read until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_headers_past_a_mebibyte_are_a_431_and_counted(server):
+    """httptools bounds no header: a 100 MiB one was read whole (21 s of CPU), and 655k small ones
+    kept 75 MB.  Go's http.Server allows 1 MiB; so does this one, a request cut off where it passes."""
+    head = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * server_module.MAX_HEADER_BYTES
+    answer = _exchange_raw(server.port, head)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 80) for i in range(server_module.MAX_HEADER_BYTES // 100))
+    # Just under the limit is served; pipelined after it, a head past the limit (by more than the
+    # one read in which the first head ends, which goes uncounted) is refused once the first
+    # answer is written.
+    head += b"a" * (256 * 1024)
+    answer = _exchange_raw(server.port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n" + head)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Healthy.\nHTTP/1.1 431 " in answer, answer[:300]
+    assert value(server.url, catalog.EXPORTER_HTTP_REQUESTS.name, handler="other", code="431") == 2
+
+
+def test_a_request_the_parser_refuses_is_a_counted_400(server):
+    for request in (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+                    b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        assert _exchange_raw(server.port, request).startswith(b"HTTP/1.1 400 ")
+    assert value(server.url, catalog.EXPORTER_HTTP_REQUESTS.name, handler="other", code="400") == 2
+
+
 # -- keep-alive, exposition, health -----------------------------------------------
 
 def test_keep_alive_reuses_one_connection(server):
