@@ -307,7 +307,7 @@ def _event_error(exc: msgspec.ValidationError) -> EventError:
     if path == "type":
         return EventError("type", "unknown_type", f"unknown event type; known types: {', '.join(EVENT_TYPES)}")
     if not path and message.startswith("Expected `object`"):
-        return EventError("", "not_an_object", "an event must be a JSON object")
+        return EventError("", "not_an_object", NOT_AN_OBJECT)
     if message.startswith("Expected `") and ", got `" in message:
         return EventError(path, "invalid_type", message)
     return EventError(path, "invalid_value", message)
@@ -387,12 +387,15 @@ def _decode_object(obj: dict) -> Event:
         raise _event_error(exc) from None
 
 
+NOT_AN_OBJECT = "an event must be a JSON object"
+
+
 def decode(obj) -> Event:
     """Validate one event given as a dict (or pass an already decoded event through)."""
     if isinstance(obj, _Event):
         return obj
     if not isinstance(obj, dict):
-        raise EventError("", "not_an_object", "an event must be a JSON object")
+        raise EventError("", "not_an_object", NOT_AN_OBJECT)
     event = _decode_object(obj)
     _check_utf8(event)
     error = _id_error(event)
@@ -404,6 +407,9 @@ def decode(obj) -> Event:
 def _decode_items(items: list) -> Batch:
     events, rejected = [], _Rejected()
     for index, item in enumerate(items):
+        if not isinstance(item, dict):          # no exception made: a body may hold millions of these
+            rejected.add(index, "not_an_object", NOT_AN_OBJECT)
+            continue
         try:
             events.append(decode(item))
         except EventError as exc:

@@ -231,8 +231,9 @@ def test_schema_and_decoder_agree_on(event, valid):
 
 def test_an_integral_float_count_decodes_to_an_int():
     body = json.dumps([_execution(input_tokens=1.0, output_tokens=2e3)]).encode()
-    (event,), rejected = events.decode_body(body)
-    assert not rejected
+    batch = events.decode_body(body)
+    (event,) = batch.events
+    assert not batch.rejected
     assert (event.input_tokens, event.output_tokens) == (1, 2000)
     assert type(event.input_tokens) is int and type(event.output_tokens) is int
     assert events.decode(_execution(reasoning_tokens=7.0)).reasoning_tokens.__class__ is int
