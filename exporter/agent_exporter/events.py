@@ -269,7 +269,7 @@ MAX_LISTED_REJECTIONS = 1000
 class _Rejected:
     """A batch's rejected items as they are found: all counted, the first ones listed."""
 
-    __slots__ = ("listed", "by_reason")
+    __slots__ = ("by_reason", "listed")
 
     def __init__(self) -> None:
         self.listed: list[Rejection] = []

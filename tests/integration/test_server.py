@@ -897,12 +897,12 @@ def test_a_stop_signal_finishes_the_in_flight_request_and_exits_0(signum):
 def test_serve_raises_its_open_files_limit_to_the_hard_limit():
     """Each client connection is a file: at a soft limit of 1024, 1100 idle connections refused
     every scrape.  Go's runtime raises the soft limit at start, so Prometheus's exporters have it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert hard > 256, "this test needs a hard limit of open files above 256"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent_exporter", "serve", "--web.listen-address=127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    process = subprocess.Popen(         # prlimit (util-linux) execs serve with a soft limit of 256
+        ["prlimit", f"--nofile=256:{hard}", sys.executable, "-m", "agent_exporter", "serve",
+         "--web.listen-address=127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_for_line(lines_of(process.stderr), "Listening on")
         limits = Path(f"/proc/{process.pid}/limits").read_text()

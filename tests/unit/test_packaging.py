@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_module_the_package_imports_is_one_of_its_declared_dependencies():
     result = subprocess.run([sys.executable, "-m", "deptry", "--no-ansi", "exporter/agent_exporter"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No dependency issues found" in result.stdout + result.stderr
 
