@@ -36,12 +36,13 @@ connection stays open after a 413 while the client sends the rest (uvicorn
 reads and drops it), so a client that writes its whole body before reading,
 as most do, sees the answer rather than a reset.  A request line and headers past
 MAX_HEADER_BYTES are a 431, and a request the HTTP parser refuses is uvicorn's 400;
-both are counted under handler="other".
+both are counted under handler="other", as are the 408s below.
 
 Time is bounded too: a connection whose request has not arrived whole within
 one to two REQUEST_TIMEOUT_SECONDS (a silent one included), or whose response
 could not be written for as long (a client that stopped reading), is closed, and an idle keep-alive
-connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).
+connection after IDLE_TIMEOUT_SECONDS (uvicorn's timer).  A request begun but not whole is answered
+408 before its connection is closed.
 """
 
 from __future__ import annotations
@@ -816,6 +817,7 @@ def _protocol_class(request_timeout: float, store):
         _head_bytes = 0
         _in_head = True
         _oversized = False
+        _begun = False          # a request's first bytes arrived and it is not yet whole
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -830,11 +832,11 @@ def _protocol_class(request_timeout: float, store):
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.scope[PEER_CERTIFICATE] = self._peer_certificate
-            self._receiving = True
+            self._receiving = self._begun = True
             self._stalled = False       # a new request: whatever stalled before has moved on
 
         def on_message_complete(self) -> None:
-            self._receiving = self._stalled = False
+            self._receiving = self._stalled = self._begun = False
             self._in_head = True
             super().on_message_complete()
 
@@ -861,12 +863,16 @@ def _protocol_class(request_timeout: float, store):
             if self._oversized and not self.pipeline and not self.transport.is_closing():
                 self._refuse_oversized_head()
 
+        def _answer_before_closing(self, status: HTTPStatus, message: bytes) -> None:
+            """An answer written by the protocol itself, to a request the app has not answered."""
+            store.count_http_request(_OTHER, status)
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (status, status.phrase.encode(), len(message), message))
+
         def _refuse_oversized_head(self) -> None:
-            store.count_http_request(_OTHER, 431)
-            message = b"request header fields too large: at most %d bytes" % MAX_HEADER_BYTES
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                                 b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%s" % (len(message), message))
+            self._answer_before_closing(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                        b"request header fields too large: at most %d bytes" % MAX_HEADER_BYTES)
             # Closed for writing only, and what still comes is read and dropped (data_received), as Go
             # closes: closing with unread data would send a reset, which can destroy the 431 unread.
             # The client closes on reading the end, or the request timeout does.
@@ -903,8 +909,12 @@ def _protocol_class(request_timeout: float, store):
                 # flush what a client that does not read never takes: abort() drops it.
                 if self.flow.write_paused:
                     transport.abort()
-                else:
-                    transport.close()
+                    return
+                if self._begun and (self.cycle is None or not self.cycle.response_started):
+                    # A request begun and not finished is answered (a connection that sent nothing is
+                    # closed quietly, as Go's server does), and counted.
+                    self._answer_before_closing(HTTPStatus.REQUEST_TIMEOUT, b"request not received whole in time")
+                transport.close()
                 return
             self._stalled = waiting
             self._timer = self.loop.call_later(request_timeout, self._check_progress)
