@@ -229,7 +229,7 @@ def cmd_replay(args) -> int:
     except ReplayError as exc:
         return _error(str(exc))
     sys.stdout.write(format_summary(summary, args.url))
-    return 0 if not summary.rejected else 1
+    return 0 if not summary.rejected_count else 1
 
 
 def cmd_check(args) -> int:

@@ -47,12 +47,25 @@ class Rejected:
 
 
 @dataclass
+class Unlisted:
+    """Rejections of one request that the exporter counted but did not list."""
+    where: str       # "line 1 to line 1500"
+    count: int
+    listed: int      # how many of the request's rejections the exporter listed
+
+
+@dataclass
 class ReplaySummary:
     sent: int = 0
     accepted: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    unlisted: list[Unlisted] = field(default_factory=list)
     requests: int = 0
     source: str = ""          # "jsonl", "json array" or "legacy metrics"
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected) + sum(part.count for part in self.unlisted)
 
 
 # -- reading files -----------------------------------------------------------
@@ -285,10 +298,9 @@ def _send(client: _Client, batch: list[_Item], summary: ReplaySummary) -> None:
         summary.accepted += accepted
         for entry in rejected:
             summary.rejected.append(Rejected(batch[entry["index"]].where, entry["error"]))
-        # Past the errors an answer lists, the rest are counted, where unknown in the batch.
-        unlisted = Rejected(f"{batch[0].where} to {batch[-1].where}", "rejected; the exporter lists the first "
-                            f"{len(rejected):,} errors of a request (--batch-size {len(rejected):,} lists them all)")
-        summary.rejected.extend([unlisted] * answer.get("rejected_omitted", 0))
+        if answer.get("rejected_omitted"):
+            summary.unlisted.append(Unlisted(f"{batch[0].where} to {batch[-1].where}", answer["rejected_omitted"],
+                                             len(rejected)))
         return
     message = data[:300].decode(errors="replace").strip()
     raise ReplayError(f"exporter answered {status}: {message}")
@@ -335,9 +347,12 @@ def redacted(url: str) -> str:
 def format_summary(summary: ReplaySummary, url: str, *, show: int = 10) -> str:
     out = io.StringIO()
     out.write(f"replayed {summary.sent:,} events ({summary.source}) to {redacted(url)} in {summary.requests:,} "
-              f"request(s): {summary.accepted:,} accepted, {len(summary.rejected):,} rejected\n")
+              f"request(s): {summary.accepted:,} accepted, {summary.rejected_count:,} rejected\n")
     for rejection in summary.rejected[:show]:
         out.write(f"  {rejection.where}: {rejection.error}\n")
     if len(summary.rejected) > show:
         out.write(f"  ... and {len(summary.rejected) - show:,} more\n")
+    for part in summary.unlisted:
+        out.write(f"  {part.where}: {part.count:,} more rejected, not listed (the exporter lists the first "
+                  f"{part.listed:,} of a request; --batch-size {part.listed} lists them all)\n")
     return out.getvalue()

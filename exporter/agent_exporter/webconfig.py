@@ -528,20 +528,11 @@ class BasicAuth:
         parsed = _user_and_password(credentials)
         if parsed is None:
             return False
-        user, password = parsed
-        hashed = users.get(user)
-        with self._cache_lock:
-            cached = self._cache.get(_cache_key(user, hashed or _FAKE_HASH, password))
-        return None if cached is None else hashed is not None and cached
+        known, _, _, cached = self._lookup(users, *parsed)
+        return None if cached is None else known and cached
 
     def check(self, users: dict[str, bytes], user: str, password: str) -> bool:
-        hashed = users.get(user)
-        known = hashed is not None
-        if not known:
-            hashed = _FAKE_HASH
-        key = _cache_key(user, hashed, password)
-        with self._cache_lock:
-            cached = self._cache.get(key)
+        known, hashed, key, cached = self._lookup(users, user, password)
         if cached is None:
             with self._bcrypt_lock:
                 try:
@@ -553,6 +544,17 @@ class BasicAuth:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = cached
         return known and cached
+
+    def _lookup(self, users: dict[str, bytes], user: str, password: str) -> tuple[bool, bytes, bytes, bool | None]:
+        """Whether the user is known, the hash to check against (a fake one for an unknown user, so
+        both take as long), its cache key, and the cached outcome or None."""
+        hashed = users.get(user)
+        known = hashed is not None
+        if not known:
+            hashed = _FAKE_HASH
+        key = _cache_key(user, hashed, password)
+        with self._cache_lock:
+            return known, hashed, key, self._cache.get(key)
 
 
 def _user_and_password(credentials: str) -> tuple[str, str] | None:

@@ -320,6 +320,8 @@ def test_replay_counts_the_rejections_an_answer_does_not_list(tmp_path, exporter
     out = capsys.readouterr().out
     assert "0 accepted, 1,500 rejected" in out
     assert "line 1: " in out
+    assert ("line 1 to line 1500: 500 more rejected, not listed (the exporter lists the first 1,000 of a request; "
+            "--batch-size 1000 lists them all)") in out
 
 
 def test_replay_splits_batches_the_exporter_finds_too_large(tmp_path):
