@@ -570,6 +570,12 @@ class ExporterApp:
         worker thread for a large or gzip one, whose decoding would otherwise hold the loop (the
         orchestrator's own, when the app is mounted) for as long as it takes."""
         limit = self.service.max_body_bytes
+        transfer = request.header(b"transfer-encoding")
+        if transfer is not None and [coding.strip() for coding in transfer.lower().split(",")] != ["chunked"]:
+            # The parser frames the chunks and would pass any other coding on undone (RFC 9112, 6.1: 501).
+            raise HTTPError(HTTPStatus.NOT_IMPLEMENTED,
+                            f"unsupported Transfer-Encoding {transfer!r}: send chunked, and compress with "
+                            "Content-Encoding: gzip", reason="unsupported_media_type")
         encoding = (request.header(b"content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip"):
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,

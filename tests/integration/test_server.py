@@ -272,6 +272,20 @@ def test_a_chunked_body_over_the_limit_is_413():
         assert response.status_code == 413
 
 
+@pytest.mark.parametrize("transfer_encoding", [b"gzip, chunked", b"deflate, chunked"])
+def test_a_transfer_coding_other_than_chunked_is_501_not_read_as_the_body(server, transfer_encoding):
+    """A gzip transfer coding used to be passed on undone: plain JSON labelled gzip was accepted."""
+    event = json.dumps([TOOL_OK]).encode()
+    answer = _exchange_raw(server.port, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: " + transfer_encoding + b"\r\nConnection: close\r\n\r\n"
+                           b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501 "), answer
+    assert b"unsupported Transfer-Encoding" in body
+    assert value(server.url, catalog.EXPORTER_EVENTS.name, type="tool_call") == 0
+    assert value(server.url, catalog.EXPORTER_EVENTS_REJECTED.name, reason="unsupported_media_type") == 1
+
+
 @pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {},
                                      {"Content-Type": "application/json", "Content-Encoding": "br"}])
 def test_other_media_types_are_415(server, headers):
