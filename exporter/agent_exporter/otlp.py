@@ -234,21 +234,26 @@ def _value(raw: bytes):
 
 _TEXTS: dict[bytes, str] = {}
 MAX_TEXTS = 4096
+# The longest encoding cached: a name of MAX_NAME_LENGTH characters of up to 4 UTF-8 bytes each,
+# with its AnyValue tag and length.  A longer value is decoded each time: cached under its whole
+# encoding, a few hundred spans of megabyte values held gigabytes (4096 of them).
+MAX_CACHED_TEXT_BYTES = 4 * events.MAX_NAME_LENGTH + 3
 
 
 def _text(raw: bytes) -> str:
     """An attribute's string ("" for another kind), cut to the schema's name length.
 
     Names, models and kinds repeat from span to span: each encoding is decoded once
-    (a bounded cache, emptied when full), and equal names share one str object.
+    (a bounded cache of short encodings, emptied when full), and equal names share one str object.
     """
     text = _TEXTS.get(raw)
     if text is None:
         value = _value(raw)
         text = value[: events.MAX_NAME_LENGTH] if type(value) is str else ""
-        if len(_TEXTS) >= MAX_TEXTS:
-            _TEXTS.clear()
-        _TEXTS[raw] = text
+        if len(raw) <= MAX_CACHED_TEXT_BYTES:
+            if len(_TEXTS) >= MAX_TEXTS:
+                _TEXTS.clear()
+            _TEXTS[raw] = text
     return text
 
 

@@ -532,6 +532,21 @@ def test_decoding_caches_stay_bounded_under_ever_new_names_and_attribute_sets(te
     assert sum(executions(tel).values()) == otlp.MAX_TEXTS + 499
 
 
+def test_huge_attribute_values_are_not_kept_by_the_decoding_cache(tel, rx):
+    """Cached under their whole encoding, a few hundred spans of megabyte names held gigabytes."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 101):
+            rx.export(request(agent_span(i, f"agent-{i}-" + "x" * 200_000)))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sum(executions(tel).values()) == 100
+    assert grown < 4_000_000, f"{grown:,} bytes kept after 100 names of 200 kB"     # 20 MB before
+
+
 def test_long_names_are_cut_to_the_schema_limit(tel, rx):
     rx.export(request(agent_span(1, "a" * 300)))
     assert executions(tel) == {("a" * 128, "success"): 1}
