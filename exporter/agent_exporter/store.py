@@ -68,14 +68,17 @@ class _Family:
 
     def slot(self, key: tuple) -> int:
         """The series index for a label set not in `index` yet (callers try `index` first)."""
-        if len(self.index) < self.max_series:
+        siblings = ()
+        if self.status_at >= 0:
+            at = self.status_at
+            siblings = [sibling for status in _STATUSES
+                        if (sibling := key[:at] + (status,) + key[at + 1:]) != key and sibling not in self.index]
+        # A label set comes with its siblings under the other statuses or not at all: alone, its
+        # errors would fold while its successes did not, and its error ratio would read 0.
+        if len(self.index) + 1 + len(siblings) <= self.max_series:
             i = self._new_series(key)
-            if self.status_at >= 0:
-                at = self.status_at
-                for status in _STATUSES:
-                    sibling = key[:at] + (status,) + key[at + 1:]
-                    if sibling not in self.index and len(self.index) < self.max_series:
-                        self._new_series(sibling)
+            for sibling in siblings:
+                self._new_series(sibling)
             return i
         # Folded label sets are not remembered: an unbounded stream of new
         # names must not grow memory, so each folded observation comes here.

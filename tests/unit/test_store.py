@@ -220,6 +220,18 @@ def test_counters_by_outcome_start_every_status_at_zero():
     assert value(store, "orchestrator_agent_executions_total", agent="a", status="success", feature="login") == 1
 
 
+def test_a_label_set_is_kept_under_both_statuses_or_folded_whole():
+    """With an odd max_series, the last free slot used to take an agent's success series alone:
+    its errors folded, and its error ratio read 0."""
+    store = SeriesStore(MetricsConfig(max_series=3))
+    feed(store, *({"type": "agent_execution", "agent": agent, "status": "success", "duration_seconds": 0.1}
+                  for agent in ("a", "b")),
+         {"type": "agent_execution", "agent": "b", "status": "error", "duration_seconds": 0.1})
+    executions = {(dict(labels)["agent"], dict(labels)["status"]): v for (name, labels), v in samples(
+        store.render().decode()).items() if name == "orchestrator_agent_executions_total"}
+    assert executions == {("a", "success"): 1, ("a", "error"): 0, ("__overflow__", "__overflow__"): 2}
+
+
 def test_a_label_set_spelled_overflow_before_the_fold_is_the_one_overflow_series():
     """A page never holds one label set twice, and the cap holds."""
     store = SeriesStore(MetricsConfig(max_series=5))
@@ -269,8 +281,9 @@ def test_the_exporters_own_metrics_are_never_folded():
     assert value(store, "orchestrator_exporter_otlp_forwarded_spans_total", outcome="dropped") == 0
     assert value(store, "orchestrator_cost_budget_usd", period="month") == 2000
     assert value(store, "orchestrator_fleet_source_up", source="prometheus") == 0
+    # One slot holds no agent under both statuses: all three fold.
     assert value(store, "orchestrator_exporter_series_overflow_total",
-                 metric="orchestrator_agent_executions_total") == 2
+                 metric="orchestrator_agent_executions_total") == 3
     assert value(store, "orchestrator_exporter_series_overflow_total",
                  metric="orchestrator_agent_execution_duration_seconds") == 2
     own = [name for (name, labels), _ in samples(store.render().decode()).items()

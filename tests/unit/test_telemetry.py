@@ -245,7 +245,8 @@ def test_record_batch_applies_decoded_events(tel):
 def test_an_agent_past_the_series_cap_is_counted_as_folded_on_every_execution():
     """The API keeps each label set's series; one folded into __overflow__ must not be kept,
     or only its first execution would count as folded."""
-    tel = Telemetry(Config(metrics=MetricsConfig(max_series=1), tracing=TracingConfig(enabled=False)))
+    # Two slots: agent "a" under both statuses.
+    tel = Telemetry(Config(metrics=MetricsConfig(max_series=2), tracing=TracingConfig(enabled=False)))
     for agent in ("a", "a", "b", "b", "b"):
         with tel.agent_execution(agent, model="m") as run:
             run.usage(input_tokens=1, output_tokens=1, cost_usd=0.1)
