@@ -143,7 +143,7 @@ EXPORTER_EVENTS_REJECTED = _spec(
     "exporter_events_rejected_total", COUNTER, "Events rejected, by reason.", ("reason",), fixed=True)
 EXPORTER_SERIES_OVERFLOW = _spec(
     "exporter_series_overflow_total", COUNTER,
-    "Label sets folded into the __overflow__ series because a metric hit max_series.",
+    "Observations of new label sets folded into the __overflow__ series because a metric hit max_series.",
     ("metric",), fixed=True)
 EXPORTER_BUILD_INFO = _spec(
     "exporter_build_info", GAUGE, "Exporter build information (always 1).", ("version",), fixed=True)

@@ -674,7 +674,7 @@ def exporter_health(config: Config) -> dict:
                    [query(f"sum by (reason) ({q.rate(rej)})", "{{reason}}")],
                    unit="ops", min=0, stack=True),
         timeseries("Series overflow",
-                   "Label sets folded into the __overflow__ series per second, by metric. "
+                   "Observations of new label sets folded into the __overflow__ series per second, by metric. "
                    "Anything here means a metric hit metrics.max_series "
                    f"({config.metrics.max_series}): find the label that explodes.",
                    [query(f"sum by (metric) ({q.rate(catalog.EXPORTER_SERIES_OVERFLOW.name)})",
