@@ -568,3 +568,14 @@ def json_schema() -> dict:
         "additionalProperties": False,
         "$defs": components,
     }
+
+
+def json_schema_text() -> str:
+    """The published file's text: json_schema() with sorted keys, two-space indents, a final newline."""
+    import json
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":      # python -m agent_exporter.config > schemas/observability.schema.json
+    import sys
+    sys.stdout.write(json_schema_text())

@@ -359,12 +359,18 @@ def test_bad_otlp_values_name_the_key_path(section, path, words):
 # -- the JSON Schema, and what msgspec decoding adds -------------------------------------------
 
 
-def test_published_json_schema_matches_the_code():
-    import json
+def test_published_json_schema_is_exactly_what_the_code_generates():
+    """Byte for byte, and what `python -m agent_exporter.config` writes (an installed package has no
+    schemas/ directory)."""
+    import subprocess
+    import sys
 
-    from agent_exporter.config import json_schema
-    published = json.loads((ROOT / "schemas" / "observability.schema.json").read_text())
-    assert published == json.loads(json.dumps(json_schema()))
+    from agent_exporter.config import json_schema_text
+    published = (ROOT / "schemas" / "observability.schema.json").read_text()
+    assert published == json_schema_text()
+    written = subprocess.run([sys.executable, "-m", "agent_exporter.config"], capture_output=True, check=True,
+                             timeout=60, cwd="/")
+    assert written.stdout.decode() == published
 
 
 def _schema_keys(document, schema, defs, path="") -> list[str]:
