@@ -489,13 +489,22 @@ JSON_TYPES = frozenset({"application/json"})
 
 @functools.lru_cache(maxsize=64)       # a few content types, on every request
 def body_format(content_type: str | None) -> str | None:
-    """'json', 'ndjson', or None for a content type we do not take."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    """'json', 'ndjson', or None for a content type we do not take (JSON in a charset other than UTF-8
+    among them: RFC 8259 has JSON exchanged in UTF-8, and the body is read as that)."""
+    media, _, parameters = (content_type or "").partition(";")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in _UTF8_CHARSETS:
+            return None
+    media = media.strip().lower()
     if media in JSON_TYPES:
         return "json"
     if media in NDJSON_TYPES:
         return "ndjson"
     return None
+
+
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 
 
 def decode_body(body: bytes, content_type: str = "application/json") -> Batch:

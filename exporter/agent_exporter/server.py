@@ -650,7 +650,7 @@ class ExporterApp:
         if events.body_format(content_type) is None:
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                             f"unsupported Content-Type {content_type!r}: send application/json "
-                            "or application/x-ndjson", reason="unsupported_media_type")
+                            "or application/x-ndjson, in UTF-8", reason="unsupported_media_type")
         return await self._with_body(request, functools.partial(self._ingest, content_type))
 
     def _ingest(self, content_type: str, body: bytes) -> _Response:

@@ -287,7 +287,8 @@ def test_a_transfer_coding_other_than_chunked_is_501_not_read_as_the_body(server
 
 
 @pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {},
-                                     {"Content-Type": "application/json", "Content-Encoding": "br"}])
+                                     {"Content-Type": "application/json", "Content-Encoding": "br"},
+                                     {"Content-Type": "application/json; charset=utf-16"}])
 def test_other_media_types_are_415(server, headers):
     response = requests.post(server.url + "/v1/events", data=json.dumps([TOOL_OK]), headers=headers, timeout=10)
     assert response.status_code == 415

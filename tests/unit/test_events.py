@@ -200,7 +200,12 @@ def test_unsupported_content_type():
         events.decode_body(b"{}", "text/plain")
     assert events.body_format("application/x-ndjson") == "ndjson"
     assert events.body_format("Application/JSON; charset=utf-8") == "json"
+    assert events.body_format('application/json;Charset="UTF-8"') == "json"
+    assert events.body_format("application/x-ndjson; charset=us-ascii") == "ndjson"
     assert events.body_format(None) is None
+    # JSON is exchanged in UTF-8 (RFC 8259) and read as that: another charset is refused, not misread.
+    assert events.body_format("application/json; charset=utf-16") is None
+    assert events.body_format("application/x-ndjson; charset=latin-1") is None
 
 
 def test_gzip_is_not_this_modules_job():
