@@ -281,6 +281,12 @@ class _Request:
         return None if value is None else value.decode("latin-1")
 
 
+# The versions of ASGI scopes (uvicorn speaks 1.0 and 1.1; an app mounted under an HTTP/2 or
+# HTTP/3 server sees "2" and "3").  httptools parses a request line of any version, and an
+# "HTTP/2.0" one reached the endpoints as if it were HTTP/1.1 (RFC 9110, 15.6.6: 505).
+_HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
+
+
 def _one_host(request: _Request) -> bool:
     """Whether the request has one Host header: RFC 9112, 3.2 has a server answer 400 to an HTTP/1.1
     request without one or with several (uvicorn passes both on)."""
@@ -498,6 +504,9 @@ class ExporterApp:
                 # exporter-toolkit answers 500 while its file does not parse; the reason is in the log only.
                 raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, "the web config is invalid; see the exporter's log")
             _check_peer(request, web_config)
+            if request.scope["http_version"] not in _HTTP_VERSIONS:
+                raise HTTPError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                                f"HTTP/{request.scope['http_version']} is not supported: send HTTP/1.1")
             if request.scope["http_version"] == "1.1" and not _one_host(request):
                 raise HTTPError(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host header")
             if service.rate_limiter is not None and not service.rate_limiter.allow():

@@ -272,6 +272,13 @@ def test_a_chunked_body_over_the_limit_is_413():
         assert response.status_code == 413
 
 
+def test_a_request_line_of_an_http_version_other_than_1_is_505(server):
+    answer = _exchange_raw(server.port, b"GET /metrics HTTP/2.0\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 505 "), answer[:200]
+    assert answer.endswith(b"HTTP/2.0 is not supported: send HTTP/1.1\n")
+    assert value(server.url, catalog.EXPORTER_HTTP_REQUESTS.name, handler="/metrics", code="505") == 1
+
+
 @pytest.mark.parametrize("transfer_encoding", [b"gzip, chunked", b"deflate, chunked"])
 def test_a_transfer_coding_other_than_chunked_is_501_not_read_as_the_body(server, transfer_encoding):
     """A gzip transfer coding used to be passed on undone: plain JSON labelled gzip was accepted."""
