@@ -287,14 +287,18 @@ class _Request:
 _HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
 
 
-def _one_host(request: _Request) -> bool:
-    """Whether the request has one Host header: RFC 9112, 3.2 has a server answer 400 to an HTTP/1.1
-    request without one or with several (uvicorn passes both on)."""
-    if b"host" not in request.headers:
-        return False
+# Fields a request gives once (RFC 9110, 5.3): given twice, which one counts is a guess, and a
+# proxy in front may have guessed otherwise (checked one Authorization, passed on another).
+_SINGLETON_HEADERS = (b"host", b"authorization", b"content-type", b"content-encoding", b"content-length")
+
+
+def _repeated_header(request: _Request) -> str | None:
+    """A field the request gives more than once among _SINGLETON_HEADERS, if any."""
     all_headers = request.scope["headers"]
-    # Headers repeated (the dict kept the last of each) are rare: only then are the Hosts counted.
-    return len(request.headers) == len(all_headers) or sum(name == b"host" for name, _ in all_headers) == 1
+    if len(request.headers) == len(all_headers):        # the dict kept one of each: none repeated
+        return None
+    names = [name for name, _ in all_headers]
+    return next((name.decode() for name in _SINGLETON_HEADERS if names.count(name) > 1), None)
 
 
 class _Response:
@@ -507,7 +511,11 @@ class ExporterApp:
             if request.scope["http_version"] not in _HTTP_VERSIONS:
                 raise HTTPError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
                                 f"HTTP/{request.scope['http_version']} is not supported: send HTTP/1.1")
-            if request.scope["http_version"] == "1.1" and not _one_host(request):
+            repeated = _repeated_header(request)
+            if repeated is not None:
+                raise HTTPError(HTTPStatus.BAD_REQUEST, f"the {repeated} header is given more than once")
+            if request.scope["http_version"] == "1.1" and b"host" not in request.headers:
+                # RFC 9112, 3.2: a server answers 400 to an HTTP/1.1 request without one.
                 raise HTTPError(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host header")
             if service.rate_limiter is not None and not service.rate_limiter.allow():
                 raise HTTPError(HTTPStatus.TOO_MANY_REQUESTS, "rate limit exceeded")

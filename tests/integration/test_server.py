@@ -573,6 +573,28 @@ def test_a_websocket_handshake_is_refused_and_counted_without_an_error(server, c
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("name", ["Authorization", "Content-Type", "Content-Encoding"])
+def test_a_header_given_twice_that_is_given_once_is_400(name):
+    """The last of two used to win: a proxy that checked the first Authorization passed on the second."""
+    tel = Telemetry(Config())
+    with start_server(Service(tel, bearer_token="s3cret"), "127.0.0.1:0") as handle:
+        values = {"Authorization": (b"Bearer wrong", b"Bearer s3cret"),
+                  "Content-Type": (b"text/plain", b"application/json"),
+                  "Content-Encoding": (b"br", b"identity")}[name]
+        event = json.dumps([TOOL_OK]).encode()
+        head = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n" % len(event)
+        others = {"Authorization": b"Bearer s3cret", "Content-Type": b"application/json"}
+        for other, other_value in others.items():
+            if other != name:
+                head += other.encode() + b": " + other_value + b"\r\n"
+        for given in values:
+            head += name.encode() + b": " + given + b"\r\n"
+        answer = _exchange_raw(handle.port, head + b"\r\n" + event)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+        assert f"the {name.lower()} header is given more than once".encode() in answer
+        assert value(handle.url, catalog.EXPORTER_EVENTS.name, type="tool_call") == 0
+
+
 @pytest.mark.parametrize("request_head", [
     b"GET /metrics HTTP/1.1\r\n\r\n",
     b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: elsewhere\r\n\r\n",
