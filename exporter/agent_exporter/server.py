@@ -35,8 +35,9 @@ bounded steps so a small bomb cannot expand past the limit either.  The
 connection stays open after a 413 while the client sends the rest (uvicorn
 reads and drops it), so a client that writes its whole body before reading,
 as most do, sees the answer rather than a reset.  A request line and headers past
-MAX_HEADER_BYTES are a 431, and a request the HTTP parser refuses is uvicorn's 400;
-both are counted under handler="other", as are the 408s below.
+MAX_HEADER_BYTES are a 431, a URL past MAX_URL_BYTES a 414, and a request the HTTP
+parser refuses is uvicorn's 400; all are counted under handler="other", as are the
+408s below.
 
 Time is bounded too: a connection whose request has not arrived whole within
 one to two REQUEST_TIMEOUT_SECONDS (a silent one included), or whose response
@@ -84,6 +85,8 @@ REQUEST_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 # A request's line and headers may take this many bytes (Go's http.Server: 1 MiB); more is a 431.
 MAX_HEADER_BYTES = 1024 * 1024
+# The longest URL httptools parses (its offsets are 16-bit); a longer one is a 414.
+MAX_URL_BYTES = 65535
 
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
@@ -906,6 +909,11 @@ def _protocol_class(request_timeout: float, store):
 
         def send_400_response(self, msg: str) -> None:
             # A request httptools could not parse: uvicorn answers it, and it is counted like any answer.
+            if len(self.url) > MAX_URL_BYTES:
+                self._answer_before_closing(HTTPStatus.REQUEST_URI_TOO_LONG,
+                                            b"URI too long: at most %d bytes" % MAX_URL_BYTES)
+                self.transport.close()
+                return
             store.count_http_request(_OTHER, 400)
             super().send_400_response(msg)
 

@@ -272,6 +272,16 @@ def test_a_chunked_body_over_the_limit_is_413():
         assert response.status_code == 413
 
 
+def test_a_url_longer_than_the_parser_takes_is_414_and_counted(server):
+    too_long = b"GET /metrics?" + b"a" * server_module.MAX_URL_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _exchange_raw(server.port, too_long)
+    assert answer.startswith(b"HTTP/1.1 414 "), answer[:200]
+    assert answer.endswith(b"URI too long: at most 65535 bytes")
+    longest = b"GET /metrics?" + b"a" * (server_module.MAX_URL_BYTES - 13) + b" HTTP/1.1\r\nHost: x\r\n"
+    assert _exchange_raw(server.port, longest + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    assert value(server.url, catalog.EXPORTER_HTTP_REQUESTS.name, handler="other", code="414") == 1
+
+
 def test_a_request_line_of_an_http_version_other_than_1_is_505(server):
     answer = _exchange_raw(server.port, b"GET /metrics HTTP/2.0\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 505 "), answer[:200]
