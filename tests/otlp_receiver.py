@@ -104,13 +104,15 @@ class _Receiver:
         self.spans: list[ReceivedSpan] = []
         self.logs: list[ReceivedLog] = []
         self.requests = 0
+        self.headers: list[dict[str, str]] = []     # of each trace export, names lower-cased
         self._cond = threading.Condition()
 
-    def _accept(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+    def _accept(self, request: trace_service_pb2.ExportTraceServiceRequest, headers) -> None:
         spans = spans_of(request)
         with self._cond:
             self.requests += 1
             self.spans.extend(spans)
+            self.headers.append({name.lower(): value for name, value in headers})
             self._cond.notify_all()
 
     def _accept_logs(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
@@ -167,7 +169,7 @@ class GrpcReceiver(_Receiver):
 
         class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):
-                receiver._accept(request)
+                receiver._accept(request, context.invocation_metadata())
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class LogsService(logs_service_pb2_grpc.LogsServiceServicer):
@@ -208,7 +210,8 @@ class HttpReceiver(_Receiver):
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 receiver.paths.append(self.path)
-                services = {"/v1/traces": (trace_service_pb2.ExportTraceServiceRequest, receiver._accept,
+                services = {"/v1/traces": (trace_service_pb2.ExportTraceServiceRequest,
+                                           lambda request: receiver._accept(request, self.headers.items()),
                                            trace_service_pb2.ExportTraceServiceResponse),
                             "/v1/logs": (logs_service_pb2.ExportLogsServiceRequest, receiver._accept_logs,
                                          logs_service_pb2.ExportLogsServiceResponse)}

@@ -217,10 +217,10 @@ def cmd_render(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .credentials import BEARER_TOKEN_ENV, read_secret
+    from .credentials import BEARER_TOKEN_ENV, read_token
     from .replay import ReplayError, format_summary, replay
     try:
-        token = read_secret(args.bearer_token_file, "--bearer-token-file", env=BEARER_TOKEN_ENV)
+        token = read_token(args.bearer_token_file, "--bearer-token-file", env=BEARER_TOKEN_ENV)
     except ValueError as exc:
         return _error(str(exc))
     try:

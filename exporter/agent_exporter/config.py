@@ -22,7 +22,7 @@ import yaml
 from msgspec import Meta, field
 
 from . import catalog, durations
-from .validation import Invalid, Section, decode, join
+from .validation import REDACTED, Invalid, Section, decode, join
 
 
 class ConfigError(ValueError):
@@ -41,9 +41,11 @@ NonNegative = Annotated[float, Meta(ge=0, description="a number >= 0")]
 Ratio = Annotated[float, Meta(gt=0, lt=1, description="a ratio between 0 and 1 (exclusive)")]
 RatioUpToOne = Annotated[float, Meta(gt=0, le=1, description="a ratio in (0, 1]")]
 NonEmpty = Annotated[str, Meta(pattern=r"\S", description="a non-empty string")]
-_URL = r"https?://[^\s/]+(/\S*)?$"
-URL = Annotated[str, Meta(pattern=f"^{_URL}", description="an http(s) URL")]
-OptionalURL = Annotated[str, Meta(pattern=f"^$|^{_URL}", description='an http(s) URL, or "" for none')]
+# No user:password@: credentials come from files (or the environment), never from the config.
+_URL = r"https?://[^\s/@]+(/\S*)?$"
+URL = Annotated[str, Meta(pattern=f"^{_URL}", description="an http(s) URL without user:password@")]
+OptionalURL = Annotated[str, Meta(pattern=f"^$|^{_URL}",
+                                  description='an http(s) URL without user:password@, or "" for none')]
 Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", description="an email address")]
 Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
                                description="a Prometheus duration such as 30s, 5m or 1h")]
@@ -61,7 +63,8 @@ Buckets = Annotated[tuple[Bucket, ...], Meta(min_length=1, description="a list o
 ExtraLabel = Literal[catalog.EXTRA_LABELS]
 Channel = Literal["log", "slack", "email"]
 # A legacy key that named a secret: accepted only empty, as the legacy default was.
-LegacySecret = Annotated[str, Meta(description="nothing (secrets go in files: set the matching *_file key)")] | None
+LegacySecret = Annotated[str, Meta(description="nothing (secrets go in files: set the matching *_file key)"),
+                         REDACTED] | None
 # (long window, short window, burn-rate factor)
 BurnRateWindows = tuple[tuple[Duration, Duration, Positive], ...]
 
@@ -99,7 +102,8 @@ class TracingConfig(Section):
     export_to_otlp: bool = False
     otlp_endpoint: URL = "http://localhost:4317"
     otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
-    otlp_headers: dict[str, str] = {}
+    # Values are often API keys: an error never repeats them.  OTEL_EXPORTER_OTLP_HEADERS keeps them out of the file.
+    otlp_headers: dict[str, Annotated[str, REDACTED]] = {}
     otlp_timeout_seconds: Positive = 5.0
     trace_all_agents: bool = True
     trace_state_transitions: bool = True

@@ -962,6 +962,20 @@ def _one_line(exc: Exception) -> str:
     return str(exc)
 
 
+def _forward_headers(configured) -> dict[str, str]:
+    """The headers of forwarded requests, as the SDK's OTLP/HTTP trace exporter makes its own:
+    OTEL_EXPORTER_OTLP_TRACES_HEADERS (else OTEL_EXPORTER_OTLP_HEADERS), then tracing.otlp_headers
+    over them, so a backend's API key can stay in the environment, out of the config file."""
+    import os
+
+    from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS
+    from opentelemetry.util.re import parse_env_headers
+    headers = parse_env_headers(os.environ.get(OTEL_EXPORTER_OTLP_TRACES_HEADERS)
+                                or os.environ.get(OTEL_EXPORTER_OTLP_HEADERS, ""), liberal=True)
+    headers.update({key.lower(): value for key, value in configured.items()})
+    return headers
+
+
 class _Forwarder:
     """Received requests, unchanged, to the tracing backend (tracing.otlp_endpoint and protocol).
 
@@ -981,7 +995,7 @@ class _Forwarder:
         self._count_lock = threading.Lock()
         self._in_flight = 0             # spans of the request being sent
         self._abandoned = False
-        headers = dict(tracing.otlp_headers)
+        headers = _forward_headers(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
 

@@ -66,7 +66,7 @@ from typing import TypeVar
 import msgspec
 
 from . import catalog, events, exposition
-from .credentials import BEARER_TOKEN_ENV, read_secret
+from .credentials import BEARER_TOKEN_ENV, read_token
 from .version import __version__
 from .webconfig import (BasicAuth, FixedWebConfig, LoadedWebConfig, RateLimiter, WatchedWebConfig, WebConfigError,
                         allowed_peer, constant_time_equal)
@@ -174,7 +174,7 @@ def _check_peer(request: _Request, web_config: LoadedWebConfig) -> None:
 
 def read_bearer_token(path: str) -> str | None:
     """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file (credentials.py)."""
-    return read_secret(path, "observability.server.bearer_token_file", env=BEARER_TOKEN_ENV)
+    return read_token(path, "observability.server.bearer_token_file", env=BEARER_TOKEN_ENV)
 
 
 def _positive(name: str, value, kind):

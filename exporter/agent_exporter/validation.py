@@ -131,7 +131,13 @@ def _explain(exc: msgspec.ValidationError, document, cls: type, root: str) -> tu
         return path, f"expected {_expected(key_type)} as a key, got {key!r}"
     if _is_redacted(tp):
         return path, f"expected {_expected(tp)}"
+    if isinstance(value, str) and _URL_CREDENTIALS.match(value):
+        return path, f"expected {_expected(tp)}, got a URL with user:password@ (credentials go in files)"
     return path, f"expected {_expected(tp)}, got {value!r}"
+
+
+# A URL with user information: a value never repeated in an error (config.URL refuses it).
+_URL_CREDENTIALS = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]*@")
 
 
 def _first_failing(pairs, tp):

@@ -114,7 +114,7 @@ class TLSServerConfig(Section):
     cert_file: str = ""
     key_file: str = ""
     cert: str = ""
-    key: str = ""
+    key: Annotated[str, REDACTED] = ""          # a private key: an error never repeats it
     client_ca_file: str = ""
     client_ca: str = ""
     client_auth_type: str = ""             # "" is NoClientCert, as in exporter-toolkit

@@ -178,6 +178,30 @@ def test_check_and_serve_refuse_a_secret_file_serve_cannot_read(tmp_path, capsys
     assert capsys.readouterr().err == f"agent-exporter: {key}: cannot read {tmp_path / 'missing'}: No such file or directory\n"
 
 
+@pytest.mark.parametrize("content, why", [
+    ("FIRST\nSECOND\n", "holds a line break or another control character: a secret is one line"),
+    ("tok\tSECOND\n", "holds a line break or another control character: a secret is one line"),
+    ("tokén-SECOND\n", "a bearer token is ASCII, as an Authorization header carries it"),
+])
+def test_check_and_serve_refuse_a_token_no_header_can_carry_without_repeating_it(tmp_path, capsys, monkeypatch,
+                                                                                   content, why):
+    """A two-line token file used to pass `check`, and its lines reached a warning and /v1/agents
+    in requests' "Invalid header value"; a non-ASCII one passed `check` and failed `serve`."""
+    monkeypatch.delenv("AGENT_EXPORTER_BEARER_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text(content)
+    path = tmp_path / "observability.yaml"
+    path.write_text(f"observability:\n  server: {{bearer_token_file: {token}}}\n")
+    expected = f"agent-exporter: observability.server.bearer_token_file: {token}: {why}\n".replace(": holds", " holds")
+    assert main(["check", "--config.file", str(path)]) == 1
+    assert capsys.readouterr().err == expected
+    assert main(["serve", "--config.file", str(path), "--web.listen-address", "127.0.0.1:0"]) == 1
+    assert capsys.readouterr().err == expected
+    assert main(["replay", str(path), "--url", "http://127.0.0.1:9", "--bearer-token-file", str(token)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("agent-exporter: --bearer-token-file: ") and "SECOND" not in err
+
+
 @pytest.mark.parametrize("otlp, tracing, flags", [
     # The default endpoint, localhost:4317 over gRPC, beside a gRPC receiver on 4317.
     ({"grpc_listen_address": "0.0.0.0:4317"}, {}, []),

@@ -90,6 +90,27 @@ def test_received_spans_reach_the_backend_unchanged(protocol):
     assert executions(tel) == 1
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_forwarded_requests_carry_the_sdks_environment_headers_under_the_configured_ones(protocol, monkeypatch):
+    """A backend's API key may stay in OTEL_EXPORTER_OTLP_HEADERS, out of the config file, as the
+    SDK's exporters read it: forwarding used to send only tracing.otlp_headers, and was refused."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=from-env,x-team=env")
+    backend_class = GrpcReceiver if protocol == "grpc" else HttpReceiver
+    with backend_class() as backend:
+        config = Config(tracing=TracingConfig(otlp_endpoint=backend.endpoint, otlp_protocol=protocol,
+                                              otlp_headers={"X-Team": "config"}), otlp=OTLPConfig(forward_spans=True))
+        tel = Telemetry(config)
+        receiver = OTLPReceiver(tel, config)
+        try:
+            receiver.export(request(agent_span(1, "planner")))
+            backend.wait_for_spans(1)
+        finally:
+            receiver.close()
+            tel.shutdown()
+    assert backend.headers[0]["x-api-key"] == "from-env"
+    assert backend.headers[0]["x-team"] == "config"
+
+
 @pytest.mark.parametrize("path", ["/", "/v1/traces"])
 def test_grpc_endpoint_with_a_path_forwards_to_its_host_and_port(path):
     """As the SDK's OTLP/gRPC exporter does with the same tracing.otlp_endpoint (the exporter's own traces)."""

@@ -467,3 +467,25 @@ def test_the_example_config_has_every_key_and_says_where_it_is_not_the_default()
         if value != default and not any("default" in line.partition("#")[2].lower() for line in example[path]):
             not_said.append(".".join(path))
     assert not_said == []
+
+
+@pytest.mark.parametrize("document, key, expected", [
+    ({"tracing": {"otlp_endpoint": "http://user:URLSECRET@collector:4318"}}, "tracing.otlp_endpoint",
+     "expected an http(s) URL without user:password@, got a URL with user:password@ (credentials go in files)"),
+    ({"alerting": {"exporter_url": "https://u:URLSECRET@agent-exporter:9464"}}, "alerting.exporter_url",
+     "expected an http(s) URL without user:password@, got a URL with user:password@ (credentials go in files)"),
+    ({"alerting": {"email": {"password": 48151623}}}, "alerting.email.password",
+     "expected nothing (secrets go in files: set the matching *_file key)"),
+    ({"alerting": {"slack": {"webhook_url": ["https://hooks.slack.com/URLSECRET"]}}}, "alerting.slack.webhook_url",
+     "expected nothing (secrets go in files: set the matching *_file key)"),
+    ({"tracing": {"otlp_headers": {"x-api-key": 48151623}}}, "tracing.otlp_headers.x-api-key",
+     "expected a string"),
+])
+def test_secrets_in_the_config_are_refused_and_never_repeated(document, key, expected):
+    """A password in a URL was accepted, then printed by `check` and logged by the forwarder; a
+    secret that was not a string was repeated in the error."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"observability": document})
+    assert str(raised.value) == f"observability.{key}: {expected}"
+    assert "SECRET" not in str(raised.value) and "48151623" not in str(raised.value)
+

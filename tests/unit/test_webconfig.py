@@ -82,6 +82,14 @@ def test_errors_name_the_key_path(document, path, text):
     assert str(error).startswith(path)
 
 
+@pytest.mark.parametrize("document", [
+    {"basic_auth_users": {"alice": "PLAINSECRET"}},
+    {"tls_server_config": {"cert": "x", "key": ["PRIVATEKEYSECRET"]}},
+])
+def test_errors_never_repeat_a_password_or_a_private_key(document):
+    assert "SECRET" not in str(error_of(document))
+
+
 def test_users_headers_and_rate_limit_are_read():
     config = parse_web_config({
         "basic_auth_users": {"alice": HASH},

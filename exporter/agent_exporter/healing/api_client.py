@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
-from ..credentials import read_secret
+from ..credentials import read_secret, read_token
 
 
 class SourceUnavailable(Exception):
@@ -50,7 +50,7 @@ class APIClient:
     def _authorization(self) -> str | None:
         auth = self.auth
         if auth.bearer_token_file:
-            return "Bearer " + read_secret(auth.bearer_token_file, f"{self.key_path}.auth.bearer_token_file")
+            return "Bearer " + read_token(auth.bearer_token_file, f"{self.key_path}.auth.bearer_token_file")
         if auth.username:
             password = read_secret(auth.password_file, f"{self.key_path}.auth.password_file")
             return "Basic " + base64.b64encode(f"{auth.username}:{password}".encode()).decode("ascii")
