@@ -1068,12 +1068,16 @@ class _Forwarder:
             pass
         self._thread.join(max(deadline - time.monotonic(), 0))
         if self._thread.is_alive():
-            self._abandon()
+            abandoned = self._abandon()
+            if abandoned:
+                # The dropped count goes with the process: the log is the one place left to say so.
+                _log.warning("the tracing backend did not take %d forwarded span(s) within %gs; dropped them",
+                             abandoned, timeout)
         self._channel.close()
 
-    def _abandon(self) -> None:
-        """The sending thread is stuck on the backend: what it holds and what is queued count as dropped,
-        and it stops, counting nothing more, once its call returns."""
+    def _abandon(self) -> int:
+        """The sending thread is stuck on the backend: what it holds and what is queued count as dropped
+        (their number is returned), and it stops, counting nothing more, once its call returns."""
         with self._count_lock:
             abandoned = self._in_flight
             while True:
@@ -1087,3 +1091,4 @@ class _Forwarder:
                 self._store.count_forwarded_spans("dropped", abandoned)
             self._abandoned = True
             self._queue.put_nowait(None)    # the stop, taken out with the rest
+        return abandoned

@@ -2,6 +2,7 @@
 ingestion nothing (requests are dropped and counted, never waited for)."""
 
 import json
+import re
 import socket
 import threading
 
@@ -11,7 +12,7 @@ from otlp_receiver import GrpcReceiver, HttpReceiver, spans_of
 from otlp_spans import agent_span, chat_span, request, span
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_exporter import catalog, stack
+from agent_exporter import catalog, otlp, stack
 from agent_exporter.config import Config, OTLPConfig, TracingConfig
 from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.telemetry import Telemetry
@@ -193,7 +194,11 @@ def test_close_gives_up_on_a_stuck_backend_and_its_thread_then_ends_quietly(prot
     assert not sending.is_alive(), "the forwarding thread outlived its backend"
     assert forwarded(tel) == {"sent": 0, "dropped": 5, "failed": 0}
     # Its call failed as close() gave it up (gRPC: CANCELLED, "Channel closed!"): that is not the backend failing.
-    assert [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp"] == []
+    # What close() gave up on (the rest were dropped as the queue was full) is said once: the count goes
+    # with the process.
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp"]
+    assert re.fullmatch(rf"the tracing backend did not take [1-5] forwarded span\(s\) within "
+                        rf"{otlp.CLOSE_SECONDS + 1:g}s; dropped them", message), message
 
 
 def test_forwarded_spans_are_exposed_at_0_from_the_start_and_only_while_forwarding():

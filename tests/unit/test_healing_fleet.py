@@ -186,6 +186,33 @@ def make_remediator(**kwargs):
     return rem, clock, changes
 
 
+def test_webhooks_of_ever_new_fingerprints_keep_memory_bounded_without_a_poller():
+    """Only the poller pruned what webhooks said: a webhook-only deployment (the default) kept every
+    fingerprint it was ever sent, about 125 bytes each (pods churning under one agent's alert)."""
+    import tracemalloc
+
+    from agent_exporter.healing.remediation import WEBHOOK_MEMORY_SECONDS
+    clock = Clock(100.0)
+    rem = AlertRemediator(Config(alerting=AlertingConfig(remediation_alerts=(ALERT,))), clock=clock)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(10_000):
+            for status in ("firing", "resolved"):
+                rem.handle_webhook(notification(status, f"pod-{i}"))
+        grown = tracemalloc.get_traced_memory()[0] - before
+        clock.now += WEBHOOK_MEMORY_SECONDS + 1
+        rem.handle_webhook(notification("resolved", "pod-last"))
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown > 500_000                      # what the fingerprints cost while they matter
+    assert kept < 200_000, f"{kept:,} bytes still kept after {WEBHOOK_MEMORY_SECONDS:g} s"
+    # And what a webhook said still holds against a poll sent before it.
+    rem.handle_webhook(notification("firing", "f1"))
+    assert rem.sync_alerts(polled(), clock.now - 1)["released"] == []
+
+
 def test_a_poll_opens_and_closes_breakers_like_the_webhook():
     rem, clock, changes = make_remediator()
     assert rem.sync_alerts(polled(api_alert(), api_alert("other", "f9", "OrchestratorAgentSlow")), clock.now) \

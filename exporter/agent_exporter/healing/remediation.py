@@ -46,6 +46,10 @@ ChangeCallback = Callable[[str, str, str, str], None]
 _log = logging.getLogger(__name__)
 
 
+# How long a webhook's word on an alert outlives it: far longer than a poll of Alertmanager takes.
+WEBHOOK_MEMORY_SECONDS = 600.0
+
+
 class AlertRemediator:
     """Turns remediation alerts into breaker changes; reports per-agent health.
 
@@ -107,6 +111,7 @@ class AlertRemediator:
                     ignored += 1
                     untracked += agent is not None
                     continue
+                self._webhook_at.pop(alert.fingerprint, None)      # kept in time order, oldest first
                 self._webhook_at[alert.fingerprint] = now
                 if alert.status == "firing":
                     if self._fire(agent, alert.fingerprint, labels["alertname"]):
@@ -115,6 +120,7 @@ class AlertRemediator:
                     released.append(agent)
                 else:
                     ignored += 1
+            self._forget_webhooks_before(now - WEBHOOK_MEMORY_SECONDS)
         if untracked:
             _log.warning("ignored %d remediation alert(s) about new agents: %d agents already have breakers "
                          "(metrics.max_series)", untracked, self.max_agents)
@@ -146,6 +152,20 @@ class AlertRemediator:
         return {"opened": opened, "released": released}
 
     # -- internals (with the lock held) --------------------------------------------
+
+    def _forget_webhooks_before(self, horizon: float) -> None:
+        """Fingerprints webhooks spoke of are kept for the polls sent before them (sync_alerts).
+        A poll answers within its timeout, so one spoken of longer ago matters to none; without
+        a poller nothing else prunes them, and each new fingerprint (a pod's, say) would stay."""
+        webhook_at, forgotten = self._webhook_at, 0
+        while webhook_at:
+            oldest = next(iter(webhook_at))
+            if webhook_at[oldest] >= horizon:
+                break
+            del webhook_at[oldest]
+            forgotten += 1
+        if forgotten > len(webhook_at):
+            self._webhook_at = dict(webhook_at)     # a dict keeps its size after deletions; a copy does not
 
     def _agent(self, labels: dict) -> str | None:
         """The agent a remediation alert of this deployment names, or None for any other alert."""
