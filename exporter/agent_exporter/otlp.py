@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import queue
 import threading
 import time
@@ -966,8 +967,6 @@ def _forward_headers(configured) -> dict[str, str]:
     """The headers of forwarded requests, as the SDK's OTLP/HTTP trace exporter makes its own:
     OTEL_EXPORTER_OTLP_TRACES_HEADERS (else OTEL_EXPORTER_OTLP_HEADERS), then tracing.otlp_headers
     over them, so a backend's API key can stay in the environment, out of the config file."""
-    import os
-
     from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS
     from opentelemetry.util.re import parse_env_headers
     headers = parse_env_headers(os.environ.get(OTEL_EXPORTER_OTLP_TRACES_HEADERS)

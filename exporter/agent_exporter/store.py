@@ -68,18 +68,20 @@ class _Family:
 
     def slot(self, key: tuple) -> int:
         """The series index for a label set not in `index` yet (callers try `index` first)."""
-        siblings = ()
-        if self.status_at >= 0:
-            at = self.status_at
-            siblings = [sibling for status in _STATUSES
-                        if (sibling := key[:at] + (status,) + key[at + 1:]) != key and sibling not in self.index]
-        # A label set comes with its siblings under the other statuses or not at all: alone, its
-        # errors would fold while its successes did not, and its error ratio would read 0.
-        if len(self.index) + 1 + len(siblings) <= self.max_series:
-            i = self._new_series(key)
-            for sibling in siblings:
-                self._new_series(sibling)
-            return i
+        room = self.max_series - len(self.index)
+        if room > 0:        # tested first: past the cap, each folded observation comes here
+            siblings = ()
+            if self.status_at >= 0:
+                at = self.status_at
+                siblings = [sibling for status in _STATUSES
+                            if (sibling := key[:at] + (status,) + key[at + 1:]) != key and sibling not in self.index]
+            # A label set comes with its siblings under the other statuses or not at all: alone, its
+            # errors would fold while its successes did not, and its error ratio would read 0.
+            if 1 + len(siblings) <= room:
+                i = self._new_series(key)
+                for sibling in siblings:
+                    self._new_series(sibling)
+                return i
         # Folded label sets are not remembered: an unbounded stream of new
         # names must not grow memory, so each folded observation comes here.
         self.overflow_count += 1
