@@ -26,36 +26,40 @@ def read_secret(path: str | None, setting: str, *, env: str | None = None) -> st
 
     ValueError naming `setting` (the config key or flag that names the file) when
     the file cannot be read or is empty."""
-    if env:
-        value = os.environ.get(env, "").strip()
-        if value:
-            return _one_line(value, env)
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            secret = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise ValueError(f"{setting}: cannot read {path}: {why}") from None
-    if not secret:
-        raise ValueError(f"{setting}: {path} is empty")
-    return _one_line(secret, f"{setting}: {path}")
+    found = _read(path, setting, env)
+    return None if found is None else found[0]
 
 
 def read_token(path: str | None, setting: str, *, env: str | None = None) -> str | None:
     """read_secret() for a bearer token, which must also be ASCII: an Authorization header
     carries it, read as latin-1 by servers and sent as UTF-8 by clients, so no other could match."""
-    token = read_secret(path, setting, env=env)
-    if token is not None and not token.isascii():
-        where = env if env and os.environ.get(env, "").strip() else f"{setting}: {path}"
+    found = _read(path, setting, env)
+    if found is None:
+        return None
+    token, where = found
+    if not token.isascii():
         raise ValueError(f"{where}: a bearer token is ASCII, as an Authorization header carries it")
     return token
 
 
-def _one_line(secret: str, where: str) -> str:
-    """The secret, or ValueError (never repeating it): one with a line break or another control
-    character inside could not go in a header, and a two-line file is most often two secrets."""
+def _read(path: str | None, setting: str, env: str | None) -> tuple[str, str] | None:
+    """(the secret, where it came from for an error), or None when neither source gives one.
+    A secret with a line break or another control character inside is a ValueError, never
+    repeating it: no header could carry it, and a two-line file is most often two secrets."""
+    secret = os.environ.get(env, "").strip() if env else ""
+    where = env
+    if not secret:
+        if not path:
+            return None
+        where = f"{setting}: {path}"
+        try:
+            with open(path, encoding="utf-8") as handle:
+                secret = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ValueError(f"{setting}: cannot read {path}: {why}") from None
+        if not secret:
+            raise ValueError(f"{setting}: {path} is empty")
     if not secret.isprintable():
         raise ValueError(f"{where} holds a line break or another control character: a secret is one line")
-    return secret
+    return secret, where
