@@ -717,10 +717,11 @@ class OTLPReceiver:
         status_message = status_pb2.Status(code=_STATUS_CODES.get(status, _INVALID_ARGUMENT), message=message)
         return media, _encode(status_message, media)
 
-    def start_grpc(self, address: str | None = None, *, bearer_token: str | None = None, basic_auth=None,
+    def start_grpc(self, address: str | None = None, *, bearer_token=None, basic_auth=None,
                    rate_limiter=None, draining=None, web_config=None):
         """The OTLP/gRPC TraceService on `address` (default otlp.grpc_listen_address); a handle with
-        .port and .stop().  With `bearer_token`, calls may send `authorization: Bearer <token>`, with
+        .port and .stop().  With `bearer_token` (a string, or the HTTP service's credentials.TokenFile,
+        read again when it changes), calls may send `authorization: Bearer <token>`, with
         `basic_auth` (the web config's webconfig.BasicAuth) `Basic <user:password>`; with either, they must.
         With `rate_limiter` (the HTTP service's webconfig.RateLimiter) calls beyond it are RESOURCE_EXHAUSTED,
         counted against the same bucket as HTTP requests; while `draining()` is true, new calls are

@@ -50,6 +50,7 @@ from typing import NoReturn
 
 import grpc
 
+from .credentials import FixedToken, TokenFile, given_token
 from .server import parse_listen_address
 from .webconfig import BasicAuth, LoadedWebConfig, TLSServerConfig, WatchedWebConfig, WebConfigError
 
@@ -219,13 +220,13 @@ class _Admission(grpc.aio.ServerInterceptor):
     `authorization: Bearer <token>` when a bearer token is set, `Basic <user:password>` when the web
     config has basic_auth_users, either one when both are.  Between the drain and the rate limit, as
     exporter-toolkit reads its file before its limiter: while the web config is refused (see the
-    module), UNAVAILABLE.
+    module), UNAVAILABLE; so is a call sending a bearer token while the token's file cannot be read.
 
     The scheme is case-insensitive (RFC 7235), as on the HTTP service."""
 
-    def __init__(self, token: str | None, basic_auth: BasicAuth, web_config: _EnforceableWebConfig | None,
-                 rate_limiter, draining, count: Callable[[str, str], None]):
-        self._token = token.encode() if token else None
+    def __init__(self, token: FixedToken | TokenFile | None, basic_auth: BasicAuth,
+                 web_config: _EnforceableWebConfig | None, rate_limiter, draining, count: Callable[[str, str], None]):
+        self._token = token
         self._basic_auth = basic_auth
         self._web_config = web_config
         self._rate_limiter = rate_limiter
@@ -236,6 +237,8 @@ class _Admission(grpc.aio.ServerInterceptor):
         self._unavailable = _Refusal(grpc.StatusCode.UNAVAILABLE, "the exporter is shutting down")
         self._misconfigured = _Refusal(grpc.StatusCode.UNAVAILABLE,
                                        "the exporter's web config is invalid; see the exporter's log")
+        self._no_token = _Refusal(grpc.StatusCode.UNAVAILABLE,
+                                  "the exporter cannot read its bearer token; see the exporter's log")
 
     async def intercept_service(self, continuation, handler_call_details):
         """The call's handler, or one that refuses it; every refusal is counted here, an answered call by
@@ -264,9 +267,13 @@ class _Admission(grpc.aio.ServerInterceptor):
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         scheme, _, credentials = sent.partition(" ")
         scheme = scheme.lower()
-        if self._token is not None and scheme == "bearer" and hmac.compare_digest(
-                credentials.strip().encode(), self._token):
-            return None
+        if self._token is not None and scheme == "bearer":
+            try:
+                token = self._token.current()
+            except ValueError:      # the file became unreadable or invalid: logged once, by current()
+                return self._no_token
+            if hmac.compare_digest(credentials.strip().encode(), token.encode()):
+                return None
         # bcrypt takes tens of milliseconds on purpose: off the event loop.
         if users and scheme == "basic" and await asyncio.get_running_loop().run_in_executor(
                 None, self._basic_auth.check_credentials, users, credentials):
@@ -286,22 +293,25 @@ class _Refusal:
 
 
 def start_grpc_receiver(receiver, address: str, *, store, invalid: type[Exception], max_message_bytes: int,
-                        bearer_token: str | None = None, basic_auth=None, rate_limiter=None,
+                        bearer_token: str | FixedToken | TokenFile | None = None, basic_auth=None,
+                        rate_limiter=None,
                         draining: Callable[[], bool] | None = None,
                         web_config: WatchedWebConfig | None = None) -> GrpcReceiverHandle:
     """Serve `receiver` (an OTLPReceiver) on `address` (HOST:PORT, or :PORT for every interface; port 0
     picks a free one), taking messages of up to `max_message_bytes` (at most MAX_MESSAGE_BYTES).
 
     `web_config` (a webconfig.WatchedWebConfig, re-read as it changes): its basic_auth_users, checked
-    by `basic_auth` (the HTTP service's webconfig.BasicAuth, one cache for both), `bearer_token` and
-    `rate_limiter` (the HTTP service's webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()` is
-    true (the HTTP service's graceful drain) new calls are UNAVAILABLE; when its tls_server_config is
-    set at start it serves TLS only, or raises WebConfigError (see the module).
+    by `basic_auth` (the HTTP service's webconfig.BasicAuth, one cache for both), `bearer_token` (a
+    string, or the HTTP service's credentials.TokenFile, re-read as it changes) and `rate_limiter` (the
+    HTTP service's webconfig.RateLimiter, shared) guard it as they guard /v1/traces; while `draining()`
+    is true (the HTTP service's graceful drain) new calls are UNAVAILABLE; when its tls_server_config
+    is set at start it serves TLS only, or raises WebConfigError (see the module).
     Every call it answers is counted in `store`'s orchestrator_exporter_grpc_requests_total by method
     and status code, but those grpc core ends before they reach the server's code (a message over the
     size limit, a failed handshake).
     `invalid` is the exception the receiver raises for a body that is not OTLP (otlp.OTLPDecodeError),
     passed in so that this module does not import the one that imports it."""
+    token = given_token(bearer_token)
     enforced = _EnforceableWebConfig(web_config) if web_config is not None else None
     serves_tls = enforced is not None and enforced.tls_at_start is not None
     credentials = server_credentials(enforced, web_config.initial) if serves_tls else None
@@ -328,7 +338,7 @@ def start_grpc_receiver(receiver, address: str, *, store, invalid: type[Exceptio
 
     async def serve(workers: futures.ThreadPoolExecutor) -> tuple[grpc.aio.Server, int]:
         # A synchronous handler on the asyncio server runs on `workers` (grpcio's migration thread pool).
-        admission = _Admission(bearer_token, basic_auth or BasicAuth(), enforced, rate_limiter, draining,
+        admission = _Admission(token, basic_auth or BasicAuth(), enforced, rate_limiter, draining,
                                store.count_grpc_request)
         # No stream limit, keepalive or connection age, as in the OpenTelemetry Collector's otlp receiver
         # (its default gRPC config sets only a read buffer size): a call that stalls holds no worker (see

@@ -22,6 +22,9 @@ request (basic_auth_users, the headers, client_allowed_sans) and each new TLS
 connection (certificate, key, client CAs, versions, ciphers, client auth), as
 exporter-toolkit reads it; while the file is invalid a request is a 500 and a
 TLS handshake fails.  The rate limit and whether TLS is on are set at start.
+The /v1/* bearer token's file is read again when it changes too
+(credentials.TokenFile); while it cannot be read, a request sending a bearer
+token is a 503.
 
 Every request gets an answer: a body that cannot be used is a 4xx naming the
 reason, and an unexpected exception in a handler is a 500 with a JSON body,
@@ -66,7 +69,7 @@ from typing import TypeVar
 import msgspec
 
 from . import catalog, events, exposition
-from .credentials import BEARER_TOKEN_ENV, read_token
+from .credentials import BEARER_TOKEN_ENV, FixedToken, TokenFile, bearer_token, given_token
 from .version import __version__
 from .webconfig import (BasicAuth, FixedWebConfig, LoadedWebConfig, RateLimiter, WatchedWebConfig, WebConfigError,
                         allowed_peer, constant_time_equal)
@@ -172,28 +175,16 @@ def _check_peer(request: _Request, web_config: LoadedWebConfig) -> None:
         raise HTTPError(HTTPStatus.FORBIDDEN, "the client certificate has no allowed SAN")
 
 
-def read_bearer_token(path: str) -> str | None:
-    """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file (credentials.py)."""
-    return read_token(path, "observability.server.bearer_token_file", env=BEARER_TOKEN_ENV)
+def read_bearer_token(path: str) -> FixedToken | TokenFile | None:
+    """The /v1/* bearer token: $AGENT_EXPORTER_BEARER_TOKEN, else server.bearer_token_file, read again
+    when it changes (credentials.py)."""
+    return bearer_token(path, "observability.server.bearer_token_file", env=BEARER_TOKEN_ENV)
 
 
 def _positive(name: str, value, kind):
     if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < float("inf"):
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
     return value
-
-
-def _bearer_token(token: str | None) -> str | None:
-    """The token as given, or ValueError: an empty one would let every request in, and one with
-    surrounding whitespace, a control character or a non-ASCII character (headers are read as
-    latin-1, clients send UTF-8) could never match an Authorization header."""
-    if token is None:
-        return None
-    if not isinstance(token, str) or not token or token != token.strip() or not token.isprintable() \
-            or not token.isascii():
-        raise ValueError("bearer_token: expected a non-empty string of printable ASCII without surrounding "
-                         "whitespace, as an Authorization header carries it (None for no token)")
-    return token
 
 
 def _remediator(remediator):
@@ -214,16 +205,19 @@ class Service:
     enables /v1/agents and makes /v1/alertmanager act on alerts;
     `log_alerts` makes /v1/alertmanager write each alert as a log line (the
     `log` alert channel); `otlp` (an otlp.OTLPReceiver) enables /v1/traces.
+    `bearer_token` guards /v1/*: a string, or a credentials.TokenFile, read
+    again when it changes (what `from_config` gives for server.bearer_token_file).
     """
 
-    def __init__(self, telemetry, *, max_body_bytes: int = 10 * 1024 * 1024, bearer_token: str | None = None,
+    def __init__(self, telemetry, *, max_body_bytes: int = 10 * 1024 * 1024,
+                 bearer_token: str | FixedToken | TokenFile | None = None,
                  web_config: WatchedWebConfig | None = None, remediator=None, log_alerts: bool = False,
                  otlp=None, ingest: bool = True, request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS):
         self.telemetry = telemetry
         self.store = telemetry.store
         self.max_body_bytes = _positive("max_body_bytes", max_body_bytes, int)
         self.request_timeout_seconds = _positive("request_timeout_seconds", request_timeout_seconds, (int, float))
-        self.bearer_token = _bearer_token(bearer_token)
+        self.bearer_token = given_token(bearer_token)
         self.web_config = web_config or FixedWebConfig()
         self.basic_auth = BasicAuth()       # one bcrypt cache, whatever the users are now
         # Built once from the file as it was at start, as exporter-toolkit's Serve builds its limiter.
@@ -564,12 +558,20 @@ class ExporterApp:
             return
         scheme, _, credentials = (request.header(b"authorization") or "").partition(" ")
         scheme = scheme.lower()
-        if needs_bearer and scheme == "bearer" and constant_time_equal(credentials.strip(), service.bearer_token):
+        if needs_bearer and scheme == "bearer" and constant_time_equal(credentials.strip(), self._token()):
             return
         if users and scheme == "basic" and await self._basic_ok(users, credentials):
             return
         challenge = b"Basic" if users else b"Bearer"
         raise HTTPError(HTTPStatus.UNAUTHORIZED, "Unauthorized", headers=((b"www-authenticate", challenge),))
+
+    def _token(self) -> str:
+        try:
+            return self.service.bearer_token.current()
+        except ValueError:      # the file became unreadable or invalid: logged once, by current()
+            # 503, which OTLP exporters and Alertmanager retry: the request is fine, the exporter is not.
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE,
+                            "the exporter cannot read its bearer token; see the exporter's log") from None
 
     async def _basic_ok(self, users: dict[str, bytes], credentials: str) -> bool:
         auth = self.service.basic_auth

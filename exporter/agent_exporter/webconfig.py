@@ -46,6 +46,7 @@ import yaml
 from msgspec import Meta, field
 
 from . import durations
+from .filewatch import FileWatch
 from .validation import REDACTED, Invalid, Section, decode
 
 _log = logging.getLogger(__name__)
@@ -363,46 +364,6 @@ class LoadedWebConfig:
         self.ssl_context = ssl_context(config.tls, self.tls_files) if config.tls is not None else None
 
 
-def _stamps(paths: tuple[Path, ...]) -> tuple:
-    """What tells a file changed, for each path.  stat follows symbolic links, so a Kubernetes secret
-    volume swapping its ..data link shows as a new inode even when the size and mtime are the same."""
-    stamps = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-        except OSError:
-            stamps.append(None)
-        else:
-            stamps.append((stat.st_ino, stat.st_dev, stat.st_mtime_ns, stat.st_size))
-    return tuple(stamps)
-
-
-# File systems stamp modification times from a coarse clock (a jiffy; a second on some, two on FAT),
-# so two writes of the same size within one tick leave the same stamp.  As git does for its index, a
-# stamp that recent is not trusted alone: the contents are compared too, until a check made once
-# that long has passed since the newest stamp.  (A stamp ahead of the clock, from skew, is trusted
-# until the clock comes that close to it.)
-_RACY_NS = 2_000_000_000
-
-
-def _digests(paths: tuple[Path, ...]) -> tuple:
-    """A SHA-256 of each file's contents (None for one that cannot be read): no key material is kept."""
-    digests = []
-    for path in paths:
-        try:
-            digests.append(hashlib.sha256(path.read_bytes()).digest())
-        except OSError:
-            digests.append(None)
-    return tuple(digests)
-
-
-def _trusted_from(stamps: tuple, checked_at_ns: int) -> int | None:
-    """From when the stamps alone can be trusted; None when they already were at `checked_at_ns`
-    (the time taken before the contents were read)."""
-    newest = max((stamp[2] for stamp in stamps if stamp is not None), default=0)
-    return None if checked_at_ns >= newest + _RACY_NS else newest + _RACY_NS
-
-
 def _named_files(config: WebConfig) -> tuple[Path, ...]:
     tls = config.tls
     if tls is None:
@@ -414,7 +375,7 @@ class WatchedWebConfig:
     """The web config file at `path` as it is now (see the module).
 
     `current()` costs a stat of each watched file, no more (for 2 s after a change, also a read and
-    a hash of each: see _RACY_NS), so it is called once per request, TLS connection or gRPC call
+    a hash of each: see filewatch), so it is called once per request, TLS connection or gRPC call
     rather than throttled: a change is seen by the very next one, as in exporter-toolkit, which
     reads the whole file each time.  A file that cannot be read or is invalid
     at start raises WebConfigError from the constructor (the server does not start)."""
@@ -422,48 +383,27 @@ class WatchedWebConfig:
     def __init__(self, path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._watched: tuple[Path, ...] = ()
-        self._stamp: tuple = ()
-        self._digests: tuple = ()
-        self._trusted_from_ns: int | None = None      # until then, the contents are compared too
+        self._watch = FileWatch()
         self._error: WebConfigError | None = None
         self.initial = self._loaded = self._load()
 
     def current(self) -> LoadedWebConfig:
         """The config as its files are now; WebConfigError while they are invalid."""
         with self._lock:
-            if _stamps(self._watched) != self._stamp or self._changed_under_the_same_stamp():
+            if self._watch.changed():
                 self._reload()
             if self._error is not None:
                 # A new exception each time: one raised again and again would keep every traceback.
                 raise WebConfigError("", f"the web config {self.path} is invalid: {self._error}")
             return self._loaded
 
-    def _changed_under_the_same_stamp(self) -> bool:
-        if self._trusted_from_ns is None:
-            return False
-        now = time.time_ns()
-        if now < self._trusted_from_ns - 2 * _RACY_NS:
-            return False        # a write now would stamp an earlier time than the newest stamp
-        changed = _digests(self._watched) != self._digests
-        if not changed and now >= self._trusted_from_ns:
-            self._trusted_from_ns = None
-        return changed
-
     def _load(self) -> LoadedWebConfig:
-        """Read the file and the files it names.  Each stamp and digest is taken before its file is read,
-        so a change made while reading shows at the next check."""
-        started = time.time_ns()
-        self._watched = (self.path,)
-        self._stamp = _stamps(self._watched)
-        self._digests = _digests(self._watched)
-        self._trusted_from_ns = _trusted_from(self._stamp, started)
+        """Read the file and the files it names, each watched from before it is read, so that a change
+        made while reading shows at the next check."""
+        self._watch.restart()
+        self._watch.add(self.path)
         config = read_web_config_file(self.path)
-        named = _named_files(config)
-        self._watched += named
-        self._stamp += _stamps(named)
-        self._digests += _digests(named)
-        self._trusted_from_ns = _trusted_from(self._stamp, started)
+        self._watch.add(*_named_files(config))
         return LoadedWebConfig(config)
 
     def _reload(self) -> None:

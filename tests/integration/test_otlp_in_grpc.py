@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent_exporter import catalog, otlp_grpc, stack
 from agent_exporter.config import Config, OTLPConfig, ServerConfig
+from agent_exporter.credentials import TokenFile
 from agent_exporter.otlp import OTLPReceiver
 from agent_exporter.server import parse_listen_address
 from agent_exporter.telemetry import Telemetry
@@ -125,6 +126,35 @@ def test_bearer_token_is_required_when_set(tel):
             assert spans_counted(tel) == {}
             stub.Export(request(agent_span(1)), metadata=(("authorization", "Bearer s3cret"),), timeout=10)
             assert spans_counted(tel) == {"mapped": 1}
+    finally:
+        receiver.close()
+
+
+def test_a_token_rotated_in_its_file_applies_to_the_next_call(tel, tmp_path):
+    # The HTTP service's TokenFile, shared: one file, read again when it changes, guards both listeners.
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    receiver = OTLPReceiver(tel)
+    handle = receiver.start_grpc("127.0.0.1:0", bearer_token=TokenFile(str(token_file), "bearer_token_file"))
+
+    def code(token: str) -> grpc.StatusCode:
+        try:
+            stub.Export(request(agent_span(1)), metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = TraceServiceStub(channel)
+            assert code("first") == grpc.StatusCode.OK
+            staged = tmp_path / "token.new"
+            staged.write_text("second\n")
+            os.replace(staged, token_file)
+            assert (code("first"), code("second")) == (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK)
+            token_file.write_text("two\nlines\n")
+            assert code("second") == grpc.StatusCode.UNAVAILABLE      # which OTLP exporters retry
+            assert spans_counted(tel) == {"mapped": 2}
     finally:
         receiver.close()
 

@@ -26,7 +26,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_exporter import Telemetry, catalog, events, stack
-from agent_exporter.config import Config, HealingConfig
+from agent_exporter.config import Config, HealingConfig, ServerConfig
 from agent_exporter.healing import AlertRemediator, Healer
 from agent_exporter.healing.alertmanager import decode_webhook
 from agent_exporter.otlp import OTLPReceiver
@@ -1027,12 +1027,43 @@ def test_the_bearer_token_comes_from_the_environment_or_the_file(tmp_path, monke
     token_file.write_text("from-file\n")
     monkeypatch.delenv(BEARER_TOKEN_ENV, raising=False)
     assert read_bearer_token("") is None
-    assert read_bearer_token(str(token_file)) == "from-file"
+    assert read_bearer_token(str(token_file)).current() == "from-file"
     monkeypatch.setenv(BEARER_TOKEN_ENV, "from-env")
-    assert read_bearer_token(str(token_file)) == "from-env"
+    assert read_bearer_token(str(token_file)).current() == "from-env"
     monkeypatch.delenv(BEARER_TOKEN_ENV)
     with pytest.raises(ValueError, match="server.bearer_token_file"):
         read_bearer_token(str(tmp_path / "missing"))
+
+
+def rotate(path: Path, text: str) -> None:
+    """Write `text` to `path` as secret tools do: a new file renamed over the old one."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def test_a_token_written_to_the_token_file_applies_to_the_next_request(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("AGENT_EXPORTER_BEARER_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    telemetry = Telemetry(Config(server=ServerConfig(bearer_token_file=str(token_file))))
+    with start_server(Service.from_config(telemetry), "127.0.0.1:0") as handle:
+        assert post_events(handle.url, [TOOL_OK], Authorization="Bearer first").status_code == 200
+        rotate(token_file, "second\n")
+        assert post_events(handle.url, [TOOL_OK], Authorization="Bearer first").status_code == 401
+        assert post_events(handle.url, [TOOL_OK], Authorization="Bearer second").status_code == 200
+        rotate(token_file, "")          # emptied: every token is refused, none lets everything in
+        for _ in range(2):
+            refused = post_events(handle.url, [TOOL_OK], Authorization="Bearer second")
+            assert refused.status_code == 503
+            assert refused.json() == {"error": "the exporter cannot read its bearer token; see the exporter's log"}
+        assert post_events(handle.url, [TOOL_OK]).status_code == 401
+        rotate(token_file, "third\n")
+        assert post_events(handle.url, [TOOL_OK], Authorization="Bearer third").status_code == 200
+        assert value(handle.url, catalog.TOOL_CALLS.name, tool="web_search", status="success") == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"the bearer token cannot be read, so requests that send one are refused until it is "
+                      f"fixed: observability.server.bearer_token_file: {token_file} is empty"]
 
 
 def test_the_log_channel_writes_each_alert_its_receiver_sends(caplog):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import bcrypt
 import pytest
 
-from agent_exporter import webconfig
+from agent_exporter import filewatch, webconfig
 from agent_exporter.webconfig import (
     BasicAuth, RateLimit, RateLimiter, WatchedWebConfig, WebConfigError, load_web_config, parse_duration,
     parse_web_config,
@@ -237,12 +237,12 @@ def test_the_contents_are_compared_only_while_the_newest_stamp_is_recent(tmp_pat
     path = users_file(tmp_path, "alice")
     watched = WatchedWebConfig(path)
     reads = []
-    digests = webconfig._digests
-    monkeypatch.setattr(webconfig, "_digests", lambda paths: reads.append(paths) or digests(paths))
+    digests = filewatch._digests
+    monkeypatch.setattr(filewatch, "_digests", lambda paths: reads.append(paths) or digests(paths))
     watched.current()
     assert reads == [(path,)]
-    settled = os.stat(path).st_mtime_ns + webconfig._RACY_NS
-    monkeypatch.setattr(webconfig, "time", SimpleNamespace(time_ns=lambda: settled))
+    settled = os.stat(path).st_mtime_ns + filewatch.RACY_NS
+    monkeypatch.setattr(filewatch, "time", SimpleNamespace(time_ns=lambda: settled))
     watched.current()           # compared once more, after the tick: from now on the stamps suffice
     reads.clear()
     assert watched.current() is watched.initial
@@ -255,11 +255,11 @@ def test_a_stamp_ahead_of_the_clock_is_compared_only_once_the_clock_reaches_it(t
     os.utime(path, ns=(future, future))
     watched = WatchedWebConfig(path)
     reads = []
-    digests = webconfig._digests
-    monkeypatch.setattr(webconfig, "_digests", lambda paths: reads.append(paths) or digests(paths))
+    digests = filewatch._digests
+    monkeypatch.setattr(filewatch, "_digests", lambda paths: reads.append(paths) or digests(paths))
     watched.current()
     assert reads == []
-    monkeypatch.setattr(webconfig, "time", SimpleNamespace(time_ns=lambda: future))
+    monkeypatch.setattr(filewatch, "time", SimpleNamespace(time_ns=lambda: future))
     watched.current()
     assert reads == [(path,)]
 
