@@ -217,15 +217,20 @@ def cmd_render(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .credentials import BEARER_TOKEN_ENV, read_token
+    from .credentials import BEARER_TOKEN_ENV, read_secret, read_token
     from .replay import ReplayError, format_summary, replay
+    if (args.username is None) != (args.password_file is None):
+        return _error("--username and --password-file go together")
+    if args.username is not None and (":" in args.username or not args.username.isprintable()):
+        return _error("--username: a basic-auth user holds no colon or control character")
     try:
         token = read_token(args.bearer_token_file, "--bearer-token-file", env=BEARER_TOKEN_ENV)
+        basic_auth = (args.username, read_secret(args.password_file, "--password-file")) if args.username else None
     except ValueError as exc:
         return _error(str(exc))
     try:
         summary = replay(args.file, args.url, batch_size=args.batch_size, bearer_token=token,
-                         ca_file=args.ca_file, timeout=args.timeout)
+                         basic_auth=basic_auth, ca_file=args.ca_file, timeout=args.timeout)
     except ReplayError as exc:
         return _error(str(exc))
     sys.stdout.write(format_summary(summary, args.url))
@@ -478,11 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="send a JSONL event log or a legacy metrics JSON to an exporter")
     replay.add_argument("file", metavar="FILE", help="JSONL events, a JSON array of events, or a legacy metrics JSON")
-    replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464; "
-                        "http://USER:PASSWORD@HOST:PORT for the web config's basic auth (not printed)")
+    replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464 "
+                        "(http://USER:PASSWORD@HOST:PORT works too, but ps shows it: prefer --password-file)")
     replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
     replay.add_argument("--bearer-token-file", metavar="FILE",
                         help="token for /v1/* (AGENT_EXPORTER_BEARER_TOKEN in the environment wins over it)")
+    replay.add_argument("--username", metavar="USER", help="a user of the web config's basic auth")
+    replay.add_argument("--password-file", metavar="FILE", help="file holding that user's password")
     replay.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify an https exporter")
     replay.add_argument("--timeout", type=_positive_float, default=30.0, help="per-request timeout, seconds")
     _log_level_flag(replay, argparse.SUPPRESS)

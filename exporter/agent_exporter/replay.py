@@ -222,7 +222,8 @@ class Progress:
 class _Client:
     """One keep-alive connection to the exporter, reopened once if the server closed it."""
 
-    def __init__(self, url: str, *, bearer_token: str | None, ca_file: str | None, timeout: float):
+    def __init__(self, url: str, *, bearer_token: str | None, basic_auth: tuple[str, str] | None,
+                 ca_file: str | None, timeout: float):
         parts = urlsplit(url)
         try:
             port = parts.port
@@ -235,12 +236,19 @@ class _Client:
         self._context = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
         self._path = parts.path.rstrip("/") + EVENTS_PATH if parts.path.rstrip("/") != EVENTS_PATH else EVENTS_PATH
         self._headers = {"Content-Type": NDJSON}
+        given = [name for name, value in (("a bearer token (--bearer-token-file or $AGENT_EXPORTER_BEARER_TOKEN)",
+                                           bearer_token), ("--username", basic_auth),
+                                          ("a user in --url", parts.username is not None)) if value]
+        if len(given) > 1:
+            raise ReplayError(f"{' and '.join(given)}: give one credential")
+        if parts.username is not None:
+            # Percent-encoded in the URL, as RFC 3986 wants a user or password holding : @ / # ? or %.
+            basic_auth = unquote(parts.username), unquote(parts.password or "")
         if bearer_token:
             self._headers["Authorization"] = f"Bearer {bearer_token}"
-        elif parts.username is not None:
-            # Percent-encoded in the URL, as RFC 3986 wants a user or password holding : @ / # ? or %.
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        elif basic_auth:
+            user, password = basic_auth
+            self._headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._connection = None
 
     def _connect(self):
@@ -307,7 +315,10 @@ def _send(client: _Client, batch: list[_Item], summary: ReplaySummary) -> None:
 
 
 def replay(path, url: str, *, batch_size: int = 1000, bearer_token: str | None = None,
-           ca_file: str | None = None, timeout: float = 30.0, progress_stream=None) -> ReplaySummary:
+           basic_auth: tuple[str, str] | None = None, ca_file: str | None = None, timeout: float = 30.0,
+           progress_stream=None) -> ReplaySummary:
+    """Send the events of the file at `path` to the exporter at `url`, `batch_size` to a request, with
+    `bearer_token`, or `basic_auth` (user, password), or the user:password@ of `url`: one of them."""
     path = Path(path)
     if batch_size < 1:
         raise ReplayError("--batch-size must be at least 1")
@@ -316,7 +327,7 @@ def replay(path, url: str, *, batch_size: int = 1000, bearer_token: str | None =
     except OSError as exc:
         raise ReplayError(f"{path}: {exc.strerror}") from None
     summary = ReplaySummary(source=kind)
-    client = _Client(url, bearer_token=bearer_token, ca_file=ca_file, timeout=timeout)
+    client = _Client(url, bearer_token=bearer_token, basic_auth=basic_auth, ca_file=ca_file, timeout=timeout)
     progress = Progress(path.stat().st_size, progress_stream)
     batch: list[_Item] = []
     consumed = 0

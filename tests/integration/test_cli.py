@@ -393,6 +393,42 @@ def test_replay_with_basic_auth_in_the_url_never_prints_the_password(tmp_path, c
     telemetry.shutdown()
 
 
+def test_replay_with_basic_auth_from_a_password_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("AGENT_EXPORTER_BEARER_TOKEN", raising=False)
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  alice: '{bcrypt.hashpw(b's3cret', bcrypt.gensalt(rounds=4)).decode()}'\n")
+    password, token = tmp_path / "password", tmp_path / "token"
+    password.write_text("s3cret\n")
+    token.write_text("t0ken\n")
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"type": "retry", "agent": "coder", "attempt": 2}) + "\n")
+    telemetry = Telemetry(Config())
+    with start_server(Service(telemetry, web_config=WatchedWebConfig(web)), "127.0.0.1:0") as handle:
+        replay = ["replay", str(path), "--url", handle.url]
+        assert main([*replay, "--username", "alice", "--password-file", str(password)]) == 0
+        assert "s3cret" not in capsys.readouterr().out
+        assert main([*replay, "--username", "bob", "--password-file", str(password)]) == 1
+        assert "401" in capsys.readouterr().err
+        refused = {
+            ("--username", "alice"): "--username and --password-file go together",
+            ("--username", "al:ice", "--password-file", str(password)):
+                "--username: a basic-auth user holds no colon or control character",
+            ("--username", "alice", "--password-file", str(password), "--bearer-token-file", str(token)):
+                "a bearer token (--bearer-token-file or $AGENT_EXPORTER_BEARER_TOKEN) and --username: "
+                "give one credential",
+        }
+        for flags, error in refused.items():
+            assert main([*replay, *flags]) == 1
+            assert capsys.readouterr().err == f"agent-exporter: {error}\n"
+        in_url = handle.url.replace("http://", "http://alice:s3cret@")
+        assert main(["replay", str(path), "--url", in_url, "--username", "alice", "--password-file", str(password)]) == 1
+        assert capsys.readouterr().err == "agent-exporter: --username and a user in --url: give one credential\n"
+        retried = [s.value for family in text_string_to_metric_families(telemetry.render().decode())
+                   for s in family.samples if s.name == catalog.RETRIES.name]
+        assert retried == [1]        # the one replay that got in
+    telemetry.shutdown()
+
+
 # -- simulate ----------------------------------------------------------------------
 
 def test_simulate_json_shape():
