@@ -42,7 +42,12 @@ def _read_secrets(config) -> None:
     fails where `serve` would, and `serve` says so before it starts anything."""
     from .healing.fleet import fleet_clients
     from .server import read_bearer_token
+    from .tracing import otlp_headers
     read_bearer_token(config.server.bearer_token_file)
+    if config.tracing.export_to_otlp or config.otlp.forward_spans:
+        otlp_headers(config.tracing.otlp_headers)       # with OTEL_EXPORTER_OTLP_HEADERS
+    if config.logging.export_to_otlp:
+        otlp_headers(config.tracing.otlp_headers, "logs")
     if config.healing.enabled:
         fleet_clients(config)
 

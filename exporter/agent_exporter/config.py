@@ -22,7 +22,7 @@ import yaml
 from msgspec import Meta, field
 
 from . import catalog, durations
-from .validation import REDACTED, Invalid, Section, decode, join
+from .validation import REDACTED, Invalid, Section, decode, join, load_yaml
 
 
 class ConfigError(ValueError):
@@ -40,24 +40,35 @@ Positive = Annotated[float, Meta(gt=0, description="a positive number")]
 NonNegative = Annotated[float, Meta(ge=0, description="a number >= 0")]
 Ratio = Annotated[float, Meta(gt=0, lt=1, description="a ratio between 0 and 1 (exclusive)")]
 RatioUpToOne = Annotated[float, Meta(gt=0, le=1, description="a ratio in (0, 1]")]
-NonEmpty = Annotated[str, Meta(pattern=r"\S", description="a non-empty string")]
+NonEmpty = Annotated[str, Meta(pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$(?!\n)",
+                               description="a non-empty string on one line")]
+# Patterns end in $(?!\n), as Python's $ also matches before a final line break (JSON Schema's does
+# not), and spell digits [0-9], as Python's \d takes every script's: either would pass a value that
+# Prometheus, Alertmanager or amtool then refuses.
 # No user:password@: credentials come from files (or the environment), never from the config.
-_URL = r"https?://[^\s/@]+(/\S*)?$"
+_URL = r"https?://[^\s/@]+(/\S*)?$(?!\n)"
 URL = Annotated[str, Meta(pattern=f"^{_URL}", description="an http(s) URL without user:password@")]
-OptionalURL = Annotated[str, Meta(pattern=f"^$|^{_URL}",
+OptionalURL = Annotated[str, Meta(pattern=f"^$(?!\\n)|^{_URL}",
                                   description='an http(s) URL without user:password@, or "" for none')]
-Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$", description="an email address")]
+Email = Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$(?!\n)", description="an email address")]
 Duration = Annotated[str, Meta(pattern=durations.PROMETHEUS_PATTERN,
                                description="a Prometheus duration such as 30s, 5m or 1h")]
 # The port 0..65535: grpcio binds the remainder of a larger one.
-_HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):(\d{1,4}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])$"
+_HOST_PORT = (r"(\[[0-9a-fA-F:.]+\]|[^\s:]*):([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]"
+              r"|6553[0-5])$(?!\n)")
 HostPort = Annotated[str, Meta(pattern=f"^{_HOST_PORT}", description="HOST:PORT")]
-OptionalHostPort = Annotated[str, Meta(pattern=f"^$|^{_HOST_PORT}", description='HOST:PORT, or "" for off')]
-AlertName = Annotated[str, Meta(pattern=r"^[A-Z][A-Za-z0-9]*$", description="an alert name in CamelCase")]
-LabelName = Annotated[str, Meta(pattern=r"^(?!__)[a-zA-Z_][a-zA-Z0-9_]*$", description="a Prometheus label name")]
+OptionalHostPort = Annotated[str, Meta(pattern=f"^$(?!\\n)|^{_HOST_PORT}", description='HOST:PORT, or "" for off')]
+AlertName = Annotated[str, Meta(pattern=r"^[A-Z][A-Za-z0-9]*$(?!\n)", description="an alert name in CamelCase")]
+LabelName = Annotated[str, Meta(pattern=r"^(?!__)[a-zA-Z_][a-zA-Z0-9_]*$(?!\n)",
+                                description="a Prometheus label name")]
 # A label value the rules write inside a PromQL string: no quoting needed.
 LabelValue = Annotated[str, Meta(pattern=r'^(?![\s\S]*["\\\n])[\s\S]*\S',
                                  description="a non-empty value without quotes, backslashes or line breaks")]
+# A header both HTTP (RFC 9110's token) and gRPC metadata (printable ASCII values) can carry.
+HEADER_NAME, HEADER_VALUE = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", r"[ -~]*"
+HeaderName = Annotated[str, Meta(pattern=f"^{HEADER_NAME}$(?!\\n)", description="an HTTP header name")]
+HeaderValue = Annotated[str, Meta(pattern=f"^{HEADER_VALUE}$(?!\\n)", description="a header value of printable ASCII"),
+                        REDACTED]
 Bucket = Annotated[float, Meta(gt=0, description="a finite positive bound")]
 Buckets = Annotated[tuple[Bucket, ...], Meta(min_length=1, description="a list of at least one bucket bound")]
 ExtraLabel = Literal[catalog.EXTRA_LABELS]
@@ -103,7 +114,7 @@ class TracingConfig(Section):
     otlp_endpoint: URL = "http://localhost:4317"
     otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
     # Values are often API keys: an error never repeats them.  OTEL_EXPORTER_OTLP_HEADERS keeps them out of the file.
-    otlp_headers: dict[str, Annotated[str, REDACTED]] = {}
+    otlp_headers: dict[HeaderName, HeaderValue] = {}
     otlp_timeout_seconds: Positive = 5.0
     trace_all_agents: bool = True
     trace_state_transitions: bool = True
@@ -530,7 +541,9 @@ def parse_config(mapping) -> Config:
     unknown = set(mapping) - {ROOT_KEY}
     if unknown:
         raise ConfigError(sorted(map(str, unknown))[0], f"unknown top-level key; the config lives under {ROOT_KEY!r}")
-    raw = mapping.get(ROOT_KEY) or {}
+    raw = mapping.get(ROOT_KEY)
+    if raw is None:             # `observability:` left empty: the defaults, as for any key
+        raw = {}
     config = decode(raw, Config, root=ROOT_KEY, error=ConfigError)
     return _with_legacy_thresholds(config, raw)
 
@@ -540,11 +553,13 @@ def load_config(path) -> Config:
     return parse_config(read_document(path))
 
 
-def read_document(path):
-    """The YAML document of a config file, not yet validated (ConfigError naming the file)."""
+def read_document(path, *, unique_keys: bool = True):
+    """The YAML document of a config file, not yet validated (ConfigError naming the file).
+    A key given twice in one mapping is an error unless `unique_keys` is false (the legacy
+    package's reading, where the last one wins)."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path.read_bytes(), unique_keys=unique_keys)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read the config: {exc.strerror}") from None
     except yaml.YAMLError as exc:

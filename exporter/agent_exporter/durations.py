@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import re
 
-PROMETHEUS_PATTERN = r"^(\d+(ms|s|m|h|d|w|y))+$"
-GO_PATTERN = r"^(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$"
+# [0-9], not \d, which takes every script's digits in Python; $(?!\n) because Python's $ also
+# matches before a final line break, which JSON Schema's does not (nor Prometheus, nor Go).
+PROMETHEUS_PATTERN = r"^([0-9]+(ms|s|m|h|d|w|y))+$(?!\n)"
+GO_PATTERN = r"^(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h))+)$(?!\n)"
 
 _PROMETHEUS = re.compile(PROMETHEUS_PATTERN)
-_PROMETHEUS_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_PROMETHEUS_PART = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
 _PROMETHEUS_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 _GO = re.compile(GO_PATTERN)
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import queue
 import threading
 import time
@@ -60,7 +59,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from . import catalog, events, usage
 from .config import Config
-from .tracing import otlp_http_endpoint
+from .tracing import otlp_headers, otlp_http_endpoint
 
 _log = logging.getLogger(__name__)
 
@@ -964,18 +963,6 @@ def _one_line(exc: Exception) -> str:
     return str(exc)
 
 
-def _forward_headers(configured) -> dict[str, str]:
-    """The headers of forwarded requests, as the SDK's OTLP/HTTP trace exporter makes its own:
-    OTEL_EXPORTER_OTLP_TRACES_HEADERS (else OTEL_EXPORTER_OTLP_HEADERS), then tracing.otlp_headers
-    over them, so a backend's API key can stay in the environment, out of the config file."""
-    from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS
-    from opentelemetry.util.re import parse_env_headers
-    headers = parse_env_headers(os.environ.get(OTEL_EXPORTER_OTLP_TRACES_HEADERS)
-                                or os.environ.get(OTEL_EXPORTER_OTLP_HEADERS, ""), liberal=True)
-    headers.update({key.lower(): value for key, value in configured.items()})
-    return headers
-
-
 class _Forwarder:
     """Received requests, unchanged, to the tracing backend (tracing.otlp_endpoint and protocol).
 
@@ -995,7 +982,7 @@ class _Forwarder:
         self._count_lock = threading.Lock()
         self._in_flight = 0             # spans of the request being sent
         self._abandoned = False
-        headers = _forward_headers(tracing.otlp_headers)
+        headers = otlp_headers(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
 

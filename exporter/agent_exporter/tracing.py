@@ -36,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import re
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -50,7 +52,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import events
-from .config import Config, TracingConfig
+from .config import HEADER_NAME, HEADER_VALUE, Config, TracingConfig
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -147,9 +149,32 @@ def otlp_http_endpoint(endpoint: str, signal: str = "traces") -> str:
     return endpoint
 
 
+def otlp_headers(configured, signal: str = "traces") -> dict[str, str]:
+    """The headers of an OTLP export of `signal` ("traces" or "logs"), as the SDK's OTLP/HTTP
+    exporters make theirs: OTEL_EXPORTER_OTLP_{SIGNAL}_HEADERS (else OTEL_EXPORTER_OTLP_HEADERS),
+    then `configured` (tracing.otlp_headers) over them, so a backend's API key can stay in the
+    environment, out of the config file.  Names lowercased, as gRPC metadata needs them and HTTP
+    does not mind; given to the gRPC exporters too, which would otherwise read the environment only
+    without `configured`, and never lowercase it."""
+    from opentelemetry.sdk.environment_variables import (
+        OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_LOGS_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS)
+    from opentelemetry.util.re import parse_env_headers
+    per_signal = {"traces": OTEL_EXPORTER_OTLP_TRACES_HEADERS, "logs": OTEL_EXPORTER_OTLP_LOGS_HEADERS}[signal]
+    variable = per_signal if os.environ.get(per_signal) else OTEL_EXPORTER_OTLP_HEADERS
+    headers = parse_env_headers(os.environ.get(variable, ""), liberal=True)
+    for name, value in headers.items():
+        # As config.HeaderValue checks tracing.otlp_headers: sent, a line break is an error that repeats it.
+        if not re.fullmatch(HEADER_NAME, name):
+            raise ValueError(f"{variable}: a header name is an HTTP token (letters, digits, -, ...)")
+        if not re.fullmatch(HEADER_VALUE, value):
+            raise ValueError(f"{variable}: the header {name!r} cannot be sent: a header value is printable ASCII")
+    headers.update({key.lower(): value for key, value in configured.items()})
+    return headers
+
+
 def otlp_exporter(tracing: TracingConfig) -> SpanExporter:
     """The OTLP span exporter for `otlp_protocol` ("grpc" or "http/protobuf")."""
-    headers = dict(tracing.otlp_headers)
+    headers = otlp_headers(tracing.otlp_headers)
     if tracing.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
         return GrpcExporter(
@@ -170,7 +195,7 @@ def otlp_exporter(tracing: TracingConfig) -> SpanExporter:
 
 def otlp_log_exporter(tracing: TracingConfig):
     """The OTLP log record exporter to the spans' backend (`otlp_endpoint`, `otlp_protocol`)."""
-    headers = dict(tracing.otlp_headers)
+    headers = otlp_headers(tracing.otlp_headers, "logs")
     if tracing.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
         return GrpcExporter(endpoint=tracing.otlp_endpoint, insecure=urlsplit(tracing.otlp_endpoint).scheme == "http",

@@ -9,6 +9,8 @@ express (one key against another, order, uniqueness) raise `Invalid` from
 turns its error into one message: the key path
 (`observability.metrics.execution_buckets[2]`), what was expected, what was
 found.  A key left empty (null in YAML) takes its default, as in Go's YAML.
+`load_yaml()` parses such a file as Prometheus and Alertmanager do: a key
+given twice in one mapping is an error, not the last one silently winning.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import types
 import typing
 
 import msgspec
+import yaml
 
 
 class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -118,6 +121,8 @@ def _explain(exc: msgspec.ValidationError, document, cls: type, root: str) -> tu
     cause = exc.__cause__
     if isinstance(cause, Invalid):
         return join(path, cause.key), cause.message
+    if cause is not None:       # a check's own ValueError: its message, never the document
+        return path, str(cause)
     if message.startswith("Object contains unknown field `"):
         key = message.split("`")[1]
         known = ", ".join(sorted(_struct_fields(_concrete(tp, value))))
@@ -133,7 +138,17 @@ def _explain(exc: msgspec.ValidationError, document, cls: type, root: str) -> tu
         return path, f"expected {_expected(tp)}"
     if isinstance(value, str) and _URL_CREDENTIALS.match(value):
         return path, f"expected {_expected(tp)}, got a URL with user:password@ (credentials go in files)"
-    return path, f"expected {_expected(tp)}, got {value!r}"
+    return path, f"expected {_expected(tp)}, got {_shown(value)}"
+
+
+def _shown(value) -> str:
+    """A value at fault, as an error shows it: a mapping or list by its kind only, as its contents may
+    hold secrets (and would fill the screen)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return repr(value)
 
 
 # A URL with user information: a value never repeated in an error (config.URL refuses it).
@@ -211,3 +226,37 @@ def _is_redacted(tp) -> bool:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return any(_is_redacted(arg) for arg in typing.get_args(tp))
     return False
+
+
+# -- YAML ---------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping, as Go's yaml.UnmarshalStrict does for
+    Prometheus and Alertmanager: of two `observability:` blocks, the first would be lost unseen."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue        # `<<: *defaults` merges keys that the mapping's own may override
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:   # an unhashable key: SafeLoader refuses it itself
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice in one mapping",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(data: bytes, *, unique_keys: bool = True):
+    """The document in `data` (UTF-8, or UTF-16 with its byte order mark, as YAML allows);
+    yaml.YAMLError for one that does not parse or, unless `unique_keys` is false, repeats a key."""
+    try:
+        return yaml.load(data, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)    # no Python objects
+    except yaml.reader.ReaderError as exc:
+        raise yaml.YAMLError(f"not UTF-8 text (nor UTF-16 with a byte order mark): {exc.reason} at byte "
+                             f"{exc.position}") from None

@@ -47,7 +47,7 @@ from msgspec import Meta, field
 
 from . import durations
 from .filewatch import FileWatch
-from .validation import REDACTED, Invalid, Section, decode
+from .validation import REDACTED, Invalid, Section, decode, load_yaml
 
 _log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ _FAKE_HASH = b"$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
 _CACHE_SIZE = 100
 
 UserName = Annotated[str, Meta(min_length=1, description="a non-empty user name")]
-BcryptHash = Annotated[str, Meta(pattern=r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$",
+BcryptHash = Annotated[str, Meta(pattern=r"^\$2[abxy]?\$[0-9]{2}\$[./A-Za-z0-9]{53}$(?!\n)",
                                  description='a bcrypt hash such as $2y$10$... (htpasswd -nBC 10 "")'), REDACTED]
 # Go's form, as exporter-toolkit reads it; a bare 0 (YAML's number) means off too.
 Interval = Annotated[Annotated[str, Meta(pattern=durations.GO_PATTERN)] | Literal[0],
@@ -253,11 +253,9 @@ def parse_web_config(document, directory: Path = Path(".")) -> WebConfig:
 def read_web_config_file(path: Path) -> WebConfig:
     """Read and validate a web config file, without its TLS files."""
     try:
-        document = yaml.safe_load(path.read_text())
+        document = load_yaml(path.read_bytes())
     except OSError as exc:
         raise WebConfigError("", f"cannot read web config {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise WebConfigError("", f"web config {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise WebConfigError("", f"invalid YAML in {path}: {exc}") from None
     return parse_web_config(document, path.parent)

@@ -112,6 +112,35 @@ def test_forwarded_requests_carry_the_sdks_environment_headers_under_the_configu
     assert backend.headers[0]["x-team"] == "config"
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_the_exporters_own_spans_carry_the_same_headers(protocol, monkeypatch):
+    """Over gRPC, a capitalised tracing.otlp_headers name failed every export (gRPC metadata is
+    lowercase), and the SDK's gRPC exporter dropped OTEL_EXPORTER_OTLP_HEADERS once the config set any."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=from-env,x-team=env")
+    backend_class = GrpcReceiver if protocol == "grpc" else HttpReceiver
+    with backend_class() as backend:
+        tel = Telemetry(Config(tracing=TracingConfig(export_to_otlp=True, otlp_endpoint=backend.endpoint,
+                                                     otlp_protocol=protocol, otlp_headers={"X-Team": "config"})))
+        try:
+            with tel.agent_execution("planner"):
+                pass
+        finally:
+            tel.shutdown()
+        backend.wait_for_spans(1)
+    assert backend.headers[0]["x-api-key"] == "from-env"
+    assert backend.headers[0]["x-team"] == "config"
+
+
+def test_an_environment_header_no_request_could_carry_is_an_error_that_hides_it(monkeypatch):
+    from agent_exporter.tracing import otlp_headers
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key=SECRET%0AKEY")
+    with pytest.raises(ValueError) as raised:
+        otlp_headers({})
+    assert str(raised.value) == ("OTEL_EXPORTER_OTLP_TRACES_HEADERS: the header 'x-api-key' cannot be sent: "
+                                 "a header value is printable ASCII")
+    assert otlp_headers({}, "logs") == {}       # logs read their own variable, then the common one
+
+
 @pytest.mark.parametrize("path", ["/", "/v1/traces"])
 def test_grpc_endpoint_with_a_path_forwards_to_its_host_and_port(path):
     """As the SDK's OTLP/gRPC exporter does with the same tracing.otlp_endpoint (the exporter's own traces)."""

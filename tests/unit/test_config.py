@@ -479,7 +479,9 @@ def test_the_example_config_has_every_key_and_says_where_it_is_not_the_default()
     ({"alerting": {"slack": {"webhook_url": ["https://hooks.slack.com/URLSECRET"]}}}, "alerting.slack.webhook_url",
      "expected nothing (secrets go in files: set the matching *_file key)"),
     ({"tracing": {"otlp_headers": {"x-api-key": 48151623}}}, "tracing.otlp_headers.x-api-key",
-     "expected a string"),
+     "expected a header value of printable ASCII"),
+    ({"tracing": {"otlp_headers": {"x-api-key": "SECRET\nKEY"}}}, "tracing.otlp_headers.x-api-key",
+     "expected a header value of printable ASCII"),
 ])
 def test_secrets_in_the_config_are_refused_and_never_repeated(document, key, expected):
     """A password in a URL was accepted, then printed by `check` and logged by the forwarder; a
@@ -489,3 +491,65 @@ def test_secrets_in_the_config_are_refused_and_never_repeated(document, key, exp
     assert str(raised.value) == f"observability.{key}: {expected}"
     assert "SECRET" not in str(raised.value) and "48151623" not in str(raised.value)
 
+
+
+@pytest.mark.parametrize("alerting, key", [
+    ({"rate_window": "5m\n"}, "rate_window"),           # Python's $ matches before a final line break
+    ({"evaluation_interval": "30s\n"}, "evaluation_interval"),
+    ({"rate_window": "\u0665m"}, "rate_window"),        # an Arabic-Indic 5: Python's \d, not Prometheus
+    ({"group_labels": ["env\n"]}, "group_labels[0]"),
+    ({"exporter_url": "http://x:9464\n"}, "exporter_url"),
+    ({"remediation_alerts": ["Foo\n"]}, "remediation_alerts[0]"),
+    ({"email": {"smtp_server": "mailpit\n"}}, "email.smtp_server"),
+])
+def test_values_prometheus_or_alertmanager_would_refuse_are_refused_here(alerting, key):
+    """Each passed `check`, then broke `render` or the rendered files; the first one printed the
+    whole document, secrets included, as the error of the top key."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"observability": {"tracing": {"otlp_headers": {"authorization": "Bearer SECRET"}},
+                                         "alerting": alerting}})
+    assert raised.value.path == f"observability.alerting.{key}"
+    assert "SECRET" not in str(raised.value)
+
+
+def test_an_error_shows_a_mapping_or_a_list_by_its_kind_only():
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"observability": {"tracing": [{"otlp_headers": {"authorization": "Bearer SECRET"}}]}})
+    assert str(raised.value) == "observability.tracing: expected a mapping, got a list"
+
+
+@pytest.mark.parametrize("value", [False, 0, "", [], "off"])
+def test_a_top_key_that_is_not_a_mapping_is_refused_not_read_as_the_defaults(value):
+    with pytest.raises(ConfigError, match="^observability: expected a mapping"):
+        parse_config({"observability": value})
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(tmp_path):
+    """As Prometheus and Alertmanager refuse it: the first block was silently lost."""
+    path = tmp_path / "observability.yaml"
+    path.write_text("observability:\n  metrics: {max_series: 5}\nobservability:\n  alerting: {job: other}\n")
+    with pytest.raises(ConfigError, match=r"the key 'observability' is given twice in one mapping") as raised:
+        load_config(path)
+    assert raised.value.path == str(path) and "line 3" in str(raised.value)
+    path.write_text("x: &defaults {max_series: 5}\nobservability:\n  metrics: {<<: *defaults, max_series: 7}\n")
+    with pytest.raises(ConfigError, match="unknown top-level key"):     # a merge key may be overridden
+        load_config(path)
+
+
+def test_the_legacy_reading_lets_the_last_key_win(tmp_path, caplog):
+    from agent_exporter.compat import load_legacy_config
+    path = tmp_path / "observability_config.yaml"
+    path.write_text("observability:\n  metrics: {max_series: 5}\n  metrics: {max_series: 7}\n")
+    assert load_legacy_config(path).metrics.max_series == 7
+
+
+def test_a_utf16_config_is_read_and_one_in_no_yaml_encoding_names_the_file(tmp_path):
+    """PowerShell 5's `>` writes UTF-16; that used to be a traceback in render and simulate."""
+    path = tmp_path / "observability.yaml"
+    path.write_bytes("observability:\n  metrics: {max_series: 5}\n".encode("utf-16"))
+    assert load_config(path).metrics.max_series == 5
+    path.write_bytes("observability:\n  service_name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == (f"{path}: invalid YAML: not UTF-8 text (nor UTF-16 with a byte order mark): "
+                                 "invalid continuation byte at byte 34")

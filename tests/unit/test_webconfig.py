@@ -318,3 +318,10 @@ def test_turning_tls_off_takes_a_restart(tmp_path):
     replace(tmp_path / "web.yml", "")
     with pytest.raises(WebConfigError, match="turning it on or off takes a restart"):
         watched.current()
+
+
+def test_a_key_given_twice_is_an_error_as_in_exporter_toolkit(tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  alice: '{HASH}'\n  alice: '{HASH}'\n")
+    with pytest.raises(WebConfigError, match="the key 'alice' is given twice in one mapping"):
+        load_web_config(path)

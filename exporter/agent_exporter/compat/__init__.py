@@ -44,7 +44,7 @@ def load_legacy_config(path=DEFAULT_CONFIG_FILE) -> Config:
     file applies (a file that turns tracing or alerting off never has it turned back on).  The service
     is named as the legacy tracer named it (LEGACY_SERVICE) unless the file names it."""
     try:
-        document = read_document(path)
+        document = read_document(path, unique_keys=False)   # the legacy package let the last one win
     except ConfigError as exc:
         _log.warning("could not load the observability config, using defaults: %s", exc)
         return Config(**LEGACY_SERVICE)
