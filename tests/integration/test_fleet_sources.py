@@ -205,7 +205,7 @@ def prometheus_with_an_incident(tmp_path):
             api.wait_until(f'count_over_time(orchestrator_agent_executions_total{{agent="{FAILING}",'
                            f'status="error"}}[{window}])', lambda rows: rows and float(rows[0]["value"][1]) >= 10,
                            timeout=POLL_TIMEOUT)
-            for query in Queries.over(window):          # rule groups evaluate apart
+            for query in Queries.over(window, Config().alerting.job):     # rule groups evaluate apart
                 api.wait_until(query, lambda rows: len(rows) == 2, timeout=POLL_TIMEOUT)
             yield process
     finally:

@@ -272,15 +272,17 @@ def test_deployment_labels_must_be_group_labels():
 
 
 def test_a_deployments_statistics_are_its_own_series():
-    queries = Queries.over("1m", {"environment": "production", "cluster": "eu-1"})
+    queries = Queries.over("1m", "agent-exporter", {"environment": "production", "cluster": "eu-1"})
     assert queries.success == ('1 - avg by (agent) (agent:orchestrator_agent_executions:error_ratio_rate1m'
                                '{cluster="eu-1", environment="production"})')
     assert queries.latency == ('avg by (agent) (agent_quantile:orchestrator_agent_execution_duration_seconds:'
                                'histogram_quantile1m{quantile="0.5", cluster="eu-1", environment="production"})')
     assert queries.cost == (
-        'sum by (agent) (rate(orchestrator_llm_cost_usd_total{cluster="eu-1", environment="production"}[1m])) / '
-        'sum by (agent) (rate(orchestrator_agent_executions_total{cluster="eu-1", environment="production"}[1m]))')
-    assert Queries.over("1m", {}) == Queries.over("1m")
+        'sum by (agent) (rate(orchestrator_llm_cost_usd_total{job="agent-exporter", cluster="eu-1", '
+        'environment="production"}[1m])) / sum by (agent) (rate(orchestrator_agent_executions_total'
+        '{job="agent-exporter", cluster="eu-1", environment="production"}[1m]))')
+    assert Queries.over("1m", "j", {}) == Queries.over("1m", "j")
+    assert 'orchestrator_llm_cost_usd_total{job="other"}' in Queries.over("1m", "other").cost
 
 
 def test_whichever_source_comes_first_acts_and_nothing_acts_twice():
@@ -503,7 +505,7 @@ class Answers:
         return self.answers[dict(params)["query"]]
 
 
-QUERIES = Queries.over("1m")
+QUERIES = Queries.over("1m", "agent-exporter")
 
 
 def test_recording_rule_answers_become_per_agent_fleet_stats():
@@ -512,7 +514,7 @@ def test_recording_rule_answers_become_per_agent_fleet_stats():
         QUERIES.success: vector(("coder", "0.5"), ("coder-lite", "1.2"), ("silent", "NaN")),
         QUERIES.latency: vector(("coder", "4.5"), ("coder-lite", "+Inf")),
         QUERIES.cost: vector(("coder", "0.05")),
-    }), selector, "1m")
+    }), selector, "1m", "agent-exporter")
     stats()
     assert selector.fleet() == {
         "coder": FleetStats(success_ratio=0.5, latency_seconds=4.5, cost_usd=0.05),
@@ -524,7 +526,7 @@ def test_recording_rule_answers_become_per_agent_fleet_stats():
 
 def test_a_failed_query_fails_the_refresh():
     error = json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"}).encode()
-    stats = PrometheusStats(Answers({QUERIES.success: error}), AdaptiveSelector(), "1m")
+    stats = PrometheusStats(Answers({QUERIES.success: error}), AdaptiveSelector(), "1m", "agent-exporter")
     with pytest.raises(ValueError, match="parse error"):
         stats()
 
@@ -532,11 +534,11 @@ def test_a_failed_query_fails_the_refresh():
 def test_the_fleet_window_names_the_rules_the_queries_read_and_the_rules_render():
     from agent_exporter.render.rules import recording_rules
     config = Config(healing=HealingConfig(fleet=FleetConfig(prometheus=FleetPrometheusConfig(window="2m"))))
-    queries = Queries.over(config.healing.fleet.prometheus.window)
+    queries = Queries.over(config.healing.fleet.prometheus.window, config.alerting.job)
     assert queries.success == "1 - avg by (agent) (agent:orchestrator_agent_executions:error_ratio_rate2m)"
     assert queries.latency == ('avg by (agent) (agent_quantile:orchestrator_agent_execution_duration_seconds'
                                ':histogram_quantile2m{quantile="0.5"})')
-    assert "rate(orchestrator_agent_executions_total[2m])" in queries.cost
+    assert 'rate(orchestrator_agent_executions_total{job="agent-exporter"}[2m])' in queries.cost
     rules = {rule["record"]: rule["expr"] for group in recording_rules(config) for rule in group["rules"]}
     assert "[2m]" in rules["agent:orchestrator_agent_executions:error_ratio_rate2m"]
     assert "[2m]" in rules["agent_quantile:orchestrator_agent_execution_duration_seconds:histogram_quantile2m"]

@@ -90,7 +90,8 @@ def test_the_fleet_queries_in_the_doc_are_the_ones_the_code_sends():
     from agent_exporter.healing.fleet_stats import Queries
 
     text = DOC.read_text()
-    for query in Queries.over(Config().healing.fleet.prometheus.window):
+    config = Config()
+    for query in Queries.over(config.healing.fleet.prometheus.window, config.alerting.job):
         assert f"`{query}`" in text
 
 

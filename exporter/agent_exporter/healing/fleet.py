@@ -62,7 +62,7 @@ class Fleet:
                                   interval=fleet.alertmanager.interval_seconds, on_result=source_up("alertmanager"),
                                   **timing))
         if prometheus is not None:
-            stats = PrometheusStats(prometheus, remediator.selector, fleet.prometheus.window,
+            stats = PrometheusStats(prometheus, remediator.selector, fleet.prometheus.window, config.alerting.job,
                                     config.alerting.deployment_labels)
             pollers.append(Poller("prometheus", stats, interval=fleet.prometheus.interval_seconds,
                                   on_failure=stats.unavailable, on_result=source_up("prometheus"), **timing))

@@ -45,17 +45,19 @@ class Queries(NamedTuple):
     cost: str
 
     @classmethod
-    def over(cls, window: str, deployment_labels: dict[str, str] | None = None) -> "Queries":
-        """The queries over `window`, of this deployment's series (alerting.deployment_labels)."""
+    def over(cls, window: str, job: str, deployment_labels: dict[str, str] | None = None) -> "Queries":
+        """The queries over `window`, of this deployment's series (alerting.deployment_labels): the
+        recording rules select `job` (alerting.job) themselves, raw series are selected here."""
         matchers = label_matchers(deployment_labels or {})
+        job_matcher = f'job="{job}"'     # config.LabelValue: nothing to escape
 
         def selector(name: str, *more: str) -> str:
             return f"{name}{{{', '.join((*more, *matchers))}}}" if more or matchers else name
 
         return cls(success=f"1 - avg by (agent) ({selector(AGENT_SLI.error_ratio_rule(window))})",
                    latency=f"avg by (agent) ({selector(latency_quantile_rule(window), MEDIAN)})",
-                   cost=f"sum by (agent) (rate({selector(COST)}[{window}])) / "
-                        f"sum by (agent) (rate({selector(EXECUTIONS)}[{window}]))")
+                   cost=f"sum by (agent) (rate({selector(COST, job_matcher)}[{window}])) / "
+                        f"sum by (agent) (rate({selector(EXECUTIONS, job_matcher)}[{window}]))")
 
 
 class _Sample(msgspec.Struct, frozen=True):
@@ -96,10 +98,11 @@ def _per_agent(body: bytes, query: str) -> dict[str, float]:
 class PrometheusStats:
     """One refresh of the selector's fleet statistics from Prometheus."""
 
-    def __init__(self, client: APIClient, selector, window: str, deployment_labels: dict[str, str] | None = None):
+    def __init__(self, client: APIClient, selector, window: str, job: str,
+                 deployment_labels: dict[str, str] | None = None):
         self.client = client
         self.selector = selector
-        self.queries = Queries.over(window, deployment_labels)
+        self.queries = Queries.over(window, job, deployment_labels)
 
     def fetch(self) -> dict[str, FleetStats]:
         success, latency, cost = (
