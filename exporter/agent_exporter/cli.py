@@ -142,8 +142,8 @@ def cmd_serve(args) -> int:
     if not config.enabled:
         log.warning("observability.enabled is false: events are accepted and dropped, and /metrics is empty")
     elif not config.metrics.enabled:
-        log.warning("observability.metrics.enabled is false: events are accepted, and /metrics serves none "
-                    "of the catalog's metrics")
+        log.warning("observability.metrics.enabled is false: events are accepted, and /metrics serves no "
+                    "metrics at all")
     _raise_open_files_limit(log)
     telemetry = Telemetry(config)
     remediator = build_remediator(config, telemetry)
@@ -422,13 +422,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# --log.level's values, as Prometheus spells them (any case), and the config's names for them.
-_LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+# --log.level's values, as Prometheus spells them (any case), with critical, which logging.level has too.
+_LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR",
+               "critical": "CRITICAL"}
 
 
-def _log_level_flag(parser, default) -> None:
+def _log_level_flag(parser, default, *, when_not_given: str = "the config's logging.level") -> None:
     parser.add_argument("--log.level", dest="log_level", default=default, type=str.lower, choices=tuple(_LOG_LEVELS),
-                        help="log level (default: the config's logging.level); the format is logging.format")
+                        help=f"log level (default: {when_not_given}); the format is logging.format")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="exporter plus a simulated orchestrator with an incident")
     config_flag(demo)
-    demo.add_argument("--duration", type=_positive_float, metavar="SECONDS", help="stop after this long")
+    demo.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                      help="stop after this long (default: run until Ctrl-C)")
     demo.add_argument("--stack", action="store_true",
                       help="also run Prometheus, Alertmanager and local Slack and SMTP sinks")
     demo.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
@@ -490,14 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", metavar="FILE", help="JSONL events, a JSON array of events, or a legacy metrics JSON")
     replay.add_argument("--url", required=True, help="exporter base URL, e.g. http://127.0.0.1:9464 "
                         "(http://USER:PASSWORD@HOST:PORT works too, but ps shows it: prefer --password-file)")
-    replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request")
+    replay.add_argument("--batch-size", type=_positive_int, default=1000, help="events per request (default: 1000)")
     replay.add_argument("--bearer-token-file", metavar="FILE",
                         help="token for /v1/* (AGENT_EXPORTER_BEARER_TOKEN in the environment wins over it)")
     replay.add_argument("--username", metavar="USER", help="a user of the web config's basic auth")
     replay.add_argument("--password-file", metavar="FILE", help="file holding that user's password")
     replay.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify an https exporter")
-    replay.add_argument("--timeout", type=_positive_float, default=30.0, help="per-request timeout, seconds")
-    _log_level_flag(replay, argparse.SUPPRESS)
+    replay.add_argument("--timeout", type=_positive_float, default=30.0,
+                        help="per-request timeout, seconds (default: 30)")
+    _log_level_flag(replay, argparse.SUPPRESS, when_not_given="info")
     replay.set_defaults(func=cmd_replay)
 
     check = commands.add_parser("check", help="validate a config and print what it means")

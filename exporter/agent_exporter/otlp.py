@@ -697,10 +697,12 @@ class OTLPReceiver:
     def handle_http(self, body: bytes, content_type: str) -> tuple[int, str, bytes]:
         """An OTLP/HTTP request body (already gunzipped and size-limited): (status, content type, body)."""
         media = (content_type or "").split(";", 1)[0].strip().lower()
-        if media not in (PROTOBUF, JSON):
+        # JSON in another charset is refused as /v1/events refuses it: it is read as UTF-8 (RFC 8259).
+        if media not in (PROTOBUF, JSON) or (media == JSON and events.body_format(content_type) is None):
             return 415, PROTOBUF, status_pb2.Status(
                 code=_INVALID_ARGUMENT,
-                message=f"unsupported content type {content_type!r}; OTLP/HTTP takes {PROTOBUF} or {JSON}",
+                message=f"unsupported content type {content_type!r}; OTLP/HTTP takes {PROTOBUF} or {JSON} "
+                        "(in UTF-8)",
             ).SerializeToString()
         try:
             response = self.export_serialized(body if media == PROTOBUF else _json_request(body))

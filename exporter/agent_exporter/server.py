@@ -38,7 +38,7 @@ bounded steps so a small bomb cannot expand past the limit either.  The
 connection stays open after a 413 while the client sends the rest (uvicorn
 reads and drops it), so a client that writes its whole body before reading,
 as most do, sees the answer rather than a reset.  A request line and headers past
-MAX_HEADER_BYTES are a 431, a URL past MAX_URL_BYTES a 414, and a request the HTTP
+MAX_HEADER_BYTES (plus at most one read) are a 431, a URL past MAX_URL_BYTES a 414, and a request the HTTP
 parser refuses is uvicorn's 400; all are counted under handler="other", as are the
 408s below.
 
@@ -279,8 +279,9 @@ class _Request:
 
 
 # The versions of ASGI scopes (uvicorn speaks 1.0 and 1.1; an app mounted under an HTTP/2 or
-# HTTP/3 server sees "2" and "3").  httptools parses a request line of any version, and an
-# "HTTP/2.0" one reached the endpoints as if it were HTTP/1.1 (RFC 9110, 15.6.6: 505).
+# HTTP/3 server sees "2" and "3").  httptools parses some request lines of other versions
+# ("HTTP/2.0", "HTTP/0.9"), which reached the endpoints as if they were HTTP/1.1 (RFC 9110,
+# 15.6.6: 505); it refuses the rest ("HTTP/1.2", "HTTP/3.0") itself, with uvicorn's 400.
 _HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
 
 
@@ -841,7 +842,9 @@ def _protocol_class(request_timeout: float, store):
         _peer_certificate = None
         # httptools sets no bound on headers: the bytes received while a request's head is
         # incomplete are counted, and past MAX_HEADER_BYTES the request is refused (431) as soon
-        # as no response is being written on the connection.
+        # as no response is being written on the connection.  A head that ends within the read
+        # that crosses the bound is served (the parser does not say where in the read it ended),
+        # so the bound is MAX_HEADER_BYTES plus at most one read, as Go's is approximate too.
         _head_bytes = 0
         _in_head = True
         _oversized = False

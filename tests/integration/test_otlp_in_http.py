@@ -96,6 +96,15 @@ def test_other_content_type_is_415(served):
     assert reply.status_code == 415
 
 
+def test_json_in_another_charset_is_415_as_on_v1_events(served):
+    """It is read as UTF-8: latin-1 text was taken, then failed as 'not UTF-8' or read wrong."""
+    for charset, status in (("latin-1", 415), ("utf-16", 415), ("UTF-8", 200), ("us-ascii", 200)):
+        reply = served.post(b'{"resourceSpans": []}', {"Content-Type": f"application/json; charset={charset}"})
+        assert reply.status_code == status, charset
+    assert "(in UTF-8)" in status_pb2.Status.FromString(
+        served.post(b"{}", {"Content-Type": "application/json; charset=latin-1"}).content).message
+
+
 def test_every_refusal_is_a_status_in_the_request_s_encoding():
     """OTLP/HTTP answers every 4xx and 5xx with a google.rpc.Status, encoded as the request was."""
     served = Served(bearer_token="s3cret", max_body_bytes=1000)
