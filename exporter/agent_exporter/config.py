@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 
 # -- value types: what each key takes, said once -------------------------------
 
-PositiveInt = Annotated[int, Meta(gt=0, description="a positive integer")]
+# Bounded, so that a number no queue or buffer can take fails check, not serve (OverflowError).
+PositiveInt = Annotated[int, Meta(gt=0, le=2**31 - 1, description="a positive integer up to 2147483647")]
 Positive = Annotated[float, Meta(gt=0, description="a positive number")]
 NonNegative = Annotated[float, Meta(ge=0, description="a number >= 0")]
 Ratio = Annotated[float, Meta(gt=0, lt=1, description="a ratio between 0 and 1 (exclusive)")]
@@ -74,8 +75,8 @@ Buckets = Annotated[tuple[Bucket, ...], Meta(min_length=1, description="a list o
 ExtraLabel = Literal[catalog.EXTRA_LABELS]
 Channel = Literal["log", "slack", "email"]
 # A legacy key that named a secret: accepted only empty, as the legacy default was.
-LegacySecret = Annotated[str, Meta(description="nothing (secrets go in files: set the matching *_file key)"),
-                         REDACTED] | None
+LegacySecret = Annotated[str, Meta(description="nothing (secrets go in files: set the matching *_file key)",
+                                   extra_json_schema={"maxLength": 0}), REDACTED] | None
 # (long window, short window, burn-rate factor)
 BurnRateWindows = tuple[tuple[Duration, Duration, Positive], ...]
 
@@ -576,6 +577,8 @@ def json_schema() -> dict:
     for component in components.values():      # a class's docstring, indented before msgspec 0.23
         if "description" in component:
             component["description"] = inspect.cleandoc(component["description"])
+        for key, value in component.get("properties", {}).items():
+            component["properties"][key] = _or_empty(value)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://agent-exporter.dev/schemas/observability.schema.json",
@@ -583,10 +586,19 @@ def json_schema() -> dict:
         "description": "Every key is optional; a key left empty takes its default. "
                        "Secrets are never written here: the *_file keys name files that hold them.",
         "type": "object",
-        "properties": {ROOT_KEY: schema},
+        "properties": {ROOT_KEY: _or_empty(schema)},
         "additionalProperties": False,
         "$defs": components,
     }
+
+
+def _or_empty(schema: dict) -> dict:
+    """A key's schema, taking null too: a key left empty takes its default (validation.decode)."""
+    if {"type": "null"} in schema.get("anyOf", ()):
+        return schema
+    # What editors show of a key stays at its top, beside the alternatives.
+    shown = {name: schema.pop(name) for name in ("default", "description", "title") if name in schema}
+    return {**shown, "anyOf": [schema, {"type": "null"}]}
 
 
 def json_schema_text() -> str:

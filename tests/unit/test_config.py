@@ -375,8 +375,8 @@ def test_published_json_schema_is_exactly_what_the_code_generates():
 
 def _schema_keys(document, schema, defs, path="") -> list[str]:
     """The keys of `document` that `schema` does not describe (following $ref and nested objects)."""
-    while "$ref" in schema:
-        schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+    while "$ref" in schema or "anyOf" in schema:       # a key's schema is its type's, or null
+        schema = defs[schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema["anyOf"][0]
     missing = []
     for key, value in document.items():
         # A section names its keys; a mapping (prices, fallbacks) describes every value alike.
@@ -398,11 +398,21 @@ def test_the_schema_describes_the_top_key_and_every_key_of_the_example():
     assert _schema_keys({"observability": {"tracing": {"colour": "blue"}}}, schema, schema["$defs"]) == [
         "observability.tracing.colour"]
     rate_window = schema["$defs"]["AlertingConfig"]["properties"]["rate_window"]
-    assert rate_window["pattern"] and "Prometheus duration" in rate_window["description"]
+    assert rate_window["anyOf"][0]["pattern"] and "Prometheus duration" in rate_window["description"]
 
 
-def test_a_key_left_empty_takes_its_default():
-    assert parse("observability:\n  tracing:\n  metrics:\n    max_series:\n    prices:\n") == Config()
+def test_a_key_left_empty_takes_its_default_and_the_schema_says_so():
+    text = "observability:\n  tracing:\n  metrics:\n    max_series:\n    prices:\n"
+    assert parse(text) == Config()
+    from jsonschema import Draft202012Validator
+
+    from agent_exporter.config import json_schema
+    validator = Draft202012Validator(json_schema())
+    assert list(validator.iter_errors(yaml.safe_load(text))) == []        # editors used to flag it
+    assert list(validator.iter_errors({"observability": None})) == []
+    assert not validator.is_valid({"observability": {"metrics": {"max_series": "many"}}})
+    assert not validator.is_valid({"observability": {"alerting": {"email": {"password": "x"}}}})   # as check
+    assert validator.is_valid({"observability": {"alerting": {"email": {"password": ""}}}})
 
 
 def test_infinite_numbers_are_refused_with_the_key_path():
@@ -553,3 +563,11 @@ def test_a_utf16_config_is_read_and_one_in_no_yaml_encoding_names_the_file(tmp_p
         load_config(path)
     assert str(raised.value) == (f"{path}: invalid YAML: not UTF-8 text (nor UTF-16 with a byte order mark): "
                                  "invalid continuation byte at byte 34")
+
+
+@pytest.mark.parametrize("section, key", [("tracing", "max_queue_size"), ("metrics", "max_series"),
+                                          ("server", "max_body_bytes")])
+def test_a_count_no_queue_could_take_fails_check_not_serve(section, key):
+    """max_queue_size: 10**26 passed check, then serve died in the SDK with OverflowError."""
+    with pytest.raises(ConfigError, match=f"^observability.{section}.{key}: expected a positive integer up to"):
+        parse_config({"observability": {section: {key: 10**26}}})
