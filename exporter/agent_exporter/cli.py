@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -207,7 +208,9 @@ def cmd_demo(args) -> int:
 
 def cmd_render(args) -> int:
     from .config import ConfigError
+    from .credentials import BEARER_TOKEN_ENV
     from .render import render_all
+    from .render.alertmanager import posts_to_the_exporter
     try:
         config = _load_config(args)
     except ConfigError as exc:
@@ -218,6 +221,12 @@ def cmd_render(args) -> int:
         return _error(f"cannot write to {args.out}: {exc}")
     for path in paths:
         print(path)
+    if (os.environ.get(BEARER_TOKEN_ENV, "").strip() and not config.server.bearer_token_file
+            and not config.alerting.exporter_auth.username and posts_to_the_exporter(config)):
+        # serve will ask Alertmanager's webhooks for a token they were not rendered to send.
+        print(f"agent-exporter: warning: {BEARER_TOKEN_ENV} is set but observability.server.bearer_token_file "
+              "is not: the rendered Alertmanager webhooks to the exporter send no token, and will get 401; "
+              "name a file for Alertmanager", file=sys.stderr)
     return 0
 
 

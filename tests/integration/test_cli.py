@@ -268,6 +268,21 @@ def test_render_writes_the_three_trees(tmp_path, capsys):
         assert any(out.joinpath(tree).rglob("*")), tree
 
 
+def test_render_warns_when_the_token_alertmanager_needs_is_only_in_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AGENT_EXPORTER_BEARER_TOKEN", "t0ken")
+    assert main(["render", "--out", str(tmp_path / "env")]) == 0        # the default: remediation webhooks
+    assert "AGENT_EXPORTER_BEARER_TOKEN is set but observability.server.bearer_token_file is not" in (
+        capsys.readouterr().err)
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    config = tmp_path / "observability.yaml"
+    for text in (f"observability:\n  server: {{bearer_token_file: {token}}}\n",
+                 "observability:\n  healing: {enabled: false}\n  alerting: {channels: [email]}\n"):
+        config.write_text(text)
+        assert main(["render", "--config.file", str(config), "--out", str(tmp_path / "file")]) == 0
+        assert capsys.readouterr().err == ""
+
+
 def test_render_to_a_place_it_cannot_write_is_one_line_naming_it(tmp_path, capsys):
     taken = tmp_path / "a-file"
     taken.write_text("")

@@ -158,14 +158,23 @@ def _down_inhibits_absent(grouping: list[str]) -> list[dict]:
     return rules
 
 
+def _remediation_alerts(config: Config) -> tuple[str, ...]:
+    # The exporter serves its remediation webhook only with healing on (cli.build_remediator).
+    return config.alerting.remediation_alerts if config.healing.enabled else ()
+
+
+def posts_to_the_exporter(config: Config) -> bool:
+    """Whether the rendered Alertmanager config has webhooks to the exporter's /v1/alertmanager."""
+    return config.alerting.enabled and ("log" in config.alerting.channels or bool(_remediation_alerts(config)))
+
+
 def alertmanager_config(config: Config) -> dict:
     alerting = config.alerting
     if not alerting.enabled:
         return {"route": {"receiver": NULL}, "receivers": [{"name": NULL}]}
     log = "log" in alerting.channels
     people = _people(config)
-    # The exporter serves its remediation webhook only with healing on (cli.build_remediator).
-    remediation = alerting.remediation_alerts if config.healing.enabled else ()
+    remediation = _remediation_alerts(config)
     routes = []
     if remediation:
         routes.append({
