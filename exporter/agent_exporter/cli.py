@@ -294,6 +294,10 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
 def _auth(auth) -> str:
     if auth.bearer_token_file:
         return f"bearer token from {auth.bearer_token_file}"
@@ -319,8 +323,15 @@ def describe_config(config, path: str | None) -> str:
             f"sampling_rate={config.tracing.sampling_rate:g}"
             + (f" otlp={config.tracing.otlp_endpoint} ({config.tracing.otlp_protocol})"
                if config.tracing.export_to_otlp else " otlp=off")
-            + (" console=on" if config.tracing.export_to_console else "")),
-        f"metrics: max_series={m.max_series} extra_labels={','.join(m.extra_labels) or 'none'}",
+            + (" console=on" if config.tracing.export_to_console else "")
+            + f" spans of: agents={_on(config.tracing.trace_all_agents)} "
+              f"state_transitions={_on(config.tracing.trace_state_transitions)} "
+              f"tool_calls={_on(config.tracing.trace_tool_calls)} errors={_on(config.tracing.trace_errors)} "
+              f"capture_content={_on(config.tracing.capture_content)}"),
+        f"metrics: max_series={m.max_series} extra_labels={','.join(m.extra_labels) or 'none'} "
+        f"collection_interval={_seconds(m.collection_interval)}"
+        + (f" (scraped every {_seconds(m.scrape_interval_seconds)})"
+           if m.scrape_interval_seconds != m.collection_interval else ""),
         "  execution buckets (s): " + " ".join(f"{b:g}" for b in m.execution_buckets),
         "  tool buckets (s): " + " ".join(f"{b:g}" for b in m.tool_buckets),
         "  time to first token buckets (s): " + " ".join(f"{b:g}" for b in m.time_to_first_token_buckets),
@@ -336,11 +347,17 @@ def describe_config(config, path: str | None) -> str:
         f"otlp={'on' if lg.export_to_otlp else 'off'}",
         f"alerting: {'enabled' if a.enabled else 'disabled'} channels={','.join(a.channels) or 'none'} "
         f"evaluation_interval={a.evaluation_interval} rate_window={a.rate_window} for={a.alert_for}",
-        f"  job={a.job} group_labels={','.join(a.group_labels) or 'none'} min_events={a.min_events}",
+        f"  job={a.job} group_labels={','.join(a.group_labels) or 'none'} min_events={a.min_events} "
+        f"evaluation_window={a.evaluation_window}",
+        "  deployment_labels=" + (",".join(f"{k}={v}" for k, v in a.deployment_labels.items()) or "none")
+        + " task_error_types=" + (",".join(a.task_error_types) or "none"),
         f"  thresholds: error_ratio > {t.error_ratio:.2%}, latency p95 > {_seconds(t.latency_p95_seconds)}, "
         f"cost per day > ${t.cost_per_day_usd:g}, tool error_ratio > {t.tool_error_ratio:.2%}, "
         f"circuit open > {_seconds(t.circuit_open_seconds)}, rejected events > {t.rejected_events_ratio:.2%}, "
-        f"spans not forwarded > {t.unforwarded_spans_ratio:.2%}",
+        f"spans not forwarded > {t.unforwarded_spans_ratio:.2%}, "
+        f"time to first token p95 > {_seconds(t.time_to_first_token_p95_seconds)}, "
+        f"evaluation score < {t.evaluation_score_floor:g}",
+        f"  links: runbooks {a.runbook_url} grafana {a.grafana_url}",
     ]
     if a.conditions:
         lines.append("  legacy conditions: " + "; ".join(a.conditions))
@@ -355,7 +372,9 @@ def describe_config(config, path: str | None) -> str:
         + ("; per feature: " + ", ".join(f"{feature} ${usd:g}/day" for feature, usd in a.budget.per_feature.items())
            if a.budget.per_feature else ""),
         f"  email: {a.email.smtp_server}:{a.email.smtp_port} from={a.email.from_address} "
-        f"to={','.join(a.email.to_addresses) or 'none'}",  # none is allowed without the email channel
+        f"to={','.join(a.email.to_addresses) or 'none'} "  # none is allowed without the email channel
+        f"require_tls={_on(a.email.require_tls)}"
+        + (f" auth as {a.email.username} (password_file={a.email.password_file})" if a.email.username else ""),
         f"  slack: channel={a.slack.channel} webhook_url_file={a.slack.webhook_url_file}",
         f"  exporter (scraped, and its webhooks): {a.exporter_url}, "
         + (f"basic auth as {a.exporter_auth.username}" if a.exporter_auth.username else "no basic auth")

@@ -146,13 +146,25 @@ observability:
 
 def test_check_prints_the_addresses_render_mails(tmp_path, capsys):
     out = checked(tmp_path, capsys, "observability: {}\n")
-    assert " to=oncall@example.com\n" in out
+    assert " to=oncall@example.com require_tls=off\n" in out
     assert "owners=the on-call (email.to_addresses)" in out
     rendered = tmp_path / "rendered"
     assert main(["render", "--config.file", str(tmp_path / "observability.yaml"), "--out", str(rendered)]) == 0
     mailed = {config["to"] for receiver in yaml.safe_load((rendered / "alertmanager" / "alertmanager.yml").read_text())
               ["receivers"] for config in receiver.get("email_configs", [])}
     assert mailed == {"oncall@example.com"}
+
+
+def test_check_prints_every_key_that_is_not_a_secret(tmp_path, capsys):
+    """The trace_* switches, thresholds, links and windows were understood but never shown."""
+    out = checked(tmp_path, capsys, "observability:\n  tracing: {trace_tool_calls: false, capture_content: true}\n"
+                                    "  metrics: {collection_interval: 60}\n"
+                                    "  alerting: {evaluation_window: 2h, task_error_types: [BadInput],\n"
+                                    "             thresholds: {evaluation_score_floor: 0.6}}\n")
+    for shown in ("tool_calls=off", "capture_content=on", "collection_interval=60s (scraped every 15s)",
+                  "evaluation_window=2h", "task_error_types=BadInput", "evaluation score < 0.6",
+                  "time to first token p95 > 5s", "links: runbooks https://"):
+        assert shown in out, shown
 
 
 def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):
