@@ -24,7 +24,7 @@ def _configure_logging(config, args) -> None:
 
     from . import logs
     if args.log_level is not None:
-        config = replace(config, logging=replace(config.logging, level=_LOG_LEVELS[args.log_level]))
+        config = replace(config, logging=replace(config.logging, level=args.log_level))
     if args.stop_log_export is not None:
         args.stop_log_export()
     args.stop_log_export = logs.configure(config)
@@ -450,13 +450,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# --log.level's values, as Prometheus spells them (any case), with critical, which logging.level has too.
-_LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR",
-               "critical": "CRITICAL"}
-
 
 def _log_level_flag(parser, default, *, when_not_given: str = "the config's logging.level") -> None:
-    parser.add_argument("--log.level", dest="log_level", default=default, type=str.lower, choices=tuple(_LOG_LEVELS),
+    from .config import LOG_LEVELS
+    parser.add_argument("--log.level", dest="log_level", default=default, type=str.lower, choices=tuple(LOG_LEVELS),
                         help=f"log level (default: {when_not_given}); the format is logging.format")
 
 

@@ -156,11 +156,20 @@ class MetricsConfig(Section):
         return min(self.collection_interval, MAX_SCRAPE_INTERVAL_SECONDS)
 
 
+# Log levels in any case, as Prometheus spells them (warn) and as Python does (WARNING); read as Python's.
+LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR",
+              "critical": "CRITICAL"}
+
+
 class LoggingConfig(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    level: Annotated[Literal[tuple(sorted({*LOG_LEVELS, *map(str.upper, LOG_LEVELS)}))], Meta(
+        description="a log level: debug, info, warn (or warning), error or critical, in any case")] = "INFO"
     include_traces: bool = True               # trace_id and span_id of the current span on every line
     format: Literal["json", "text"] = "json"  # text is logfmt
     export_to_otlp: bool = False              # also send log records to tracing.otlp_endpoint
+
+    def __post_init__(self):     # Python's name, whichever was written
+        msgspec.structs.force_setattr(self, "level", LOG_LEVELS[self.level.lower()])
 
 
 class Thresholds(Section):

@@ -81,7 +81,7 @@ BAD = [
     ({"tracing": {"colour": "blue"}}, "observability.tracing.colour", "unknown key"),
     # Only an implemented backend is accepted, so a typo or a wish is not silently ignored.
     ({"tracing": {"backend": "jaeger"}}, "observability.tracing.backend", "opentelemetry"),
-    ({"logging": {"level": "LOUD"}}, "observability.logging.level", "INFO"),
+    ({"logging": {"level": "LOUD"}}, "observability.logging.level", "warn (or warning)"),
     ({"alerting": {"slo": {"objective": 1.0}}}, "observability.alerting.slo.objective", "ratio"),
     ({"alerting": {"slo": {"page_windows": [["1h", "5min", 14.4]]}}}, "observability.alerting.slo.page_windows[0][1]", "duration"),
     ({"alerting": {"channels": ["pager"]}}, "observability.alerting.channels[0]", "slack"),
@@ -571,3 +571,13 @@ def test_a_count_no_queue_could_take_fails_check_not_serve(section, key):
     """max_queue_size: 10**26 passed check, then serve died in the SDK with OverflowError."""
     with pytest.raises(ConfigError, match=f"^observability.{section}.{key}: expected a positive integer up to"):
         parse_config({"observability": {section: {key: 10**26}}})
+
+
+@pytest.mark.parametrize("written, level", [("info", "INFO"), ("WARN", "WARNING"), ("Warning", None),
+                                            ("critical", "CRITICAL"), ("DEBUG", "DEBUG")])
+def test_the_log_level_is_taken_in_either_case_as_prometheus_spells_it(written, level):
+    if level is None:       # mixed case is neither spelling
+        with pytest.raises(ConfigError, match="^observability.logging.level: expected a log level"):
+            parse_config({"observability": {"logging": {"level": written}}})
+    else:
+        assert parse_config({"observability": {"logging": {"level": written}}}).logging.level == level
