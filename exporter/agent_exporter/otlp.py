@@ -434,7 +434,8 @@ def _ids_and_times(span) -> tuple[bytes, bytes, int, int]:
         raise SpanError("a span needs a 16-byte trace_id and an 8-byte span_id, not all zero")
     if not 0 < start <= end:
         raise SpanError("a span needs start_time_unix_nano > 0 and end_time_unix_nano >= start_time_unix_nano")
-    if end - start > events.MAX_SECONDS * 1e9 or end > events.MAX_TIMESTAMP * 1e9:
+    # (An end past events.MAX_TIMESTAMP cannot be: a fixed64 of nanoseconds ends in the year 2554.)
+    if end - start > events.MAX_SECONDS * 1e9:
         raise SpanError("span times out of range")
     return trace_id, span_id, start, end
 

@@ -231,6 +231,24 @@ def test_time_to_first_token_names(tel, rx, name, seconds):
                  model="gpt-4o") == pytest.approx(seconds)
 
 
+def test_an_agent_takes_the_time_to_first_token_of_its_earliest_call(tel, rx):
+    """OpenLLMetry and OpenInference put it on the chat span under the agent's, not on the agent's."""
+    later = chat_span(2, parent=1, **{"gen_ai.response.time_to_first_chunk": 0.5})
+    later.start_time_unix_nano += 200_000_000
+    earliest = chat_span(3, parent=1, **{"gen_ai.response.time_to_first_chunk": 0.3})
+    rx.export(request(later, earliest, agent_span(1, "coder")))
+    ttft = catalog.LLM_TIME_TO_FIRST_TOKEN.name
+    assert value(tel, ttft + "_count", agent="coder", model="gpt-4o") == 1
+    assert value(tel, ttft + "_sum", agent="coder", model="gpt-4o") == pytest.approx(0.3)
+
+
+def test_a_span_that_starts_and_ends_at_once_is_mapped(tel, rx):
+    """Coarse clocks and some SDKs' instant spans give start == end: a zero duration, not a bad span."""
+    rx.export(request(span(1, {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "coder"}, seconds=0)))
+    assert spans_counted(tel) == {"mapped": 1}
+    assert executions(tel) == {("coder", "success"): 1}
+
+
 def test_openlit_zero_time_to_first_token_means_not_streamed(tel, rx):
     rx.export(request(chat_span(1, **{"gen_ai.server.time_to_first_token": 0.0})))
     assert value(tel, catalog.LLM_TIME_TO_FIRST_TOKEN.name + "_count", agent="orders-service", model="gpt-4o") == 0
@@ -475,6 +493,7 @@ def test_buffer_stays_bounded_under_traces_that_never_send_a_parent_and_counts_s
 
 
 # -- bad input --------------------------------------------------------------------------
+
 
 BAD_SPANS = [
     (span(1, {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": -5}), "gen_ai.usage.input_tokens"),
