@@ -506,6 +506,10 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-
     ("application/openmetrics-text;q=0, text/plain", False),
     ("application/openmetrics-text; q=0.0", False),
     ("text/plain;q=0.9, application/openmetrics-text;q=0.4", False),
+    ("application/openmetrics-text, text/plain", True),        # a tie goes to OpenMetrics
+    ("text/plain;q=0.9, application/openmetrics-text;q=5", False),  # a q outside [0, 1] is 0
+    ("application/openmetrics-text;q=0, application/openmetrics-text;q=1", True),   # listed twice: its
+    ("application/openmetrics-text;q=1, application/openmetrics-text;q=0", True),   # highest q, either order
     ("*/*", False),
 ])
 @pytest.mark.parametrize("accept_encoding, gzipped", [

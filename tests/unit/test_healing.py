@@ -75,6 +75,9 @@ def test_retry_policy_from_config_and_invalid_values():
         RetryPolicy(0)
     with pytest.raises(ValueError):
         RetryPolicy(3, initial=-1)
+    with pytest.raises(ValueError):
+        RetryPolicy(3, multiplier=0.5)     # backoff that shrinks with each failure
+    assert RetryPolicy(3, initial=0.5, multiplier=1).ceiling(3) == 0.5     # constant backoff is fine
 
 
 # -- fallback chains ------------------------------------------------------------------------

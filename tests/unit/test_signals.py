@@ -136,6 +136,15 @@ def test_posted_events_are_priced_the_same_way(tel):
     assert value(tel, COST, agent="coder", model="claude-sonnet") == pytest.approx(0.0681)
 
 
+def test_a_part_larger_than_its_total_leaves_zero_not_a_negative_count():
+    """A provider's rounding can report more cached tokens than prompt tokens: run.usage() refuses
+    a negative count, so the user's call would raise."""
+    assert usage.from_openai({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 12}}) == {
+        "input_tokens": 0, "cache_read_tokens": 12}
+    assert usage.from_semconv(10, 5, cache_read=12, reasoning=7) == {
+        "input_tokens": 0, "cache_read_tokens": 12, "output_tokens": 0, "reasoning_tokens": 7}
+
+
 def test_semconv_usage_subtracts_the_cache_and_the_reasoning():
     assert usage.from_semconv(61_200, 900, cache_read=50_000, cache_creation=10_000, reasoning=100) == {
         "input_tokens": 1_200, "cache_read_tokens": 50_000, "cache_write_tokens": 10_000,

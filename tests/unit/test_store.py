@@ -125,6 +125,15 @@ def test_legacy_record_and_v1_event_produce_the_same_series(store):
     assert value(store, "orchestrator_llm_tokens_total", agent="planner", model="unknown", type="unsplit") == 300
 
 
+def test_a_total_given_with_its_split_is_not_counted_again(store):
+    """total_tokens is only for a total whose split is unknown: next to input and output it is their sum."""
+    feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1,
+                 "model": "gpt-4o", "input_tokens": 100, "output_tokens": 20, "total_tokens": 120})
+    tokens = {dict(labels)["type"]: v for (name, labels), v in samples(store.render().decode()).items()
+              if name == "orchestrator_llm_tokens_total"}
+    assert tokens == {"input": 100, "output": 20}
+
+
 def test_extra_labels_are_appended_when_configured():
     store = SeriesStore(MetricsConfig(extra_labels=("feature",)))
     feed(store, {"type": "agent_execution", "agent": "a", "status": "success", "duration_seconds": 1,
@@ -203,6 +212,25 @@ def test_overflow_folds_new_label_sets_and_counts_them():
     assert value(store, "orchestrator_agent_executions_total", agent="agent-5", status="success") == 2
 
 
+def test_every_series_is_rendered_across_chunks(store):
+    """The exposition is written in chunks (128 histogram series, 2048 others): none is lost at a seam."""
+    agents = 1100           # 9 histogram chunks; 2200 execution counters, 2 chunks
+    store.apply_batch([events.AgentExecution(agent=f"agent-{i}", status="success", duration_seconds=0.1)
+                       for i in range(agents)])
+    names = [s.name for f in parse_text(store.render().decode()) for s in f.samples]
+    assert names.count("orchestrator_agent_execution_duration_seconds_count") == agents
+    assert names.count("orchestrator_agent_executions_total") == 2 * agents
+
+
+def test_the_execution_series_cache_is_bounded():
+    """Its key includes the model, which max_series does not cap: one agent's models must not grow it forever."""
+    store = SeriesStore(MetricsConfig(max_series=2))
+    store.apply_batch([events.AgentExecution(agent="a", status="success", duration_seconds=0.1, model=f"m{i}")
+                       for i in range(100)])
+    assert 0 < len(store._execution_series) <= 4 * 2
+    assert value(store, "orchestrator_agent_executions_total", agent="a", status="success") == 100
+
+
 def test_counters_by_outcome_start_every_status_at_zero():
     """A series born at 1 shows rate() no increase: the first error of an agent, tool or workflow
     that has only succeeded so far must land on a series Prometheus has already seen at 0."""
@@ -265,6 +293,10 @@ def test_the_exporters_own_metrics_are_never_folded():
     store.count_rejected("missing_field", 2)
     for handler, code in (("/v1/events", 200), ("/v1/events", 400), ("/metrics", 200)):
         store.count_http_request(handler, code)
+    export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    for method, code in ((export, "OK"), (export, "INVALID_ARGUMENT"), (export, "UNAUTHENTICATED"),
+                         ("other", "UNIMPLEMENTED")):
+        store.count_grpc_request(method, code)
     store.count_otlp_spans("mapped")
     store.count_otlp_spans("ignored")
     store.count_forwarded_spans("sent", 3)
@@ -276,6 +308,8 @@ def test_the_exporters_own_metrics_are_never_folded():
     assert value(store, "orchestrator_exporter_events_rejected_total", reason="missing_field") == 2
     assert value(store, "orchestrator_exporter_http_requests_total", handler="/v1/events", code="400") == 1
     assert value(store, "orchestrator_exporter_http_requests_total", handler="/metrics", code="200") == 1
+    assert value(store, "orchestrator_exporter_grpc_requests_total", method=export, code="UNAUTHENTICATED") == 1
+    assert value(store, "orchestrator_exporter_grpc_requests_total", method="other", code="UNIMPLEMENTED") == 1
     assert value(store, "orchestrator_exporter_otlp_spans_total", outcome="ignored") == 1
     assert value(store, "orchestrator_exporter_otlp_forwarded_spans_total", outcome="sent") == 3
     assert value(store, "orchestrator_exporter_otlp_forwarded_spans_total", outcome="dropped") == 0
@@ -304,6 +338,7 @@ def test_concurrent_batches_are_counted_exactly_once(store):
         renders.append(store.render())
     for t in threads:
         t.join()
+    assert renders      # else the check of intermediate scrapes below checks nothing
     assert sum(v for (name, _), v in samples(store.render().decode()).items()
                if name == "orchestrator_agent_executions_total") == 4 * 20 * 700
     # Every intermediate scrape saw whole events: count == executions, per agent.
@@ -335,6 +370,13 @@ def test_from_config_sets_budget_gauges():
     store = SeriesStore.from_config(Config())
     assert value(store, "orchestrator_cost_budget_usd", period="day") == 100
     assert value(store, "orchestrator_cost_budget_usd", period="month") == 2000
+
+
+def test_a_budget_is_for_a_day_or_a_month(store):
+    with pytest.raises(ValueError, match="period"):
+        store.set_budget("week", 500)
+    assert not [name for (name, _), _ in samples(store.render().decode()).items()
+                if name == "orchestrator_cost_budget_usd"]
 
 
 def test_build_info_and_only_catalog_names_are_exposed(store):

@@ -96,6 +96,23 @@ def test_agent_execution_with_priced_usage(tel, spans):
         "orchestrator.cost_usd": pytest.approx((1200 * 2.5 + 300 * 10) / 1e6)}
 
 
+def test_every_metric_of_an_execution_carries_the_extra_labels():
+    """metrics.extra_labels: a team slicing tokens, errors or time to first token by feature gets
+    them on every execution metric, not only on the count, duration and cost."""
+    tel = Telemetry(Config(metrics=MetricsConfig(extra_labels=("feature",), prices=PRICES)))
+    with tel.agent_execution("coder", model="gpt-4o", feature="login") as run:
+        run.first_token()
+        run.usage(input_tokens=100, output_tokens=20)
+    with pytest.raises(TimeoutError), tel.agent_execution("coder", model="unpriced", feature="login"):
+        raise TimeoutError
+    login = {"agent": "coder", "feature": "login"}
+    assert value(tel, catalog.LLM_TOKENS.name, model="gpt-4o", type="input", **login) == 100
+    assert value(tel, catalog.AGENT_ERRORS.name, error_type="TimeoutError", **login) == 1
+    assert value(tel, catalog.LLM_TIME_TO_FIRST_TOKEN.name + "_count", model="gpt-4o", **login) == 1
+    assert value(tel, catalog.USAGE_UNKNOWN.name, **login) == 1
+    tel.shutdown()
+
+
 def test_set_model_names_the_model_that_answered_on_the_running_span(tel, spans):
     with tel.agent_execution("planner", model="gpt-4o") as run:
         run.set_model("gpt-4o-2024-08-06")
