@@ -61,8 +61,8 @@ class TokenFile:
     restart, as Alertmanager reads the same file (its credentials_file) on each notification.
 
     A file that cannot be read or is invalid at start raises ValueError from the constructor.  One
-    that becomes so fails closed, `current()` raising ValueError until it is fixed, logged at error
-    level once per change."""
+    that becomes so fails closed, `current()` raising ValueError until it is fixed (it is read again
+    on a change, and every second), logged at error level once per problem."""
 
     def __init__(self, path: str, setting: str):
         self.path = path
@@ -74,14 +74,16 @@ class TokenFile:
 
     def current(self) -> str:
         with self._lock:
-            if self._watch.changed():
+            if self._watch.changed(failing=self._error is not None):
                 try:
-                    self._token, self._error = self._read(), None
+                    token = self._read()
                 except ValueError as exc:
+                    if str(exc) != str(self._error):        # once per problem, not per retry
+                        _log.error("the bearer token cannot be read, so requests that send one are refused "
+                                   "until it is fixed: %s", exc)
                     self._error = exc
-                    _log.error("the bearer token cannot be read, so requests that send one are refused "
-                               "until it is fixed: %s", exc)
                 else:
+                    self._token, self._error = token, None
                     _log.info("read the bearer token again from %s", self.path)
             if self._error is not None:
                 raise ValueError(str(self._error))

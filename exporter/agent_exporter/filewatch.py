@@ -19,11 +19,14 @@ from pathlib import Path
 # that long has passed since the newest stamp.  (A stamp ahead of the clock, from skew, is trusted
 # until the clock comes that close to it.)
 RACY_NS = 2_000_000_000
+# How often files whose reading failed are read again even though their stamps have not changed.
+RETRY_SECONDS = 1.0
 
 
 def _stamps(paths: tuple[Path, ...]) -> tuple:
     """What tells a file changed, for each path.  stat follows symbolic links, so a Kubernetes secret
-    volume swapping its ..data link shows as a new inode even when the size and mtime are the same."""
+    volume swapping its ..data link shows as a new inode even when the size and mtime are the same;
+    the ctime shows a chmod or chown, which can make an unreadable file readable."""
     stamps = []
     for path in paths:
         try:
@@ -31,7 +34,7 @@ def _stamps(paths: tuple[Path, ...]) -> tuple:
         except OSError:
             stamps.append(None)
         else:
-            stamps.append((stat.st_ino, stat.st_dev, stat.st_mtime_ns, stat.st_size))
+            stamps.append((stat.st_ino, stat.st_dev, stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns))
     return tuple(stamps)
 
 
@@ -56,11 +59,13 @@ class FileWatch:
         self._digests: tuple = ()
         self._trusted_from_ns: int | None = None      # until then, the contents are compared too
         self._started_ns = 0
+        self._retry_at = 0.0
 
     def restart(self) -> None:
         """Forget every file: a reading of them all begins now."""
         self._paths, self._stamps, self._digests = (), (), ()
         self._started_ns = time.time_ns()
+        self._retry_at = time.monotonic() + RETRY_SECONDS
 
     def add(self, *paths) -> None:
         """Watch these files too, as they are now: call it before reading them, so that a change made
@@ -72,8 +77,12 @@ class FileWatch:
         newest = max((stamp[2] for stamp in self._stamps if stamp is not None), default=0)
         self._trusted_from_ns = None if self._started_ns >= newest + RACY_NS else newest + RACY_NS
 
-    def changed(self) -> bool:
-        """Whether any file changed since it was added."""
+    def changed(self, *, failing: bool = False) -> bool:
+        """Whether any file changed since it was added.  `failing` (the last reading failed): also
+        true once every RETRY_SECONDS, as what makes a file readable again may not show on it (its
+        directory's permissions, a mount)."""
+        if failing and time.monotonic() >= self._retry_at:
+            return True
         return _stamps(self._paths) != self._stamps or self._changed_under_the_same_stamp()
 
     def _changed_under_the_same_stamp(self) -> bool:

@@ -20,7 +20,7 @@ the exporter-toolkit TLS settings need.
 The web config is read as it is now (webconfig.WatchedWebConfig) for each
 request (basic_auth_users, the headers, client_allowed_sans) and each new TLS
 connection (certificate, key, client CAs, versions, ciphers, client auth), as
-exporter-toolkit reads it; while the file is invalid a request is a 500 and a
+exporter-toolkit reads it; while the file is invalid a request is a 503 and a
 TLS handshake fails.  The rate limit and whether TLS is on are set at start.
 The /v1/* bearer token's file is read again when it changes too
 (credentials.TokenFile); while it cannot be read, a request sending a bearer
@@ -493,7 +493,7 @@ class ExporterApp:
         await send({"type": "http.response.body", "body": b""})
 
     def _web_config(self) -> LoadedWebConfig | None:
-        """The web config for this request; None while its file is invalid (logged once per change)."""
+        """The web config for this request; None while its file is invalid (logged once per problem)."""
         try:
             return self.service.web_config.current()
         except WebConfigError:
@@ -503,8 +503,10 @@ class ExporterApp:
         service = self.service
         try:
             if web_config is None:
-                # exporter-toolkit answers 500 while its file does not parse; the reason is in the log only.
-                raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, "the web config is invalid; see the exporter's log")
+                # exporter-toolkit answers 500 while its file does not parse; 503, which OTLP exporters
+                # retry (the gRPC receiver answers UNAVAILABLE), loses no spans while the file is fixed.
+                # The reason is in the log only.
+                raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, "the web config is invalid; see the exporter's log")
             _check_peer(request, web_config)
             if request.scope["http_version"] not in _HTTP_VERSIONS:
                 raise HTTPError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
@@ -800,7 +802,7 @@ class _CurrentSSLContext(ssl.SSLContext):
     def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
         try:
             context = self.web_config.current().ssl_context
-        except WebConfigError:      # logged by current(), once per change of the file
+        except WebConfigError:      # logged by current(), once per problem
             context = _refusing_context()
         return context.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 

@@ -14,10 +14,13 @@ contents too while a modification time is too recent to tell two writes
 apart, and reads them all again when any of them changed, so a certificate
 rotated by cert-manager or a user added or revoked applies to the next
 connection or request.  A file that became invalid fails closed until it is
-fixed (requests get 500, TLS handshakes fail), logged at error level once per
-change.  What exporter-toolkit builds once at start is read once here too: the rate limit
-(its token bucket) and whether the server speaks TLS at all (a reload that
-turns TLS on or off is invalid until the next restart).
+fixed (requests get 503, TLS handshakes fail; it is read again on a change, and
+every second, as a fix to a directory's permissions shows on no file), logged
+at error level once per problem.  What exporter-toolkit builds once at start is
+read once here too: the rate limit (its token bucket) and whether the server
+speaks TLS at all (a reload that turns TLS on or off is invalid until the next
+restart).  Neither may a reload remove every basic_auth_users entry: a file
+emptied, or caught half rewritten, would otherwise open what it guarded.
 
 Where Python's `ssl` module cannot do what Go's crypto/tls does, the option is
 refused with an error rather than silently weakened: client certificates are
@@ -388,7 +391,7 @@ class WatchedWebConfig:
     def current(self) -> LoadedWebConfig:
         """The config as its files are now; WebConfigError while they are invalid."""
         with self._lock:
-            if self._watch.changed():
+            if self._watch.changed(failing=self._error is not None):
                 self._reload()
             if self._error is not None:
                 # A new exception each time: one raised again and again would keep every traceback.
@@ -407,11 +410,12 @@ class WatchedWebConfig:
     def _reload(self) -> None:
         try:
             loaded = self._load()
-            self._require_tls_as_at_start(loaded.config)
+            self._require_as_at_start(loaded.config)
         except WebConfigError as exc:
+            if str(exc) != str(self._error):        # once per problem, not per retry
+                _log.error("the web config %s is invalid, so requests are refused until it is fixed: %s",
+                           self.path, exc)
             self._error = exc
-            _log.error("the web config %s is invalid, so requests are refused until it is fixed: %s",
-                       self.path, exc)
             return
         self._loaded, self._error = loaded, None
         _log.info("reloaded the web config %s", self.path)
@@ -419,13 +423,18 @@ class WatchedWebConfig:
             _log.warning("the web config %s changed rate_limit, which applies at the next restart "
                          "(as in exporter-toolkit)", self.path)
 
-    def _require_tls_as_at_start(self, config: WebConfig) -> None:
+    def _require_as_at_start(self, config: WebConfig) -> None:
         # The listener speaks TLS or not from the start; serving plain HTTP where the file asks for TLS,
         # or the reverse, would be a connection other than the one the file describes.
         started_with_tls = self.initial.config.tls is not None
         if (config.tls is not None) != started_with_tls:
             raise WebConfigError("tls_server_config", f"TLS was {'on' if started_with_tls else 'off'} at start; "
                                                       "turning it on or off takes a restart")
+        # A file emptied, or caught half rewritten by a tool that truncates first, must not open
+        # everything it guarded: users may change, but removing them all takes a restart.
+        if self.initial.config.basic_auth_users and not config.basic_auth_users:
+            raise WebConfigError("basic_auth_users", "there were users at start; removing them all (turning "
+                                                     "basic auth off) takes a restart")
 
 
 class FixedWebConfig:

@@ -107,14 +107,15 @@ def test_headers_follow_the_file(tmp_path):
         assert requests.get(handle.url + "/-/healthy", timeout=10).headers["X-Frame-Options"] == "deny"
 
 
-def test_an_invalid_file_is_a_500_with_the_reason_logged_until_it_is_fixed(tmp_path, caplog):
+def test_an_invalid_file_is_a_503_with_the_reason_logged_until_it_is_fixed(tmp_path, caplog):
+    # 503, which OTLP exporters retry: exporter-toolkit's 500 made them drop their spans.
     caplog.set_level(logging.INFO, logger="agent_exporter.webconfig")
     with serving(tmp_path, f"basic_auth_users:\n  alice: '{HASH}'\n") as handle:
         metrics = handle.url + "/metrics"
         replace(tmp_path / "web.yml", "basic_auth_users: [\n")
         for _ in range(2):
             answer = requests.get(metrics, auth=("alice", "s3cret"), timeout=10)
-            assert answer.status_code == 500
+            assert answer.status_code == 503
             assert answer.text == "the web config is invalid; see the exporter's log\n"
         assert requests.post(handle.url + "/v1/events", json=[], timeout=10).json() == {
             "error": "the web config is invalid; see the exporter's log"}
@@ -123,6 +124,21 @@ def test_an_invalid_file_is_a_500_with_the_reason_logged_until_it_is_fixed(tmp_p
         replace(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{HASH}'\n")
         assert requests.get(metrics, auth=("alice", "s3cret"), timeout=10).status_code == 200
         assert any("reloaded the web config" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("emptied", ["", "# users moved elsewhere\n", "basic_auth_users: {}\n"])
+def test_a_reload_that_removes_every_user_is_refused_not_an_open_door(tmp_path, caplog, emptied):
+    """A file emptied, or caught between a truncate and a write, served /metrics and /v1/* to anyone."""
+    with serving(tmp_path, f"basic_auth_users:\n  alice: '{HASH}'\n") as handle:
+        metrics = handle.url + "/metrics"
+        replace(tmp_path / "web.yml", emptied)
+        assert requests.get(metrics, timeout=10).status_code == 503
+        assert requests.post(handle.url + "/v1/events", json=[], timeout=10).status_code == 503
+        assert any("basic_auth_users: there were users at start" in r.getMessage()
+                   for r in caplog.records if r.levelno == logging.ERROR)
+        replace(tmp_path / "web.yml", f"basic_auth_users:\n  bob: '{HASH}'\n")      # other users: fine
+        assert requests.get(metrics, timeout=10).status_code == 401
+        assert requests.get(metrics, auth=("bob", "s3cret"), timeout=10).status_code == 200
 
 
 def test_a_key_that_does_not_match_fails_new_handshakes_until_it_is_fixed(tmp_path, caplog):
@@ -135,7 +151,7 @@ def test_a_key_that_does_not_match_fails_new_handshakes_until_it_is_fixed(tmp_pa
         os.replace(other_key, key)
         with pytest.raises(ssl.SSLError):        # the handshake is refused
             connect(handle.port, cert)
-        assert get(kept, "/metrics") == 500                   # a connection from before gets an answer
+        assert get(kept, "/metrics") == 503                   # a connection from before gets an answer
         assert any("tls_server_config.cert_file: failed to load the certificate and key" in r.getMessage()
                    for r in caplog.records if r.levelno == logging.ERROR)
         replace(key, good_key.decode())

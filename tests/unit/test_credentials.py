@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import pytest
 
@@ -81,3 +82,46 @@ def test_a_token_given_in_code_is_fixed_and_a_source_passes_through(tmp_path):
     token_file.write_text("t\n")
     source = TokenFile(str(token_file), "key")
     assert given_token(source) is source
+
+
+def test_a_chmod_or_chown_is_a_change(tmp_path):
+    """A key or token made readable by a chmod changes only the file's ctime: it was never read again."""
+    from agent_exporter.filewatch import FileWatch
+    path = tmp_path / "token"
+    path.write_text("t\n")
+    watch = FileWatch()
+    watch.restart()
+    watch.add(path)
+    assert not watch.changed()
+    os.chmod(path, 0o600)
+    assert watch.changed()
+
+
+def test_files_whose_reading_failed_are_read_again_every_second(tmp_path, monkeypatch):
+    """A fix to a directory's permissions, or a remount, shows on no file's stamp."""
+    from types import SimpleNamespace
+
+    from agent_exporter import filewatch
+    path = tmp_path / "token"
+    path.write_text("t\n")
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(filewatch, "time", SimpleNamespace(monotonic=lambda: clock.now, time_ns=time.time_ns))
+    watch = filewatch.FileWatch()
+    watch.restart()
+    watch.add(path)
+    assert not watch.changed(failing=True)
+    clock.now += filewatch.RETRY_SECONDS
+    assert watch.changed(failing=True) and not watch.changed()
+
+
+def test_a_failing_token_file_read_again_each_second_is_logged_once(tmp_path, monkeypatch, caplog):
+    from agent_exporter import filewatch
+    token_file = tmp_path / "token"
+    token_file.write_text("good\n")
+    token = TokenFile(str(token_file), "key")
+    monkeypatch.setattr(filewatch, "RETRY_SECONDS", 0.0)        # every call retries
+    token_file.write_text("")
+    for _ in range(5):
+        with pytest.raises(ValueError, match="is empty"):
+            token.current()
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
