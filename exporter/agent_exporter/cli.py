@@ -53,6 +53,17 @@ def _read_secrets(config) -> None:
         fleet_clients(config)
 
 
+def _token_file_overridden(config) -> str | None:
+    """What to say when $AGENT_EXPORTER_BEARER_TOKEN overrides server.bearer_token_file: the file is
+    then neither read nor watched, while Alertmanager's rendered webhooks send what the file holds."""
+    from .credentials import BEARER_TOKEN_ENV
+    if not (config.server.bearer_token_file and os.environ.get(BEARER_TOKEN_ENV, "").strip()):
+        return None
+    return (f"{BEARER_TOKEN_ENV} is set, so observability.server.bearer_token_file "
+            f"({config.server.bearer_token_file}) is neither read nor watched; Alertmanager's webhooks send "
+            "what the file holds, so both must hold the same token")
+
+
 def _check_forwarding(config, http_address: str, grpc_address: str) -> None:
     """ValueError when otlp.forward_spans would send the spans to this exporter's own receiver
     (tracing.otlp_endpoint left at its default, localhost:4317, beside a gRPC receiver on 4317):
@@ -145,6 +156,9 @@ def cmd_serve(args) -> int:
     elif not config.metrics.enabled:
         log.warning("observability.metrics.enabled is false: events are accepted, and /metrics serves no "
                     "metrics at all")
+    overridden = _token_file_overridden(config)
+    if overridden:
+        log.warning(overridden)
     _raise_open_files_limit(log)
     telemetry = Telemetry(config)
     remediator = build_remediator(config, telemetry)
@@ -221,12 +235,14 @@ def cmd_render(args) -> int:
         return _error(f"cannot write to {args.out}: {exc}")
     for path in paths:
         print(path)
-    if (os.environ.get(BEARER_TOKEN_ENV, "").strip() and not config.server.bearer_token_file
-            and not config.alerting.exporter_auth.username and posts_to_the_exporter(config)):
-        # serve will ask Alertmanager's webhooks for a token they were not rendered to send.
-        print(f"agent-exporter: warning: {BEARER_TOKEN_ENV} is set but observability.server.bearer_token_file "
-              "is not: the rendered Alertmanager webhooks to the exporter send no token, and will get 401; "
-              "name a file for Alertmanager", file=sys.stderr)
+    if posts_to_the_exporter(config) and not config.alerting.exporter_auth.username:
+        # serve will ask Alertmanager's webhooks for a token they were not rendered to send, or for another.
+        if os.environ.get(BEARER_TOKEN_ENV, "").strip() and not config.server.bearer_token_file:
+            print(f"agent-exporter: warning: {BEARER_TOKEN_ENV} is set but observability.server.bearer_token_file "
+                  "is not: the rendered Alertmanager webhooks to the exporter send no token, and will get 401; "
+                  "name a file for Alertmanager", file=sys.stderr)
+        elif overridden := _token_file_overridden(config):
+            print(f"agent-exporter: warning: {overridden}", file=sys.stderr)
     return 0
 
 
@@ -383,7 +399,8 @@ def describe_config(config, path: str | None) -> str:
             f"{','.join(a.remediation_alerts)} -> {a.exporter_url}/v1/alertmanager"
             if h.enabled and a.remediation_alerts else "none" if h.enabled else "none (healing disabled)"),
         f"server: listen_address={s.listen_address} max_body_bytes={s.max_body_bytes} "
-        f"bearer_token_file={s.bearer_token_file or 'none'}",
+        f"bearer_token_file={s.bearer_token_file or 'none'}"
+        + (" (overridden by AGENT_EXPORTER_BEARER_TOKEN)" if _token_file_overridden(config) else ""),
         f"otlp: grpc_listen_address={o.grpc_listen_address or 'off'} "
         + (f"forward_spans=on -> {config.tracing.otlp_endpoint} ({config.tracing.otlp_protocol}) "
            if o.forward_spans else "forward_spans=off ") + f"(queue {o.forward_queue_size}) "

@@ -288,11 +288,19 @@ def test_render_warns_when_the_token_alertmanager_needs_is_only_in_the_environme
     token = tmp_path / "token"
     token.write_text("t0ken\n")
     config = tmp_path / "observability.yaml"
-    for text in (f"observability:\n  server: {{bearer_token_file: {token}}}\n",
-                 "observability:\n  healing: {enabled: false}\n  alerting: {channels: [email]}\n"):
-        config.write_text(text)
-        assert main(["render", "--config.file", str(config), "--out", str(tmp_path / "file")]) == 0
-        assert capsys.readouterr().err == ""
+    config.write_text("observability:\n  healing: {enabled: false}\n  alerting: {channels: [email]}\n")
+    assert main(["render", "--config.file", str(config), "--out", str(tmp_path / "none")]) == 0
+    assert capsys.readouterr().err == ""            # no webhook to the exporter: nothing to warn of
+    # Both: the file, which Alertmanager reads, is not what serve checks.
+    config.write_text(f"observability:\n  server: {{bearer_token_file: {token}}}\n")
+    for command in (["render", "--out", str(tmp_path / "both")], ["check"]):
+        assert main([*command, "--config.file", str(config)]) == 0
+        captured = capsys.readouterr()
+        assert "overridden by AGENT_EXPORTER_BEARER_TOKEN" in captured.out if command == ["check"] else (
+            "neither read nor watched; Alertmanager's webhooks send what the file holds" in captured.err)
+    monkeypatch.delenv("AGENT_EXPORTER_BEARER_TOKEN")
+    assert main(["render", "--config.file", str(config), "--out", str(tmp_path / "file")]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_render_to_a_place_it_cannot_write_is_one_line_naming_it(tmp_path, capsys):
