@@ -341,6 +341,7 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
             {"alertname": "OrchestratorEventsRejected", "severity": "warning", **job},
             {"alertname": "OrchestratorEventsRejected", "severity": "warning", "job": "another-exporter"},
             {"alertname": "OrchestratorSpansRejected", "severity": "warning", **job},
+            {"alertname": "OrchestratorRequestsRefused", "severity": "warning", **job},
             {"alertname": "OrchestratorSpansNotForwarded", "severity": "warning", **job},
             {"alertname": "OrchestratorToolHighErrorRatio", "severity": "warning", "tool": "search", **job})
         wait_for_states(alertmanager, {
@@ -362,6 +363,7 @@ def test_rendered_inhibition_rules_silence_what_they_should_and_nothing_else(tmp
             ("OrchestratorEventsRejected", job_name, "warning"): suppressed_by("OrchestratorExporterDown"),
             ("OrchestratorEventsRejected", "another-exporter", "warning"): ACTIVE,    # another job
             ("OrchestratorSpansRejected", job_name, "warning"): suppressed_by("OrchestratorExporterDown"),
+            ("OrchestratorRequestsRefused", job_name, "warning"): suppressed_by("OrchestratorExporterDown"),
             ("OrchestratorSpansNotForwarded", job_name, "warning"): suppressed_by("OrchestratorExporterDown"),
             # The exporter being down says nothing of a tool: an unscoped critical hides no scoped warning.
             ("OrchestratorToolHighErrorRatio", "search", "warning"): ACTIVE,

@@ -168,7 +168,8 @@ def test_budgets_per_feature_render_one_alert_each_over_the_feature_label():
 def test_ratio_alerts_require_the_minimum_number_of_events():
     alerts = {r["alert"]: r["expr"] for g in rules.alert_rules(SCOPED) for r in g["rules"]}
     for name in ("OrchestratorAgentHighErrorRatio", "OrchestratorToolHighErrorRatio", "OrchestratorEventsRejected",
-                 "OrchestratorSpansRejected", "OrchestratorSpansNotForwarded", "OrchestratorAgentQualityLow"):
+                 "OrchestratorSpansRejected", "OrchestratorRequestsRefused", "OrchestratorSpansNotForwarded",
+                 "OrchestratorAgentQualityLow"):
         assert alerts[name].endswith(" >= 4"), name
     for name in ("OrchestratorAgentErrorBudgetBurnFast", "OrchestratorAgentErrorBudgetBurnSlow",
                  "OrchestratorWorkflowErrorBudgetBurnFast", "OrchestratorWorkflowErrorBudgetBurnSlow"):

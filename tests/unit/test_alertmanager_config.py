@@ -335,7 +335,8 @@ def test_grouping_labels_group_and_inhibit_apart():
     assert absent["equal"] == ["job"]
     assert absent_here["equal"] == ["job", "environment", "cluster"]
     assert rejected["target_matchers"] == [
-        'alertname=~"OrchestratorEventsRejected|OrchestratorSpansRejected|OrchestratorSpansNotForwarded"']
+        'alertname=~"OrchestratorEventsRejected|OrchestratorSpansRejected|OrchestratorRequestsRefused|'
+        'OrchestratorSpansNotForwarded"']
     assert rejected["equal"] == ["job", "instance", "environment", "cluster"]
 
 

@@ -217,7 +217,7 @@ def alertmanager_config(config: Config) -> dict:
             {"source_matchers": ['alertname="OrchestratorExporterDown"'],
              # Their ratios read the last samples of a stopped exporter: the page says it already.
              "target_matchers": ['alertname=~"OrchestratorEventsRejected|OrchestratorSpansRejected|'
-                                 'OrchestratorSpansNotForwarded"'],
+                                 'OrchestratorRequestsRefused|OrchestratorSpansNotForwarded"'],
              "equal": ["job", "instance", *grouping]},
         ],
         "receivers": receivers,

@@ -30,10 +30,10 @@ from .common import (
 from .expected import expand, predict_linear, unambiguous_cents, window_increase, window_ratio
 from .series import (
     AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, EVALUATION_SCORE, EVENTS,
-    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, OTLP_SPANS,
-    OVERFLOW, REJECTED, SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS,
-    TOOL_DURATION, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION,
-    WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
+    EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, GRPC_REQUESTS,
+    HTTP_REQUESTS, OTLP_SPANS, OVERFLOW, REJECTED, SLI, TIME_TO_FIRST_TOKEN, TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS,
+    TOKENS_RULE, TOOL_CALLS, TOOL_DURATION, TOOL_ERROR_RATIO_RULE, TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN,
+    WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE, WORKFLOW_RUNS, WORKFLOW_SLI, latency_quantile_rule)
 
 INSTANCE = "exporter:9464"
 ENVIRONMENTS = ("production", "staging")   # the values of the grouping labels, if any
@@ -813,6 +813,40 @@ def _span_rejection_tests(c: _Cases) -> list:
         few=lambda per_step: spans(0, per_step))
 
 
+def _request_refusal_tests(c: _Cases) -> list:
+    """/v1/* requests and OTLP/gRPC calls refused for their credentials, a limit or the exporter's
+    own state (a token or web config it cannot read)."""
+    name = "OrchestratorRequestsRefused"
+    target = {"job": c.job, "instance": INSTANCE}
+    plan = _ratio_plan(c, name, c.config.alerting.thresholds.rejected_events_ratio)
+    over, under, fire = plan.over, plan.under, plan.fire
+    export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def requests(answered, refused, reset=None, **where):
+        # The refusals split between an HTTP 401 and a gRPC UNAVAILABLE: one ratio over both.
+        return [c.series(HTTP_REQUESTS, _counter(answered, reset), handler="/v1/events", code="200", **where),
+                c.series(HTTP_REQUESTS, _counter(refused - refused / 2, reset), handler="/v1/traces", code="401",
+                         **where),
+                c.series(GRPC_REQUESTS, _counter(refused / 2, reset), method=export, code="UNAVAILABLE", **where)]
+
+    def scrapes(code: str, per_step: float) -> list:
+        return [c.series(HTTP_REQUESTS, _counter(per_step), handler="/metrics", code=code)]
+
+    elsewhere = requests(100 * sum(over), 0, env=1) if c.group_labels else []
+    return _ratio_alert_tests(
+        c, name, plan, target, "requests",
+        # Scrapes are no part of the ratio: many answered ones do not dilute it...
+        above=requests(over.good, over.bad) + scrapes("200", 1000 * sum(over)) + elsewhere,
+        above_detail=", among many scrapes",
+        every_bad=("every request is refused", requests(0, 2 * c.minimum)),
+        # ...and refused ones (a Prometheus with the wrong credentials) are OrchestratorExporterDown's.
+        quiet=requests(under.good, under.bad) + scrapes("401", 1000 * sum(over))
+        + requests(0, 0, instance="idle:9464") + requests(over.good, over.bad, job=c.other_job),
+        across_reset=requests(fire.good, fire.bad, plan.timing.reset_at)
+        + requests(under.good, under.bad, plan.timing.reset_at, instance="calm:9464"),
+        few=lambda per_step: requests(0, per_step))
+
+
 def _failure_mode_tests(c: _Cases) -> list:
     """The exporter's own failure modes: series folded into __overflow__, spend it cannot
     count, fleet sources it cannot poll."""
@@ -1036,6 +1070,7 @@ def rule_tests(config: Config, recording_groups: list[dict], alert_groups: list[
             + _exporter_tests(c)
             + _forwarding_tests(c)
             + _span_rejection_tests(c)
+            + _request_refusal_tests(c)
             + _failure_mode_tests(c)
         )
         day_tests = (

@@ -22,7 +22,7 @@ from .common import (
 from .series import (
     AGENT_ERRORS, AGENT_SLI, BUILD_INFO, CIRCUIT, COST, COST_1D_RULE, COST_1H_RULE, DURATION, ERROR, EVALUATION_SCORE,
     EVENTS, EXECUTIONS, EXECUTION_RATE_RULE, FLEET_SOURCE_UP, FORECAST_HORIZON_SECONDS, FORWARDED_SPANS, GENAI_SPANS,
-    NOT_FORWARDED, OTLP_SPANS, OVERFLOW, QUANTILES, REJECTED, SLI, SPAN_REJECTED, TIME_TO_FIRST_TOKEN,
+    INGEST_REQUESTS, NOT_FORWARDED, OTLP_SPANS, REQUEST_REFUSED, OVERFLOW, QUANTILES, REJECTED, SLI, SPAN_REJECTED, TIME_TO_FIRST_TOKEN,
     TIME_TO_FIRST_TOKEN_QUANTILE_RULE, TOKENS, TOKENS_RULE, TOOL_CALLS, TOOL_DURATION, TOOL_ERROR_RATIO_RULE,
     TOOL_QUANTILE_RULE, TOOL_RATE_RULE, USAGE_UNKNOWN, WORKFLOW_DURATION, WORKFLOW_QUANTILE_RULE, WORKFLOW_RATE_RULE,
     WORKFLOW_RUNS, WORKFLOW_SLI, Scope, cost_forecast, latency_quantile_rule, task_error_matcher, without_task_faults)
@@ -309,6 +309,8 @@ def alert_rules(config: Config) -> list[dict]:
     # accepted nothing yet has no accepted-events series to add the rejected ones to.
     instance = ("job", "instance")
     posted = f'{{__name__=~"{EVENTS}|{REJECTED}", {scope.job_matcher}}}'
+    requests = f"{{{INGEST_REQUESTS}, {scope.job_matcher}}}"
+    requests_refused = f"{{{INGEST_REQUESTS}, {REQUEST_REFUSED}, {scope.job_matcher}}}"
     exporter = [
         alert("OrchestratorExporterDown", f"{scope.select('up')} == 0", "critical",
               "agent-exporter {{ $labels.instance }} is down.",
@@ -339,6 +341,18 @@ def alert_rules(config: Config) -> list[dict]:
               "{{ $value | humanizePercentage }} of the GenAI spans sent to {{ $labels.instance }} over OTLP were "
               f"rejected over the last {w} (threshold {percent(t.rejected_events_ratio)}): an instrumentation "
               "sends values the mapping refuses, and what those spans describe is missing from the metrics.",
+              "exporter", for_=pending),
+        alert("OrchestratorRequestsRefused",
+              f"{scope.sum(f'rate({requests_refused}[{w}])', *instance)}\n/\n"
+              f"{scope.sum(f'rate({requests}[{w}])', *instance)}\n"
+              f"> {number(t.rejected_events_ratio)}\n"
+              f"and\n{scope.sum(f'increase({requests}[{w}])', *instance)} >= {minimum}",
+              "warning", "agent-exporter {{ $labels.instance }} refuses requests.",
+              "{{ $value | humanizePercentage }} of the /v1/* requests and OTLP/gRPC calls to "
+              f"{{{{ $labels.instance }}}} were refused over the last {w} (401, 403, 429 or 503; threshold "
+              f"{percent(t.rejected_events_ratio)}): a client's credentials are wrong or stale, the exporter "
+              "cannot read its bearer token or web config, or the rate limit is too low, and what those "
+              "requests carried is missing from the metrics.",
               "exporter", for_=pending),
         alert("OrchestratorSpansNotForwarded",
               f"{scope.sum(_rate(scope, FORWARDED_SPANS, w, NOT_FORWARDED), *instance)}\n/\n"

@@ -32,11 +32,18 @@ USAGE_UNKNOWN = catalog.USAGE_UNKNOWN.name
 FLEET_SOURCE_UP = catalog.FLEET_SOURCE_UP.name
 FORWARDED_SPANS = catalog.EXPORTER_OTLP_FORWARDED_SPANS.name
 OTLP_SPANS = catalog.EXPORTER_OTLP_SPANS.name
+HTTP_REQUESTS = catalog.EXPORTER_HTTP_REQUESTS.name
+GRPC_REQUESTS = catalog.EXPORTER_GRPC_REQUESTS.name
 
 ERROR = 'status="error"'
 NOT_FORWARDED = f'outcome=~"{"|".join(catalog.NOT_FORWARDED_OUTCOMES)}"'
 # Received spans with a GenAI meaning: mapped to events, or rejected (the ignored ones have none).
 GENAI_SPANS = 'outcome=~"mapped|rejected"'
+# What clients send the exporter, in one selector: HTTP requests to /v1/* and OTLP/gRPC calls
+# (which have no handler label); and those refused for their credentials, a limit or the
+# exporter's own state, rather than for what they carried.
+INGEST_REQUESTS = f'__name__=~"{HTTP_REQUESTS}|{GRPC_REQUESTS}", handler=~"/v1/.+|"'
+REQUEST_REFUSED = 'code=~"401|403|429|503|UNAUTHENTICATED|PERMISSION_DENIED|RESOURCE_EXHAUSTED|UNAVAILABLE"'
 SPAN_REJECTED = 'outcome="rejected"'
 
 
