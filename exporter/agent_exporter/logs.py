@@ -118,7 +118,19 @@ def otlp_handler(config: Config):
     provider = LoggerProvider(resource=build_resource(config))
     provider.add_log_record_processor(BatchLogRecordProcessor(
         otlp_log_exporter(config.tracing), max_queue_size=config.tracing.max_queue_size))
-    return LoggingHandler(level=config.logging.level, logger_provider=provider), provider
+    result = LoggingHandler(level=config.logging.level, logger_provider=provider)
+    result.addFilter(_not_about_exporting)
+    return result, provider
+
+
+# Loggers of the export's own machinery.  Their records stay out of the OTLP export: a failed
+# export's warning, exported, fails again and logs again, once a second for as long as the backend
+# is down, with nothing else going on.  (They still reach the process's own handler.)
+_EXPORTING_LOGGERS = ("opentelemetry", "urllib3", "grpc")
+
+
+def _not_about_exporting(record: logging.LogRecord) -> bool:
+    return record.name.partition(".")[0] not in _EXPORTING_LOGGERS
 
 
 def configure(config: Config, stream=None) -> Callable[[], None] | None:
@@ -135,6 +147,9 @@ def configure(config: Config, stream=None) -> Callable[[], None] | None:
         otlp, provider = otlp_handler(config)
         handlers.append(otlp)
         stop_export = functools.partial(_stop_export, provider, config.tracing.otlp_timeout_seconds)
+        # The OTLP handler's own warnings go to a logger of theirs that does not propagate (it would
+        # reach that handler again) and writes bare lines to stderr: ours, in the configured format.
+        logging.getLogger(type(otlp).__module__ + ".internal").handlers[:] = [handlers[0]]
     root.handlers[:] = handlers
     root.setLevel(config.logging.level)
     return stop_export

@@ -968,18 +968,26 @@ def _listen(address: str) -> socket.socket:
     return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
+# uvicorn's warning for each request its HTTP parser refuses: one line per bad request, with nothing
+# to act on, when orchestrator_exporter_http_requests_total{handler="other",code="400"} counts them.
+_INVALID_REQUEST = "Invalid HTTP request received."
+
+
 class _QuietUvicorn(logging.Filter):
     """Drops uvicorn's info-level start-up and shut-down lines made in the threads that run our servers
-    ("Started server process", "Application startup complete", ...): our own "Listening on" line says it.
+    ("Started server process", "Application startup complete", ...): our own "Listening on" line says it;
+    and its line per request the parser refuses, which a flood of bad requests would write to disk.
     It sits on the shared `uvicorn.error` logger but looks only at records made in those threads, so an
-    orchestrator that runs its own uvicorn in the same process logs as it always did; warnings pass."""
+    orchestrator that runs its own uvicorn in the same process logs as it always did; other warnings pass."""
 
     def __init__(self):
         super().__init__()
         self.threads: set[int] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.thread not in self.threads
+        if record.thread not in self.threads:
+            return True
+        return record.levelno >= logging.WARNING and record.msg != _INVALID_REQUEST
 
     def run(self, server, sock: socket.socket) -> None:
         """server.run() on `sock` in this thread, quietly; the socket is closed after."""

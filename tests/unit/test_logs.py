@@ -8,7 +8,7 @@ import re
 import pytest
 
 from agent_exporter import logs
-from agent_exporter.config import Config, LoggingConfig
+from agent_exporter.config import Config, LoggingConfig, TracingConfig
 from agent_exporter.telemetry import Telemetry
 
 
@@ -104,3 +104,39 @@ def test_configure_sets_the_root_logger(fmt, pattern):
         root.setLevel(level)
     (line,) = out.getvalue().splitlines()
     assert re.match(pattern, line), line
+
+
+def test_the_export_machinerys_own_records_are_not_exported_over_otlp():
+    """A failed export's warning, exported, failed again: a line a second, for as long as the
+    backend was down, with nothing else going on."""
+    config = Config(tracing=TracingConfig(otlp_endpoint="http://127.0.0.1:9", otlp_protocol="http/protobuf"),
+                    logging=LoggingConfig(export_to_otlp=True))
+    otlp, provider = logs.otlp_handler(config)
+    try:
+        def record(name):
+            return logging.LogRecord(name, logging.WARNING, __file__, 1, "failed to export", None, None)
+        for name in ("opentelemetry.exporter.otlp.proto.http._log_exporter", "urllib3.connectionpool",
+                     "grpc._plugin_wrapping"):
+            assert not otlp.filter(record(name)), name
+        assert otlp.filter(record("agent_exporter.server")) and otlp.filter(record("orchestrator"))
+    finally:
+        provider.shutdown()
+
+
+def test_the_otlp_handlers_own_warnings_are_written_in_the_configured_format():
+    """They went to a bare stderr handler of the SDK's: a line neither JSON nor logfmt."""
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    config = Config(tracing=TracingConfig(otlp_endpoint="http://127.0.0.1:9", otlp_protocol="http/protobuf",
+                                          otlp_timeout_seconds=1),
+                    logging=LoggingConfig(export_to_otlp=True, format="json"))
+    try:
+        stop = logs.configure(config, out)
+        logging.getLogger("opentelemetry.instrumentation.logging.handler.internal").warning("recursive logging")
+        stop()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert any(line["msg"] == "recursive logging" for line in lines)
