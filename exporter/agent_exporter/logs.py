@@ -4,8 +4,9 @@
     logging.getLogger().addHandler(handler)     # every line: level, logger, message, trace_id, span_id
 
 `format: json` writes one JSON object per line (ts, level, logger, msg, and
-trace_id/span_id of the current span when `include_traces` is on, exc_info as
-a string); `format: text` writes logfmt (`ts=... level=info logger=... msg="..."
+trace_id/span_id of the current span when `include_traces` is on, exc_info and
+stack_info as strings, and the record's `extra=` fields, as their str() where
+JSON has no type for them, never replacing the fields before); `format: text` writes logfmt (`ts=... level=info logger=... msg="..."
 trace_id=...`), as Prometheus components do.  `level` is the handler's level.
 With `export_to_otlp`, the records also go over OTLP to the backend the spans
 go to (tracing.otlp_endpoint and otlp_protocol), through the OpenTelemetry
@@ -27,7 +28,8 @@ from opentelemetry import trace
 
 from .config import Config, LoggingConfig
 
-_encode = msgspec.json.Encoder().encode
+# An `extra=` value JSON has no type for (a Path, an exception, any object) is written as its str().
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is written too,
 # but for uvicorn's copy of its message with terminal colours.
@@ -57,9 +59,14 @@ class _Formatter(logging.Formatter):
                   "msg": record.getMessage()}
         if self.include_traces and (ids := _trace_ids()) is not None:
             fields["trace_id"], fields["span_id"] = ids
-        fields.update((key, value) for key, value in record.__dict__.items() if key not in _STANDARD)
+        for key, value in record.__dict__.items():
+            # An `extra=` of the caller's never replaces the line's own ts, level, logger or msg.
+            if key not in _STANDARD and key not in fields:
+                fields[str(key)] = value
         if record.exc_info:
             fields["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            fields["stack_info"] = self.formatStack(record.stack_info)
         return fields
 
 
@@ -67,14 +74,19 @@ class JSONFormatter(_Formatter):
     """One JSON object per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return _encode(self.fields(record)).decode("utf-8", "replace")
+        fields = self.fields(record)
+        try:
+            return _encode(fields).decode("utf-8", "replace")
+        except (TypeError, msgspec.EncodeError):    # a mapping with keys JSON cannot have, say: as text
+            return _encode({key: value if isinstance(value, str) else str(value)
+                            for key, value in fields.items()}).decode("utf-8", "replace")
 
 
 class LogfmtFormatter(_Formatter):
     """key=value pairs, values quoted when they need it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{key}={_logfmt_value(value)}" for key, value in self.fields(record).items())
+        return " ".join(f"{_logfmt_key(key)}={_logfmt_value(value)}" for key, value in self.fields(record).items())
 
 
 # As go-logfmt (Prometheus's logs) quotes: a value with a space, '=', '"' or a control character
@@ -82,6 +94,11 @@ class LogfmtFormatter(_Formatter):
 _LOGFMT_ESCAPES = {**{c: f"\\u{c:04x}" for c in range(0x20)}, ord("\\"): "\\\\", ord('"'): '\\"',
                    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 _LOGFMT_QUOTED = re.compile(r'[\x00-\x20="\\]')
+
+
+def _logfmt_key(key: str) -> str:
+    """A key logfmt can read: what would end it (a space, '=', '"', a control character) becomes '_'."""
+    return _LOGFMT_QUOTED.sub("_", key) or "_"
 
 
 def _logfmt_value(value) -> str:

@@ -140,3 +140,27 @@ def test_the_otlp_handlers_own_warnings_are_written_in_the_configured_format():
         root.setLevel(level)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert any(line["msg"] == "recursive logging" for line in lines)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_extras_of_any_type_or_name_never_lose_the_line_nor_replace_its_own_fields(fmt):
+    """tel.log_handler() is the orchestrator's: a Path in `extra=` lost the whole JSON line, a key with
+    a space broke logfmt, and an extra named level or ts replaced the line's own."""
+    import pathlib
+    out = io.StringIO()
+    log = logging.getLogger(f"orchestrator.extras.{fmt}")
+    log.addHandler(logs.handler(LoggingConfig(format=fmt), out))
+    log.propagate = False
+    log.warning("planned", extra={"path": pathlib.Path("/plans/a"), "error": ValueError("bad"), "by": {(1, 2): 3},
+                                  "a b": "c", "k=v": 1, "level": "info", "ts": "fake"})
+    log.warning("where", stack_info=True)
+    first, second = out.getvalue().splitlines()
+    if fmt == "json":
+        line = json.loads(first)
+        assert (line["level"], line["path"], line["error"], line["by"]) == ("warning", "/plans/a", "bad", {"(1, 2)": 3})
+        assert line["ts"] != "fake" and line["a b"] == "c"
+        assert json.loads(second)["stack_info"].startswith("Stack (most recent call last)")
+    else:
+        assert " level=warning " in first and "ts=fake" not in first
+        assert " path=/plans/a error=bad " in first and " a_b=c k_v=1" in first
+        assert 'stack_info="Stack (most recent call last):' in second
