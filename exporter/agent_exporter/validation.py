@@ -254,9 +254,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(data: bytes, *, unique_keys: bool = True):
     """The document in `data` (UTF-8, or UTF-16 with its byte order mark, as YAML allows);
-    yaml.YAMLError for one that does not parse or, unless `unique_keys` is false, repeats a key."""
+    yaml.YAMLError for one that does not parse or, unless `unique_keys` is false, repeats a key.
+    Its message says what is wrong and where, never quoting the file: the line at fault may be a
+    secret's (a password hash, a token pasted where a file name goes)."""
     try:
         return yaml.load(data, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)    # no Python objects
     except yaml.reader.ReaderError as exc:
         raise yaml.YAMLError(f"not UTF-8 text (nor UTF-16 with a byte order mark): {exc.reason} at byte "
                              f"{exc.position}") from None
+    except yaml.MarkedYAMLError as exc:
+        what = "; ".join(filter(None, (exc.context, exc.problem)))
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise yaml.YAMLError(what + where) from None

@@ -325,3 +325,14 @@ def test_a_key_given_twice_is_an_error_as_in_exporter_toolkit(tmp_path):
     path.write_text(f"basic_auth_users:\n  alice: '{HASH}'\n  alice: '{HASH}'\n")
     with pytest.raises(WebConfigError, match="the key 'alice' is given twice in one mapping"):
         load_web_config(path)
+
+
+def test_a_yaml_error_says_where_without_quoting_the_line(tmp_path):
+    """The line at fault, quoted by PyYAML, may hold a password hash: errors are logged on reload."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  alice: [x\n  bob: '{HASH}'\n")
+    with pytest.raises(WebConfigError) as raised:
+        load_web_config(path)
+    assert HASH not in str(raised.value) and "bob" not in str(raised.value)
+    assert str(raised.value) == (f"invalid YAML in {path}: while parsing a flow sequence; "
+                                 "expected ',' or ']', but got ':' at line 3, column 6")
