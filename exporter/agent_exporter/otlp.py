@@ -985,6 +985,7 @@ class _Forwarder:
         self._count_lock = threading.Lock()
         self._in_flight = 0             # spans of the request being sent
         self._abandoned = False
+        self._dropped = 0               # spans dropped since the queue was last found full
         headers = otlp_headers(tracing.otlp_headers)
         if tracing.otlp_protocol == "grpc":
             import grpc
@@ -1012,6 +1013,17 @@ class _Forwarder:
             self._queue.put_nowait((data, spans))
         except queue.Full:
             self._count("dropped", spans)
+            # Said when dropping starts and when it stops, not per request: a backend that answers,
+            # but slower than spans arrive, trips no failure.  (Two threads may both say it.)
+            if not self._dropped:
+                _log.warning("the forwarding queue (otlp.forward_queue_size=%d) is full: the tracing backend "
+                             "takes spans slower than they arrive; dropping requests until it catches up",
+                             self._queue.maxsize)
+            self._dropped += spans
+        else:
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                _log.info("the forwarding queue has room again; %d span(s) were dropped meanwhile", dropped)
 
     def _count(self, outcome: str, spans: int, *, in_flight: bool = False) -> bool:
         """Count `spans` as `outcome`, unless close() gave up on the sending thread (then False).  For the
