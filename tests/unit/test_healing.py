@@ -3,6 +3,7 @@
 import asyncio
 import copy
 import gc
+import logging
 import random
 import threading
 import weakref
@@ -685,6 +686,18 @@ def test_alerts_about_more_agents_than_max_series_are_ignored_and_logged(caplog)
                                          alert(agent="a0", fingerprint="g0"), alert(agent="a9", fingerprint="f9")))
     assert summary["released"] == ["a2"] and summary["ignored"] == 1
     assert rem.breakers.get("a0").state == "open" and "a9" not in rem.breakers
+    assert caplog.text.count("about new agents") == 1       # said once in a while, not per webhook
+
+
+def test_every_change_of_a_breaker_is_a_log_line(caplog):
+    """An on-call engineer reads in the log why an agent stopped being used, and when it came back."""
+    caplog.set_level(logging.INFO, logger="agent_exporter.healing.breaker")
+    rem = remediator()
+    rem.handle_webhook(payload(alert(fingerprint="f1")))
+    rem.handle_webhook(payload(alert("resolved", fingerprint="f1"), status="resolved"))
+    assert [r.getMessage() for r in caplog.records if r.name == "agent_exporter.healing.breaker"] == [
+        "circuit breaker of coder: closed -> open (OrchestratorAgentHighErrorRatio)",
+        "circuit breaker of coder: open -> half_open (resolved:OrchestratorAgentHighErrorRatio)"]
 
 
 def _malformed():

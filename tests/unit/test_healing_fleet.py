@@ -355,6 +355,22 @@ def test_the_poller_backs_off_exponentially_and_says_when_a_source_goes_and_come
                                "last_error": None, "interval_seconds": 5}
 
 
+def test_the_poller_says_again_when_a_source_fails_otherwise(caplog):
+    """Refused, then answering nonsense: the log kept saying 'connection refused'."""
+    outcomes = [ConnectionError("refused"), ConnectionError("refused"), ValueError("invalid JSON"),
+                ValueError("invalid JSON")]
+
+    def poll():
+        raise outcomes.pop(0)
+
+    poller = Poller("alertmanager", poll, interval=5, jitter=0, backoff_max=60)
+    for _ in range(4):
+        poller.poll_once()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "fleet source alertmanager unavailable, keeping the last state: refused",
+        "fleet source alertmanager unavailable, keeping the last state: invalid JSON"]
+
+
 def test_the_poller_keeps_backing_off_however_long_a_source_is_down():
     # 1100 failed polls: at healing.fleet's defaults (backoff_max 60 s) about 18 hours of an
     # Alertmanager down.  delay() overflowed at 1025 and the exception ended the poller's thread.

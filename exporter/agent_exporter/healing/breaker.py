@@ -16,10 +16,13 @@ an outcome (the task's own error, a cancellation), so another call may probe.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+_log = logging.getLogger(__name__)
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 
@@ -276,6 +279,9 @@ class CircuitBreakers:
         self.get(agent).release(reason)
 
     def _changed(self, agent: str, old: str, new: str, reason: str) -> None:
+        # Every decision of the healing layer that takes an agent out of use, or back, is a line:
+        # at most a few per agent per cool-down.
+        _log.info("circuit breaker of %s: %s -> %s (%s)", agent, old, new, reason)
         if self.telemetry is not None:
             self.telemetry.set_circuit_state(agent, new)
         for listener in self._listeners:

@@ -44,6 +44,7 @@ class Poller:
         self._rng = rng or random.Random()
         self._clock = clock
         self._stop = threading.Event()
+        self._failed_with: type | None = None       # the kind of the last failure
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.failures = 0                 # in a row
@@ -66,9 +67,12 @@ class Poller:
             with self._lock:
                 self.polls += 1
                 self.failures += 1
+                # Said when the source fails, and again when it fails otherwise (refused, then
+                # answering nonsense): not at each poll.
+                said = self.failures == 1 or type(exc) is not self._failed_with
+                self._failed_with = type(exc)
                 self.last_error = str(exc) or type(exc).__name__
-                first = self.failures == 1
-            if first:
+            if said:
                 _log.warning("fleet source %s unavailable, keeping the last state: %s", self.name, self.last_error)
             if self._on_failure is not None:
                 self._on_failure(exc)

@@ -31,6 +31,7 @@ reports what the orchestrator acts on.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -78,6 +79,7 @@ class AlertRemediator:
             self.breakers.add_listener(on_change)
         self.clock = clock
         self.max_agents = config.metrics.max_series
+        self._untracked_said_at = -math.inf     # when alerts about agents past max_agents were last logged
         self._firing: dict[str, dict[str, str]] = {}      # agent -> fingerprint -> alertname
         self._webhook_at: dict[str, float] = {}           # fingerprint -> when a webhook last spoke of it
         self._unlabelled: set[str] = set()                # deployment labels an alert came without (warned)
@@ -121,9 +123,12 @@ class AlertRemediator:
                 else:
                     ignored += 1
             self._forget_webhooks_before(now - WEBHOOK_MEMORY_SECONDS)
-        if untracked:
+        if untracked and now >= self._untracked_said_at + WEBHOOK_MEMORY_SECONDS:
+            # Once in a while, not per webhook: a flood of alerts about new agents is one problem.
+            self._untracked_said_at = now
             _log.warning("ignored %d remediation alert(s) about new agents: %d agents already have breakers "
-                         "(metrics.max_series)", untracked, self.max_agents)
+                         "(metrics.max_series); said again in %gs at most", untracked, self.max_agents,
+                         WEBHOOK_MEMORY_SECONDS)
         return {"status": "ok", "alerts": len(alerts), "opened": opened, "released": released,
                 "ignored": ignored}
 
