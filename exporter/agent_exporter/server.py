@@ -464,6 +464,14 @@ class ExporterApp:
             response = await self._respond(request, routes, web_config)
         except _ClientGone:
             return
+        except asyncio.CancelledError:
+            if not self.service.draining:
+                raise
+            # The shutdown grace ended before the request did (a client that stopped sending its body):
+            # it is answered, as uvicorn would with a 500 and an error line and traceback each.
+            self.service.cancelled += 1
+            response = self._error(request, HTTPStatus.SERVICE_UNAVAILABLE, "the exporter is shutting down")
+            response.headers.append((b"connection", b"close"))
         except Exception:  # noqa: BLE001 - any fault becomes a 500, never a dropped connection
             _log.error("%s %s failed", request.method, path, exc_info=True)
             response = self._error(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the exporter's log")
