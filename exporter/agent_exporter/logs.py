@@ -6,8 +6,9 @@
 `format: json` writes one JSON object per line (ts, level, logger, msg, and
 trace_id/span_id of the current span when `include_traces` is on, exc_info and
 stack_info as strings, and the record's `extra=` fields, as their str() where
-JSON has no type for them, never replacing the fields before); `format: text` writes logfmt (`ts=... level=info logger=... msg="..."
-trace_id=...`), as Prometheus components do.  `level` is the handler's level.
+JSON has no type for them, never replacing the fields before); `format: text`
+writes the same as logfmt (`ts=... level=info logger=... msg="..." trace_id=...`),
+as Prometheus components do.  `level` is the handler's level.
 With `export_to_otlp`, the records also go over OTLP to the backend the spans
 go to (tracing.otlp_endpoint and otlp_protocol), through the OpenTelemetry
 logs SDK, behind a bounded queue: a dead collector never blocks logging.

@@ -456,7 +456,8 @@ def test_replay_with_basic_auth_from_a_password_file(tmp_path, capsys, monkeypat
             assert main([*replay, *flags]) == 1
             assert capsys.readouterr().err == f"agent-exporter: {error}\n"
         in_url = handle.url.replace("http://", "http://alice:s3cret@")
-        assert main(["replay", str(path), "--url", in_url, "--username", "alice", "--password-file", str(password)]) == 1
+        assert main(["replay", str(path), "--url", in_url, "--username", "alice",
+                     "--password-file", str(password)]) == 1
         assert capsys.readouterr().err == "agent-exporter: --username and a user in --url: give one credential\n"
         retried = [s.value for family in text_string_to_metric_families(telemetry.render().decode())
                    for s in family.samples if s.name == catalog.RETRIES.name]

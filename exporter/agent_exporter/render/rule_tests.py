@@ -825,8 +825,7 @@ def _request_refusal_tests(c: _Cases) -> list:
     def requests(answered, refused, reset=None, **where):
         # The refusals split between an HTTP 401 and a gRPC UNAVAILABLE: one ratio over both.
         return [c.series(HTTP_REQUESTS, _counter(answered, reset), handler="/v1/events", code="200", **where),
-                c.series(HTTP_REQUESTS, _counter(refused - refused / 2, reset), handler="/v1/traces", code="401",
-                         **where),
+                c.series(HTTP_REQUESTS, _counter(refused / 2, reset), handler="/v1/traces", code="401", **where),
                 c.series(GRPC_REQUESTS, _counter(refused / 2, reset), method=export, code="UNAVAILABLE", **where)]
 
     def scrapes(code: str, per_step: float) -> list:
