@@ -7,6 +7,7 @@ prefixed with `[replica N]`.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -106,6 +107,8 @@ class HealingReporter:
         self._leaders: dict[str, str] = {}
         self._contenders: dict[str, tuple[str, int]] = {}    # task -> (agent, polls it has led)
         remediator.breakers.add_listener(self.breaker_changed)
+        # These lines say what the breakers' own log lines would, once each.
+        logging.getLogger("agent_exporter.healing.breaker").setLevel(logging.WARNING)
 
     def breaker_changed(self, agent: str, old: str, new: str, reason: str) -> None:
         self.console.line(f"[healing] {agent}: circuit {old} -> {new} ({reason})")
