@@ -336,6 +336,9 @@ def describe_config(config, path: str | None) -> str:
                                f"environment={config.environment}"))),
         "tracing: " + (
             "disabled" if not config.tracing.enabled else
+            # As the SDK's TracerProvider reads it: every span is off, whatever the config says.
+            "disabled by OTEL_SDK_DISABLED=true" if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+            else
             f"sampling_rate={config.tracing.sampling_rate:g}"
             + (f" otlp={config.tracing.otlp_endpoint} ({config.tracing.otlp_protocol})"
                if config.tracing.export_to_otlp else " otlp=off")

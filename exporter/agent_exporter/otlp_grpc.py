@@ -247,6 +247,8 @@ class _Admission(grpc.aio.ServerInterceptor):
         refusal = await self._refusal(handler_call_details)
         if refusal is not None:
             self._count(method, refusal.code.name)
+            # As the HTTP service says of its 4xx and 5xx: the client hears why, the operator can at debug.
+            _log.debug("%s answered %s: %s", method, refusal.code.name, refusal.message)
             return refusal.handler
         handler = await continuation(handler_call_details)
         if handler is None:     # no such method: grpcio answers UNIMPLEMENTED
@@ -288,6 +290,7 @@ class _Refusal:
         async def refuse(requests, context: grpc.aio.ServicerContext) -> None:
             await context.abort(code, message)
         self.code = code
+        self.message = message
         # Request-streaming, so that grpcio does not wait for the request before the call is refused.
         self.handler = grpc.stream_unary_rpc_method_handler(refuse)
 

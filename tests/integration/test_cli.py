@@ -167,6 +167,12 @@ def test_check_prints_every_key_that_is_not_a_secret(tmp_path, capsys):
         assert shown in out, shown
 
 
+def test_check_says_when_the_sdk_is_disabled_by_its_variable(tmp_path, capsys, monkeypatch):
+    """OTEL_SDK_DISABLED turns every span off in the SDK; check said tracing was on."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert "\ntracing: disabled by OTEL_SDK_DISABLED=true\n" in checked(tmp_path, capsys, "observability: {}\n")
+
+
 def test_check_names_the_bad_key_and_exits_1(tmp_path, capsys):
     path = tmp_path / "observability.yaml"
     path.write_text(LEGACY_CONFIG.replace("collection_interval: 60", "colection_interval: 60"))

@@ -4,6 +4,7 @@ and the listen address."""
 
 import base64
 import gzip
+import logging
 import os
 import re
 import signal
@@ -113,7 +114,8 @@ def test_bad_span_is_a_partial_success(tel, served):
     assert spans_counted(tel) == {"mapped": 1, "rejected": 1}
 
 
-def test_bearer_token_is_required_when_set(tel):
+def test_bearer_token_is_required_when_set(tel, caplog):
+    caplog.set_level(logging.DEBUG, logger="agent_exporter.otlp_grpc")
     receiver = OTLPReceiver(tel)
     handle = receiver.start_grpc("127.0.0.1:0", bearer_token="s3cret")
     try:
@@ -128,6 +130,10 @@ def test_bearer_token_is_required_when_set(tel):
             assert spans_counted(tel) == {"mapped": 1}
     finally:
         receiver.close()
+    # At debug level, as the HTTP service says of its refusals; never the credentials sent.
+    refused = [r.getMessage() for r in caplog.records if r.name == "agent_exporter.otlp_grpc"]
+    assert refused == [f"{otlp_grpc.EXPORT_METHOD} answered UNAUTHENTICATED: valid credentials are required"] * 2
+    assert "wrong" not in caplog.text
 
 
 def test_a_token_rotated_in_its_file_applies_to_the_next_call(tel, tmp_path):
