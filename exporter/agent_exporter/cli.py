@@ -56,8 +56,8 @@ def _read_secrets(config) -> None:
 def _token_file_overridden(config) -> str | None:
     """What to say when $AGENT_EXPORTER_BEARER_TOKEN overrides server.bearer_token_file: the file is
     then neither read nor watched, while Alertmanager's rendered webhooks send what the file holds."""
-    from .credentials import BEARER_TOKEN_ENV
-    if not (config.server.bearer_token_file and os.environ.get(BEARER_TOKEN_ENV, "").strip()):
+    from .credentials import BEARER_TOKEN_ENV, in_environment
+    if not (config.server.bearer_token_file and in_environment(BEARER_TOKEN_ENV)):
         return None
     return (f"{BEARER_TOKEN_ENV} is set, so observability.server.bearer_token_file "
             f"({config.server.bearer_token_file}) is neither read nor watched; Alertmanager's webhooks send "
@@ -222,7 +222,7 @@ def cmd_demo(args) -> int:
 
 def cmd_render(args) -> int:
     from .config import ConfigError
-    from .credentials import BEARER_TOKEN_ENV
+    from .credentials import BEARER_TOKEN_ENV, in_environment
     from .render import render_all
     from .render.alertmanager import posts_to_the_exporter
     try:
@@ -237,7 +237,7 @@ def cmd_render(args) -> int:
         print(path)
     if posts_to_the_exporter(config) and not config.alerting.exporter_auth.username:
         # serve will ask Alertmanager's webhooks for a token they were not rendered to send, or for another.
-        if os.environ.get(BEARER_TOKEN_ENV, "").strip() and not config.server.bearer_token_file:
+        if in_environment(BEARER_TOKEN_ENV) and not config.server.bearer_token_file:
             print(f"agent-exporter: warning: {BEARER_TOKEN_ENV} is set but observability.server.bearer_token_file "
                   "is not: the rendered Alertmanager webhooks to the exporter send no token, and will get 401; "
                   "name a file for Alertmanager", file=sys.stderr)
@@ -328,6 +328,7 @@ def _price(price) -> str:
 
 def describe_config(config, path: str | None) -> str:
     """What `check` understood, one fact per line, grouped like the YAML."""
+    from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
     m, a, t, s, h = config.metrics, config.alerting, config.alerting.thresholds, config.server, config.healing
     lg, o = config.logging, config.otlp
     lines = [
@@ -337,7 +338,7 @@ def describe_config(config, path: str | None) -> str:
         "tracing: " + (
             "disabled" if not config.tracing.enabled else
             # As the SDK's TracerProvider reads it: every span is off, whatever the config says.
-            "disabled by OTEL_SDK_DISABLED=true" if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+            "disabled by OTEL_SDK_DISABLED=true" if os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
             else
             f"sampling_rate={config.tracing.sampling_rate:g}"
             + (f" otlp={config.tracing.otlp_endpoint} ({config.tracing.otlp_protocol})"

@@ -97,9 +97,14 @@ class TokenFile:
 
 def bearer_token(path: str | None, setting: str, *, env: str | None = None) -> FixedToken | TokenFile | None:
     """The token read_token() reads, as a FixedToken from `$env`, else as a TokenFile, else None."""
-    if env and os.environ.get(env, "").strip():
+    if in_environment(env):
         return FixedToken(read_token(None, setting, env=env))
     return TokenFile(path, setting) if path else None
+
+
+def in_environment(env: str | None) -> bool:
+    """Whether the variable `env` gives a secret, which then wins over any file (see the module)."""
+    return bool(env and os.environ.get(env, "").strip())
 
 
 def given_token(token) -> FixedToken | TokenFile | None:

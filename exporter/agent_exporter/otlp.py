@@ -996,7 +996,7 @@ class _Forwarder:
             self._channel = (grpc.insecure_channel(endpoint.netloc) if endpoint.scheme == "http"
                              else grpc.secure_channel(endpoint.netloc, grpc.ssl_channel_credentials()))
             call = self._channel.unary_unary(EXPORT_METHOD)   # bytes in, bytes out
-            metadata = [(key.lower(), value) for key, value in headers.items()]
+            metadata = list(headers.items())       # lowercase already, as gRPC wants them (otlp_headers)
             self._send = lambda data: call(data, timeout=self._timeout, metadata=metadata)
         else:
             import requests
